@@ -1,0 +1,36 @@
+# `make run` and `make test` each do their own set-up on a fresh machine, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+JS_DIRS := $(wildcard client-examples/js bench)
+
+.PHONY: run test install js bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# npm ci in every JS package the tests drive (real yjs / y-websocket clients).
+js:
+	@for d in client-examples/js client-examples/dashboard bench; do \
+	  if [ -f $$d/package-lock.json ] && [ ! -f $$d/node_modules/.ci-stamp -o $$d/package-lock.json -nt $$d/node_modules/.ci-stamp ]; then \
+	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) && touch $$d/node_modules/.ci-stamp || exit 1; \
+	  fi; \
+	done
+
+run: $(STAMP)
+	$(BIN)/webhost-sync serve
+
+test: $(STAMP) js
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) js
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""REST blueprints; handlers stay thin and call the services in sync_server."""

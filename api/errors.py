@@ -1,0 +1,50 @@
+"""The one error format: {"error": {"code": "snake_case", "message": "...", "details": {...}}}.
+
+Handlers raise ApiError (or let a validation error through); nothing ever answers with a stack trace.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from quart import Quart, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = structlog.get_logger("api.errors")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _snake(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "http_error"
+
+
+def install(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def _api_error(err: ApiError):
+        return jsonify(error_body(err.code, err.message, err.details)), err.status
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(err: HTTPException):
+        status = err.code or 500
+        return jsonify(error_body(_snake(err.name), err.description or err.name)), status
+
+    @app.errorhandler(Exception)
+    async def _unexpected(err: Exception):
+        log.exception("unhandled_error", error=repr(err))
+        return jsonify(error_body("internal_error", "internal server error")), 500

@@ -1,0 +1,17 @@
+"""Operators (platform staff). A platform table: no tenant scope."""
+from __future__ import annotations
+
+from .database import Database
+
+
+async def upsert(db: Database, email: str, password_hash: str, role: str) -> str:
+    async with db.platform() as conn:
+        row = await conn.fetchrow(
+            "INSERT INTO platform_users (email, password_hash, role) VALUES ($1, $2, $3) "
+            "ON CONFLICT (lower(email)) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role, "
+            "is_active = true RETURNING id",
+            email.strip(),
+            password_hash,
+            role,
+        )
+    return str(row["id"])

@@ -1,0 +1,77 @@
+"""The one registry that resolves the database of each customer.
+
+The shared database serves every customer by default; a customer with an active single-tenant
+deployment is served by its dedicated database. Sync rooms, materialization and REST all ask the
+registry, so they follow a customer wherever it lives. Nothing else opens connections.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+
+from .database import Database
+
+log = structlog.get_logger("storage.registry")
+
+
+class DatabaseRegistry:
+    def __init__(self, shared: Database, *, dedicated_pool_max: int = 10) -> None:
+        self.shared = shared
+        self._dedicated: dict[str, Database] = {}  # customer_id -> its dedicated database
+        self._routes: dict[str, str] = {}  # customer_id -> dsn of its dedicated database
+        self._dedicated_pool_max = dedicated_pool_max
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> "DatabaseRegistry":
+        await self.shared.open()
+        await self.reload()
+        return self
+
+    async def close(self) -> None:
+        for db in list(self._dedicated.values()):
+            await db.close()
+        self._dedicated.clear()
+        await self.shared.close()
+
+    async def reload(self) -> None:
+        """Read the routing table (active single-tenant deployments) from the shared database."""
+        async with self.shared.operator("registry_reload") as conn:
+            rows = await conn.fetch(
+                "SELECT customer_id, database_url FROM deployments "
+                "WHERE mode = 'single_tenant' AND status IN ('active', 'migrating') AND database_url IS NOT NULL"
+            )
+        routes = {str(r["customer_id"]): r["database_url"] for r in rows}
+        async with self._lock:
+            self._routes = routes
+            for customer_id in [c for c in self._dedicated if self._routes.get(c) != self._dedicated[c].dsn]:
+                await self._dedicated.pop(customer_id).close()
+
+    async def for_customer(self, customer_id: uuid.UUID | str) -> Database:
+        key = str(customer_id)
+        dsn = self._routes.get(key)
+        if dsn is None:
+            return self.shared
+        db = self._dedicated.get(key)
+        if db is None:
+            async with self._lock:
+                db = self._dedicated.get(key)
+                if db is None:
+                    db = Database(dsn, min_size=1, max_size=self._dedicated_pool_max, name=f"dedicated:{key}")
+                    await db.open()
+                    self._dedicated[key] = db
+        return db
+
+    async def route(self, customer_id: uuid.UUID | str, dsn: str | None) -> None:
+        """Point a customer at a dedicated database (dsn) or back at the shared one (None)."""
+        key = str(customer_id)
+        async with self._lock:
+            if dsn is None:
+                self._routes.pop(key, None)
+            else:
+                self._routes[key] = dsn
+            old = self._dedicated.get(key)
+            if old is not None and old.dsn != dsn:
+                await self._dedicated.pop(key).close()
+        log.info("customer_routed", customer_id=key, dedicated=dsn is not None)

@@ -1,0 +1,47 @@
+"""The composition root: builds the Runtime and the Quart app and wires every part together.
+Imported only by the CLI and the tests."""
+from __future__ import annotations
+
+import uuid
+
+from quart import Quart, g, request
+
+from api import errors, health
+
+from . import logs
+from .config import Settings
+from .runtime import Runtime
+
+
+def create_app(settings: Settings) -> Quart:
+    app = Quart("webhost_sync")
+    app.config["JSON_SORT_KEYS"] = False
+    rt = Runtime(settings)
+    app.extensions["webhost"] = rt
+
+    errors.install(app)
+    app.register_blueprint(health.blueprint)
+
+    @app.before_request
+    async def _request_id() -> None:
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g.request_id = rid[:64]
+        logs.bind(request_id=g.request_id)
+
+    @app.after_request
+    async def _echo_request_id(response):
+        rid = getattr(g, "request_id", None)
+        if rid:
+            response.headers["X-Request-ID"] = rid
+        logs.unbind("request_id", "customer_id")
+        return response
+
+    @app.before_serving
+    async def _start() -> None:
+        await rt.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await rt.stop()
+
+    return app

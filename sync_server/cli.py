@@ -1,0 +1,134 @@
+"""`webhost-sync` command line: serve, migrate, create-operator, env."""
+from __future__ import annotations
+
+import argparse
+import logging
+import asyncio
+import dataclasses
+import signal
+import sys
+
+import structlog
+
+from . import logs
+from .config import ConfigError, Settings
+
+log = structlog.get_logger("sync_server.cli")
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"webhost-sync: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.configure(settings.effective_log_format, settings.log_level)
+    return settings
+
+
+def _with_database(settings: Settings) -> Settings:
+    """The settings with DATABASE_URL resolved: given, or the embedded server started under DATA_DIR."""
+    if settings.database_url:
+        return settings
+    from storage import embedded
+
+    try:
+        url = embedded.start(settings.data_dir)
+    except embedded.EmbeddedUnavailable as exc:
+        print(f"webhost-sync: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"webhost-sync: embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}", file=sys.stderr)
+    return dataclasses.replace(settings, database_url=url)
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from .app import create_app
+
+    app = create_app(settings)
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.shutdown_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.websocket_ping_interval = 25.0  # Hypercorn sends no pings by default
+    rt = app.extensions["webhost"]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def shutdown() -> None:
+            log.info("shutdown_requested")
+            await rt.drain()
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+        log.info("listening", url=f"http://{settings.host}:{settings.port}")
+        await serve(app, config, shutdown_trigger=stop.wait)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+    from storage import migrator
+
+    applied = asyncio.run(migrator.migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
+    return 0
+
+
+def cmd_create_operator(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+    from storage import Database, migrator
+    from storage import platform_users
+
+    from .passwords import hash_password
+
+    async def run() -> str:
+        await migrator.migrate(settings.database_url)
+        db = await Database(settings.database_url, min_size=1, max_size=1).open()
+        try:
+            return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
+        finally:
+            await db.close()
+
+    user_id = asyncio.run(run())
+    print(f"operator {args.email} ({args.role}) id={user_id}")
+    return 0
+
+
+def cmd_env(_args: argparse.Namespace) -> int:
+    for name, default, doc in Settings.documented():
+        print(f"{name:32} default={default!s:12} {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webhost-sync", description="Real-time Yjs sync server for fleet apps")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server (HOST, PORT; embedded PostgreSQL when DATABASE_URL is unset)")
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    op = sub.add_parser("create-operator", help="create (or reset) a platform operator")
+    op.add_argument("--email", required=True)
+    op.add_argument("--password", required=True)
+    op.add_argument("--role", choices=("admin", "staff"), default="admin")
+    sub.add_parser("env", help="list every environment variable with its default")
+    args = parser.parse_args(argv)
+    handler = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "create-operator": cmd_create_operator,
+        "env": cmd_env,
+    }[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

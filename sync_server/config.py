@@ -1,0 +1,163 @@
+"""Configuration from the environment (Twelve-Factor), validated once at start.
+
+Every variable, its default and its meaning is listed in README.md; a bad value stops start-up with
+a message naming the variable, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _int(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(name: str, lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(name: str, *options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _bool(name: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    return parse
+
+
+def _url(name: str, *schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parsed = urlparse(raw)
+        if parsed.scheme not in schemes:
+            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _text(name: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw.strip():
+            raise ConfigError(f"{name} must not be empty")
+        return raw
+
+    return parse
+
+
+def _setting(env: str, default, parse=None, doc: str = ""):
+    return field(default=default, metadata={"env": env, "parse": parse or _text(env), "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = _setting("WEBHOST_ENV", "development", _choice("WEBHOST_ENV", "development", "production"),
+                                "development or production; production requires SECRET_KEY")
+    host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
+    port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
+    database_url: str | None = _setting("DATABASE_URL", None, _url("DATABASE_URL", "postgresql", "postgres"),
+                                        "libpq URI of the shared database; unset starts embedded PostgreSQL")
+    redis_url: str | None = _setting("REDIS_URL", None, _url("REDIS_URL", "redis", "rediss", "unix"),
+                                     "Redis for cross-node fan-out; unset runs a single node")
+    data_dir: Path = _setting("DATA_DIR", Path("./var"), lambda raw: Path(_text("DATA_DIR")(raw)),
+                              "embedded database folder and the dev secret key")
+    secret_key: str | None = _setting("SECRET_KEY", None, doc="token signing key (>= 32 chars)")
+    log_format: str = _setting("LOG_FORMAT", "", _choice("LOG_FORMAT", "json", "console"),
+                               "json or console; default console in development, json in production")
+    log_level: str = _setting("LOG_LEVEL", "info", _choice("LOG_LEVEL", "debug", "info", "warning", "error"))
+    migrate_on_start: bool = _setting("MIGRATE_ON_START", True, _bool("MIGRATE_ON_START"),
+                                      "serve applies pending migrations before accepting traffic")
+    db_pool_min: int = _setting("DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000))
+    db_pool_max: int = _setting("DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000))
+    partition_days_ahead: int = _setting("PARTITION_DAYS_AHEAD", 7, _int("PARTITION_DAYS_AHEAD", 1, 366),
+                                         "daily partitions of gps_positions/usage_metrics created ahead")
+    maintenance_interval: float = _setting("MAINTENANCE_INTERVAL_SECONDS", 3600.0,
+                                           _float("MAINTENANCE_INTERVAL_SECONDS", 1, 86400),
+                                           "how often partitions and retention are maintained")
+    shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
+                                       "how long SIGTERM waits for connections to flush and close")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = f.metadata["parse"](raw)
+        settings = cls(**values)
+        return settings._checked()
+
+    def _checked(self) -> "Settings":
+        if self.db_pool_min > self.db_pool_max:
+            raise ConfigError(f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})")
+        if self.secret_key is not None and len(self.secret_key) < 32:
+            raise ConfigError("SECRET_KEY must be at least 32 characters")
+        if self.environment == "production" and self.secret_key is None:
+            raise ConfigError("SECRET_KEY must be set when WEBHOST_ENV=production")
+        return self
+
+    @property
+    def effective_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "json" if self.environment == "production" else "console"
+
+    def resolved_secret_key(self) -> str:
+        """The signing key: SECRET_KEY, or in development one generated once and kept in DATA_DIR."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        return key
+
+    @classmethod
+    def documented(cls) -> list[tuple[str, object, str]]:
+        """(variable, default, meaning) for every setting, used by `webhost-sync env`."""
+        return [(f.metadata["env"], f.default, f.metadata["doc"]) for f in fields(cls)]

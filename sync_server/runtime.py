@@ -1,0 +1,136 @@
+"""What one running node holds: settings, the database registry, Redis (when configured), the
+background jobs, and the start/stop order. app.py builds it; handlers reach it with runtime().
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import structlog
+from quart import current_app
+
+from storage import Database, DatabaseRegistry, migrator, partitions
+
+from .config import Settings
+
+log = structlog.get_logger("sync_server.runtime")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.database_url:
+            raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
+        self.settings = settings
+        self.registry = DatabaseRegistry(
+            Database(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        )
+        self.redis: Any = None
+        self.secret_key = settings.resolved_secret_key()
+        self._tasks: list[asyncio.Task] = []
+        self._started: list[Hook] = []  # run after the database is open, in order
+        self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
+        self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
+        self.shutting_down = asyncio.Event()
+
+    @property
+    def db(self) -> Database:
+        return self.registry.shared
+
+    def on_start(self, hook: Hook) -> None:
+        self._started.append(hook)
+
+    def on_drain(self, hook: Hook) -> None:
+        self._draining.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        self._stopping.append(hook)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task:
+        """A background job that lives until shutdown; its failure is logged, never silent."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        task.add_done_callback(_log_failure)
+        self._tasks.append(task)
+        return task
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            applied = await migrator.migrate(self.settings.database_url)
+            if applied:
+                log.info("migrations_applied", versions=applied)
+        await self.registry.open()
+        if self.settings.redis_url:
+            import redis.asyncio as aioredis
+
+            self.redis = aioredis.from_url(self.settings.redis_url)
+        await partitions.maintain(self.db, self.settings.partition_days_ahead)
+        self.spawn(self._maintenance_loop(), "maintenance")
+        for hook in self._started:
+            await hook()
+        log.info("runtime_started")
+
+    async def drain(self) -> None:
+        """Stop taking work and flush: websockets closed with 1001, pending updates written."""
+        if self.shutting_down.is_set():
+            return
+        self.shutting_down.set()
+        for hook in reversed(self._draining):
+            await _guarded(hook)
+
+    async def stop(self) -> None:
+        await self.drain()
+        for hook in reversed(self._stopping):
+            await _guarded(hook)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.registry.close()
+        log.info("runtime_stopped")
+
+    async def readiness(self) -> dict[str, dict]:
+        checks: dict[str, dict] = {}
+        try:
+            async with self.db.platform() as conn:
+                current = await migrator.is_current(conn)
+            checks["postgres"] = {"ok": True}
+            checks["migrations"] = {"ok": current, **({} if current else {"error": "pending migrations"})}
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["postgres"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        if self.redis is not None:
+            try:
+                await asyncio.wait_for(self.redis.ping(), 2)
+                checks["redis"] = {"ok": True, "required": False}
+            except Exception as exc:
+                # A node keeps serving its own clients without Redis: degraded, not down.
+                checks["redis"] = {"ok": False, "required": False, "error": str(exc) or type(exc).__name__}
+        return checks
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                created, dropped = await partitions.maintain(self.db, self.settings.partition_days_ahead)
+                log.info("partitions_maintained", created=created, dropped=dropped)
+            except Exception:
+                log.exception("partition_maintenance_failed")
+
+
+async def _guarded(hook: Hook) -> None:
+    try:
+        await hook()
+    except Exception:
+        log.exception("shutdown_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background_job_failed", job=task.get_name(), error=repr(task.exception()))
+
+
+def runtime() -> Runtime:
+    """The Runtime of the app handling the current request or websocket."""
+    return current_app.extensions["webhost"]

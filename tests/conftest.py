@@ -1,0 +1,63 @@
+"""Shared fixtures: real PostgreSQL (a new database per test), real Redis, a real server process."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storage import Database, migrator
+
+from .support import databases, redis_server
+from .support.server import ServerProcess
+
+TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    return databases.admin_url()
+
+
+@pytest.fixture
+def fresh_database_url(pg_admin_url):
+    """A new, empty database (no migrations applied)."""
+    url = asyncio.run(databases.create_database(pg_admin_url))
+    yield url
+    asyncio.run(databases.drop_database(pg_admin_url, url))
+
+
+@pytest.fixture
+def database_url(fresh_database_url) -> str:
+    """A new database with every migration applied."""
+    asyncio.run(migrator.migrate(fresh_database_url))
+    return fresh_database_url
+
+
+@pytest.fixture
+async def db(database_url):
+    database = await Database(database_url, min_size=1, max_size=5).open()
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return redis_server.redis_url()
+
+
+@pytest.fixture
+def server_env(database_url, tmp_path) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "SECRET_KEY": TEST_SECRET,
+        "LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def server(server_env, tmp_path):
+    """A running `webhost-sync serve` on a free port against this test's database."""
+    proc = ServerProcess(server_env, log_path=tmp_path / "server.log").start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync_server.config import ConfigError, Settings
+
+EXE = str(Path(sys.executable).parent / "webhost-sync")
+
+
+def test_defaults_are_development_with_embedded_database():
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.database_url, s.redis_url) == ("127.0.0.1", 8080, None, None)
+    assert s.effective_log_format == "console"
+    assert Settings.from_env({"WEBHOST_ENV": "production", "SECRET_KEY": "k" * 32}).effective_log_format == "json"
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
+        ({"SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"WEBHOST_ENV": "production"}, "SECRET_KEY"),
+        ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
+    ],
+)
+def test_bad_value_names_the_variable(env, variable):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert variable in str(info.value)
+
+
+def test_unix_socket_database_url_is_accepted():
+    url = "postgresql://app@/webhost?host=/run/postgresql"
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
+def test_dev_secret_key_is_generated_once_and_kept(tmp_path):
+    s = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    first = s.resolved_secret_key()
+    assert len(first) >= 32
+    assert s.resolved_secret_key() == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_serve_refuses_a_bad_value_with_a_clear_message(tmp_path):
+    result = subprocess.run([EXE, "serve"], env={"PORT": "not-a-port", "DATA_DIR": str(tmp_path), "PATH": ""},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "PORT must be an integer" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,76 @@
+import asyncio
+import datetime as dt
+
+import asyncpg
+
+from storage import migrator, partitions
+
+
+async def _tables(url):
+    conn = await asyncpg.connect(url)
+    try:
+        return {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+    finally:
+        await conn.close()
+
+
+def test_migrations_apply_on_empty_database_then_are_a_no_op(fresh_database_url):
+    first = asyncio.run(migrator.migrate(fresh_database_url))
+    assert first == [m.version for m in migrator.available()]
+    second = asyncio.run(migrator.migrate(fresh_database_url))
+    assert second == []
+    tables = asyncio.run(_tables(fresh_database_url))
+    for table in ("customers", "platform_users", "customer_users", "api_keys", "tokens", "plans", "subscriptions",
+                  "vehicles", "drivers", "gps_positions", "usage_metrics", "geofences", "geofence_events", "routes",
+                  "deployments", "infrastructure_events", "doc_updates", "doc_snapshots", "schema_migrations"):
+        assert table in tables, table
+
+
+def test_two_concurrent_migrate_runs_do_not_conflict(fresh_database_url):
+    async def both():
+        return await asyncio.gather(*(migrator.migrate(fresh_database_url) for _ in range(3)))
+
+    results = asyncio.run(both())
+    applied = sorted(v for r in results for v in r)
+    assert applied == [m.version for m in migrator.available()]  # each applied exactly once
+
+
+async def test_plans_are_seeded(db):
+    async with db.platform() as conn:
+        plans = {r["id"]: r for r in await conn.fetch("SELECT * FROM plans")}
+    assert set(plans) == {"hobby", "starter", "professional", "business"}
+    assert (plans["hobby"]["price_cents"], plans["hobby"]["vehicle_limit"], plans["hobby"]["retention_days"]) == (1500, 5, 30)
+    assert (plans["starter"]["price_cents"], plans["starter"]["vehicle_limit"], plans["starter"]["retention_days"]) == (4900, 25, 90)
+    assert plans["professional"]["vehicle_limit"] == 100 and plans["professional"]["retention_days"] == 365
+    assert plans["business"]["vehicle_limit"] == 500 and plans["business"]["retention_days"] == 730
+    limits = [plans[p]["gps_points_per_day"] for p in ("hobby", "starter", "professional", "business")]
+    assert limits == sorted(limits) and len(set(limits)) == 4
+
+
+async def test_email_uniqueness_is_case_insensitive(db):
+    async with db.platform() as conn:
+        await conn.execute("INSERT INTO platform_users (email, password_hash) VALUES ('Ops@Example.com', 'x')")
+        try:
+            await conn.execute("INSERT INTO platform_users (email, password_hash) VALUES ('ops@example.COM', 'x')")
+        except asyncpg.UniqueViolationError:
+            return
+    raise AssertionError("a second operator with the same email in other case was accepted")
+
+
+async def test_partitions_are_created_ahead_and_old_ones_dropped(db):
+    today = dt.date(2026, 11, 22)
+    created, _ = await partitions.maintain(db, days_ahead=10, today=today)
+    names = await partitions.list_partitions(db, "gps_positions")
+    assert "gps_positions_p20261202" in names and "gps_positions_p20261121" in names
+    # A backfill from long ago gets its day on demand, and maintenance later drops it as expired.
+    old = today - dt.timedelta(days=800)
+    assert await partitions.ensure(db, old, old) == 2
+    assert f"gps_positions_p{old:%Y%m%d}" in await partitions.list_partitions(db, "gps_positions")
+    _, dropped = await partitions.maintain(db, days_ahead=10, today=today)
+    assert dropped >= 2
+    remaining = await partitions.list_partitions(db, "gps_positions")
+    assert f"gps_positions_p{old:%Y%m%d}" not in remaining
+    assert "gps_positions_p20261122" in remaining
+    # Idempotent: running again creates nothing new for the same window.
+    again, _ = await partitions.maintain(db, days_ahead=10, today=today)
+    assert again == 0 and created > 0

@@ -1,0 +1,75 @@
+"""PostgreSQL itself keeps tenants apart, even when code forgets to scope a query."""
+import datetime as dt
+import uuid
+
+import asyncpg
+import pytest
+
+
+async def _customer(db, slug):
+    async with db.operator("test_setup") as conn:
+        return await conn.fetchval("INSERT INTO customers (slug, name) VALUES ($1, $1) RETURNING id", slug)
+
+
+async def test_app_role_cannot_bypass_rls(db):
+    async with db.platform() as conn:
+        role = await conn.fetchrow(
+            "SELECT current_user AS who, r.rolsuper, r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user")
+        owns = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tableowner=current_user")
+    assert role["who"] == "webhost_app"
+    assert not role["rolsuper"] and not role["rolbypassrls"]
+    assert owns == 0
+
+
+async def test_query_without_customer_sees_no_rows(db):
+    a = await _customer(db, "alpha")
+    async with db.tenant(a) as conn:
+        await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1')", a)
+        await conn.execute(
+            "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) "
+            "SELECT $1, id, now(), 1, 1 FROM vehicles", a)
+    async with db.platform() as conn:  # no customer set: "code forgot"
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
+        assert await conn.fetchval("SELECT count(*) FROM gps_positions") == 0
+        assert await conn.fetchval("SELECT count(*) FROM customers") == 0
+        # A partition read directly is guarded the same way.
+        part = f"gps_positions_p{dt.datetime.now(dt.timezone.utc):%Y%m%d}"
+        assert await conn.fetchval(f'SELECT count(*) FROM "{part}"') == 0
+    async with db.tenant(a) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM gps_positions") == 1
+
+
+async def test_one_tenant_cannot_read_or_write_another(db):
+    a = await _customer(db, "alpha")
+    b = await _customer(db, "bravo")
+    async with db.tenant(a) as conn:
+        await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1')", a)
+    async with db.tenant(b) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
+        assert await conn.execute("UPDATE vehicles SET name = 'stolen'") == "UPDATE 0"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'x', 'x')", a)
+
+
+async def test_setting_does_not_leak_to_the_next_transaction(db):
+    a = await _customer(db, "alpha")
+    async with db.tenant(a) as conn:
+        await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1')", a)
+    for _ in range(5):  # same pooled connections, new transactions
+        async with db.platform() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
+
+
+async def test_authentication_lookups_find_only_what_they_must(db):
+    a = await _customer(db, "alpha")
+    key_hash = uuid.uuid4().bytes
+    async with db.tenant(a) as conn:
+        await conn.execute(
+            "INSERT INTO api_keys (customer_id, prefix, key_hash, permissions) VALUES ($1, 'whk_live_ab', $2, '{admin}')",
+            a, key_hash)
+    async with db.platform() as conn:
+        row = await conn.fetchrow("SELECT * FROM webhost_find_api_key($1)", key_hash)
+        assert row["customer_id"] == a and row["customer_slug"] == "alpha"
+        assert await conn.fetchval("SELECT id FROM webhost_find_customer('alpha')") == a
+        # the function's operator setting does not outlive the call
+        assert await conn.fetchval("SELECT count(*) FROM api_keys") == 0
