@@ -6,7 +6,7 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health
+from api import accounts, api_keys, billing, customers, errors, fleet, health, openapi
 
 from . import logs
 from .config import Settings
@@ -21,6 +21,8 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
+    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+        app.register_blueprint(area.blueprint)
 
     @app.before_request
     async def _request_id() -> None:
