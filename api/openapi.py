@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Quart, Response, current_app, request
 
@@ -47,9 +47,15 @@ def _loc(parts: tuple) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def validation_error(location: str, exc: ValidationError) -> ApiError:
-    errors = [{"location": location, "field": _loc(e["loc"]), "message": e["msg"], "type": e["type"]}
-              for e in exc.errors(include_url=False)]
+def validation_error(location: str, exc: ValidationError, discriminator: str | None = None) -> ApiError:
+    """422 naming each field. For a body that is a discriminated union (`discriminator` names the tag
+    field), pydantic prefixes each path with the tag value; the path clients see starts at the body."""
+    errors = []
+    for e in exc.errors(include_url=False):
+        loc = e["loc"]
+        if discriminator is not None:
+            loc = (discriminator,) if e["type"].startswith("union_tag") else loc[1:]
+        errors.append({"location": location, "field": _loc(loc), "message": e["msg"], "type": e["type"]})
     return ApiError(422, "validation_failed", "request validation failed", {"errors": errors})
 
 
@@ -65,7 +71,10 @@ async def _parse_body(model: type[BaseModel]) -> BaseModel:
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
             raise ApiError(422, "invalid_json", "request body is not valid JSON") from None
-        raise validation_error("body", exc) from None
+        discriminator = None
+        if issubclass(model, RootModel):
+            discriminator = getattr(model.model_fields["root"], "discriminator", None)
+        raise validation_error("body", exc, discriminator if isinstance(discriminator, str) else None) from None
 
 
 def _parse_query(model: type[BaseModel]) -> BaseModel:
