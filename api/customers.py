@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import Field
@@ -56,7 +56,7 @@ class Customer(ResponseModel):
     status: Literal["active", "suspended"]
     deployment_mode: str
     plan_id: str | None
-    metadata: Metadata
+    metadata: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
 
