@@ -212,7 +212,18 @@ async def prepare(base_url: str, email: str, password: str, customers: int) -> l
     return keys
 
 
-async def measure(base_url: str, keys: list[str], rate: float, seconds: float) -> dict:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a local process (Linux), to tell CPU cost from queueing."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(base_url: str, keys: list[str], rate: float, seconds: float, server_pid: int | None = None) -> dict:
     """Requests go round-robin over the customers' keys (creates of one customer serialise on its
     plan-limit lock, as they must; a platform's 500 creates/s come from many customers)."""
     auths = [{"Authorization": f"Bearer {key}", "Content-Type": "application/json"} for key in keys]
@@ -225,9 +236,14 @@ async def measure(base_url: str, keys: list[str], rate: float, seconds: float) -
         body = json.dumps({"name": f"v{i}", "vehicle_identifier": f"{run}-{i}", "vehicle_type": "van"}).encode()
         return "POST", "/api/v1/vehicles", auths[i % len(auths)], body
 
-    await open_loop(base_url, rate, 2, list_request)  # warm-up: pools, caches, JIT-free but still
-    results = {"list GET /api/v1/vehicles?limit=20": await open_loop(base_url, rate, seconds, list_request),
-               "create POST /api/v1/vehicles": await open_loop(base_url, rate, seconds, create_request)}
+    await open_loop(base_url, rate, 2, list_request)  # warm-up: connections, pools, statement caches
+    results = {}
+    for name, make in (("list GET /api/v1/vehicles?limit=20", list_request),
+                       ("create POST /api/v1/vehicles", create_request)):
+        before = cpu_seconds(server_pid)
+        results[name] = r = await open_loop(base_url, rate, seconds, make)
+        if before is not None:
+            r["server_cpu_ms_per_req"] = round((cpu_seconds(server_pid) - before) / r["requests"] * 1000, 2)
     return results
 
 
@@ -242,15 +258,15 @@ async def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    async def run(base_url: str) -> dict:
+    async def run(base_url: str, pid: int | None = None) -> dict:
         keys = await prepare(base_url, args.operator_email, args.operator_password, args.customers)
-        return await measure(base_url, keys, args.rate, args.seconds)
+        return await measure(base_url, keys, args.rate, args.seconds, pid)
 
     if args.base_url:
         results = await run(args.base_url)
     else:
         async with OwnServer() as server:
-            results = await run(server.base_url)
+            results = await run(server.base_url, server.proc.pid)
     if args.json:
         print(json.dumps({"rate": args.rate, "seconds": args.seconds, "customers": args.customers,
                           "results": results}))
@@ -260,7 +276,8 @@ async def main() -> int:
         for name, r in results.items():
             ok = "ok " if r["p95_ms"] < 10 else "MISS"
             print(f"  {ok} {name:38} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-                  f"  max {r['max_ms']:7.2f} ms  rate {r['achieved_rate']}/s  statuses {r['statuses']}")
+                  f"  max {r['max_ms']:7.2f} ms  rate {r['achieved_rate']}/s  statuses {r['statuses']}"
+                  + (f"  server cpu {r['server_cpu_ms_per_req']} ms/req" if "server_cpu_ms_per_req" in r else ""))
     return 0
 
 
