@@ -6,9 +6,9 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health
+from api import errors, health, provisioning as provisioning_api
 
-from . import logs
+from . import logs, provisioning
 from .config import Settings
 from .runtime import Runtime
 
@@ -21,6 +21,8 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(provisioning_api.blueprint)
+    provisioning.install(rt)
 
     @app.before_request
     async def _request_id() -> None:

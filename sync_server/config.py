@@ -116,6 +116,20 @@ class Settings:
     shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
                                        "how long SIGTERM waits for connections to flush and close")
 
+    provision_local_admin_url: str | None = _setting(
+        "PROVISION_LOCAL_ADMIN_URL", None, _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
+        "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server")
+    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver")
+    fly_api_url: str = _setting("FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"),
+                                "Fly Machines API base URL")
+    fly_org: str = _setting("FLY_ORG", "personal", doc="Fly organization slug new apps are created in")
+    hcloud_token: str | None = _setting("HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver")
+    hcloud_api_url: str = _setting("HCLOUD_API_URL", "https://api.hetzner.cloud/v1",
+                                   _url("HCLOUD_API_URL", "http", "https"), "Hetzner Cloud API base URL")
+    migration_cleanup_grace: float = _setting(
+        "MIGRATION_CLEANUP_GRACE_SECONDS", 3600.0, _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
+        "after a tenant migration, how long the source copy is kept before it is deleted")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
