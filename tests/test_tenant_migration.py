@@ -11,27 +11,16 @@ import pytest
 
 from storage import deployments as store, tenant_data
 from sync_server import provisioning
-from sync_server.config import Settings
 from sync_server.provisioning import tenant_migration
-from sync_server.runtime import Runtime
 
-from .conftest import TEST_SECRET
 from .support import databases, tenants
+from .support.runtime import provisioning_runtime
 
 
 @pytest.fixture
 async def rt(database_url, tmp_path, pg_admin_url):
-    settings = Settings.from_env({
-        "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
-        "MIGRATION_CLEANUP_GRACE_SECONDS": "0", "PROVISION_LOCAL_ADMIN_URL": pg_admin_url,
-    })
-    runtime = Runtime(settings)
-    provisioning.install(runtime)
-    await runtime.start()
-    yield runtime
-    await runtime.stop()
-    for name in await tenants.dedicated_database_names(database_url):
-        await databases.drop_database(pg_admin_url, databases.with_database(pg_admin_url, name))
+    async with provisioning_runtime(database_url, tmp_path / "data", pg_admin_url) as runtime:
+        yield runtime
 
 
 async def wait_migration(rt, cid, mid, *statuses, timeout=120.0):
@@ -208,14 +197,8 @@ async def test_existing_database_fails_the_deployment_and_the_customer_stays_ser
 async def test_unreachable_target_fails_the_migration_and_the_customer_stays_served(database_url, tmp_path):
     from .support.server import free_port
 
-    settings = Settings.from_env({
-        "DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
-        "PROVISION_LOCAL_ADMIN_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
-    })
-    runtime = Runtime(settings)
-    provisioning.install(runtime)
-    await runtime.start()
-    try:
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    async with provisioning_runtime(database_url, tmp_path / "data", unreachable) as runtime:
         cid = await tenants.seed_customer(database_url, gps_rows=10)
         mig = await tenant_migration.start(runtime, cid, "single_tenant")
         for _ in range(400):
@@ -231,5 +214,3 @@ async def test_unreachable_target_fails_the_migration_and_the_customer_stays_ser
         assert (await runtime.registry.for_customer(cid)) is runtime.registry.shared
         async with runtime.db.tenant(cid) as c:
             assert await c.fetchval("SELECT count(*) FROM gps_positions") == 10
-    finally:
-        await runtime.stop()
