@@ -6,9 +6,9 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health, provisioning as provisioning_api
+from api import docs, errors, health, provisioning as provisioning_api
 
-from . import logs, provisioning
+from . import logs, provisioning, sync_endpoint
 from .config import Settings
 from .runtime import Runtime
 
@@ -21,6 +21,8 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
+    sync_endpoint.install(app, rt)  # websocket /sync/..., rooms on rt.rooms (add room hooks there)
+    app.register_blueprint(docs.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
 
