@@ -5,7 +5,7 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from quart import Blueprint, g, jsonify, request
+from quart import Blueprint, jsonify, request
 
 from storage import deployments as store
 from sync_server.provisioning import deployments, recommendations, tenant_migration
@@ -185,7 +185,7 @@ def _event(e) -> dict:
 def _migration(mig: dict, events) -> dict:
     out = {k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v)
            for k, v in mig.items() if k != "source_url"}
-    progress = [e for e in events if e["step"] == "migration_copy" and e["status"] == "progress"]
+    progress = [e for e in events if e["step"] == "migration_copy" and e["status"] in ("progress", "succeeded")]
     last = progress[-1]["data"] if progress else {}
     out["progress"] = {"done": last.get("done", 0), "total": last.get("total"), "table": last.get("table")}
     out["events"] = [_event(e) for e in events]

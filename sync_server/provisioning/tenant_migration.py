@@ -218,7 +218,8 @@ async def _bulk_copy(rt, mig, source: Database, target: Database, cid, tables, c
                 overall_done += n
                 await _event(rt, mig, "copy", "progress", table=t.name, rows=done, table_total=totals[t.name],
                              done=overall_done, total=overall_total)
-    await _event(rt, mig, "copy", "succeeded", done=overall_done, total=overall_total)
+    # rows may come and go while copying (live writes, compaction); the catch-up settles them
+    await _event(rt, mig, "copy", "succeeded", done=overall_done, total=overall_done, counted_at_start=overall_total)
 
 
 async def _hashes(db: Database, cid, tables, cutoff) -> dict[str, dict[str, str]]:

@@ -7,6 +7,7 @@ import secrets
 import uuid
 
 import asyncpg
+import pycrdt
 
 from storage import tenant_data
 
@@ -57,11 +58,15 @@ async def seed_customer(url: str, *, slug: str = "acme", gps_rows: int = 50_000,
         await conn.execute(
             "INSERT INTO geofence_events (customer_id, geofence_id, vehicle_id, event, time, lat, lng) "
             "VALUES ($1, $2, $3, 'enter', $4, 52.5, 13.4)", cid, fences[0], vehicles[0], now)
-        for i in range(5):
+        ydoc = pycrdt.Doc()
+        ydoc["meta"] = meta = pycrdt.Map()
+        for i in range(5):  # real Yjs updates, so the sync server can load the document
+            state = ydoc.get_state()
+            meta[f"k{i}"] = i
             await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', $2)",
-                               cid, bytes([i, 0, 255, 7]))
+                               cid, ydoc.get_update(state))
         await conn.execute("INSERT INTO doc_snapshots (customer_id, doc, state, upto_seq, update_count) "
-                           "VALUES ($1, 'fleet', '\\x0000'::bytea, 0, 0)", cid)
+                           "VALUES ($1, 'fleet', $2, 0, 0)", cid, pycrdt.Doc().get_update())
         return cid
     finally:
         await conn.close()
