@@ -136,6 +136,18 @@ async def row_hashes(conn: asyncpg.Connection, t: TenantTable, customer_id, cuto
     return {r["k"]: r["h"] for r in rows}
 
 
+async def hashes_by_key(conn: asyncpg.Connection, t: TenantTable, customer_id, keys: list[str]) -> dict[str, str]:
+    rows = await conn.fetch(
+        f"SELECT {_key_expr(t)} AS k, md5(t::text) AS h FROM {_q(t.name)} t "
+        f"WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])", customer_id, keys)
+    return {r["k"]: r["h"] for r in rows}
+
+
+async def count(conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None) -> int:
+    return await conn.fetchval(f"SELECT count(*) FROM {_q(t.name)} t WHERE {_where(t, True)}",
+                               *_args(t, customer_id, cutoff))
+
+
 async def rows_by_key(conn: asyncpg.Connection, t: TenantTable, customer_id, keys: list[str]) -> str:
     return await conn.fetchval(
         f"SELECT coalesce(json_agg(to_jsonb(t)), '[]')::text FROM {_q(t.name)} t "
