@@ -113,6 +113,9 @@ class Settings:
     maintenance_interval: float = _setting("MAINTENANCE_INTERVAL_SECONDS", 3600.0,
                                            _float("MAINTENANCE_INTERVAL_SECONDS", 1, 86400),
                                            "how often partitions and retention are maintained")
+    operator_session_ttl: int = _setting("OPERATOR_SESSION_TTL_SECONDS", 43200,
+                                         _int("OPERATOR_SESSION_TTL_SECONDS", 60, 30 * 86400),
+                                         "lifetime of an operator bearer token from POST /api/v1/auth/login")
     shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
                                        "how long SIGTERM waits for connections to flush and close")
 

@@ -123,3 +123,16 @@ async def test_local_deployment_one_active_per_customer_and_resume_after_crash(d
         assert steps.count(("migrate_database", "succeeded")) == 2
         gone = await deployments.decommission(rt, dep["id"])
         assert gone["status"] == "decommissioned"
+
+
+async def test_plan_change_records_a_new_recommendation(database_url, tmp_path, pg_admin_url):
+    from sync_server import subscriptions
+
+    async with provisioning_runtime(database_url, tmp_path, pg_admin_url) as rt:
+        cid = await tenants.seed_customer(database_url, gps_rows=1, plan="hobby")
+        await subscriptions.change_plan(rt, cid, "professional")
+        recs = await store.recommendations(rt.db, cid)
+        assert [(r["trigger"], r["profile"]["plan"], r["profile"]["vehicles"], r["mode"]) for r in recs] == \
+            [("plan_changed", "professional", 3, "multi_tenant")]
+        await subscriptions.change_plan(rt, cid, "professional")  # no change, no new evaluation
+        assert len(await store.recommendations(rt.db, cid)) == 1
