@@ -41,19 +41,21 @@ CREATE TABLE tenant_migrations (
 CREATE UNIQUE INDEX tenant_migrations_one_running ON tenant_migrations (customer_id) WHERE status = 'running';
 CREATE INDEX tenant_migrations_customer_idx ON tenant_migrations (customer_id, created_at);
 
-DO $$
-DECLARE
-    t text;
+-- The tenant_isolation policy of 0002 as one reusable call for tables added by later migrations.
+CREATE FUNCTION webhost_enable_tenant_isolation(p_table regclass) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
 BEGIN
-    FOREACH t IN ARRAY ARRAY['recommendations', 'tenant_migrations'] LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format(
-            'CREATE POLICY tenant_isolation ON %I USING (customer_id = webhost_current_customer() OR webhost_is_operator()) '
-            'WITH CHECK (customer_id = webhost_current_customer() OR webhost_is_operator())', t);
-    END LOOP;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', p_table);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', p_table);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %s '
+                   'USING (customer_id = webhost_current_customer() OR webhost_is_operator()) '
+                   'WITH CHECK (customer_id = webhost_current_customer() OR webhost_is_operator())', p_table);
 END
 $$;
+
+SELECT webhost_enable_tenant_isolation('recommendations');
+SELECT webhost_enable_tenant_isolation('tenant_migrations');
 
 -- Rows copied with their serial ids (doc_updates.seq, geofence_events.id) must never be overtaken
 -- by the target's own sequence: move it forward (never back) past the largest copied value.

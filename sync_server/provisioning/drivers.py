@@ -151,6 +151,12 @@ class _HttpDriver:
             raise ProvisionError(f"{self.name} API refused {method} {path}: HTTP {r.status_code} {r.text[:300]}")
         return r.json() if r.content else {}
 
+    async def _remove(self, state: dict, key: str, path: str, step: str, progress: Progress) -> None:
+        """DELETE the resource whose id the state holds under `key` (gone already counts as done)."""
+        if state.get(key):
+            await self._call("DELETE", path.format(state[key]), ok_missing=True)
+            await progress(step, "succeeded", **{key: state.pop(key)})
+
 
 def _resource_name(deployment: dict) -> str:
     return (deployment.get("config") or {}).get("name") or f"webhost-{deployment['id'].hex[:12]}"
@@ -210,12 +216,9 @@ class FlyDriver(_HttpDriver):
 
     async def destroy(self, deployment: dict, state: dict, progress: Progress) -> None:
         app = state.get("app_name")
-        if state.get("machine_id"):
-            await self._call("DELETE", f"/v1/apps/{app}/machines/{state['machine_id']}?force=true", ok_missing=True)
-            await progress("fly_destroy_machine", "succeeded", machine_id=state.pop("machine_id"))
-        if state.get("volume_id"):
-            await self._call("DELETE", f"/v1/apps/{app}/volumes/{state['volume_id']}", ok_missing=True)
-            await progress("fly_destroy_volume", "succeeded", volume_id=state.pop("volume_id"))
+        await self._remove(state, "machine_id", f"/v1/apps/{app}/machines/{{}}?force=true", "fly_destroy_machine",
+                           progress)
+        await self._remove(state, "volume_id", f"/v1/apps/{app}/volumes/{{}}", "fly_destroy_volume", progress)
         if state.pop("app_created", None):
             await self._call("DELETE", f"/v1/apps/{app}", ok_missing=True)
             await progress("fly_destroy_app", "succeeded", app=app)
@@ -284,12 +287,8 @@ class HetznerDriver(_HttpDriver):
         return f"postgresql://postgres:{quote(state['password'])}@{state['ipv4']}:5432/webhost?sslmode=require"
 
     async def destroy(self, deployment: dict, state: dict, progress: Progress) -> None:
-        if state.get("server_id"):
-            await self._call("DELETE", f"/servers/{state['server_id']}", ok_missing=True)
-            await progress("hetzner_delete_server", "succeeded", server_id=state.pop("server_id"))
-        if state.get("firewall_id"):
-            await self._call("DELETE", f"/firewalls/{state['firewall_id']}", ok_missing=True)
-            await progress("hetzner_delete_firewall", "succeeded", firewall_id=state.pop("firewall_id"))
+        await self._remove(state, "server_id", "/servers/{}", "hetzner_delete_server", progress)
+        await self._remove(state, "firewall_id", "/firewalls/{}", "hetzner_delete_firewall", progress)
 
 
 def driver_for(infrastructure: str, settings: Settings) -> Driver:
