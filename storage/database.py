@@ -18,6 +18,13 @@ import structlog
 
 APP_ROLE = "webhost_app"
 
+# The tenant_isolation policy reads `customer_id = webhost_current_customer() OR webhost_is_operator()`;
+# the OR keeps the planner off every customer_id index, so a query with only the policy scans the
+# whole table (all tenants: measured 0.8 ms for 2,650 vehicles, growing with every tenant's rows).
+# Tenant-scoped list and count queries repeat the tenant condition with this fragment so that the
+# (customer_id, ...) indexes serve them. It adds a condition; the policy still applies unchanged.
+TENANT_ROWS = "customer_id = webhost_current_customer()"
+
 log = structlog.get_logger("storage.database")
 audit = structlog.get_logger("audit")
 
