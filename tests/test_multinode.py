@@ -113,26 +113,29 @@ async def test_edits_and_presence_converge_over_three_nodes(cluster, customer):
             {"op": "insert", "text": "t", "index": 0, "value": f"<{i}>"},
             *[{"op": "waitKey", "map": "m", "key": f"k{j}"} for j in others],
             {"op": "waitArrayLength", "array": "a", "length": 3},
-            {"op": "waitPresence", "count": 2},
+            {"op": "waitPresence", "count": 2}, {"op": "print", "mark": "present"},
             {"op": "set", "map": "m", "key": f"done{i}", "value": True},
             *[{"op": "waitKey", "map": "m", "key": f"done{j}"} for j in others]])))
+    present = [await read_mark(p, "present") for p in peers]
     ends = [await finish(p) for p in peers]
     assert ends[0]["maps"] == ends[1]["maps"] == ends[2]["maps"]
     assert ends[0]["maps"]["m"] == {"k0": 0, "k1": 1, "k2": 2, "done0": True, "done1": True, "done2": True}
     assert ends[0]["arrays"] == ends[1]["arrays"] == ends[2]["arrays"]
     assert sorted(ends[0]["arrays"]["a"]) == ["from-0", "from-1", "from-2"]
     assert ends[0]["texts"] == ends[1]["texts"] == ends[2]["texts"]
-    for i, end in enumerate(ends):
+    for i, seen in enumerate(present):
         # Presence of the clients of the two other nodes crossed over.
-        assert sorted(p["state"]["node"] for p in end["presence"] if p["state"]) == [j for j in range(3) if j != i]
+        assert sorted(p["state"]["node"] for p in seen["presence"] if p["state"]) == [j for j in range(3) if j != i]
     # A late joiner on any node sees the same document.
     late = await run_js("peer.mjs", plan(nodes[2].ws_url, customer, steps=[{"op": "synced"}]))
     assert (late["maps"], late["arrays"], late["texts"]) == (ends[0]["maps"], ends[0]["arrays"], ends[0]["texts"])
 
 
-async def test_presence_of_a_vanished_client_is_removed_on_the_other_node(cluster, customer):
+async def presence_removed_on_b(cluster, customer, vanish) -> ServerProcess:
+    """A client on node A shows presence to a watcher on node B; `vanish(holder, a)` makes it go
+    without a goodbye; the watcher must see the server's removal (not its own 30 s timeout)."""
     a, b = cluster.start(2)
-    holder = js_start("peer.mjs", plan(a.ws_url, customer, steps=[
+    holder = js_start("peer.mjs", plan(a.ws_url, customer, maxBackoffTime=60000, steps=[
         {"op": "synced"}, {"op": "awareness", "state": {"user": "holder"}}, {"op": "flush"},
         {"op": "print", "mark": "present"}, {"op": "sleep", "ms": 600000}]))
     try:
@@ -142,33 +145,29 @@ async def test_presence_of_a_vanished_client_is_removed_on_the_other_node(cluste
             {"op": "waitPresenceAtMost", "count": 0}]))
         seen = await read_mark(watcher, "seen")
         assert [p["state"] for p in seen["presence"]] == [{"user": "holder"}]
-        holder.send_signal(signal.SIGKILL)  # the TCP connection just drops
-        end = await finish(watcher)
-        removal = [e for e in end["events"] if "presenceRemoved" in e]
-        assert removal and removal[0]["origin"] == "remote"  # the server's, not the client's 30 s timeout
-    finally:
-        holder.kill()
-
-
-async def test_presence_of_a_dead_nodes_clients_is_removed_by_heartbeat_timeout(cluster, customer):
-    a, b = cluster.start(2)
-    holder = js_start("peer.mjs", plan(a.ws_url, customer, maxBackoffTime=60000, steps=[
-        {"op": "synced"}, {"op": "awareness", "state": {"user": "on-a"}}, {"op": "flush"},
-        {"op": "print", "mark": "present"}, {"op": "sleep", "ms": 600000}]))
-    try:
-        await read_mark(holder, "present")
-        watcher = js_start("peer.mjs", plan(b.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "waitPresence", "count": 1}, {"op": "print", "mark": "seen"},
-            {"op": "waitPresenceAtMost", "count": 0}]))
-        await read_mark(watcher, "seen")
-        holder.send_signal(signal.SIGSTOP)  # the client says nothing more (no reconnect elsewhere)
-        a.kill()  # kill -9: no goodbye from node A either
+        vanish(holder, a)
         end = await finish(watcher)
         removal = [e for e in end["events"] if "presenceRemoved" in e]
         assert removal and removal[0]["origin"] == "remote"
-        assert '"nodes_presumed_dead"' in b.log_text()
     finally:
         holder.kill()
+    return b
+
+
+async def test_presence_of_a_vanished_client_is_removed_on_the_other_node(cluster, customer):
+    def vanish(holder, _node):
+        holder.send_signal(signal.SIGKILL)  # the TCP connection just drops; node A stays
+
+    await presence_removed_on_b(cluster, customer, vanish)
+
+
+async def test_presence_of_a_dead_nodes_clients_is_removed_by_heartbeat_timeout(cluster, customer):
+    def vanish(holder, node):
+        holder.send_signal(signal.SIGSTOP)  # the client says nothing more (no reconnect elsewhere)
+        node.kill()  # kill -9: no goodbye from node A either
+
+    b = await presence_removed_on_b(cluster, customer, vanish)
+    assert '"nodes_presumed_dead"' in b.log_text()
 
 
 async def test_redis_killed_mid_stream_and_restarted_loses_no_update(cluster, customer, database_url, tmp_path):

@@ -1,7 +1,6 @@
 """The shared limits on a single node without Redis: counted in memory, same answers."""
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import pytest
 
@@ -9,6 +8,7 @@ from .conftest import TEST_SECRET
 from .support import sync_peers
 from .support.server import ServerProcess
 from .support.sync_peers import RawPeer
+from .test_multinode import set_connection_limit
 
 
 @pytest.fixture
@@ -17,11 +17,7 @@ async def customer(database_url):
 
 
 async def test_connection_limit_without_redis(server_env, database_url, customer, tmp_path):
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("UPDATE plans SET connection_limit = 1")
-    finally:
-        await conn.close()
+    await set_connection_limit(database_url, 1)
     node = ServerProcess(server_env, log_path=tmp_path / "node.log").start()
     try:
         url = f"{node.ws_url}/sync/{customer.slug}/fleet?token={sync_peers.token(TEST_SECRET, customer)}"
@@ -46,11 +42,7 @@ async def test_connection_limit_without_redis(server_env, database_url, customer
 
 
 async def test_connection_limits_off_lets_everybody_in(server_env, database_url, customer, tmp_path):
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("UPDATE plans SET connection_limit = 1")
-    finally:
-        await conn.close()
+    await set_connection_limit(database_url, 1)
     node = ServerProcess({**server_env, "CONNECTION_LIMITS": "off"}, log_path=tmp_path / "node.log").start()
     try:
         url = f"{node.ws_url}/sync/{customer.slug}/fleet?token={sync_peers.token(TEST_SECRET, customer)}"
