@@ -156,7 +156,8 @@ class Settings:
                                          "entries kept (approximately) in each document's Redis stream")
     connection_limits: str = _setting("CONNECTION_LIMITS", "enforce", _choice("CONNECTION_LIMITS", "enforce", "off"),
                                       "enforce the plan's connection_limit per customer (across nodes with Redis)")
-    rest_rate_limit: int = _setting("REST_RATE_LIMIT_PER_MINUTE", 3000, _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
+    rest_rate_limit: int = _setting("REST_RATE_LIMIT_PER_MINUTE", 6000,
+                                    _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
                                     "REST requests per credential per minute (across nodes with Redis); "
                                     "past it 429 with Retry-After; 0 disables")
 

