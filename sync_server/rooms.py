@@ -18,6 +18,7 @@ import structlog
 from . import protocol
 from .connection import FORBIDDEN, GOING_AWAY, Connection
 from .hooks import HTTP, REMOTE, HookList
+from .wire import binary_frame
 
 log = structlog.get_logger("sync_server.rooms")
 
@@ -77,8 +78,12 @@ class Room:
             asyncio.ensure_future(self.hooks.awareness(self, frame, conn))
 
     def broadcast(self, frame: bytes) -> None:
+        """Queue one message to every peer; the websocket frame is encoded once for all of them."""
+        wire = None
         for conn in tuple(self.connections):
-            conn.enqueue(frame)
+            if conn.raw and wire is None:
+                wire = binary_frame(frame)
+            conn.enqueue(frame, wire)
 
     # -- messages ---------------------------------------------------------------------------------
 

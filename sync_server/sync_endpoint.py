@@ -23,7 +23,7 @@ import structlog
 
 from storage import tenants
 
-from . import api_keys, logs, protocol, sync_tokens
+from . import api_keys, logs, protocol, sync_tokens, wire
 from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSAGE_TOO_BIG, UNAUTHORIZED,
                          Connection)
 from .hooks import ConnectRequest, Refused
@@ -66,6 +66,7 @@ class SyncEndpoint:
         settings = runtime.settings
         self.max_message = settings.sync_max_message_bytes
         self.queue_limit = settings.sync_send_queue_limit
+        self.raw_writes = True  # sync_server.wire fast path where the server allows it
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -116,9 +117,10 @@ class SyncEndpoint:
         async def send_bytes(frame: bytes) -> None:
             await send({"type": "websocket.send", "bytes": frame})
 
+        raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
-        conn = Connection(send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
-                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}")
+        conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
+                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
         conn.start()
         self.rooms.join(room, conn)
         log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
