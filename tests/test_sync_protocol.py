@@ -183,25 +183,12 @@ async def test_refusals(server, customer, database_url, case, code):
 
 
 async def test_token_in_subprotocol_and_api_key_header(server, customer, database_url):
-    from sync_server import api_keys
-    from storage import api_keys as key_store
-    import asyncpg
-
     tok = sync_peers.token(TEST_SECRET, customer)
     a = await RawPeer.connect(url(server, customer), subprotocols=[tok])
     assert a.ws.subprotocol == tok
     await a.sync()
     await a.close()
-    raw = api_keys.generate("live")
-    conn = await asyncpg.connect(database_url)
-    try:
-        async with conn.transaction():
-            await conn.execute("SELECT set_config('app.customer_id', $1, true)", customer.id)
-            await key_store.insert(conn, customer_id=customer.id, name="srv", prefix=api_keys.display_prefix(raw),
-                                   key_hash=api_keys.digest(raw), environment="live", permissions=["sync:read"],
-                                   expires_at=None)
-    finally:
-        await conn.close()
+    raw = await sync_peers.create_api_key(database_url, customer, ["sync:read"])
     b = await RawPeer.connect(url(server, customer), additional_headers={"Authorization": f"Bearer {raw}"})
     await b.sync()
     src = pycrdt.Doc()
