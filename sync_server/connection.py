@@ -35,7 +35,8 @@ WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the
 
 class Connection:
     __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
-                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "raw", "peer")
+                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "raw", "peer",
+                 "last_seen")
 
     def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
                  peer: str = "", raw: bool = False) -> None:
@@ -57,6 +58,7 @@ class Connection:
         self._wakeup: asyncio.Future | None = None
         self._sender: asyncio.Task | None = None
         self.raw = raw
+        self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._drain())

@@ -297,6 +297,17 @@ class RoomRegistry:
         log.info("customer_connections_closed", customer_id=str(customer_id), connections=closed, code=code)
         return closed
 
+    def close_idle(self, timeout: float) -> int:
+        """Close (1001) every connection that sent nothing for `timeout` seconds."""
+        cutoff = asyncio.get_running_loop().time() - timeout
+        closed = 0
+        for room in self.rooms():
+            for conn in tuple(room.connections):
+                if conn.last_seen < cutoff:
+                    conn.abort(GOING_AWAY, "idle timeout")
+                    closed += 1
+        return closed
+
     async def drain(self) -> None:
         """Shutdown: stop accepting, make every room durable, close every peer with 1001."""
         self.accepting = False

@@ -143,10 +143,12 @@ class SyncEndpoint:
     async def _read(self, conn: Connection, room, receive) -> None:
         limit = self.max_message
         handle = room.receive
+        clock = asyncio.get_running_loop().time
         while True:
             event = await receive()
             if event["type"] != "websocket.receive":
                 return  # websocket.disconnect: the peer left
+            conn.last_seen = clock()
             frame = event.get("bytes")
             if frame is None:
                 log.warning("sync_malformed", error="text frame")
@@ -240,12 +242,23 @@ def install(app, runtime) -> RoomRegistry:
 
     async def start() -> None:
         update_log.start()
+        runtime.spawn(sweep_idle(), "sync-idle-sweep")
 
     async def drain() -> None:
         await rooms.drain()
 
     async def stop() -> None:
         await update_log.stop(settings.shutdown_timeout)
+
+    async def sweep_idle() -> None:
+        # Dead peers (a phone that lost its network without a FIN) never send again; live
+        # y-websocket clients renew their awareness every 15 s.
+        interval = min(settings.sync_idle_timeout / 3, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            closed = rooms.close_idle(settings.sync_idle_timeout)
+            if closed:
+                log.info("sync_idle_closed", connections=closed)
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))

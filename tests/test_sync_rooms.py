@@ -158,3 +158,20 @@ async def test_a_peer_that_does_not_read_is_closed_1013_not_buffered(core, datab
         await room.apply(_update(f"k{i}", i))
     assert slow.close_code == 1013 and slow.queued == 0
     await slow.stop()
+
+
+async def test_idle_connections_are_closed_1001(core, database_url):
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+
+    async def send(frame):
+        pass
+
+    room = await rooms.get(customer.id, "fleet")
+    quiet = Connection(send, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=10)
+    lively = Connection(send, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=10)
+    rooms.join(room, quiet)
+    rooms.join(room, lively)
+    quiet.last_seen -= 120
+    assert rooms.close_idle(60) == 1
+    assert quiet.close_code == 1001 and lively.close_code is None
