@@ -20,6 +20,7 @@ from .support.balancer import Balancer
 from .support.private_redis import PrivateRedis
 from .support.server import ServerProcess
 from .support.sync_peers import RawPeer, js, js_start
+from .test_sync_js import wait_stored
 
 
 @pytest.fixture
@@ -84,17 +85,6 @@ async def finish(proc, timeout: float = 120) -> dict:
     out, err = await asyncio.to_thread(proc.communicate, timeout=timeout)
     assert proc.returncode == 0, err[-4000:]
     return json.loads(out.strip().splitlines()[-1])
-
-
-async def wait_stored(database_url, customer, doc, check, timeout=60.0) -> pycrdt.Doc:
-    deadline = time.monotonic() + timeout
-    while True:
-        ydoc = await sync_peers.stored_doc(database_url, customer, doc)
-        if check(ydoc):
-            return ydoc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"stored doc {doc} never satisfied the check")
-        await asyncio.sleep(0.2)
 
 
 def stored_array(ydoc: pycrdt.Doc, name: str = "a") -> list:
