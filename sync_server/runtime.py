@@ -33,6 +33,19 @@ class Runtime:
         self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
         self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
         self.shutting_down = asyncio.Event()
+        self._listeners: dict[str, list[Callable[..., Awaitable[None]]]] = {}
+
+    def subscribe(self, event: str, listener: Callable[..., Awaitable[None]]) -> None:
+        """Listen for a domain event of this node, e.g. "customer_suspended" (customer_id=...)."""
+        self._listeners.setdefault(event, []).append(listener)
+
+    async def publish(self, event: str, **data: Any) -> None:
+        """Tell every listener; one failing listener is logged and does not stop the others."""
+        for listener in self._listeners.get(event, []):
+            try:
+                await listener(**data)
+            except Exception:
+                log.exception("event_listener_failed", event_name=event)
 
     @property
     def db(self) -> Database:

@@ -1,0 +1,85 @@
+"""Who is calling: a customer's API key or an operator's session token (both `Authorization: Bearer`).
+
+Decorators put the principal on `g.principal` and bind the tenant id into every log line.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import wraps
+
+from quart import g, request
+
+from sync_server import api_keys, logs
+from sync_server.runtime import runtime
+from storage import operator_sessions
+
+from .errors import ApiError
+
+
+@dataclass(frozen=True)
+class OperatorPrincipal:
+    user_id: str
+    email: str
+    role: str
+    token_id: str
+
+
+def bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer ...)")
+    return value.strip()
+
+
+async def authenticate_customer() -> api_keys.ApiKeyPrincipal:
+    try:
+        principal = await api_keys.authenticate(runtime().registry, bearer())
+    except api_keys.KeyRejected as exc:
+        raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, exc.message) from None
+    logs.bind(customer_id=principal.customer_id)
+    return principal
+
+
+async def authenticate_operator() -> OperatorPrincipal:
+    raw = bearer()
+    row = await operator_sessions.find_active(runtime().db, hashlib.sha256(raw.encode()).digest())
+    if row is None:
+        raise ApiError(401, "unauthorized", "operator token is invalid or expired")
+    return OperatorPrincipal(str(row["user_id"]), row["email"], row["role"], str(row["token_id"]))
+
+
+def customer_required(*permissions: str):
+    """The route needs an API key holding every permission named (`admin` holds them all)."""
+
+    def decorate(handler):
+        @wraps(handler)
+        async def wrapper(*args, **kwargs):
+            principal = await authenticate_customer()
+            missing = [p for p in permissions if not principal.has(p)]
+            if missing:
+                raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": missing})
+            g.principal = principal
+            return await handler(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def operator_required(role: str | None = None):
+    """The route needs an operator session; `role="admin"` for destructive operations."""
+
+    def decorate(handler):
+        @wraps(handler)
+        async def wrapper(*args, **kwargs):
+            principal = await authenticate_operator()
+            if role is not None and principal.role != role:
+                raise ApiError(403, "forbidden", f"requires operator role {role!r}")
+            g.principal = principal
+            return await handler(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,31 @@
+"""api_keys rows. Keys live in the shared database (control plane) even for customers whose data
+lives on a dedicated one; only the SHA-256 and a display prefix are stored."""
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from .database import Database
+
+
+async def find_by_hash(db: Database, key_hash: bytes) -> asyncpg.Record | None:
+    async with db.platform() as conn:
+        return await conn.fetchrow("SELECT * FROM webhost_find_api_key($1)", key_hash)
+
+
+async def touch_last_used(db: Database, customer_id, key_id, when: dt.datetime) -> None:
+    async with db.tenant(customer_id) as conn:
+        await conn.execute("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", key_id, when)
+
+
+async def insert(conn: asyncpg.Connection, *, customer_id, name: str, prefix: str, key_hash: bytes,
+                 environment: str, permissions: list[str], expires_at: dt.datetime | None) -> asyncpg.Record:
+    """Insert inside the caller's tenant transaction (so a customer and its first key commit together)."""
+    return await conn.fetchrow(
+        "INSERT INTO api_keys (customer_id, name, prefix, key_hash, environment, permissions, expires_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "RETURNING id, customer_id, name, prefix, environment, permissions, created_at, expires_at, revoked_at, "
+        "last_used_at",
+        customer_id, name, prefix, key_hash, environment, permissions, expires_at,
+    )

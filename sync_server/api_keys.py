@@ -1,0 +1,103 @@
+"""Customer API keys: `whk_{live|test}_` + 22 base62 chars (>= 128 bits) + 6-char CRC32 checksum.
+
+The checksum lets scanners and typos be rejected before any database lookup. Only the SHA-256 of
+the whole key and a display prefix are stored. `authenticate` is the single place a presented key
+becomes a principal; both REST and the websocket endpoint use it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import zlib
+from dataclasses import dataclass
+
+from storage import api_keys as key_store
+from storage.registry import DatabaseRegistry
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+ENVIRONMENTS = ("live", "test")
+BODY_LEN = 22  # 62**22 > 2**130
+CHECK_LEN = 6  # 62**6 > 2**32
+PREFIX_LEN = len("whk_live_") + 4
+PERMISSIONS = ("admin", "sync:read", "sync:write", "fleet:read", "fleet:write", "tracking:read",
+               "tracking:write", "billing:read", "billing:write")
+LAST_USED_RESOLUTION = dt.timedelta(minutes=5)  # last_used_at is written at most this often per key
+
+
+class KeyRejected(Exception):
+    """The key is unusable; `code` is the API error code, the message safe to show."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ApiKeyPrincipal:
+    key_id: str
+    customer_id: str
+    customer_slug: str
+    environment: str
+    permissions: frozenset[str]
+
+    def has(self, permission: str) -> bool:
+        return "admin" in self.permissions or permission in self.permissions
+
+
+def _base62(number: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        out.append(ALPHABET[rem])
+    return "".join(reversed(out))
+
+
+def _checksum(text: str) -> str:
+    return _base62(zlib.crc32(text.encode()), CHECK_LEN)
+
+
+def generate(environment: str = "live") -> str:
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"environment must be one of {ENVIRONMENTS}")
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LEN))
+    head = f"whk_{environment}_{body}"
+    return head + _checksum(head)
+
+
+def is_well_formed(raw: str) -> bool:
+    for env in ENVIRONMENTS:
+        start = f"whk_{env}_"
+        if raw.startswith(start) and len(raw) == len(start) + BODY_LEN + CHECK_LEN:
+            head, check = raw[:-CHECK_LEN], raw[-CHECK_LEN:]
+            return all(c in ALPHABET for c in raw[len(start):]) and _checksum(head) == check
+    return False
+
+
+def digest(raw: str) -> bytes:
+    return hashlib.sha256(raw.encode()).digest()
+
+
+def display_prefix(raw: str) -> str:
+    return raw[:PREFIX_LEN]
+
+
+async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None) -> ApiKeyPrincipal:
+    if not is_well_formed(raw):
+        raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
+    row = await key_store.find_by_hash(registry.shared, digest(raw))
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if row is None:
+        raise KeyRejected("invalid_api_key", "API key not recognised")
+    if row["revoked_at"] is not None:
+        raise KeyRejected("api_key_revoked", "API key has been revoked")
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        raise KeyRejected("api_key_expired", "API key has expired")
+    if row["customer_status"] != "active":
+        raise KeyRejected("customer_suspended", "customer account is suspended")
+    last_used = row["last_used_at"]
+    if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+        await key_store.touch_last_used(registry.shared, row["customer_id"], row["id"], now)
+    return ApiKeyPrincipal(str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"],
+                           frozenset(row["permissions"]))

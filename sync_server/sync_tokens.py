@@ -1,0 +1,105 @@
+"""Sync tokens: the short-lived credential a customer's back end mints (POST /api/v1/sync-tokens)
+for its apps, and the websocket endpoint verifies. One module for both sides.
+
+Format: `wst1.<base64url(JSON claims)>.<base64url(HMAC-SHA256(secret, "wst1." + claims))>`.
+Claims: c (customer id), s (customer slug), d (doc patterns, globs such as `tracks/*`),
+m (`rw` | `r`), iat, exp (epoch seconds), jti. Stateless: verification needs only the secret.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+VERSION = "wst1"
+MAX_TTL_SECONDS = 24 * 3600
+MODES = ("rw", "r")
+
+
+class TokenError(ValueError):
+    """The token is malformed, forged or expired; `reason` is safe to show the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SyncGrant:
+    customer_id: str
+    customer_slug: str
+    docs: tuple[str, ...]
+    mode: str
+    expires_at: int
+    token_id: str
+
+    @property
+    def can_write(self) -> bool:
+        return self.mode == "rw"
+
+    def allows(self, doc: str) -> bool:
+        """Whether this grant covers `doc`; `*` in a pattern matches any characters, `/` included."""
+        return any(fnmatchcase(doc, pattern) for pattern in self.docs)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: str, signed_part: str) -> str:
+    return _b64(hmac.new(secret.encode(), signed_part.encode(), hashlib.sha256).digest())
+
+
+def validate_request(docs: list[str], mode: str, ttl_seconds: int, max_ttl: int = MAX_TTL_SECONDS) -> None:
+    """Raise ValueError naming the field when a mint request is out of bounds."""
+    if not docs or not all(isinstance(d, str) and 0 < len(d) <= 256 for d in docs) or len(docs) > 100:
+        raise ValueError("docs: 1 to 100 patterns of 1 to 256 characters")
+    if mode not in MODES:
+        raise ValueError("mode: must be 'rw' or 'r'")
+    if not 1 <= ttl_seconds <= max_ttl:
+        raise ValueError(f"ttl_seconds: must be between 1 and {max_ttl}")
+
+
+def mint(secret: str, *, customer_id: str, customer_slug: str, docs: list[str], mode: str = "rw",
+         ttl_seconds: int = 3600, now: float | None = None, max_ttl: int = MAX_TTL_SECONDS) -> tuple[str, int]:
+    """A new token and its expiry (epoch seconds)."""
+    validate_request(docs, mode, ttl_seconds, max_ttl)
+    issued = int(now if now is not None else time.time())
+    claims = {"c": str(customer_id), "s": customer_slug, "d": list(docs), "m": mode, "iat": issued,
+              "exp": issued + ttl_seconds, "jti": secrets.token_hex(8)}
+    body = f"{VERSION}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
+    return f"{body}.{_sign(secret, body)}", claims["exp"]
+
+
+def verify(secret: str, token: str, now: float | None = None) -> SyncGrant:
+    parts = token.split(".") if token else []
+    if len(parts) != 3 or parts[0] != VERSION:
+        raise TokenError("malformed token")
+    body = f"{parts[0]}.{parts[1]}"
+    if not hmac.compare_digest(_sign(secret, body), parts[2]):
+        raise TokenError("invalid token signature")
+    try:
+        claims = json.loads(_unb64(parts[1]))
+        grant = SyncGrant(str(claims["c"]), str(claims["s"]), tuple(claims["d"]), str(claims["m"]),
+                          int(claims["exp"]), str(claims.get("jti", "")))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise TokenError("malformed token") from None
+    if grant.mode not in MODES:
+        raise TokenError("malformed token")
+    if grant.expires_at <= (now if now is not None else time.time()):
+        raise TokenError("token expired")
+    return grant
+
+
+def looks_like_token(value: str) -> bool:
+    return value.startswith(VERSION + ".")
