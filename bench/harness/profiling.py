@@ -1,0 +1,83 @@
+"""Where our server's time goes in a scenario that missed its target: one extra run of ours under
+py-spy (sampling, from outside the process), summarized as the top frames by own and total time."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from .report import target_verdict
+from .servers import OURS, Unavailable, start
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def missed_target(scenario, results) -> bool:
+    ours = results.get(OURS)
+    if ours is None or ours.status != "ok" or not ours.runs:
+        return False
+    return any("NOT MET" in target_verdict(scenario, t, results)[1] for t in scenario.targets)
+
+
+def _py_spy() -> str | None:
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=180,
+                       capture_output=True)
+    return str(exe) if exe.exists() else shutil.which("py-spy")
+
+
+def summarize(raw: str, top: int = 15) -> str:
+    own: Counter = Counter()
+    total: Counter = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_LINE.sub(")", f) for f in stack.split(";")]
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    if not samples:
+        return "no samples"
+    lines = [f"{samples} samples", "", "own time:"]
+    lines += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    lines += ["", "total time (frame on the stack):"]
+    lines += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in total.most_common(top)]
+    return "\n".join(lines)
+
+
+def profile(scenario, ctx, log_dir: Path, database) -> str:
+    spy = _py_spy()
+    if spy is None:
+        return "profile unavailable: py-spy could not be installed"
+    try:
+        server = start(OURS, log_dir, database)
+    except Unavailable as exc:
+        return f"profile unavailable: {exc}"
+    out = log_dir / f"profile-{scenario.key}.txt"
+    recorder = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250",
+                                 "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    try:
+        scenario.run(ctx, server, 99)
+    except Exception as exc:
+        return f"profile run failed: {exc}"
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            _, err = recorder.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            err = b""
+        server.stop()
+    if not out.exists():
+        return f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}"
+    return summarize(out.read_text(errors="replace"))
