@@ -3,7 +3,7 @@
 // Usage: node idle.js --server URL --prefix P --rooms R --clients N [--first K] [--token T]
 //                     [--parallel P] [--timeout S] [--hold S]
 'use strict'
-const { connectMany, parseArgs, emit, nowMs, roomUrl, hardDeadline, waitForStop } = require('./peer')
+const { connectMany, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, waitForStop } = require('./peer')
 
 async function main () {
   const a = parseArgs(process.argv.slice(2))
@@ -21,8 +21,8 @@ async function main () {
   emit({ event: 'ready', synced: peers.length, errors: errors.slice(0, 5), error_count: errors.length, seconds: (nowMs() - start) / 1000 })
   await Promise.race([waitForStop(), new Promise((resolve) => setTimeout(resolve, hold * 1000))])
   const dropped = peers.filter((p) => p.ws.readyState !== 1).length
-  emit({ event: 'stopped', dropped })
+  await emit({ event: 'stopped', dropped })
   for (const p of peers) p.close()
   process.exit(0)
 }
-main().catch((err) => { emit({ event: 'error', error: String(err.stack || err) }); process.exit(1) })
+main().catch((err) => emitAndExit({ event: 'error', error: String(err.stack || err) }, 1))

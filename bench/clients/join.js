@@ -4,7 +4,7 @@
 // Usage: node join.js --server URL --doc D [--token T] --clients N --items M [--timeout S]
 'use strict'
 const readline = require('readline')
-const { Peer, parseArgs, emit, nowMs, roomUrl, hardDeadline } = require('./peer')
+const { Peer, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline } = require('./peer')
 
 async function joinOne (url, items, timeoutMs) {
   const start = nowMs()
@@ -36,8 +36,8 @@ async function main () {
   const results = await Promise.allSettled(Array.from({ length: clients }, () => joinOne(url, items, timeout * 1000)))
   const synced = results.filter((r) => r.status === 'fulfilled').map((r) => r.value.synced)
   const errors = results.filter((r) => r.status === 'rejected').map((r) => String(r.reason.message || r.reason))
-  emit({ event: 'done', t0, synced, errors: errors.slice(0, 5), error_count: errors.length })
+  await emit({ event: 'done', t0, synced, errors: errors.slice(0, 5), error_count: errors.length })
   rl.close()
   process.exit(0)
 }
-main().catch((err) => { emit({ event: 'error', error: String(err.stack || err) }); process.exit(1) })
+main().catch((err) => emitAndExit({ event: 'error', error: String(err.stack || err) }, 1))

@@ -4,7 +4,7 @@
 // Usage: node observe.js --server ws://127.0.0.1:P/sync/slug --doc D [--token T] --clients N
 //                        --items M [--timeout S] [--parallel P]
 'use strict'
-const { connectMany, parseArgs, emit, nowMs, roomUrl, hardDeadline, Y } = require('./peer')
+const { connectMany, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, Y } = require('./peer')
 
 async function main () {
   const a = parseArgs(process.argv.slice(2))
@@ -50,15 +50,15 @@ async function main () {
   })
   for (const p of peers) peersByDoc.set(p.doc, p)
   emit({ event: 'ready', synced: peers.length, errors: errors.slice(0, 5), error_count: errors.length })
-  if (peers.length === 0) process.exit(2)
+  if (peers.length === 0) await emitAndExit({ event: 'error', error: `no observer synced: ${errors[0]}` }, 2)
   const timer = setTimeout(finish, Math.max(0, deadline - nowMs()))
   await finished
   clearTimeout(timer)
-  emit({
+  await emit({
     event: 'done', complete, clients: peers.length, received: arrivals.length / 2,
     first_arrival: firstArrival, last_arrival: lastArrival, arrivals
   })
   for (const p of peers) p.close()
   process.exit(0)
 }
-main().catch((err) => { emit({ event: 'error', error: String(err.stack || err) }); process.exit(1) })
+main().catch((err) => emitAndExit({ event: 'error', error: String(err.stack || err) }, 1))

@@ -141,8 +141,15 @@ function parseArgs (argv) {
   return out
 }
 
-/** One JSON object per line on stdout: the harness reads these. */
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+/** One JSON object per line on stdout: the harness reads these. Resolves once the line is
+ * flushed: process.exit() would otherwise cut a long line at the pipe's 64 KiB buffer. */
+const emit = (obj) => new Promise((resolve) => process.stdout.write(JSON.stringify(obj) + '\n', resolve))
+
+/** Write a last line, then exit. */
+const emitAndExit = async (obj, code) => {
+  await emit(obj)
+  process.exit(code)
+}
 
 /** Build the URL of room `doc` under base `server` (e.g. ws://127.0.0.1:9/sync/bench) with a token. */
 const roomUrl = (server, doc, token) => `${server}/${doc}` + (token ? `?token=${encodeURIComponent(token)}` : '')
@@ -150,8 +157,7 @@ const roomUrl = (server, doc, token) => `${server}/${doc}` + (token ? `?token=${
 /** Exit with an error line if the whole script outlives its time budget. */
 function hardDeadline (seconds) {
   const t = setTimeout(() => {
-    emit({ event: 'error', error: `script time budget of ${seconds}s exceeded` })
-    process.exit(3)
+    emitAndExit({ event: 'error', error: `script time budget of ${seconds}s exceeded` }, 3)
   }, seconds * 1000)
   t.unref()
 }

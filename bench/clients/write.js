@@ -8,7 +8,7 @@
 // Usage: node write.js --server URL --doc D [--token T] --items M [--rate R] [--batch B]
 //                      [--blob-bytes N] [--verify 1] [--timeout S]
 'use strict'
-const { Peer, updateMessage, parseArgs, emit, nowMs, roomUrl, hardDeadline, waitForStop, Y } = require('./peer')
+const { Peer, updateMessage, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, waitForStop, Y } = require('./peer')
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -70,9 +70,9 @@ async function main () {
       if (!verified) await sleep(200)
     }
   }
-  emit({ event: 'done', sent: sends.length, first, last, verified, bytes, sends: a.verify === '1' ? [] : sends })
+  await emit({ event: 'done', sent: sends.length, first, last, verified, bytes, sends: a.verify === '1' ? [] : sends })
   await Promise.race([waitForStop(), sleep(Math.max(0, deadline - nowMs()))])
   peer.close()
   process.exit(0)
 }
-main().catch((err) => { emit({ event: 'error', error: String(err.stack || err) }); process.exit(1) })
+main().catch((err) => emitAndExit({ event: 'error', error: String(err.stack || err) }, 1))
