@@ -14,6 +14,9 @@ from .report import target_verdict
 from .servers import OURS, Unavailable, start
 
 _LINE = re.compile(r":\d+\)$")
+# The event loop's own frames sit under every sample; they say nothing about where time goes.
+_ROOTS = re.compile(r"^(<module>|main|cmd_serve|run|Runner\.run|BaseEventLoop\.(run_until_complete|run_forever|"
+                    r"_run_once)|Handle\._run) \(")
 
 
 def missed_target(scenario, results) -> bool:
@@ -50,7 +53,8 @@ def summarize(raw: str, top: int = 15) -> str:
     lines = [f"{samples} samples", "", "own time:"]
     lines += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in own.most_common(top)]
     lines += ["", "total time (frame on the stack):"]
-    lines += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in total.most_common(top)]
+    inner = [(frame, n) for frame, n in total.most_common() if not _ROOTS.match(frame)][:top]
+    lines += [f"  {100 * n / samples:5.1f}%  {frame}" for frame, n in inner]
     return "\n".join(lines)
 
 

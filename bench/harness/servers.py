@@ -11,9 +11,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tests.support.server import ServerProcess, free_port
 
+from . import procstat
 from .clients import BENCH
 from .database import SLUG, BenchDatabase
 
@@ -31,6 +33,12 @@ class Server:
     pid: int
     ws_base: str
     token: str | None = None
+    db_name: str | None = None  # the PostgreSQL database whose backends work for this server
+
+    def cpu_seconds(self) -> tuple[float, float | None]:
+        """CPU used so far by the server process, and by its PostgreSQL backends (None: it has none)."""
+        db = procstat.backend_cpu_seconds(self.db_name) if self.db_name else None
+        return procstat.cpu_seconds(self.pid), db
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -96,6 +104,7 @@ class Ours(Server):
         except RuntimeError as exc:
             raise Unavailable(f"`webhost-sync serve` did not start: {str(exc)[:300]}") from None
         self.pid = self.process.proc.pid
+        self.db_name = urlparse(database.url).path.lstrip("/")
         self.ws_base = f"ws://127.0.0.1:{port}/sync/{SLUG}"
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         "p50_ms": percentile(d.latencies_ms, 50) if d.latencies_ms else None,
         "p99_ms": percentile(d.latencies_ms, 99) if d.latencies_ms else None,
         "cpu_us_per_delivery": d.server_cpu_s * 1e6 / max(1, d.received),
+        "db_cpu_us_per_delivery": None if d.db_cpu_s is None else d.db_cpu_s * 1e6 / max(1, d.received),
         "delivered_pct": 100.0 * d.received / expected,
         "observers_synced": d.observers,
     }
@@ -28,6 +29,7 @@ scenario = register(Scenario(
         Metric("p50_ms", "delivery latency p50", "ms"),
         Metric("p99_ms", "delivery latency p99", "ms"),
         Metric("cpu_us_per_delivery", "server CPU per update per observer", "µs"),
+        Metric("db_cpu_us_per_delivery", "PostgreSQL CPU per update per observer", "µs", ""),
         Metric("delivered_pct", "delivered", "%", ""),
         Metric("observers_synced", "observers connected", "", ""),
     ],

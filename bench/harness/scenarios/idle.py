@@ -41,9 +41,9 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         synced_b, seconds_b = open_clients(clients - rooms, rooms, procs)
         time.sleep(p["settle"])
         rss_b = procstat.rss_bytes(server.pid)
-        cpu0 = procstat.cpu_seconds(server.pid)
+        cpu0, db0 = server.cpu_seconds()
         time.sleep(p["idle_window"])
-        cpu1 = procstat.cpu_seconds(server.pid)
+        cpu1, db1 = server.cpu_seconds()
         rss_end = procstat.rss_bytes(server.pid)
     finally:
         stop_all(opened)
@@ -55,6 +55,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         "kib_per_room": ((rss_a - rss0) / max(1, synced_a) - per_conn) / 1024,
         "rss_mib": rss_end / 2**20,
         "idle_cpu_pct": 100.0 * (cpu1 - cpu0) / p["idle_window"],
+        "db_idle_cpu_pct": None if db0 is None else 100.0 * (db1 - db0) / p["idle_window"],
     }
 
 
@@ -67,6 +68,7 @@ scenario = register(Scenario(
         Metric("kib_per_room", "memory per room (RSS delta)", "KiB"),
         Metric("rss_mib", "server RSS with all connected", "MiB"),
         Metric("idle_cpu_pct", "server CPU while idle", "% of a core"),
+        Metric("db_idle_cpu_pct", "PostgreSQL CPU while idle", "% of a core", ""),
         Metric("connect_per_s", "connections opened (phase B)", "conn/s", "higher"),
         Metric("connected", "clients connected", "", ""),
     ],

@@ -15,6 +15,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         "p50_ms": percentile(d.latencies_ms, 50) if d.latencies_ms else None,
         "p99_ms": percentile(d.latencies_ms, 99) if d.latencies_ms else None,
         "cpu_us_per_update": d.server_cpu_s * 1e6 / max(1, d.received),
+        "db_cpu_us_per_update": None if d.db_cpu_s is None else d.db_cpu_s * 1e6 / max(1, d.received),
         "lost": d.items - d.received,
     }
 
@@ -28,6 +29,7 @@ scenario = register(Scenario(
         Metric("p50_ms", "latency p50 (under flood)", "ms"),
         Metric("p99_ms", "latency p99 (under flood)", "ms"),
         Metric("cpu_us_per_update", "server CPU per update", "µs"),
+        Metric("db_cpu_us_per_update", "PostgreSQL CPU per update", "µs", ""),
         Metric("lost", "updates not delivered", "", ""),
     ],
     params={"full": {"items": 10_000, "reps": 3, "timeout": 180},
