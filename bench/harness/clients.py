@@ -76,6 +76,11 @@ class JsClient:
         self._stderr.close()
 
 
+def shares(total: int, parts: int) -> list[int]:
+    """`total` clients split over `parts` processes as evenly as counts allow (no empty share)."""
+    return [n for n in (total // parts + (1 if k < total % parts else 0) for k in range(parts)) if n]
+
+
 def stop_all(clients: list[JsClient]) -> None:
     for client in clients:
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .clients import JsClient, stop_all
+from .clients import JsClient, shares, stop_all
 from .servers import Server
 
 
@@ -23,11 +23,10 @@ class Delivery:
 
 def deliver(server: Server, log_dir: Path, *, doc: str, observers: int, processes: int, items: int,
             rate: float, timeout: float) -> Delivery:
-    per_process = [observers // processes + (1 if k < observers % processes else 0) for k in range(processes)]
     clients: list[JsClient] = []
     try:
         watchers = [JsClient("observe.js", log_dir, server=server.ws_base, doc=doc, token=server.token,
-                             clients=n, items=items, timeout=timeout, parallel=50) for n in per_process if n]
+                             clients=n, items=items, timeout=timeout, parallel=50) for n in shares(observers, processes)]
         clients += watchers
         synced = sum(w.wait("ready", timeout)["synced"] for w in watchers)
         cpu0, db0 = server.cpu_seconds()

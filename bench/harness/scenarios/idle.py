@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from .. import procstat
-from ..clients import JsClient, stop_all
+from ..clients import JsClient, shares, stop_all
 from . import Metric, RunContext, Scenario, register
 
 
@@ -20,10 +20,9 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
 
     def open_clients(count: int, first: int, processes: int) -> tuple[int, float]:
         batch = []
-        shares = [count // processes + (1 if k < count % processes else 0) for k in range(processes)]
         start = time.monotonic()
         offset = first
-        for share in shares:
+        for share in shares(count, processes):
             batch.append(JsClient("idle.js", ctx.log_dir, server=server.ws_base, prefix=prefix, token=server.token,
                                   rooms=rooms, clients=share, first=offset, parallel=p["parallel"],
                                   timeout=p["timeout"], hold=p["timeout"] + 120))

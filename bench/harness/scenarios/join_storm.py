@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import procstat
-from ..clients import JsClient, stop_all
+from ..clients import JsClient, shares, stop_all
 from ..stats import median
 from . import Metric, RunContext, Scenario, register
 
@@ -18,10 +18,9 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         seeded = seeder.wait("done", p["timeout"] + 30)
         if not seeded["verified"]:
             raise RuntimeError("the seeded document never showed every entry to a new peer")
-        per = [p["clients"] // p["processes"] + (1 if k < p["clients"] % p["processes"] else 0)
-               for k in range(p["processes"])]
         joiners = [JsClient("join.js", ctx.log_dir, server=server.ws_base, doc=doc, token=server.token,
-                            clients=n, items=p["blobs"], timeout=p["timeout"]) for n in per]
+                            clients=n, items=p["blobs"], timeout=p["timeout"])
+                   for n in shares(p["clients"], p["processes"])]
         clients += joiners
         for j in joiners:
             j.wait("ready", 60)
