@@ -6,9 +6,9 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health
+from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, openapi
 
-from . import logs
+from . import logs, sync_endpoint
 from .config import Settings
 from .runtime import Runtime
 
@@ -21,6 +21,10 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
+    sync_endpoint.install(app, rt)  # websocket /sync/..., rooms on rt.rooms (add room hooks there)
+    app.register_blueprint(docs.blueprint)
+    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+        app.register_blueprint(area.blueprint)
 
     @app.before_request
     async def _request_id() -> None:
