@@ -152,8 +152,10 @@ def main() -> int:
                         continue
                     print(f"[bench] {scenario.key} rep {rep} {side}", flush=True)
                     server = None
+                    t0 = time.monotonic()
                     try:
                         server = start(side, log_dir, database)
+                        print(f"[bench]   server up in {time.monotonic() - t0:.1f}s", flush=True)
                         if side == OURS and not probed:
                             probe(server, log_dir)
                             probed = True
@@ -171,7 +173,9 @@ def main() -> int:
                         traceback.print_exc()
                     finally:
                         if server is not None:
+                            t0 = time.monotonic()
                             server.stop()
+                            print(f"[bench]   server stopped in {time.monotonic() - t0:.1f}s", flush=True)
             if (not args.no_profile and mode == "full" and OURS in per_side
                     and profiling.missed_target(scenario, per_side)
                     and time.monotonic() - started < budget):

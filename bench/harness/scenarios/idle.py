@@ -73,8 +73,8 @@ scenario = register(Scenario(
     ],
     params={"full": {"clients": 10_000, "rooms": 1_000, "processes": 3, "parallel": 100, "settle": 3,
                      "idle_window": 15, "reps": 1, "timeout": 240},
-            "smoke": {"clients": 40, "rooms": 10, "processes": 2, "parallel": 10, "settle": 0.5,
-                      "idle_window": 1, "reps": 1, "timeout": 30}},
+            "smoke": {"clients": 40, "rooms": 10, "processes": 2, "parallel": 10, "settle": 0.2,
+                      "idle_window": 0.5, "reps": 1, "timeout": 30}},
     notes="One repetition per side in the full run (10,000 handshakes per side is the slowest step). "
           "RSS deltas include allocator slack; a negative per-room figure means a room costs less than "
           "the noise of the measurement.",
