@@ -29,6 +29,7 @@ from harness.database import BenchDatabase  # noqa: E402
 from harness.report import SideResult, render  # noqa: E402
 from harness.scenarios import RunContext, Scenario, load  # noqa: E402
 from harness.servers import OURS, REFERENCE, Server, Unavailable, start  # noqa: E402
+from harness.watchdog import MemoryGuard  # noqa: E402
 
 
 def ensure_node_modules() -> None:
@@ -160,7 +161,15 @@ def main() -> int:
                             probe(server, log_dir)
                             probed = True
                         t0 = time.monotonic()
-                        metrics = scenario.run(ctx, server, rep)
+                        with MemoryGuard(server.pid) as guard:
+                            try:
+                                metrics = scenario.run(ctx, server, rep)
+                            except Exception:
+                                if guard.fired:
+                                    raise RuntimeError(guard.fired) from None
+                                raise
+                        if guard.fired:
+                            raise RuntimeError(guard.fired)
                         print(f"[bench]   {time.monotonic() - t0:.1f}s {metrics}", flush=True)
                         result.runs.append(metrics)
                         result.reps.append(rep)

@@ -2,16 +2,19 @@
 py-spy (sampling, from outside the process), summarized as the top frames by own and total time."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
 from .report import target_verdict
 from .servers import OURS, Unavailable, start
+from .watchdog import MemoryGuard
 
 _LINE = re.compile(r":\d+\)$")
 # The event loop's own frames sit under every sample; they say nothing about where time goes.
@@ -20,7 +23,10 @@ _ROOTS = re.compile(r"^(<module>|main|cmd_serve|run|Runner\.run|BaseEventLoop\.(
 
 
 def missed_target(scenario, results) -> bool:
+    """Our side failed the scenario, or measured it and missed a target."""
     ours = results.get(OURS)
+    if ours is not None and ours.status == "failed":
+        return True
     if ours is None or ours.status != "ok" or not ours.runs:
         return False
     return any("NOT MET" in target_verdict(scenario, t, results)[1] for t in scenario.targets)
@@ -58,7 +64,9 @@ def summarize(raw: str, top: int = 15) -> str:
     return "\n".join(lines)
 
 
-def profile(scenario, ctx, log_dir: Path, database) -> str:
+def profile(scenario, ctx, log_dir: Path, database, seconds: float = 45.0) -> str:
+    """Run the scenario once more on a fresh server of ours under py-spy; after `seconds` the
+    recording ends and the server is killed (a stuck run must not eat the budget)."""
     spy = _py_spy()
     if spy is None:
         return "profile unavailable: py-spy could not be installed"
@@ -70,18 +78,40 @@ def profile(scenario, ctx, log_dir: Path, database) -> str:
     recorder = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250",
                                  "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-    try:
-        scenario.run(ctx, server, 99)
-    except Exception as exc:
-        return f"profile run failed: {exc}"
-    finally:
-        recorder.send_signal(signal.SIGINT)
+    lock = threading.Lock()
+    cut = []
+
+    def finish_recording() -> None:
+        with lock:
+            if recorder.poll() is None:
+                recorder.send_signal(signal.SIGINT)
+                try:
+                    recorder.wait(30)
+                except subprocess.TimeoutExpired:
+                    recorder.kill()
+
+    def cut_short() -> None:
+        cut.append(True)
+        finish_recording()
         try:
-            _, err = recorder.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            recorder.kill()
-            err = b""
+            os.kill(server.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, cut_short)
+    timer.start()
+    note = ""
+    try:
+        with MemoryGuard(server.pid):
+            scenario.run(ctx, server, 99)
+    except Exception as exc:
+        note = f"profiled run ended: {str(exc)[:200]}\n"
+    finally:
+        timer.cancel()
+        finish_recording()
         server.stop()
+    if cut:
+        note += f"(recording cut after {seconds:.0f}s and the server killed)\n"
     if not out.exists():
-        return f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}"
-    return summarize(out.read_text(errors="replace"))
+        return note + "py-spy wrote no profile"
+    return note + summarize(out.read_text(errors="replace"))

@@ -111,7 +111,7 @@ class Ours(Server):
         self.ws_base = f"ws://127.0.0.1:{port}/sync/{SLUG}"
 
     def stop(self) -> None:
-        self.process.stop(timeout=60)
+        self.process.stop(timeout=10)  # a server whose loop is stuck gets SIGKILL after 10 s
 
 
 def start(side: str, log_dir: Path, database: BenchDatabase | None) -> Server:

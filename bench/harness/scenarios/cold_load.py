@@ -55,7 +55,7 @@ scenario = register(Scenario(
         Metric("updates_per_s", "log replay rate", "updates/s", "higher"),
         Metric("log_mib", "update log size", "MiB", ""),
     ],
-    params={"full": {"updates": 100_000, "reps": 3, "timeout": 300},
+    params={"full": {"updates": 100_000, "reps": 3, "timeout": 120},
             "smoke": {"updates": 500, "reps": 1, "timeout": 60}},
     notes="Setup writes the rows straight into doc_updates (COPY), one document per repetition, so every "
           "load is cold. The reference server has no persistence: n/a.",
