@@ -7,8 +7,9 @@ import uuid
 from quart import Quart, g, request
 
 from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, openapi
+from api import provisioning as provisioning_api
 
-from . import logs, sync_endpoint
+from . import logs, provisioning, sync_endpoint
 from .config import Settings
 from .runtime import Runtime
 
@@ -25,6 +26,8 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(docs.blueprint)
     for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
+    app.register_blueprint(provisioning_api.blueprint)
+    provisioning.install(rt)
 
     @app.before_request
     async def _request_id() -> None:
