@@ -74,6 +74,9 @@ def render(*, header: dict, machine: dict, versions: dict, scenarios: list[Scena
     if mode == "smoke":
         out += ["> SMOKE RUN: tiny counts that only check the harness works. These numbers mean nothing.", ""]
     out += ["## Machine", ""] + [f"- {k}: {v}" for k, v in machine.items()] + [""]
+    busy = _busy(machine)
+    if busy:
+        out += [f"> {busy}", ""]
     out += ["## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
     out += ["## Method", "",
             "- Every measured run starts a fresh server process on a free 127.0.0.1 port; repetitions "
@@ -81,8 +84,10 @@ def render(*, header: dict, machine: dict, versions: dict, scenarios: list[Scena
             "- Load clients are separate Node processes (bench/clients/*.js) speaking the y-websocket "
             "protocol with real `yjs` documents; nothing leaves 127.0.0.1; every client and wait is "
             "bounded in count and time.",
-            "- Server CPU and RSS are read from /proc for the server process only (our PostgreSQL "
-            "backends are not counted; the reference keeps nothing on disk).",
+            "- Server CPU and RSS are read from /proc for the server process; for ours the CPU of its "
+            "PostgreSQL backends is reported beside it (the reference keeps nothing on disk).",
+            "- A server past 4 GiB RSS is killed by the harness (the machine is shared) and its run "
+            "recorded as failed; a failed or under-target scenario of ours gets a py-spy profile.",
             "- **Ratio** = ours vs the reference in the metric's better direction: above 1.00x ours is "
             "better, below 1.00x the reference is (for lower-is-better metrics it is reference / ours).",
             "- Medians are over the repetitions; the raw table lists every repetition.",
@@ -97,12 +102,31 @@ def render(*, header: dict, machine: dict, versions: dict, scenarios: list[Scena
     if not any_target:
         out.append("| — | no targets | | |")
     out += ["", "Scenarios without a target in DESIGN.md or the issues report their ratio only.", ""]
+    broken = [(s, side, r) for s in scenarios if not s.placeholder
+              for side, r in results.get(s.key, {}).items() if r.status != "ok"]
+    if broken:
+        out += ["## Not measured or failed", ""]
+        out += [f"- {s.key}, {side}: **{r.status}**: {r.reason}" for s, side, r in broken] + [""]
     for n, s in enumerate(scenarios, 1):
         out += _scenario_section(n, s, results.get(s.key, {}), mode)
         if s.key in profiles:
             out += [f"#### Profile of our server ({s.key}, py-spy, top frames)", "", "```", profiles[s.key].rstrip(),
                     "```", ""]
     return "\n".join(out) + "\n"
+
+
+def _busy(machine: dict) -> str:
+    """A warning when other work shared the cores during the run (load average above the core count)."""
+    try:
+        cores = int(machine["cores"])
+        loads = [float(machine[k].split()[0]) for k in ("load average at start", "load average at end")]
+    except (KeyError, ValueError, IndexError):
+        return ""
+    if max(loads) <= cores:
+        return ""
+    return (f"The machine was busy: 1-minute load average {loads[0]:.1f} at start and {loads[1]:.1f} at end on "
+            f"{cores} cores, so other work competed with both servers and their clients. Ratios within this "
+            f"run (A/B alternated) are more trustworthy than the absolute numbers.")
 
 
 def _scenario_section(n: int, s: Scenario, results: dict[str, SideResult], mode: str) -> list[str]:
