@@ -96,3 +96,13 @@ async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.dateti
         "WHERE p.customer_id = $1 AND p.vehicle_id = old.vehicle_id AND p.time = old.time AND p.time < $2",
         customer_id, cutoff, limit)
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def time_after_page(conn: asyncpg.Connection, customer_id, vehicle_id, start: dt.datetime, end: dt.datetime,
+                          after_time: dt.datetime | None, limit: int) -> dt.datetime | None:
+    """The time of the `limit`-th fix of a page when more fixes follow it (the next page's cursor)."""
+    rows = await conn.fetch(
+        "SELECT time FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4 "
+        "AND ($5::timestamptz IS NULL OR time > $5) ORDER BY time OFFSET $6 LIMIT 2",
+        customer_id, vehicle_id, start, end, after_time, limit - 1)
+    return rows[0]["time"] if len(rows) == 2 else None

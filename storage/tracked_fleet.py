@@ -36,3 +36,20 @@ async def plan_limits(conn: asyncpg.Connection, customer_id, default_plan: str) 
         row = await conn.fetchrow("SELECT id, gps_points_per_day, retention_days FROM plans WHERE id = $1",
                                   default_plan)
     return row
+
+
+async def customer_by_slug(conn: asyncpg.Connection, slug: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, slug, status FROM webhost_find_customer($1)", slug)
+
+
+async def device_by_secret_hash(conn: asyncpg.Connection, secret_hash: bytes) -> asyncpg.Record | None:
+    """The vehicle whose device secret hashes to `secret_hash` (shared database, before any tenant)."""
+    return await conn.fetchrow("SELECT * FROM webhost_find_device($1)", secret_hash)
+
+
+async def retention_of_customers(conn: asyncpg.Connection, default_plan: str) -> list[asyncpg.Record]:
+    """(customer id, retention_days) of every customer (operator connection on the shared database)."""
+    return await conn.fetch(
+        "SELECT c.id, coalesce(p.retention_days, d.retention_days) AS retention_days FROM customers c "
+        "LEFT JOIN subscriptions s ON s.customer_id = c.id AND s.status = 'active' "
+        "LEFT JOIN plans p ON p.id = s.plan_id LEFT JOIN plans d ON d.id = $1 ORDER BY c.id", default_plan)

@@ -6,9 +6,10 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health
+from api import errors, health, ingest
+from api import tracking as tracking_api
 
-from . import logs
+from . import logs, tracking
 from .config import Settings
 from .runtime import Runtime
 
@@ -21,6 +22,9 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
+    app.extensions["tracking"] = tracking.install(rt)
+    app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(ingest.blueprint)
 
     @app.before_request
     async def _request_id() -> None:

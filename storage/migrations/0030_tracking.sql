@@ -20,3 +20,19 @@ CREATE POLICY tenant_isolation ON track_progress
 
 -- Geofence events of one vehicle over a time window (recomputed when a backfill lands in it).
 CREATE INDEX geofence_events_vehicle_time_idx ON geofence_events (customer_id, vehicle_id, time);
+
+-- Tracker ingestion without a customer in the URL: the device secret (random, 192 bits) names the
+-- vehicle. Found before the tenant is known, like API keys; returns the minimum. Customers on a
+-- dedicated database are found through the URL form with their slug instead.
+CREATE INDEX vehicles_device_secret_idx ON vehicles (device_secret_hash) WHERE device_secret_hash IS NOT NULL;
+
+CREATE FUNCTION webhost_find_device(p_hash bytea)
+    RETURNS TABLE (customer_id uuid, customer_status text, vehicle_id uuid, vehicle_identifier text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = public, pg_temp
+    SET app.operator = 'on'
+    AS $$
+        SELECT v.customer_id, c.status, v.id, v.vehicle_identifier
+        FROM vehicles v JOIN customers c ON c.id = v.customer_id
+        WHERE v.device_secret_hash = p_hash
+    $$;

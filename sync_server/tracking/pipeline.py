@@ -287,6 +287,11 @@ class Pipeline:
         self._limits: dict[str, tuple[float, Limits]] = {}
         self._fences: dict[str, GeofenceSet] = {}
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
+        self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
+
+    def on_latest(self, listener: Callable[[str, uuid.UUID, Point], Awaitable[None]]) -> None:
+        """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
+        self._latest_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> Limits:
         key = str(customer_id)
@@ -348,6 +353,12 @@ class Pipeline:
                 await step(run)
         run.conn = None
         outcome = run.outcome
+        if outcome.latest is not None:
+            for listener in self._latest_listeners:
+                try:
+                    await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
+                except Exception:
+                    log.exception("latest_listener_failed")
         log.info("tracking_batch", customer_id=str(batch.customer_id), vehicle_id=str(batch.vehicle_id),
                  source=batch.source, doc=batch.doc, points=len(batch.raw), stored=outcome.stored,
                  skipped=outcome.skipped, rejected=outcome.rejected, events=len(outcome.events),

@@ -66,3 +66,21 @@ async def usage(db: Database, customer_id) -> dict[str, int]:
 
 def dumps(value) -> str:
     return json.dumps(value)
+
+
+async def api_key(db: Database, customer_id, permissions=("admin",)) -> str:
+    from storage import api_keys as key_store
+    from sync_server import api_keys
+
+    raw = api_keys.generate("live")
+    async with db.tenant(customer_id) as conn:
+        await key_store.insert(conn, customer_id=customer_id, name="test", prefix=api_keys.display_prefix(raw),
+                               key_hash=api_keys.digest(raw), environment="live", permissions=list(permissions),
+                               expires_at=None)
+    return raw
+
+
+def secret_hash(secret: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(secret.encode()).digest()
