@@ -5,9 +5,12 @@ Decorators put the principal on `g.principal` and bind the tenant id into every 
 from __future__ import annotations
 
 import hashlib
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
+from typing import AsyncIterator
 
+import asyncpg
 from quart import g, request
 
 from sync_server import api_keys, logs
@@ -63,6 +66,7 @@ def customer_required(*permissions: str):
             g.principal = principal
             return await handler(*args, **kwargs)
 
+        wrapper.__auth__ = ("customer", tuple(permissions))  # read by api/openapi.py
         return wrapper
 
     return decorate
@@ -80,6 +84,16 @@ def operator_required(role: str | None = None):
             g.principal = principal
             return await handler(*args, **kwargs)
 
+        wrapper.__auth__ = ("operator", (f"operator role {role}",) if role else ())  # read by api/openapi.py
         return wrapper
 
     return decorate
+
+
+@asynccontextmanager
+async def customer_transaction() -> AsyncIterator[asyncpg.Connection]:
+    """A tenant transaction for the calling customer, on whichever database holds its data."""
+    customer_id = g.principal.customer_id
+    db = await runtime().registry.for_customer(customer_id)
+    async with db.tenant(customer_id) as conn:
+        yield conn

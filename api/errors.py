@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import structlog
 from quart import Quart, jsonify
 from werkzeug.exceptions import HTTPException
@@ -44,7 +45,16 @@ def install(app: Quart) -> None:
         status = err.code or 500
         return jsonify(error_body(_snake(err.name), err.description or err.name)), status
 
+    @app.errorhandler(asyncpg.DataError)
+    async def _data_error(err: asyncpg.DataError):
+        # A value the schema let through but PostgreSQL cannot store (e.g. a NUL character in text).
+        return jsonify(error_body("invalid_value", "a value cannot be stored", {"reason": str(err)})), 422
+
     @app.errorhandler(Exception)
     async def _unexpected(err: Exception):
         log.exception("unhandled_error", error=repr(err))
         return jsonify(error_body("internal_error", "internal server error")), 500
+
+
+def conflict(code: str, message: str, **details: Any) -> ApiError:
+    return ApiError(409, code, message, details)

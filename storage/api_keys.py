@@ -29,3 +29,25 @@ async def insert(conn: asyncpg.Connection, *, customer_id, name: str, prefix: st
         "last_used_at",
         customer_id, name, prefix, key_hash, environment, permissions, expires_at,
     )
+
+
+_COLUMNS = "id, customer_id, name, prefix, environment, permissions, created_at, expires_at, revoked_at, last_used_at"
+
+
+async def list_page(conn: asyncpg.Connection, *, include_revoked: bool, after: tuple, limit: int) -> list[asyncpg.Record]:
+    """The tenant's keys (a tenant connection), oldest first."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM api_keys WHERE ($1 OR revoked_at IS NULL) "
+        "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
+        include_revoked, after[0], after[1], limit + 1,
+    )
+
+
+async def get(conn: asyncpg.Connection, key_id) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", key_id)
+
+
+async def revoke(conn: asyncpg.Connection, key_id) -> asyncpg.Record | None:
+    """Revoke (idempotent: an already revoked key keeps its first revocation time)."""
+    return await conn.fetchrow(
+        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING {_COLUMNS}", key_id)

@@ -14,3 +14,18 @@ async def find_active(db: Database, token_hash: bytes) -> asyncpg.Record | None:
             "WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > now() AND u.is_active",
             token_hash,
         )
+
+
+async def create(db: Database, user_id, token_hash: bytes, ttl_seconds: int) -> asyncpg.Record:
+    async with db.platform() as conn:
+        await conn.execute("UPDATE platform_users SET last_login_at = now() WHERE id = $1", user_id)
+        return await conn.fetchrow(
+            "INSERT INTO tokens (token_hash, platform_user_id, expires_at) "
+            "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id, expires_at",
+            token_hash, user_id, float(ttl_seconds),
+        )
+
+
+async def revoke(db: Database, token_id) -> None:
+    async with db.platform() as conn:
+        await conn.execute("UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)

@@ -15,3 +15,16 @@ async def upsert(db: Database, email: str, password_hash: str, role: str) -> str
             role,
         )
     return str(row["id"])
+
+
+async def find_by_email(db: Database, email: str):
+    async with db.platform() as conn:
+        return await conn.fetchrow(
+            "SELECT id, email, password_hash, role, is_active FROM platform_users WHERE lower(email) = lower($1)",
+            email.strip(),
+        )
+
+
+async def set_password_hash(db: Database, user_id, password_hash: str) -> None:
+    async with db.platform() as conn:
+        await conn.execute("UPDATE platform_users SET password_hash = $2 WHERE id = $1", user_id, password_hash)

@@ -6,10 +6,10 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import errors, health, ingest
+from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi
 from api import tracking as tracking_api
 
-from . import logs, tracking
+from . import logs, sync_endpoint, tracking
 from .config import Settings
 from .runtime import Runtime
 
@@ -22,7 +22,11 @@ def create_app(settings: Settings) -> Quart:
 
     errors.install(app)
     app.register_blueprint(health.blueprint)
-    app.extensions["tracking"] = tracking.install(rt)
+    sync_endpoint.install(app, rt)  # websocket /sync/..., rooms on rt.rooms (add room hooks there)
+    app.register_blueprint(docs.blueprint)
+    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+        app.register_blueprint(area.blueprint)
+    app.extensions["tracking"] = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
 

@@ -55,6 +55,8 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.websocket_ping_interval = 25.0  # Hypercorn sends no pings by default
+    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
+    config.websocket_max_message_size = settings.sync_max_message_bytes * 2
     rt = app.extensions["webhost"]
 
     async def main() -> None:

@@ -113,6 +113,9 @@ class Settings:
     maintenance_interval: float = _setting("MAINTENANCE_INTERVAL_SECONDS", 3600.0,
                                            _float("MAINTENANCE_INTERVAL_SECONDS", 1, 86400),
                                            "how often partitions and retention are maintained")
+    operator_session_ttl: int = _setting("OPERATOR_SESSION_TTL_SECONDS", 43200,
+                                         _int("OPERATOR_SESSION_TTL_SECONDS", 60, 30 * 86400),
+                                         "lifetime of an operator bearer token from POST /api/v1/auth/login")
     shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
                                        "how long SIGTERM waits for connections to flush and close")
     tracking_max_future: float = _setting("TRACKING_MAX_FUTURE_SECONDS", 300.0,
@@ -132,6 +135,18 @@ class Settings:
                                      "how long new track points gather before a batch is materialized")
     retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),
                                          "rows the retention job deletes per statement")
+
+    sync_max_message_bytes: int = _setting("SYNC_MAX_MESSAGE_BYTES", 8 * 1024 * 1024,
+                                           _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
+                                           "largest websocket frame accepted; a bigger one closes that peer 1009")
+    sync_send_queue_limit: int = _setting("SYNC_SEND_QUEUE_LIMIT", 16384, _int("SYNC_SEND_QUEUE_LIMIT", 16, 10_000_000),
+                                          "frames queued to one peer before it is closed 1013 (does not read)")
+    sync_commit_window_ms: float = _setting("SYNC_COMMIT_WINDOW_MS", 10.0, _float("SYNC_COMMIT_WINDOW_MS", 0, 20),
+                                            "group commit: how long the update log waits to batch writes")
+    room_evict_seconds: float = _setting("ROOM_EVICT_SECONDS", 30.0, _float("ROOM_EVICT_SECONDS", 0, 86400),
+                                         "an empty room leaves memory after this long idle (once durable)")
+    compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
+                                          "log rows of a doc that trigger compaction into its snapshot")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -27,6 +27,7 @@ class Runtime:
             Database(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         )
         self.redis: Any = None
+        self.rooms: Any = None  # the sync core's RoomRegistry (sync_server.sync_endpoint.install)
         self.secret_key = settings.resolved_secret_key()
         self._tasks: list[asyncio.Task] = []
         self._started: list[Hook] = []  # run after the database is open, in order

@@ -1,0 +1,198 @@
+"""Accounts: operator sessions (login/logout) and the users of a customer (customer admin key)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from typing import Literal
+
+import asyncpg
+from pydantic import Field
+from quart import Blueprint, g
+
+from sync_server import passwords
+from sync_server.runtime import runtime
+from storage import customer_users as user_store
+from storage import operator_sessions, platform_users
+
+from . import pagination
+from .auth import customer_required, customer_transaction, operator_required
+from .errors import ApiError, conflict, not_found
+from .openapi import field_error, operation
+from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel
+
+blueprint = Blueprint("accounts", __name__)
+
+# Verified when the email is unknown, so a wrong email costs as long as a wrong password.
+_DUMMY_HASH: str | None = None
+
+
+class LoginRequest(RequestModel):
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Operator(ResponseModel):
+    id: uuid.UUID
+    email: str
+    role: Literal["admin", "staff"]
+
+
+class Session(ResponseModel):
+    token: str = Field(description="bearer token for operator routes; stored only as its SHA-256")
+    expires_at: dt.datetime
+    operator: Operator
+
+
+async def _verify(stored_hash: str, password: str) -> bool:
+    return await asyncio.to_thread(passwords.verify_password, stored_hash, password)
+
+
+@blueprint.post("/api/v1/auth/login")
+@operation("Operator login: email and password for a bearer token", tags=["operator auth"], body=LoginRequest,
+           response=Session, errors=(401,))
+async def login(body: LoginRequest):
+    global _DUMMY_HASH
+    rt = runtime()
+    user = await platform_users.find_by_email(rt.db, body.email)
+    if user is None or not user["is_active"]:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = await asyncio.to_thread(passwords.hash_password, secrets.token_hex(16))
+        await _verify(_DUMMY_HASH, body.password)
+        raise ApiError(401, "invalid_credentials", "email or password is wrong")
+    if not await _verify(user["password_hash"], body.password):
+        raise ApiError(401, "invalid_credentials", "email or password is wrong")
+    if passwords.needs_rehash(user["password_hash"]):
+        new_hash = await asyncio.to_thread(passwords.hash_password, body.password)
+        await platform_users.set_password_hash(rt.db, user["id"], new_hash)
+    raw = "wop_" + secrets.token_urlsafe(32)
+    session = await operator_sessions.create(rt.db, user["id"], hashlib.sha256(raw.encode()).digest(),
+                                             rt.settings.operator_session_ttl)
+    return {"token": raw, "expires_at": session["expires_at"],
+            "operator": {"id": user["id"], "email": user["email"], "role": user["role"]}}
+
+
+@blueprint.post("/api/v1/auth/logout")
+@operator_required()
+@operation("Operator logout: the token stops working at once", tags=["operator auth"])
+async def logout():
+    await operator_sessions.revoke(runtime().db, g.principal.token_id)
+
+
+@blueprint.get("/api/v1/auth/me")
+@operator_required()
+@operation("The operator behind the token", tags=["operator auth"], response=Operator)
+async def me():
+    p = g.principal
+    return {"id": p.user_id, "email": p.email, "role": p.role}
+
+
+# --- users of a customer -------------------------------------------------------------------------
+
+USER_TAGS = ["customer users"]
+Role = Literal["admin", "member", "viewer"]
+
+
+class UserCreate(RequestModel):
+    email: Email
+    name: str = Field("", max_length=200)
+    role: Role = "member"
+    password: str | None = Field(None, min_length=8, max_length=1024)
+
+
+class UserUpdate(RequestModel):
+    email: Email = None
+    name: str = Field(None, max_length=200)
+    role: Role = None
+    password: str | None = Field(None, min_length=8, max_length=1024, description="null removes the password")
+
+
+class UserQuery(PageQuery):
+    role: Role | None = None
+
+
+class User(ResponseModel):
+    id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def _email_taken() -> ApiError:
+    return conflict("email_taken", "a user with this email (in any letter case) already exists", field="email")
+
+
+async def _hash(password: str | None) -> str | None:
+    return None if password is None else await asyncio.to_thread(passwords.hash_password, password)
+
+
+@blueprint.post("/api/v1/users")
+@customer_required("admin")
+@operation("Create a user of this customer (email unique, any letter case)", tags=USER_TAGS, body=UserCreate,
+           response=User, status=201, errors=(409,))
+async def create_user(body: UserCreate):
+    password_hash = await _hash(body.password)
+    try:
+        async with customer_transaction() as conn:
+            return dict(await user_store.insert(conn, g.principal.customer_id, email=body.email, name=body.name,
+                                                role=body.role, password_hash=password_hash))
+    except asyncpg.UniqueViolationError:
+        raise _email_taken() from None
+
+
+@blueprint.get("/api/v1/users")
+@customer_required("admin")
+@operation("List users of this customer", tags=USER_TAGS, query=UserQuery, response=Page[User])
+async def list_users(query: UserQuery):
+    async with customer_transaction() as conn:
+        rows = await user_store.list_page(conn, role=query.role, after=pagination.decode(query.cursor),
+                                          limit=query.limit)
+    return pagination.page(rows, query.limit)
+
+
+@blueprint.get("/api/v1/users/<uuid:user_id>")
+@customer_required("admin")
+@operation("Show a user", tags=USER_TAGS, response=User)
+async def show_user(user_id: uuid.UUID):
+    async with customer_transaction() as conn:
+        row = await user_store.get(conn, user_id)
+    if row is None:
+        raise not_found("user")
+    return dict(row)
+
+
+@blueprint.patch("/api/v1/users/<uuid:user_id>")
+@customer_required("admin")
+@operation("Update a user", tags=USER_TAGS, body=UserUpdate, response=User, errors=(409,))
+async def update_user(user_id: uuid.UUID, body: UserUpdate):
+    changes = body.model_dump(exclude_unset=True)
+    for required in ("email", "name", "role"):
+        if required in changes and changes[required] is None:
+            raise field_error("body", required, "must not be null")
+    set_password = "password" in changes
+    password_hash = await _hash(changes.get("password"))
+    try:
+        async with customer_transaction() as conn:
+            current = await user_store.get(conn, user_id)
+            if current is None:
+                raise not_found("user")
+            merged = {**dict(current), **changes}
+            return dict(await user_store.update(conn, user_id, email=merged["email"], name=merged["name"],
+                                                role=merged["role"], password_hash=password_hash,
+                                                set_password=set_password))
+    except asyncpg.UniqueViolationError:
+        raise _email_taken() from None
+
+
+@blueprint.delete("/api/v1/users/<uuid:user_id>")
+@customer_required("admin")
+@operation("Delete a user", tags=USER_TAGS)
+async def delete_user(user_id: uuid.UUID):
+    async with customer_transaction() as conn:
+        deleted = await user_store.delete(conn, user_id)
+    if not deleted:
+        raise not_found("user")

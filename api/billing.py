@@ -1,0 +1,230 @@
+"""Plans (public list; operator CRUD), the customer's subscription (one active; upgrade at once,
+downgrade refused while usage exceeds the new limits, cancel at period end) and usage."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import asyncpg
+from pydantic import Field
+from quart import Blueprint, g
+
+from sync_server import plans as plan_service
+from sync_server import subscriptions as subscription_service
+from sync_server.runtime import runtime
+from storage import plans as plan_store
+
+from .auth import customer_required, operator_required
+from .errors import ApiError, conflict, not_found
+from .openapi import operation
+from .schemas import Metadata, RequestModel, ResponseModel
+
+blueprint = Blueprint("billing", __name__)
+PLAN_TAGS = ["plans"]
+PlanIdPattern = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+def count_field(default: Any = ...) -> Any:
+    return Field(default, ge=0, le=2_000_000_000)
+
+
+class PlanFields(RequestModel):
+    name: str = Field(min_length=1, max_length=100)
+    price_cents: int = count_field()
+    currency: str = Field("usd", pattern=r"^[a-z]{3}$")
+    vehicle_limit: int = count_field()
+    driver_limit: int = count_field()
+    geofence_limit: int = count_field()
+    gps_points_per_day: int = Field(ge=0, le=10**15)
+    retention_days: int = Field(ge=1, le=3650)
+    connection_limit: int = Field(100, ge=1, le=2_000_000_000)
+    features: Metadata = Field(default_factory=dict)
+    is_public: bool = True
+
+
+class PlanCreate(PlanFields):
+    id: str = Field(pattern=PlanIdPattern)
+
+
+class PlanUpdate(RequestModel):
+    name: str = Field(None, min_length=1, max_length=100)
+    price_cents: int = count_field(None)
+    currency: str = Field(None, pattern=r"^[a-z]{3}$")
+    vehicle_limit: int = count_field(None)
+    driver_limit: int = count_field(None)
+    geofence_limit: int = count_field(None)
+    gps_points_per_day: int = Field(None, ge=0, le=10**15)
+    retention_days: int = Field(None, ge=1, le=3650)
+    connection_limit: int = Field(None, ge=1, le=2_000_000_000)
+    features: Metadata = None
+    is_public: bool = None
+
+
+class Plan(ResponseModel):
+    id: str
+    name: str
+    price_cents: int
+    currency: str
+    vehicle_limit: int
+    driver_limit: int
+    geofence_limit: int
+    gps_points_per_day: int
+    retention_days: int
+    connection_limit: int
+    features: dict[str, Any]
+    is_public: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class PlanList(ResponseModel):
+    data: list[Plan]
+
+
+@blueprint.get("/api/v1/plans")
+@operation("Public plans, cheapest first (no authentication)", tags=PLAN_TAGS, response=PlanList)
+async def list_plans():
+    async with runtime().db.platform() as conn:
+        rows = await plan_store.list_all(conn, public_only=True)
+    return {"data": [dict(r) for r in rows]}
+
+
+@blueprint.get("/api/v1/plans/<plan_id>")
+@operation("Show a plan (no authentication)", tags=PLAN_TAGS, response=Plan)
+async def show_plan(plan_id: str):
+    async with runtime().db.platform() as conn:
+        row = await plan_store.get(conn, plan_id)
+    if row is None:
+        raise not_found("plan")
+    return dict(row)
+
+
+@blueprint.post("/api/v1/plans")
+@operator_required()
+@operation("Create a plan", tags=PLAN_TAGS, body=PlanCreate, response=Plan, status=201, errors=(409,))
+async def create_plan(body: PlanCreate):
+    values = body.model_dump()
+    try:
+        async with runtime().db.platform() as conn:
+            return dict(await plan_store.insert(conn, values.pop("id"), values))
+    except asyncpg.UniqueViolationError:
+        raise conflict("plan_exists", "a plan with this id already exists", field="id") from None
+
+
+@blueprint.patch("/api/v1/plans/<plan_id>")
+@operator_required()
+@operation("Update a plan (applies to its subscribers at once)", tags=PLAN_TAGS, body=PlanUpdate, response=Plan)
+async def update_plan(plan_id: str, body: PlanUpdate):
+    changes = body.model_dump(exclude_unset=True)
+    async with runtime().db.platform() as conn:
+        current = await plan_store.get(conn, plan_id)
+        if current is None:
+            raise not_found("plan")
+        merged = {**dict(current), **changes}
+        return dict(await plan_store.update(conn, plan_id, merged))
+
+
+@blueprint.delete("/api/v1/plans/<plan_id>")
+@operator_required(role="admin")
+@operation("Delete a plan no subscription has ever used (admin operators only)", tags=PLAN_TAGS, errors=(409,))
+async def delete_plan(plan_id: str):
+    try:
+        async with runtime().db.platform() as conn:
+            deleted = await plan_store.delete(conn, plan_id)
+    except asyncpg.ForeignKeyViolationError:
+        raise conflict("plan_in_use", "subscriptions refer to this plan; make it private instead",
+                       plan_id=plan_id) from None
+    if not deleted:
+        raise not_found("plan")
+
+
+# --- the customer's subscription and usage ------------------------------------------------------
+
+SUB_TAGS = ["billing"]
+
+
+class Subscription(ResponseModel):
+    id: uuid.UUID
+    plan_id: str
+    status: str
+    current_period_start: dt.datetime
+    current_period_end: dt.datetime
+    cancel_at_period_end: bool
+    created_at: dt.datetime
+    canceled_at: dt.datetime | None
+
+
+class PlanChange(RequestModel):
+    plan_id: str = Field(pattern=PlanIdPattern)
+
+
+class Quota(ResponseModel):
+    used: int
+    limit: int
+
+
+class Usage(ResponseModel):
+    plan_id: str
+    vehicles: Quota
+    drivers: Quota
+    geofences: Quota
+    gps_points_today: Quota = Field(description="points recorded since 00:00 UTC against gps_points_per_day")
+    storage_bytes: int = Field(description="bytes of document history and snapshots")
+
+
+@blueprint.get("/api/v1/subscription")
+@customer_required("billing:read")
+@operation("The active subscription", tags=SUB_TAGS, response=Subscription, errors=(404,))
+async def show_subscription():
+    row = await subscription_service.active(runtime(), g.principal.customer_id)
+    if row is None:
+        raise not_found("active subscription")
+    return dict(row)
+
+
+@blueprint.post("/api/v1/subscription/change")
+@customer_required("billing:write")
+@operation("Change plan: upgrades apply at once; a downgrade is refused while usage exceeds its limits",
+           tags=SUB_TAGS, body=PlanChange, response=Subscription, errors=(404, 409))
+async def change_plan(body: PlanChange):
+    try:
+        row = await subscription_service.change_plan(runtime(), g.principal.customer_id, body.plan_id)
+    except subscription_service.UnknownPlan:
+        raise not_found("plan") from None
+    except subscription_service.NoActiveSubscription:
+        raise not_found("active subscription") from None
+    except subscription_service.DowngradeRefused as exc:
+        raise ApiError(409, "downgrade_exceeds_limits",
+                       f"usage exceeds the limits of plan {body.plan_id!r}; reduce it first",
+                       {"plan_id": body.plan_id, "violations": exc.violations}) from None
+    return dict(row)
+
+
+@blueprint.post("/api/v1/subscription/cancel")
+@customer_required("billing:write")
+@operation("Cancel at the end of the current period", tags=SUB_TAGS, response=Subscription, errors=(404,))
+async def cancel_subscription():
+    row = await subscription_service.cancel_at_period_end(runtime(), g.principal.customer_id)
+    if row is None:
+        raise not_found("active subscription")
+    return dict(row)
+
+
+@blueprint.get("/api/v1/usage")
+@customer_required("billing:read")
+@operation("Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS,
+           response=Usage)
+async def usage():
+    rt = runtime()
+    customer_id = g.principal.customer_id
+    limits = await plan_service.current_limits(rt.db, customer_id)
+    used = await plan_service.usage(rt.registry, customer_id)
+    return {
+        "plan_id": limits.plan_id,
+        "vehicles": {"used": used["vehicles"], "limit": limits.vehicles},
+        "drivers": {"used": used["drivers"], "limit": limits.drivers},
+        "geofences": {"used": used["geofences"], "limit": limits.geofences},
+        "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
+        "storage_bytes": used["storage_bytes"],
+    }

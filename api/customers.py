@@ -1,0 +1,166 @@
+"""Customers, for operators: create (201 with the first API key, shown once), list, show, update,
+suspend/reactivate, delete (admin role only). Cross-tenant reads go through the audited path."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal
+
+import asyncpg
+from pydantic import Field
+from quart import Blueprint, g
+
+from sync_server import customers as customer_service
+from sync_server.runtime import runtime
+from storage import customers as customer_store
+
+from . import pagination
+from .api_keys import ApiKeyCreated, key_out
+from .auth import operator_required
+from .errors import conflict, not_found
+from .openapi import field_error, operation
+from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
+
+blueprint = Blueprint("customers", __name__)
+TAGS = ["customers (operator)"]
+
+Slug = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="lowercase, used in sync URLs; immutable")
+PlanId = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class CustomerCreate(RequestModel):
+    slug: str = Slug
+    name: str = Field(min_length=1, max_length=200)
+    email: Email | None = None
+    plan_id: str = Field("hobby", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CustomerUpdate(RequestModel):
+    name: str = Field(None, min_length=1, max_length=200)
+    email: Email | None = None
+    metadata: Metadata = None
+
+
+class CustomerQuery(PageQuery):
+    status: Literal["active", "suspended"] | None = None
+    q: str | None = Field(None, min_length=1, max_length=100, description="substring of slug, name or email")
+    plan_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class Customer(ResponseModel):
+    id: uuid.UUID
+    slug: str
+    name: str
+    email: str | None
+    status: Literal["active", "suspended"]
+    deployment_mode: str
+    plan_id: str | None
+    metadata: Metadata
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class CustomerCreated(ResponseModel):
+    customer: Customer
+    api_key: ApiKeyCreated
+
+
+def _taken(exc: asyncpg.UniqueViolationError):
+    field_name = "email" if "email" in (exc.constraint_name or "") else "slug"
+    return conflict(f"{field_name}_taken", f"a customer with this {field_name} already exists", field=field_name)
+
+
+@blueprint.post("/api/v1/customers")
+@operator_required()
+@operation("Create a customer with its subscription and first API key (shown once)", tags=TAGS,
+           body=CustomerCreate, response=CustomerCreated, status=201, errors=(409,))
+async def create_customer(body: CustomerCreate):
+    try:
+        created = await customer_service.create(
+            runtime(), slug=body.slug, name=body.name, email=body.email, metadata=body.metadata,
+            plan_id=body.plan_id, operator_id=g.principal.user_id)
+    except customer_service.UnknownPlan:
+        raise field_error("body", "plan_id", "no such plan") from None
+    except asyncpg.UniqueViolationError as exc:
+        raise _taken(exc) from None
+    return {"customer": dict(created.customer), "api_key": key_out(created.api_key, created.raw_key)}
+
+
+@blueprint.get("/api/v1/customers")
+@operator_required()
+@operation("List customers (filters: status, q, plan_id; cursor pagination)", tags=TAGS, query=CustomerQuery,
+           response=Page[Customer])
+async def list_customers(query: CustomerQuery):
+    after = pagination.decode(query.cursor)
+    async with runtime().db.operator("list_customers", operator_id=g.principal.user_id) as conn:
+        rows = await customer_store.list_page(conn, status=query.status, search=query.q, plan_id=query.plan_id,
+                                              after=after, limit=query.limit)
+    return pagination.page(rows, query.limit)
+
+
+async def _get(conn, customer_id):
+    row = await customer_store.get(conn, customer_id)
+    if row is None:
+        raise not_found("customer")
+    return row
+
+
+@blueprint.get("/api/v1/customers/<uuid:customer_id>")
+@operator_required()
+@operation("Show a customer", tags=TAGS, response=Customer)
+async def show_customer(customer_id: uuid.UUID):
+    async with runtime().db.operator("show_customer", customer_id=str(customer_id),
+                                     operator_id=g.principal.user_id) as conn:
+        return dict(await _get(conn, customer_id))
+
+
+@blueprint.patch("/api/v1/customers/<uuid:customer_id>")
+@operator_required()
+@operation("Update a customer's name, email or metadata (the slug never changes)", tags=TAGS, body=CustomerUpdate,
+           response=Customer, errors=(409,))
+async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
+    changes = body.model_dump(exclude_unset=True)
+    for required in ("name", "metadata"):
+        if required in changes and changes[required] is None:
+            raise field_error("body", required, "must not be null")
+    try:
+        async with runtime().db.operator("update_customer", customer_id=str(customer_id),
+                                         operator_id=g.principal.user_id) as conn:
+            current = dict(await _get(conn, customer_id))
+            merged = {**current, **changes}
+            await customer_store.update(conn, customer_id, name=merged["name"], email=merged["email"],
+                                        metadata=merged["metadata"])
+            return dict(await _get(conn, customer_id))
+    except asyncpg.UniqueViolationError as exc:
+        raise _taken(exc) from None
+
+
+async def _set_status(customer_id: uuid.UUID, status: str):
+    row = await customer_service.set_status(runtime(), customer_id, status, operator_id=g.principal.user_id)
+    if row is None:
+        raise not_found("customer")
+    return dict(row)
+
+
+@blueprint.post("/api/v1/customers/<uuid:customer_id>/suspend")
+@operator_required()
+@operation("Suspend: API keys and sync connections are refused, open websockets closed", tags=TAGS,
+           response=Customer)
+async def suspend_customer(customer_id: uuid.UUID):
+    return await _set_status(customer_id, "suspended")
+
+
+@blueprint.post("/api/v1/customers/<uuid:customer_id>/reactivate")
+@operator_required()
+@operation("Reactivate a suspended customer", tags=TAGS, response=Customer)
+async def reactivate_customer(customer_id: uuid.UUID):
+    return await _set_status(customer_id, "active")
+
+
+@blueprint.delete("/api/v1/customers/<uuid:customer_id>")
+@operator_required(role="admin")
+@operation("Delete a customer and everything it owns (admin operators only)", tags=TAGS)
+async def delete_customer(customer_id: uuid.UUID):
+    if not await customer_service.delete(runtime(), customer_id, operator_id=g.principal.user_id):
+        raise not_found("customer")

@@ -1,0 +1,254 @@
+"""Route contracts and the OpenAPI 3.1 document generated from them.
+
+`@operation(...)` is the one place a route states its body, query and response schemas: the same
+declaration validates the request (422 with field paths, unknown fields rejected), shapes the
+response through its pydantic model, and is what `/api/openapi.json` publishes. Auth decorators
+(api/auth.py) put `__auth__` on the view, so the security of each operation is read, not restated.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Callable
+
+from pydantic import BaseModel, RootModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from quart import Blueprint, Quart, Response, current_app, request
+
+from .errors import ApiError
+from .schemas import ErrorBody
+
+blueprint = Blueprint("openapi", __name__)
+
+_STATUS_TEXT = {
+    200: "OK", 201: "Created", 204: "No Content", 401: "Missing, malformed, unknown, revoked or expired credential",
+    402: "Plan limit reached", 403: "Credential lacks the permission, role or customer state required",
+    404: "Not found (or not visible to this credential)", 409: "Conflicts with the current state",
+    422: "Validation failed; details.errors lists each field path",
+}
+
+
+@dataclass
+class Operation:
+    summary: str
+    tags: list[str]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None  # a pydantic model class (or parametrised generic), None for 204
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _loc(parts: tuple) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def validation_error(location: str, exc: ValidationError, discriminator: str | None = None) -> ApiError:
+    """422 naming each field. For a body that is a discriminated union (`discriminator` names the tag
+    field), pydantic prefixes each path with the tag value; the path clients see starts at the body."""
+    errors = []
+    for e in exc.errors(include_url=False):
+        loc = e["loc"]
+        if discriminator is not None:
+            loc = (discriminator,) if e["type"].startswith("union_tag") else loc[1:]
+        errors.append({"location": location, "field": _loc(loc), "message": e["msg"], "type": e["type"]})
+    return ApiError(422, "validation_failed", "request validation failed", {"errors": errors})
+
+
+def field_error(location: str, field_path: str, message: str, type_: str = "value_error") -> ApiError:
+    return ApiError(422, "validation_failed", "request validation failed",
+                    {"errors": [{"location": location, "field": field_path, "message": message, "type": type_}]})
+
+
+async def _parse_body(model: type[BaseModel]) -> BaseModel:
+    raw = await request.get_data(as_text=False)
+    try:
+        return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+            raise ApiError(422, "invalid_json", "request body is not valid JSON") from None
+        discriminator = None
+        if issubclass(model, RootModel):
+            discriminator = getattr(model.model_fields["root"], "discriminator", None)
+        raise validation_error("body", exc, discriminator if isinstance(discriminator, str) else None) from None
+
+
+def _parse_query(model: type[BaseModel]) -> BaseModel:
+    args = request.args
+    data: dict[str, Any] = {}
+    for key in args.keys():
+        values = args.getlist(key)
+        data[key] = values[0] if len(values) == 1 else values
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error("query", exc) from None
+
+
+def _render(op: Operation, result: Any) -> Response:
+    if op.status == 204 or op.response is None:
+        return Response(b"", status=204)
+    if isinstance(result, Response):
+        return result
+    model = op.response
+    body = result if isinstance(result, model) else model.model_validate(result)
+    return Response(body.model_dump_json(), status=op.status, content_type="application/json")
+
+
+def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = None,
+              query: type[BaseModel] | None = None, response: Any = None, status: int = 200,
+              errors: tuple[int, ...] = (), description: str = ""):
+    """Declare a route's contract; the handler receives `body=` / `query=` as validated models and
+    returns a dict or model for `response` (or None for 204)."""
+    op = Operation(summary, tags, body, query, response, status, errors, description)
+
+    def decorate(handler: Callable):
+        @wraps(handler)
+        async def wrapper(*args, **kwargs):
+            if op.query is not None:
+                kwargs["query"] = _parse_query(op.query)
+            if op.body is not None:
+                kwargs["body"] = await _parse_body(op.body)
+            return _render(op, await handler(*args, **kwargs))
+
+        wrapper.__openapi__ = op
+        return wrapper
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# The document
+
+_PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+_CONVERTER_SCHEMA = {"uuid": {"type": "string", "format": "uuid"}, "int": {"type": "integer"},
+                     "string": {"type": "string"}, None: {"type": "string"}}
+
+
+def _openapi_path(rule: str) -> tuple[str, list[dict]]:
+    params = []
+    for conv, name in _PARAM.findall(rule):
+        params.append({"name": name, "in": "path", "required": True,
+                       "schema": dict(_CONVERTER_SCHEMA.get(conv or None, {"type": "string"}))})
+    return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule), params
+
+
+def _query_parameters(model: type[BaseModel], schema: dict) -> list[dict]:
+    out = []
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        prop = {k: v for k, v in prop.items() if k not in ("title",)}
+        # `X | None = None`: absent means None; a query string cannot carry a JSON null.
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if len(options) == 1:
+            prop.update(options[0])
+        elif options:
+            prop["anyOf"] = options
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        description = prop.pop("description", None)
+        param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if description:
+            param["description"] = description
+        out.append(param)
+    return out
+
+
+def build(app: Quart) -> dict:
+    """The OpenAPI 3.1 document of every route declared with @operation."""
+    ops: list[tuple[str, str, Operation, Any, list[dict]]] = []
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        op = getattr(view, "__openapi__", None)
+        if op is None:
+            continue
+        path, params = _openapi_path(rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            ops.append((path, method.lower(), op, getattr(view, "__auth__", None), params))
+
+    models: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization")]
+    for _, _, op, _, _ in ops:
+        if op.body is not None:
+            models.append((op.body, "validation"))
+        if op.query is not None:
+            models.append((op.query, "validation"))
+        if op.response is not None:
+            models.append((op.response, "serialization"))
+    unique = list(dict.fromkeys(models))
+    refs, defs = models_json_schema(unique, ref_template="#/components/schemas/{model}")
+    components = defs.get("$defs", {})
+
+    def ref(model, mode):
+        return refs[(model, mode)]
+
+    def error_response(status: int) -> dict:
+        return {"description": _STATUS_TEXT.get(status, "Error"),
+                "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}}}
+
+    paths: dict[str, dict] = {}
+    for path, method, op, auth, params in ops:
+        entry: dict[str, Any] = {"summary": op.summary, "tags": op.tags,
+                                 "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"}
+        if op.description:
+            entry["description"] = op.description
+        parameters = list(params)
+        if op.query is not None:
+            qref = ref(op.query, "validation")["$ref"].rsplit("/", 1)[1]
+            parameters += _query_parameters(op.query, components[qref])
+        if parameters:
+            entry["parameters"] = parameters
+        if op.body is not None:
+            entry["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": ref(op.body, "validation")}}}
+        responses: dict[str, Any] = {}
+        if op.status == 204 or op.response is None:
+            responses["204"] = {"description": _STATUS_TEXT[204]}
+        else:
+            responses[str(op.status)] = {"description": _STATUS_TEXT.get(op.status, "OK"),
+                                         "content": {"application/json": {"schema": ref(op.response, "serialization")}}}
+        statuses = set(op.errors)
+        if auth is not None:
+            statuses |= {401, 403}
+            kind, detail = auth
+            entry["security"] = [{"apiKey": []}] if kind == "customer" else [{"operatorToken": []}]
+            if detail:
+                entry["description"] = (entry.get("description", "") + f"\n\nRequires: {', '.join(detail)}.").strip()
+        if op.body is not None or op.query is not None:
+            statuses.add(422)
+        if params:
+            statuses.add(404)
+        for status in sorted(statuses):
+            responses[str(status)] = error_response(status)
+        entry["responses"] = responses
+        paths.setdefault(path, {})[method] = entry
+
+    for _, _, op, _, _ in ops:  # query models are expanded into parameters
+        if op.query is not None:
+            components.pop(ref(op.query, "validation")["$ref"].rsplit("/", 1)[1], None)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "WebHost Sync API", "version": current_app.config.get("API_VERSION", "1.0.0"),
+                 "description": "REST for operators (platform staff) and customers (API keys)."},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "A customer API key: whk_live_... or whk_test_..."},
+                "operatorToken": {"type": "http", "scheme": "bearer",
+                                  "description": "An operator session token from POST /api/v1/auth/login"},
+            },
+        },
+    }
+
+
+@blueprint.get("/api/openapi.json")
+async def openapi_document():
+    doc = current_app.extensions.get("openapi_document")
+    if doc is None:
+        doc = current_app.extensions["openapi_document"] = json.dumps(build(current_app))
+    return Response(doc, content_type="application/json")

@@ -1,0 +1,297 @@
+"""The document store: an append-only update log per (customer, doc) plus one snapshot, and the
+group-commit writer that appends to the log.
+
+Loading a doc = its snapshot + every log row still present. Compaction merges rows into the snapshot
+and deletes exactly the rows it merged (by seq), so a row committed late with a lower seq than the
+snapshot's `upto_seq` is never skipped: Yjs updates are idempotent, replaying one twice is harmless.
+
+The writer (`UpdateLog`) batches appends from every room of every customer: it waits at most
+`window` seconds after the first pending row, then writes everything pending in one transaction per
+database (switching the tenant with set_tenant before each customer's rows; RLS is forced). A failed
+write keeps its rows at the front and retries; nothing is dropped (a customer that no longer
+exists is the one exception, logged).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import structlog
+
+from .database import Database, set_tenant
+from .registry import DatabaseRegistry
+
+log = structlog.get_logger("storage.documents")
+
+_INSERT = (
+    "INSERT INTO doc_updates (customer_id, doc, update) "
+    "SELECT $1::uuid, t.d, t.u FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS t(d, u, n) ORDER BY t.n"
+)
+
+
+@dataclass
+class StoredDoc:
+    snapshot: bytes | None
+    updates: list[bytes]  # log rows after the snapshot, in seq order
+
+
+async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:
+    async with db.tenant(customer_id) as conn:
+        snapshot = await conn.fetchval(
+            "SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc)
+        rows = await conn.fetch(
+            "SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq", customer_id, doc)
+    return StoredDoc(snapshot, [r["update"] for r in rows])
+
+
+async def count_updates(db: Database, customer_id: str | uuid.UUID, doc: str) -> int:
+    async with db.tenant(customer_id) as conn:
+        return await conn.fetchval(
+            "SELECT count(*) FROM doc_updates WHERE customer_id = $1 AND doc = $2", customer_id, doc)
+
+
+async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
+                  merge: Callable[[bytes | None, list[bytes]], Awaitable[bytes]], max_rows: int = 50_000) -> int:
+    """Merge up to `max_rows` log rows into the snapshot; returns how many rows were merged."""
+    async with db.tenant(customer_id) as conn:
+        # One compaction of a doc at a time, across nodes too.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{customer_id}:{doc}")
+        snapshot = await conn.fetchrow(
+            "SELECT state, update_count FROM doc_snapshots WHERE customer_id = $1 AND doc = $2",
+            customer_id, doc)
+        rows = await conn.fetch(
+            "SELECT seq, update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq LIMIT $3",
+            customer_id, doc, max_rows)
+        if not rows:
+            return 0
+        state = await merge(snapshot["state"] if snapshot else None, [r["update"] for r in rows])
+        seqs = [r["seq"] for r in rows]
+        await conn.execute(
+            "INSERT INTO doc_snapshots (customer_id, doc, state, upto_seq, update_count, updated_at) "
+            "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (customer_id, doc) DO UPDATE SET "
+            "state = EXCLUDED.state, upto_seq = GREATEST(doc_snapshots.upto_seq, EXCLUDED.upto_seq), "
+            "update_count = doc_snapshots.update_count + $5, updated_at = now()",
+            customer_id, doc, state, max(seqs), len(seqs))
+        await conn.execute(
+            "DELETE FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq = ANY($3::bigint[])",
+            customer_id, doc, seqs)
+    return len(seqs)
+
+
+class UpdateLog:
+    """Group-commit writer of doc_updates for every customer of this node."""
+
+    def __init__(self, registry: DatabaseRegistry, *, window: float = 0.01, batch_rows: int = 20_000) -> None:
+        self.registry = registry
+        self.window = window
+        self.batch_rows = batch_rows
+        self._pending: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        self._appended: dict[str, int] = defaultdict(int)  # per customer, ever appended
+        self._committed: dict[str, int] = defaultdict(int)  # per customer, ever committed (in order)
+        self._inflight: set[str] = set()  # customers with rows in the write under way
+        self._paused: dict[str, int] = defaultdict(int)
+        self._waiters: list[tuple[str, int, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+        self.rows_written = 0
+        self.transactions = 0
+
+    # -- producers ----------------------------------------------------------------------------------
+
+    def append(self, customer_id: str, doc: str, update: bytes) -> None:
+        """Queue one update (never blocks, never drops)."""
+        self._pending[customer_id].append((doc, update))
+        self._appended[customer_id] += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def pending(self, customer_id: str | None = None) -> int:
+        if customer_id is not None:
+            return self._appended[customer_id] - self._committed[customer_id]
+        return sum(self._appended[c] - self._committed[c] for c in list(self._appended))
+
+    async def flush(self, customer_id: str | None = None) -> None:
+        """Return once everything appended before the call (for one customer, or all customers that
+        are not paused) is committed."""
+        customers = [customer_id] if customer_id is not None else [
+            c for c in list(self._appended) if not self._paused.get(c)]
+        loop = asyncio.get_running_loop()
+        futures = []
+        for cid in customers:
+            target = self._appended[cid]
+            if self._committed[cid] < target:
+                fut = loop.create_future()
+                self._waiters.append((cid, target, fut))
+                futures.append(fut)
+        if futures:
+            self._wake.set()
+            await asyncio.gather(*futures)
+
+    # -- pausing (tenant moves) ---------------------------------------------------------------------
+
+    def is_paused(self, customer_id: str) -> bool:
+        return bool(self._paused.get(customer_id))
+
+    @asynccontextmanager
+    async def paused(self, customer_id: str) -> AsyncIterator[None]:
+        await self.flush(customer_id)
+        self._paused[customer_id] += 1
+        try:
+            while customer_id in self._inflight:  # a write that took rows just before the pause
+                await asyncio.sleep(0.005)
+            yield
+        finally:
+            self._paused[customer_id] -= 1
+            if self._paused[customer_id] <= 0:
+                del self._paused[customer_id]
+            self._wake.set()
+        if not self.is_paused(customer_id):
+            await self.flush(customer_id)  # held rows go to the database resolved now
+
+    # -- the writer task ----------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task:
+        self._task = asyncio.ensure_future(self._run())
+        self._task.set_name("update-log-writer")
+        return self._task
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except asyncio.TimeoutError:
+            log.error("update_log_flush_timeout", pending=self.pending())
+        held = {c: self.pending(c) for c in self._paused if self.pending(c)}
+        if held:
+            log.error("update_log_held_at_stop", held=held)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = self._take()
+            if not batch:
+                self._resolve_waiters()
+                continue
+            if self.window and sum(len(rows) for rows in batch.values()) < self.batch_rows // 4:
+                # Group commit: give concurrent writers a moment to join this transaction.
+                self._put_back(batch)
+                await asyncio.sleep(self.window)
+                batch = self._take()
+            ok = await self._write(batch)
+            self._resolve_waiters()
+            if ok:
+                backoff = 0.05
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            if any(self._pending[c] for c in self._pending if not self._paused.get(c)):
+                self._wake.set()
+
+    def _take(self) -> dict[str, list[tuple[str, bytes]]]:
+        batch: dict[str, list[tuple[str, bytes]]] = {}
+        budget = self.batch_rows
+        for cid in list(self._pending):
+            rows = self._pending[cid]
+            if not rows or self._paused.get(cid):
+                continue
+            if len(rows) <= budget:
+                batch[cid] = rows
+                self._pending[cid] = []
+            else:
+                batch[cid] = rows[:budget]
+                self._pending[cid] = rows[budget:]
+            budget -= len(batch[cid])
+            if budget <= 0:
+                break
+        for cid in list(self._pending):
+            if not self._pending[cid]:
+                del self._pending[cid]
+        return batch
+
+    def _put_back(self, batch: dict[str, list[tuple[str, bytes]]]) -> None:
+        for cid, rows in batch.items():
+            rest = self._pending.get(cid)
+            self._pending[cid] = rows + rest if rest else rows
+
+    async def _write(self, batch: dict[str, list[tuple[str, bytes]]]) -> bool:
+        self._inflight = set(batch)
+        try:
+            by_db: dict[int, tuple[Database, list[str]]] = {}
+            for cid in batch:
+                db = await self.registry.for_customer(cid)
+                by_db.setdefault(id(db), (db, []))[1].append(cid)
+            all_ok = True
+            for db, cids in by_db.values():
+                started = time.perf_counter()
+                try:
+                    async with db.pool.acquire() as conn:
+                        async with conn.transaction():
+                            for cid in cids:
+                                await _insert(conn, cid, batch[cid])
+                except Exception as exc:
+                    all_ok = False
+                    if len(cids) > 1:
+                        # One customer's bad row must not hold the others back: retry one by one.
+                        for cid in cids:
+                            await self._write_one(db, cid, batch[cid])
+                    else:
+                        await self._failed(cids[0], batch[cids[0]], exc)
+                    continue
+                self.transactions += 1
+                for cid in cids:
+                    self._committed[cid] += len(batch[cid])
+                    self.rows_written += len(batch[cid])
+                log.debug("update_log_committed", database=db.name, customers=len(cids),
+                          rows=sum(len(batch[c]) for c in cids), ms=round((time.perf_counter() - started) * 1000, 2))
+            return all_ok
+        finally:
+            self._inflight = set()
+
+    async def _write_one(self, db: Database, cid: str, rows: list[tuple[str, bytes]]) -> None:
+        try:
+            async with db.pool.acquire() as conn:
+                async with conn.transaction():
+                    await _insert(conn, cid, rows)
+        except Exception as exc:
+            await self._failed(cid, rows, exc)
+            return
+        self.transactions += 1
+        self._committed[cid] += len(rows)
+        self.rows_written += len(rows)
+
+    async def _failed(self, cid: str, rows: list[tuple[str, bytes]], exc: Exception) -> None:
+        if isinstance(exc, asyncpg.ForeignKeyViolationError):
+            # The customer was deleted: its documents went with it (ON DELETE CASCADE).
+            log.error("update_log_customer_gone", customer_id=cid, rows=len(rows))
+            self._committed[cid] += len(rows)
+            return
+        log.error("update_log_write_failed", customer_id=cid, rows=len(rows), error=repr(exc))
+        self._put_back({cid: rows})
+
+    def _resolve_waiters(self) -> None:
+        still = []
+        for cid, target, fut in self._waiters:
+            if fut.done():
+                continue
+            if self._committed[cid] >= target:
+                fut.set_result(None)
+            else:
+                still.append((cid, target, fut))
+        self._waiters = still
+
+
+async def _insert(conn: asyncpg.Connection, customer_id: str, rows: list[tuple[str, bytes]]) -> None:
+    await set_tenant(conn, customer_id)
+    await conn.execute(_INSERT, customer_id, [d for d, _ in rows], [u for _, u in rows])

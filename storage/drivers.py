@@ -1,0 +1,42 @@
+"""drivers rows (tenant data)."""
+from __future__ import annotations
+
+import asyncpg
+
+_COLUMNS = "id, customer_id, name, email, phone, license_number, vehicle_id, created_at, updated_at"
+
+
+async def insert(conn: asyncpg.Connection, customer_id, *, name: str, email: str | None, phone: str | None,
+                 license_number: str | None, vehicle_id) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO drivers (customer_id, name, email, phone, license_number, vehicle_id) "
+        f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+        customer_id, name, email, phone, license_number, vehicle_id,
+    )
+
+
+async def list_page(conn: asyncpg.Connection, *, vehicle_id, after: tuple, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM drivers WHERE ($1::uuid IS NULL OR vehicle_id = $1) "
+        "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
+        vehicle_id, after[0], after[1], limit + 1,
+    )
+
+
+async def get(conn: asyncpg.Connection, driver_id, *, for_update: bool = False) -> asyncpg.Record | None:
+    if for_update:
+        return await conn.fetchrow(f"SELECT {_COLUMNS} FROM drivers WHERE id = $1 FOR UPDATE", driver_id)
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM drivers WHERE id = $1", driver_id)
+
+
+async def update(conn: asyncpg.Connection, driver_id, *, name: str, email: str | None, phone: str | None,
+                 license_number: str | None, vehicle_id) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE drivers SET name = $2, email = $3, phone = $4, license_number = $5, vehicle_id = $6, "
+        f"updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        driver_id, name, email, phone, license_number, vehicle_id,
+    )
+
+
+async def delete(conn: asyncpg.Connection, driver_id) -> bool:
+    return await conn.execute("DELETE FROM drivers WHERE id = $1", driver_id) != "DELETE 0"

@@ -1,0 +1,51 @@
+"""plans rows (platform table: no tenant scope)."""
+from __future__ import annotations
+
+import asyncpg
+
+_COLUMNS = ("id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, gps_points_per_day, "
+            "retention_days, connection_limit, features, is_public, created_at, updated_at")
+FIELDS = ("name", "price_cents", "currency", "vehicle_limit", "driver_limit", "geofence_limit", "gps_points_per_day",
+          "retention_days", "connection_limit", "features", "is_public")
+
+
+async def list_all(conn: asyncpg.Connection, *, public_only: bool) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM plans WHERE (NOT $1 OR is_public) ORDER BY price_cents, id", public_only)
+
+
+async def get(conn: asyncpg.Connection, plan_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM plans WHERE id = $1", plan_id)
+
+
+async def of_customer(conn: asyncpg.Connection, customer_id) -> asyncpg.Record | None:
+    """The plan of the customer's active subscription (a tenant connection on the shared database)."""
+    return await conn.fetchrow(
+        "SELECT p.id, p.vehicle_limit, p.driver_limit, p.geofence_limit, p.gps_points_per_day, p.retention_days, "
+        "p.connection_limit FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+        "WHERE s.customer_id = $1 AND s.status = 'active'",
+        customer_id,
+    )
+
+
+async def insert(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO plans (id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, "
+        "gps_points_per_day, retention_days, connection_limit, features, is_public) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}",
+        plan_id, *(values[f] for f in FIELDS),
+    )
+
+
+async def update(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE plans SET name = $2, price_cents = $3, currency = $4, vehicle_limit = $5, driver_limit = $6, "
+        "geofence_limit = $7, gps_points_per_day = $8, retention_days = $9, connection_limit = $10, features = $11, "
+        f"is_public = $12, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        plan_id, *(values[f] for f in FIELDS),
+    )
+
+
+async def delete(conn: asyncpg.Connection, plan_id: str) -> bool:
+    """False when no such plan; raises ForeignKeyViolationError while any subscription names it."""
+    return await conn.execute("DELETE FROM plans WHERE id = $1", plan_id) != "DELETE 0"

@@ -1,0 +1,13 @@
+"""Customer lookups the sync endpoint needs before it knows the tenant (SECURITY DEFINER function,
+so no tenant scope is required)."""
+from __future__ import annotations
+
+import asyncpg
+
+from .database import Database
+
+
+async def find_by_slug(db: Database, slug: str) -> asyncpg.Record | None:
+    """(id, slug, status) of the customer, or None."""
+    async with db.platform() as conn:
+        return await conn.fetchrow("SELECT id, slug, status FROM webhost_find_customer($1)", slug)

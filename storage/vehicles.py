@@ -1,0 +1,53 @@
+"""vehicles rows (tenant data: pass a connection from `registry.for_customer(cid).tenant(cid)`)."""
+from __future__ import annotations
+
+import asyncpg
+
+_COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
+
+
+async def insert(conn: asyncpg.Connection, customer_id, *, name: str, vehicle_identifier: str, vehicle_type: str,
+                 metadata: dict, device_secret_hash: bytes) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
+        f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
+        customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash,
+    )
+
+
+async def list_page(conn: asyncpg.Connection, *, vehicle_type: str | None, after: tuple, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM vehicles WHERE ($1::text IS NULL OR vehicle_type = $1) "
+        "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
+        vehicle_type, after[0], after[1], limit + 1,
+    )
+
+
+async def get(conn: asyncpg.Connection, vehicle_id, *, for_update: bool = False) -> asyncpg.Record | None:
+    if for_update:
+        return await conn.fetchrow(f"SELECT {_COLUMNS} FROM vehicles WHERE id = $1 FOR UPDATE", vehicle_id)
+    return await conn.fetchrow(f"SELECT {_COLUMNS} FROM vehicles WHERE id = $1", vehicle_id)
+
+
+async def exists(conn: asyncpg.Connection, vehicle_id) -> bool:
+    return await conn.fetchval("SELECT EXISTS (SELECT 1 FROM vehicles WHERE id = $1)", vehicle_id)
+
+
+async def update(conn: asyncpg.Connection, vehicle_id, *, name: str, vehicle_identifier: str, vehicle_type: str,
+                 metadata: dict) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE vehicles SET name = $2, vehicle_identifier = $3, vehicle_type = $4, metadata = $5, updated_at = now() "
+        f"WHERE id = $1 RETURNING {_COLUMNS}",
+        vehicle_id, name, vehicle_identifier, vehicle_type, metadata,
+    )
+
+
+async def set_device_secret_hash(conn: asyncpg.Connection, vehicle_id, device_secret_hash: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"UPDATE vehicles SET device_secret_hash = $2, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        vehicle_id, device_secret_hash,
+    )
+
+
+async def delete(conn: asyncpg.Connection, vehicle_id) -> bool:
+    return await conn.execute("DELETE FROM vehicles WHERE id = $1", vehicle_id) != "DELETE 0"

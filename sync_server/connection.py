@@ -1,0 +1,112 @@
+"""One websocket peer of a room: a bounded outgoing queue drained by its own sender task, and the
+close decision. Transport-agnostic (the endpoint passes `send`/`close` callables), so a stalled or
+failing peer can only ever affect itself.
+
+Backpressure is explicit: a peer whose queue passes `queue_limit` frames is closed with 1013 instead
+of growing server memory; its missed frames are recovered by the sync step 1/2 of its reconnect.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import structlog
+
+if TYPE_CHECKING:
+    from .rooms import Room
+
+log = structlog.get_logger("sync_server.connection")
+
+# Close codes (RFC 6455 + the private range; y-websocket clients stop retrying on 4400-4499).
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+MALFORMED = 4400
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class Connection:
+    __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
+                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "_on_close",
+                 "peer")
+
+    def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
+                 peer: str = "") -> None:
+        self.customer_id = customer_id
+        self.doc = doc
+        self.can_write = can_write
+        self.peer = peer
+        self.room: Room | None = None
+        self.awareness_ids: set[int] = set()  # awareness client ids this peer introduced
+        self.denied_sent = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed = asyncio.Event()  # set when the server decided to close this peer
+        self._send = send
+        self._queue: deque[bytes] = deque()
+        self._limit = queue_limit
+        self._wakeup: asyncio.Future | None = None
+        self._sender: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._sender = asyncio.ensure_future(self._drain())
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue a frame for this peer (never blocks; closes the peer 1013 past the limit)."""
+        if self.close_code is not None:
+            return
+        queue = self._queue
+        if len(queue) >= self._limit:
+            log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, limit=self._limit)
+            self.abort(TRY_AGAIN_LATER, "send queue full")
+            return
+        queue.append(frame)
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Decide to close this peer: pending frames are dropped, the endpoint sends the close."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self._queue.clear()
+        if self._sender is not None and asyncio.current_task() is not self._sender:
+            self._sender.cancel()  # it may be stuck writing to a peer that does not read
+        self.closed.set()
+
+    async def stop(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        send = self._send
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while queue:
+                    await send(queue.popleft())
+                self._wakeup = loop.create_future()
+                await self._wakeup
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the peer went away mid-send: only this connection ends
+            log.info("send_failed", customer_id=self.customer_id, room=self.doc, error=repr(exc))
+            self.abort(GOING_AWAY, "send failed")

@@ -1,0 +1,108 @@
+"""The persistence hook: rooms load from PostgreSQL (snapshot + log tail), every local update goes
+to the group-commit log, `store` waits until the room's customer has nothing pending, and a room
+whose log tail grows past COMPACT_AFTER_UPDATES is compacted off the hot path.
+
+Always resolves the customer's database through the registry (a customer may live on a dedicated
+database, and may move while its writes are held by `paused`).
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import pycrdt
+import structlog
+
+from storage import documents
+from storage.registry import DatabaseRegistry
+
+from .hooks import RoomHooks, is_remote
+from .rooms import Room
+
+log = structlog.get_logger("sync_server.persistence")
+
+
+def _merge_sync(snapshot: bytes | None, updates: list[bytes]) -> bytes:
+    doc = pycrdt.Doc()  # private to this thread
+    if snapshot:
+        doc.apply_update(snapshot)
+    for update in updates:
+        doc.apply_update(update)
+    return doc.get_update()
+
+
+async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
+    return await asyncio.to_thread(_merge_sync, snapshot, updates)
+
+
+class Persistence(RoomHooks):
+    def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
+                 compact_after: int) -> None:
+        self.registry = registry
+        self.log = update_log
+        self.compact_after = compact_after
+        self._compacting: dict[tuple[str, str], asyncio.Task] = {}
+
+    async def load(self, room: Room) -> None:
+        db = await self.registry.for_customer(room.customer_id)
+        stored = await documents.load(db, room.customer_id, room.doc)
+        if stored.snapshot:
+            room.ydoc.apply_update(stored.snapshot)
+        if stored.updates:
+            room.ydoc.apply_update(pycrdt.merge_updates(*stored.updates) if len(stored.updates) > 1
+                                   else stored.updates[0])
+        room.log_length = len(stored.updates)
+        if room.log_length >= self.compact_after:
+            self._compact_soon(room)
+
+    async def change(self, room: Room, update: bytes, origin: Any) -> None:
+        if is_remote(origin):
+            return  # the node that received it from its client writes it
+        self.log.append(room.customer_id, room.doc, update)
+        room.log_length += 1
+        if room.log_length >= self.compact_after and (room.customer_id, room.doc) not in self._compacting:
+            self._compact_soon(room)
+
+    async def store(self, room: Room) -> None:
+        await self.log.flush(room.customer_id)
+
+    async def evict(self, room: Room) -> None:
+        task = self._compacting.get((room.customer_id, room.doc))
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- compaction -------------------------------------------------------------------------------
+
+    def _compact_soon(self, room: Room) -> None:
+        key = (room.customer_id, room.doc)
+        if key in self._compacting or self.log.is_paused(room.customer_id):
+            return
+        task = asyncio.ensure_future(self._compact(room))
+        self._compacting[key] = task
+        task.add_done_callback(lambda _t: self._compacting.pop(key, None))
+
+    async def _compact(self, room: Room) -> None:
+        try:
+            # No flush first: compaction merges only committed rows, and must never wait on rows a
+            # pause holds (paused() waits for running compactions).
+            if self.log.is_paused(room.customer_id):
+                return
+            db = await self.registry.for_customer(room.customer_id)
+            merged = await documents.compact(db, room.customer_id, room.doc, merge)
+            room.log_length = max(0, room.log_length - merged)
+            log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
+        except Exception:
+            log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
+
+    async def compactions_of(self, customer_id: str) -> None:
+        tasks = [t for (c, _), t in self._compacting.items() if c == customer_id]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @asynccontextmanager
+    async def paused(self, customer_id: str) -> AsyncIterator[None]:
+        """Hold the customer's writes (see RoomRegistry.paused); running compactions finish first."""
+        async with self.log.paused(customer_id):
+            await self.compactions_of(customer_id)
+            yield

@@ -1,0 +1,256 @@
+"""The websocket endpoint `/sync/{customer_slug}/{doc}`, served as a raw ASGI websocket application
+in front of Quart.
+
+Why not a Quart route: Quart reads every frame into an unbounded queue (a flooding client grows
+memory), turns an empty binary frame into None, yields and re-checks acceptance on every send, and
+fires a signal per message. Talking ASGI directly keeps Hypercorn's own flow control (it stops
+reading the socket when we stop receiving), costs nothing per frame, and makes cleanup explicit.
+
+Order of a connection: accept -> authenticate (token / API key, customer active, doc allowed,
+authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
+read frames until the peer leaves or the server closes it. Refusals are closes after accept:
+4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
+1013 (does not read), 1001 (shutdown), 1011 (server error).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+import structlog
+
+from storage import tenants
+
+from . import api_keys, logs, protocol, sync_tokens
+from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSAGE_TOO_BIG, UNAUTHORIZED,
+                         Connection)
+from .hooks import ConnectRequest, Refused
+from .rooms import RoomRegistry
+
+log = structlog.get_logger("sync_server.sync_endpoint")
+
+PREFIX = "/sync/"
+DOC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]*(/[A-Za-z0-9_.:@=+-]+)*$")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_DOC_LENGTH = 256
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Access:
+    customer_id: str
+    can_write: bool
+    credential: str
+
+
+def parse_path(path: str) -> tuple[str, str] | None:
+    """(customer slug, doc) of a sync path, or None when it is not a valid one."""
+    rest = path[len(PREFIX):]
+    slug, sep, doc = rest.partition("/")
+    if not sep or not SLUG.match(slug) or not doc or len(doc) > MAX_DOC_LENGTH or not DOC_NAME.match(doc):
+        return None
+    if any(part in (".", "..") for part in doc.split("/")):
+        return None
+    return slug, doc
+
+
+class SyncEndpoint:
+    """ASGI wrapper: websocket requests under /sync/ are served here, everything else by `app`."""
+
+    def __init__(self, app, runtime, rooms: RoomRegistry) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.rooms = rooms
+        settings = runtime.settings
+        self.max_message = settings.sync_max_message_bytes
+        self.queue_limit = settings.sync_send_queue_limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
+            await self.serve(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def serve(self, scope, receive, send) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        token, subprotocol = _token(scope)
+        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+
+        async def close(code: int, reason: str) -> None:
+            try:
+                await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}),
+                                       CLOSE_TIMEOUT)
+            except Exception:  # the peer is gone or stuck: nothing more to tell it
+                pass
+
+        parsed = parse_path(scope["path"])
+        if parsed is None:
+            await close(MALFORMED, "invalid customer or document name")
+            return
+        slug, doc = parsed
+        if not self.rooms.accepting:
+            await close(GOING_AWAY, "server shutting down")
+            return
+        try:
+            access = await self.authenticate(slug, doc, token, _header(scope, b"authorization"))
+            await self.rooms.hooks.authenticate(ConnectRequest(
+                access.customer_id, slug, doc, access.can_write, access.credential,
+                {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}))
+        except Refused as exc:
+            log.info("sync_refused", customer_slug=slug, room=doc, code=exc.code, reason=exc.reason)
+            await close(exc.code, exc.reason)
+            return
+        logs.bind(customer_id=access.customer_id, room=doc)
+        try:
+            room = await self.rooms.get(access.customer_id, doc)
+        except Exception:
+            await close(INTERNAL_ERROR, "document could not be loaded")
+            return
+
+        async def send_bytes(frame: bytes) -> None:
+            await send({"type": "websocket.send", "bytes": frame})
+
+        peer = scope.get("client") or ("", 0)
+        conn = Connection(send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
+                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}")
+        conn.start()
+        self.rooms.join(room, conn)
+        log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
+                 peers=len(room.connections))
+        reader = asyncio.ensure_future(self._read(conn, room, receive))
+        closing = asyncio.ensure_future(conn.closed.wait())
+        try:
+            await room.hooks.connect(room, conn)
+            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
+            await conn.stop()
+            self.rooms.leave(room, conn)
+            await room.hooks.disconnect(room, conn)
+            log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
+        if conn.close_code is not None:
+            await close(conn.close_code, conn.close_reason)
+
+    async def _read(self, conn: Connection, room, receive) -> None:
+        limit = self.max_message
+        handle = room.receive
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                return  # websocket.disconnect: the peer left
+            frame = event.get("bytes")
+            if frame is None:
+                log.warning("sync_malformed", error="text frame")
+                conn.abort(MALFORMED, "binary frames only")
+                return
+            if len(frame) > limit:
+                log.warning("sync_frame_too_big", bytes=len(frame), limit=limit)
+                conn.abort(MESSAGE_TOO_BIG, "message too big")
+                return
+            try:
+                await handle(conn, frame)
+            except protocol.Malformed as exc:
+                log.warning("sync_malformed", error=str(exc), bytes=len(frame))
+                conn.abort(MALFORMED, "malformed message")
+                return
+            except Exception:
+                log.exception("sync_message_failed", bytes=len(frame))
+                conn.abort(INTERNAL_ERROR, "server error")
+                return
+
+    # -- authentication ---------------------------------------------------------------------------
+
+    async def authenticate(self, slug: str, doc: str, token: str | None, authorization: str | None) -> Access:
+        registry = self.runtime.registry
+        if token:
+            try:
+                grant = sync_tokens.verify(self.runtime.secret_key, token)
+            except sync_tokens.TokenError as exc:
+                raise Refused(UNAUTHORIZED, exc.reason) from None
+            if grant.customer_slug != slug:
+                raise Refused(FORBIDDEN, "token is for another customer")
+            if not grant.allows(doc):
+                raise Refused(FORBIDDEN, "token does not allow this document")
+            customer = await tenants.find_by_slug(registry.shared, slug)
+            if customer is None or str(customer["id"]) != grant.customer_id:
+                raise Refused(FORBIDDEN, "unknown customer")
+            if customer["status"] != "active":
+                raise Refused(FORBIDDEN, "customer suspended")
+            return Access(grant.customer_id, grant.can_write, "token")
+        scheme, _, raw = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and raw.strip():
+            try:
+                principal = await api_keys.authenticate(registry, raw.strip())
+            except api_keys.KeyRejected as exc:
+                raise Refused(FORBIDDEN if exc.code == "customer_suspended" else UNAUTHORIZED, exc.message) from None
+            if principal.customer_slug != slug:
+                raise Refused(FORBIDDEN, "API key is for another customer")
+            if principal.has("sync:write"):
+                return Access(principal.customer_id, True, "api_key")
+            if principal.has("sync:read"):
+                return Access(principal.customer_id, False, "api_key")
+            raise Refused(FORBIDDEN, "API key lacks sync:read / sync:write")
+        raise Refused(UNAUTHORIZED, "missing token")
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin1")
+    return None
+
+
+def _token(scope) -> tuple[str | None, str | None]:
+    """The sync token from `?token=` or a Sec-WebSocket-Protocol entry (then echoed as the chosen
+    subprotocol, which browsers require)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    values = query.get("token")
+    if values and values[0]:
+        return values[0], None
+    for proto in scope.get("subprotocols") or []:
+        if sync_tokens.looks_like_token(proto):
+            return proto, proto
+    return None, None
+
+
+def install(app, runtime) -> RoomRegistry:
+    """Wire the sync core into the app: rooms on `runtime.rooms`, persistence as the first hook,
+    the websocket endpoint in front of Quart, start/drain/stop in the runtime's order."""
+    from storage.documents import UpdateLog
+
+    from .persistence import Persistence
+
+    settings = runtime.settings
+    rooms = RoomRegistry(evict_after=settings.room_evict_seconds, spawn=runtime.spawn)
+    update_log = UpdateLog(runtime.registry, window=settings.sync_commit_window_ms / 1000)
+    persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates)
+    rooms.hooks.add(persistence, first=True)
+    rooms.add_pauser(persistence.paused)
+    rooms.update_log = update_log
+    runtime.rooms = rooms
+
+    async def start() -> None:
+        update_log.start()
+
+    async def drain() -> None:
+        await rooms.drain()
+
+    async def stop() -> None:
+        await update_log.stop(settings.shutdown_timeout)
+
+    async def suspended(customer_id, **_ignored) -> None:
+        await rooms.close_customer(str(customer_id))
+
+    runtime.on_start(start)
+    runtime.on_drain(drain)
+    runtime.on_stop(stop)
+    runtime.subscribe("customer_suspended", suspended)
+    app.asgi_app = SyncEndpoint(app.asgi_app, runtime, rooms)
+    return rooms

@@ -1,0 +1,137 @@
+"""Test peers of the sync endpoint: a customer in the test database, tokens for it, a minimal raw
+y-websocket peer on `websockets` (for protocol-level checks), and the real JS clients of
+client-examples/js (for behaviour)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pycrdt
+import websockets
+
+from sync_server import protocol, sync_tokens
+
+ROOT = Path(__file__).resolve().parents[2]
+JS_DIR = ROOT / "client-examples" / "js"
+
+
+@dataclass
+class Customer:
+    id: str
+    slug: str
+
+
+async def create_customer(database_url: str, slug: str = "acme", status: str = "active") -> Customer:
+    conn = await asyncpg.connect(database_url)
+    try:
+        cid = await conn.fetchval(
+            "INSERT INTO customers (slug, name, status) VALUES ($1, $2, $3) RETURNING id", slug, slug.title(), status)
+    finally:
+        await conn.close()
+    return Customer(str(cid), slug)
+
+
+async def set_status(database_url: str, customer: Customer, status: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE customers SET status = $2 WHERE id = $1", customer.id, status)
+    finally:
+        await conn.close()
+
+
+async def stored_updates(database_url: str, customer: Customer, doc: str) -> tuple[int, bytes | None, list[bytes]]:
+    """(row count, snapshot, log rows) of one doc, read as the schema owner (bypasses RLS)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq",
+                                customer.id, doc)
+        snap = await conn.fetchval("SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2",
+                                   customer.id, doc)
+    finally:
+        await conn.close()
+    return len(rows), snap, [r["update"] for r in rows]
+
+
+async def stored_doc(database_url: str, customer: Customer, doc: str) -> pycrdt.Doc:
+    _, snap, rows = await stored_updates(database_url, customer, doc)
+    ydoc = pycrdt.Doc()
+    if snap:
+        ydoc.apply_update(snap)
+    for row in rows:
+        ydoc.apply_update(row)
+    return ydoc
+
+
+def token(secret: str, customer: Customer, docs=("*",), mode: str = "rw", ttl: int = 3600) -> str:
+    return sync_tokens.mint(secret, customer_id=customer.id, customer_slug=customer.slug, docs=list(docs),
+                            mode=mode, ttl_seconds=ttl)[0]
+
+
+class RawPeer:
+    """A y-websocket peer speaking the protocol by hand, holding a pycrdt Doc."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.doc = pycrdt.Doc()
+        self.awareness: dict[int, str | None] = {}
+        self.frames: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs) -> "RawPeer":
+        ws = await websockets.connect(url, max_size=None, **kwargs)
+        return cls(ws)
+
+    async def send(self, frame) -> None:
+        await self.ws.send(frame)
+
+    async def recv(self, timeout: float = 10.0) -> bytes:
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        self.frames.append(frame)
+        msg = protocol.decode(frame)
+        if isinstance(msg, protocol.SyncUpdate):
+            self.doc.apply_update(msg.update)
+        elif isinstance(msg, protocol.SyncStep1):
+            await self.send(protocol.step2_frame(self.doc.get_update(msg.state_vector)))
+        elif isinstance(msg, protocol.AwarenessUpdate):
+            for client, _clock, state in msg.entries:
+                self.awareness[client] = state
+        return frame
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Send step 1 and read until the server's step 2 arrived."""
+        await self.send(protocol.step1_frame(self.doc.get_state()))
+        while True:
+            frame = await self.recv(timeout)
+            if frame[:2] == bytes((protocol.SYNC, protocol.STEP2)):
+                return
+
+    async def closed(self, timeout: float = 10.0) -> tuple[int | None, str]:
+        """Read until the server closes; (code, reason)."""
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), timeout)
+        except websockets.ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            return (rcvd.code if rcvd else None), (rcvd.reason if rcvd else "")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
+    """Run a script of client-examples/js and return its last stdout line as JSON."""
+    proc = subprocess.run(["node", str(JS_DIR / script), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=JS_DIR, **kwargs)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return json.loads(lines[-1])
+
+
+def js_start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=JS_DIR)
