@@ -16,8 +16,8 @@ from quart import Blueprint, Response, current_app, g, request
 
 from storage import geofence_events as event_store
 from storage import positions as position_store
-from storage import tracked_fleet
-from storage import usage_metrics as usage_store
+from storage import usage as usage_store
+from storage import vehicles as vehicle_store
 from sync_server.runtime import runtime
 from sync_server.tracking import quota
 from sync_server.tracking.distance import path_length
@@ -110,7 +110,7 @@ async def _customer_db():
 
 async def _vehicle(db, cid: str, vehicle_id: uuid.UUID) -> Any:
     async with db.tenant(cid) as conn:
-        row = await tracked_fleet.vehicle(conn, cid, vehicle_id=vehicle_id)
+        row = await vehicle_store.tracker(conn, cid, vehicle_id=vehicle_id)
     if row is None:
         raise not_found("vehicle")
     return row

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .filters import Rules
-from .pipeline import DEFAULT_PLAN, Batch, Outcome, Pipeline
+from ..plans import DEFAULT_PLAN
+from .pipeline import Batch, Outcome, Pipeline
 
 if TYPE_CHECKING:
     from ..config import Settings

@@ -11,13 +11,15 @@ The secret travels as `key` in the URL (Traccar Client can only be given a URL) 
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass
 
-from storage import tracked_fleet
+from storage import tenants
+from storage import vehicles as vehicle_store
 from storage.registry import DatabaseRegistry
+
+from .. import device_secrets
 
 
 @dataclass(frozen=True)
@@ -38,32 +40,24 @@ UNKNOWN = DeviceRejected(401, "unknown_device", "unknown device id or wrong devi
 SUSPENDED = DeviceRejected(403, "customer_suspended", "customer account is suspended")
 
 
-def digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
 async def authenticate(registry: DatabaseRegistry, identifier: str, secret: str | None,
                        customer_slug: str | None = None) -> Device:
     if not secret:
         raise DeviceRejected(401, "device_key_required", "device key required (key=... or Authorization: Bearer)")
-    hashed = digest(secret)
     if customer_slug is None:
-        async with registry.shared.platform() as conn:
-            row = await tracked_fleet.device_by_secret_hash(conn, hashed)
+        row = await tenants.find_device(registry.shared, device_secrets.digest(secret))
         if row is None or not hmac.compare_digest(row["vehicle_identifier"].encode(), identifier.encode()):
             raise UNKNOWN
         if row["customer_status"] != "active":
             raise SUSPENDED
         return Device(str(row["customer_id"]), row["vehicle_id"])
-    async with registry.shared.platform() as conn:
-        customer = await tracked_fleet.customer_by_slug(conn, customer_slug)
+    customer = await tenants.find_by_slug(registry.shared, customer_slug)
     if customer is None:
         raise UNKNOWN
     db = await registry.for_customer(customer["id"])
     async with db.tenant(customer["id"]) as conn:
-        vehicle = await tracked_fleet.vehicle(conn, customer["id"], identifier=identifier)
-    stored = bytes(vehicle["device_secret_hash"]) if vehicle and vehicle["device_secret_hash"] else b""
-    if not hmac.compare_digest(stored, hashed):
+        vehicle = await vehicle_store.tracker(conn, customer["id"], identifier=identifier)
+    if vehicle is None or not device_secrets.matches(vehicle["device_secret_hash"], secret):
         raise UNKNOWN
     if customer["status"] != "active":
         raise SUSPENDED

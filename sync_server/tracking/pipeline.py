@@ -32,17 +32,18 @@ import structlog
 from storage import geofence_events as event_store
 from storage import partitions
 from storage import positions as position_store
-from storage import track_progress, tracked_fleet
-from storage import usage_metrics as usage_store
+from storage import geofences as geofence_store
+from storage import track_progress
+from storage import usage as usage_store
 from storage.registry import DatabaseRegistry
 
+from .. import plans
 from . import filters, quota
 from .geofences import Event, GeofenceSet, shape_from_row, transitions
 from .points import DAY_MS, MALFORMED, Point, day_of, decode, from_record, ms_from_datetime
 
 log = structlog.get_logger("sync_server.tracking")
 
-DEFAULT_PLAN = "hobby"  # limits of a customer without an active subscription
 LIMITS_TTL = 30.0  # seconds a customer's plan limits are cached
 _EMPTY: frozenset = frozenset()
 
@@ -70,17 +71,10 @@ class Outcome:
     skipped: int = 0  # elements a previous run had already materialized
 
 
-@dataclass(frozen=True)
-class Limits:
-    plan_id: str
-    gps_points_per_day: int
-    retention_days: int
-
-
 class Run:
     """One batch on its way through the steps."""
 
-    def __init__(self, batch: Batch, limits: Limits, rules: filters.Rules, now_ms: int) -> None:
+    def __init__(self, batch: Batch, limits: plans.Limits, rules: filters.Rules, now_ms: int) -> None:
         self.batch = batch
         self.customer_uuid = uuid.UUID(str(batch.customer_id))
         self.limits = limits
@@ -284,7 +278,7 @@ class Pipeline:
     def __init__(self, registry: DatabaseRegistry, rules: filters.Rules | None = None) -> None:
         self.registry = registry
         self.rules = rules or filters.Rules()
-        self._limits: dict[str, tuple[float, Limits]] = {}
+        self._limits: dict[str, tuple[float, plans.Limits]] = {}
         self._fences: dict[str, GeofenceSet] = {}
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
@@ -293,14 +287,12 @@ class Pipeline:
         """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
         self._latest_listeners.append(listener)
 
-    async def limits(self, customer_id: str) -> Limits:
+    async def limits(self, customer_id: str) -> plans.Limits:
         key = str(customer_id)
         cached = self._limits.get(key)
         if cached is not None and time.monotonic() - cached[0] < LIMITS_TTL:
             return cached[1]
-        async with self.registry.shared.tenant(key) as conn:
-            row = await tracked_fleet.plan_limits(conn, key, DEFAULT_PLAN)
-        limits = Limits(row["id"], row["gps_points_per_day"], row["retention_days"])
+        limits = await plans.current_limits(self.registry.shared, key)
         self._limits[key] = (time.monotonic(), limits)
         return limits
 
@@ -311,12 +303,12 @@ class Pipeline:
 
     async def _geofences(self, conn: asyncpg.Connection, customer_id: uuid.UUID) -> GeofenceSet:
         key = str(customer_id)
-        fingerprint = await tracked_fleet.geofences_fingerprint(conn, customer_id)
+        fingerprint = await geofence_store.active_fingerprint(conn, customer_id)
         cached = self._fences.get(key)
         if cached is not None and cached.fingerprint == fingerprint:
             return cached
         shapes = []
-        for row in await tracked_fleet.active_geofences(conn, customer_id):
+        for row in await geofence_store.active_shapes(conn, customer_id):
             try:
                 shapes.append(shape_from_row(row))
             except (ValueError, TypeError, KeyError, IndexError):
@@ -347,7 +339,7 @@ class Pipeline:
         await self._ensure_partitions(db, days or {now_ms // DAY_MS})
         async with db.tenant(run.customer_uuid) as conn:
             run.conn = conn
-            await usage_store.lock_points_quota(conn, run.customer_uuid)
+            await usage_store.lock_quota(conn, run.customer_uuid, "gps_points_per_day")
             run.fences = await self._geofences(conn, run.customer_uuid)
             for _, step in IN_TRANSACTION:
                 await step(run)

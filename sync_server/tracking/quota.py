@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from ..plans import GPS_POINTS_METRIC
 from .points import Point
 
 QUOTA_EXCEEDED = "quota_exceeded"
-POINTS_METRIC = "gps_points"  # usage_metrics: materialized points per day
+POINTS_METRIC = GPS_POINTS_METRIC  # usage_metrics: materialized points per day
 REJECTED_PREFIX = "gps_points_rejected."  # usage_metrics: + reason, rejected points per day
 
 

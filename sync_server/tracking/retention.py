@@ -11,7 +11,7 @@ import structlog
 
 from storage import geofence_events as event_store
 from storage import positions as position_store
-from storage import tracked_fleet
+from storage import plans as plan_store
 from storage.registry import DatabaseRegistry
 
 log = structlog.get_logger("sync_server.tracking.retention")
@@ -21,7 +21,7 @@ async def run_once(registry: DatabaseRegistry, default_plan: str, batch_rows: in
                    now: dt.datetime | None = None) -> dict[str, int]:
     now = now or dt.datetime.now(dt.timezone.utc)
     async with registry.shared.operator("tracking_retention") as conn:
-        customers = await tracked_fleet.retention_of_customers(conn, default_plan)
+        customers = await plan_store.retention_by_customer(conn, default_plan)
     removed = {"positions": 0, "geofence_events": 0}
     for row in customers:
         cid, cutoff = row["id"], now - dt.timedelta(days=row["retention_days"])
