@@ -23,10 +23,19 @@ def rules_from(settings: "Settings") -> Rules:
 
 
 def install(rt: "Runtime") -> Pipeline:
-    """Build the node's pipeline and start the retention job with the runtime."""
+    """Build the node's pipeline, hook it into the rooms (track documents in, the fleet document's
+    live map out) and start the retention job with the runtime."""
     from . import retention
+    from .materializer import TrackMaterializer
 
     pipeline = Pipeline(rt.registry, rules_from(rt.settings))
+    rooms = getattr(rt, "rooms", None)
+    if rooms is not None:
+        materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,
+                                         batch_points=rt.settings.tracking_batch_points)
+        materializer.rooms = rooms
+        rooms.hooks.add(materializer)
+        pipeline.on_latest(materializer.push_latest)
 
     async def start_retention() -> None:
         rt.spawn(retention.loop(rt.registry, DEFAULT_PLAN, rt.settings.retention_batch_rows,
