@@ -106,3 +106,10 @@ async def time_after_page(conn: asyncpg.Connection, customer_id, vehicle_id, sta
         "AND ($5::timestamptz IS NULL OR time > $5) ORDER BY time OFFSET $6 LIMIT 2",
         customer_id, vehicle_id, start, end, after_time, limit - 1)
     return rows[0]["time"] if len(rows) == 2 else None
+
+
+async def commit_without_waiting_for_flush(conn: asyncpg.Connection) -> None:
+    """This transaction's commit returns before its WAL reaches disk. Only for work that is replayed
+    from a durable source after a crash (track documents): losing the last commits then costs a
+    replay, never a row."""
+    await conn.execute("SET LOCAL synchronous_commit = off")

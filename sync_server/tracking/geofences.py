@@ -54,6 +54,9 @@ class Circle:
         self._outer = radius * (1 + SPHERE_ERROR) + 0.5
 
     def contains(self, lat: float, lng: float) -> bool:
+        min_lat, min_lng, max_lat, max_lng = self.bbox
+        if not (min_lat <= lat <= max_lat and min_lng <= lng <= max_lng):
+            return False
         d = haversine(self.lat, self.lng, lat, lng)
         if d <= self._inner:
             return True
@@ -137,12 +140,17 @@ def _cell(value: float) -> int:
     return int(math.floor(value / CELL_DEG))
 
 
-def transitions(fences: GeofenceSet, before: frozenset, sequence: Iterable[tuple[int, float, float]]) -> list[Event]:
-    """Enter/exit events along a time-ordered sequence of (ms, lat, lng), starting inside `before`."""
+def transitions(fences: GeofenceSet, before: frozenset, sequence: Iterable) -> list[Event]:
+    """Enter/exit events along a time-ordered sequence of fixes (objects with ms, lat, lng and
+    optionally `inside` computed ahead for this geofence set), starting inside `before`."""
     events: list[Event] = []
     current = before
-    for ms, lat, lng in sequence:
-        now = fences.inside(lat, lng)
+    inside = fences.inside
+    for p in sequence:
+        ms, lat, lng = p.ms, p.lat, p.lng
+        now = getattr(p, "inside", None)
+        if now is None:
+            now = inside(lat, lng)
         if now != current:
             for gid in sorted(current - now, key=str):
                 events.append(Event(gid, "exit", ms, lat, lng))

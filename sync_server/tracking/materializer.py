@@ -131,29 +131,48 @@ class TrackMaterializer(RoomHooks):
     # -- worker -----------------------------------------------------------------------------------
 
     async def _work(self, state: TrackRoom) -> None:
+        """Batches in observed order. While one batch is in the database the next one's CPU steps
+        run (Pipeline.prepare), so Python and PostgreSQL work on the two cores at once."""
         backoff = 0.5
         while True:
             await state.wake.wait()
             state.wake.clear()
             if self.flush_seconds:
                 await asyncio.sleep(self.flush_seconds)  # let a burst gather into one batch
-            while state.pending:
-                raw = state.pending[:self.batch_points]
-                batch = Batch(state.room.customer_id, state.vehicle_id, raw, doc=state.room.doc, day=state.day,
-                              first_index=state.done)
+            offset = 0  # pending[:offset] is prepared or committing
+            run = await self._prepare(state, offset)
+            while run is not None:
+                size = len(run.batch.raw)
+                commit = asyncio.ensure_future(self.pipeline.commit(run))
+                upcoming = await self._prepare(state, offset + size) if len(state.pending) > offset + size else None
                 try:
-                    await self.pipeline.process(batch)
+                    await commit
                 except asyncio.CancelledError:
+                    commit.cancel()
                     raise
                 except Exception:
-                    log.exception("track_batch_failed", room=state.room.doc, points=len(raw), retry_in=backoff)
+                    log.exception("track_batch_failed", room=state.room.doc, points=size, retry_in=backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF, backoff * 2)
+                    run = await self._prepare(state, 0)
                     continue
                 backoff = 0.5
-                del state.pending[:len(raw)]
-                state.done += len(raw)
+                del state.pending[:size]
+                state.done += size
+                run = upcoming
+                if run is not None:  # its indices were computed before `done` moved: same values
+                    offset = 0
+                elif state.pending:
+                    run = await self._prepare(state, 0)
             state.idle.set()
+
+    async def _prepare(self, state: TrackRoom, offset: int):
+        raw = state.pending[offset:offset + self.batch_points]
+        if not raw:
+            return None
+        batch = Batch(state.room.customer_id, state.vehicle_id, raw, doc=state.room.doc, day=state.day,
+                      first_index=state.done + offset)
+        return await self.pipeline.prepare(batch)
 
     async def _vehicle(self, customer_id: str, segment: str) -> uuid.UUID | None:
         try:

@@ -9,6 +9,8 @@ the next run resumes from the durable progress (exactly once).
     decode    raw JSON -> Point (malformed ones rejected)                       points.decode
     validate  ranges, (0,0), future, outside the doc's day, too old, accuracy   filters.check
     order     by fix time (the vehicle's sequence)
+    locate    which (cached) geofences hold each fix; timestamps for COPY: CPU work done here
+              runs while the previous batch is still in the database
     -- transaction, customer's quota lock held --
     resume    drop elements a previous run already materialized                 track_progress
     filter    duplicates and implied-speed jumps against the stored neighbours  filters.sequence
@@ -85,6 +87,8 @@ class Run:
         self.rejected: dict[tuple[int, str], int] = {}  # (day, reason) -> count
         self.conn: asyncpg.Connection | None = None
         self.fences: GeofenceSet | None = None
+        self.cached_fences: GeofenceSet | None = None  # the pipeline's copy when the batch started
+        self.located_with: Any = None  # fingerprint of the set `locate` used
         self.before: Point | None = None  # the stored fix just before the batch's span
         self.stored_in_span: list[Point] = []
         self.after: Point | None = None  # the first stored fix after the span
@@ -136,6 +140,19 @@ async def order_step(run: Run) -> None:
     run.points.sort(key=_by_time)
 
 
+async def locate_step(run: Run) -> None:
+    fences = run.cached_fences
+    if fences is None or not fences:
+        for p in run.points:
+            p.time  # noqa: B018 - builds and caches the datetime COPY needs
+        return
+    inside = fences.inside
+    for p in run.points:
+        p.inside = inside(p.lat, p.lng)
+        p.time  # noqa: B018
+    run.located_with = fences.fingerprint
+
+
 def _by_time(p: Point) -> int:
     return p.ms
 
@@ -182,11 +199,14 @@ async def geofence_step(run: Run) -> None:
     fences = run.fences
     if not run.points or not fences:
         return
+    if run.located_with != fences.fingerprint:  # geofences changed since `locate`
+        for p in run.points:
+            p.inside = None
     before = fences.inside(run.before.lat, run.before.lng) if run.before else _EMPTY
     sequence = _merge(run.stored_in_span, run.points)
     if run.after is not None:
         sequence.append(run.after)
-    wanted = transitions(fences, before, ((p.ms, p.lat, p.lng) for p in sequence))
+    wanted = transitions(fences, before, sequence)
     first = run.points[0].time
     last = sequence[-1].time
     conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
@@ -259,6 +279,7 @@ BEFORE_TRANSACTION: tuple[tuple[str, Step], ...] = (
     ("decode", decode_step),
     ("validate", validate_step),
     ("order", order_step),
+    ("locate", locate_step),
 )
 IN_TRANSACTION: tuple[tuple[str, Step], ...] = (
     ("resume", resume_step),
@@ -328,11 +349,21 @@ class Pipeline:
             known.update(range(first, last + 1))
 
     async def process(self, batch: Batch, now: dt.datetime | None = None) -> Outcome:
-        started = time.perf_counter()
+        return await self.commit(await self.prepare(batch, now))
+
+    async def prepare(self, batch: Batch, now: dt.datetime | None = None) -> Run:
+        """The steps before the transaction (CPU only, plus cached plan limits)."""
         now_ms = ms_from_datetime(now) if now else int(time.time() * 1000)
         run = Run(batch, await self.limits(batch.customer_id), self.rules, now_ms)
+        run.cached_fences = self._fences.get(str(batch.customer_id))
         for _, step in BEFORE_TRANSACTION:
             await step(run)
+        return run
+
+    async def commit(self, run: Run) -> Outcome:
+        """The steps in the transaction; returns when the batch is committed."""
+        started = time.perf_counter()
+        batch, now_ms = run.batch, run.now_ms
         db = await self.registry.for_customer(batch.customer_id)
         days = {p.ms // DAY_MS for p in run.points} if run.points else set()
         days.update(day for _, day, _ in run.early_rejections)
@@ -340,6 +371,8 @@ class Pipeline:
         async with db.tenant(run.customer_uuid) as conn:
             run.conn = conn
             await usage_store.lock_quota(conn, run.customer_uuid, "gps_points_per_day")
+            if batch.doc is not None:  # replayable from the document; tracker posts wait for the disk
+                await position_store.commit_without_waiting_for_flush(conn)
             run.fences = await self._geofences(conn, run.customer_uuid)
             for _, step in IN_TRANSACTION:
                 await step(run)

@@ -22,12 +22,13 @@ MALFORMED = "malformed"
 class Point:
     """One fix. `ms` (epoch milliseconds) orders and compares; `time` is what PostgreSQL stores."""
 
-    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "_time")
+    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "_time")
 
     def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
                  accuracy: float | None = None, alt: float | None = None, idx: int = -1) -> None:
         self.ms = ms
         self.idx = idx  # position in the track document's array (-1: not from a document)
+        self.inside: frozenset | None = None  # geofences containing the fix, when computed ahead
         self.lat = lat
         self.lng = lng
         self.speed = speed
@@ -104,13 +105,15 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _optional(raw: dict, key: str) -> float | None | bool:
-    """The optional numeric field: a float, None when absent/null, False when present but not a number."""
-    value = raw.get(key)
+_BAD = object()
+
+
+def _optional(value: Any) -> Any:
+    """An optional numeric field: float, None when absent/null, _BAD when present but not a number."""
     if value is None:
         return None
     number = _number(value)
-    return False if number is None else number
+    return _BAD if number is None else number
 
 
 def from_record(row: Any) -> Point:
@@ -122,18 +125,30 @@ def from_record(row: Any) -> Point:
 
 
 def decode(raw: Any) -> Point | str:
-    """A track-document element -> Point, or the rejection reason `malformed`."""
+    """A track-document element -> Point, or the rejection reason `malformed`. (Hot: one call per
+    point; the common all-floats shape takes the short path.)"""
     if type(raw) is not dict:
         return MALFORMED
-    ms = parse_time(raw.get("t"))
-    lat = _number(raw.get("lat"))
-    lng = _number(raw.get("lng"))
-    if ms is None or lat is None or lng is None:
-        return MALFORMED
-    speed = _optional(raw, "speed")
-    heading = _optional(raw, "heading")
-    accuracy = _optional(raw, "accuracy")
-    alt = _optional(raw, "alt")
-    if speed is False or heading is False or accuracy is False or alt is False:
+    get = raw.get
+    t, lat, lng = get("t"), get("lat"), get("lng")
+    if type(t) is float and type(lat) is float and type(lng) is float and t - t == 0 and lat - lat == 0 \
+            and lng - lng == 0:
+        ms = int(t)
+    else:
+        ms = parse_time(t)
+        lat = _number(lat)
+        lng = _number(lng)
+        if ms is None or lat is None or lng is None:
+            return MALFORMED
+    speed, heading, accuracy, alt = get("speed"), get("heading"), get("accuracy"), get("alt")
+    if not ((type(speed) is float and speed - speed == 0) or speed is None):
+        speed = _optional(speed)
+    if not ((type(heading) is float and heading - heading == 0) or heading is None):
+        heading = _optional(heading)
+    if not ((type(accuracy) is float and accuracy - accuracy == 0) or accuracy is None):
+        accuracy = _optional(accuracy)
+    if not ((type(alt) is float and alt - alt == 0) or alt is None):
+        alt = _optional(alt)
+    if speed is _BAD or heading is _BAD or accuracy is _BAD or alt is _BAD:
         return MALFORMED
     return Point(ms, lat, lng, speed, heading, accuracy, alt)
