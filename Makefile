@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test install js bench clean
+.PHONY: run test install js browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ js:
 	  if [ -f $$d/package-lock.json ] && [ ! -f $$d/node_modules/.ci-stamp -o $$d/package-lock.json -nt $$d/node_modules/.ci-stamp ]; then \
 	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) && touch $$d/node_modules/.ci-stamp || exit 1; \
 	  fi; \
+	  if [ -f $$d/package.json ] && grep -q '"build"' $$d/package.json; then (cd $$d && npm run --silent build) || exit 1; fi; \
 	done
+
+# Headless Chromium for the dashboard example's browser test (Debian's package; needs root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 run: $(STAMP)
 	$(BIN)/webhost-sync serve
 
-test: $(STAMP) js
+test: $(STAMP) js browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) js
