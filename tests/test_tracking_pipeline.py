@@ -215,3 +215,24 @@ async def test_document_batches_materialize_exactly_once(db, pipeline):
     assert await fleet.count(db, cid, "SELECT elements FROM track_progress") == len(full)
     usage = await fleet.usage(db, cid)
     assert usage == {"gps_points": 21, "gps_points_rejected.malformed": 1}
+
+
+async def test_circle_containment_matches_the_geodesic_everywhere():
+    import math
+    import random
+
+    from sync_server.tracking.distance import geodesic
+    from sync_server.tracking.geofences import Circle
+
+    rng = random.Random(7)
+    for _ in range(300):
+        lat, lng = rng.uniform(-75, 75), rng.uniform(-179, 179)
+        radius = rng.choice([50, 500, 5_000, 9_999, 30_000])
+        c = Circle("c", lat, lng, radius)
+        for _ in range(20):
+            # probe around the rim, where approximations go wrong
+            bearing = rng.uniform(0, 2 * math.pi)
+            scale = radius * rng.uniform(0.995, 1.005) / 111_000
+            plat = lat + scale * math.cos(bearing)
+            plng = lng + scale * math.sin(bearing) / math.cos(math.radians(lat))
+            assert c.contains(plat, plng) == (geodesic(lat, lng, plat, plng) <= radius)

@@ -7,7 +7,10 @@
 // Track doc `tracks/{vehicle}/{day}`: Y.Array `points`, one element per fix
 // {t (epoch ms), lat, lng, speed (m/s), heading, accuracy}. The route goes back and forth along
 // lat 52.5 between lng 13.40 and 13.42 (1000 fixes each way). With --points 0 it only syncs (a
-// resync after a server restart). Prints one JSON line: what the phone holds after syncing.
+// resync after a server restart). With --prebuilt 1 every fix is recorded before the first
+// connection (one update of all of them, as a phone that was never online that day) and the line
+// also carries connect_ms, when the connection was opened (the benchmark's start).
+// Prints one JSON line: what the phone holds after syncing.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -38,13 +41,16 @@ export function fix (i) {
 }
 
 const doc = new Y.Doc()
+const track = doc.getArray('points')
+const prebuilt = args.prebuilt === '1'
+if (prebuilt) track.push(Array.from({ length: points }, (_, i) => fix(i)))
+const connectMs = Date.now()
 const provider = new WebsocketProvider(args.server, docName, doc, {
   params: { token: args.token }, WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500
 })
-const track = doc.getArray('points')
 await until(() => provider.synced, 'first sync')
-const before = track.length
-if (points > 0) {
+const before = prebuilt ? 0 : track.length
+if (points > 0 && !prebuilt) {
   if (offline) provider.disconnect() // no network: fixes pile up locally
   for (let i = 0; i < points; i++) track.push([fix(before + i)]) // one fix at a time, as a phone records
   if (offline) {
@@ -54,7 +60,7 @@ if (points > 0) {
 }
 await until(() => provider.ws && provider.ws.bufferedAmount === 0, 'send buffer to drain')
 await sleep(200) // let the last frame leave the socket before closing
-console.log(JSON.stringify({ before, points: track.length }))
+console.log(JSON.stringify({ before, points: track.length, ...(prebuilt ? { connect_ms: connectMs } : {}) }))
 provider.destroy()
 await sleep(50)
 process.exit(0)

@@ -20,8 +20,8 @@ from typing import Any, Iterable, Sequence
 
 from .distance import SPHERE_ERROR, geodesic, haversine
 
-CELL_DEG = 0.5  # grid cell size for the candidate index
-MAX_CELLS = 4096  # a shape spanning more cells is tested for every fix instead
+CELL_DEG = 0.01  # grid cell size for the candidate index (~1.1 km of latitude)
+MAX_CELLS = 2500  # a shape spanning more cells (> ~0.5 x 0.5 degrees) is tested for every fix instead
 _EMPTY: frozenset = frozenset()
 
 
@@ -38,8 +38,20 @@ class Event:
         return (str(self.geofence_id), self.ms, self.event)
 
 
+_A = 6_378_137.0  # WGS-84
+_E2 = 0.00669437999014
+LOCAL_RADIUS_M = 10_000.0  # below this a circle uses its local ellipsoidal scale (error < 1e-4 r)
+
+
 class Circle:
-    __slots__ = ("id", "lat", "lng", "radius", "bbox", "_inner", "_outer")
+    """A centre and a radius in metres, tested by geodesic distance on the WGS-84 ellipsoid.
+
+    Up to 10 km the distance is the local ellipsoidal approximation (metres per degree of latitude
+    and longitude at the centre, from the meridional and prime-vertical radii): its error stays
+    under 1e-4 of the radius, so only fixes within that band of the rim need the exact geodesic.
+    Larger circles use haversine with a 0.6% band."""
+
+    __slots__ = ("id", "lat", "lng", "radius", "bbox", "_inner2", "_outer2", "_ky", "_kx", "_local")
 
     def __init__(self, gid: Any, lat: float, lng: float, radius: float) -> None:
         self.id = gid
@@ -50,17 +62,32 @@ class Circle:
         coslat = math.cos(math.radians(min(89.9, abs(lat) + dlat)))
         dlng = 180.0 if coslat < 1e-6 else min(180.0, dlat / coslat + 1e-6)
         self.bbox = (lat - dlat, lng - dlng, lat + dlat, lng + dlng)
-        self._inner = radius * (1 - SPHERE_ERROR) - 0.5
-        self._outer = radius * (1 + SPHERE_ERROR) + 0.5
+        self._local = radius <= LOCAL_RADIUS_M and abs(lat) < 80
+        if self._local:
+            sin = math.sin(math.radians(lat))
+            w = math.sqrt(1 - _E2 * sin * sin)
+            self._ky = math.radians(_A * (1 - _E2) / (w * w * w))  # metres per degree of latitude
+            self._kx = math.radians(_A / w)  # times cos(latitude): metres per degree of longitude
+            band = radius * 1e-4 + 0.01
+        else:
+            self._ky = self._kx = 0.0
+            band = radius * SPHERE_ERROR + 0.5
+        self._inner2 = max(0.0, radius - band) ** 2
+        self._outer2 = (radius + band) ** 2
 
     def contains(self, lat: float, lng: float) -> bool:
         min_lat, min_lng, max_lat, max_lng = self.bbox
         if not (min_lat <= lat <= max_lat and min_lng <= lng <= max_lng):
             return False
-        d = haversine(self.lat, self.lng, lat, lng)
-        if d <= self._inner:
+        if self._local:
+            dy = (lat - self.lat) * self._ky
+            dx = (lng - self.lng) * self._kx * math.cos(math.radians((lat + self.lat) * 0.5))
+            d2 = dx * dx + dy * dy
+        else:
+            d2 = haversine(self.lat, self.lng, lat, lng) ** 2
+        if d2 <= self._inner2:
             return True
-        if d > self._outer:
+        if d2 > self._outer2:
             return False
         return geodesic(self.lat, self.lng, lat, lng) <= self.radius
 

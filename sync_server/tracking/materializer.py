@@ -14,7 +14,8 @@ the durable count, which holds for the documented client contract (append only).
 (customer, vehicle, time) regardless, so no contract breach can duplicate them.
 
 Every batch that moves a vehicle's latest position forward also writes it into the customer's
-`fleet` document (Y.Map `live`, keyed by vehicle id) so dashboards see vehicles move.
+`fleet` document (Y.Map `live`: vehicle id -> {t, lat, lng, speed, heading, accuracy, alt, name}) so
+dashboards see vehicles move.
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ class TrackMaterializer(RoomHooks):
         self.flush_seconds = flush_seconds
         self.batch_points = batch_points
         self.rooms = None  # the RoomRegistry, for the fleet document (set by install)
+        self._names: dict[uuid.UUID, str] = {}  # vehicle id -> name, for the fleet document
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -184,7 +186,10 @@ class TrackMaterializer(RoomHooks):
             row = await vehicle_store.tracker(conn, customer_id, vehicle_id=vehicle_id, identifier=identifier)
             if row is None and vehicle_id is not None:  # an identifier that looks like a uuid
                 row = await vehicle_store.tracker(conn, customer_id, identifier=segment)
-        return row["id"] if row else None
+        if row is None:
+            return None
+        self._names[row["id"]] = row["name"]
+        return row["id"]
 
     # -- fleet document ---------------------------------------------------------------------------
 
@@ -193,11 +198,17 @@ class TrackMaterializer(RoomHooks):
         relayed to peers, persisted, fanned out)."""
         if self.rooms is None:
             return
+        name = self._names.get(vehicle_id)
+        if name is None:
+            db = await self.registry.for_customer(customer_id)
+            async with db.tenant(customer_id) as conn:
+                row = await vehicle_store.tracker(conn, customer_id, vehicle_id=vehicle_id)
+            name = self._names[vehicle_id] = row["name"] if row else str(vehicle_id)
         room = await self.rooms.get(customer_id, FLEET_DOC)
         ydoc = room.ydoc
         live = ydoc.get("live", type=pycrdt.Map)
         before = ydoc.get_state()
-        value = {k: v for k, v in fix.as_json().items()}
+        value = {**fix.as_json(), "name": name}
         with ydoc.transaction():
             live[str(vehicle_id)] = value
         await room.apply(ydoc.get_update(before))

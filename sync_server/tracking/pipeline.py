@@ -229,6 +229,10 @@ async def geofence_step(run: Run) -> None:
     run.outcome.events = new
 
 
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
 def _merge(stored: list[Point], new: list[Point]) -> list[Point]:
     if not stored:
         return list(new)
@@ -363,6 +367,7 @@ class Pipeline:
     async def commit(self, run: Run) -> Outcome:
         """The steps in the transaction; returns when the batch is committed."""
         started = time.perf_counter()
+        timings: dict[str, float] = {}  # where the time goes, in the batch's log line
         batch, now_ms = run.batch, run.now_ms
         db = await self.registry.for_customer(batch.customer_id)
         days = {p.ms // DAY_MS for p in run.points} if run.points else set()
@@ -374,8 +379,13 @@ class Pipeline:
             if batch.doc is not None:  # replayable from the document; tracker posts wait for the disk
                 await position_store.commit_without_waiting_for_flush(conn)
             run.fences = await self._geofences(conn, run.customer_uuid)
-            for _, step in IN_TRANSACTION:
+            timings["lock"] = _ms(started)
+            for name, step in IN_TRANSACTION:
+                step_started = time.perf_counter()
                 await step(run)
+                timings[name] = _ms(step_started)
+            commit_started = time.perf_counter()
+        timings["commit"] = _ms(commit_started)
         run.conn = None
         outcome = run.outcome
         if outcome.latest is not None:
@@ -387,5 +397,5 @@ class Pipeline:
         log.info("tracking_batch", customer_id=str(batch.customer_id), vehicle_id=str(batch.vehicle_id),
                  source=batch.source, doc=batch.doc, points=len(batch.raw), stored=outcome.stored,
                  skipped=outcome.skipped, rejected=outcome.rejected, events=len(outcome.events),
-                 ms=round((time.perf_counter() - started) * 1000, 1))
+                 ms=_ms(started), step_ms=timings)
         return outcome
