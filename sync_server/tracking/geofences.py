@@ -147,15 +147,15 @@ class GeofenceSet:
             if (_cell(max_lat) - _cell(min_lat) + 1) * (_cell(max_lng) - _cell(min_lng) + 1) > MAX_CELLS:
                 self._wide.append(shape)
                 continue
-            for cy in range(_cell(min_lat), _cell(max_lat) + 1):
-                for cx in range(_cell(min_lng), _cell(max_lng) + 1):
-                    self._grid.setdefault((cy, cx), []).append(shape)
+            for cy in range(int(_cell(min_lat)), int(_cell(max_lat)) + 1):
+                for cx in range(int(_cell(min_lng)), int(_cell(max_lng)) + 1):
+                    self._grid.setdefault((float(cy), float(cx)), []).append(shape)
 
     def __len__(self) -> int:
         return len(self.shapes)
 
     def inside(self, lat: float, lng: float) -> frozenset:
-        candidates = self._grid.get((int(math.floor(lat / CELL_DEG)), int(math.floor(lng / CELL_DEG))))
+        candidates = self._grid.get((lat // CELL_DEG, lng // CELL_DEG))
         if self._wide:
             candidates = [*(candidates or ()), *self._wide]
         if not candidates:
@@ -163,8 +163,8 @@ class GeofenceSet:
         return frozenset([s.id for s in candidates if s.contains(lat, lng)])
 
 
-def _cell(value: float) -> int:
-    return int(math.floor(value / CELL_DEG))
+def _cell(value: float) -> float:
+    return value // CELL_DEG  # the same expression as the lookup in GeofenceSet.inside
 
 
 def transitions(fences: GeofenceSet, before: frozenset, sequence: Iterable) -> list[Event]:
