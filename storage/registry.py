@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import structlog
 
@@ -29,6 +31,7 @@ class DatabaseRegistry:
         self._routes: dict[str, str] = {}  # customer_id -> dsn of its dedicated database
         self._dedicated_pool_max = dedicated_pool_max
         self._lock = asyncio.Lock()
+        self._holds: dict[str, asyncio.Event] = {}  # customer_id -> set when its held route is released
 
     async def open(self) -> "DatabaseRegistry":
         await self.shared.open()
@@ -56,6 +59,9 @@ class DatabaseRegistry:
 
     async def for_customer(self, customer_id: uuid.UUID | str) -> Database:
         key = str(customer_id)
+        hold = self._holds.get(key)
+        if hold is not None:
+            await hold.wait()  # a tenant migration is switching this customer's database
         dsn = self._routes.get(key)
         if dsn is None:
             return self.shared
@@ -81,3 +87,30 @@ class DatabaseRegistry:
             if old is not None and old.dsn != dsn:
                 await self._dedicated.pop(key).close()
         log.info("customer_routed", customer_id=key, dedicated=dsn is not None)
+
+    @asynccontextmanager
+    async def held(self, customer_id: uuid.UUID | str) -> AsyncIterator[None]:
+        """While inside, `for_customer(customer_id)` waits; it resolves the (new) route on exit.
+        Used by tenant migration around its final catch-up and the switch."""
+        key = str(customer_id)
+        event = asyncio.Event()
+        self._holds[key] = event
+        try:
+            yield
+        finally:
+            del self._holds[key]
+            event.set()
+
+    @asynccontextmanager
+    async def standalone(self, dsn: str, name: str = "standalone") -> AsyncIterator[Database]:
+        """A short-lived pool on a database that serves no customer yet (a migration's target)."""
+        db = Database(dsn, min_size=1, max_size=4, name=name)
+        await db.open()
+        try:
+            yield db
+        finally:
+            await db.close()
+
+    async def dedicated(self) -> list[Database]:
+        """The pools of every routed dedicated database (for their partition maintenance)."""
+        return [await self.for_customer(customer_id) for customer_id in list(self._routes)]

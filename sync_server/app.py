@@ -7,9 +7,10 @@ import uuid
 from quart import Quart, g, request
 
 from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi
+from api import provisioning as provisioning_api
 from api import tracking as tracking_api
 
-from . import logs, sync_endpoint, tracking
+from . import logs, provisioning, sync_endpoint, tracking
 from .config import Settings
 from .runtime import Runtime
 
@@ -26,6 +27,8 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(docs.blueprint)
     for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
+    app.register_blueprint(provisioning_api.blueprint)
+    provisioning.install(rt)
     app.extensions["tracking"] = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)

@@ -10,7 +10,7 @@ import sys
 
 import structlog
 
-from . import logs
+from . import logs, migrate_tenant_cli
 from .config import ConfigError, Settings
 
 log = structlog.get_logger("sync_server.cli")
@@ -126,12 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--password", required=True)
     op.add_argument("--role", choices=("admin", "staff"), default="admin")
     sub.add_parser("env", help="list every environment variable with its default")
+    migrate_tenant_cli.add_parser(sub)
     args = parser.parse_args(argv)
     handler = {
         "serve": cmd_serve,
         "migrate": cmd_migrate,
         "create-operator": cmd_create_operator,
         "env": cmd_env,
+        "migrate-tenant": migrate_tenant_cli.run,
     }[args.command]
     return handler(args)
 

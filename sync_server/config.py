@@ -147,6 +147,19 @@ class Settings:
                                          "an empty room leaves memory after this long idle (once durable)")
     compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
                                           "log rows of a doc that trigger compaction into its snapshot")
+    provision_local_admin_url: str | None = _setting(
+        "PROVISION_LOCAL_ADMIN_URL", None, _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
+        "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server")
+    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver")
+    fly_api_url: str = _setting("FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"),
+                                "Fly Machines API base URL")
+    fly_org: str = _setting("FLY_ORG", "personal", doc="Fly organization slug new apps are created in")
+    hcloud_token: str | None = _setting("HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver")
+    hcloud_api_url: str = _setting("HCLOUD_API_URL", "https://api.hetzner.cloud/v1",
+                                   _url("HCLOUD_API_URL", "http", "https"), "Hetzner Cloud API base URL")
+    migration_cleanup_grace: float = _setting(
+        "MIGRATION_CLEANUP_GRACE_SECONDS", 3600.0, _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
+        "after a tenant migration, how long the source copy is kept before it is deleted")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

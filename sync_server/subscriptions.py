@@ -46,7 +46,10 @@ async def change_plan(rt: Runtime, customer_id, plan_id: str) -> asyncpg.Record:
         violations = plans.exceeded(plans.Limits.from_plan(target), await plans.usage(rt.registry, customer_id))
         if violations:
             raise DowngradeRefused(violations)
-        return await subscription_store.replace(conn, current["id"], customer_id, plan_id)
+        changed = await subscription_store.replace(conn, current["id"], customer_id, plan_id)
+    # after commit: provisioning re-evaluates its recommendation for the customer (and records it)
+    await rt.publish("plan_changed", customer_id=str(customer_id), plan_id=plan_id)
+    return changed
 
 
 async def cancel_at_period_end(rt: Runtime, customer_id) -> asyncpg.Record | None:

@@ -1,0 +1,42 @@
+"""Provisioning: the decision engine, deployments and their drivers, and live tenant migration.
+
+`install(rt)` wires it into a Runtime: resume interrupted jobs on start, keep the partitions of
+dedicated databases, and re-evaluate the recommendation on every "plan_changed" event.
+"""
+from __future__ import annotations
+
+import structlog
+
+from storage import partitions
+
+from . import deployments, recommendations, tenant_migration
+
+log = structlog.get_logger("sync_server.provisioning")
+
+
+def install(rt) -> None:
+    rt.subscribe("plan_changed", recommendations.on_plan_changed(rt))
+
+    async def started() -> None:
+        await deployments.resume(rt)
+        await tenant_migration.resume(rt)
+        await _maintain_dedicated(rt)
+        rt.spawn(_maintenance_loop(rt), "dedicated_partitions")
+
+    rt.on_start(started)
+
+
+async def _maintain_dedicated(rt) -> None:
+    for db in await rt.registry.dedicated():
+        try:
+            await partitions.maintain(db, rt.settings.partition_days_ahead)
+        except Exception:
+            log.exception("dedicated_partition_maintenance_failed", database=db.name)
+
+
+async def _maintenance_loop(rt) -> None:
+    import asyncio
+
+    while True:
+        await asyncio.sleep(rt.settings.maintenance_interval)
+        await _maintain_dedicated(rt)
