@@ -11,8 +11,8 @@ import json
 import uuid
 from typing import Any, AsyncIterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from quart import Blueprint, Response, current_app, g, request
+from pydantic import ConfigDict, Field
+from quart import Blueprint, Response, current_app, g
 
 from storage import geofence_events as event_store
 from storage import positions as position_store
@@ -25,6 +25,8 @@ from sync_server.tracking.distance import path_length
 from . import track_formats
 from .auth import customer_required
 from .errors import ApiError, not_found
+from .openapi import operation
+from .schemas import RequestModel, ResponseModel
 
 blueprint = Blueprint("tracking", __name__)
 UTC = dt.timezone.utc
@@ -34,8 +36,11 @@ JSON_MAX_LIMIT = 10_000
 MAX_SUMMARY_DAYS = 31
 
 
-class Query(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+TAGS = ["tracking"]
+
+
+class Query(RequestModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class PositionsQuery(Query):
@@ -65,13 +70,70 @@ class UsageQuery(Query):
     day: dt.date | None = None
 
 
-def _query(model: type[Query]) -> Any:
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        errors = [{"location": "query", "field": ".".join(str(p) for p in e["loc"]), "message": e["msg"],
-                   "type": e["type"]} for e in exc.errors(include_url=False)]
-        raise ApiError(422, "validation_failed", "request validation failed", {"errors": errors}) from None
+class Position(ResponseModel):
+    time: dt.datetime
+    lat: float
+    lng: float
+    speed: float | None = Field(None, description="m/s")
+    heading: float | None = None
+    accuracy: float | None = Field(None, description="metres")
+    altitude: float | None = Field(None, description="metres")
+
+
+class PositionsPage(ResponseModel):
+    vehicle_id: uuid.UUID
+    data: list[Position]
+    next_cursor: str | None
+
+
+class LatestPosition(Position):
+    vehicle_id: uuid.UUID
+    name: str
+    vehicle_identifier: str
+
+
+class LatestPositions(ResponseModel):
+    data: list[LatestPosition]
+
+
+class GeofenceEvent(ResponseModel):
+    id: int
+    vehicle_id: uuid.UUID
+    geofence_id: uuid.UUID
+    geofence_name: str
+    event: Literal["enter", "exit"]
+    time: dt.datetime
+    lat: float
+    lng: float
+
+
+class GeofenceEventsPage(ResponseModel):
+    data: list[GeofenceEvent]
+    next_cursor: str | None
+
+
+class DaySummary(ResponseModel):
+    day: dt.date
+    points: int
+    distance_m: float = Field(description="sum of geodesic distances between consecutive fixes")
+    max_speed: float | None = Field(description="m/s")
+    first_fix: dt.datetime | None
+    last_fix: dt.datetime | None
+
+
+class DailySummary(ResponseModel):
+    vehicle_id: uuid.UUID
+    data: list[DaySummary]
+
+
+class TrackingUsage(ResponseModel):
+    day: dt.date
+    plan_id: str
+    gps_points: int = Field(description="points materialized for fixes of this UTC day")
+    limit: int = Field(description="the plan's gps_points_per_day")
+    remaining: int
+    quota_exceeded: bool = Field(description="points of this day were not materialized: quota reached")
+    rejected: dict[str, int] = Field(description="rejected points of this day per reason")
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -118,8 +180,9 @@ async def _vehicle(db, cid: str, vehicle_id: uuid.UUID) -> Any:
 
 @blueprint.get("/api/v1/vehicles/<uuid:vehicle_id>/positions")
 @customer_required("tracking:read")
-async def vehicle_positions(vehicle_id: uuid.UUID):
-    query = _query(PositionsQuery)
+@operation("Positions of a vehicle over a time range (json paged; geojson, csv, gpx streamed)", tags=TAGS,
+           query=PositionsQuery, response=PositionsPage, errors=(404, 422))
+async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
     end = _utc(query.end) or dt.datetime.now(UTC)
     start = _utc(query.start) or end - dt.timedelta(days=1)
     if start >= end:
@@ -179,6 +242,7 @@ async def _pages(db, cid: str, vehicle_id: uuid.UUID, start: dt.datetime, end: d
 
 @blueprint.get("/api/v1/positions/latest")
 @customer_required("tracking:read")
+@operation("Latest position of every vehicle", tags=TAGS, response=LatestPositions)
 async def latest_positions():
     cid, db = await _customer_db()
     async with db.tenant(cid) as conn:
@@ -190,8 +254,9 @@ async def latest_positions():
 
 @blueprint.get("/api/v1/geofence-events")
 @customer_required("tracking:read")
-async def geofence_events():
-    query = _query(EventsQuery)
+@operation("Geofence enter/exit events in time order", tags=TAGS, query=EventsQuery, response=GeofenceEventsPage,
+           errors=(422,))
+async def geofence_events(query: EventsQuery):
     after = None
     if query.cursor:
         when, event_id = _decode_cursor(query.cursor, 2)
@@ -213,8 +278,9 @@ async def geofence_events():
 
 @blueprint.get("/api/v1/vehicles/<uuid:vehicle_id>/daily-summary")
 @customer_required("tracking:read")
-async def daily_summary(vehicle_id: uuid.UUID):
-    query = _query(SummaryQuery)
+@operation("Per UTC day: points, geodesic distance, max speed of a vehicle", tags=TAGS, query=SummaryQuery,
+           response=DailySummary, errors=(404, 422))
+async def daily_summary(vehicle_id: uuid.UUID, query: SummaryQuery):
     first = query.start or dt.datetime.now(UTC).date()
     last = query.end or first
     if last < first:
@@ -253,9 +319,10 @@ async def _summary_of_day(db, cid: str, vehicle_id: uuid.UUID, day: dt.date) -> 
 
 @blueprint.get("/api/v1/tracking/usage")
 @customer_required("tracking:read")
-async def tracking_usage():
+@operation("GPS quota use of a day and rejected points per reason", tags=TAGS, query=UsageQuery,
+           response=TrackingUsage, errors=(422,))
+async def tracking_usage(query: UsageQuery):
     """How much of the day's GPS quota is used, and how many points were rejected and why."""
-    query = _query(UsageQuery)
     day = query.day or dt.datetime.now(UTC).date()
     cid, db = await _customer_db()
     limits = await current_app.extensions["tracking"].limits(cid)
