@@ -9,7 +9,7 @@ the next run resumes from the durable progress (exactly once).
     decode    raw JSON -> Point (malformed ones rejected)                       points.decode
     validate  ranges, (0,0), future, outside the doc's day, too old, accuracy   filters.check
     order     by fix time (the vehicle's sequence)
-    locate    which (cached) geofences hold each fix; timestamps for COPY: CPU work done here
+    locate    which (cached) geofences hold each fix; the COPY rows: CPU work done here
               runs while the previous batch is still in the database
     -- transaction, customer's quota lock held --
     resume    drop elements a previous run already materialized                 track_progress
@@ -142,15 +142,15 @@ async def order_step(run: Run) -> None:
 
 async def locate_step(run: Run) -> None:
     fences = run.cached_fences
-    if fences is None or not fences:
+    if fences is not None and fences:
+        inside = fences.inside
         for p in run.points:
-            p.time  # noqa: B018 - builds and caches the datetime COPY needs
-        return
-    inside = fences.inside
+            p.inside = inside(p.lat, p.lng)
+        run.located_with = fences.fingerprint
+    # the COPY rows, built here so the transaction only picks them
+    cid, vid, source = run.customer_uuid, run.batch.vehicle_id, run.batch.source
     for p in run.points:
-        p.inside = inside(p.lat, p.lng)
-        p.time  # noqa: B018
-    run.located_with = fences.fingerprint
+        p.row = (cid, vid, p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt, source)
 
 
 def _by_time(p: Point) -> int:
@@ -189,7 +189,7 @@ async def filter_step(run: Run) -> None:
 async def quota_step(run: Run) -> None:
     if not run.points:
         return
-    days = sorted({p.ms // DAY_MS for p in run.points})
+    days = range(run.points[0].ms // DAY_MS, run.points[-1].ms // DAY_MS + 1)  # points are in time order
     used = await usage_store.values(run.conn, run.customer_uuid, quota.POINTS_METRIC, [day_of(d * DAY_MS) for d in days])
     used_by_number = {(d - dt.date(1970, 1, 1)).days: n for d, n in used.items()}
     run.points = quota.cut(run.points, run.limits.gps_points_per_day, used_by_number, run.rejected)
@@ -242,8 +242,7 @@ def _merge(stored: list[Point], new: list[Point]) -> list[Point]:
 async def store_step(run: Run) -> None:
     if not run.points:
         return
-    cid, vid, source = run.customer_uuid, run.batch.vehicle_id, run.batch.source
-    records = [(cid, vid, p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt, source) for p in run.points]
+    records = [p.row for p in run.points]
     inserted = await position_store.stage_and_merge(run.conn, records)
     run.outcome.stored = inserted
     if inserted < len(records):  # only possible without the lock (a concurrent writer got there first)

@@ -22,13 +22,14 @@ MALFORMED = "malformed"
 class Point:
     """One fix. `ms` (epoch milliseconds) orders and compares; `time` is what PostgreSQL stores."""
 
-    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "_time")
+    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "row", "_time")
 
     def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
                  accuracy: float | None = None, alt: float | None = None, idx: int = -1) -> None:
         self.ms = ms
         self.idx = idx  # position in the track document's array (-1: not from a document)
         self.inside: frozenset | None = None  # geofences containing the fix, when computed ahead
+        self.row: tuple | None = None  # its gps_positions row, built before the transaction
         self.lat = lat
         self.lng = lng
         self.speed = speed
