@@ -192,12 +192,15 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
             time.sleep(1)
         clients = [client(vid, points, start_ms) for vid in vids]
         total = vehicles * points + 500 * vehicles
+        deadline = time.monotonic() + 600
         while True:
             done = await owner.fetchval("SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1",
                                         uuid.UUID(cid))
             if done >= total:
                 finished = time.time()
                 break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {total} points materialized after 600 s; server log {log_path}")
             if any(c.poll() not in (None, 0) for c in clients):
                 raise RuntimeError("a client failed: " + "".join(c.stderr.read() for c in clients if c.poll()))
             await asyncio.sleep(0.01)
@@ -248,7 +251,9 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="gps-bench-") as tmp:
             for round_no in range(args.rounds):
+                print(f"round {round_no + 1}: raw stage+merge COPY ...", file=sys.stderr, flush=True)
                 raw = await raw_copy_rate(url, owner, day, args.vehicles, args.points, args.batch)
+                print(f"round {round_no + 1}: end to end ...", file=sys.stderr, flush=True)
                 e2e = await end_to_end_rate(url, owner, day, args.vehicles, args.points, args.geofences, args.batch,
                                             Path(tmp), args.profile)
                 e2e["raw_copy"] = raw
