@@ -177,7 +177,7 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
     password_hash = await _hash(changes.get("password"))
     try:
         async with customer_transaction() as conn:
-            current = await user_store.get(conn, user_id)
+            current = await user_store.get(conn, user_id, for_update=True)
             if current is None:
                 raise not_found("user")
             merged = {**dict(current), **changes}

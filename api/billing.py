@@ -118,7 +118,7 @@ async def create_plan(body: PlanCreate):
 async def update_plan(plan_id: str, body: PlanUpdate):
     changes = body.model_dump(exclude_unset=True)
     async with runtime().db.platform() as conn:
-        current = await plan_store.get(conn, plan_id)
+        current = await plan_store.get(conn, plan_id, for_update=True)
         if current is None:
             raise not_found("plan")
         merged = {**dict(current), **changes}

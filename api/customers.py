@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import Field
@@ -56,7 +56,7 @@ class Customer(ResponseModel):
     status: Literal["active", "suspended"]
     deployment_mode: str
     plan_id: str | None
-    metadata: Metadata
+    metadata: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -99,8 +99,8 @@ async def list_customers(query: CustomerQuery):
     return pagination.page(rows, query.limit)
 
 
-async def _get(conn, customer_id):
-    row = await customer_store.get(conn, customer_id)
+async def _get(conn, customer_id, *, for_update: bool = False):
+    row = await customer_store.get(conn, customer_id, for_update=for_update)
     if row is None:
         raise not_found("customer")
     return row
@@ -127,7 +127,7 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
     try:
         async with runtime().db.operator("update_customer", customer_id=str(customer_id),
                                          operator_id=g.principal.user_id) as conn:
-            current = dict(await _get(conn, customer_id))
+            current = dict(await _get(conn, customer_id, for_update=True))
             merged = {**current, **changes}
             await customer_store.update(conn, customer_id, name=merged["name"], email=merged["email"],
                                         metadata=merged["metadata"])

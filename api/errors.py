@@ -43,7 +43,11 @@ def install(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def _http_error(err: HTTPException):
         status = err.code or 500
-        return jsonify(error_body(_snake(err.name), err.description or err.name)), status
+        response = jsonify(error_body(_snake(err.name), err.description or err.name))
+        for name, value in err.get_headers():  # e.g. Allow on 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(asyncpg.DataError)
     async def _data_error(err: asyncpg.DataError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated, AsyncIterator, Literal, Union
+from typing import Annotated, Any, AsyncIterator, Literal, Union
 
 import asyncpg
 from pydantic import Field, RootModel
@@ -70,7 +70,7 @@ class Vehicle(ResponseModel):
     name: str
     vehicle_identifier: str
     vehicle_type: str
-    metadata: Metadata
+    metadata: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -356,7 +356,7 @@ class Geofence(ResponseModel):
     polygon: dict | None = Field(description="GeoJSON Polygon (kind polygon)")
     bbox: BoundingBox
     active: bool
-    metadata: Metadata
+    metadata: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
 

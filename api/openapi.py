@@ -66,8 +66,10 @@ def field_error(location: str, field_path: str, message: str, type_: str = "valu
 
 async def _parse_body(model: type[BaseModel]) -> BaseModel:
     raw = await request.get_data(as_text=False)
+    if not raw.strip():
+        raise ApiError(422, "body_required", "a JSON request body is required (send {} for none of the fields)")
     try:
-        return model.model_validate_json(raw if raw.strip() else b"{}", strict=True)
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
             raise ApiError(422, "invalid_json", "request body is not valid JSON") from None

@@ -24,7 +24,9 @@ async def list_page(conn: asyncpg.Connection, *, role: str | None, after: tuple,
     )
 
 
-async def get(conn: asyncpg.Connection, user_id) -> asyncpg.Record | None:
+async def get(conn: asyncpg.Connection, user_id, *, for_update: bool = False) -> asyncpg.Record | None:
+    if for_update:
+        return await conn.fetchrow(f"SELECT {_COLUMNS} FROM customer_users WHERE id = $1 FOR UPDATE", user_id)
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM customer_users WHERE id = $1", user_id)
 
 

@@ -18,7 +18,9 @@ async def insert(conn: asyncpg.Connection, *, slug: str, name: str, email: str |
     )
 
 
-async def get(conn: asyncpg.Connection, customer_id) -> asyncpg.Record | None:
+async def get(conn: asyncpg.Connection, customer_id, *, for_update: bool = False) -> asyncpg.Record | None:
+    if for_update:
+        return await conn.fetchrow(_SELECT + "WHERE c.id = $1 FOR UPDATE OF c", customer_id)
     return await conn.fetchrow(_SELECT + "WHERE c.id = $1", customer_id)
 
 

@@ -45,6 +45,7 @@ class Database:
                 max_size=self._max_size,
                 server_settings=app_connection_settings(),
                 init=_init_connection,
+                reset=_keep_session,
             )
         return self
 
@@ -92,6 +93,13 @@ async def set_tenant(conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> 
     """Scope the current transaction of `conn` to one customer (used by `tenant()` and by writers
     that batch several customers into one transaction, switching between them)."""
     await conn.execute("SELECT set_config('app.customer_id', $1, true)", str(customer_id))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (RESET ALL, UNLISTEN, unlock): one round trip saved per
+    acquire. Safe because nothing here leaves session state on a pooled connection: the tenant and
+    operator settings are transaction-local, advisory locks transaction-scoped, and an open
+    transaction is still rolled back by asyncpg before this runs."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -6,6 +6,8 @@ started it exits (pgserver's cleanup_mode='stop').
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import structlog
@@ -31,7 +33,7 @@ def start(data_dir: Path) -> str:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))  # pgserver keeps a lock file there
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = _get_server(pgserver, pgdata)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")
@@ -43,3 +45,16 @@ def start(data_dir: Path) -> str:
 
 
 _handles: list = []
+
+
+def _get_server(pgserver, pgdata: Path, attempts: int = 4):
+    """pgserver gives pg_ctl only 10 s to start PostgreSQL; on a loaded machine that is not always
+    enough, though the server goes on starting. Asking again then finds it running and reuses it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return pgserver.get_server(pgdata, cleanup_mode="stop")
+        except (subprocess.TimeoutExpired, subprocess.CalledProcessError, AssertionError) as exc:
+            if attempt == attempts:
+                raise EmbeddedUnavailable(f"embedded PostgreSQL in {pgdata} did not start: {exc}") from exc
+            log.warning("embedded_postgres_slow_start", attempt=attempt, error=str(exc))
+            time.sleep(2 * attempt)

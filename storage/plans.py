@@ -14,7 +14,9 @@ async def list_all(conn: asyncpg.Connection, *, public_only: bool) -> list[async
         f"SELECT {_COLUMNS} FROM plans WHERE (NOT $1 OR is_public) ORDER BY price_cents, id", public_only)
 
 
-async def get(conn: asyncpg.Connection, plan_id: str) -> asyncpg.Record | None:
+async def get(conn: asyncpg.Connection, plan_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
+    if for_update:
+        return await conn.fetchrow(f"SELECT {_COLUMNS} FROM plans WHERE id = $1 FOR UPDATE", plan_id)
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM plans WHERE id = $1", plan_id)
 
 

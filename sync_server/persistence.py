@@ -38,11 +38,15 @@ async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
 
 class Persistence(RoomHooks):
     def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
-                 compact_after: int) -> None:
+                 compact_after: int, compact_interval: float = 5.0) -> None:
         self.registry = registry
         self.log = update_log
         self.compact_after = compact_after
+        # A compaction costs the size of the whole doc: at most one per room per interval, so a
+        # burst into a big doc does not turn into quadratic work.
+        self.compact_interval = compact_interval
         self._compacting: dict[tuple[str, str], asyncio.Task] = {}
+        self._running: set[tuple[str, str]] = set()  # compactions past their wait, touching the database
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
@@ -84,6 +88,12 @@ class Persistence(RoomHooks):
 
     async def _compact(self, room: Room) -> None:
         try:
+            last = room.extra.get("compacted_at")
+            now = asyncio.get_running_loop().time()
+            if last is not None and now - last < self.compact_interval:
+                await asyncio.sleep(self.compact_interval - (now - last))
+            room.extra["compacted_at"] = asyncio.get_running_loop().time()
+            self._running.add((room.customer_id, room.doc))
             # No flush first: compaction merges only committed rows, and must never wait on rows a
             # pause holds (paused() waits for running compactions).
             if self.log.is_paused(room.customer_id):
@@ -94,9 +104,18 @@ class Persistence(RoomHooks):
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
+        finally:
+            self._running.discard((room.customer_id, room.doc))
 
     async def compactions_of(self, customer_id: str) -> None:
-        tasks = [t for (c, _), t in self._compacting.items() if c == customer_id]
+        """Wait for the customer's running compactions; cancel the ones still waiting to start."""
+        tasks = []
+        for key, task in list(self._compacting.items()):
+            if key[0] != customer_id:
+                continue
+            if key not in self._running:
+                task.cancel()
+            tasks.append(task)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -60,9 +60,14 @@ class PlanLimitReached(Exception):
 async def current_limits(shared: Database, customer_id) -> Limits:
     """The limits of the customer's current plan (control plane: always the shared database)."""
     async with shared.tenant(customer_id) as conn:
-        row = await plan_store.of_customer(conn, customer_id)
-        if row is None:
-            row = await plan_store.get(conn, DEFAULT_PLAN)
+        return await limits_in(conn, customer_id)
+
+
+async def limits_in(conn: asyncpg.Connection, customer_id) -> Limits:
+    """current_limits inside a tenant transaction the caller holds on the shared database."""
+    row = await plan_store.of_customer(conn, customer_id)
+    if row is None:
+        row = await plan_store.get(conn, DEFAULT_PLAN)
     return Limits.from_plan(row)
 
 
@@ -87,9 +92,11 @@ async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limi
 async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
                        adding: int = 1) -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction on the customer's database in which `adding` more `resource` fit the plan."""
-    limits = await current_limits(registry.shared, customer_id)
     db = await registry.for_customer(customer_id)
+    limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
     async with db.tenant(customer_id) as conn:
+        if limits is None:  # the plan lives in the same database: one transaction does it all
+            limits = await limits_in(conn, customer_id)
         await check_limit(conn, customer_id, resource, limits, adding=adding)
         yield conn
 

@@ -101,7 +101,7 @@ async def test_sync_tokens(api):
 
     for body, field in [({"docs": []}, "docs"), ({"docs": ["x"], "mode": "w"}, "mode"),
                         ({"docs": ["x"], "ttl_seconds": sync_tokens.MAX_TTL_SECONDS + 1}, "ttl_seconds"),
-                        ({"docs": ["x"], "ttl_seconds": 0}, "ttl_seconds"), ({"docs": [""]}, "docs"),
+                        ({"docs": ["x"], "ttl_seconds": 0}, "ttl_seconds"), ({"docs": [""]}, "docs.0"),
                         ({"docs": ["x"], "ttl_seconds": "60"}, "ttl_seconds")]:
         r = await api.post("/api/v1/sync-tokens", headers=c.auth, json=body)
         assert r.status_code == 422, body
