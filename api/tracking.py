@@ -8,10 +8,11 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 import uuid
-from typing import Any, AsyncIterator, Literal
+from typing import Annotated, Any, AsyncIterator, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 from quart import Blueprint, Response, current_app, g
 
 from storage import geofence_events as event_store
@@ -37,6 +38,22 @@ MAX_SUMMARY_DAYS = 31
 
 
 TAGS = ["tracking"]
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _iso(pattern: re.Pattern, what: str):
+    def check(value: Any) -> Any:
+        # pydantic would also read "0.5" as a Unix time: the published schema says ISO-8601 text only
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return BeforeValidator(check)
+
+
+IsoDatetime = Annotated[dt.datetime, _iso(_ISO_DATETIME, "an ISO-8601 date-time, e.g. 2026-01-31T08:00:00Z")]
+IsoDate = Annotated[dt.date, _iso(_ISO_DATE, "a date YYYY-MM-DD")]
 
 
 class Query(RequestModel):
@@ -44,8 +61,8 @@ class Query(RequestModel):
 
 
 class PositionsQuery(Query):
-    start: dt.datetime | None = Field(None, alias="from", description="ISO-8601; default `to` minus 24 h")
-    end: dt.datetime | None = Field(None, alias="to", description="ISO-8601, exclusive; default now")
+    start: IsoDatetime | None = Field(None, alias="from", description="ISO-8601; default `to` minus 24 h")
+    end: IsoDatetime | None = Field(None, alias="to", description="ISO-8601, exclusive; default now")
     limit: int | None = Field(None, ge=1, le=1_000_000, description="json: default 1000, at most 10000; "
                                                                      "exports: default everything in range")
     cursor: str | None = None
@@ -55,19 +72,19 @@ class PositionsQuery(Query):
 class EventsQuery(Query):
     vehicle_id: uuid.UUID | None = None
     geofence_id: uuid.UUID | None = None
-    start: dt.datetime | None = Field(None, alias="from")
-    end: dt.datetime | None = Field(None, alias="to")
+    start: IsoDatetime | None = Field(None, alias="from")
+    end: IsoDatetime | None = Field(None, alias="to")
     limit: int = Field(100, ge=1, le=1000)
     cursor: str | None = None
 
 
 class SummaryQuery(Query):
-    start: dt.date | None = Field(None, alias="from", description="first UTC day; default today")
-    end: dt.date | None = Field(None, alias="to", description="last UTC day (inclusive); default `from`")
+    start: IsoDate | None = Field(None, alias="from", description="first UTC day; default today")
+    end: IsoDate | None = Field(None, alias="to", description="last UTC day (inclusive); default `from`")
 
 
 class UsageQuery(Query):
-    day: dt.date | None = None
+    day: IsoDate | None = None
 
 
 class Position(ResponseModel):
