@@ -84,10 +84,17 @@ class SyncEndpoint:
         await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
 
         async def close(code: int, reason: str) -> None:
+            """Send the close frame, then wait for the peer's close before returning: returning at
+            once lets the socket close with the peer's frames unread, the kernel answers with a
+            reset and the peer may see 1006 instead of our code (and retry a 4401 forever)."""
             try:
-                await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}),
-                                       CLOSE_TIMEOUT)
+                await asyncio.wait_for(_closing_handshake(code, reason), CLOSE_TIMEOUT)
             except Exception:  # the peer is gone or stuck: nothing more to tell it
+                pass
+
+        async def _closing_handshake(code: int, reason: str) -> None:
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            while (await receive())["type"] != "websocket.disconnect":
                 pass
 
         parsed = parse_path(scope["path"])
