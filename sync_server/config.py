@@ -124,6 +124,23 @@ class Settings:
         "suspension on the same node apply at once, on other nodes within this time")
     shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
                                        "how long SIGTERM waits for connections to flush and close")
+    tracking_max_future: float = _setting("TRACKING_MAX_FUTURE_SECONDS", 300.0,
+                                          _float("TRACKING_MAX_FUTURE_SECONDS", 0, 86400),
+                                          "GPS fixes further ahead of the server clock are rejected (future)")
+    tracking_day_slack: float = _setting("TRACKING_DAY_SLACK_SECONDS", 3600.0,
+                                         _float("TRACKING_DAY_SLACK_SECONDS", 0, 86400),
+                                         "a track doc's fixes may stray this far outside its UTC day (outside_day)")
+    tracking_max_accuracy: float = _setting("TRACKING_MAX_ACCURACY_METERS", 1000.0,
+                                            _float("TRACKING_MAX_ACCURACY_METERS", 1, 1e7),
+                                            "fixes reporting a worse accuracy are rejected (inaccurate)")
+    tracking_max_speed: float = _setting("TRACKING_MAX_SPEED_KMH", 400.0, _float("TRACKING_MAX_SPEED_KMH", 1, 1e5),
+                                         "implied speed from the previous fix above this is a jump")
+    tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 50_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
+                                          "most points materialized in one transaction")
+    tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
+                                     "how long new track points gather before a batch is materialized")
+    retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),
+                                         "rows the retention job deletes per statement")
 
     sync_max_message_bytes: int = _setting("SYNC_MAX_MESSAGE_BYTES", 8 * 1024 * 1024,
                                            _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
@@ -136,6 +153,9 @@ class Settings:
                                          "an empty room leaves memory after this long idle (once durable)")
     compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
                                           "log rows of a doc that trigger compaction into its snapshot")
+    sync_idle_timeout: float = _setting("SYNC_IDLE_TIMEOUT_SECONDS", 60.0, _float("SYNC_IDLE_TIMEOUT_SECONDS", 5, 86400),
+                                        "a connection that sent nothing this long is closed 1001 (dead peer; "
+                                        "y-websocket clients renew awareness every 15 s)")
     provision_local_admin_url: str | None = _setting(
         "PROVISION_LOCAL_ADMIN_URL", None, _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
         "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server")
@@ -149,6 +169,23 @@ class Settings:
     migration_cleanup_grace: float = _setting(
         "MIGRATION_CLEANUP_GRACE_SECONDS", 3600.0, _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
         "after a tenant migration, how long the source copy is kept before it is deleted")
+
+    # Several nodes (REDIS_URL set): see sync_server/fanout.py and sync_server/shared_limits.py.
+    redis_prefix: str = _setting("REDIS_PREFIX", "webhost:", _text("REDIS_PREFIX"),
+                                 "prefix of every Redis key of this deployment (nodes sharing documents share it)")
+    node_id: str | None = _setting("NODE_ID", None, _text("NODE_ID"),
+                                   "name of this node in Redis; unset: host name, process id and a random suffix")
+    node_heartbeat_seconds: float = _setting("NODE_HEARTBEAT_SECONDS", 2.0, _float("NODE_HEARTBEAT_SECONDS", 0.1, 60),
+                                             "nodes beat this often; one silent for 3 beats is dead (its presence "
+                                             "and connection counts are dropped)")
+    fanout_stream_maxlen: int = _setting("FANOUT_STREAM_MAXLEN", 1000, _int("FANOUT_STREAM_MAXLEN", 50, 10_000_000),
+                                         "entries kept (approximately) in each document's Redis stream")
+    connection_limits: str = _setting("CONNECTION_LIMITS", "enforce", _choice("CONNECTION_LIMITS", "enforce", "off"),
+                                      "enforce the plan's connection_limit per customer (across nodes with Redis)")
+    rest_rate_limit: int = _setting("REST_RATE_LIMIT_PER_MINUTE", 6000,
+                                    _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
+                                    "REST requests per credential per minute (across nodes with Redis); "
+                                    "past it 429 with Retry-After; 0 disables")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

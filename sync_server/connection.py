@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
 
+from .wire import binary_frame
+
 if TYPE_CHECKING:
     from .rooms import Room
 
@@ -28,15 +30,18 @@ UNAUTHORIZED = 4401
 FORBIDDEN = 4403
 
 Send = Callable[[bytes], Awaitable[None]]
+WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the raw path
 
 
 class Connection:
     __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
-                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "_on_close",
-                 "peer")
+                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "raw", "peer",
+                 "last_seen")
 
     def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
-                 peer: str = "") -> None:
+                 peer: str = "", raw: bool = False) -> None:
+        """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
+        ready-made websocket frames (sync_server.wire), several per call."""
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
@@ -52,12 +57,15 @@ class Connection:
         self._limit = queue_limit
         self._wakeup: asyncio.Future | None = None
         self._sender: asyncio.Task | None = None
+        self.raw = raw
+        self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._drain())
 
-    def enqueue(self, frame: bytes) -> None:
-        """Queue a frame for this peer (never blocks; closes the peer 1013 past the limit)."""
+    def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
+        """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past the
+        limit). `wire`: the message already framed by wire.binary_frame (shared by a broadcast)."""
         if self.close_code is not None:
             return
         queue = self._queue
@@ -65,7 +73,10 @@ class Connection:
             log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, limit=self._limit)
             self.abort(TRY_AGAIN_LATER, "send queue full")
             return
-        queue.append(frame)
+        if self.raw:
+            queue.append(wire if wire is not None else binary_frame(frame))
+        else:
+            queue.append(frame)
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -99,10 +110,24 @@ class Connection:
         queue = self._queue
         send = self._send
         loop = asyncio.get_running_loop()
+        raw = self.raw
         try:
             while True:
-                while queue:
-                    await send(queue.popleft())
+                if raw:
+                    while queue:
+                        if len(queue) == 1:
+                            await send(queue.popleft())
+                            continue
+                        parts = []
+                        size = 0
+                        while queue and size < WRITE_BUDGET:
+                            part = queue.popleft()
+                            parts.append(part)
+                            size += len(part)
+                        await send(b"".join(parts))
+                else:
+                    while queue:
+                        await send(queue.popleft())
                 self._wakeup = loop.create_future()
                 await self._wakeup
         except asyncio.CancelledError:

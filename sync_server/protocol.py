@@ -123,9 +123,10 @@ def decode(frame: bytes) -> Message:
         return AwarenessUpdate(decode_awareness(payload), frame)
     if kind == QUERY_AWARENESS:
         return QueryAwareness()
-    if kind == AUTH:
-        return Unknown(kind)  # clients never send auth; nothing to answer
-    return Unknown(kind)
+    if kind >= 0x80:
+        # A message type is a varUint; every type in use fits one byte. A multi-byte one is garbage.
+        raise Malformed("invalid message type")
+    return Unknown(kind)  # auth (clients never send it) and extensions: ignored, as y-websocket does
 
 
 def decode_awareness(payload: bytes) -> tuple[tuple[int, int, str | None], ...]:

@@ -18,6 +18,7 @@ import structlog
 from . import protocol
 from .connection import FORBIDDEN, GOING_AWAY, Connection
 from .hooks import HTTP, REMOTE, HookList
+from .wire import binary_frame
 
 log = structlog.get_logger("sync_server.rooms")
 
@@ -77,8 +78,12 @@ class Room:
             asyncio.ensure_future(self.hooks.awareness(self, frame, conn))
 
     def broadcast(self, frame: bytes) -> None:
+        """Queue one message to every peer; the websocket frame is encoded once for all of them."""
+        wire = None
         for conn in tuple(self.connections):
-            conn.enqueue(frame)
+            if conn.raw and wire is None:
+                wire = binary_frame(frame)
+            conn.enqueue(frame, wire)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -156,6 +161,13 @@ class Room:
     def presence(self) -> dict[int, str]:
         """Awareness client id -> JSON state of everybody present."""
         return {c: s for c, (_, s) in self._awareness.items() if s is not None}
+
+    def awareness_entries(self, clients=None) -> list[tuple[int, int, str | None]]:
+        """(client id, clock, state) of everybody present, or only of `clients` (present or removed):
+        what another node needs to rebuild this room's presence (cross-node fan-out)."""
+        if clients is None:
+            return [(c, clock, s) for c, (clock, s) in self._awareness.items() if s is not None]
+        return [(c, *self._awareness[c]) for c in clients if c in self._awareness]
 
 
 class RoomRegistry:
@@ -290,6 +302,17 @@ class RoomRegistry:
         """Close every connection of the customer (e.g. suspended: 4403, clients stop retrying)."""
         closed = self.close_customer_nowait(customer_id, code, reason)
         log.info("customer_connections_closed", customer_id=str(customer_id), connections=closed, code=code)
+        return closed
+
+    def close_idle(self, timeout: float) -> int:
+        """Close (1001) every connection that sent nothing for `timeout` seconds."""
+        cutoff = asyncio.get_running_loop().time() - timeout
+        closed = 0
+        for room in self.rooms():
+            for conn in tuple(room.connections):
+                if conn.last_seen < cutoff:
+                    conn.abort(GOING_AWAY, "idle timeout")
+                    closed += 1
         return closed
 
     async def drain(self) -> None:

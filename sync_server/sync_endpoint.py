@@ -23,7 +23,7 @@ import structlog
 
 from storage import tenants
 
-from . import api_keys, logs, protocol, sync_tokens
+from . import api_keys, logs, protocol, sync_tokens, wire
 from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSAGE_TOO_BIG, UNAUTHORIZED,
                          Connection)
 from .hooks import ConnectRequest, Refused
@@ -66,6 +66,7 @@ class SyncEndpoint:
         settings = runtime.settings
         self.max_message = settings.sync_max_message_bytes
         self.queue_limit = settings.sync_send_queue_limit
+        self.raw_writes = True  # sync_server.wire fast path where the server allows it
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -83,10 +84,17 @@ class SyncEndpoint:
         await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
 
         async def close(code: int, reason: str) -> None:
+            """Send the close frame, then wait for the peer's close before returning: returning at
+            once lets the socket close with the peer's frames unread, the kernel answers with a
+            reset and the peer may see 1006 instead of our code (and retry a 4401 forever)."""
             try:
-                await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}),
-                                       CLOSE_TIMEOUT)
+                await asyncio.wait_for(_closing_handshake(code, reason), CLOSE_TIMEOUT)
             except Exception:  # the peer is gone or stuck: nothing more to tell it
+                pass
+
+        async def _closing_handshake(code: int, reason: str) -> None:
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            while (await receive())["type"] != "websocket.disconnect":
                 pass
 
         parsed = parse_path(scope["path"])
@@ -116,9 +124,10 @@ class SyncEndpoint:
         async def send_bytes(frame: bytes) -> None:
             await send({"type": "websocket.send", "bytes": frame})
 
+        raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
-        conn = Connection(send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
-                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}")
+        conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
+                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
         conn.start()
         self.rooms.join(room, conn)
         log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
@@ -141,10 +150,12 @@ class SyncEndpoint:
     async def _read(self, conn: Connection, room, receive) -> None:
         limit = self.max_message
         handle = room.receive
+        clock = asyncio.get_running_loop().time
         while True:
             event = await receive()
             if event["type"] != "websocket.receive":
                 return  # websocket.disconnect: the peer left
+            conn.last_seen = clock()
             frame = event.get("bytes")
             if frame is None:
                 log.warning("sync_malformed", error="text frame")
@@ -238,12 +249,23 @@ def install(app, runtime) -> RoomRegistry:
 
     async def start() -> None:
         update_log.start()
+        runtime.spawn(sweep_idle(), "sync-idle-sweep")
 
     async def drain() -> None:
         await rooms.drain()
 
     async def stop() -> None:
         await update_log.stop(settings.shutdown_timeout)
+
+    async def sweep_idle() -> None:
+        # Dead peers (a phone that lost its network without a FIN) never send again; live
+        # y-websocket clients renew their awareness every 15 s.
+        interval = min(settings.sync_idle_timeout / 3, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            closed = rooms.close_idle(settings.sync_idle_timeout)
+            if closed:
+                log.info("sync_idle_closed", connections=closed)
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))

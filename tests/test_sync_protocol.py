@@ -3,6 +3,8 @@ handshake order, refusals, malformed input closing only the sender, awareness bo
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 
 import pycrdt
 import pytest
@@ -14,9 +16,37 @@ from .support import sync_peers
 from .support.sync_peers import RawPeer
 
 
+@pytest.fixture(scope="module")
+def shared(pg_admin_url, tmp_path_factory):
+    """One server (and database) for this module: these tests each use their own customer."""
+    from storage import migrator
+
+    from .support import databases
+    from .support.server import ServerProcess
+
+    db_url = asyncio.run(databases.create_database(pg_admin_url))
+    asyncio.run(migrator.migrate(db_url))
+    tmp = tmp_path_factory.mktemp("sync-protocol")
+    proc = ServerProcess({"DATABASE_URL": db_url, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": TEST_SECRET,
+                          "SYNC_MAX_MESSAGE_BYTES": "65536"}, log_path=tmp / "server.log").start()
+    yield proc, db_url
+    proc.stop()
+    asyncio.run(databases.drop_database(pg_admin_url, db_url))
+
+
+@pytest.fixture
+def server(shared):
+    return shared[0]
+
+
+@pytest.fixture
+def database_url(shared):
+    return shared[1]
+
+
 @pytest.fixture
 async def customer(database_url):
-    return await sync_peers.create_customer(database_url)
+    return await sync_peers.create_customer(database_url, slug=f"c{uuid.uuid4().hex[:10]}")
 
 
 def url(server, customer, doc="fleet", **query):
@@ -44,3 +74,147 @@ async def test_join_gets_step1_and_update_is_echoed_and_stored(server, customer,
             break
         await asyncio.sleep(0.05)
     assert rows == [update]
+
+
+async def _other_room_still_works(server, customer):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    b = await RawPeer.connect(url(server, customer, doc="other", token=tok))
+    await b.sync()
+    src = pycrdt.Doc()
+    src["m"] = m = pycrdt.Map()
+    m["alive"] = True
+    update = src.get_update()
+    await b.send(protocol.update_frame(update))
+    assert await b.recv() == protocol.update_frame(update)
+    await b.close()
+
+
+@pytest.mark.parametrize("frame, code", [
+    (b"\xff\xfe garbage", 4400),                       # garbage
+    (b"\x00\x07\x01\x00", 4400),                       # unknown sync sub-type
+    (b"", 4400),                                       # empty binary frame
+    ("a text frame", 4400),                            # text frames are not y-websocket
+    (bytes((0, 2, 50)) + b"short", 4400),              # truncated update (length says 50)
+    (bytes((0, 2, 5)) + b"\xff\xff\xff\xff\xff", 4400),  # not a Yjs update
+    (bytes((1, 3, 1, 1)), 4400),                       # truncated awareness
+    (protocol.awareness_frame([(7, 1, "[1,2]")]), 4400),  # awareness state not an object
+    (bytes((1,)) + protocol.var_uint(9) + protocol.var_uint(1) + b"\x07\x01\x05{bad}", 4400),  # bad JSON
+    (b"\x00\x02" + protocol.var_uint(70_000) + b"\x00" * 70_000, 1009),  # over SYNC_MAX_MESSAGE_BYTES
+])
+async def test_bad_frames_close_only_the_sender(server, customer, frame, code):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    bystander = await RawPeer.connect(url(server, customer, token=tok))
+    await bystander.sync()
+    bad = await RawPeer.connect(url(server, customer, token=tok))
+    await bad.recv()
+    await bad.send(frame)
+    got, _reason = await bad.closed()
+    assert got == code
+    # The bystander in the same room and another room keep working.
+    src = pycrdt.Doc()
+    src["m"] = m = pycrdt.Map()
+    m["after"] = 1
+    await bystander.send(protocol.update_frame(src.get_update()))
+    assert await bystander.recv() == protocol.update_frame(src.get_update())
+    await _other_room_still_works(server, customer)
+    logged = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
+    assert any(e["event"] in ("sync_malformed", "sync_frame_too_big") and e.get("customer_id") == customer.id
+               and e.get("room") == "fleet" for e in logged)  # logged with tenant and room
+
+
+async def test_unknown_message_types_are_ignored(server, customer):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    a = await RawPeer.connect(url(server, customer, token=tok))
+    await a.send(bytes((9, 1, 2, 3)))
+    await a.send(bytes((protocol.AUTH, 0, 0)))
+    await a.sync()  # still served
+
+
+async def test_malformed_awareness_is_never_relayed(server, customer):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    watcher = await RawPeer.connect(url(server, customer, token=tok))
+    await watcher.sync()
+    bad = await RawPeer.connect(url(server, customer, token=tok))
+    await bad.sync()
+    await bad.send(protocol.awareness_frame([(5, 1, '"just a string"')]))
+    assert (await bad.closed())[0] == 4400
+    good = protocol.awareness_frame([(6, 1, '{"user":"ok"}')])
+    peer = await RawPeer.connect(url(server, customer, token=tok))
+    await peer.sync()
+    await peer.send(good)
+    while True:  # the first awareness frame the watcher sees is the valid one
+        frame = await watcher.recv()
+        if frame[0] == protocol.AWARENESS:
+            assert frame == good
+            break
+
+
+@pytest.mark.parametrize("case, code", [
+    ("missing", 4401), ("garbage", 4401), ("expired", 4401), ("other_doc", 4403), ("other_customer", 4403),
+    ("suspended", 4403), ("bad_path", 4400),
+])
+async def test_refusals(server, customer, database_url, case, code):
+    doc = "fleet"
+    tok = sync_peers.token(TEST_SECRET, customer)
+    if case == "missing":
+        tok = None
+    elif case == "garbage":
+        tok = "wst1.x.y"
+    elif case == "expired":
+        from sync_server import sync_tokens
+        import time
+
+        tok = sync_tokens.mint(TEST_SECRET, customer_id=customer.id, customer_slug=customer.slug, docs=["*"],
+                               ttl_seconds=1, now=time.time() - 10)[0]
+    elif case == "other_doc":
+        tok = sync_peers.token(TEST_SECRET, customer, docs=["tracks/*"])
+    elif case == "other_customer":
+        other = await sync_peers.create_customer(database_url, slug=f"o{uuid.uuid4().hex[:10]}")
+        tok = sync_peers.token(TEST_SECRET, other)
+    elif case == "suspended":
+        await sync_peers.set_status(database_url, customer, "suspended")
+    elif case == "bad_path":
+        doc = "../etc"
+    target = f"{server.ws_url}/sync/{customer.slug}/{doc}" + (f"?token={tok}" if tok else "")
+    peer = await RawPeer.connect(target)
+    got, reason = await peer.closed()
+    assert got == code and reason
+    assert not peer.frames  # refused before any document data
+
+
+async def test_token_in_subprotocol_and_api_key_header(server, customer, database_url):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    a = await RawPeer.connect(url(server, customer), subprotocols=[tok])
+    assert a.ws.subprotocol == tok
+    await a.sync()
+    await a.close()
+    raw = await sync_peers.create_api_key(database_url, customer, ["sync:read"])
+    b = await RawPeer.connect(url(server, customer), additional_headers={"Authorization": f"Bearer {raw}"})
+    await b.sync()
+    src = pycrdt.Doc()
+    src["m"] = m = pycrdt.Map()
+    m["x"] = 1
+    await b.send(protocol.update_frame(src.get_update()))  # read-only key: dropped, told once
+    frame = await b.recv()
+    assert frame[0] == protocol.AUTH
+    await b.close()
+
+
+async def test_query_awareness_and_presence_removed_when_peer_drops(server, customer):
+    tok = sync_peers.token(TEST_SECRET, customer)
+    a = await RawPeer.connect(url(server, customer, token=tok))
+    await a.sync()
+    await a.send(protocol.awareness_frame([(42, 3, '{"user":"a"}')]))
+    await a.recv()  # own echo
+    b = await RawPeer.connect(url(server, customer, token=tok))
+    await b.recv()  # step 1
+    joined = await b.recv()  # presence of everybody, at once
+    assert protocol.decode(joined).entries == ((42, 3, '{"user":"a"}'),)
+    await b.send(bytes((protocol.QUERY_AWARENESS,)))
+    assert protocol.decode(await b.recv()).entries == ((42, 3, '{"user":"a"}'),)
+    a.ws.transport.abort()  # no close handshake
+    while True:
+        msg = protocol.decode(await b.recv())
+        if isinstance(msg, protocol.AwarenessUpdate):
+            assert msg.entries == ((42, 4, None),)
+            break

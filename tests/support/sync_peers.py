@@ -135,3 +135,20 @@ def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
 def js_start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=JS_DIR)
+
+
+async def create_api_key(database_url: str, customer: Customer, permissions: list[str]) -> str:
+    from storage import api_keys as key_store
+    from sync_server import api_keys
+
+    raw = api_keys.generate("live")
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.customer_id', $1, true)", customer.id)
+            await key_store.insert(conn, customer_id=customer.id, name="server", prefix=api_keys.display_prefix(raw),
+                                   key_hash=api_keys.digest(raw), environment="live", permissions=permissions,
+                                   expires_at=None)
+    finally:
+        await conn.close()
+    return raw

@@ -1,0 +1,177 @@
+"""The room layer in-process against real PostgreSQL: single-flight load, hooks, pausing a
+customer's writes while it moves database, closing a customer's peers, eviction only when durable."""
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pycrdt
+import pytest
+
+from storage import Database, DatabaseRegistry, migrator
+from storage.documents import UpdateLog
+from sync_server.connection import Connection
+from sync_server.hooks import REMOTE, RoomHooks
+from sync_server.persistence import Persistence
+from sync_server.rooms import RoomRegistry
+
+from .support import databases, sync_peers
+
+
+def _update(key: str, value) -> bytes:
+    doc = pycrdt.Doc()
+    doc["m"] = m = pycrdt.Map()
+    m[key] = value
+    return doc.get_update()
+
+
+@pytest.fixture
+async def core(database_url):
+    registry = await DatabaseRegistry(Database(database_url, min_size=1, max_size=5)).open()
+    log = UpdateLog(registry, window=0.005)
+    log.start()
+    rooms = RoomRegistry(evict_after=0.05)
+    persistence = Persistence(registry, log, compact_after=10, compact_interval=0)
+    rooms.hooks.add(persistence, first=True)
+    rooms.add_pauser(persistence.paused)
+    yield rooms, log, registry
+    await log.stop()
+    await registry.close()
+
+
+class Recorder(RoomHooks):
+    def __init__(self):
+        self.loads, self.changes, self.evicted = [], [], []
+
+    async def load(self, room):
+        self.loads.append(room.doc)
+
+    async def change(self, room, update, origin):
+        self.changes.append((room.doc, update, origin, dict(room.ydoc.get("m", type=pycrdt.Map))))
+
+    async def evict(self, room):
+        self.evicted.append(room.doc)
+
+
+async def test_many_simultaneous_gets_load_once_and_hooks_see_applied_changes(core, database_url):
+    rooms, log, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    rec = Recorder()
+    rooms.hooks.add(rec)
+    got = await asyncio.gather(*(rooms.get(customer.id, "tracks/v1/2025-01-31") for _ in range(20)))
+    assert len({id(r) for r in got}) == 1 and rec.loads == ["tracks/v1/2025-01-31"]
+    room = got[0]
+    local = _update("a", 1)
+    await room.apply(local)
+    await room.apply_remote(_update("b", 2))
+    assert [(c[0], c[3]) for c in rec.changes] == [("tracks/v1/2025-01-31", {"a": 1.0}),
+                                                    ("tracks/v1/2025-01-31", {"a": 1.0, "b": 2.0})]
+    assert rec.changes[1][2] is REMOTE
+    await log.flush(customer.id)
+    count, _, rows = await sync_peers.stored_updates(database_url, customer, "tracks/v1/2025-01-31")
+    assert rows == [local]  # a remote update is persisted by the node that received it
+
+
+async def test_eviction_waits_until_durable_and_reload_sees_everything(core, database_url):
+    rooms, log, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    rec = Recorder()
+    rooms.hooks.add(rec)
+    room = await rooms.get(customer.id, "fleet")
+    for i in range(50):
+        await room.apply(_update(f"k{i}", i))
+    while rooms.peek(customer.id, "fleet") is not None:
+        await asyncio.sleep(0.01)
+    assert rec.evicted == ["fleet"]
+    assert log.pending(customer.id) == 0
+    again = await rooms.get(customer.id, "fleet")
+    assert again is not room
+    assert again.ydoc.get("m", type=pycrdt.Map).to_py() == {f"k{i}": float(i) for i in range(50)}
+
+
+async def test_paused_holds_writes_and_resumes_into_the_database_resolved_then(core, database_url, pg_admin_url):
+    rooms, log, registry = core
+    customer = await sync_peers.create_customer(database_url)
+    room = await rooms.get(customer.id, "fleet")
+    await room.apply(_update("before", 1))
+    dedicated = await databases.create_database(pg_admin_url)
+    try:
+        await migrator.migrate(dedicated)
+        async with rooms.paused(customer.id):
+            # Everything before the pause is in the old database already.
+            assert (await sync_peers.stored_updates(database_url, customer, "fleet"))[0] == 1
+            during = _update("during", 2)
+            await room.apply(during)
+            await asyncio.sleep(0.05)  # several group-commit windows
+            assert (await sync_peers.stored_updates(database_url, customer, "fleet"))[0] == 1
+            assert log.pending(customer.id) == 1  # held, not dropped
+            # The move: copy the customer row, then route it to the dedicated database.
+            conn = await asyncpg.connect(dedicated)
+            try:
+                await conn.execute("INSERT INTO customers (id, slug, name) VALUES ($1, $2, 'x')",
+                                   customer.id, customer.slug)
+            finally:
+                await conn.close()
+            await registry.route(customer.id, dedicated)
+        assert log.pending(customer.id) == 0
+        count, _, rows = await sync_peers.stored_updates(dedicated, customer, "fleet")
+        assert rows == [during]
+        assert (await sync_peers.stored_updates(database_url, customer, "fleet"))[0] == 1
+    finally:
+        await registry.route(customer.id, None)
+        await databases.drop_database(pg_admin_url, dedicated)
+
+
+async def test_close_customer_closes_only_that_customers_peers(core, database_url):
+    rooms, _, _ = core
+    acme = await sync_peers.create_customer(database_url, slug="acme")
+    globex = await sync_peers.create_customer(database_url, slug="globex")
+    sent = []
+
+    async def send(frame):
+        sent.append(frame)
+
+    peers = {}
+    for c in (acme, globex):
+        room = await rooms.get(c.id, "fleet")
+        conn = Connection(send, customer_id=c.id, doc="fleet", can_write=True, queue_limit=10)
+        rooms.join(room, conn)
+        peers[c.slug] = conn
+    assert await rooms.close_customer(acme.id) == 1
+    assert peers["acme"].close_code == 4403 and peers["acme"].closed.is_set()
+    assert peers["globex"].close_code is None
+
+
+async def test_a_peer_that_does_not_read_is_closed_1013_not_buffered(core, database_url):
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    stuck = asyncio.Event()
+
+    async def never(frame):
+        await stuck.wait()
+
+    room = await rooms.get(customer.id, "fleet")
+    slow = Connection(never, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=16)
+    slow.start()
+    rooms.join(room, slow)
+    for i in range(40):
+        await room.apply(_update(f"k{i}", i))
+    assert slow.close_code == 1013 and slow.queued == 0
+    await slow.stop()
+
+
+async def test_idle_connections_are_closed_1001(core, database_url):
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+
+    async def send(frame):
+        pass
+
+    room = await rooms.get(customer.id, "fleet")
+    quiet = Connection(send, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=10)
+    lively = Connection(send, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=10)
+    rooms.join(room, quiet)
+    rooms.join(room, lively)
+    quiet.last_seen -= 120
+    assert rooms.close_idle(60) == 1
+    assert quiet.close_code == 1001 and lively.close_code is None
