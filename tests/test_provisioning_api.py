@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,11 @@ async def _live_migration(server, database_url, tmp_path):
                                            timeout=180)
             assert down.returncode == 0, down.stdout + down.stderr
             assert "switched: writes paused" in down.stdout
+            # stderr is a pipe here: plain progress lines, every table's rows up to its total
+            assert "\r" not in down.stderr and "\x1b" not in down.stderr
+            assert re.search(r"^copy gps_positions: ([\d,]+)/\1 rows", down.stderr, re.M), down.stderr
+            assert re.search(r"^copy vehicles: 3/3 rows", down.stderr, re.M), down.stderr
+            assert "catching up, verifying and switching" in down.stderr
             await asyncio.sleep(0.5)
             migs = (await client.get(f"/api/v1/customers/{cid}/migrations/{r.json()['id']}")).json()
         stop.touch()
