@@ -6,10 +6,10 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, openapi
+from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, openapi, rate_limits
 from api import provisioning as provisioning_api
 
-from . import logs, provisioning, sync_endpoint
+from . import fanout, logs, provisioning, shared_limits, sync_endpoint
 from .config import Settings
 from .runtime import Runtime
 
@@ -23,6 +23,10 @@ def create_app(settings: Settings) -> Quart:
     errors.install(app)
     app.register_blueprint(health.blueprint)
     sync_endpoint.install(app, rt)  # websocket /sync/..., rooms on rt.rooms (add room hooks there)
+    # Several nodes: cross-node fan-out and shared counters through Redis (in memory without it).
+    relay = fanout.install(rt) if settings.redis_url else None
+    shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
+    rate_limits.install(app)
     app.register_blueprint(docs.blueprint)
     for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)

@@ -147,6 +147,23 @@ class Settings:
         "MIGRATION_CLEANUP_GRACE_SECONDS", 3600.0, _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
         "after a tenant migration, how long the source copy is kept before it is deleted")
 
+    # Several nodes (REDIS_URL set): see sync_server/fanout.py and sync_server/shared_limits.py.
+    redis_prefix: str = _setting("REDIS_PREFIX", "webhost:", _text("REDIS_PREFIX"),
+                                 "prefix of every Redis key of this deployment (nodes sharing documents share it)")
+    node_id: str | None = _setting("NODE_ID", None, _text("NODE_ID"),
+                                   "name of this node in Redis; unset: host name, process id and a random suffix")
+    node_heartbeat_seconds: float = _setting("NODE_HEARTBEAT_SECONDS", 2.0, _float("NODE_HEARTBEAT_SECONDS", 0.1, 60),
+                                             "nodes beat this often; one silent for 3 beats is dead (its presence "
+                                             "and connection counts are dropped)")
+    fanout_stream_maxlen: int = _setting("FANOUT_STREAM_MAXLEN", 1000, _int("FANOUT_STREAM_MAXLEN", 50, 10_000_000),
+                                         "entries kept (approximately) in each document's Redis stream")
+    connection_limits: str = _setting("CONNECTION_LIMITS", "enforce", _choice("CONNECTION_LIMITS", "enforce", "off"),
+                                      "enforce the plan's connection_limit per customer (across nodes with Redis)")
+    rest_rate_limit: int = _setting("REST_RATE_LIMIT_PER_MINUTE", 6000,
+                                    _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
+                                    "REST requests per credential per minute (across nodes with Redis); "
+                                    "past it 429 with Retry-After; 0 disables")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env

@@ -162,6 +162,13 @@ class Room:
         """Awareness client id -> JSON state of everybody present."""
         return {c: s for c, (_, s) in self._awareness.items() if s is not None}
 
+    def awareness_entries(self, clients=None) -> list[tuple[int, int, str | None]]:
+        """(client id, clock, state) of everybody present, or only of `clients` (present or removed):
+        what another node needs to rebuild this room's presence (cross-node fan-out)."""
+        if clients is None:
+            return [(c, clock, s) for c, (clock, s) in self._awareness.items() if s is not None]
+        return [(c, *self._awareness[c]) for c in clients if c in self._awareness]
+
 
 class RoomRegistry:
     """Every loaded room of this node, keyed by (customer id, doc)."""

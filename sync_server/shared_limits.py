@@ -1,0 +1,239 @@
+"""Limits every node enforces together: sync connections per customer (the plan's connection_limit)
+and REST requests per credential per minute.
+
+With Redis they are counted there, so a customer cannot pass its limit by spreading over nodes:
+  {prefix}conns:{customer}   hash node -> open connections of that node; a Lua script drops the
+                             fields of nodes whose heartbeat ({prefix}node:{id}, see fanout) expired,
+                             sums the rest and takes a slot atomically. Every heartbeat a node
+                             rewrites its own counts, which also restores them after a Redis restart.
+  {prefix}rate:{who}:{minute} INCR + EXPIRE (fixed one-minute windows); past the limit 429 with
+                             Retry-After = seconds left in the window.
+Without Redis (one node), or while Redis is unreachable, the same limits are counted in memory by
+each node: never unlimited, at worst N times the limit for N nodes during an outage.
+
+GPS points per day are not counted here: the tracking pipeline counts them in PostgreSQL under the
+customer's quota lock, which already holds across nodes.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import defaultdict, deque
+
+import structlog
+
+from . import plans
+from .connection import TRY_AGAIN_LATER, Connection
+from .hooks import ConnectRequest, Refused, RoomHooks
+from .rooms import Room
+
+log = structlog.get_logger("sync_server.shared_limits")
+
+LIMITS_TTL = 30.0  # seconds a customer's connection limit is cached
+UNCLAIMED_AFTER = 60.0  # a slot taken by authenticate whose connection never joined is given back
+COUNTS_TTL = 86_400
+REDIS_TIMEOUT = 1.0
+
+# KEYS[1] the customer's hash; ARGV: node, limit, heartbeat key prefix
+_TAKE = """
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+  local node = fields[i]
+  if node ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. node) == 0 then
+    redis.call('HDEL', KEYS[1], node)
+  else
+    total = total + tonumber(fields[i + 1])
+  end
+end
+if total >= tonumber(ARGV[2]) then
+  return -1
+end
+redis.call('EXPIRE', KEYS[1], %d)
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+""" % COUNTS_TTL
+
+_GIVE = """
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return left
+"""
+
+
+def _redis_errors():
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, asyncio.TimeoutError)
+
+
+class ConnectionLimit(RoomHooks):
+    """Refuses a sync connection past the plan's connection_limit (1013: y-websocket clients retry
+    with backoff, and get in once a slot is free; a 44xx would stop them for good)."""
+
+    def __init__(self, runtime, redis=None, node: str = "") -> None:
+        self.runtime = runtime
+        self.redis = redis
+        self.node = node
+        self.prefix = runtime.settings.redis_prefix
+        self._held: dict[str, int] = defaultdict(int)  # this node's slots per customer
+        self._unclaimed: dict[str, deque[float]] = defaultdict(deque)
+        self._claimed: set[Connection] = set()
+        self._limits: dict[str, tuple[float, int]] = {}
+        self._take = self._give = None
+        if redis is not None:
+            self._take = redis.register_script(_TAKE)
+            self._give = redis.register_script(_GIVE)
+
+    def _key(self, customer_id: str) -> str:
+        return f"{self.prefix}conns:{customer_id}"
+
+    async def limit_of(self, customer_id: str) -> int:
+        now = time.monotonic()
+        cached = self._limits.get(customer_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        limits = await plans.current_limits(self.runtime.registry.shared, customer_id)
+        self._limits[customer_id] = (now + LIMITS_TTL, limits.connections)
+        return limits.connections
+
+    async def authenticate(self, request: ConnectRequest) -> None:
+        cid = request.customer_id
+        limit = await self.limit_of(cid)
+        self._held[cid] += 1  # counted before asking Redis: the counts we publish never undercount
+        taken = await self._take_slot(cid, limit)
+        if not taken:
+            self._held[cid] -= 1
+            log.info("connection_limit_reached", customer_id=cid, limit=limit)
+            raise Refused(TRY_AGAIN_LATER, f"connection limit of the plan reached ({limit})")
+        self._unclaimed[cid].append(time.monotonic())
+
+    async def _take_slot(self, cid: str, limit: int) -> bool:
+        if self._take is not None:
+            try:
+                answer = await asyncio.wait_for(
+                    self._take(keys=[self._key(cid)], args=[self.node, limit, f"{self.prefix}node:"]), REDIS_TIMEOUT)
+                return int(answer) >= 0
+            except _redis_errors() as exc:
+                log.warning("connection_limit_local_fallback", customer_id=cid, error=repr(exc))
+        return self._held[cid] <= limit  # this node alone (already counts the one asking)
+
+    async def connect(self, room: Room, connection: Connection) -> None:
+        pending = self._unclaimed.get(connection.customer_id)
+        if pending:
+            pending.popleft()
+            self._claimed.add(connection)
+
+    async def disconnect(self, room: Room, connection: Connection) -> None:
+        if connection in self._claimed:
+            self._claimed.discard(connection)
+        else:  # left before its connect hook ran
+            pending = self._unclaimed.get(connection.customer_id)
+            if not pending:
+                return
+            pending.popleft()
+        await self._release(connection.customer_id)
+
+    async def _release(self, cid: str) -> None:
+        self._held[cid] = max(0, self._held[cid] - 1)
+        if self._held[cid] == 0:
+            del self._held[cid]
+        if self._give is not None:
+            try:
+                await asyncio.wait_for(self._give(keys=[self._key(cid)], args=[self.node]), REDIS_TIMEOUT)
+            except _redis_errors():
+                pass  # the next heartbeat rewrites this node's count
+
+    async def reconcile(self) -> None:
+        """Give back slots whose connection never joined (its room failed to load), and rewrite this
+        node's counts in Redis (repairs drift and a Redis restart)."""
+        now = time.monotonic()
+        for cid, pending in list(self._unclaimed.items()):
+            while pending and now - pending[0] > UNCLAIMED_AFTER:
+                pending.popleft()
+                await self._release(cid)
+            if not pending:
+                del self._unclaimed[cid]
+        if self.redis is None:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for cid, held in list(self._held.items()):
+            pipe.hset(self._key(cid), self.node, held)
+            pipe.expire(self._key(cid), COUNTS_TTL)
+        if len(pipe):
+            await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT * 2)
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reconcile()
+            except _redis_errors() as exc:
+                log.info("connection_counts_not_published", error=repr(exc))
+
+    async def stop(self) -> None:
+        if self.redis is not None and self._held:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for cid in self._held:
+                    pipe.hdel(self._key(cid), self.node)
+                await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+            except _redis_errors():
+                pass
+
+
+class RateLimit:
+    """Fixed one-minute windows per credential; `hit` returns None (allowed) or the seconds to wait."""
+
+    def __init__(self, per_minute: int, prefix: str, redis=None) -> None:
+        self.per_minute = per_minute
+        self.prefix = prefix
+        self.redis = redis
+        self._local: dict[tuple[str, int], int] = {}
+
+    async def hit(self, who: str) -> int | None:
+        now = time.time()
+        window = int(now // 60)
+        retry_after = max(1, math.ceil(60 - (now - window * 60)))
+        count = None
+        if self.redis is not None:
+            key = f"{self.prefix}rate:{who}:{window}"
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.expire(key, 61)
+                count, _ = await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+            except _redis_errors() as exc:
+                log.warning("rate_limit_local_fallback", error=repr(exc))
+        if count is None:
+            if len(self._local) > 100_000 or any(w != window for _, w in list(self._local)[:1]):
+                self._local = {k: v for k, v in self._local.items() if k[1] == window}
+            count = self._local[(who, window)] = self._local.get((who, window), 0) + 1
+        return retry_after if count > self.per_minute else None
+
+
+def credential_of(authorization: str | None, remote_addr: str | None) -> str:
+    """Who a REST request counts against: its bearer credential (hashed), else its address."""
+    scheme, _, raw = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and raw.strip():
+        return "cred:" + hashlib.sha256(raw.strip().encode()).hexdigest()[:24]
+    return f"addr:{remote_addr or 'unknown'}"
+
+
+def install(runtime, redis=None, node: str = "") -> ConnectionLimit | None:
+    """Connection limits as a room hook (when enforced) and the REST rate limit on runtime.rate_limit."""
+    settings = runtime.settings
+    runtime.rate_limit = RateLimit(settings.rest_rate_limit, settings.redis_prefix, redis) \
+        if settings.rest_rate_limit else None
+    if settings.connection_limits != "enforce":
+        return None
+    limit = ConnectionLimit(runtime, redis, node)
+    runtime.rooms.hooks.add(limit)
+
+    async def start() -> None:
+        runtime.spawn(limit.run(settings.node_heartbeat_seconds), "connection-counts")
+
+    runtime.on_start(start)
+    runtime.on_stop(limit.stop)
+    return limit
