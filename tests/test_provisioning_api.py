@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +36,12 @@ def prov_server(server_env, tmp_path, pg_admin_url, database_url):
         asyncio.run(databases.drop_database(pg_admin_url, databases.with_database(pg_admin_url, name)))
 
 
-async def _api_key(database_url, cid) -> str:
+async def _api_key(database_url, cid, permissions=("fleet:read",)) -> str:
     raw = api_keys.generate("live")
     conn = await asyncpg.connect(database_url)
     try:
         await key_store.insert(conn, customer_id=cid, name="k", prefix=api_keys.display_prefix(raw),
-                               key_hash=api_keys.digest(raw), environment="live", permissions=["fleet:read"],
+                               key_hash=api_keys.digest(raw), environment="live", permissions=list(permissions),
                                expires_at=None)
     finally:
         await conn.close()
@@ -211,3 +212,74 @@ async def _live_migration(server, database_url, tmp_path):
     total = {doc: sum(end["maps"]["done"].values()) for doc, _, end in ends}
     print(f"\nwrite pause: up (REST) {up['pause_ms']:.0f} ms; down (CLI) {said}; JS points written {total}")
     assert migs["pause_ms"] is not None
+
+
+def test_a_route_switched_on_one_node_reaches_the_other_nodes(server_env, redis_url, pg_admin_url, database_url,
+                                                              tmp_path):
+    env = {**server_env, "PROVISION_LOCAL_ADMIN_URL": pg_admin_url, "MIGRATION_CLEANUP_GRACE_SECONDS": "3600",
+           "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-{secrets.token_hex(6)}:"}
+    nodes = []
+    try:
+        for i in range(2):
+            nodes.append(ServerProcess({**env, "NODE_ID": f"node-{i}"}, log_path=tmp_path / f"node-{i}.log").start())
+        asyncio.run(_route_change(*nodes, database_url=database_url))
+    finally:
+        for node in nodes:
+            node.stop()
+        for name in asyncio.run(tenants.dedicated_database_names(database_url)):
+            asyncio.run(databases.drop_database(pg_admin_url, databases.with_database(pg_admin_url, name)))
+
+
+async def _route_change(a: ServerProcess, b: ServerProcess, *, database_url: str) -> None:
+    cid = await tenants.seed_customer(database_url, slug="twonodes", gps_rows=10)
+    op = {"Authorization": f"Bearer {await tenants.operator_token(database_url)}"}
+    key = {"Authorization": f"Bearer {await _api_key(database_url, cid, ['fleet:read', 'fleet:write'])}"}
+
+    async def names(node) -> set[str]:
+        async with httpx.AsyncClient(base_url=node.base_url, headers=key, timeout=30) as c:
+            r = await c.get("/api/v1/vehicles", params={"limit": 100})
+            assert r.status_code == 200, r.text
+            return {v["name"] for v in r.json()["data"]}
+
+    async def add(node, name) -> None:
+        async with httpx.AsyncClient(base_url=node.base_url, headers=key, timeout=30) as c:
+            r = await c.post("/api/v1/vehicles", json={"name": name, "vehicle_identifier": name.upper()})
+            assert r.status_code == 201, r.text
+
+    async def migrate(to: str) -> dict:
+        async with httpx.AsyncClient(base_url=a.base_url, headers=op, timeout=60) as c:
+            r = await c.post(f"/api/v1/customers/{cid}/migrations", json={"to": to})
+            assert r.status_code == 202, r.text
+            mig = await _wait(c, f"/api/v1/customers/{cid}/migrations/{r.json()['id']}", "switched", "cleaned")
+            assert mig["status"] in ("switched", "cleaned"), mig.get("error")
+            return mig
+
+    async def until_seen(node, name) -> None:  # node b reloads its routes once node a announced the switch
+        for _ in range(300):
+            if name in await names(node):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{node.base_url} never served {name!r}: its route was not reloaded")
+
+    assert len(await names(b)) == 3  # b has resolved the customer (shared) before the move
+    await migrate("single_tenant")
+    await add(a, "made-on-a-after-up")  # lands on the dedicated database only
+    await until_seen(b, "made-on-a-after-up")
+    await add(b, "made-on-b")
+    conn = await asyncpg.connect(database_url)
+    try:
+        dedicated = await conn.fetchval("SELECT database_url FROM deployments WHERE customer_id = $1 "
+                                        "AND status = 'active' AND mode = 'single_tenant'", cid)
+        assert not await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dedicated)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'") == 2
+    finally:
+        await conn.close()
+
+    await migrate("multi_tenant")  # and back: the dedicated copy stays (grace period), b must not use it
+    await add(a, "made-on-a-after-down")
+    await until_seen(b, "made-on-a-after-down")
+    assert {"made-on-a-after-up", "made-on-b", "made-on-a-after-down"} <= await names(b)
