@@ -45,3 +45,17 @@ async def update(conn: asyncpg.Connection, geofence_id, values: dict) -> asyncpg
 
 async def delete(conn: asyncpg.Connection, geofence_id) -> bool:
     return await conn.execute("DELETE FROM geofences WHERE id = $1", geofence_id) != "DELETE 0"
+
+
+async def active_fingerprint(conn: asyncpg.Connection, customer_id) -> tuple:
+    """Changes whenever the customer's active geofences change (the tracking pipeline's cache check)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS n, max(updated_at) AS changed FROM geofences WHERE customer_id = $1 AND active",
+        customer_id)
+    return (row["n"], row["changed"])
+
+
+async def active_shapes(conn: asyncpg.Connection, customer_id) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, kind, center_lat, center_lng, radius_meters, polygon FROM geofences "
+        "WHERE customer_id = $1 AND active ORDER BY id", customer_id)

@@ -51,3 +51,11 @@ async def update(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncp
 async def delete(conn: asyncpg.Connection, plan_id: str) -> bool:
     """False when no such plan; raises ForeignKeyViolationError while any subscription names it."""
     return await conn.execute("DELETE FROM plans WHERE id = $1", plan_id) != "DELETE 0"
+
+
+async def retention_by_customer(conn: asyncpg.Connection, default_plan: str) -> list[asyncpg.Record]:
+    """(id, retention_days) of every customer by its active plan (operator connection)."""
+    return await conn.fetch(
+        "SELECT c.id, coalesce(p.retention_days, d.retention_days) AS retention_days FROM customers c "
+        "LEFT JOIN subscriptions s ON s.customer_id = c.id AND s.status = 'active' "
+        "LEFT JOIN plans p ON p.id = s.plan_id LEFT JOIN plans d ON d.id = $1 ORDER BY c.id", default_plan)

@@ -43,6 +43,7 @@ TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("usage_metrics", ("customer_id", "metric", "time"), time="time"),
     TenantTable("doc_updates", ("customer_id", "doc", "seq"), serial="seq"),
     TenantTable("doc_snapshots", ("customer_id", "doc")),
+    TenantTable("track_progress", ("customer_id", "doc")),  # moves with its documents and rows
 )
 
 # Tables with a customer_id that stay in the shared database whatever the customer's mode.

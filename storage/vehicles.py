@@ -51,3 +51,12 @@ async def set_device_secret_hash(conn: asyncpg.Connection, vehicle_id, device_se
 
 async def delete(conn: asyncpg.Connection, vehicle_id) -> bool:
     return await conn.execute("DELETE FROM vehicles WHERE id = $1", vehicle_id) != "DELETE 0"
+
+
+async def tracker(conn: asyncpg.Connection, customer_id, *, vehicle_id=None, identifier: str | None = None
+                  ) -> asyncpg.Record | None:
+    """A vehicle by id or by vehicle_identifier, with its device secret hash (tracker ingestion)."""
+    return await conn.fetchrow(
+        "SELECT id, name, vehicle_identifier, device_secret_hash FROM vehicles WHERE customer_id = $1 "
+        "AND (($2::uuid IS NOT NULL AND id = $2) OR ($3::text IS NOT NULL AND vehicle_identifier = $3))",
+        customer_id, vehicle_id, identifier)

@@ -6,10 +6,11 @@ import uuid
 
 from quart import Quart, g, request
 
-from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, openapi, rate_limits
+from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi, rate_limits
 from api import provisioning as provisioning_api
+from api import tracking as tracking_api
 
-from . import fanout, logs, provisioning, shared_limits, sync_endpoint
+from . import fanout, logs, provisioning, shared_limits, sync_endpoint, tracking
 from .config import Settings
 from .runtime import Runtime
 
@@ -32,6 +33,9 @@ def create_app(settings: Settings) -> Quart:
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
+    app.extensions["tracking"] = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
+    app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(ingest.blueprint)
 
     @app.before_request
     async def _request_id() -> None:

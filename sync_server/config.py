@@ -118,6 +118,23 @@ class Settings:
                                          "lifetime of an operator bearer token from POST /api/v1/auth/login")
     shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
                                        "how long SIGTERM waits for connections to flush and close")
+    tracking_max_future: float = _setting("TRACKING_MAX_FUTURE_SECONDS", 300.0,
+                                          _float("TRACKING_MAX_FUTURE_SECONDS", 0, 86400),
+                                          "GPS fixes further ahead of the server clock are rejected (future)")
+    tracking_day_slack: float = _setting("TRACKING_DAY_SLACK_SECONDS", 3600.0,
+                                         _float("TRACKING_DAY_SLACK_SECONDS", 0, 86400),
+                                         "a track doc's fixes may stray this far outside its UTC day (outside_day)")
+    tracking_max_accuracy: float = _setting("TRACKING_MAX_ACCURACY_METERS", 1000.0,
+                                            _float("TRACKING_MAX_ACCURACY_METERS", 1, 1e7),
+                                            "fixes reporting a worse accuracy are rejected (inaccurate)")
+    tracking_max_speed: float = _setting("TRACKING_MAX_SPEED_KMH", 400.0, _float("TRACKING_MAX_SPEED_KMH", 1, 1e5),
+                                         "implied speed from the previous fix above this is a jump")
+    tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 50_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
+                                          "most points materialized in one transaction")
+    tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
+                                     "how long new track points gather before a batch is materialized")
+    retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),
+                                         "rows the retention job deletes per statement")
 
     sync_max_message_bytes: int = _setting("SYNC_MAX_MESSAGE_BYTES", 8 * 1024 * 1024,
                                            _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),

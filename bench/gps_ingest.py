@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""GPS points materialized per second, end to end, against the raw stage+merge COPY rate of the
+same PostgreSQL in the same run.
+
+End to end: real JS clients (client-examples/js/tracker.mjs, yjs + y-websocket) each holding a
+day's track document recorded offline (--points fixes in one update) connect at once to a real
+`webhost-sync serve`; the clock runs from the first connection until every point is committed as a
+row (track_progress reaches the total). That covers websocket, CRDT apply, the observer, decode,
+filters, quota, geofences (--geofences circles on the route), COPY + merge, latest position, usage
+and the fleet document.
+
+Raw: the same number of rows, the same batch size, written by storage.positions.stage_and_merge
+(binary COPY into the staging table + INSERT ... ON CONFLICT DO NOTHING, one transaction per batch)
+from one Python process with no pipeline around it.
+
+    .venv/bin/python bench/gps_ingest.py [--vehicles 4] [--points 50000] [--geofences 20] [--rounds 2]
+
+Needs PostgreSQL (TEST_PG_URL or postgresql://postgres@127.0.0.1:5432/postgres; a database is
+created and dropped) and `npm ci` in client-examples/js. Prints a JSON summary as the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from storage import Database, migrator, partitions  # noqa: E402
+from storage import positions as position_store  # noqa: E402
+from sync_server import sync_tokens  # noqa: E402
+
+ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SECRET = "bench-secret-key-0123456789abcdef0123456789"
+JS = ROOT / "client-examples" / "js" / "tracker.mjs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_db(url: str, name: str) -> str:
+    from urllib.parse import urlparse, urlunparse
+
+    return urlunparse(urlparse(url)._replace(path="/" + name))
+
+
+async def _create_database() -> str:
+    name = f"wh_bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = _with_db(ADMIN_URL, name)
+    await migrator.migrate(url)
+    return url
+
+
+async def _drop_database(url: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _customer(owner: asyncpg.Connection, slug: str, vehicles: int, geofences: int) -> tuple[str, list]:
+    cid = await owner.fetchval("INSERT INTO customers (slug, name) VALUES ($1, $1) RETURNING id", slug)
+    await owner.execute("INSERT INTO subscriptions (customer_id, plan_id) VALUES ($1, 'business')", cid)
+    vids = [await owner.fetchval("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, $2, $2) "
+                                 "RETURNING id", cid, f"{slug}-v{i}") for i in range(vehicles)]
+    for i in range(geofences):  # circles along the route (lat 52.5, lng 13.40 .. 13.42)
+        await owner.execute(
+            "INSERT INTO geofences (customer_id, name, kind, center_lat, center_lng, radius_meters) "
+            "VALUES ($1, $2, 'circle', 52.5, $3, 150)", cid, f"g{i}", 13.40 + 0.02 * (i + 0.5) / max(geofences, 1))
+    return str(cid), vids
+
+
+def _records(cid, vid, day: dt.date, n: int) -> list[tuple]:
+    base = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    cid = uuid.UUID(str(cid))
+    return [(cid, vid, base + dt.timedelta(milliseconds=i * 1000), 52.5, 13.4 + (i % 1000) * 0.00002, 1.36, 90.0,
+             5.0, None, "doc") for i in range(n)]
+
+
+async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
+                        batch: int) -> float:
+    """Rows/s of staged COPY + merge alone, vehicles written one after the other like the server does."""
+    cid, vids = await _customer(owner, f"raw-{uuid.uuid4().hex[:6]}", vehicles, 0)
+    db = await Database(url, min_size=1, max_size=2).open()
+    try:
+        await partitions.ensure(db, day, day)
+        all_records = [_records(cid, vid, day, points) for vid in vids]
+        pg_before, own_before = await _backend_cpu(owner), time.process_time()
+        started = time.perf_counter()
+        for records in all_records:
+            for i in range(0, len(records), batch):
+                async with db.tenant(cid) as conn:
+                    await position_store.commit_without_waiting_for_flush(conn)
+                    await position_store.stage_and_merge(conn, records[i:i + batch])
+        elapsed = time.perf_counter() - started
+        pg_cpu, own_cpu = _delta(pg_before, await _backend_cpu(owner)), time.process_time() - own_before
+    finally:
+        await db.close()
+    n = vehicles * points
+    return {"points_per_s": round(n / elapsed), "pg_cpu_us_per_point": round(pg_cpu / n * 1e6, 2),
+            "client_cpu_us_per_point": round(own_cpu / n * 1e6, 2),
+            "projected_points_per_s": round(n / max(pg_cpu, own_cpu))}
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _backend_cpu(owner: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds so far of every PostgreSQL backend on this database (same machine only)."""
+    pids = await owner.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                             "AND pid <> pg_backend_pid()")
+    return {r["pid"]: _cpu_seconds(r["pid"]) for r in pids}
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
+                          geofences: int, batch: int, log_dir: Path, profile: str | None = None) -> dict:
+    slug = f"e2e-{uuid.uuid4().hex[:6]}"
+    cid, vids = await _customer(owner, slug, vehicles, geofences)
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": SECRET, "HOST": "127.0.0.1", "PORT": str(port),
+           "DATA_DIR": str(log_dir / "data"), "LOG_FORMAT": "json", "TRACKING_BATCH_POINTS": str(batch),
+           "MIGRATE_ON_START": "false"}
+    log_path = log_dir / f"server-{port}.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "webhost-sync"), "serve"], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        import httpx
+
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        token = sync_tokens.mint(SECRET, customer_id=cid, customer_slug=slug, docs=["tracks/*"], mode="rw",
+                                 ttl_seconds=3600)[0]
+        start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+        def client(vid, n, begin, on=day):
+            return subprocess.Popen(["node", str(JS), "--server", f"ws://127.0.0.1:{port}/sync/{slug}", "--token",
+                                     token, "--vehicle", str(vid), "--day", on.isoformat(), "--points", str(n),
+                                     "--start-ms", str(begin), "--prebuilt", "1"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS.parent)
+
+        # warm-up (not measured): one small document per vehicle, so pooled connections have their
+        # plans and caches, like a server that has been running
+        warm = [client(vid, 500, start_ms - 86_400_000, day - dt.timedelta(days=1)) for vid in vids]
+        for c in warm:
+            c.communicate(timeout=120)
+        while await owner.fetchval("SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1",
+                                   uuid.UUID(cid)) < 500 * vehicles:
+            await asyncio.sleep(0.01)
+        (log_dir / "warm").write_text(str(log_path.stat().st_size))
+        cpu_before, pg_before = _cpu_seconds(server.pid), await _backend_cpu(owner)
+        spy = None
+        if profile:  # where the server's time goes: py-spy samples, folded stacks
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
+                                    "--format", "raw", "--rate", "250", "-o", profile], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        clients = [client(vid, points, start_ms) for vid in vids]
+        total = vehicles * points + 500 * vehicles
+        deadline = time.monotonic() + 600
+        while True:
+            done = await owner.fetchval("SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1",
+                                        uuid.UUID(cid))
+            if done >= total:
+                finished = time.time()
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {total} points materialized after 600 s; server log {log_path}")
+            if any(c.poll() not in (None, 0) for c in clients):
+                raise RuntimeError("a client failed: " + "".join(c.stderr.read() for c in clients if c.poll()))
+            await asyncio.sleep(0.01)
+        cpu = _cpu_seconds(server.pid) - cpu_before
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        pg_cpu = _delta(pg_before, await _backend_cpu(owner))
+        outputs = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
+        first_connect = min(o["connect_ms"] for o in outputs) / 1000
+        rows = await owner.fetchval("SELECT count(*) FROM gps_positions WHERE customer_id = $1 AND time >= $2",
+                                    uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc))
+        events = await owner.fetchval("SELECT count(*) FROM geofence_events WHERE customer_id = $1 AND time >= $2",
+                                      uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    measured = log_path.read_bytes()[int((log_dir / "warm").read_text()):].decode(errors="replace")
+    batches = [json.loads(line) for line in measured.splitlines() if '"tracking_batch"' in line]
+    elapsed = finished - first_connect
+    total -= 500 * vehicles
+    return {"points": total, "rows": rows, "geofence_events": events, "seconds": round(elapsed, 3),
+            "points_per_s": round(total / elapsed), "server_cpu_s": round(cpu, 2), "pg_cpu_s": round(pg_cpu, 2),
+            "server_cpu_us_per_point": round(cpu / total * 1e6, 2), "pg_cpu_us_per_point": round(pg_cpu / total * 1e6, 2),
+            # one server process (one core) and PostgreSQL (the other core) working at once
+            "projected_points_per_s": round(total / max(cpu, pg_cpu)),
+            "batches": len(batches), "commit_ms_sum": round(sum(b["ms"] for b in batches), 1),
+            "step_ms_sum": {k: round(sum(b.get("step_ms", {}).get(k, 0) for b in batches), 1)
+                            for k in (batches[0].get("step_ms", {}) if batches else {})}}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vehicles", type=int, default=4)
+    ap.add_argument("--points", type=int, default=50_000, help="points per vehicle (one track document each)")
+    ap.add_argument("--geofences", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=50_000, help="TRACKING_BATCH_POINTS for both paths")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", help="write py-spy folded stacks of the server's measured phase here")
+    args = ap.parse_args()
+    url = await _create_database()
+    day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    owner = await asyncpg.connect(url)
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="gps-bench-") as tmp:
+            for round_no in range(args.rounds):
+                print(f"round {round_no + 1}: raw stage+merge COPY ...", file=sys.stderr, flush=True)
+                raw = await raw_copy_rate(url, owner, day, args.vehicles, args.points, args.batch)
+                print(f"round {round_no + 1}: end to end ...", file=sys.stderr, flush=True)
+                e2e = await end_to_end_rate(url, owner, day, args.vehicles, args.points, args.geofences, args.batch,
+                                            Path(tmp), args.profile)
+                e2e["raw_copy"] = raw
+                e2e["ratio_to_copy"] = round(e2e["points_per_s"] / raw["points_per_s"], 3)
+                e2e["projected_ratio_to_copy"] = round(e2e["projected_points_per_s"] / raw["projected_points_per_s"], 3)
+                results.append(e2e)
+                print(f"round {round_no + 1}: end-to-end {e2e['points_per_s']:,} points/s "
+                      f"({e2e['rows']:,} rows, {e2e['geofence_events']} events, {e2e['seconds']} s; CPU per point: "
+                      f"server {e2e['server_cpu_us_per_point']} us, PostgreSQL {e2e['pg_cpu_us_per_point']} us; "
+                      f"{e2e['batches']} batches, wall ms in transactions {e2e['step_ms_sum']}); "
+                      f"raw stage+merge COPY {raw['points_per_s']:,} rows/s (PostgreSQL {raw['pg_cpu_us_per_point']} "
+                      f"us/row); ratio {e2e['ratio_to_copy']}; CPU-projected {e2e['projected_points_per_s']:,} vs "
+                      f"{raw['projected_points_per_s']:,} = {e2e['projected_ratio_to_copy']}", flush=True)
+    finally:
+        await owner.close()
+        await _drop_database(url)
+    load = os.getloadavg()
+    best = max(results, key=lambda r: r["points_per_s"])
+    print(json.dumps({"bench": "gps_ingest", "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in load],
+                      "vehicles": args.vehicles, "points_per_vehicle": args.points, "geofences": args.geofences,
+                      "rounds": results, "best": best}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

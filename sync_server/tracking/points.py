@@ -1,0 +1,155 @@
+"""A GPS fix as the pipeline carries it, and the decoding of the track-document point format.
+
+Track documents hold JSON objects `{"t", "lat", "lng", "speed", "heading", "accuracy", "alt"}`:
+`t` is ISO-8601 (no offset = UTC) or epoch milliseconds (Yjs numbers arrive as floats), speed is
+m/s, heading degrees, accuracy and altitude metres; only t, lat and lng are required. Decoding only
+checks types; ranges and plausibility are the filters' business.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+UTC = dt.timezone.utc
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+DAY_MS = 86_400_000
+_timedelta = dt.timedelta
+
+MALFORMED = "malformed"
+
+
+class Point:
+    """One fix. `ms` (epoch milliseconds) orders and compares; `time` is what PostgreSQL stores."""
+
+    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "row", "_time")
+
+    def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
+                 accuracy: float | None = None, alt: float | None = None, idx: int = -1) -> None:
+        self.ms = ms
+        self.idx = idx  # position in the track document's array (-1: not from a document)
+        self.inside: frozenset | None = None  # geofences containing the fix, when computed ahead
+        self.row: tuple | None = None  # its gps_positions row, built before the transaction
+        self.lat = lat
+        self.lng = lng
+        self.speed = speed
+        self.heading = heading
+        self.accuracy = accuracy
+        self.alt = alt
+        self._time: dt.datetime | None = None
+
+    @property
+    def time(self) -> dt.datetime:
+        if self._time is None:
+            self._time = EPOCH + _timedelta(milliseconds=self.ms)
+        return self._time
+
+    @property
+    def day(self) -> int:
+        """Days since the epoch (UTC) of the fix."""
+        return self.ms // DAY_MS
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": self.time.isoformat().replace("+00:00", "Z"), "lat": self.lat, "lng": self.lng}
+        for name in ("speed", "heading", "accuracy", "alt"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def __repr__(self) -> str:
+        return f"Point({self.time.isoformat()}, {self.lat}, {self.lng})"
+
+
+def ms_from_datetime(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def day_of(ms: int) -> dt.date:
+    return dt.date(1970, 1, 1) + dt.timedelta(days=ms // DAY_MS)
+
+
+def day_number(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days
+
+
+def parse_time(value: Any) -> int | None:
+    """Epoch milliseconds from ISO-8601 text or an epoch-milliseconds number; None if neither."""
+    kind = type(value)
+    if kind is float:
+        if value != value or value in (math.inf, -math.inf):
+            return None
+        return int(value)
+    if kind is int:
+        return value
+    if kind is str:
+        text = value.strip()
+        if text.endswith(("z", "Z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        return ms_from_datetime(parsed)
+    return None
+
+
+def _number(value: Any) -> float | None:
+    kind = type(value)
+    if kind is float:
+        return value if value - value == 0 else None  # finite
+    if kind is int:
+        return float(value)
+    return None
+
+
+_BAD = object()
+
+
+def _optional(value: Any) -> Any:
+    """An optional numeric field: float, None when absent/null, _BAD when present but not a number."""
+    if value is None:
+        return None
+    number = _number(value)
+    return _BAD if number is None else number
+
+
+def from_record(row: Any) -> Point:
+    """A stored fix (time, lat, lng, speed, heading, accuracy, altitude) -> Point."""
+    p = Point(ms_from_datetime(row["time"]), row["lat"], row["lng"], row["speed"], row["heading"], row["accuracy"],
+              row["altitude"])
+    p._time = row["time"]
+    return p
+
+
+def decode(raw: Any) -> Point | str:
+    """A track-document element -> Point, or the rejection reason `malformed`. (Hot: one call per
+    point; the common all-floats shape takes the short path.)"""
+    if type(raw) is not dict:
+        return MALFORMED
+    get = raw.get
+    t, lat, lng = get("t"), get("lat"), get("lng")
+    if type(t) is float and type(lat) is float and type(lng) is float and t - t == 0 and lat - lat == 0 \
+            and lng - lng == 0:
+        ms = int(t)
+    else:
+        ms = parse_time(t)
+        lat = _number(lat)
+        lng = _number(lng)
+        if ms is None or lat is None or lng is None:
+            return MALFORMED
+    speed, heading, accuracy, alt = get("speed"), get("heading"), get("accuracy"), get("alt")
+    if not ((type(speed) is float and speed - speed == 0) or speed is None):
+        speed = _optional(speed)
+    if not ((type(heading) is float and heading - heading == 0) or heading is None):
+        heading = _optional(heading)
+    if not ((type(accuracy) is float and accuracy - accuracy == 0) or accuracy is None):
+        accuracy = _optional(accuracy)
+    if not ((type(alt) is float and alt - alt == 0) or alt is None):
+        alt = _optional(alt)
+    if speed is _BAD or heading is _BAD or accuracy is _BAD or alt is _BAD:
+        return MALFORMED
+    return Point(ms, lat, lng, speed, heading, accuracy, alt)

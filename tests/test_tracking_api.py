@@ -1,0 +1,165 @@
+"""Tracking REST against a real server: paging, exports, latest, events, summary, usage, retention."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import httpx
+
+from storage import DatabaseRegistry
+from sync_server.tracking import retention
+from sync_server.tracking.distance import geodesic
+from sync_server.tracking.pipeline import Batch, Pipeline
+
+from .support import fleet
+
+UTC = dt.timezone.utc
+TODAY = dt.datetime.now(UTC).date()
+START = dt.datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - dt.timedelta(days=1)  # yesterday 00:00
+
+
+def fixes(n: int) -> list[dict]:
+    """Yesterday from 10:00, one fix a minute going east, speeds 0..n-1 m/s."""
+    base = START + dt.timedelta(hours=10)
+    return [{"t": (base + dt.timedelta(minutes=i)).isoformat(), "lat": 52.5, "lng": 13.40 + i * 0.002,
+             "speed": float(i), "alt": 30.0} for i in range(n)]
+
+
+async def _materialized(db, n=25, geofence=True):
+    cid = await fleet.customer(db)
+    vid = await fleet.vehicle(db, cid)
+    fence = await fleet.circle(db, cid, "depot", 52.5, 13.41, 300) if geofence else None
+    registry = DatabaseRegistry(db)
+    await registry.reload()
+    day = START.date()
+    outcome = await Pipeline(registry).process(Batch(str(cid), vid, fixes(n), doc=f"tracks/{vid}/{day}", day=day))
+    assert outcome.stored == n
+    return cid, vid, fence, await fleet.api_key(db, cid, ["tracking:read"])
+
+
+def _h(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_positions_json_cursor_paging(db, server):
+    cid, vid, _, key = await _materialized(db)
+    params = {"from": START.isoformat(), "to": (START + dt.timedelta(days=1)).isoformat(), "limit": "10"}
+    seen, pages = [], 0
+    async with httpx.AsyncClient(base_url=server.base_url, headers=_h(key)) as http:
+        cursor = None
+        while True:
+            r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**params, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            seen += [p["time"] for p in body["data"]]
+            pages += 1
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == 3 and len(seen) == 25 and seen == sorted(seen) and len(set(seen)) == 25
+        first = (await http.get(f"/api/v1/vehicles/{vid}/positions", params=params)).json()["data"][0]
+        assert first == {"time": (START + dt.timedelta(hours=10)).isoformat().replace("+00:00", "Z"), "lat": 52.5,
+                         "lng": 13.4, "speed": 0.0, "heading": None, "accuracy": None, "altitude": 30.0}
+        # bad input: unknown field, bad cursor, reversed range, unknown vehicle, no key
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={"colour": "red"})
+        assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == "colour"
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={"cursor": "nope"})
+        assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == "cursor"
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions",
+                           params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"})
+        assert r.status_code == 422
+        r = await http.get(f"/api/v1/vehicles/{cid}/positions")
+        assert r.status_code == 404
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", headers={"Authorization": ""})
+        assert r.status_code == 401
+
+
+async def test_exports_geojson_csv_gpx(db, server):
+    cid, vid, _, key = await _materialized(db)
+    rng = {"from": START.isoformat(), "to": (START + dt.timedelta(days=1)).isoformat()}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=_h(key)) as http:
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "geojson"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/geo+json")
+        doc = json.loads(r.text)
+        assert doc["type"] == "FeatureCollection" and len(doc["features"]) == 25
+        assert doc["features"][3]["geometry"] == {"type": "Point", "coordinates": [13.406, 52.5]}
+        assert doc["features"][3]["properties"]["speed"] == 3.0
+
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "csv"})
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert len(rows) == 25 and float(rows[1]["lng"]) == 13.40 + 0.002 and rows[1]["heading"] == ""
+
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "gpx"})
+        ns = {"g": "http://www.topografix.com/GPX/1/1"}
+        points = ET.fromstring(r.text).findall(".//g:trkpt", ns)
+        assert len(points) == 25 and points[0].get("lat") == "52.5" and points[0].find("g:ele", ns).text == "30.0"
+
+        # an export page: X-Next-Cursor continues where the limit stopped
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "csv", "limit": "20"})
+        assert len(r.text.strip().splitlines()) == 21
+        r2 = await http.get(f"/api/v1/vehicles/{vid}/positions",
+                            params={**rng, "format": "csv", "cursor": r.headers["X-Next-Cursor"]})
+        assert len(r2.text.strip().splitlines()) == 6 and "X-Next-Cursor" not in r2.headers
+
+
+async def test_latest_events_summary_and_usage(db, server):
+    cid, vid, fence, key = await _materialized(db)
+    async with httpx.AsyncClient(base_url=server.base_url, headers=_h(key)) as http:
+        latest = (await http.get("/api/v1/positions/latest")).json()["data"]
+        assert len(latest) == 1 and latest[0]["vehicle_id"] == str(vid) and latest[0]["speed"] == 24.0
+
+        # the circle (300 m around lng 13.41) holds the fixes 13.406 .. 13.414 (0.002 deg = 135.5 m here)
+        events = []
+        cursor = None
+        while True:
+            r = await http.get("/api/v1/geofence-events", params={"vehicle_id": str(vid), "limit": "1",
+                                                                  **({"cursor": cursor} if cursor else {})})
+            body = r.json()
+            events += body["data"]
+            cursor = body["next_cursor"]
+            if not cursor:
+                break
+        base = START + dt.timedelta(hours=10)
+        assert [(e["event"], e["time"], e["geofence_name"]) for e in events] == [
+            ("enter", (base + dt.timedelta(minutes=3)).isoformat().replace("+00:00", "Z"), "depot"),
+            ("exit", (base + dt.timedelta(minutes=8)).isoformat().replace("+00:00", "Z"), "depot")]
+
+        r = await http.get(f"/api/v1/vehicles/{vid}/daily-summary",
+                           params={"from": START.date().isoformat(), "to": TODAY.isoformat()})
+        yesterday, today = r.json()["data"]
+        expected = sum(geodesic(52.5, 13.40 + i * 0.002, 52.5, 13.40 + (i + 1) * 0.002) for i in range(24))
+        assert yesterday["points"] == 25 and abs(yesterday["distance_m"] - expected) < 0.5
+        assert yesterday["max_speed"] == 24.0 and today == {"day": TODAY.isoformat(), "points": 0,
+                                                            "distance_m": 0.0, "max_speed": None,
+                                                            "first_fix": None, "last_fix": None}
+
+        usage = (await http.get("/api/v1/tracking/usage", params={"day": START.date().isoformat()})).json()
+        assert usage == {"day": START.date().isoformat(), "plan_id": "hobby", "gps_points": 25, "limit": 250000,
+                         "remaining": 249975, "quota_exceeded": False, "rejected": {}}
+
+
+async def test_retention_removes_rows_past_the_plan_in_batches(db):
+    await fleet.plan(db, "short", points_per_day=1000, retention_days=2)
+    cid = await fleet.customer(db, plan="short")
+    keep_cid = await fleet.customer(db)  # hobby: 30 days
+    registry = DatabaseRegistry(db)
+    await registry.reload()
+    pipeline = Pipeline(registry)
+    now = dt.datetime.now(UTC)
+    for customer in (cid, keep_cid):
+        vid = await fleet.vehicle(db, customer)
+        await fleet.circle(db, customer, "depot", 52.5, 13.41, 300)
+        for days_ago in (1, 3):
+            base = now - dt.timedelta(days=days_ago)
+            raw = [{"t": (base + dt.timedelta(seconds=i * 30)).isoformat(), "lat": 52.5, "lng": 13.40 + i * 0.002}
+                   for i in range(25)]
+            # materialized back then, while still inside the retention
+            await pipeline.process(Batch(str(customer), vid, raw, source="osmand"), now=base + dt.timedelta(hours=1))
+    removed = await retention.run_once(registry, "hobby", batch_rows=7)
+    assert removed == {"positions": 25, "geofence_events": 2}
+    assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 25
+    assert await fleet.count(db, cid, "SELECT count(*) FROM geofence_events") == 2
+    assert await fleet.count(db, keep_cid, "SELECT count(*) FROM gps_positions") == 50

@@ -1,0 +1,127 @@
+"""Track documents written by the real JS client (yjs + y-websocket) become rows exactly once,
+across a server killed mid-materialization; the fleet document's live map follows the vehicle."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+
+import pycrdt
+import pytest
+
+from sync_server.tracking.geofences import Circle, GeofenceSet, transitions
+from sync_server.tracking.points import Point
+
+from .conftest import TEST_SECRET
+from .support import fleet, sync_peers
+from .support.server import ServerProcess
+
+UTC = dt.timezone.utc
+POINTS = 10_000
+DAY = dt.datetime.now(UTC).date() - dt.timedelta(days=1)
+START_MS = int(dt.datetime(DAY.year, DAY.month, DAY.day, 8, tzinfo=UTC).timestamp() * 1000)
+
+
+def fix(i: int) -> tuple[int, float, float]:
+    """The route of client-examples/js/tracker.mjs: back and forth along lat 52.5, 1000 fixes a leg."""
+    leg = i % 2000
+    step = leg if leg < 1000 else 2000 - leg
+    return START_MS + i * 1000, 52.5, 13.4 + step * 0.00002
+
+
+async def _setup(db):
+    slug = f"fleet-{START_MS % 997}-{id(db) % 10000}"
+    cid = await fleet.customer(db, slug)
+    vid = await fleet.vehicle(db, cid, "van-7")
+    gid = await fleet.circle(db, cid, "depot", 52.5, 13.41, 200)
+    expected = transitions(GeofenceSet([Circle(gid, 52.5, 13.41, 200)]), frozenset(), (Point(*fix(i)) for i in range(POINTS)))
+    return sync_peers.Customer(str(cid), slug), vid, expected
+
+
+def _tracker(server, customer, vid, points: int) -> dict:
+    token = sync_peers.token(TEST_SECRET, customer, docs=[f"tracks/{vid}/*"])
+    return sync_peers.js("tracker.mjs", "--server", f"{server.ws_url}/sync/{customer.slug}", "--token", token,
+                         "--vehicle", str(vid), "--day", DAY.isoformat(), "--points", str(points),
+                         "--start-ms", str(START_MS))
+
+
+async def _wait_for(check, what: str, timeout: float = 120.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _state(db, cid):
+    rows = await fleet.count(db, cid, "SELECT count(*) FROM gps_positions")
+    progress = await fleet.count(db, cid, "SELECT coalesce(max(elements), 0) FROM track_progress")
+    return rows, progress
+
+
+async def _assert_exactly_once(db, customer, vid, expected):
+    cid = customer.id
+    assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == POINTS
+    assert await fleet.count(db, cid, "SELECT count(DISTINCT time) FROM gps_positions") == POINTS
+    events = await fleet.rows(db, cid, "SELECT event, time FROM geofence_events ORDER BY time")
+    assert [(r["event"], r["time"]) for r in events] == [
+        (e.event, dt.datetime.fromtimestamp(e.ms / 1000, UTC)) for e in expected]
+    assert len(expected) == 20  # the route enters and leaves the depot on each of its 10 legs
+    assert await fleet.usage(db, cid) == {"gps_points": POINTS}  # nothing counted twice, nothing rejected
+
+
+async def test_offline_client_10k_points_reconnect_exactly_10k_rows(db, server, database_url):
+    customer, vid, expected = await _setup(db)
+    result = await asyncio.to_thread(_tracker, server, customer, vid, POINTS)
+    assert result == {"before": 0, "points": POINTS}
+    await _wait_for(lambda: _done(db, customer.id), "10,000 rows and progress")
+    await _assert_exactly_once(db, customer, vid, expected)
+    # the fleet document's live map holds the vehicle's latest fix, persisted like any update
+    live = (await sync_peers.stored_doc(database_url, customer, "fleet")).get("live", type=pycrdt.Map)
+    assert live[str(vid)]["t"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC).isoformat().replace(
+        "+00:00", "Z")
+    latest = await fleet.rows(db, customer.id, "SELECT time FROM vehicle_positions_latest")
+    assert latest[0]["time"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC)
+
+
+async def _done(db, cid):
+    rows, progress = await _state(db, cid)
+    return rows == POINTS and progress == POINTS
+
+
+@pytest.mark.timeout(300)
+async def test_server_killed_mid_materialization_resumes_exactly_once(db, server_env, database_url, tmp_path):
+    customer, vid, expected = await _setup(db)
+    env = {**server_env, "TRACKING_BATCH_POINTS": "200", "TRACKING_FLUSH_SECONDS": "0"}
+    first = ServerProcess(env, log_path=tmp_path / "first.log").start()
+    try:
+        await asyncio.to_thread(_tracker, first, customer, vid, POINTS)
+        doc = f"tracks/{vid}/{DAY.isoformat()}"
+        # kill -9 once the update is durable and some (not all) batches are committed
+        await _wait_for(lambda: _logged(database_url, customer, doc), "the update in the log")
+        await _wait_for(lambda: _some_rows(db, customer.id), "the first batch")
+        first.stop(signal.SIGKILL)
+    finally:
+        first.stop(signal.SIGKILL)
+    rows_at_kill, progress_at_kill = await _state(db, customer.id)
+    assert 0 < rows_at_kill < POINTS and progress_at_kill == rows_at_kill
+    second = ServerProcess(env, log_path=tmp_path / "second.log").start()
+    try:
+        # the phone resyncs (nothing new to send): loading the room resumes materialization
+        await asyncio.to_thread(_tracker, second, customer, vid, 0)
+        await _wait_for(lambda: _done(db, customer.id), "10,000 rows after the restart")
+        await _assert_exactly_once(db, customer, vid, expected)
+    finally:
+        second.stop()
+
+
+async def _logged(database_url, customer, doc):
+    count, _, _ = await sync_peers.stored_updates(database_url, customer, doc)
+    return count > 0
+
+
+async def _some_rows(db, cid):
+    return (await _state(db, cid))[0] > 0
