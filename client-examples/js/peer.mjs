@@ -12,9 +12,10 @@
 // Steps: synced | set | setMany | delete | push | pushMany | insert | awareness | waitKey | waitArrayLength |
 //        waitText | waitPresence | waitPresenceAtMost | waitClosed | waitReconnect | disconnect |
 //        connect | sleep | flush | print | writeUntil | waitWritten
-//   writeUntil  {array | map, stopFile, everyMs, doneMap}: keep writing one GPS point (array push, or
-//               map key "<writer>:<n>") every everyMs until stopFile exists, then record how many this
-//               writer wrote in Y.Map doneMap (key: plan.name or the clientID)
+//   writeUntil  {array | map, stopFile, everyMs, doneMap, originMs?, slot?, slots?}: keep writing one
+//               GPS point {by, n, t, lat, lng, speed} (array push, or map key "<writer>:<n>") every
+//               everyMs until stopFile exists, then record how many this writer wrote in Y.Map
+//               doneMap (key: plan.name or the clientID)
 //   waitWritten {array | map, doneMap, writers}: wait until doneMap has `writers` entries and every
 //               writer's points are all here (the clients converged)
 // Every `print` step and the end print one JSON line: the doc content, presence and events.
@@ -131,7 +132,11 @@ const steps = {
   writeUntil: async (s) => {
     let n = 0
     while (!existsSync(s.stopFile)) {
-      const point = { by: writer, n, t: Date.now(), lat: 52.5 + n * 1e-5, lng: 13.4 - n * 1e-5, speed: 12.5 }
+      // a fix every writer agrees with: the position follows the time (about 1 m/s north of
+      // 52.5,13.4 from originMs), and writers never share a millisecond (t mod slots = slot)
+      const slots = s.slots || 1
+      const t = Math.floor(Date.now() / slots) * slots + (s.slot || 0)
+      const point = { by: writer, n, t, lat: 52.5 + (t - (s.originMs || started)) * 1e-8, lng: 13.4, speed: 1 }
       if (s.array) doc.getArray(s.array).push([point])
       else doc.getMap(s.map).set(`${writer}:${n}`, point)
       n++
