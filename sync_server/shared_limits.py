@@ -207,7 +207,8 @@ class RateLimit:
             except _redis_errors() as exc:
                 log.warning("rate_limit_local_fallback", error=repr(exc))
         if count is None:
-            if len(self._local) > 100_000 or any(w != window for _, w in list(self._local)[:1]):
+            oldest = next(iter(self._local), None)  # not list(self._local): that copied every key per request
+            if len(self._local) > 100_000 or (oldest is not None and oldest[1] != window):
                 self._local = {k: v for k, v in self._local.items() if k[1] == window}
             count = self._local[(who, window)] = self._local.get((who, window), 0) + 1
         return retry_after if count > self.per_minute else None

@@ -73,3 +73,28 @@ async def test_authentication_lookups_find_only_what_they_must(db):
         assert await conn.fetchval("SELECT id FROM webhost_find_customer('alpha')") == a
         # the function's operator setting does not outlive the call
         assert await conn.fetchval("SELECT count(*) FROM api_keys") == 0
+
+
+async def test_tenant_transaction_rolls_back_on_error_and_takes_only_a_customer_id(db):
+    """tenant() sends BEGIN with the setting in one query (the id written into it): a failure inside
+    rolls everything back and leaves nothing behind; anything but a UUID is refused before SQL."""
+    a = await _customer(db, "alpha")
+    with pytest.raises(RuntimeError):
+        async with db.tenant(a) as conn:
+            await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1')", a)
+            raise RuntimeError("handler failed")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with db.tenant(a) as conn:
+            await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'w', 'w')", a)
+            await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'w', 'w')", a)
+    async with db.tenant(a) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
+        assert await conn.fetchval("SELECT current_setting('app.customer_id')") == str(a)
+    for _ in range(3):  # the pooled connections are idle, outside any transaction, with no setting
+        async with db.pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT coalesce(current_setting('app.customer_id', true), '')") == ""
+    for bad in ("x'); SELECT set_config('app.operator', 'on', true); --", "", "not-a-uuid"):
+        with pytest.raises(ValueError):
+            async with db.tenant(bad):
+                pass
