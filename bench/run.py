@@ -196,8 +196,11 @@ def main() -> int:
                     and profiling.missed_target(scenario, per_side)
                     and (scenario.profile or not scenario.self_hosted)
                     and time.monotonic() - started < budget):
-                profiles[scenario.key] = (scenario.profile(ctx) if scenario.profile
-                                          else profiling.profile(scenario, ctx, log_dir, database))
+                try:
+                    profiles[scenario.key] = (scenario.profile(ctx) if scenario.profile
+                                              else profiling.profile(scenario, ctx, log_dir, database))
+                except Exception as exc:  # a profile must not sink the report
+                    profiles[scenario.key] = f"profile failed: {type(exc).__name__}: {str(exc)[:400]}"
     finally:
         if database is not None:
             database.drop()

@@ -69,5 +69,11 @@ def profile_script(script: str, args: list[str], log_dir: Path, seconds: float =
             proc.wait(5)
     if not out.exists():
         return note + "py-spy wrote no profile"
-    return (note + "py-spy over the script and every process it started (load generator and our server(s)); "
-            "frames of our server are the sync_server/storage/api ones\n" + summarize(out.read_text(errors="replace")))
+    # --subprocesses puts `process PID:"cmdline"` first on every stack: keep our server's samples only
+    served = []
+    for line in out.read_text(errors="replace").splitlines():
+        frames = line.split(";")
+        procs = [f for f in frames if f.startswith("process ")]
+        if procs and "webhost-sync serve" in procs[-1]:
+            served.append(";".join(frames[len(procs):]))
+    return note + "py-spy on our server(s) while the script ran (setup included)\n" + summarize("\n".join(served))

@@ -31,8 +31,10 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
 
 def profile(ctx: RunContext) -> str:
     """The script's own --profile: py-spy on the server during the measured phase only."""
-    from ..profiling import summarize
+    from ..profiling import _py_spy, summarize
 
+    if _py_spy() is None:  # installs it into the venv on first need; the script expects it there
+        return "profile unavailable: py-spy could not be installed"
     out = ctx.log_dir / "profile-gps_ingest.raw"
     run_script(SCRIPT, _args(ctx, profile=out), ctx.log_dir, timeout=scenario.counts(ctx.mode)["timeout"])
     if not out.exists():
