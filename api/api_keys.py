@@ -128,6 +128,7 @@ async def revoke_api_key(key_id: uuid.UUID):
         row = await key_store.revoke(conn, key_id)
     if row is None:
         raise not_found("API key")
+    await runtime().publish("api_key_revoked", customer_id=g.principal.customer_id, key_id=str(key_id))
 
 
 @blueprint.post("/api/v1/sync-tokens")

@@ -38,7 +38,8 @@ def bearer() -> str:
 
 async def authenticate_customer() -> api_keys.ApiKeyPrincipal:
     try:
-        principal = await api_keys.authenticate(runtime().registry, bearer())
+        rt = runtime()
+        principal = await api_keys.authenticate(rt.registry, bearer(), cache=rt.api_keys)
     except api_keys.KeyRejected as exc:
         raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, exc.message) from None
     logs.bind(customer_id=principal.customer_id)

@@ -9,7 +9,8 @@ server cannot hide its queue - no coordinated omission).
 Without --base-url it creates a fresh database on TEST_PG_URL's server (default
 postgresql://postgres@127.0.0.1:5432/postgres), runs `webhost-sync serve` on a free port, measures,
 then stops the server and drops the database. The client is a minimal keep-alive HTTP/1.1 client
-on asyncio so that it costs the (shared) CPU as little as possible.
+on asyncio (uvloop when installed) so that it costs the (shared) CPU as little as possible. Server and
+PostgreSQL-backend CPU per request are read from /proc (own server only) with the load average.
 """
 from __future__ import annotations
 
@@ -212,6 +213,21 @@ async def prepare(base_url: str, email: str, password: str, customers: int) -> l
     return keys
 
 
+async def backend_pids(database_url: str | None) -> list[int]:
+    """PostgreSQL backends serving the server (its pool connections), to count their CPU too."""
+    if database_url is None:
+        return []
+    import asyncpg
+
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'webhost-sync'",
+                                urlparse(database_url).path.lstrip("/"))
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU time of a local process (Linux), to tell CPU cost from queueing."""
     if pid is None:
@@ -223,7 +239,8 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(base_url: str, keys: list[str], rate: float, seconds: float, server_pid: int | None = None) -> dict:
+async def measure(base_url: str, keys: list[str], rate: float, seconds: float, server_pid: int | None = None,
+                  database_url: str | None = None) -> dict:
     """Requests go round-robin over the customers' keys (creates of one customer serialise on its
     plan-limit lock, as they must; a platform's 500 creates/s come from many customers)."""
     auths = [{"Authorization": f"Bearer {key}", "Content-Type": "application/json"} for key in keys]
@@ -240,10 +257,16 @@ async def measure(base_url: str, keys: list[str], rate: float, seconds: float, s
     results = {}
     for name, make in (("list GET /api/v1/vehicles?limit=20", list_request),
                        ("create POST /api/v1/vehicles", create_request)):
-        before = cpu_seconds(server_pid)
+        backends = await backend_pids(database_url)
+        before, before_pg = cpu_seconds(server_pid), [cpu_seconds(p) for p in backends]
+        load = os.getloadavg()[0]
         results[name] = r = await open_loop(base_url, rate, seconds, make)
+        r["load_average"] = round(load, 1)
         if before is not None:
             r["server_cpu_ms_per_req"] = round((cpu_seconds(server_pid) - before) / r["requests"] * 1000, 2)
+        if backends:
+            used = sum((cpu_seconds(p) or b) - b for p, b in zip(backends, before_pg) if b is not None)
+            r["postgres_cpu_ms_per_req"] = round(used / r["requests"] * 1000, 2)
     return results
 
 
@@ -258,15 +281,15 @@ async def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
-    async def run(base_url: str, pid: int | None = None) -> dict:
+    async def run(base_url: str, pid: int | None = None, database_url: str | None = None) -> dict:
         keys = await prepare(base_url, args.operator_email, args.operator_password, args.customers)
-        return await measure(base_url, keys, args.rate, args.seconds, pid)
+        return await measure(base_url, keys, args.rate, args.seconds, pid, database_url)
 
     if args.base_url:
         results = await run(args.base_url)
     else:
         async with OwnServer() as server:
-            results = await run(server.base_url, server.proc.pid)
+            results = await run(server.base_url, server.proc.pid, server.database_url)
     if args.json:
         print(json.dumps({"rate": args.rate, "seconds": args.seconds, "customers": args.customers,
                           "results": results}))
@@ -277,9 +300,15 @@ async def main() -> int:
             ok = "ok " if r["p95_ms"] < 10 else "MISS"
             print(f"  {ok} {name:38} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                   f"  max {r['max_ms']:7.2f} ms  rate {r['achieved_rate']}/s  statuses {r['statuses']}"
-                  + (f"  server cpu {r['server_cpu_ms_per_req']} ms/req" if "server_cpu_ms_per_req" in r else ""))
+                  + (f"  server cpu {r['server_cpu_ms_per_req']} ms/req" if "server_cpu_ms_per_req" in r else "")
+                  + (f"  postgres cpu {r['postgres_cpu_ms_per_req']} ms/req" if "postgres_cpu_ms_per_req" in r else "")
+                  + f"  load {r['load_average']}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    try:  # the client shares the machine's CPU with the server: the cheaper loop when installed
+        import uvloop
+    except ImportError:
+        raise SystemExit(asyncio.run(main()))
+    raise SystemExit(uvloop.run(main()))

@@ -18,6 +18,13 @@ import structlog
 
 APP_ROLE = "webhost_app"
 
+# The tenant_isolation policy reads `customer_id = webhost_current_customer() OR webhost_is_operator()`;
+# the OR keeps the planner off every customer_id index, so a query with only the policy scans the
+# whole table (all tenants: measured 0.8 ms for 2,650 vehicles, growing with every tenant's rows).
+# Tenant-scoped list and count queries repeat the tenant condition with this fragment so that the
+# (customer_id, ...) indexes serve them. It adds a condition; the policy still applies unchanged.
+TENANT_ROWS = "customer_id = webhost_current_customer()"
+
 log = structlog.get_logger("storage.database")
 audit = structlog.get_logger("audit")
 
@@ -64,8 +71,7 @@ class Database:
     async def tenant(self, customer_id: uuid.UUID | str) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that sees only `customer_id`'s rows (the single place the setting is made)."""
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await set_tenant(conn, customer_id)
+            async with _transaction(conn, _begin_as_tenant(customer_id)):
                 yield conn
 
     @asynccontextmanager
@@ -73,8 +79,7 @@ class Database:
         """A transaction that may read across tenants: explicit, and audited in the log."""
         audit.info("operator_access", reason=reason, database=self.name, **context)
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT set_config('app.operator', 'on', true)")
+            async with _transaction(conn, "BEGIN; SELECT set_config('app.operator', 'on', true)"):
                 yield conn
 
     @asynccontextmanager
@@ -87,6 +92,31 @@ class Database:
     async def ping(self) -> None:
         async with self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
+
+
+def _begin_as_tenant(customer_id: uuid.UUID | str) -> str:
+    """BEGIN and the tenant setting as one simple-protocol query: one round trip instead of two.
+    The simple protocol takes no parameters, so the id is written into the text, but only after
+    uuid.UUID has parsed it: its canonical form is hex digits and dashes, nothing else."""
+    return f"BEGIN; SELECT set_config('app.customer_id', '{uuid.UUID(str(customer_id))}', true)"
+
+
+@asynccontextmanager
+async def _transaction(conn: asyncpg.Connection, begin: str) -> AsyncIterator[None]:
+    """`begin` (a BEGIN plus transaction-local settings) ... COMMIT, or ROLLBACK on any exception.
+    Like asyncpg's conn.transaction() but its BEGIN carries the settings; a nested
+    conn.transaction() inside is refused by asyncpg (none is needed: one transaction per scope)."""
+    await conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+        except Exception:  # the pool's release rolls back (or discards) the connection instead
+            pass
+        raise
+    await conn.execute("COMMIT")
 
 
 async def set_tenant(conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from .database import TENANT_ROWS
+
 _COLUMNS = "id, customer_id, name, email, phone, license_number, vehicle_id, created_at, updated_at"
 
 
@@ -17,7 +19,7 @@ async def insert(conn: asyncpg.Connection, customer_id, *, name: str, email: str
 
 async def list_page(conn: asyncpg.Connection, *, vehicle_id, after: tuple, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM drivers WHERE ($1::uuid IS NULL OR vehicle_id = $1) "
+        f"SELECT {_COLUMNS} FROM drivers WHERE {TENANT_ROWS} AND ($1::uuid IS NULL OR vehicle_id = $1) "
         "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
         vehicle_id, after[0], after[1], limit + 1,
     )

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from .database import TENANT_ROWS
+
 _COLUMNS = ("id, customer_id, name, kind, center_lat, center_lng, radius_meters, polygon, min_lat, min_lng, max_lat, "
             "max_lng, active, metadata, created_at, updated_at")
 FIELDS = ("name", "kind", "center_lat", "center_lng", "radius_meters", "polygon", "min_lat", "min_lng", "max_lat",
@@ -21,7 +23,7 @@ async def insert(conn: asyncpg.Connection, customer_id, values: dict) -> asyncpg
 async def list_page(conn: asyncpg.Connection, *, active: bool | None, kind: str | None, after: tuple,
                     limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM geofences WHERE ($1::boolean IS NULL OR active = $1) "
+        f"SELECT {_COLUMNS} FROM geofences WHERE {TENANT_ROWS} AND ($1::boolean IS NULL OR active = $1) "
         "AND ($2::text IS NULL OR kind = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
         active, kind, after[0], after[1], limit + 1,

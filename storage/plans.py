@@ -30,6 +30,19 @@ async def of_customer(conn: asyncpg.Connection, customer_id) -> asyncpg.Record |
     )
 
 
+async def of_customer_locking(conn: asyncpg.Connection, customer_id, lock_key: str) -> asyncpg.Record | None:
+    """of_customer and the transaction-scoped advisory lock `lock_key` in one round trip. The plan is
+    read from the statement's snapshot, taken before the lock is granted (as when the two ran one
+    after the other); whatever the lock protects must be read by a later statement."""
+    row = await conn.fetchrow(
+        "SELECT p.id, p.vehicle_limit, p.driver_limit, p.geofence_limit, p.gps_points_per_day, p.retention_days, "
+        "p.connection_limit FROM (SELECT pg_advisory_xact_lock(hashtextextended($2, 0))) AS quota_lock "
+        "LEFT JOIN (subscriptions s JOIN plans p ON p.id = s.plan_id) ON s.customer_id = $1 AND s.status = 'active'",
+        customer_id, lock_key,
+    )
+    return row if row["id"] is not None else None
+
+
 async def insert(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncpg.Record:
     return await conn.fetchrow(
         "INSERT INTO plans (id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from .database import TENANT_ROWS
+
 _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
 
 
@@ -17,7 +19,7 @@ async def insert(conn: asyncpg.Connection, customer_id, *, name: str, vehicle_id
 
 async def list_page(conn: asyncpg.Connection, *, vehicle_type: str | None, after: tuple, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM vehicles WHERE ($1::text IS NULL OR vehicle_type = $1) "
+        f"SELECT {_COLUMNS} FROM vehicles WHERE {TENANT_ROWS} AND ($1::text IS NULL OR vehicle_type = $1) "
         "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
         vehicle_type, after[0], after[1], limit + 1,
     )

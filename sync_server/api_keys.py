@@ -2,13 +2,14 @@
 
 The checksum lets scanners and typos be rejected before any database lookup. Only the SHA-256 of
 the whole key and a display prefix are stored. `authenticate` is the single place a presented key
-becomes a principal; both REST and the websocket endpoint use it.
+becomes a principal; both REST and the websocket endpoint use it, with this node's `KeyCache`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import secrets
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -44,6 +45,56 @@ class ApiKeyPrincipal:
 
     def has(self, permission: str) -> bool:
         return "admin" in self.permissions or permission in self.permissions
+
+
+class KeyCache:
+    """Keys this node accepted in the last `ttl` seconds, by SHA-256: a hit skips the database lookup
+    (one round trip of every authenticated request).
+
+    Only acceptances are kept (a refusal is always re-read), and the key's expiry is checked on every
+    hit. Revoking a key ("api_key_revoked") or suspending/deleting a customer ("customer_suspended")
+    on this node forgets the entries at once (Runtime wires the events). A change made by another
+    node or straight in the database is seen here within `ttl` seconds: that is the cross-node bound.
+    A lookup that started before an invalidation cannot put its (stale) answer back: `generation`.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.generation = 0  # bumped by every invalidation
+        self._entries: dict[bytes, tuple[float, ApiKeyPrincipal, dt.datetime | None]] = {}
+
+    def get(self, key_hash: bytes) -> tuple[ApiKeyPrincipal, dt.datetime | None] | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._entries[key_hash]
+            return None
+        return entry[1], entry[2]
+
+    def put(self, key_hash: bytes, principal: ApiKeyPrincipal, expires_at: dt.datetime | None,
+            generation: int) -> None:
+        """Remember an acceptance read while `generation` was current (dropped if it no longer is)."""
+        if self.ttl <= 0 or generation != self.generation:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= self.max_entries:
+            self._entries = {h: e for h, e in self._entries.items() if e[0] > now}
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+        self._entries[key_hash] = (now + self.ttl, principal, expires_at)
+
+    def forget(self, *, key_id: str | None = None, customer_id: str | None = None) -> None:
+        self.generation += 1
+        self._entries = {h: e for h, e in self._entries.items()
+                         if e[1].key_id != key_id and e[1].customer_id != customer_id}
+
+    async def on_key_revoked(self, key_id, **_ignored) -> None:
+        self.forget(key_id=str(key_id))
+
+    async def on_customer_suspended(self, customer_id, **_ignored) -> None:
+        self.forget(customer_id=str(customer_id))
 
 
 def _base62(number: int, width: int) -> str:
@@ -83,11 +134,19 @@ def display_prefix(raw: str) -> str:
     return raw[:PREFIX_LEN]
 
 
-async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None) -> ApiKeyPrincipal:
+async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None,
+                       cache: KeyCache | None = None) -> ApiKeyPrincipal:
     if not is_well_formed(raw):
         raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
-    row = await key_store.find_by_hash(registry.shared, digest(raw))
+    key_hash = digest(raw)
     now = now or dt.datetime.now(dt.timezone.utc)
+    generation = 0
+    if cache is not None:
+        hit = cache.get(key_hash)
+        if hit is not None and (hit[1] is None or hit[1] > now):
+            return hit[0]
+        generation = cache.generation
+    row = await key_store.find_by_hash(registry.shared, key_hash)
     if row is None:
         raise KeyRejected("invalid_api_key", "API key not recognised")
     if row["revoked_at"] is not None:
@@ -99,5 +158,8 @@ async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | 
     last_used = row["last_used_at"]
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         await key_store.touch_last_used(registry.shared, row["customer_id"], row["id"], now)
-    return ApiKeyPrincipal(str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"],
-                           frozenset(row["permissions"]))
+    principal = ApiKeyPrincipal(str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"],
+                                frozenset(row["permissions"]))
+    if cache is not None:
+        cache.put(key_hash, principal, row["expires_at"], generation)
+    return principal

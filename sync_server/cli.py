@@ -78,7 +78,12 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         log.info("listening", url=f"http://{settings.host}:{settings.port}")
         await serve(app, config, shutdown_trigger=stop.wait)
 
-    asyncio.run(main())
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     return 0
 
 

@@ -63,21 +63,26 @@ async def current_limits(shared: Database, customer_id) -> Limits:
         return await limits_in(conn, customer_id)
 
 
-async def limits_in(conn: asyncpg.Connection, customer_id) -> Limits:
-    """current_limits inside a tenant transaction the caller holds on the shared database."""
-    row = await plan_store.of_customer(conn, customer_id)
+async def limits_in(conn: asyncpg.Connection, customer_id, *, locking: str | None = None) -> Limits:
+    """current_limits inside a tenant transaction the caller holds on the shared database; with
+    `locking` (a resource), the same round trip takes that resource's quota lock."""
+    if locking is None:
+        row = await plan_store.of_customer(conn, customer_id)
+    else:
+        row = await plan_store.of_customer_locking(conn, customer_id, usage_store.quota_lock_key(customer_id, locking))
     if row is None:
         row = await plan_store.get(conn, DEFAULT_PLAN)
     return Limits.from_plan(row)
 
 
 async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limits: Limits, *, adding: int = 1,
-                      current: int | None = None) -> int:
-    """Inside the caller's tenant transaction: lock the customer's quota for `resource`, count (unless
-    `current` is given) and raise PlanLimitReached when `adding` more would pass the limit.
-    Returns the count before adding."""
+                      current: int | None = None, locked: bool = False) -> int:
+    """Inside the caller's tenant transaction: lock the customer's quota for `resource` (unless
+    `locked`: the caller already holds it), count (unless `current` is given) and raise
+    PlanLimitReached when `adding` more would pass the limit. Returns the count before adding."""
     limit = limits.of(resource)
-    await usage_store.lock_quota(conn, customer_id, resource)
+    if not locked:
+        await usage_store.lock_quota(conn, customer_id, resource)
     if current is None:
         if resource == "gps_points_per_day":
             current = await usage_store.gps_points_today(conn, GPS_POINTS_METRIC)
@@ -95,9 +100,10 @@ async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
     db = await registry.for_customer(customer_id)
     limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
     async with db.tenant(customer_id) as conn:
-        if limits is None:  # the plan lives in the same database: one transaction does it all
-            limits = await limits_in(conn, customer_id)
-        await check_limit(conn, customer_id, resource, limits, adding=adding)
+        locked = limits is None
+        if locked:  # the plan lives in the same database: one statement reads it and takes the lock
+            limits = await limits_in(conn, customer_id, locking=resource)
+        await check_limit(conn, customer_id, resource, limits, adding=adding, locked=locked)
         yield conn
 
 

@@ -11,6 +11,7 @@ from quart import current_app
 
 from storage import Database, DatabaseRegistry, migrator, partitions
 
+from .api_keys import KeyCache
 from .config import Settings
 
 log = structlog.get_logger("sync_server.runtime")
@@ -35,9 +36,13 @@ class Runtime:
         self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
         self.shutting_down = asyncio.Event()
         self._listeners: dict[str, list[Callable[..., Awaitable[None]]]] = {}
+        self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
+        self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
+        self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
 
     def subscribe(self, event: str, listener: Callable[..., Awaitable[None]]) -> None:
-        """Listen for a domain event of this node, e.g. "customer_suspended" (customer_id=...)."""
+        """Listen for a domain event of this node, e.g. "customer_suspended" (customer_id=...)
+        or "api_key_revoked" (customer_id=..., key_id=...)."""
         self._listeners.setdefault(event, []).append(listener)
 
     async def publish(self, event: str, **data: Any) -> None:

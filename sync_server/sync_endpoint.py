@@ -198,7 +198,7 @@ class SyncEndpoint:
         scheme, _, raw = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and raw.strip():
             try:
-                principal = await api_keys.authenticate(registry, raw.strip())
+                principal = await api_keys.authenticate(registry, raw.strip(), cache=self.runtime.api_keys)
             except api_keys.KeyRejected as exc:
                 raise Refused(FORBIDDEN if exc.code == "customer_suspended" else UNAUTHORIZED, exc.message) from None
             if principal.customer_slug != slug:

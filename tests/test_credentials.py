@@ -104,3 +104,58 @@ async def test_revoked_expired_unknown_and_suspended_keys_are_refused(db):
         await api_keys.authenticate(registry, raw)
     with pytest.raises(api_keys.KeyRejected, match="not recognised"):
         await api_keys.authenticate(registry, api_keys.generate("live"))
+
+
+async def test_key_cache_skips_the_lookup_until_forgotten_and_checks_expiry_on_hits(db):
+    import datetime as dt
+
+    from storage import DatabaseRegistry
+
+    registry = DatabaseRegistry(db)
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    cid, raw = await _customer_with_key(db, expires_at=expires)
+    cache = api_keys.KeyCache(ttl=60)
+    principal = await api_keys.authenticate(registry, raw, cache=cache)
+    async with db.tenant(cid) as conn:  # revoked behind the node's back (another node, plain SQL)
+        await conn.execute("UPDATE api_keys SET revoked_at = now()")
+    # Within the TTL this node still accepts it: the documented cross-node bound.
+    assert await api_keys.authenticate(registry, raw, cache=cache) == principal
+    # A cached key past its expiry is not taken from the cache.
+    with pytest.raises(api_keys.KeyRejected, match="revoked"):
+        await api_keys.authenticate(registry, raw, now=expires + dt.timedelta(seconds=1), cache=cache)
+    # The revocation event of this node forgets it at once.
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = NULL")
+    await api_keys.authenticate(registry, raw, cache=cache)
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = now()")
+    await cache.on_key_revoked(key_id=principal.key_id, customer_id=principal.customer_id)
+    with pytest.raises(api_keys.KeyRejected, match="revoked"):
+        await api_keys.authenticate(registry, raw, cache=cache)
+    # Refusals are never cached: the key works again as soon as it is valid again.
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE api_keys SET revoked_at = NULL")
+    assert await api_keys.authenticate(registry, raw, cache=cache) == principal
+    # Suspension forgets every key of the customer.
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE customers SET status = 'suspended'")
+    await cache.on_customer_suspended(customer_id=cid)
+    with pytest.raises(api_keys.KeyRejected, match="suspended"):
+        await api_keys.authenticate(registry, raw, cache=cache)
+
+
+def test_key_cache_drops_answers_read_before_an_invalidation_and_honours_ttl(monkeypatch):
+    principal = api_keys.ApiKeyPrincipal("k1", "c1", "acme", "live", frozenset({"admin"}))
+    cache = api_keys.KeyCache(ttl=2)
+    generation = cache.generation  # a lookup starts ...
+    cache.forget(key_id="k1")  # ... the key is revoked meanwhile ...
+    cache.put(b"h", principal, None, generation)  # ... and its stale answer must not be kept
+    assert cache.get(b"h") is None
+    cache.put(b"h", principal, None, cache.generation)
+    assert cache.get(b"h") == (principal, None)
+    clock = time.monotonic() + 2.5
+    monkeypatch.setattr(api_keys.time, "monotonic", lambda: clock)
+    assert cache.get(b"h") is None  # past the TTL: looked up again
+    disabled = api_keys.KeyCache(ttl=0)
+    disabled.put(b"h", principal, None, disabled.generation)
+    assert disabled.get(b"h") is None
