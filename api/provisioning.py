@@ -182,11 +182,28 @@ def _event(e) -> dict:
             "created_at": e["created_at"].isoformat()}
 
 
+def _progress(events) -> dict:
+    """Rows copied so far, in all and per table in copy order (from the migration's copy events)."""
+    copy = [e for e in events if e["step"] == "migration_copy"]
+    totals: dict[str, int] = {}
+    tables: dict[str, dict] = {}
+    for e in copy:
+        data = e["data"] or {}
+        if e["status"] == "started":
+            totals, tables = dict(data.get("tables") or {}), {}
+        elif e["status"] == "progress" and data.get("table"):
+            tables[data["table"]] = {"table": data["table"], "done": data.get("rows", 0),
+                                     "total": data.get("table_total")}
+    for name, n in totals.items():  # not reached yet (or empty)
+        tables.setdefault(name, {"table": name, "done": 0, "total": n})
+    last = next((e["data"] or {} for e in reversed(copy) if e["status"] in ("progress", "succeeded")), {})
+    return {"done": last.get("done", 0), "total": last.get("total"), "table": last.get("table"),
+            "copied": any(e["status"] == "succeeded" for e in copy), "tables": list(tables.values())}
+
+
 def _migration(mig: dict, events) -> dict:
     out = {k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v)
            for k, v in mig.items() if k != "source_url"}
-    progress = [e for e in events if e["step"] == "migration_copy" and e["status"] in ("progress", "succeeded")]
-    last = progress[-1]["data"] if progress else {}
-    out["progress"] = {"done": last.get("done", 0), "total": last.get("total"), "table": last.get("table")}
+    out["progress"] = _progress(events)
     out["events"] = [_event(e) for e in events]
     return out

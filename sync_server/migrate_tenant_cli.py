@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from typing import TextIO
 
 import httpx
 
@@ -24,10 +25,69 @@ def add_parser(sub) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask before leaving rows past retention behind")
 
 
-def _bar(done: int, total: int | None, label: str) -> str:
-    frac = (done / total) if total else 0.0
+def _bar(done: int, total: int | None) -> str:
+    frac = min(done / total, 1.0) if total else 1.0
     filled = int(BAR * frac)
-    return f"\r[{'#' * filled}{'-' * (BAR - filled)}] {frac * 100:5.1f}%  {done:,}/{(total or 0):,} rows  {label:<28}"
+    return f"[{'#' * filled}{'-' * (BAR - filled)}] {frac * 100:5.1f}%"
+
+
+class Progress:
+    """Draws a migration's copy progress from its `progress` field (rows copied per table and in
+    all). On a terminal: one bar redrawn in place, plus a finished line per table. Otherwise (a log,
+    a pipe): plain lines, one per change, no carriage returns."""
+
+    def __init__(self, stream: TextIO, tty: bool) -> None:
+        self.stream, self.tty = stream, tty
+        self.printed: dict[str, int] = {}  # rows per table the last line said (finished lines on a tty)
+        self.phase = "starting"
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _say(self, line: str) -> None:
+        self._write(f"\r\x1b[K{line}\n" if self.tty else f"{line}\n")
+
+    def update(self, mig: dict) -> None:
+        prog = mig.get("progress") or {}
+        tables = prog.get("tables") or []
+        total = prog.get("total") or sum(t["total"] or 0 for t in tables)
+        phase = ("verifying and switching" if prog.get("copied") else "copying") if tables else "starting"
+        if phase != self.phase and phase != "starting":
+            if self.phase == "starting":
+                self._say(f"copying {total:,} rows in {len(tables)} tables")
+            if phase == "verifying and switching":
+                self._show_tables(tables)
+                self._say(f"copied {prog.get('done') or 0:,} rows; catching up, verifying and switching "
+                          "(writes pause now)")
+            self.phase = phase
+        if phase == "copying":
+            self._show_tables(tables)
+        if self.tty and phase != "starting":
+            current = next((t for t in tables if t["table"] == prog.get("table")), None)
+            done = prog.get("done") or 0
+            detail = (f"{current['table']} {current['done']:,}/{(current['total'] or 0):,}"
+                      if current and phase == "copying" else phase)
+            if mig.get("status") not in (None, "running"):
+                detail = mig["status"]
+            self._write(f"\r\x1b[K{_bar(done, total)}  {done:,}/{total:,} rows  {detail}")
+
+    def _show_tables(self, tables: list[dict]) -> None:
+        for t in tables:
+            name, done, of = t["table"], t["done"], t["total"] or 0
+            if self.tty:  # a finished line per table; the bar shows the one in progress
+                if name not in self.printed and of and done >= of:
+                    self.printed[name] = done
+                    self._say(f"  {name:<26} {_bar(done, of)}  {done:,}/{of:,} rows")
+            elif done != self.printed.get(name, 0):
+                self.printed[name] = done
+                in_all = sum(x["done"] for x in tables)
+                self._say(f"copy {name}: {done:,}/{of:,} rows ({in_all:,}/{sum(x['total'] or 0 for x in tables):,} "
+                          f"in all, {min(done / of, 1.0) * 100 if of else 100.0:.1f}% of the table)")
+
+    def finish(self) -> None:
+        if self.tty:
+            self._write("\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,16 +121,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"webhost-sync: refused: {r.json().get('error', r.text)}", file=sys.stderr)
         return 1
     mid = r.json()["id"]
+    progress = Progress(sys.stderr, sys.stderr.isatty())
     while True:
         mig = client.get(f"{path}/{mid}").json()
-        prog = mig["progress"]
-        label = prog.get("table") or ("verifying" if mig["status"] == "running" and prog.get("done") else "starting")
-        sys.stderr.write(_bar(prog.get("done") or 0, prog.get("total"), label))
-        sys.stderr.flush()
+        progress.update(mig)
         if mig["status"] != "running":
             break
         time.sleep(0.2)
-    sys.stderr.write("\n")
+    progress.finish()
     if mig["status"] == "failed":
         print(f"migration failed: {mig['error']}")
         return 1

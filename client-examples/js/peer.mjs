@@ -11,11 +11,18 @@
 // }
 // Steps: synced | set | setMany | delete | push | pushMany | insert | awareness | waitKey | waitArrayLength |
 //        waitText | waitPresence | waitPresenceAtMost | waitClosed | waitReconnect | disconnect |
-//        connect | sleep | flush | print
+//        connect | sleep | flush | print | writeUntil | waitWritten
+//   writeUntil  {array | map, stopFile, everyMs, doneMap, originMs?, slot?, slots?}: keep writing one
+//               GPS point {by, n, t, lat, lng, speed} (array push, or map key "<writer>:<n>") every
+//               everyMs until stopFile exists, then record how many this writer wrote in Y.Map
+//               doneMap (key: plan.name or the clientID)
+//   waitWritten {array | map, doneMap, writers}: wait until doneMap has `writers` entries and every
+//               writer's points are all here (the clients converged)
 // Every `print` step and the end print one JSON line: the doc content, presence and events.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import { existsSync } from 'node:fs'
 
 const plan = JSON.parse(process.argv[2])
 const started = Date.now()
@@ -52,6 +59,17 @@ provider.awareness.on('change', ({ added, updated, removed }, origin) => {
     })
   }
 })
+
+const writer = plan.name || String(doc.clientID)
+
+// entries per writer of the array (items {by}) or map (keys "<by>:<n>") a write step targets
+function writtenBy (s) {
+  const counts = {}
+  const add = (by) => { counts[by] = (counts[by] || 0) + 1 }
+  if (s.array) doc.getArray(s.array).forEach((item) => add(item && item.by))
+  else doc.getMap(s.map).forEach((_, key) => add(key.slice(0, key.lastIndexOf(':'))))
+  return counts
+}
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 async function until (check, what, timeoutMs = plan.timeoutMs || 60000) {
@@ -110,7 +128,28 @@ const steps = {
   flush: async () => {
     await until(() => !provider.ws || provider.ws.bufferedAmount === 0, 'send buffer to drain')
   },
-  print: (s) => emit(snapshot(s.mark || 'print'))
+  print: (s) => emit(snapshot(s.mark || 'print')),
+  writeUntil: async (s) => {
+    let n = 0
+    while (!existsSync(s.stopFile)) {
+      // a fix every writer agrees with: the position follows the time (about 1 m/s north of
+      // 52.5,13.4 from originMs), and writers never share a millisecond (t mod slots = slot)
+      const slots = s.slots || 1
+      const t = Math.floor(Date.now() / slots) * slots + (s.slot || 0)
+      const point = { by: writer, n, t, lat: 52.5 + (t - (s.originMs || started)) * 1e-8, lng: 13.4, speed: 1 }
+      if (s.array) doc.getArray(s.array).push([point])
+      else doc.getMap(s.map).set(`${writer}:${n}`, point)
+      n++
+      await sleep(s.everyMs || 20)
+    }
+    doc.getMap(s.doneMap).set(writer, n)
+  },
+  waitWritten: (s) => until(() => {
+    const done = doc.getMap(s.doneMap)
+    if (done.size < s.writers) return false
+    const have = writtenBy(s)
+    return Array.from(done.entries()).every(([by, n]) => have[by] === n)
+  }, `every writer's points in ${s.array || s.map}`)
 }
 
 try {

@@ -1,7 +1,8 @@
 """Provisioning: the decision engine, deployments and their drivers, and live tenant migration.
 
 `install(rt)` wires it into a Runtime: resume interrupted jobs on start, keep the partitions of
-dedicated databases, and re-evaluate the recommendation on every "plan_changed" event.
+dedicated databases, re-evaluate the recommendation on every "plan_changed" event, and (with Redis)
+reload the routing table when another node switched a customer's database.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import structlog
 
 from storage import partitions
 
-from . import deployments, recommendations, tenant_migration
+from . import deployments, recommendations, route_changes, tenant_migration
 
 log = structlog.get_logger("sync_server.provisioning")
 
@@ -22,6 +23,8 @@ def install(rt) -> None:
         await tenant_migration.resume(rt)
         await _maintain_dedicated(rt)
         rt.spawn(_maintenance_loop(rt), "dedicated_partitions")
+        if rt.redis is not None:  # several nodes: a route switched elsewhere is reloaded here
+            rt.spawn(route_changes.listen(rt), "route_changes")
 
     rt.on_start(started)
 

@@ -30,7 +30,7 @@ import structlog
 from storage import Database, deployments as store, tenant_data
 from storage.tenant_data import TENANT_TABLES, TenantTable
 
-from . import deployments
+from . import deployments, route_changes
 
 log = structlog.get_logger("sync_server.tenant_migration")
 
@@ -296,6 +296,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
                                          cleanup_after=cleanup_after)
         await rt.registry.route(cid, new_url)
         pause_ms = (time.perf_counter() - started) * 1000
+    await route_changes.announce(rt, cid)  # the other nodes (with Redis) reload their routes
     async with rt.db.tenant(cid) as conn:
         await conn.execute("UPDATE tenant_migrations SET pause_ms = $2 WHERE id = $1", mig["id"], pause_ms)
     await _event(rt, mig, "switch", "succeeded", pause_ms=round(pause_ms, 1),

@@ -1,7 +1,8 @@
 """The scenario registry. A scenario is a module here that builds a `Scenario` and passes it to
 `register`; `load()` imports every module listed in ORDER (the report keeps that order).
-GPS ingestion (issue 5), REST latency (issue 4) and cross-node relay (issue 7) are placeholders
-their issues replace: keep the key, set `placeholder=None`, implement `run`."""
+A scenario whose standalone script starts its own servers (GPS ingestion, REST latency, cross-node
+relay) sets `self_hosted`: its `run` gets no server from the harness (None), and `profile` (if set)
+profiles it its own way."""
 from __future__ import annotations
 
 import importlib
@@ -53,6 +54,8 @@ class Scenario:
     targets: list[Target] = field(default_factory=list)
     notes: str = ""
     placeholder: str | None = None  # why it is not measured yet
+    self_hosted: bool = False  # the scenario starts its own server(s): `run` gets server=None
+    profile: Callable[[RunContext], str] | None = None  # a missed target's profile, when not the default
 
     def counts(self, mode: str) -> dict:
         return self.params[mode]
