@@ -4,13 +4,15 @@ same PostgreSQL in the same run.
 
 End to end: real JS clients (client-examples/js/tracker.mjs, yjs + y-websocket) each holding a
 day's track document recorded offline (--points fixes in one update) connect at once to a real
-`webhost-sync serve`; the clock runs from the first connection until every point is committed as a
+`webhost-sync serve` (each builds its document first, then all connect at the same agreed instant,
+so node start-up is not in the measurement; the raw path's rows are built before its clock starts
+too); the clock runs from the first connection until every point is committed as a
 row (track_progress reaches the total). That covers websocket, CRDT apply, the observer, decode,
 filters, quota, geofences (--geofences circles on the route), COPY + merge, latest position, usage
 and the fleet document.
 
 Raw: the same number of rows, the same batch size, written by storage.positions.stage_and_merge
-(binary COPY into the staging table + INSERT ... ON CONFLICT DO NOTHING, one transaction per batch)
+(binary COPY of numpy columns into the staging table + INSERT ... ON CONFLICT DO NOTHING, one transaction per batch)
 from one Python process with no pipeline around it.
 
     .venv/bin/python bench/gps_ingest.py [--vehicles 4] [--points 50000] [--geofences 20] [--rounds 2]
@@ -35,6 +37,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +49,7 @@ from sync_server import sync_tokens  # noqa: E402
 ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 JS = ROOT / "client-examples" / "js" / "tracker.mjs"
+CLIENT_BUILD_MS = 1500  # node start-up; plus 1 ms per 25 points for building the document
 
 
 def _free_port() -> int:
@@ -92,11 +96,12 @@ async def _customer(owner: asyncpg.Connection, slug: str, vehicles: int, geofenc
     return str(cid), vids
 
 
-def _records(cid, vid, day: dt.date, n: int) -> list[tuple]:
-    base = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
-    cid = uuid.UUID(str(cid))
-    return [(cid, vid, base + dt.timedelta(milliseconds=i * 1000), 52.5, 13.4 + (i % 1000) * 0.00002, 1.36, 90.0,
-             5.0, None, "doc") for i in range(n)]
+def _fixes(day: dt.date, n: int) -> position_store.Fixes:
+    """The raw path's rows: one fix a second from midnight, moving east (the clients' route)."""
+    base = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    i = np.arange(n)
+    return position_store.Fixes(base + i * 1000, np.full(n, 52.5), 13.4 + (i % 1000) * 0.00002, np.full(n, 1.36),
+                                np.full(n, 90.0), np.full(n, 5.0), np.full(n, np.nan))
 
 
 async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
@@ -106,14 +111,15 @@ async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehic
     db = await Database(url, min_size=1, max_size=2).open()
     try:
         await partitions.ensure(db, day, day)
-        all_records = [_records(cid, vid, day, points) for vid in vids]
+        cid = uuid.UUID(cid)
+        all_fixes = [(vid, _fixes(day, points)) for vid in vids]
         pg_before, own_before = await _backend_cpu(owner), time.process_time()
         started = time.perf_counter()
-        for records in all_records:
-            for i in range(0, len(records), batch):
+        for vid, fixes in all_fixes:
+            for i in range(0, points, batch):
                 async with db.tenant(cid) as conn:
                     await position_store.commit_without_waiting_for_flush(conn)
-                    await position_store.stage_and_merge(conn, records[i:i + batch])
+                    await position_store.stage_and_merge(conn, cid, vid, "doc", fixes.take(slice(i, i + batch)))
         elapsed = time.perf_counter() - started
         pg_cpu, own_cpu = _delta(pg_before, await _backend_cpu(owner)), time.process_time() - own_before
     finally:
@@ -168,10 +174,10 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
                                  ttl_seconds=3600)[0]
         start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
-        def client(vid, n, begin, on=day):
+        def client(vid, n, begin, on=day, connect_at=0):
             return subprocess.Popen(["node", str(JS), "--server", f"ws://127.0.0.1:{port}/sync/{slug}", "--token",
                                      token, "--vehicle", str(vid), "--day", on.isoformat(), "--points", str(n),
-                                     "--start-ms", str(begin), "--prebuilt", "1"],
+                                     "--start-ms", str(begin), "--prebuilt", "1", "--connect-at", str(connect_at)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS.parent)
 
         # warm-up (not measured): one small document per vehicle, so pooled connections have their
@@ -190,7 +196,9 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
                                     "--format", "raw", "--rate", "250", "-o", profile], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             time.sleep(1)
-        clients = [client(vid, points, start_ms) for vid in vids]
+        # the phones start, build their day offline, then connect together: the clock runs from then
+        connect_at = int(time.time() * 1000) + CLIENT_BUILD_MS + points // 25
+        clients = [client(vid, points, start_ms, connect_at=connect_at) for vid in vids]
         total = vehicles * points + 500 * vehicles
         deadline = time.monotonic() + 600
         while True:

@@ -3,34 +3,85 @@
 Writes go through a per-session temporary staging table: binary COPY into it, then one
 INSERT ... SELECT ... ON CONFLICT DO NOTHING on the (customer_id, vehicle_id, time) key, so a replay
 never duplicates a row and a batch costs three round trips whatever its size (one merge per
-transaction: the staging table empties at commit). Every query names customer_id although RLS
-already scopes it: the policy's OR keeps the planner from using it as an index condition.
+transaction: the staging table empties at commit). A batch is one vehicle's fixes from one source,
+so customer, vehicle and source are parameters of the merge, not columns of every staged row; the
+COPY payload is built from numpy columns in one pass (~0.2 us a row, against ~1.5 us for asyncpg's
+per-record encoding of the ten-column tuples it replaced). Optional values travel as NaN and become
+NULL in the merge (a fix never carries a real NaN: decoding rejects non-finite numbers).
+Every query names customer_id although RLS already scopes it: the policy's OR keeps the planner
+from using it as an index condition.
 """
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, NamedTuple, Sequence
 
 import asyncpg
+import numpy as np
 
 STAGE = "gps_positions_stage"
-COLUMNS = ("customer_id", "vehicle_id", "time", "lat", "lng", "speed", "heading", "accuracy", "altitude", "source")
 _FIX = "time, lat, lng, speed, heading, accuracy, altitude"
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, no flags, no header extension
+_COPY_TRAILER = b"\xff\xff"
+# one staged row in PostgreSQL's binary COPY format: field count, then (length, big-endian value) each
+_ROW = np.dtype([("fields", ">i2"),
+                 ("time_len", ">i4"), ("time", ">i8"), ("lat_len", ">i4"), ("lat", ">f8"),
+                 ("lng_len", ">i4"), ("lng", ">f8"), ("speed_len", ">i4"), ("speed", ">f4"),
+                 ("heading_len", ">i4"), ("heading", ">f4"), ("accuracy_len", ">i4"), ("accuracy", ">f4"),
+                 ("altitude_len", ">i4"), ("altitude", ">f4")])
+_CHUNK = 1 << 20
 
 
-async def stage_and_merge(conn: asyncpg.Connection, records: Sequence[tuple]) -> int:
-    """COPY `records` (tuples in COLUMNS order) into the staging table and merge them; returns the
-    number of rows inserted (conflicting ones are skipped)."""
+class Fixes(NamedTuple):
+    """One vehicle's fixes as columns: epoch milliseconds (int64), lat/lng (float64), speed/heading/
+    accuracy/altitude (float32 or float64, NaN where absent)."""
+
+    ms: np.ndarray
+    lat: np.ndarray
+    lng: np.ndarray
+    speed: np.ndarray
+    heading: np.ndarray
+    accuracy: np.ndarray
+    altitude: np.ndarray
+
+    def take(self, index: Any) -> "Fixes":
+        return Fixes(*(column[index] for column in self))
+
+
+def copy_payload(fixes: Fixes) -> bytes:
+    """The binary COPY stream of the staging table for `fixes`."""
+    rows = np.empty(len(fixes.ms), _ROW)
+    rows["fields"] = 7
+    for name, size in (("time", 8), ("lat", 8), ("lng", 8), ("speed", 4), ("heading", 4), ("accuracy", 4),
+                       ("altitude", 4)):
+        rows[name + "_len"] = size
+    rows["time"] = (fixes.ms - _PG_EPOCH_MS) * 1000  # microseconds since 2000-01-01
+    rows["lat"], rows["lng"] = fixes.lat, fixes.lng
+    rows["speed"], rows["heading"] = fixes.speed, fixes.heading
+    rows["accuracy"], rows["altitude"] = fixes.accuracy, fixes.altitude
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+
+
+async def _chunks(payload: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(payload)
+    for start in range(0, len(view), _CHUNK):
+        yield view[start:start + _CHUNK]
+
+
+async def stage_and_merge(conn: asyncpg.Connection, customer_id, vehicle_id, source: str, fixes: Fixes) -> int:
+    """COPY one vehicle's `fixes` into the staging table and merge them; returns the number of rows
+    inserted (conflicting ones are skipped)."""
     await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (customer_id uuid, vehicle_id uuid, time timestamptz, "
-        "lat double precision, lng double precision, speed real, heading real, accuracy real, altitude real, "
-        "source text) ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (time timestamptz, lat double precision, lng double precision, "
+        "speed real, heading real, accuracy real, altitude real) ON COMMIT DELETE ROWS"
     )
-    await conn.copy_records_to_table(STAGE, records=records, columns=COLUMNS)
+    await conn.copy_to_table(STAGE, source=_chunks(copy_payload(fixes)), format="binary")
     status = await conn.execute(
-        f"INSERT INTO gps_positions ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {STAGE} "
-        "ON CONFLICT DO NOTHING"
-    )
+        "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng, speed, heading, accuracy, altitude, "
+        "source) SELECT $1, $2, time, lat, lng, nullif(speed, 'NaN'), nullif(heading, 'NaN'), "
+        f"nullif(accuracy, 'NaN'), nullif(altitude, 'NaN'), $3 FROM {STAGE} ON CONFLICT DO NOTHING",
+        customer_id, vehicle_id, source)
     return int(status.rsplit(" ", 1)[-1])
 
 

@@ -9,7 +9,8 @@
 // lat 52.5 between lng 13.40 and 13.42 (1000 fixes each way). With --points 0 it only syncs (a
 // resync after a server restart). With --prebuilt 1 every fix is recorded before the first
 // connection (one update of all of them, as a phone that was never online that day) and the line
-// also carries connect_ms, when the connection was opened (the benchmark's start).
+// also carries connect_ms, when the connection was opened (the benchmark's start); --connect-at
+// <epoch ms> holds the connection until then, so several clients built offline connect together.
 // Prints one JSON line: what the phone holds after syncing.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
@@ -44,6 +45,8 @@ const doc = new Y.Doc()
 const track = doc.getArray('points')
 const prebuilt = args.prebuilt === '1'
 if (prebuilt) track.push(Array.from({ length: points }, (_, i) => fix(i)))
+// --connect-at <epoch ms>: several phones built offline connect at the same instant (a benchmark's start)
+if (args['connect-at']) await sleep(Math.max(0, Number(args['connect-at']) - Date.now()))
 const connectMs = Date.now()
 const provider = new WebsocketProvider(args.server, docName, doc, {
   params: { token: args.token }, WebSocketPolyfill: WebSocket, disableBc: true, maxBackoffTime: 500

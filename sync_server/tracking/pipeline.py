@@ -9,7 +9,7 @@ the next run resumes from the durable progress (exactly once).
     decode    raw JSON -> Point (malformed ones rejected)                       points.decode
     validate  ranges, (0,0), future, outside the doc's day, too old, accuracy   filters.check
     order     by fix time (the vehicle's sequence)
-    locate    which (cached) geofences hold each fix; the COPY rows: CPU work done here
+    locate    the fixes as columns; which (cached) geofences hold each; CPU work done here
               runs while the previous batch is still in the database
     -- transaction, customer's quota lock held --
     resume    drop elements a previous run already materialized                 track_progress
@@ -22,6 +22,7 @@ the next run resumes from the durable progress (exactly once).
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
+import numpy as np
 import structlog
 
 from storage import geofence_events as event_store
@@ -42,7 +44,7 @@ from storage.registry import DatabaseRegistry
 from .. import plans
 from . import filters, quota
 from .geofences import Event, GeofenceSet, shape_from_row, transitions
-from .points import DAY_MS, MALFORMED, Point, day_of, decode, from_record, ms_from_datetime
+from .points import DAY_MS, MALFORMED, Point, columns, day_of, decode, from_record, ms_from_datetime
 
 log = structlog.get_logger("sync_server.tracking")
 
@@ -83,6 +85,7 @@ class Run:
         self.rules = rules
         self.now_ms = now_ms
         self.points: list[Point] = []
+        self.fixes: position_store.Fixes | None = None  # the points as columns (locate); Point.pos indexes it
         self.early_rejections: list[tuple[int, int, str]] = []  # (element index, day, reason) before resume
         self.rejected: dict[tuple[int, str], int] = {}  # (day, reason) -> count
         self.conn: asyncpg.Connection | None = None
@@ -141,16 +144,14 @@ async def order_step(run: Run) -> None:
 
 
 async def locate_step(run: Run) -> None:
+    run.fixes = columns(run.points)  # the rows COPY will carry (the transaction picks the kept ones)
+    for pos, p in enumerate(run.points):
+        p.pos = pos
     fences = run.cached_fences
     if fences is not None and fences:
-        inside = fences.inside
-        for p in run.points:
-            p.inside = inside(p.lat, p.lng)
+        for p, inside in zip(run.points, fences.inside_all(run.fixes.lat, run.fixes.lng)):
+            p.inside = inside
         run.located_with = fences.fingerprint
-    # the COPY rows, built here so the transaction only picks them
-    cid, vid, source = run.customer_uuid, run.batch.vehicle_id, run.batch.source
-    for p in run.points:
-        p.row = (cid, vid, p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt, source)
 
 
 def _by_time(p: Point) -> int:
@@ -242,12 +243,14 @@ def _merge(stored: list[Point], new: list[Point]) -> list[Point]:
 async def store_step(run: Run) -> None:
     if not run.points:
         return
-    records = [p.row for p in run.points]
-    inserted = await position_store.stage_and_merge(run.conn, records)
+    kept = np.fromiter([p.pos for p in run.points], np.intp, len(run.points))
+    fixes = run.fixes.take(kept)
+    inserted = await position_store.stage_and_merge(run.conn, run.customer_uuid, run.batch.vehicle_id,
+                                                    run.batch.source, fixes)
     run.outcome.stored = inserted
-    if inserted < len(records):  # only possible without the lock (a concurrent writer got there first)
+    if inserted < len(kept):  # only possible without the lock (a concurrent writer got there first)
         key = (run.points[-1].ms // DAY_MS, filters.DUPLICATE)
-        run.rejected[key] = run.rejected.get(key, 0) + len(records) - inserted
+        run.rejected[key] = run.rejected.get(key, 0) + len(kept) - inserted
 
 
 async def latest_step(run: Run) -> None:
@@ -361,6 +364,7 @@ class Pipeline:
         run.cached_fences = self._fences.get(str(batch.customer_id))
         for _, step in BEFORE_TRANSACTION:
             await step(run)
+            await asyncio.sleep(0)  # each step is tens of ms on a large batch: let commits in flight proceed
         return run
 
     async def commit(self, run: Run) -> Outcome:

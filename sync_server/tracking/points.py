@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
+
+from storage.positions import Fixes
 
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -22,14 +26,14 @@ MALFORMED = "malformed"
 class Point:
     """One fix. `ms` (epoch milliseconds) orders and compares; `time` is what PostgreSQL stores."""
 
-    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "row", "_time")
+    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "pos", "_time")
 
     def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
                  accuracy: float | None = None, alt: float | None = None, idx: int = -1) -> None:
         self.ms = ms
         self.idx = idx  # position in the track document's array (-1: not from a document)
         self.inside: frozenset | None = None  # geofences containing the fix, when computed ahead
-        self.row: tuple | None = None  # its gps_positions row, built before the transaction
+        self.pos = -1  # its row in the batch's columns (pipeline.Run.fixes), built before the transaction
         self.lat = lat
         self.lng = lng
         self.speed = speed
@@ -153,3 +157,15 @@ def decode(raw: Any) -> Point | str:
     if speed is _BAD or heading is _BAD or accuracy is _BAD or alt is _BAD:
         return MALFORMED
     return Point(ms, lat, lng, speed, heading, accuracy, alt)
+
+
+def columns(points: Sequence[Point]) -> Fixes:
+    """The fixes as numpy columns (absent optional values as NaN), in the given order."""
+    n = len(points)
+    return Fixes(np.fromiter([p.ms for p in points], np.int64, n),
+                 np.fromiter([p.lat for p in points], np.float64, n),
+                 np.fromiter([p.lng for p in points], np.float64, n),
+                 np.array([p.speed for p in points], dtype=np.float64),
+                 np.array([p.heading for p in points], dtype=np.float64),
+                 np.array([p.accuracy for p in points], dtype=np.float64),
+                 np.array([p.alt for p in points], dtype=np.float64))
