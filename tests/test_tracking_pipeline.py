@@ -1,6 +1,7 @@
 """The tracking pipeline against real PostgreSQL: filters, quota, geofences, exactly-once."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -236,3 +237,40 @@ async def test_circle_containment_matches_the_geodesic_everywhere():
             plat = lat + scale * math.cos(bearing)
             plng = lng + scale * math.sin(bearing) / math.cos(math.radians(lat))
             assert c.contains(plat, plng) == (geodesic(lat, lng, plat, plng) <= radius)
+
+
+async def test_vehicles_of_one_customer_materialize_in_parallel_and_the_quota_stays_exact(db, pipeline):
+    """Three vehicles' batches each fit the day's allowance but not all together. They store their
+    rows in parallel (each under its own track lock) and meet only at the quota lock: hold that lock
+    until all three wait on it, then release. The third to count finds the room gone, rolls back
+    to before `quota` and is cut exactly."""
+    from storage import usage as usage_store
+
+    await fleet.plan(db, "hundred", points_per_day=100)
+    cid = await fleet.customer(db, plan="hundred")
+    vids = [await fleet.vehicle(db, cid, f"truck-{i}") for i in range(3)]
+    async with db.tenant(cid) as holder:
+        await usage_store.lock_quota(holder, cid, "gps_points_per_day")
+        batches = [asyncio.ensure_future(run(pipeline, cid, vid, [pt(i * 10, 52.5, 13.4 + i * 1e-4) for i in range(45)]))
+                   for vid in vids]
+        for _ in range(500):
+            waiting = await holder.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            if waiting == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert waiting == 3  # all three did their rows first and now wait only to count:
+        writers = await holder.fetchval("SELECT count(DISTINCT pid) FROM pg_locks WHERE mode = 'RowExclusiveLock' "
+                                        "AND relation = 'gps_positions'::regclass")
+        assert writers == 3
+        assert not any(b.done() for b in batches)
+    outcomes = await asyncio.gather(*batches)
+    assert sorted(o.stored for o in outcomes) == [10, 45, 45]
+    assert sorted(o.rejected.get("quota_exceeded", 0) for o in outcomes) == [0, 0, 35]
+    assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 100
+    usage = await fleet.usage(db, cid)
+    assert usage["gps_points"] == 100 and usage["gps_points_rejected.quota_exceeded"] == 35
+    # the cut one kept its earliest fixes, like any quota cut
+    short = vids[[o.stored for o in outcomes].index(10)]
+    times = [r["time"] for r in await fleet.rows(db, cid, "SELECT time FROM gps_positions WHERE vehicle_id = $1 "
+                                                 "ORDER BY time", short)]
+    assert times == [NOON + dt.timedelta(seconds=i * 10) for i in range(10)]

@@ -6,11 +6,11 @@ import asyncio
 import datetime as dt
 import signal
 
+import numpy as np
 import pycrdt
 import pytest
 
 from sync_server.tracking.geofences import Circle, GeofenceSet, transitions
-from sync_server.tracking.points import Point
 
 from .conftest import TEST_SECRET
 from .support import fleet, sync_peers
@@ -34,7 +34,8 @@ async def _setup(db):
     cid = await fleet.customer(db, slug)
     vid = await fleet.vehicle(db, cid, "van-7")
     gid = await fleet.circle(db, cid, "depot", 52.5, 13.41, 200)
-    expected = transitions(GeofenceSet([Circle(gid, 52.5, 13.41, 200)]), frozenset(), (Point(*fix(i)) for i in range(POINTS)))
+    ms, lat, lng = (np.array(column) for column in zip(*(fix(i) for i in range(POINTS))))
+    expected = transitions(GeofenceSet([Circle(gid, 52.5, 13.41, 200)]), frozenset(), ms, lat, lng)
     return sync_peers.Customer(str(cid), slug), vid, expected
 
 

@@ -219,25 +219,22 @@ def _cell(value: float) -> float:
     return value // CELL_DEG  # Python's float floor division; numpy's floor_divide agrees elementwise
 
 
-def transitions(fences: GeofenceSet, before: frozenset, sequence: Iterable) -> list[Event]:
-    """Enter/exit events along a time-ordered sequence of fixes (objects with ms, lat, lng and
-    optionally `inside` computed ahead for this geofence set), starting inside `before`."""
-    fixes = list(sequence)
-    known = [getattr(p, "inside", None) for p in fixes]
-    missing = [i for i, v in enumerate(known) if v is None]
-    if missing:
-        found = fences.inside_all(np.array([fixes[i].lat for i in missing], dtype=np.float64),
-                                  np.array([fixes[i].lng for i in missing], dtype=np.float64))
-        for i, v in zip(missing, found):
-            known[i] = v
+def transitions(fences: GeofenceSet, before: frozenset, ms: np.ndarray, lat: np.ndarray, lng: np.ndarray,
+                inside: Sequence[frozenset] | None = None) -> list[Event]:
+    """Enter/exit events along time-ordered fixes (columns), starting inside `before`; `inside` is
+    each fix's set of geofences when computed ahead for this geofence set."""
+    if inside is None:
+        inside = fences.inside_all(lat, lng)
     events: list[Event] = []
     current = before
-    for p, now in zip(fixes, known):
-        if now != current:
-            ms, lat, lng = p.ms, p.lat, p.lng
-            for gid in sorted(current - now, key=str):
-                events.append(Event(gid, "exit", ms, lat, lng))
-            for gid in sorted(now - current, key=str):
-                events.append(Event(gid, "enter", ms, lat, lng))
+    for k, now in enumerate(inside):
+        if now is current or now == current:
             current = now
+            continue
+        t, a, b = int(ms[k]), float(lat[k]), float(lng[k])
+        for gid in sorted(current - now, key=str):
+            events.append(Event(gid, "exit", t, a, b))
+        for gid in sorted(now - current, key=str):
+            events.append(Event(gid, "enter", t, a, b))
+        current = now
     return events

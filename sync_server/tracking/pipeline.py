@@ -1,17 +1,17 @@
 """The tracking pipeline: GPS fixes from track documents and trackers become rows.
 
 Its steps and their order are written down here and nowhere else (Traccar's ProcessingHandler is
-the model). The first three need nothing but the batch; the rest run in ONE tenant transaction under
-the customer's quota lock, so rows, geofence events, usage counters and the document's progress
-commit together or not at all: a crash at any point leaves either all of a batch or none of it, and
-the next run resumes from the durable progress (exactly once).
+the model). The first four need nothing but the batch; the rest run in ONE tenant transaction, so
+rows, geofence events, usage counters and the document's progress commit together or not at all: a
+crash at any point leaves either all of a batch or none of it, and the next run resumes from the
+durable progress (exactly once).
 
-    decode    raw JSON -> Point (malformed ones rejected)                       points.decode
-    validate  ranges, (0,0), future, outside the doc's day, too old, accuracy   filters.check
+    decode    raw JSON -> columns (malformed ones rejected)                     points.decode_all
+    validate  ranges, (0,0), future, outside the doc's day, too old, accuracy   filters.check_all
     order     by fix time (the vehicle's sequence)
-    locate    the fixes as columns; which (cached) geofences hold each; CPU work done here
+    locate    which (cached) geofences hold each fix; CPU work done here
               runs while the previous batch is still in the database
-    -- transaction, customer's quota lock held --
+    -- transaction, the vehicle's track lock held --
     resume    drop elements a previous run already materialized                 track_progress
     filter    duplicates and implied-speed jumps against the stored neighbours  filters.sequence
     quota     the plan's gps_points_per_day, per day of the fix                 quota.cut
@@ -19,6 +19,14 @@ the next run resumes from the durable progress (exactly once).
     store     COPY into staging, INSERT ... ON CONFLICT DO NOTHING              storage.positions
     latest    vehicle_positions_latest moves forward only                       storage.positions
     usage     points and rejections per reason per day; the document progress  storage.usage_metrics
+
+Locks: everything about one vehicle (its neighbours, events, latest fix, progress) is serialised by
+the vehicle's track lock, so the vehicles of one customer materialize in parallel. The quota is the
+one thing shared by a customer's vehicles: it is counted under the customer's quota lock. When the
+batch clearly fits the day's allowance, `quota` only checks, and `usage` takes the quota lock at the
+end, re-reads the allowance and counts (the lock is then held only for the last statements); if a
+concurrent batch used the room meanwhile, the transaction rolls back to before `quota` and runs the
+rest again with the quota lock held from the start (the allowance is cut exactly, as always).
 """
 from __future__ import annotations
 
@@ -39,16 +47,18 @@ from storage import positions as position_store
 from storage import geofences as geofence_store
 from storage import track_progress
 from storage import usage as usage_store
+from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 
 from .. import plans
 from . import filters, quota
 from .geofences import Event, GeofenceSet, shape_from_row, transitions
-from .points import DAY_MS, MALFORMED, Point, columns, day_of, decode, from_record, ms_from_datetime
+from .points import DAY_MS, MALFORMED, Point, columns, day_of, decode_all, from_record, ms_from_datetime, point_at
 
 log = structlog.get_logger("sync_server.tracking")
 
 LIMITS_TTL = 30.0  # seconds a customer's plan limits are cached
+QUOTA_HEADROOM = 0.5  # a batch that leaves this share of the day's allowance unused skips the wait
 _EMPTY: frozenset = frozenset()
 
 
@@ -76,7 +86,9 @@ class Outcome:
 
 
 class Run:
-    """One batch on its way through the steps."""
+    """One batch on its way through the steps. Its fixes travel as columns (`fixes`, with `index`:
+    each row's element index, and `inside`: each row's geofence set once located); a step that drops
+    fixes calls `keep` so the three stay aligned."""
 
     def __init__(self, batch: Batch, limits: plans.Limits, rules: filters.Rules, now_ms: int) -> None:
         self.batch = batch
@@ -84,9 +96,10 @@ class Run:
         self.limits = limits
         self.rules = rules
         self.now_ms = now_ms
-        self.points: list[Point] = []
-        self.fixes: position_store.Fixes | None = None  # the points as columns (locate); Point.pos indexes it
-        self.early_rejections: list[tuple[int, int, str]] = []  # (element index, day, reason) before resume
+        self.fixes: Fixes = columns([])
+        self.index: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.inside: np.ndarray | None = None  # object array of frozensets
+        self.early: list[tuple[np.ndarray, np.ndarray, str]] = []  # (element indices, days, reason) before resume
         self.rejected: dict[tuple[int, str], int] = {}  # (day, reason) -> count
         self.conn: asyncpg.Connection | None = None
         self.fences: GeofenceSet | None = None
@@ -96,9 +109,25 @@ class Run:
         self.stored_in_span: list[Point] = []
         self.after: Point | None = None  # the first stored fix after the span
         self.outcome = Outcome()
+        self.quota_locked = False  # the customer's quota lock is held by this transaction
 
-    def reject(self, idx: int, day: int, reason: str) -> None:
-        self.early_rejections.append((idx, day, reason))
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.fixes = self.fixes.take(mask)
+        self.index = self.index[mask]
+        if self.inside is not None:
+            self.inside = self.inside[mask]
+
+    def reject_early(self, mask: np.ndarray, reason: str) -> None:
+        """Fixes rejected before `resume` (counted only if not materialized by an earlier run)."""
+        self.early.append((self.index[mask], self.fixes.ms[mask] // DAY_MS, reason))
+
+    def reject(self, days: np.ndarray, reason: str) -> None:
+        for day, n in zip(*(a.tolist() for a in np.unique(days, return_counts=True))):
+            key = (day, reason)
+            self.rejected[key] = self.rejected.get(key, 0) + n
 
 
 Step = Callable[[Run], Awaitable[None]]
@@ -108,54 +137,37 @@ Step = Callable[[Run], Awaitable[None]]
 
 
 async def decode_step(run: Run) -> None:
-    today = run.now_ms // DAY_MS
-    points = []
-    append = points.append
-    for i, raw in enumerate(run.batch.raw, start=run.batch.first_index):
-        p = decode(raw)
-        if p.__class__ is Point:
-            p.idx = i
-            append(p)
-        else:
-            run.reject(i, today, MALFORMED)
-    run.points = points
+    run.fixes, run.index, malformed = decode_all(run.batch.raw, run.batch.first_index)
+    if malformed:  # counted on the day the batch runs: a malformed fix has no time of its own
+        run.early.append((np.array(malformed, dtype=np.int64), np.full(len(malformed), run.now_ms // DAY_MS), MALFORMED))
 
 
 async def validate_step(run: Run) -> None:
-    rules = run.rules
     oldest = run.now_ms - run.limits.retention_days * DAY_MS
     if run.batch.day is not None:
-        window = filters.day_window((run.batch.day - dt.date(1970, 1, 1)).days, run.now_ms, oldest, rules)
+        window = filters.day_window((run.batch.day - dt.date(1970, 1, 1)).days, run.now_ms, oldest, run.rules)
     else:
         window = filters.Window(run.now_ms, oldest)
-    check = filters.check
-    kept = []
-    for p in run.points:
-        reason = check(p, window, rules)
-        if reason is None:
-            kept.append(p)
-        else:
-            run.reject(p.idx, p.ms // DAY_MS, reason)
-    run.points = kept
+    failed = filters.check_all(run.fixes, window, run.rules)
+    if (failed >= 0).any():
+        for code, reason in enumerate(filters.CHECKS):
+            mask = failed == code
+            if mask.any():
+                run.reject_early(mask, reason)
+        run.keep(failed < 0)
 
 
 async def order_step(run: Run) -> None:
-    run.points.sort(key=_by_time)
+    ms = run.fixes.ms
+    if len(ms) > 1 and (ms[1:] < ms[:-1]).any():
+        run.keep(np.argsort(ms, kind="stable"))
 
 
 async def locate_step(run: Run) -> None:
-    run.fixes = columns(run.points)  # the rows COPY will carry (the transaction picks the kept ones)
-    for pos, p in enumerate(run.points):
-        p.pos = pos
     fences = run.cached_fences
     if fences is not None and fences:
-        for p, inside in zip(run.points, fences.inside_all(run.fixes.lat, run.fixes.lng)):
-            p.inside = inside
+        run.inside = np.fromiter(fences.inside_all(run.fixes.lat, run.fixes.lng), dtype=object, count=len(run))
         run.located_with = fences.fingerprint
-
-
-def _by_time(p: Point) -> int:
-    return p.ms
 
 
 # --- steps inside the transaction -------------------------------------------------------------
@@ -168,48 +180,78 @@ async def resume_step(run: Run) -> None:
         done = await track_progress.elements(run.conn, run.customer_uuid, batch.doc)
     if done > batch.first_index:
         run.outcome.skipped = min(done, batch.first_index + len(batch.raw)) - batch.first_index
-        run.points = [p for p in run.points if p.idx >= done]
-    for idx, day, reason in run.early_rejections:
-        if idx >= done or idx < 0:
-            run.rejected[(day, reason)] = run.rejected.get((day, reason), 0) + 1
+        run.keep(run.index >= done)
+    for index, days, reason in run.early:
+        run.reject(days[(index >= done) | (index < 0)], reason)
 
 
 async def filter_step(run: Run) -> None:
-    if not run.points:
+    if not len(run):
         return
     conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
-    first, last = run.points[0], run.points[-1]
-    row = await position_store.before(conn, cid, vid, first.time)
+    first, last = point_at(run.fixes, 0).time, point_at(run.fixes, len(run) - 1).time
+    row = await position_store.before(conn, cid, vid, first)
     run.before = from_record(row) if row else None
-    run.stored_in_span = [from_record(r) for r in await position_store.between(conn, cid, vid, first.time, last.time)]
-    row = await position_store.after(conn, cid, vid, last.time)
+    run.stored_in_span = [from_record(r) for r in await position_store.between(conn, cid, vid, first, last)]
+    row = await position_store.after(conn, cid, vid, last)
     run.after = from_record(row) if row else None
-    run.points = filters.sequence(run.points, run.stored_in_span, run.before, run.rules, run.rejected)
+    verdict = filters.sequence(run.fixes, run.stored_in_span, run.before, run.rules)
+    accepted = verdict == ""
+    if not accepted.all():
+        for reason in (filters.DUPLICATE, filters.JUMP):
+            run.reject(run.fixes.ms[verdict == reason] // DAY_MS, reason)
+        run.keep(accepted)
 
 
 async def quota_step(run: Run) -> None:
-    if not run.points:
+    if not len(run):
         return
-    days = range(run.points[0].ms // DAY_MS, run.points[-1].ms // DAY_MS + 1)  # points are in time order
+    if not run.quota_locked:  # optimistic: the whole batch fits what the day has left, without waiting
+        if quota.fits(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), QUOTA_HEADROOM):
+            return
+        await _lock_quota(run)
+    keep = quota.cut(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), run.rejected)
+    if not keep.all():
+        run.keep(keep)
+
+
+async def _lock_quota(run: Run) -> None:
+    await usage_store.lock_quota(run.conn, run.customer_uuid, "gps_points_per_day")
+    run.quota_locked = True
+
+
+async def _used_by_day(run: Run) -> dict[int, int]:
+    days = range(int(run.fixes.ms[0]) // DAY_MS, int(run.fixes.ms[-1]) // DAY_MS + 1)  # fixes are in time order
     used = await usage_store.values(run.conn, run.customer_uuid, quota.POINTS_METRIC, [day_of(d * DAY_MS) for d in days])
-    used_by_number = {(d - dt.date(1970, 1, 1)).days: n for d, n in used.items()}
-    run.points = quota.cut(run.points, run.limits.gps_points_per_day, used_by_number, run.rejected)
+    return {(d - dt.date(1970, 1, 1)).days: n for d, n in used.items()}
+
+
+class QuotaRace(Exception):
+    """A concurrent batch of the same customer used the allowance this batch counted on."""
 
 
 async def geofence_step(run: Run) -> None:
     fences = run.fences
-    if not run.points or not fences:
+    if not len(run) or not fences:
         return
-    if run.located_with != fences.fingerprint:  # geofences changed since `locate`
-        for p in run.points:
-            p.inside = None
+    fixes = run.fixes
+    inside = run.inside if run.located_with == fences.fingerprint else None  # else: geofences changed since
+    if inside is None:
+        inside = np.fromiter(fences.inside_all(fixes.lat, fixes.lng), dtype=object, count=len(run))
     before = fences.inside(run.before.lat, run.before.lng) if run.before else _EMPTY
-    sequence = _merge(run.stored_in_span, run.points)
-    if run.after is not None:
-        sequence.append(run.after)
-    wanted = transitions(fences, before, sequence)
-    first = run.points[0].time
-    last = sequence[-1].time
+    ms, lat, lng = fixes.ms, fixes.lat, fixes.lng
+    others = run.stored_in_span + ([run.after] if run.after is not None else [])
+    if others:  # the window's stored fixes join the sequence (a backfill, or the fix after the batch)
+        o_lat = np.array([p.lat for p in others])
+        o_lng = np.array([p.lng for p in others])
+        o_inside = np.fromiter(fences.inside_all(o_lat, o_lng), dtype=object, count=len(others))
+        ms = np.concatenate((np.array([p.ms for p in others], dtype=np.int64), ms))
+        order = np.argsort(ms, kind="stable")
+        ms, lat, lng = ms[order], np.concatenate((o_lat, lat))[order], np.concatenate((o_lng, lng))[order]
+        inside = np.concatenate((o_inside, inside))[order]
+    wanted = transitions(fences, before, ms, lat, lng, inside)
+    first = point_at(fixes, 0).time
+    last = Point(int(ms[-1]), 0.0, 0.0).time
     conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
     existing = await event_store.in_window(conn, cid, vid, first, last)
     wanted_keys = {e.key for e in wanted}
@@ -234,29 +276,21 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 1)
 
 
-def _merge(stored: list[Point], new: list[Point]) -> list[Point]:
-    if not stored:
-        return list(new)
-    return sorted([*stored, *new], key=_by_time)
-
-
 async def store_step(run: Run) -> None:
-    if not run.points:
+    if not len(run):
         return
-    kept = np.fromiter([p.pos for p in run.points], np.intp, len(run.points))
-    fixes = run.fixes.take(kept)
     inserted = await position_store.stage_and_merge(run.conn, run.customer_uuid, run.batch.vehicle_id,
-                                                    run.batch.source, fixes)
+                                                    run.batch.source, run.fixes)
     run.outcome.stored = inserted
-    if inserted < len(kept):  # only possible without the lock (a concurrent writer got there first)
-        key = (run.points[-1].ms // DAY_MS, filters.DUPLICATE)
-        run.rejected[key] = run.rejected.get(key, 0) + len(kept) - inserted
+    if inserted < len(run):  # only possible without the lock (a concurrent writer got there first)
+        key = (int(run.fixes.ms[-1]) // DAY_MS, filters.DUPLICATE)
+        run.rejected[key] = run.rejected.get(key, 0) + len(run) - inserted
 
 
 async def latest_step(run: Run) -> None:
-    if not run.points:
+    if not len(run):
         return
-    p = run.points[-1]
+    p = point_at(run.fixes, len(run) - 1)
     moved = await position_store.upsert_latest(run.conn, run.customer_uuid, run.batch.vehicle_id,
                                                (p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt))
     if moved:
@@ -264,11 +298,11 @@ async def latest_step(run: Run) -> None:
 
 
 async def usage_step(run: Run) -> None:
-    per_day: dict[int, int] = {}
-    for p in run.points:
-        day = p.ms // DAY_MS
-        per_day[day] = per_day.get(day, 0) + 1
-    counts = [(day_of(d * DAY_MS), quota.POINTS_METRIC, n) for d, n in per_day.items()]
+    if not run.quota_locked:  # quota only checked: now count under the customer's lock
+        await _lock_quota(run)
+        if len(run) and not quota.fits(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), 0):
+            raise QuotaRace()
+    counts = [(day_of(d * DAY_MS), quota.POINTS_METRIC, n) for d, n in quota.per_day(run.fixes.ms).items()]
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
     await usage_store.add(run.conn, run.customer_uuid, counts)
     batch = run.batch
@@ -367,26 +401,43 @@ class Pipeline:
             await asyncio.sleep(0)  # each step is tens of ms on a large batch: let commits in flight proceed
         return run
 
+    @staticmethod
+    async def _steps(run: Run, steps: Sequence[tuple[str, Step]], timings: dict[str, float]) -> None:
+        for name, step in steps:
+            if name == "quota":
+                await run.conn.execute("SAVEPOINT before_quota")
+                kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
+            step_started = time.perf_counter()
+            try:
+                await step(run)
+            except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
+                await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+                log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
+                (run.fixes, run.index, run.inside), run.rejected = kept, rejected
+                run.outcome.events, run.outcome.latest = [], None
+                await _lock_quota(run)
+                rest = steps[[n for n, _ in steps].index("quota"):]
+                return await Pipeline._steps(run, rest, timings)
+            timings[name] = timings.get(name, 0.0) + _ms(step_started)
+
     async def commit(self, run: Run) -> Outcome:
         """The steps in the transaction; returns when the batch is committed."""
         started = time.perf_counter()
         timings: dict[str, float] = {}  # where the time goes, in the batch's log line
         batch, now_ms = run.batch, run.now_ms
         db = await self.registry.for_customer(batch.customer_id)
-        days = {p.ms // DAY_MS for p in run.points} if run.points else set()
-        days.update(day for _, day, _ in run.early_rejections)
+        days = set(quota.per_day(run.fixes.ms))
+        for _, early_days, _ in run.early:
+            days.update(early_days.tolist())
         await self._ensure_partitions(db, days or {now_ms // DAY_MS})
         async with db.tenant(run.customer_uuid) as conn:
             run.conn = conn
-            await usage_store.lock_quota(conn, run.customer_uuid, "gps_points_per_day")
+            await position_store.lock_track(conn, run.customer_uuid, batch.vehicle_id)
             if batch.doc is not None:  # replayable from the document; tracker posts wait for the disk
                 await position_store.commit_without_waiting_for_flush(conn)
             run.fences = await self._geofences(conn, run.customer_uuid)
             timings["lock"] = _ms(started)
-            for name, step in IN_TRANSACTION:
-                step_started = time.perf_counter()
-                await step(run)
-                timings[name] = _ms(step_started)
+            await self._steps(run, IN_TRANSACTION, timings)
             commit_started = time.perf_counter()
         timings["commit"] = _ms(commit_started)
         run.conn = None

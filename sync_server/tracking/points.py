@@ -1,4 +1,5 @@
-"""A GPS fix as the pipeline carries it, and the decoding of the track-document point format.
+"""GPS fixes: the decoding of the track-document point format into the columns the pipeline carries,
+and a single fix (`Point`) where one is handled alone (stored neighbours, the latest position).
 
 Track documents hold JSON objects `{"t", "lat", "lng", "speed", "heading", "accuracy", "alt"}`:
 `t` is ISO-8601 (no offset = UTC) or epoch milliseconds (Yjs numbers arrive as floats), speed is
@@ -26,14 +27,11 @@ MALFORMED = "malformed"
 class Point:
     """One fix. `ms` (epoch milliseconds) orders and compares; `time` is what PostgreSQL stores."""
 
-    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "idx", "inside", "pos", "_time")
+    __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "_time")
 
     def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
-                 accuracy: float | None = None, alt: float | None = None, idx: int = -1) -> None:
+                 accuracy: float | None = None, alt: float | None = None) -> None:
         self.ms = ms
-        self.idx = idx  # position in the track document's array (-1: not from a document)
-        self.inside: frozenset | None = None  # geofences containing the fix, when computed ahead
-        self.pos = -1  # its row in the batch's columns (pipeline.Run.fixes), built before the transaction
         self.lat = lat
         self.lng = lng
         self.speed = speed
@@ -169,3 +167,67 @@ def columns(points: Sequence[Point]) -> Fixes:
                  np.array([p.heading for p in points], dtype=np.float64),
                  np.array([p.accuracy for p in points], dtype=np.float64),
                  np.array([p.alt for p in points], dtype=np.float64))
+
+
+def point_at(fixes: Fixes, k: int) -> Point:
+    """Row k of the columns as a Point (NaN -> None)."""
+    optional = [None if v != v else v for v in (float(fixes.speed[k]), float(fixes.heading[k]),
+                                                float(fixes.accuracy[k]), float(fixes.altitude[k]))]
+    return Point(int(fixes.ms[k]), float(fixes.lat[k]), float(fixes.lng[k]), *optional)
+
+
+FIELDS = ("t", "lat", "lng", "speed", "heading", "accuracy", "alt")
+_NUMBERS = frozenset((float, int))
+_OPTIONAL_NUMBERS = frozenset((float, int, type(None)))
+_MS_BOUND = 8e15  # epoch ms beyond +-250,000 years: as far in the future (or past) as any filter cares
+
+
+def decode_all(raw: Sequence[Any], first_index: int = 0) -> tuple[Fixes, np.ndarray, list[int]]:
+    """Track-document elements -> (columns of the well-formed ones, their element indices, the
+    element indices of malformed ones). The common shape (numbers, optional ones null or absent) is
+    read a field at a time over the whole batch; anything else takes `decode` element by element,
+    whose rules it shares."""
+    n = len(raw)
+    try:
+        fields = [list(map(dict.get, raw, [key] * n)) for key in FIELDS]
+    except TypeError:  # an element that is not a JSON object
+        return _decode_each(raw, first_index)
+    kinds = [set(map(type, column)) for column in fields]
+    if not (all(k <= _NUMBERS for k in kinds[:3]) and all(k <= _OPTIONAL_NUMBERS for k in kinds[3:])):
+        return _decode_each(raw, first_index)
+    try:
+        t, lat, lng, *optional = [np.array(column, dtype=np.float64) for column in fields]
+    except OverflowError:  # an integer beyond float range
+        return _decode_each(raw, first_index)
+    bad = ~(np.isfinite(t) & np.isfinite(lat) & np.isfinite(lng))
+    for column, values in zip(optional, fields[3:]):
+        nan = np.isnan(column)
+        if np.count_nonzero(nan) != values.count(None):  # a NaN that was sent, not an absent value
+            return _decode_each(raw, first_index)
+        bad |= np.isinf(column)
+    index = np.arange(first_index, first_index + n, dtype=np.int64)
+    malformed: list[int] = []
+    if bad.any():
+        malformed = index[bad].tolist()
+        good = ~bad
+        t, lat, lng, index = t[good], lat[good], lng[good], index[good]
+        optional = [column[good] for column in optional]
+    ms = np.clip(t, -_MS_BOUND, _MS_BOUND).astype(np.int64)  # truncates toward zero, like int()
+    return Fixes(ms, lat, lng, *optional), index, malformed
+
+
+def _decode_each(raw: Sequence[Any], first_index: int) -> tuple[Fixes, np.ndarray, list[int]]:
+    points, index, malformed = [], [], []
+    for i, element in enumerate(raw, start=first_index):
+        p = decode(element)
+        if p.__class__ is Point:
+            points.append(p)
+            index.append(i)
+        else:
+            malformed.append(i)
+    if points:
+        ms = np.array([min(max(p.ms, -_MS_BOUND), _MS_BOUND) for p in points], dtype=np.int64)
+        fixes = columns(points)._replace(ms=ms)
+    else:
+        fixes = columns([])
+    return fixes, np.array(index, dtype=np.int64), malformed

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
+
 from ..plans import GPS_POINTS_METRIC
-from .points import Point
+from .points import DAY_MS
 
 QUOTA_EXCEEDED = "quota_exceeded"
 POINTS_METRIC = GPS_POINTS_METRIC  # usage_metrics: materialized points per day
@@ -21,21 +23,33 @@ def rejected_metric(reason: str) -> str:
     return REJECTED_PREFIX + reason
 
 
-def cut(points: list[Point], limit: int, used: Mapping[int, int], rejected: dict) -> list[Point]:
-    """Keep, day by day in time order, only as many points as the day's remaining allowance; count
-    the rest into `rejected[(day, "quota_exceeded")]`. `used` maps day number -> points already stored."""
-    remaining: dict[int, int] = {}
-    kept: list[Point] = []
-    for p in points:
-        day = p.ms // 86_400_000
-        left = remaining.get(day)
-        if left is None:
-            left = max(0, limit - used.get(day, 0))
-        if left > 0:
-            kept.append(p)
-            remaining[day] = left - 1
-        else:
-            remaining[day] = 0
+def _days(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(day numbers, first position of each, count of each) of time-ordered fixes."""
+    return np.unique(ms // DAY_MS, return_index=True, return_counts=True)
+
+
+def cut(ms: np.ndarray, limit: int, used: Mapping[int, int], rejected: dict) -> np.ndarray:
+    """Which of the time-ordered fixes (epoch ms) to keep: day by day, only as many as the day's
+    remaining allowance, the earliest first; the rest count into `rejected[(day, "quota_exceeded")]`.
+    `used` maps day number -> points already stored. Returns the boolean mask of kept fixes."""
+    keep = np.ones(len(ms), dtype=bool)
+    for day, first, n in zip(*(a.tolist() for a in _days(ms))):
+        left = max(0, limit - used.get(day, 0))
+        if n > left:
+            keep[first + left:first + n] = False
             key = (day, QUOTA_EXCEEDED)
-            rejected[key] = rejected.get(key, 0) + 1
-    return kept
+            rejected[key] = rejected.get(key, 0) + n - left
+    return keep
+
+
+def fits(ms: np.ndarray, limit: int, used: Mapping[int, int], headroom: float) -> bool:
+    """Whether every day's fixes fit its remaining allowance with `headroom` (a share of the limit)
+    still free afterwards."""
+    days, _, counts = _days(ms)
+    return all(used.get(day, 0) + n <= limit * (1 - headroom) for day, n in zip(days.tolist(), counts.tolist()))
+
+
+def per_day(ms: np.ndarray) -> dict[int, int]:
+    """Fixes per day number."""
+    days, _, counts = _days(ms)
+    return dict(zip(days.tolist(), counts.tolist()))
