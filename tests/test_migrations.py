@@ -74,3 +74,16 @@ async def test_partitions_are_created_ahead_and_old_ones_dropped(db):
     # Idempotent: running again creates nothing new for the same window.
     again, _ = await partitions.maintain(db, days_ahead=10, today=today)
     assert again == 0 and created > 0
+
+
+async def test_documents_use_lz4_where_postgresql_has_it(db):
+    async with db.platform() as conn:
+        try:
+            await conn.execute("SET LOCAL default_toast_compression = lz4")
+            expected = "l"
+        except asyncpg.FeatureNotSupportedError:  # e.g. the embedded pgserver build: pglz stays
+            expected = ""
+        kinds = await conn.fetch(
+            "SELECT attrelid::regclass::text AS t, attcompression::text AS c FROM pg_attribute "
+            "WHERE (attrelid, attname) IN (('doc_updates'::regclass, 'update'), ('doc_snapshots'::regclass, 'state'))")
+    assert {r["t"]: r["c"] for r in kinds} == {"doc_updates": expected, "doc_snapshots": expected}
