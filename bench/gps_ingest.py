@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from storage import Database, migrator, partitions  # noqa: E402
 from storage import positions as position_store  # noqa: E402
 from sync_server import sync_tokens  # noqa: E402
+from sync_server.config import Settings  # noqa: E402
 
 ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
@@ -248,7 +249,8 @@ async def main() -> None:
     ap.add_argument("--vehicles", type=int, default=4)
     ap.add_argument("--points", type=int, default=50_000, help="points per vehicle (one track document each)")
     ap.add_argument("--geofences", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=50_000, help="TRACKING_BATCH_POINTS for both paths")
+    ap.add_argument("--batch", type=int, default=Settings().tracking_batch_points,
+                    help="TRACKING_BATCH_POINTS for both paths (default: the server's)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", help="write py-spy folded stacks of the server's measured phase here")
     args = ap.parse_args()

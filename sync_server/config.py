@@ -135,7 +135,7 @@ class Settings:
                                             "fixes reporting a worse accuracy are rejected (inaccurate)")
     tracking_max_speed: float = _setting("TRACKING_MAX_SPEED_KMH", 400.0, _float("TRACKING_MAX_SPEED_KMH", 1, 1e5),
                                          "implied speed from the previous fix above this is a jump")
-    tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 50_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
+    tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 10_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
                                           "most points materialized in one transaction")
     tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
                                      "how long new track points gather before a batch is materialized")
