@@ -17,7 +17,7 @@ from one Python process with no pipeline around it.
 
     .venv/bin/python bench/gps_ingest.py [--vehicles 4] [--points 50000] [--geofences 20] [--rounds 2]
 
-Needs PostgreSQL (TEST_PG_URL or postgresql://postgres@127.0.0.1:5432/postgres; a database is
+Needs PostgreSQL (TEST_PG_URL, else 127.0.0.1:5432 as postgres, else a private pgserver; a database is
 created and dropped) and `npm ci` in client-examples/js. Prints a JSON summary as the last line.
 """
 from __future__ import annotations
@@ -46,8 +46,9 @@ from storage import Database, migrator, partitions  # noqa: E402
 from storage import positions as position_store  # noqa: E402
 from sync_server import sync_tokens  # noqa: E402
 from sync_server.config import Settings  # noqa: E402
+from tests.support import databases  # noqa: E402
 
-ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = databases.admin_url()  # TEST_PG_URL, the machine's server, or a private pgserver
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 JS = ROOT / "client-examples" / "js" / "tracker.mjs"
 CLIENT_BUILD_MS = 1500  # node start-up; plus 1 ms per 25 points for building the document
@@ -59,30 +60,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _with_db(url: str, name: str) -> str:
-    from urllib.parse import urlparse, urlunparse
-
-    return urlunparse(urlparse(url)._replace(path="/" + name))
-
-
 async def _create_database() -> str:
-    name = f"wh_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = _with_db(ADMIN_URL, name)
+    url = await databases.create_database(ADMIN_URL, prefix="wh_bench")
     await migrator.migrate(url)
     return url
-
-
-async def _drop_database(url: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _customer(owner: asyncpg.Connection, slug: str, vehicles: int, geofences: int) -> tuple[str, list]:
@@ -279,7 +260,7 @@ async def main() -> None:
                       f"{raw['projected_points_per_s']:,} = {e2e['projected_ratio_to_copy']}", flush=True)
     finally:
         await owner.close()
-        await _drop_database(url)
+        await databases.drop_database(ADMIN_URL, url)
     load = os.getloadavg()
     best = max(results, key=lambda r: r["points_per_s"])
     print(json.dumps({"bench": "gps_ingest", "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in load],
