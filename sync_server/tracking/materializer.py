@@ -147,8 +147,8 @@ class TrackMaterializer(RoomHooks):
         while True:
             await state.wake.wait()
             state.wake.clear()
-            if self.flush_seconds:
-                await asyncio.sleep(self.flush_seconds)  # let a burst gather into one batch
+            if self.flush_seconds and len(state.pending) < self.batch_points:
+                await asyncio.sleep(self.flush_seconds)  # let a burst gather into one batch (a full one goes now)
             offset = 0  # pending[:offset] is prepared or committing
             run = await self._prepare(state, offset)
             while run is not None:
