@@ -32,13 +32,18 @@ LIMIT_ERRORS = (402, 409)
 
 
 @asynccontextmanager
-async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
-    """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
+async def _plan_limit() -> AsyncIterator[None]:
     try:
-        async with plans.within_limit(runtime().registry, principal().customer_id, resource) as conn:
-            yield conn
+        yield
     except plans.PlanLimitReached as exc:
         raise ApiError(402, "plan_limit_reached", str(exc), exc.details()) from None
+
+
+@asynccontextmanager
+async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
+    """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
+    async with _plan_limit(), plans.within_limit(runtime().registry, principal().customer_id, resource) as conn:
+        yield conn
 
 
 # --- vehicles -----------------------------------------------------------------------------------
@@ -91,12 +96,15 @@ def _identifier_taken() -> ApiError:
            response=VehicleWithSecret, status=201, errors=LIMIT_ERRORS)
 async def create_vehicle(body: VehicleCreate):
     secret = device_secrets.generate()
+    customer_id = principal().customer_id
     try:
-        async with _limited("vehicles") as conn:
-            row = await vehicle_store.insert(conn, principal().customer_id, name=body.name,
+        async with _plan_limit(), plans.quota_locked(runtime().registry, customer_id, "vehicles") as (conn, limits):
+            row = await vehicle_store.insert(conn, customer_id, name=body.name,
                                              vehicle_identifier=body.vehicle_identifier,
                                              vehicle_type=body.vehicle_type, metadata=body.metadata,
-                                             device_secret_hash=device_secrets.digest(secret))
+                                             device_secret_hash=device_secrets.digest(secret), limit=limits.vehicles)
+            if row is None:
+                raise await plans.limit_reached(conn, "vehicles", limits)
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
     return {**dict(row), "device_secret": secret}

@@ -48,8 +48,7 @@ class RestEndpoint:
         self.views = {endpoint: view for endpoint, view in quart.view_functions.items()
                       if getattr(view, "__openapi__", None) is not None}
         self.routes = quart.url_map.bind("localhost")  # host matching is off: the name is never compared
-        self.max_body = quart.config.get("MAX_CONTENT_LENGTH")
-        self.body_timeout = quart.config.get("BODY_TIMEOUT")
+        self.config = quart.config  # MAX_CONTENT_LENGTH and BODY_TIMEOUT, as Quart reads them
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] in METHODS and scope["path"].startswith(PREFIX):
@@ -87,11 +86,12 @@ class RestEndpoint:
             calls.leave(entered)
 
     async def _read_body(self, call: calls.Call, receive) -> bytes:
+        limit = self.config.get("MAX_CONTENT_LENGTH")
         declared = call.headers.get("content-length")
-        if self.max_body is not None and declared and declared.isdigit() and int(declared) > self.max_body:
+        if limit is not None and declared and declared.isdigit() and int(declared) > limit:
             raise RequestEntityTooLarge()
         try:
-            return await asyncio.wait_for(_receive_body(receive, self.max_body), self.body_timeout)
+            return await asyncio.wait_for(_receive_body(receive, limit), self.config.get("BODY_TIMEOUT"))
         except asyncio.TimeoutError:
             raise RequestTimeout() from None
 
