@@ -10,7 +10,7 @@ import sys
 
 import structlog
 
-from . import logs, migrate_tenant_cli
+from . import logs, migrate_tenant_cli, wire
 from .config import ConfigError, Settings
 
 log = structlog.get_logger("sync_server.cli")
@@ -62,6 +62,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
     config.websocket_max_message_size = settings.sync_max_message_bytes * 2
     _decline_permessage_deflate()
+    wire.coalesce_response_head()
     rt = app.extensions["webhost"]
 
     async def main() -> None:
