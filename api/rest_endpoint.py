@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
@@ -31,8 +30,6 @@ from sync_server.runtime import done_serving, serving
 from . import calls, rate_limits
 from .errors import reply
 from .openapi import Reply
-
-log = structlog.get_logger("api.rest_endpoint")
 
 PREFIX = "/api/"
 METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))  # HEAD and OPTIONS stay with Quart
@@ -91,8 +88,9 @@ class RestEndpoint:
         if limit is not None and declared and declared.isdigit() and int(declared) > limit:
             raise RequestEntityTooLarge()
         try:
-            return await asyncio.wait_for(_receive_body(receive, limit), self.config.get("BODY_TIMEOUT"))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.config.get("BODY_TIMEOUT")):  # no task per read, unlike wait_for
+                return await _receive_body(receive, limit)
+        except TimeoutError:
             raise RequestTimeout() from None
 
 
