@@ -136,7 +136,8 @@ def free_port() -> int:
 class OwnServer:
     """A fresh database and a `webhost-sync serve` process, cleaned up afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, wrapper: list[str] | None = None) -> None:
+        self.wrapper = wrapper or []  # e.g. valgrind and its options (bench/rest_callgrind.py)
         self.db_name = f"wh_bench_{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -164,7 +165,7 @@ class OwnServer:
         subprocess.run([str(bindir / "webhost-sync"), "create-operator", "--email", "bench@example.com",
                         "--password", "bench-password"], env=env, check=True, capture_output=True)
         self.log = open(Path(self.tmp.name) / "server.log", "wb")
-        self.proc = subprocess.Popen([str(bindir / "webhost-sync"), "serve"], env=env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.wrapper, str(bindir / "webhost-sync"), "serve"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         for _ in range(600):
             try:
