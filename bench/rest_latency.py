@@ -259,14 +259,16 @@ async def measure(base_url: str, keys: list[str], rate: float, seconds: float, s
     for name, make in (("list GET /api/v1/vehicles?limit=20", list_request),
                        ("create POST /api/v1/vehicles", create_request)):
         backends = await backend_pids(database_url)
-        before, before_pg = cpu_seconds(server_pid), [cpu_seconds(p) for p in backends]
+        before, before_pg = cpu_seconds(server_pid), {p: cpu_seconds(p) for p in backends}
         load = os.getloadavg()[0]
         results[name] = r = await open_loop(base_url, rate, seconds, make)
         r["load_average"] = round(load, 1)
         if before is not None:
             r["server_cpu_ms_per_req"] = round((cpu_seconds(server_pid) - before) / r["requests"] * 1000, 2)
-        if backends:
-            used = sum((cpu_seconds(p) or b) - b for p, b in zip(backends, before_pg) if b is not None)
+        if database_url is not None:
+            # Backends the pool opened during the run count from zero (their whole life is in it).
+            after_pg = {p: cpu_seconds(p) for p in set(backends) | set(await backend_pids(database_url))}
+            used = sum(now - (before_pg.get(p) or 0) for p, now in after_pg.items() if now is not None)
             r["postgres_cpu_ms_per_req"] = round(used / r["requests"] * 1000, 2)
     return results
 
