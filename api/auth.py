@@ -12,6 +12,7 @@ from functools import wraps
 from typing import AsyncIterator
 
 import asyncpg
+
 from sync_server import api_keys, logs
 from sync_server.runtime import runtime
 from storage import operator_sessions
