@@ -10,7 +10,7 @@ from typing import Literal
 
 import asyncpg
 from pydantic import Field
-from quart import Blueprint, g
+from quart import Blueprint
 
 from sync_server import passwords
 from sync_server.runtime import runtime
@@ -19,6 +19,7 @@ from storage import operator_sessions, platform_users
 
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required
+from .calls import principal
 from .errors import ApiError, conflict, not_found
 from .openapi import field_error, operation
 from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel
@@ -78,14 +79,14 @@ async def login(body: LoginRequest):
 @operator_required()
 @operation("Operator logout: the token stops working at once", tags=["operator auth"])
 async def logout():
-    await operator_sessions.revoke(runtime().db, g.principal.token_id)
+    await operator_sessions.revoke(runtime().db, principal().token_id)
 
 
 @blueprint.get("/api/v1/auth/me")
 @operator_required()
 @operation("The operator behind the token", tags=["operator auth"], response=Operator)
 async def me():
-    p = g.principal
+    p = principal()
     return {"id": p.user_id, "email": p.email, "role": p.role}
 
 
@@ -138,7 +139,7 @@ async def create_user(body: UserCreate):
     password_hash = await _hash(body.password)
     try:
         async with customer_transaction() as conn:
-            return dict(await user_store.insert(conn, g.principal.customer_id, email=body.email, name=body.name,
+            return dict(await user_store.insert(conn, principal().customer_id, email=body.email, name=body.name,
                                                 role=body.role, password_hash=password_hash))
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None

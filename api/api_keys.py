@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from quart import Blueprint, g
+from quart import Blueprint
 
 from sync_server import api_keys, sync_tokens
 from sync_server.runtime import runtime
@@ -16,6 +16,7 @@ from storage import api_keys as key_store
 
 from . import pagination
 from .auth import customer_required
+from .calls import principal
 from .errors import ApiError, not_found
 from .openapi import operation
 from .schemas import Page, PageQuery, RequestModel, ResponseModel
@@ -90,7 +91,7 @@ def key_out(row, raw: str | None = None) -> dict:
            response=ApiKeyCreated, status=201)
 async def create_api_key(body: ApiKeyCreate):
     raw = api_keys.generate(body.environment)
-    customer_id = g.principal.customer_id
+    customer_id = principal().customer_id
     async with runtime().db.tenant(customer_id) as conn:
         row = await key_store.insert(conn, customer_id=customer_id, name=body.name,
                                      prefix=api_keys.display_prefix(raw), key_hash=api_keys.digest(raw),
@@ -103,7 +104,7 @@ async def create_api_key(body: ApiKeyCreate):
 @customer_required("admin")
 @operation("List API keys (display prefix only)", tags=TAGS, query=ApiKeyQuery, response=Page[ApiKey])
 async def list_api_keys(query: ApiKeyQuery):
-    async with runtime().db.tenant(g.principal.customer_id) as conn:
+    async with runtime().db.tenant(principal().customer_id) as conn:
         rows = await key_store.list_page(conn, include_revoked=query.include_revoked,
                                          after=pagination.decode(query.cursor), limit=query.limit)
     return pagination.page(rows, query.limit)
@@ -113,7 +114,7 @@ async def list_api_keys(query: ApiKeyQuery):
 @customer_required("admin")
 @operation("Show an API key (display prefix only)", tags=TAGS, response=ApiKey)
 async def show_api_key(key_id: uuid.UUID):
-    async with runtime().db.tenant(g.principal.customer_id) as conn:
+    async with runtime().db.tenant(principal().customer_id) as conn:
         row = await key_store.get(conn, key_id)
     if row is None:
         raise not_found("API key")
@@ -124,11 +125,11 @@ async def show_api_key(key_id: uuid.UUID):
 @customer_required("admin")
 @operation("Revoke an API key (it stays listed with revoked_at; include_revoked=true)", tags=TAGS)
 async def revoke_api_key(key_id: uuid.UUID):
-    async with runtime().db.tenant(g.principal.customer_id) as conn:
+    async with runtime().db.tenant(principal().customer_id) as conn:
         row = await key_store.revoke(conn, key_id)
     if row is None:
         raise not_found("API key")
-    await runtime().publish("api_key_revoked", customer_id=g.principal.customer_id, key_id=str(key_id))
+    await runtime().publish("api_key_revoked", customer_id=principal().customer_id, key_id=str(key_id))
 
 
 @blueprint.post("/api/v1/sync-tokens")
@@ -136,13 +137,13 @@ async def revoke_api_key(key_id: uuid.UUID):
 @operation("Mint a sync token for the websocket endpoint (mode rw needs sync:write, r needs sync:read)",
            tags=["sync"], body=SyncTokenRequest, response=SyncToken)
 async def create_sync_token(body: SyncTokenRequest):
-    principal = g.principal
-    allowed = principal.has("sync:write") or (body.mode == "r" and principal.has("sync:read"))
+    caller = principal()
+    allowed = caller.has("sync:write") or (body.mode == "r" and caller.has("sync:read"))
     if not allowed:
         needed = "sync:write" if body.mode == "rw" else "sync:read"
         raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": [needed]})
-    token, expires = sync_tokens.mint(runtime().secret_key, customer_id=principal.customer_id,
-                                      customer_slug=principal.customer_slug, docs=body.docs, mode=body.mode,
+    token, expires = sync_tokens.mint(runtime().secret_key, customer_id=caller.customer_id,
+                                      customer_slug=caller.customer_slug, docs=body.docs, mode=body.mode,
                                       ttl_seconds=body.ttl_seconds)
     return {"token": token, "expires_at": dt.datetime.fromtimestamp(expires, dt.timezone.utc),
-            "customer_slug": principal.customer_slug}
+            "customer_slug": caller.customer_slug}

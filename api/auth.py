@@ -1,6 +1,7 @@
 """Who is calling: a customer's API key or an operator's session token (both `Authorization: Bearer`).
 
-Decorators put the principal on `g.principal` and bind the tenant id into every log line.
+Decorators put the principal on the current call (`api.calls.principal()`) and bind the tenant id
+into every log line.
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from functools import wraps
 from typing import AsyncIterator
 
 import asyncpg
-from quart import g, request
 
 from sync_server import api_keys, logs
 from sync_server.runtime import runtime
 from storage import operator_sessions
 
+from . import calls
 from .errors import ApiError
 
 
@@ -29,7 +30,7 @@ class OperatorPrincipal:
 
 
 def bearer() -> str:
-    header = request.headers.get("Authorization", "")
+    header = calls.current().headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer ...)")
@@ -64,7 +65,7 @@ def customer_required(*permissions: str):
             missing = [p for p in permissions if not principal.has(p)]
             if missing:
                 raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": missing})
-            g.principal = principal
+            calls.current().principal = principal
             return await handler(*args, **kwargs)
 
         wrapper.__auth__ = ("customer", tuple(permissions))  # read by api/openapi.py
@@ -82,7 +83,7 @@ def operator_required(role: str | None = None):
             principal = await authenticate_operator()
             if role is not None and principal.role != role:
                 raise ApiError(403, "forbidden", f"requires operator role {role!r}")
-            g.principal = principal
+            calls.current().principal = principal
             return await handler(*args, **kwargs)
 
         wrapper.__auth__ = ("operator", (f"operator role {role}",) if role else ())  # read by api/openapi.py
@@ -94,7 +95,7 @@ def operator_required(role: str | None = None):
 @asynccontextmanager
 async def customer_transaction() -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction for the calling customer, on whichever database holds its data."""
-    customer_id = g.principal.customer_id
+    customer_id = calls.principal().customer_id
     db = await runtime().registry.for_customer(customer_id)
     async with db.tenant(customer_id) as conn:
         yield conn

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import Field
-from quart import Blueprint, g
+from quart import Blueprint
 
 from sync_server import plans as plan_service
 from sync_server import subscriptions as subscription_service
@@ -16,6 +16,7 @@ from sync_server.runtime import runtime
 from storage import plans as plan_store
 
 from .auth import customer_required, operator_required
+from .calls import principal
 from .errors import ApiError, conflict, not_found
 from .openapi import operation
 from .schemas import Metadata, RequestModel, ResponseModel
@@ -177,7 +178,7 @@ class Usage(ResponseModel):
 @customer_required("billing:read")
 @operation("The active subscription", tags=SUB_TAGS, response=Subscription, errors=(404,))
 async def show_subscription():
-    row = await subscription_service.active(runtime(), g.principal.customer_id)
+    row = await subscription_service.active(runtime(), principal().customer_id)
     if row is None:
         raise not_found("active subscription")
     return dict(row)
@@ -189,7 +190,7 @@ async def show_subscription():
            tags=SUB_TAGS, body=PlanChange, response=Subscription, errors=(404, 409))
 async def change_plan(body: PlanChange):
     try:
-        row = await subscription_service.change_plan(runtime(), g.principal.customer_id, body.plan_id)
+        row = await subscription_service.change_plan(runtime(), principal().customer_id, body.plan_id)
     except subscription_service.UnknownPlan:
         raise not_found("plan") from None
     except subscription_service.NoActiveSubscription:
@@ -205,7 +206,7 @@ async def change_plan(body: PlanChange):
 @customer_required("billing:write")
 @operation("Cancel at the end of the current period", tags=SUB_TAGS, response=Subscription, errors=(404,))
 async def cancel_subscription():
-    row = await subscription_service.cancel_at_period_end(runtime(), g.principal.customer_id)
+    row = await subscription_service.cancel_at_period_end(runtime(), principal().customer_id)
     if row is None:
         raise not_found("active subscription")
     return dict(row)
@@ -217,7 +218,7 @@ async def cancel_subscription():
            response=Usage)
 async def usage():
     rt = runtime()
-    customer_id = g.principal.customer_id
+    customer_id = principal().customer_id
     limits = await plan_service.current_limits(rt.db, customer_id)
     used = await plan_service.usage(rt.registry, customer_id)
     return {

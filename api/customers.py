@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import asyncpg
 from pydantic import Field
-from quart import Blueprint, g
+from quart import Blueprint
 
 from sync_server import customers as customer_service
 from sync_server.runtime import runtime
@@ -17,6 +17,7 @@ from storage import customers as customer_store
 from . import pagination
 from .api_keys import ApiKeyCreated, key_out
 from .auth import operator_required
+from .calls import principal
 from .errors import conflict, not_found
 from .openapi import field_error, operation
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
@@ -79,7 +80,7 @@ async def create_customer(body: CustomerCreate):
     try:
         created = await customer_service.create(
             runtime(), slug=body.slug, name=body.name, email=body.email, metadata=body.metadata,
-            plan_id=body.plan_id, operator_id=g.principal.user_id)
+            plan_id=body.plan_id, operator_id=principal().user_id)
     except customer_service.UnknownPlan:
         raise field_error("body", "plan_id", "no such plan") from None
     except asyncpg.UniqueViolationError as exc:
@@ -93,7 +94,7 @@ async def create_customer(body: CustomerCreate):
            response=Page[Customer])
 async def list_customers(query: CustomerQuery):
     after = pagination.decode(query.cursor)
-    async with runtime().db.operator("list_customers", operator_id=g.principal.user_id) as conn:
+    async with runtime().db.operator("list_customers", operator_id=principal().user_id) as conn:
         rows = await customer_store.list_page(conn, status=query.status, search=query.q, plan_id=query.plan_id,
                                               after=after, limit=query.limit)
     return pagination.page(rows, query.limit)
@@ -111,7 +112,7 @@ async def _get(conn, customer_id, *, for_update: bool = False):
 @operation("Show a customer", tags=TAGS, response=Customer)
 async def show_customer(customer_id: uuid.UUID):
     async with runtime().db.operator("show_customer", customer_id=str(customer_id),
-                                     operator_id=g.principal.user_id) as conn:
+                                     operator_id=principal().user_id) as conn:
         return dict(await _get(conn, customer_id))
 
 
@@ -126,7 +127,7 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
             raise field_error("body", required, "must not be null")
     try:
         async with runtime().db.operator("update_customer", customer_id=str(customer_id),
-                                         operator_id=g.principal.user_id) as conn:
+                                         operator_id=principal().user_id) as conn:
             current = dict(await _get(conn, customer_id, for_update=True))
             merged = {**current, **changes}
             await customer_store.update(conn, customer_id, name=merged["name"], email=merged["email"],
@@ -137,7 +138,7 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
 
 
 async def _set_status(customer_id: uuid.UUID, status: str):
-    row = await customer_service.set_status(runtime(), customer_id, status, operator_id=g.principal.user_id)
+    row = await customer_service.set_status(runtime(), customer_id, status, operator_id=principal().user_id)
     if row is None:
         raise not_found("customer")
     return dict(row)
@@ -162,5 +163,5 @@ async def reactivate_customer(customer_id: uuid.UUID):
 @operator_required(role="admin")
 @operation("Delete a customer and everything it owns (admin operators only)", tags=TAGS)
 async def delete_customer(customer_id: uuid.UUID):
-    if not await customer_service.delete(runtime(), customer_id, operator_id=g.principal.user_id):
+    if not await customer_service.delete(runtime(), customer_id, operator_id=principal().user_id):
         raise not_found("customer")

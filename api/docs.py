@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, request
 
 from sync_server import doc_content, protocol
 from sync_server.runtime import runtime
 from sync_server.sync_endpoint import parse_path
 
 from .auth import customer_required
+from .calls import principal
 from .errors import ApiError
 
 blueprint = Blueprint("docs", __name__, url_prefix="/api/v1/docs")
@@ -39,7 +40,7 @@ async def get_doc(doc: str):
     if fmt not in ("update", "json"):
         raise ApiError(422, "validation_error", "format must be 'update' or 'json'",
                        {"fields": {"format": "one of update, json"}})
-    room = await runtime().rooms.get(g.principal.customer_id, doc)
+    room = await runtime().rooms.get(principal().customer_id, doc)
     state = room.ydoc.get_update()
     if fmt == "json":
         return {"doc": doc, "content": doc_content.to_json(state)}
@@ -52,7 +53,7 @@ async def post_update(doc: str):
     doc = _doc_name(doc)
     update = await _read_update()
     rooms = runtime().rooms
-    room = await rooms.get(g.principal.customer_id, doc)
+    room = await rooms.get(principal().customer_id, doc)
     try:
         await room.apply(update)
     except protocol.Malformed:

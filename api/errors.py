@@ -15,12 +15,14 @@ log = structlog.get_logger("api.errors")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details or {}
+        self.headers = headers or {}  # e.g. Retry-After on 429
 
 
 def not_found(what: str = "resource") -> ApiError:
@@ -35,29 +37,27 @@ def _snake(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "http_error"
 
 
-def install(app: Quart) -> None:
-    @app.errorhandler(ApiError)
-    async def _api_error(err: ApiError):
-        return jsonify(error_body(err.code, err.message, err.details)), err.status
-
-    @app.errorhandler(HTTPException)
-    async def _http_error(err: HTTPException):
-        status = err.code or 500
-        response = jsonify(error_body(_snake(err.name), err.description or err.name))
-        for name, value in err.get_headers():  # e.g. Allow on 405
-            if name.lower() != "content-type":
-                response.headers[name] = value
-        return response, status
-
-    @app.errorhandler(asyncpg.DataError)
-    async def _data_error(err: asyncpg.DataError):
+def reply(err: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, error body and extra headers for any exception a request raised (both the REST
+    endpoint and Quart's error handlers answer through this)."""
+    if isinstance(err, ApiError):
+        return err.status, error_body(err.code, err.message, err.details), err.headers
+    if isinstance(err, HTTPException):
+        headers = {name: value for name, value in err.get_headers()  # e.g. Allow on 405
+                   if name.lower() != "content-type"}
+        return err.code or 500, error_body(_snake(err.name), err.description or err.name), headers
+    if isinstance(err, asyncpg.DataError):
         # A value the schema let through but PostgreSQL cannot store (e.g. a NUL character in text).
-        return jsonify(error_body("invalid_value", "a value cannot be stored", {"reason": str(err)})), 422
+        return 422, error_body("invalid_value", "a value cannot be stored", {"reason": str(err)}), {}
+    log.exception("unhandled_error", error=repr(err))
+    return 500, error_body("internal_error", "internal server error"), {}
 
+
+def install(app: Quart) -> None:
     @app.errorhandler(Exception)
-    async def _unexpected(err: Exception):
-        log.exception("unhandled_error", error=repr(err))
-        return jsonify(error_body("internal_error", "internal server error")), 500
+    async def _error(err: Exception):
+        status, body, headers = reply(err)
+        return jsonify(body), status, headers
 
 
 def conflict(code: str, message: str, **details: Any) -> ApiError:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, AsyncIterator, Literal, Union
 
 import asyncpg
 from pydantic import Field, RootModel
-from quart import Blueprint, g
+from quart import Blueprint
 
 from sync_server import device_secrets, geofence_shapes, plans
 from sync_server.runtime import runtime
@@ -22,6 +22,7 @@ from storage import vehicles as vehicle_store
 
 from . import pagination
 from .auth import customer_required, customer_transaction
+from .calls import principal
 from .errors import ApiError, conflict, not_found
 from .openapi import field_error, operation
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
@@ -31,13 +32,18 @@ LIMIT_ERRORS = (402, 409)
 
 
 @asynccontextmanager
-async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
-    """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
+async def _plan_limit() -> AsyncIterator[None]:
     try:
-        async with plans.within_limit(runtime().registry, g.principal.customer_id, resource) as conn:
-            yield conn
+        yield
     except plans.PlanLimitReached as exc:
         raise ApiError(402, "plan_limit_reached", str(exc), exc.details()) from None
+
+
+@asynccontextmanager
+async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
+    """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
+    async with _plan_limit(), plans.within_limit(runtime().registry, principal().customer_id, resource) as conn:
+        yield conn
 
 
 # --- vehicles -----------------------------------------------------------------------------------
@@ -90,12 +96,15 @@ def _identifier_taken() -> ApiError:
            response=VehicleWithSecret, status=201, errors=LIMIT_ERRORS)
 async def create_vehicle(body: VehicleCreate):
     secret = device_secrets.generate()
+    customer_id = principal().customer_id
     try:
-        async with _limited("vehicles") as conn:
-            row = await vehicle_store.insert(conn, g.principal.customer_id, name=body.name,
+        async with _plan_limit(), plans.quota_locked(runtime().registry, customer_id, "vehicles") as (conn, limits):
+            row = await vehicle_store.insert(conn, customer_id, name=body.name,
                                              vehicle_identifier=body.vehicle_identifier,
                                              vehicle_type=body.vehicle_type, metadata=body.metadata,
-                                             device_secret_hash=device_secrets.digest(secret))
+                                             device_secret_hash=device_secrets.digest(secret), limit=limits.vehicles)
+            if row is None:
+                raise await plans.limit_reached(conn, "vehicles", limits)
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
     return {**dict(row), "device_secret": secret}
@@ -218,7 +227,7 @@ async def create_driver(body: DriverCreate):
     try:
         async with _limited("drivers") as conn:
             await _check_vehicle(conn, body.vehicle_id)
-            row = await driver_store.insert(conn, g.principal.customer_id, name=body.name, email=body.email,
+            row = await driver_store.insert(conn, principal().customer_id, name=body.name, email=body.email,
                                             phone=body.phone, license_number=body.license_number,
                                             vehicle_id=body.vehicle_id)
     except asyncpg.UniqueViolationError:
@@ -394,7 +403,7 @@ async def create_geofence(body: GeofenceCreate):
     values = {"name": shape.name, "kind": shape.kind, "active": shape.active, "metadata": shape.metadata,
               **_geometry(shape.kind, data.get("center"), data.get("radius_meters"), data.get("polygon"), "")}
     async with _limited("geofences") as conn:
-        row = await geofence_store.insert(conn, g.principal.customer_id, values)
+        row = await geofence_store.insert(conn, principal().customer_id, values)
     return _geofence_out(row)
 
 

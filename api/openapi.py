@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, RootModel, ValidationError
 from pydantic.json_schema import models_json_schema
-from quart import Blueprint, Quart, Response, current_app, request
+from quart import Blueprint, Quart, Response, current_app
 
+from . import calls
 from .errors import ApiError
 from .schemas import ErrorBody
 
@@ -65,7 +66,7 @@ def field_error(location: str, field_path: str, message: str, type_: str = "valu
 
 
 async def _parse_body(model: type[BaseModel]) -> BaseModel:
-    raw = await request.get_data(as_text=False)
+    raw = await calls.current().body()
     if not raw.strip():
         raise ApiError(422, "body_required", "a JSON request body is required (send {} for none of the fields)")
     try:
@@ -80,25 +81,28 @@ async def _parse_body(model: type[BaseModel]) -> BaseModel:
 
 
 def _parse_query(model: type[BaseModel]) -> BaseModel:
-    args = request.args
-    data: dict[str, Any] = {}
-    for key in args.keys():
-        values = args.getlist(key)
-        data[key] = values[0] if len(values) == 1 else values
+    data: dict[str, Any] = {key: values[0] if len(values) == 1 else values
+                            for key, values in calls.current().query().items()}
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error("query", exc) from None
 
 
-def _render(op: Operation, result: Any) -> Response:
+JSON = {"Content-Type": "application/json"}
+Reply = tuple[bytes, int, dict[str, str]]  # body, status, headers: what Quart's views may return too
+
+
+def _render(op: Operation, result: Any) -> Reply | Response:
+    """The response, shaped by the declared model. A handler may instead return a Quart Response
+    (streamed exports); api.rest_endpoint sends those as they are."""
     if op.status == 204 or op.response is None:
-        return Response(b"", status=204)
+        return b"", 204, {}
     if isinstance(result, Response):
         return result
     model = op.response
     body = result if isinstance(result, model) else model.model_validate(result)
-    return Response(body.model_dump_json(), status=op.status, content_type="application/json")
+    return body.model_dump_json().encode(), op.status, JSON
 
 
 def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = None,

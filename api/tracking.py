@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated, Any, AsyncIterator, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
-from quart import Blueprint, Response, current_app, g
+from quart import Blueprint, Response
 
 from storage import geofence_events as event_store
 from storage import positions as position_store
@@ -25,6 +25,7 @@ from sync_server.tracking.distance import path_length
 
 from . import track_formats
 from .auth import customer_required
+from .calls import principal
 from .errors import ApiError, not_found
 from .openapi import operation
 from .schemas import RequestModel, ResponseModel
@@ -183,7 +184,7 @@ def _decode_cursor(cursor: str, size: int) -> list:
 
 
 async def _customer_db():
-    cid = g.principal.customer_id
+    cid = principal().customer_id
     return cid, await runtime().registry.for_customer(cid)
 
 
@@ -342,7 +343,7 @@ async def tracking_usage(query: UsageQuery):
     """How much of the day's GPS quota is used, and how many points were rejected and why."""
     day = query.day or dt.datetime.now(UTC).date()
     cid, db = await _customer_db()
-    limits = await current_app.extensions["tracking"].limits(cid)
+    limits = await runtime().tracking.limits(cid)
     async with db.tenant(cid) as conn:
         metrics = await usage_store.of_day(conn, cid, day, quota.POINTS_METRIC)
     stored = metrics.get(quota.POINTS_METRIC, 0)

@@ -136,7 +136,8 @@ def free_port() -> int:
 class OwnServer:
     """A fresh database and a `webhost-sync serve` process, cleaned up afterwards."""
 
-    def __init__(self) -> None:
+    def __init__(self, wrapper: list[str] | None = None) -> None:
+        self.wrapper = wrapper or []  # e.g. valgrind and its options (bench/rest_callgrind.py)
         self.db_name = f"wh_bench_{uuid.uuid4().hex[:10]}"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -164,7 +165,7 @@ class OwnServer:
         subprocess.run([str(bindir / "webhost-sync"), "create-operator", "--email", "bench@example.com",
                         "--password", "bench-password"], env=env, check=True, capture_output=True)
         self.log = open(Path(self.tmp.name) / "server.log", "wb")
-        self.proc = subprocess.Popen([str(bindir / "webhost-sync"), "serve"], env=env, stdout=self.log,
+        self.proc = subprocess.Popen([*self.wrapper, str(bindir / "webhost-sync"), "serve"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         for _ in range(600):
             try:
@@ -258,14 +259,16 @@ async def measure(base_url: str, keys: list[str], rate: float, seconds: float, s
     for name, make in (("list GET /api/v1/vehicles?limit=20", list_request),
                        ("create POST /api/v1/vehicles", create_request)):
         backends = await backend_pids(database_url)
-        before, before_pg = cpu_seconds(server_pid), [cpu_seconds(p) for p in backends]
+        before, before_pg = cpu_seconds(server_pid), {p: cpu_seconds(p) for p in backends}
         load = os.getloadavg()[0]
         results[name] = r = await open_loop(base_url, rate, seconds, make)
         r["load_average"] = round(load, 1)
         if before is not None:
             r["server_cpu_ms_per_req"] = round((cpu_seconds(server_pid) - before) / r["requests"] * 1000, 2)
-        if backends:
-            used = sum((cpu_seconds(p) or b) - b for p, b in zip(backends, before_pg) if b is not None)
+        if database_url is not None:
+            # Backends the pool opened during the run count from zero (their whole life is in it).
+            after_pg = {p: cpu_seconds(p) for p in set(backends) | set(await backend_pids(database_url))}
+            used = sum(now - (before_pg.get(p) or 0) for p, now in after_pg.items() if now is not None)
             r["postgres_cpu_ms_per_req"] = round(used / r["requests"] * 1000, 2)
     return results
 

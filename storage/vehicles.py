@@ -4,16 +4,20 @@ from __future__ import annotations
 import asyncpg
 
 from .database import TENANT_ROWS
+from .usage import count_query
 
 _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
 
 
 async def insert(conn: asyncpg.Connection, customer_id, *, name: str, vehicle_identifier: str, vehicle_type: str,
-                 metadata: dict, device_secret_hash: bytes) -> asyncpg.Record:
+                 metadata: dict, device_secret_hash: bytes, limit: int) -> asyncpg.Record | None:
+    """A new vehicle, only while the customer has fewer than `limit` (counted by the same statement,
+    so after the caller's quota lock: plans.quota_locked); None when the limit is reached."""
     return await conn.fetchrow(
         "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
-        f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-        customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash,
+        "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::jsonb, $6::bytea "
+        f"WHERE ({count_query('vehicles')}) < $7 RETURNING {_COLUMNS}",
+        customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash, limit,
     )
 
 

@@ -2,15 +2,13 @@
 Imported only by the CLI and the tests."""
 from __future__ import annotations
 
-import uuid
+from quart import Quart
 
-from quart import Quart, g, request
-
-from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi, rate_limits
+from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi, rest_endpoint
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
 
-from . import fanout, logs, provisioning, shared_limits, sync_endpoint, tracking
+from . import fanout, provisioning, shared_limits, sync_endpoint, tracking
 from .config import Settings
 from .runtime import Runtime
 
@@ -27,29 +25,17 @@ def create_app(settings: Settings) -> Quart:
     # Several nodes: cross-node fan-out and shared counters through Redis (in memory without it).
     relay = fanout.install(rt) if settings.redis_url else None
     shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
-    rate_limits.install(app)
     app.register_blueprint(docs.blueprint)
     for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
-    app.extensions["tracking"] = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
+    app.extensions["tracking"] = rt.tracking = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
 
-    @app.before_request
-    async def _request_id() -> None:
-        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g.request_id = rid[:64]
-        logs.bind(request_id=g.request_id)
-
-    @app.after_request
-    async def _echo_request_id(response):
-        rid = getattr(g, "request_id", None)
-        if rid:
-            response.headers["X-Request-ID"] = rid
-        logs.unbind("request_id", "customer_id")
-        return response
+    # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
+    rest_endpoint.install(app, rt)
 
     @app.before_serving
     async def _start() -> None:

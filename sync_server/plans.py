@@ -94,16 +94,33 @@ async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limi
 
 
 @asynccontextmanager
-async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
-                       adding: int = 1) -> AsyncIterator[asyncpg.Connection]:
-    """A tenant transaction on the customer's database in which `adding` more `resource` fit the plan."""
+async def quota_locked(registry: DatabaseRegistry, customer_id,
+                       resource: str) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
+    """A tenant transaction on the customer's database holding its quota lock for `resource`, and
+    the plan's limits. Whatever is counted against them must be read by a later statement (after
+    the lock): `within_limit` counts; a caller whose INSERT counts in its own statement (one round
+    trip less) raises `await limit_reached(...)` when nothing was inserted."""
     db = await registry.for_customer(customer_id)
     limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
     async with db.tenant(customer_id) as conn:
-        locked = limits is None
-        if locked:  # the plan lives in the same database: one statement reads it and takes the lock
+        if limits is None:  # the plan lives in the same database: one statement reads it and takes the lock
             limits = await limits_in(conn, customer_id, locking=resource)
-        await check_limit(conn, customer_id, resource, limits, adding=adding, locked=locked)
+        else:
+            await usage_store.lock_quota(conn, customer_id, resource)
+        yield conn, limits
+
+
+async def limit_reached(conn: asyncpg.Connection, resource: str, limits: Limits) -> PlanLimitReached:
+    """The refusal of a counting INSERT that inserted nothing (counted again for the details)."""
+    return PlanLimitReached(resource, limits.of(resource), await usage_store.count(conn, resource), limits.plan_id)
+
+
+@asynccontextmanager
+async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
+                       adding: int = 1) -> AsyncIterator[asyncpg.Connection]:
+    """A tenant transaction on the customer's database in which `adding` more `resource` fit the plan."""
+    async with quota_locked(registry, customer_id, resource) as (conn, limits):
+        await check_limit(conn, customer_id, resource, limits, adding=adding, locked=True)
         yield conn
 
 

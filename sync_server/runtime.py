@@ -4,6 +4,7 @@ background jobs, and the start/stop order. app.py builds it; handlers reach it w
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
 
 import structlog
@@ -29,6 +30,7 @@ class Runtime:
         )
         self.redis: Any = None
         self.rooms: Any = None  # the sync core's RoomRegistry (sync_server.sync_endpoint.install)
+        self.tracking: Any = None  # the tracking Pipeline (sync_server.tracking.install)
         self.secret_key = settings.resolved_secret_key()
         self._tasks: list[asyncio.Task] = []
         self._started: list[Hook] = []  # run after the database is open, in order
@@ -150,6 +152,20 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("background_job_failed", job=task.get_name(), error=repr(task.exception()))
 
 
+_serving: ContextVar[Runtime] = ContextVar("runtime")
+
+
+def serving(rt: Runtime):
+    """Mark `rt` as the runtime of the current task's request (endpoints that answer without a
+    Quart app context: api.rest_endpoint); returns the token to reset."""
+    return _serving.set(rt)
+
+
+def done_serving(token) -> None:
+    _serving.reset(token)
+
+
 def runtime() -> Runtime:
     """The Runtime of the app handling the current request or websocket."""
-    return current_app.extensions["webhost"]
+    rt = _serving.get(None)
+    return rt if rt is not None else current_app.extensions["webhost"]

@@ -48,3 +48,44 @@ def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
         await stream_send(Data(stream_id=stream_id, data=data))
 
     return write
+
+
+def coalesce_response_head() -> None:
+    """Hypercorn's HTTP/1.1 protocol writes a response's head and its body with two writes: two
+    syscalls and, over loopback, two wakeups of the client (strace: every REST answer). Hold the
+    head back and write it together with what follows it (the body, the end of the message, or
+    nothing when the stream closes first). Interim responses (100, 101) are written at once."""
+    import h11
+    from hypercorn.events import RawData
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.h11 import H11Protocol
+
+    if getattr(H11Protocol, "coalesces_response_head", False):
+        return
+    send_event = H11Protocol._send_h11_event
+    stream_send = H11Protocol.stream_send
+
+    async def _send_h11_event(self, event) -> None:
+        held = self.__dict__.pop("held_head", b"")
+        if not held and not isinstance(event, h11.Response):
+            await send_event(self, event)
+            return
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            data = b""
+        if isinstance(event, h11.Response):
+            self.held_head = held + data
+        else:
+            await self.send(RawData(data=held + data))
+
+    async def _stream_send(self, event) -> None:
+        if isinstance(event, StreamClosed) and self.__dict__.get("held_head"):
+            await self.send(RawData(data=self.__dict__.pop("held_head")))
+        await stream_send(self, event)
+
+    H11Protocol._send_h11_event = _send_h11_event
+    H11Protocol.stream_send = _stream_send
+    H11Protocol.coalesces_response_head = True

@@ -1,0 +1,69 @@
+"""The API call being served: what handlers and the auth decorators read (headers, query, body,
+the authenticated principal, the request id), whichever way the request came in.
+
+REST operations are served by api.rest_endpoint straight from ASGI (no Quart request or `g`);
+the few routes still served by Quart (HEAD, document bytes, provisioning) get a Call built from
+Quart's request in a before_request hook. One contextvar holds it for the request's task.
+"""
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl
+
+_current: ContextVar["Call"] = ContextVar("api_call")
+
+REQUEST_ID_MAX = 64
+
+
+class Call:
+    __slots__ = ("method", "path", "headers", "query_string", "remote_addr", "request_id", "principal", "_read",
+                 "_body")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], query_string: bytes,
+                 remote_addr: str | None, read: Callable[[], Awaitable[bytes]]) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers  # lower-case names; the first value of a repeated header
+        self.query_string = query_string
+        self.remote_addr = remote_addr
+        self.request_id = (headers.get("x-request-id") or uuid.uuid4().hex)[:REQUEST_ID_MAX]
+        self.principal: Any = None  # set by api.auth's decorators
+        self._read = read
+        self._body: bytes | None = None
+
+    async def body(self) -> bytes:
+        """The whole request body (read once, on first use)."""
+        if self._body is None:
+            self._body = await self._read()
+        return self._body
+
+    def query(self) -> dict[str, list[str]]:
+        """Query parameters, each with every value given (as werkzeug parses them)."""
+        out: dict[str, list[str]] = {}
+        for key, value in parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True, errors="replace"):
+            out.setdefault(key, []).append(value)
+        return out
+
+
+def enter(call: Call):
+    """Make `call` the current one; returns the token for `leave`."""
+    return _current.set(call)
+
+
+def leave(token) -> None:
+    _current.reset(token)
+
+
+def current() -> Call:
+    return _current.get()
+
+
+def current_or_none() -> Call | None:
+    return _current.get(None)
+
+
+def principal() -> Any:
+    """Who is calling (api.auth put it there: an ApiKeyPrincipal or an OperatorPrincipal)."""
+    return _current.get().principal

@@ -1,0 +1,167 @@
+"""Every `@operation` route (the /api/v1 REST surface), served as a raw ASGI application in front of
+Quart, the way sync_server.sync_endpoint serves websockets.
+
+Why not through Quart: for a small JSON request Quart's machinery (request and app contexts, the
+Request/Response wrappers and their header structures, hooks, signals, the per-request task that
+watches for disconnects) cost about as much CPU as the handler's own work, and issue 4's budget at
+500 req/s on two shared cores is below 1 ms per request. The route table, the converters, the
+handlers, the auth decorators, `@operation` (validation, response model, OpenAPI) and the error
+format are the same objects either way: werkzeug's matcher picks the view from `app.url_map`, the
+view runs as registered. What is done here instead of in Quart: the call's headers/query/body
+(api.calls), the request id (X-Request-ID echoed, bound in the log context), the rate limit, and
+turning exceptions into the one error format (api.errors.reply).
+
+Everything else goes to Quart unchanged: routes without `@operation` (health, document bytes,
+provisioning, ingest, the OpenAPI document), HEAD/OPTIONS, and paths or methods that do not match
+(404, 405, slash redirects answered exactly as before). Those get the same Call, request id and
+rate limit from the before_request hook installed here.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
+
+from sync_server import logs
+from sync_server.runtime import done_serving, serving
+
+from . import calls, rate_limits
+from .errors import reply
+from .openapi import Reply
+
+PREFIX = "/api/"
+METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))  # HEAD and OPTIONS stay with Quart
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+class RestEndpoint:
+    """ASGI wrapper: HTTP requests for an `@operation` view are served here, the rest by `app`."""
+
+    def __init__(self, app, quart: Quart, runtime) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.views = {endpoint: view for endpoint, view in quart.view_functions.items()
+                      if getattr(view, "__openapi__", None) is not None}
+        self.routes = quart.url_map.bind("localhost")  # host matching is off: the name is never compared
+        self.config = quart.config  # MAX_CONTENT_LENGTH and BODY_TIMEOUT, as Quart reads them
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in METHODS and scope["path"].startswith(PREFIX):
+            try:
+                endpoint, args = self.routes.match(scope["path"], scope["method"])
+            except HTTPException:  # 404 / 405 / redirect: Quart answers those as it always did
+                endpoint = None
+            view = self.views.get(endpoint)
+            if view is not None:
+                await self.serve(view, args, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def serve(self, view, args: dict, scope, receive, send) -> None:
+        call = calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
+                          (scope.get("client") or (None,))[0], lambda: self._read_body(call, receive))
+        entered, rt = calls.enter(call), serving(self.runtime)
+        logs.bind(request_id=call.request_id)
+        try:
+            try:
+                await rate_limits.check(call)
+                result = await view(**args)
+            except ClientGone:
+                return
+            except Exception as exc:
+                status, body, headers = reply(exc)
+                result = json.dumps(body).encode(), status, headers
+            if isinstance(result, Response):
+                await _send_quart_response(result, call.request_id, send)
+            else:
+                await _send(result, call.request_id, send)
+        finally:
+            logs.unbind("request_id", "customer_id")
+            done_serving(rt)
+            calls.leave(entered)
+
+    async def _read_body(self, call: calls.Call, receive) -> bytes:
+        limit = self.config.get("MAX_CONTENT_LENGTH")
+        declared = call.headers.get("content-length")
+        if limit is not None and declared and declared.isdigit() and int(declared) > limit:
+            raise RequestEntityTooLarge()
+        try:
+            async with asyncio.timeout(self.config.get("BODY_TIMEOUT")):  # no task per read, unlike wait_for
+                return await _receive_body(receive, limit)
+        except TimeoutError:
+            raise RequestTimeout() from None
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody to answer."""
+
+
+async def _send(result: Reply, request_id: str, send) -> None:
+    body, status, headers = result
+    head = [JSON_TYPE] if status != 204 else []
+    head += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+             if name.lower() != "content-type"]
+    head.append((b"x-request-id", request_id.encode("latin-1")))
+    if status != 204:
+        head.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _receive_body(receive, limit: int | None) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise RequestEntityTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_quart_response(response: Response, request_id: str, send) -> None:
+    """A handler's own Response (streamed exports), body chunk by chunk."""
+    response.headers["X-Request-ID"] = request_id
+    head = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": head})
+    async with response.response as body:
+        async for chunk in body:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _headers(scope) -> dict[str, str]:
+    """Header names lower-cased; the first of repeated headers wins (as werkzeug's get does)."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in reversed(scope["headers"])}
+
+
+def install(app: Quart, runtime) -> None:
+    """Serve `@operation` routes from ASGI; give Quart's own routes the same call, request id and
+    rate limit. Call after every blueprint is registered (the route table is read once)."""
+
+    @app.before_request
+    async def _enter_call() -> None:
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():
+            headers.setdefault(name.lower(), value)
+        call = calls.Call(request.method, request.path, headers, request.query_string, request.remote_addr,
+                          lambda: request.get_data(as_text=False))
+        calls.enter(call)  # the request context's task ends with the request: nothing to reset
+        logs.bind(request_id=call.request_id)
+        await rate_limits.check(call)
+
+    @app.after_request
+    async def _echo_request_id(response):
+        call = calls.current_or_none()
+        if call is not None:
+            response.headers["X-Request-ID"] = call.request_id
+        logs.unbind("request_id", "customer_id")
+        return response
+
+    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime)
