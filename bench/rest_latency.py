@@ -29,7 +29,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(ROOT))
+from tests.support import databases  # noqa: E402  (one home for throwaway databases: tests and bench)
+
+ADMIN_URL = os.environ.get("TEST_PG_URL", databases.DEFAULT_ADMIN_URL)
 
 
 class Connection:
@@ -138,26 +141,13 @@ class OwnServer:
 
     def __init__(self, wrapper: list[str] | None = None) -> None:
         self.wrapper = wrapper or []  # e.g. valgrind and its options (bench/rest_callgrind.py)
-        self.db_name = f"wh_bench_{uuid.uuid4().hex[:10]}"
+        self.database_url: str | None = None
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="wh-bench-")
 
-    @property
-    def database_url(self) -> str:
-        return urlparse(ADMIN_URL)._replace(path="/" + self.db_name).geturl()
-
-    async def _admin(self, sql: str) -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     async def __aenter__(self) -> "OwnServer":
-        await self._admin(f'CREATE DATABASE "{self.db_name}"')
+        self.database_url = await databases.create_database(ADMIN_URL, prefix="wh_bench")
         bindir = Path(sys.executable).parent
         env = {**os.environ, "DATABASE_URL": self.database_url, "HOST": "127.0.0.1", "PORT": str(self.port),
                "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789", "DATA_DIR": self.tmp.name,
@@ -186,7 +176,7 @@ class OwnServer:
             self.proc.terminate()
             self.proc.wait(30)
         self.log.close()
-        await self._admin(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        await databases.drop_database(ADMIN_URL, self.database_url)
         self.tmp.cleanup()
 
 

@@ -62,6 +62,8 @@ def coalesce_response_head() -> None:
 
     if getattr(H11Protocol, "coalesces_response_head", False):
         return
+    if not (callable(getattr(H11Protocol, "_send_h11_event", None)) and callable(getattr(H11Protocol, "stream_send", None))):
+        return  # a Hypercorn whose internals changed: keep its own two writes
     send_event = H11Protocol._send_h11_event
     stream_send = H11Protocol.stream_send
 
