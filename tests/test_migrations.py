@@ -1,5 +1,6 @@
 import asyncio
 import datetime as dt
+import uuid
 
 import asyncpg
 
@@ -87,3 +88,21 @@ async def test_documents_use_lz4_where_postgresql_has_it(db):
             "SELECT attrelid::regclass::text AS t, attcompression::text AS c FROM pg_attribute "
             "WHERE (attrelid, attname) IN (('doc_updates'::regclass, 'update'), ('doc_snapshots'::regclass, 'state'))")
     assert {r["t"]: r["c"] for r in kinds} == {"doc_updates": expected, "doc_snapshots": expected}
+
+
+async def test_every_tenant_policy_reads_the_settings_once_per_query(db):
+    """All tenant_isolation policies, day partitions made after the migration included, have the
+    InitPlan form; and a tenant count plans them as parameters, not per-row function calls."""
+    day = dt.date(2031, 1, 15)
+    await partitions.ensure(db, day, day)
+    async with db.platform() as conn:
+        policies = await conn.fetch("SELECT tablename, qual, with_check FROM pg_policies WHERE policyname = 'tenant_isolation'")
+        tables = {r["tablename"] for r in policies}
+        assert {"vehicles", "customers", "track_progress", "recommendations", f"gps_positions_p{day:%Y%m%d}"} <= tables
+        for r in policies:
+            for text in (r["qual"], r["with_check"]):
+                assert "( SELECT webhost_current_customer()" in text and "( SELECT webhost_is_operator()" in text, r
+    customer = uuid.uuid4()
+    async with db.tenant(customer) as conn:
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN SELECT count(*) FROM vehicles"))
+    assert "InitPlan" in plan and "current_setting" not in plan.split("Filter:")[-1], plan
