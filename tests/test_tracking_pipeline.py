@@ -274,3 +274,41 @@ async def test_vehicles_of_one_customer_materialize_in_parallel_and_the_quota_st
     times = [r["time"] for r in await fleet.rows(db, cid, "SELECT time FROM gps_positions WHERE vehicle_id = $1 "
                                                  "ORDER BY time", short)]
     assert times == [NOON + dt.timedelta(seconds=i * 10) for i in range(10)]
+
+
+async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
+    """The plan lookup before a batch fails once (the database away for a moment): the room's worker
+    logs it, waits, retries, and every point still becomes a row, once."""
+    from types import SimpleNamespace
+
+    from sync_server.tracking import materializer as mat
+
+    cid = await fleet.customer(db)
+    vid = await fleet.vehicle(db, cid)
+    worker = mat.TrackMaterializer(pipeline, pipeline.registry, flush_seconds=0, batch_points=4)
+    room = SimpleNamespace(customer_id=str(cid), doc=f"tracks/{vid}/{TODAY}")
+    state = mat.TrackRoom(room, vid, TODAY, 0)
+    real_limits, failures = pipeline.limits, []
+
+    async def limits_failing_once(customer_id):
+        if not failures:
+            failures.append(customer_id)
+            raise ConnectionError("database unavailable")
+        return await real_limits(customer_id)
+
+    pipeline.limits = limits_failing_once
+    mat.MAX_BACKOFF, backoff = 0.05, mat.MAX_BACKOFF
+    now_ms = int(dt.datetime.now(UTC).timestamp() * 1000)  # the worker runs at the real clock
+    state.pending = [{"t": now_ms - 600_000 + i * 10_000, "lat": 52.5, "lng": 13.4 + i * 1e-4} for i in range(10)]
+    state.idle.clear()
+    state.wake.set()
+    task = asyncio.ensure_future(worker._work(state))
+    try:
+        await asyncio.wait_for(state.idle.wait(), 30)
+    finally:
+        task.cancel()
+        mat.MAX_BACKOFF = backoff
+    assert failures == [str(cid)]  # it did fail, and the worker went on
+    assert state.done == 10 and state.pending == []
+    assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 10
+    assert await fleet.count(db, cid, "SELECT elements FROM track_progress") == 10

@@ -182,7 +182,16 @@ class TrackMaterializer(RoomHooks):
             return None
         batch = Batch(state.room.customer_id, state.vehicle_id, raw, doc=state.room.doc, day=state.day,
                       first_index=state.done + offset)
-        return await self.pipeline.prepare(batch)
+        backoff = 0.5
+        while True:  # a failure here (the plan lookup while the database is away) must not end the worker
+            try:
+                return await self.pipeline.prepare(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("track_prepare_failed", room=state.room.doc, points=len(raw), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
 
     async def _vehicle(self, customer_id: str, segment: str) -> uuid.UUID | None:
         try:
