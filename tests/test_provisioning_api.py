@@ -176,7 +176,7 @@ async def _live_migration(server, database_url, tmp_path):
             await asyncio.sleep(0.5)
             migs = (await client.get(f"/api/v1/customers/{cid}/migrations/{r.json()['id']}")).json()
         stop.touch()
-        outputs = await asyncio.gather(*(asyncio.to_thread(proc.communicate, timeout=150) for _, _, proc in clients))
+        outputs = await asyncio.gather(*(asyncio.to_thread(sync_peers.rest_of, proc, 150) for _, _, proc in clients))
     finally:
         stop.touch()
         for _, _, proc in clients:

@@ -92,7 +92,7 @@ async def test_server_restart_loses_no_update_and_duplicates_nothing(server_env,
         assert json.loads(line)["mark"] == "written"
         srv.stop()  # SIGTERM: flush, close 1001
         srv = ServerProcess(server_env, log_path=tmp_path / "s2.log", port=srv.port).start()
-        out, err = await asyncio.to_thread(writer.communicate, timeout=120)
+        out, err = await asyncio.to_thread(sync_peers.rest_of, writer, 120)
         assert writer.returncode == 0, err
         end = json.loads(out.strip().splitlines()[-1])
         assert end["texts"]["t"] == "hello again" and end["arrayLengths"]["a"] == 200
@@ -122,7 +122,7 @@ async def test_awareness_reaches_new_joiner_at_once_and_killed_client_presence_i
         ready = json.loads(await asyncio.to_thread(watcher.stdout.readline))
         assert ready["mark"] == "ready"
         holder.send_signal(signal.SIGKILL)  # no goodbye: the TCP connection just drops
-        out, err = await asyncio.to_thread(watcher.communicate, timeout=60)
+        out, err = await asyncio.to_thread(sync_peers.rest_of, watcher, 60)
         assert watcher.returncode == 0, err
         end = json.loads(out.strip().splitlines()[-1])
         removal = [e for e in end["events"] if "presenceRemoved" in e]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,21 @@ def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
 def js_start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=JS_DIR)
+
+
+def rest_of(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """What a started client still prints (stdout, stderr) once it exits; killed past `timeout`.
+    stdout is read through the buffered reader `readline` used: communicate() reads the raw pipe and
+    misses lines readline already buffered (a client's last line, printed right after a mark)."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    return out, err
 
 
 async def create_api_key(database_url: str, customer: Customer, permissions: list[str]) -> str:
