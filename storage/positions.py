@@ -85,10 +85,15 @@ async def stage_and_merge(conn: asyncpg.Connection, customer_id, vehicle_id, sou
     return int(status.rsplit(" ", 1)[-1])
 
 
+def track_lock_key(customer_id, vehicle_id) -> str:
+    """The advisory lock (hashtextextended of this text) of one vehicle's materialization."""
+    return f"track:{customer_id}:{vehicle_id}"
+
+
 async def lock_track(conn: asyncpg.Connection, customer_id, vehicle_id) -> None:
     """Serialise every materialization of one vehicle's fixes until the transaction ends (its stored
     neighbours, geofence events, latest position and document progress are read and written under it)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"track:{customer_id}:{vehicle_id}")
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", track_lock_key(customer_id, vehicle_id))
 
 
 async def before(conn: asyncpg.Connection, customer_id, vehicle_id, time: dt.datetime) -> asyncpg.Record | None:

@@ -6,10 +6,12 @@ import asyncio
 import datetime as dt
 import signal
 
+import asyncpg
 import numpy as np
 import pycrdt
 import pytest
 
+from storage import positions as position_store
 from sync_server.tracking.geofences import Circle, GeofenceSet, transitions
 
 from .conftest import TEST_SECRET
@@ -97,18 +99,27 @@ async def _done(db, cid):
 async def test_server_killed_mid_materialization_resumes_exactly_once(db, server_env, database_url, tmp_path):
     customer, vid, expected = await _setup(db)
     env = {**server_env, "TRACKING_BATCH_POINTS": "200", "TRACKING_FLUSH_SECONDS": "0"}
+    # Hold the vehicle's track lock (the one every batch takes first), let exactly one batch through,
+    # hold it again, then kill -9: the server is stopped mid-materialization however fast it runs.
+    holder = await asyncpg.connect(database_url)
+    key = position_store.track_lock_key(customer.id, vid)
+    await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
     first = ServerProcess(env, log_path=tmp_path / "first.log").start()
     try:
         await asyncio.to_thread(_tracker, first, customer, vid, POINTS)
         doc = f"tracks/{vid}/{DAY.isoformat()}"
-        # kill -9 once the update is durable and some (not all) batches are committed
         await _wait_for(lambda: _logged(database_url, customer, doc), "the update in the log")
-        await _wait_for(lambda: _some_rows(db, customer.id), "the first batch")
+        await _wait_for(lambda: _awaited(holder), "a batch waiting for the track lock")
+        # one statement: the waiting batch is granted the lock as it is released, and this session
+        # queues for it again before that batch's successor can (it waits for its predecessor's commit)
+        await holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0)), "
+                             "pg_advisory_lock(hashtextextended($1, 0))", key)
         first.stop(signal.SIGKILL)
     finally:
         first.stop(signal.SIGKILL)
+        await holder.close()
     rows_at_kill, progress_at_kill = await _state(db, customer.id)
-    assert 0 < rows_at_kill < POINTS and progress_at_kill == rows_at_kill
+    assert rows_at_kill == 200 and progress_at_kill == rows_at_kill
     second = ServerProcess(env, log_path=tmp_path / "second.log").start()
     try:
         # the phone resyncs (nothing new to send): loading the room resumes materialization
@@ -124,5 +135,8 @@ async def _logged(database_url, customer, doc):
     return count > 0
 
 
-async def _some_rows(db, cid):
-    return (await _state(db, cid))[0] > 0
+async def _awaited(conn) -> bool:
+    """Another session waits for an advisory lock this connection holds."""
+    return await conn.fetchval("SELECT count(*) > 0 FROM pg_locks l JOIN pg_locks mine ON mine.pid = pg_backend_pid() "
+                               "AND mine.locktype = 'advisory' AND l.locktype = 'advisory' AND NOT l.granted "
+                               "AND (l.classid, l.objid) = (mine.classid, mine.objid)")
