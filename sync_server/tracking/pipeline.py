@@ -54,7 +54,8 @@ from storage.registry import DatabaseRegistry
 from .. import plans
 from . import filters, quota
 from .geofences import Event, GeofenceSet, shape_from_row, transitions
-from .points import DAY_MS, MALFORMED, Point, columns, day_of, decode_all, from_record, ms_from_datetime, point_at
+from .points import (DAY_MS, MALFORMED, Point, columns, day_number, day_of, decode_all, from_record, ms_from_datetime,
+                     point_at, time_of)
 
 log = structlog.get_logger("sync_server.tracking")
 
@@ -146,7 +147,7 @@ def decode_step(run: Run) -> None:
 def validate_step(run: Run) -> None:
     oldest = run.now_ms - run.limits.retention_days * DAY_MS
     if run.batch.day is not None:
-        window = filters.day_window((run.batch.day - dt.date(1970, 1, 1)).days, run.now_ms, oldest, run.rules)
+        window = filters.day_window(day_number(run.batch.day), run.now_ms, oldest, run.rules)
     else:
         window = filters.Window(run.now_ms, oldest)
     failed = filters.check_all(run.fixes, window, run.rules)
@@ -190,7 +191,7 @@ async def filter_step(run: Run) -> None:
     if not len(run):
         return
     conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
-    first, last = point_at(run.fixes, 0).time, point_at(run.fixes, len(run) - 1).time
+    first, last = time_of(int(run.fixes.ms[0])), time_of(int(run.fixes.ms[-1]))
     row = await position_store.before(conn, cid, vid, first)
     run.before = from_record(row) if row else None
     run.stored_in_span = [from_record(r) for r in await position_store.between(conn, cid, vid, first, last)]
@@ -211,8 +212,9 @@ async def quota_step(run: Run) -> None:
         if quota.fits(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), QUOTA_HEADROOM):
             return
         await _lock_quota(run)
-    keep = quota.cut(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), run.rejected)
+    keep = quota.cut(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run))
     if not keep.all():
+        run.reject(run.fixes.ms[~keep] // DAY_MS, quota.QUOTA_EXCEEDED)
         run.keep(keep)
 
 
@@ -224,7 +226,7 @@ async def _lock_quota(run: Run) -> None:
 async def _used_by_day(run: Run) -> dict[int, int]:
     days = range(int(run.fixes.ms[0]) // DAY_MS, int(run.fixes.ms[-1]) // DAY_MS + 1)  # fixes are in time order
     used = await usage_store.values(run.conn, run.customer_uuid, quota.POINTS_METRIC, [day_of(d * DAY_MS) for d in days])
-    return {(d - dt.date(1970, 1, 1)).days: n for d, n in used.items()}
+    return {day_number(d): n for d, n in used.items()}
 
 
 class QuotaRace(Exception):
@@ -251,8 +253,7 @@ async def geofence_step(run: Run) -> None:
         ms, lat, lng = ms[order], np.concatenate((o_lat, lat))[order], np.concatenate((o_lng, lng))[order]
         inside = np.concatenate((o_inside, inside))[order]
     wanted = transitions(fences, before, ms, lat, lng, inside)
-    first = point_at(fixes, 0).time
-    last = Point(int(ms[-1]), 0.0, 0.0).time
+    first, last = time_of(int(fixes.ms[0])), time_of(int(ms[-1]))
     conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
     existing = await event_store.in_window(conn, cid, vid, first, last)
     wanted_keys = {e.key for e in wanted}
@@ -268,7 +269,7 @@ async def geofence_step(run: Run) -> None:
     new = [e for e in wanted if e.key not in existing_keys]
     if new:
         await event_store.insert(conn, cid, vid, [e.geofence_id for e in new], [e.event for e in new],
-                                 [Point(e.ms, e.lat, e.lng).time for e in new], [e.lat for e in new],
+                                 [time_of(e.ms) for e in new], [e.lat for e in new],
                                  [e.lng for e in new])
     run.outcome.events = new
 

@@ -43,7 +43,7 @@ class Point:
     @property
     def time(self) -> dt.datetime:
         if self._time is None:
-            self._time = EPOCH + _timedelta(milliseconds=self.ms)
+            self._time = time_of(self.ms)
         return self._time
 
     @property
@@ -61,6 +61,11 @@ class Point:
 
     def __repr__(self) -> str:
         return f"Point({self.time.isoformat()}, {self.lat}, {self.lng})"
+
+
+def time_of(ms: int) -> dt.datetime:
+    """Epoch milliseconds -> the UTC datetime PostgreSQL stores."""
+    return EPOCH + _timedelta(milliseconds=ms)
 
 
 def ms_from_datetime(value: dt.datetime) -> int:

@@ -28,17 +28,15 @@ def _days(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.unique(ms // DAY_MS, return_index=True, return_counts=True)
 
 
-def cut(ms: np.ndarray, limit: int, used: Mapping[int, int], rejected: dict) -> np.ndarray:
+def cut(ms: np.ndarray, limit: int, used: Mapping[int, int]) -> np.ndarray:
     """Which of the time-ordered fixes (epoch ms) to keep: day by day, only as many as the day's
-    remaining allowance, the earliest first; the rest count into `rejected[(day, "quota_exceeded")]`.
-    `used` maps day number -> points already stored. Returns the boolean mask of kept fixes."""
+    remaining allowance, the earliest first (the rest are `quota_exceeded`). `used` maps day
+    number -> points already stored. Returns the boolean mask of kept fixes."""
     keep = np.ones(len(ms), dtype=bool)
     for day, first, n in zip(*(a.tolist() for a in _days(ms))):
         left = max(0, limit - used.get(day, 0))
         if n > left:
             keep[first + left:first + n] = False
-            key = (day, QUOTA_EXCEEDED)
-            rejected[key] = rejected.get(key, 0) + n - left
     return keep
 
 
