@@ -128,6 +128,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (the server and its track reader helper)."""
+    total = _cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += sum(_tree_cpu(int(child)) for child in children)
+    return total
+
+
 async def _backend_cpu(owner: asyncpg.Connection) -> dict[int, float]:
     """CPU seconds so far of every PostgreSQL backend on this database (same machine only)."""
     pids = await owner.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
@@ -140,7 +152,8 @@ def _delta(before: dict[int, float], after: dict[int, float]) -> float:
 
 
 async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
-                          geofences: int, batch: int, log_dir: Path, profile: str | None = None) -> dict:
+                          geofences: int, batch: int, log_dir: Path, profile: str | None = None,
+                          pg_profile: str | None = None) -> dict:
     slug = f"e2e-{uuid.uuid4().hex[:6]}"
     cid, vids = await _customer(owner, slug, vehicles, geofences)
     port = _free_port()
@@ -179,12 +192,18 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
                                    uuid.UUID(cid)) < 500 * vehicles:
             await asyncio.sleep(0.01)
         (log_dir / "warm").write_text(str(log_path.stat().st_size))
-        cpu_before, pg_before = _cpu_seconds(server.pid), await _backend_cpu(owner)
+        cpu_before, pg_before = _tree_cpu(server.pid), await _backend_cpu(owner)
         spy = None
         if profile:  # where the server's time goes: py-spy samples, folded stacks
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
-                                    "--format", "raw", "--rate", "250", "-o", profile], stdout=subprocess.DEVNULL,
+                                    "--format", "raw", "--rate", "250", "-o", profile] + (["--native"] if os.environ.get("PYSPY_NATIVE") else []), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        perf = None
+        if pg_profile:  # where PostgreSQL's time goes: perf samples of this database's backends
+            pids = ",".join(str(pid) for pid in pg_before)
+            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", pg_profile,
+                                     "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)
         # the phones start, build their day offline, then connect together: the clock runs from then
         connect_at = int(time.time() * 1000) + CLIENT_BUILD_MS + points // 25
@@ -202,10 +221,11 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
             if any(c.poll() not in (None, 0) for c in clients):
                 raise RuntimeError("a client failed: " + "".join(c.stderr.read() for c in clients if c.poll()))
             await asyncio.sleep(0.01)
-        cpu = _cpu_seconds(server.pid) - cpu_before
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(30)
+        cpu = _tree_cpu(server.pid) - cpu_before
+        for profiler in (spy, perf):
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
         pg_cpu = _delta(pg_before, await _backend_cpu(owner))
         outputs = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
         first_connect = min(o["connect_ms"] for o in outputs) / 1000
@@ -219,6 +239,8 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+    if os.environ.get("GPS_BENCH_LOGS"):  # keep the server's log (a batch timeline) for a look afterwards
+        (Path(os.environ["GPS_BENCH_LOGS"]) / log_path.name).write_bytes(log_path.read_bytes())
     measured = log_path.read_bytes()[int((log_dir / "warm").read_text()):].decode(errors="replace")
     batches = [json.loads(line) for line in measured.splitlines() if '"tracking_batch"' in line]
     elapsed = finished - first_connect
@@ -242,6 +264,7 @@ async def main() -> None:
                     help="TRACKING_BATCH_POINTS for both paths (default: the server's)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", help="write py-spy folded stacks of the server's measured phase here")
+    ap.add_argument("--pg-profile", help="write `perf record` samples of the database's backends (measured phase) here")
     args = ap.parse_args()
     url = await _create_database()
     day = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
@@ -254,7 +277,7 @@ async def main() -> None:
                 raw = await raw_copy_rate(url, owner, day, args.vehicles, args.points, args.batch)
                 print(f"round {round_no + 1}: end to end ...", file=sys.stderr, flush=True)
                 e2e = await end_to_end_rate(url, owner, day, args.vehicles, args.points, args.geofences, args.batch,
-                                            Path(tmp), args.profile)
+                                            Path(tmp), args.profile, args.pg_profile)
                 e2e["raw_copy"] = raw
                 e2e["raw_copy_parallel"] = await raw_copy_rate(url, owner, day, args.vehicles, args.points, args.batch,
                                                                parallel=True)
@@ -268,7 +291,7 @@ async def main() -> None:
                       f"raw stage+merge COPY {raw['points_per_s']:,} rows/s (PostgreSQL {raw['pg_cpu_us_per_point']} "
                       f"us/row); ratio {e2e['ratio_to_copy']}; CPU-projected {e2e['projected_points_per_s']:,} vs "
                       f"{raw['projected_points_per_s']:,} = {e2e['projected_ratio_to_copy']}; the same COPY from one connection "
-                      f"per vehicle at once {e2e['raw_copy_parallel']['points_per_s']:,} rows/s", flush=True)
+                      f"per vehicle at once {e2e['raw_copy_parallel']['points_per_s']:,} rows/s (PostgreSQL {e2e['raw_copy_parallel']['pg_cpu_us_per_point']} us/row)", flush=True)
     finally:
         await owner.close()
         await databases.drop_database(ADMIN_URL, url)

@@ -137,6 +137,10 @@ class Settings:
                                          "implied speed from the previous fix above this is a jump")
     tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 10_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
                                           "most points materialized in one transaction")
+    tracking_readers: int = _setting("TRACKING_READERS", 2, _int("TRACKING_READERS", 0, 64),
+                                     "helper processes that read and decode new points of track documents, each "
+                                     "with its own copy of its rooms' documents, beside the event loop (0: on the "
+                                     "event loop itself)")
     tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
                                      "how long new track points gather before a batch is materialized")
     retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),

@@ -8,7 +8,7 @@ import random
 import numpy as np
 
 from sync_server.tracking.distance import geodesic
-from sync_server.tracking.geofences import Circle, GeofenceSet, Polygon
+from sync_server.tracking.geofences import Circle, GeofenceSet, Polygon, transitions
 
 
 def _ray_cast(ring, x, y) -> bool:
@@ -61,3 +61,33 @@ def test_inside_all_with_no_fixes_or_no_geofences():
     empty = np.array([], dtype=np.float64)
     assert GeofenceSet([Circle("c", 1.0, 1.0, 10)]).inside_all(empty, empty) == []
     assert GeofenceSet([]).inside_all(np.array([1.0]), np.array([1.0])) == [frozenset()]
+
+
+def test_transitions_over_masks_match_a_walk_over_reference_sets():
+    """Enter/exit events from the bit masks (150 shapes: three 64-bit words a fix) equal those of a
+    plain walk over each fix's reference set, starting inside a given set."""
+    rng = random.Random(5)
+    shapes = [Circle(f"c{i:03d}", 52.5 + rng.uniform(-0.02, 0.02), 13.4 + rng.uniform(-0.02, 0.02),
+                     rng.choice([50, 200, 600])) for i in range(150)]
+    fences = GeofenceSet(shapes)
+    steps = np.cumsum(np.array([[rng.gauss(0, 3e-4), rng.gauss(0, 3e-4)] for _ in range(3_000)]), axis=0)
+    lat, lng = 52.5 + steps[:, 0], 13.4 + steps[:, 1]
+    ms = np.arange(3_000, dtype=np.int64) * 1000
+
+    def far(s, a, b) -> bool:  # certainly outside (> 1.5 radii in either axis): spares the geodesic
+        return abs(a - s.lat) * 111_000 > 1.5 * s.radius or abs(b - s.lng) * 67_000 > 1.5 * s.radius
+
+    sets = [frozenset(s.id for s in shapes if not far(s, a, b) and _reference(s, a, b))
+            for a, b in zip(lat.tolist(), lng.tolist())]
+    before = frozenset(["c000", "c149"])
+    expected, current = [], before
+    for k, now in enumerate(sets):
+        expected += [(gid, "exit", int(ms[k])) for gid in sorted(current - now)]
+        expected += [(gid, "enter", int(ms[k])) for gid in sorted(now - current)]
+        current = now
+    got = transitions(fences, before, ms, lat, lng)
+    assert [(e.geofence_id, e.event, e.ms) for e in got] == expected
+    assert len(expected) > 200 and any(int(gid[1:]) >= 128 for gid, _, _ in expected)  # the third word is used
+    masks = fences.masks_all(lat, lng)
+    assert masks.shape == (3_000, 3) and fences.ids_of(masks[-1]) == sets[-1]
+    assert transitions(fences, fences.mask_of(before), ms, lat, lng, masks) == got

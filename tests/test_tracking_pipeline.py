@@ -8,6 +8,7 @@ import pytest
 
 from storage import DatabaseRegistry
 from sync_server.tracking.pipeline import Batch, Pipeline
+from sync_server.tracking.points import decode_chunk
 
 from .support import fleet
 
@@ -286,7 +287,7 @@ async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
     cid = await fleet.customer(db)
     vid = await fleet.vehicle(db, cid)
     worker = mat.TrackMaterializer(pipeline, pipeline.registry, flush_seconds=0, batch_points=4)
-    room = SimpleNamespace(customer_id=str(cid), doc=f"tracks/{vid}/{TODAY}")
+    room = SimpleNamespace(customer_id=str(cid), doc=f"tracks/{vid}/{TODAY}", name=f"{cid}/tracks/{vid}/{TODAY}")
     state = mat.TrackRoom(room, vid, TODAY, 0)
     real_limits, failures = pipeline.limits, []
 
@@ -299,9 +300,8 @@ async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
     pipeline.limits = limits_failing_once
     mat.MAX_BACKOFF, backoff = 0.05, mat.MAX_BACKOFF
     now_ms = int(dt.datetime.now(UTC).timestamp() * 1000)  # the worker runs at the real clock
-    state.pending = [{"t": now_ms - 600_000 + i * 10_000, "lat": 52.5, "lng": 13.4 + i * 1e-4} for i in range(10)]
-    state.idle.clear()
-    state.wake.set()
+    state.receive(decode_chunk([{"t": now_ms - 600_000 + i * 10_000, "lat": 52.5, "lng": 13.4 + i * 1e-4}
+                                for i in range(10)], 0))
     task = asyncio.ensure_future(worker._work(state))
     try:
         await asyncio.wait_for(state.idle.wait(), 30)
@@ -309,6 +309,6 @@ async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
         task.cancel()
         mat.MAX_BACKOFF = backoff
     assert failures == [str(cid)]  # it did fail, and the worker went on
-    assert state.done == 10 and state.pending == []
+    assert state.done == 10 and state.backlog == 0 and state.queue.chunks == []
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 10
     assert await fleet.count(db, cid, "SELECT elements FROM track_progress") == 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import signal
 
 import asyncpg
@@ -76,12 +77,20 @@ async def _assert_exactly_once(db, customer, vid, expected):
     assert await fleet.usage(db, cid) == {"gps_points": POINTS}  # nothing counted twice, nothing rejected
 
 
-async def test_offline_client_10k_points_reconnect_exactly_10k_rows(db, server, database_url):
+@pytest.mark.parametrize("readers", ["2", "0"], ids=["helper-processes", "event-loop"])
+async def test_offline_client_10k_points_reconnect_exactly_10k_rows(db, server_env, database_url, tmp_path, readers):
+    """With the track reader's helper processes (the default) and on the event loop (TRACKING_READERS=0)."""
     customer, vid, expected = await _setup(db)
-    result = await asyncio.to_thread(_tracker, server, customer, vid, POINTS)
-    assert result == {"before": 0, "points": POINTS}
-    await _wait_for(lambda: _done(db, customer.id), "10,000 rows and progress")
-    await _assert_exactly_once(db, customer, vid, expected)
+    server = ServerProcess({**server_env, "TRACKING_READERS": readers}, log_path=tmp_path / "server.log").start()
+    try:
+        result = await asyncio.to_thread(_tracker, server, customer, vid, POINTS)
+        assert result == {"before": 0, "points": POINTS}
+        await _wait_for(lambda: _done(db, customer.id), "10,000 rows and progress")
+        await _assert_exactly_once(db, customer, vid, expected)
+        # a helper starts with its first room: one room, one helper (none on the event loop)
+        assert len(server.children()) == (0 if readers == "0" else 1)
+    finally:
+        server.stop()
     # the fleet document's live map holds the vehicle's latest fix, persisted like any update
     live = (await sync_peers.stored_doc(database_url, customer, "fleet")).get("live", type=pycrdt.Map)
     assert live[str(vid)]["t"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC).isoformat().replace(
@@ -99,11 +108,9 @@ async def _done(db, cid):
 async def test_server_killed_mid_materialization_resumes_exactly_once(db, server_env, database_url, tmp_path):
     customer, vid, expected = await _setup(db)
     env = {**server_env, "TRACKING_BATCH_POINTS": "200", "TRACKING_FLUSH_SECONDS": "0"}
-    # Hold the vehicle's track lock (the one every batch takes first), let exactly one batch through,
-    # hold it again, then kill -9: the server is stopped mid-materialization however fast it runs.
-    holder = await asyncpg.connect(database_url)
-    key = position_store.track_lock_key(customer.id, vid)
-    await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+    # Hold the vehicle's track lock, let exactly one batch through, hold it again, then kill -9: the
+    # server is stopped mid-materialization however fast it runs.
+    holder, key = await _hold_track_lock(database_url, customer, vid)
     first = ServerProcess(env, log_path=tmp_path / "first.log").start()
     try:
         await asyncio.to_thread(_tracker, first, customer, vid, POINTS)
@@ -128,6 +135,44 @@ async def test_server_killed_mid_materialization_resumes_exactly_once(db, server
         await _assert_exactly_once(db, customer, vid, expected)
     finally:
         second.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_track_reader_killed_mid_upload_is_replaced_and_rows_stay_exactly_once(db, server_env, database_url,
+                                                                                    tmp_path):
+    """kill -9 of the helper process that decodes the room while the room's first batch is in the
+    database: the server starts another, opens the room in it again from its state, and every
+    point still becomes one row, every geofence event one event."""
+    customer, vid, expected = await _setup(db)
+    env = {**server_env, "TRACKING_BATCH_POINTS": "200", "TRACKING_FLUSH_SECONDS": "0", "TRACKING_READERS": "1"}
+    holder, key = await _hold_track_lock(database_url, customer, vid)
+    server = ServerProcess(env, log_path=tmp_path / "server.log").start()
+    try:
+        await asyncio.to_thread(_tracker, server, customer, vid, POINTS)
+        await _wait_for(lambda: _awaited(holder), "a batch waiting for the track lock")
+        [helper] = server.children()
+        os.kill(helper, signal.SIGKILL)
+        await _wait_for(lambda: _replaced(server, helper), "another helper")
+        await holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+        await _wait_for(lambda: _done(db, customer.id), "10,000 rows after the helper was replaced")
+        await _assert_exactly_once(db, customer, vid, expected)
+        assert '"track_reader_died"' in server.log_text()
+    finally:
+        server.stop()
+        await holder.close()
+
+
+async def _hold_track_lock(database_url, customer, vid) -> tuple[asyncpg.Connection, str]:
+    """A session holding the vehicle's track lock, the one every batch takes first: batches wait."""
+    holder = await asyncpg.connect(database_url)
+    key = position_store.track_lock_key(customer.id, vid)
+    await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+    return holder, key
+
+
+async def _replaced(server, helper: int) -> bool:
+    children = server.children()
+    return len(children) == 1 and children[0] != helper and server.log_text().count('"track_reader_started"') == 2
 
 
 async def _logged(database_url, customer, doc):

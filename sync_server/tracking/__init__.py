@@ -27,15 +27,18 @@ def install(rt: "Runtime") -> Pipeline:
     live map out) and start the retention job with the runtime."""
     from . import retention
     from .materializer import TrackMaterializer
+    from .track_reader import reader_for
 
     pipeline = Pipeline(rt.registry, rules_from(rt.settings))
     rooms = getattr(rt, "rooms", None)
     if rooms is not None:
         materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,
-                                         batch_points=rt.settings.tracking_batch_points)
+                                         batch_points=rt.settings.tracking_batch_points,
+                                         reader=reader_for(rt.settings.tracking_readers))
         materializer.rooms = rooms
         rooms.hooks.add(materializer)
         pipeline.on_latest(materializer.push_latest)
+        rt.on_stop(materializer.stop)
 
     async def start_retention() -> None:
         rt.spawn(retention.loop(rt.registry, DEFAULT_PLAN, rt.settings.retention_batch_rows,

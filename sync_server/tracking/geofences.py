@@ -160,6 +160,7 @@ class GeofenceSet:
         self.fingerprint = fingerprint
         self._grid: dict[tuple[float, float], list[int]] = {}  # cell -> indices into shapes
         self._wide: list[int] = []
+        self._sets: dict[tuple, frozenset] = {}  # mask -> ids (ids_of)
         for k, shape in enumerate(self.shapes):
             min_lat, min_lng, max_lat, max_lng = shape.bbox
             if (_cell(max_lat) - _cell(min_lat) + 1) * (_cell(max_lng) - _cell(min_lng) + 1) > MAX_CELLS:
@@ -172,69 +173,103 @@ class GeofenceSet:
     def __len__(self) -> int:
         return len(self.shapes)
 
+    @property
+    def words(self) -> int:
+        """uint64 words per fix in a mask (one bit per shape)."""
+        return max(1, (len(self.shapes) + 63) // 64)
+
     def inside(self, lat: float, lng: float) -> frozenset:
         return self.inside_all(np.array([lat], dtype=np.float64), np.array([lng], dtype=np.float64))[0]
 
     def inside_all(self, lat: np.ndarray, lng: np.ndarray) -> list[frozenset]:
         """For each fix (float64 columns), the ids of the geofences containing it."""
+        masks = self.masks_all(lat, lng)
+        if not len(masks):
+            return []
+        rows, of_fix = np.unique(masks, axis=0, return_inverse=True)
+        sets = [self.ids_of(row) for row in rows]
+        return [sets[j] for j in of_fix.reshape(-1).tolist()]
+
+    def masks_all(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+        """For each fix (float64 columns), the geofences containing it as a bit mask: an (n, words)
+        uint64 array, bit k of the mask being shape k. Only the fixes in a shape's grid cells are
+        tested against it, a few array passes per shape."""
         n = len(lat)
+        masks = np.zeros((n, self.words), dtype=np.uint64)
         if not self.shapes or not n:
-            return [_EMPTY] * n
+            return masks
         candidates: dict[int, list[np.ndarray]] = {k: [np.arange(n)] for k in self._wide}
         if self._grid:
             cy, cx = np.floor_divide(lat, CELL_DEG), np.floor_divide(lng, CELL_DEG)  # == _cell, elementwise
             cells, first, of_cell = np.unique(cy * 1e6 + cx, return_index=True, return_inverse=True)
-            by_cell = np.argsort(of_cell, kind="stable")
-            bounds = np.concatenate(([0], np.cumsum(np.bincount(of_cell, minlength=len(cells)))))
-            for c, i in enumerate(first):
-                for k in self._grid.get((float(cy[i]), float(cx[i])), ()):
-                    candidates.setdefault(k, []).append(by_cell[bounds[c]:bounds[c + 1]])
-        fixes, shapes = [], []
+            by_cell = np.lexsort((lng, of_cell))  # grouped by cell, by longitude within a cell
+            cell_lng = lng[by_cell]
+            bounds = np.concatenate(([0], np.cumsum(np.bincount(of_cell, minlength=len(cells))))).tolist()
+            for c, i in enumerate(first.tolist()):
+                shapes = self._grid.get((float(cy[i]), float(cx[i])))
+                if not shapes:
+                    continue
+                lo, hi = bounds[c], bounds[c + 1]
+                sorted_lng = cell_lng[lo:hi]
+                for k in shapes:  # only the cell's fixes within the shape's longitudes
+                    _, min_lng, _, max_lng = self.shapes[k].bbox
+                    a = lo + int(np.searchsorted(sorted_lng, min_lng, side="left"))
+                    b = lo + int(np.searchsorted(sorted_lng, max_lng, side="right"))
+                    if b > a:
+                        candidates.setdefault(k, []).append(by_cell[a:b])
         for k, parts in candidates.items():
             idx = parts[0] if len(parts) == 1 else np.concatenate(parts)
             hit = idx[self.shapes[k].contains_all(lat[idx], lng[idx])]
             if len(hit):
-                fixes.append(hit)
-                shapes.append(np.full(len(hit), k))
-        result = [_EMPTY] * n
-        if not fixes:
-            return result
-        fix, shape = np.concatenate(fixes), np.concatenate(shapes)
-        order = np.lexsort((shape, fix))
-        fix, shape = fix[order], shape[order]
-        starts = np.flatnonzero(np.concatenate(([True], fix[1:] != fix[:-1])))
-        ends = np.append(starts[1:], len(fix))
-        sets: dict[tuple, frozenset] = {}
-        ids = [s.id for s in self.shapes]
-        for a, b, i in zip(starts.tolist(), ends.tolist(), fix[starts].tolist()):
-            key = tuple(shape[a:b].tolist())
-            found = sets.get(key)
-            if found is None:
-                found = sets[key] = frozenset(ids[k] for k in key)
-            result[i] = found
-        return result
+                masks[hit, k >> 6] |= np.uint64(1 << (k & 63))
+        return masks
+
+    def ids_of(self, mask: np.ndarray) -> frozenset:
+        """The geofence ids of one fix's mask (remembered: a route passes the same places again)."""
+        key = tuple(mask.tolist())
+        found = self._sets.get(key)
+        if found is None:
+            ids = []
+            for w, word in enumerate(key):
+                while word:
+                    low = word & -word
+                    ids.append(self.shapes[w * 64 + low.bit_length() - 1].id)
+                    word ^= low
+            if len(self._sets) >= 4096:
+                self._sets.clear()
+            found = self._sets[key] = frozenset(ids)
+        return found
+
+    def mask_of(self, ids: Iterable[Any]) -> np.ndarray:
+        """The mask of a set of geofence ids (ids not in this set are left out)."""
+        mask = np.zeros(self.words, dtype=np.uint64)
+        wanted = set(ids)
+        for k, shape in enumerate(self.shapes):
+            if shape.id in wanted:
+                mask[k >> 6] |= np.uint64(1 << (k & 63))
+        return mask
 
 
 def _cell(value: float) -> float:
     return value // CELL_DEG  # Python's float floor division; numpy's floor_divide agrees elementwise
 
 
-def transitions(fences: GeofenceSet, before: frozenset, ms: np.ndarray, lat: np.ndarray, lng: np.ndarray,
-                inside: Sequence[frozenset] | None = None) -> list[Event]:
-    """Enter/exit events along time-ordered fixes (columns), starting inside `before`; `inside` is
-    each fix's set of geofences when computed ahead for this geofence set."""
-    if inside is None:
-        inside = fences.inside_all(lat, lng)
+def transitions(fences: GeofenceSet, before: frozenset | np.ndarray, ms: np.ndarray, lat: np.ndarray,
+                lng: np.ndarray, masks: np.ndarray | None = None) -> list[Event]:
+    """Enter/exit events along time-ordered fixes (columns), starting inside `before` (geofence ids,
+    or a mask); `masks` is each fix's mask when computed ahead for this geofence set. Only the fixes
+    where the mask changes are looked at one by one."""
+    if masks is None:
+        masks = fences.masks_all(lat, lng)
+    if not isinstance(before, np.ndarray):
+        before = fences.mask_of(before)
+    sequence = np.concatenate((before.reshape(1, -1), masks))
     events: list[Event] = []
-    current = before
-    for k, now in enumerate(inside):
-        if now is current or now == current:
-            current = now
-            continue
+    for k in np.flatnonzero((sequence[1:] != sequence[:-1]).any(axis=1)).tolist():
+        was, now = fences.ids_of(sequence[k]), fences.ids_of(sequence[k + 1])
         t, a, b = int(ms[k]), float(lat[k]), float(lng[k])
-        for gid in sorted(current - now, key=str):
+        for gid in sorted(was - now, key=str):
             events.append(Event(gid, "exit", t, a, b))
-        for gid in sorted(now - current, key=str):
+        for gid in sorted(now - was, key=str):
             events.append(Event(gid, "enter", t, a, b))
-        current = now
     return events

@@ -2,10 +2,12 @@
 
 Track documents are `tracks/{vehicle}/{YYYY-MM-DD}` ({vehicle}: the vehicle's id, or its
 vehicle_identifier) holding a Y.Array `points`. On load the hook reads the document's durable
-progress and queues every element past it; then it observes the array, so each update costs only
-its own new elements (no rescans: pycrdt reads ~10 us per indexed element). A worker task per room
-batches what arrived (TRACKING_FLUSH_SECONDS, at most TRACKING_BATCH_POINTS per transaction) and runs
-the pipeline off the hot path; a failed batch stays queued and is retried with backoff.
+progress and hands the room to the track reader (track_reader.py), which decodes every element past
+it and then each update's new elements (no rescans: pycrdt reads ~10 us per indexed element), by
+default in a helper process beside the event loop. Decoded chunks wait in the room's ElementQueue,
+by element index; a worker task per room batches them (TRACKING_FLUSH_SECONDS, at most
+TRACKING_BATCH_POINTS per transaction) and runs the pipeline off the hot path; a failed batch stays
+queued and is retried with backoff.
 
 Progress is a prefix count: elements are processed in the order they were observed, and an
 element inserted before already-processed ones (two devices writing the same track concurrently)
@@ -23,7 +25,6 @@ import asyncio
 import datetime as dt
 import re
 import uuid
-from typing import Any
 
 import pycrdt
 import structlog
@@ -33,7 +34,8 @@ from storage import vehicles as vehicle_store
 
 from ..hooks import RoomHooks
 from .pipeline import Batch, Pipeline
-from .points import Point
+from .points import Chunk, Point
+from .track_reader import InlineReader, ProcessReader
 
 log = structlog.get_logger("sync_server.tracking.materializer")
 
@@ -54,43 +56,85 @@ def parse_track_doc(doc: str) -> tuple[str, dt.date] | None:
         return None
 
 
+class ElementQueue:
+    """Decoded elements waiting to be materialized, by element index, from `start` (the room's
+    materialized prefix) to `end`."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.chunks: list[Chunk] = []
+
+    @property
+    def end(self) -> int:
+        return self.chunks[-1].end if self.chunks else self.start
+
+    def add(self, chunk: Chunk) -> None:
+        if chunk.first != self.end:  # the reader counts from where the queue starts: never happens
+            log.error("track_chunk_out_of_order", expected=self.end, first=chunk.first, count=chunk.count)
+            chunk = chunk.part(self.end, chunk.end)
+            if chunk.first != self.end:
+                return
+        if chunk.count:
+            self.chunks.append(chunk)
+
+    def take(self, first: int, n: int) -> Chunk | None:
+        """Elements [first, first + n), as far as they have arrived; None if none have."""
+        stop = min(first + n, self.end)
+        if first < self.start or first >= stop:
+            return None
+        return Chunk.join([c.part(first, stop) for c in self.chunks if c.first < stop and c.end > first])
+
+    def drop_below(self, done: int) -> None:
+        self.chunks = [c for c in self.chunks if c.end > done]
+        self.start = max(self.start, done)
+
+
 class TrackRoom:
     """Materialization state of one loaded track document."""
 
     def __init__(self, room, vehicle_id: uuid.UUID, day: dt.date, done: int) -> None:
         self.room = room
+        self.key = room.name
         self.vehicle_id = vehicle_id
         self.day = day
         self.done = done  # elements materialized (durable or committed by this node)
-        self.pending: list[Any] = []  # observed elements not yet materialized, in observed order
+        self.queue = ElementQueue(done)
+        self.epoch = 0  # the reader's current opening of this room (chunks of earlier ones are stale)
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
         self.task: asyncio.Task | None = None
-        self.subscription = None
 
-    def observe(self, event) -> None:
-        """Array observer on the Rust type itself (inside the update's transaction: only queue).
-        pycrdt's own `observe` wraps every event and walks each value in Python looking for nested
-        shared types, which track points never hold: half the cost of reading them (2 us a point)."""
-        try:
-            for change in event.delta:
-                items = change.get("insert")
-                if items:
-                    self.pending.extend(items)
-                elif "delete" in change:
-                    log.warning("track_points_deleted", room=self.room.doc, deleted=change["delete"])
-            if self.pending:
-                self.idle.clear()
-                self.wake.set()
-        except Exception:  # never raise into the CRDT engine
-            log.exception("track_observer_failed", room=self.room.doc)
+    # -- what the track reader needs ---------------------------------------------------------------
+
+    def state(self) -> bytes:
+        return self.room.ydoc.get_update()
+
+    def points(self) -> pycrdt.Array:
+        return self.room.ydoc.get("points", type=pycrdt.Array)
+
+    def restart_at(self, epoch: int) -> None:
+        """The reader (re)opens the room: its chunks start again at `done`."""
+        self.epoch = epoch
+        self.queue = ElementQueue(self.done)
+
+    def receive(self, chunk: Chunk) -> None:
+        self.queue.add(chunk)
+        if self.queue.end > self.done:
+            self.idle.clear()
+            self.wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self.queue.end - self.done)
 
 
 class TrackMaterializer(RoomHooks):
-    def __init__(self, pipeline: Pipeline, registry, *, flush_seconds: float, batch_points: int) -> None:
+    def __init__(self, pipeline: Pipeline, registry, *, flush_seconds: float, batch_points: int,
+                 reader: InlineReader | ProcessReader | None = None) -> None:
         self.pipeline = pipeline
         self.registry = registry
+        self.reader = reader if reader is not None else InlineReader()
         self.flush_seconds = flush_seconds
         self.batch_points = batch_points
         self.rooms = None  # the RoomRegistry, for the fleet document (set by install)
@@ -111,15 +155,15 @@ class TrackMaterializer(RoomHooks):
         async with db.tenant(room.customer_id) as conn:
             done = await track_progress.elements(conn, uuid.UUID(room.customer_id), room.doc)
         state = TrackRoom(room, vehicle_id, day, done)
-        points = room.ydoc.get("points", type=pycrdt.Array)
-        if len(points) > done:
-            state.pending = points.to_py()[done:]
-            state.idle.clear()
-            state.wake.set()
-        state.subscription = points.integrated.observe(state.observe)
+        room.extra[KEY] = state
         state.task = asyncio.ensure_future(self._work(state))
         state.task.set_name(f"materialize:{room.name}")
-        room.extra[KEY] = state
+        await self.reader.open(state)
+
+    async def change(self, room, update: bytes, origin) -> None:
+        state: TrackRoom | None = room.extra.get(KEY)
+        if state is not None:
+            self.reader.update(state, update)
 
     async def store(self, room) -> None:
         state: TrackRoom | None = room.extra.get(KEY)
@@ -128,60 +172,61 @@ class TrackMaterializer(RoomHooks):
         try:
             await asyncio.wait_for(state.idle.wait(), STORE_WAIT_SECONDS)
         except asyncio.TimeoutError:
-            log.warning("track_backlog_left_for_next_load", room=room.doc, pending=len(state.pending))
+            log.warning("track_backlog_left_for_next_load", room=room.doc, pending=state.backlog)
 
     async def evict(self, room) -> None:
         state: TrackRoom | None = room.extra.pop(KEY, None)
         if state is not None:
+            self.reader.close(state.key)
             if state.task is not None:
                 state.task.cancel()
-            if state.subscription is not None:
-                state.subscription.drop()
+
+    async def stop(self) -> None:
+        await self.reader.stop()
 
     # -- worker -----------------------------------------------------------------------------------
 
     async def _work(self, state: TrackRoom) -> None:
-        """Batches in observed order. While one batch is in the database the next one's CPU steps
+        """Batches in element order. While one batch is in the database the next one's CPU steps
         run (Pipeline.prepare), so Python and PostgreSQL work on the two cores at once."""
         backoff = 0.5
         while True:
             await state.wake.wait()
             state.wake.clear()
-            if self.flush_seconds and len(state.pending) < self.batch_points:
+            if self.flush_seconds and state.backlog < self.batch_points:
                 await asyncio.sleep(self.flush_seconds)  # let a burst gather into one batch (a full one goes now)
-            offset = 0  # pending[:offset] is prepared or committing
-            run = await self._prepare(state, offset)
+            run = await self._prepare(state, state.done)
             while run is not None:
-                size = len(run.batch.raw)
+                end = run.batch.first_index + run.batch.size
                 commit = asyncio.ensure_future(self.pipeline.commit(run))
-                upcoming = await self._prepare(state, offset + size) if len(state.pending) > offset + size else None
+                upcoming = await self._prepare(state, end) if state.queue.end > end else None
                 try:
                     await commit
                 except asyncio.CancelledError:
                     commit.cancel()
                     raise
                 except Exception:
-                    log.exception("track_batch_failed", room=state.room.doc, points=size, retry_in=backoff)
+                    log.exception("track_batch_failed", room=state.room.doc, points=run.batch.size, retry_in=backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF, backoff * 2)
-                    run = await self._prepare(state, 0)
+                    run = await self._prepare(state, state.done)
                     continue
                 backoff = 0.5
-                del state.pending[:size]
-                state.done += size
-                run = upcoming
-                if run is not None:  # its indices were computed before `done` moved: same values
-                    offset = 0
-                elif state.pending:
-                    run = await self._prepare(state, 0)
+                state.done = max(state.done, end)
+                state.queue.drop_below(state.done)
+                if upcoming is not None and upcoming.batch.first_index == state.done:
+                    run = upcoming
+                else:
+                    run = await self._prepare(state, state.done)
             state.idle.set()
 
-    async def _prepare(self, state: TrackRoom, offset: int):
-        raw = state.pending[offset:offset + self.batch_points]
-        if not raw:
+    async def _prepare(self, state: TrackRoom, first: int):
+        """The batch of elements from `first` (None, without waiting, when none have arrived)."""
+        chunk = state.queue.take(first, self.batch_points)
+        if chunk is None:
             return None
-        batch = Batch(state.room.customer_id, state.vehicle_id, raw, doc=state.room.doc, day=state.day,
-                      first_index=state.done + offset)
+        batch = Batch(state.room.customer_id, state.vehicle_id, doc=state.room.doc, day=state.day,
+                      first_index=chunk.first, decoded=chunk)
         backoff = 0.5
         while True:  # a failure here (the plan lookup while the database is away) must not end the worker
             try:
@@ -189,7 +234,7 @@ class TrackMaterializer(RoomHooks):
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("track_prepare_failed", room=state.room.doc, points=len(raw), retry_in=backoff)
+                log.exception("track_prepare_failed", room=state.room.doc, points=chunk.count, retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -219,6 +219,45 @@ def decode_all(raw: Sequence[Any], first_index: int = 0) -> tuple[Fixes, np.ndar
         optional = [column[good] for column in optional]
     ms = np.clip(t, -_MS_BOUND, _MS_BOUND).astype(np.int64)  # truncates toward zero, like int()
     return Fixes(ms, lat, lng, *optional), index, malformed
+
+
+class Chunk(NamedTuple):
+    """Elements [first, first + count) of a track document's `points` array, decoded: the
+    well-formed ones as columns with their element indices (ascending), the malformed ones' indices."""
+
+    first: int
+    count: int
+    fixes: Fixes
+    index: np.ndarray
+    malformed: list[int]
+
+    @property
+    def end(self) -> int:
+        return self.first + self.count
+
+    def part(self, start: int, stop: int) -> "Chunk":
+        """Elements [start, stop) of this chunk (clipped to it)."""
+        start, stop = max(start, self.first), min(stop, self.end)
+        if start <= self.first and stop >= self.end:
+            return self
+        lo, hi = np.searchsorted(self.index, [start, stop])
+        return Chunk(start, max(0, stop - start), self.fixes.take(slice(lo, hi)), self.index[lo:hi],
+                     [i for i in self.malformed if start <= i < stop])
+
+    @staticmethod
+    def join(parts: Sequence["Chunk"]) -> "Chunk":
+        """Consecutive chunks as one."""
+        if len(parts) == 1:
+            return parts[0]
+        fixes = Fixes(*(np.concatenate(columns) for columns in zip(*(p.fixes for p in parts))))
+        return Chunk(parts[0].first, parts[-1].end - parts[0].first, fixes,
+                     np.concatenate([p.index for p in parts]), [i for p in parts for i in p.malformed])
+
+
+def decode_chunk(raw: Sequence[Any], first: int) -> Chunk:
+    """Elements first, first + 1, ... of a track document -> a Chunk."""
+    fixes, index, malformed = decode_all(raw, first)
+    return Chunk(first, len(raw), fixes, index, malformed)
 
 
 def _decode_each(raw: Sequence[Any], first_index: int) -> tuple[Fixes, np.ndarray, list[int]]:

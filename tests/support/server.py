@@ -66,6 +66,18 @@ class ServerProcess:
         self._log.close()
         return self.proc.returncode
 
+    def children(self) -> list[int]:
+        """Pids of the server's live child processes (its track reader helpers)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                continue
+        return sorted(pids)
+
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
