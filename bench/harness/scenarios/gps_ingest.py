@@ -26,7 +26,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
             "projected_points_per_s": r["projected_points_per_s"],
             "projected_pct_of_copy": round(100 * r["projected_ratio_to_copy"], 1),
             "server_cpu_us_per_point": r["server_cpu_us_per_point"], "pg_cpu_us_per_point": r["pg_cpu_us_per_point"],
-            "geofence_events": r["geofence_events"]}
+            "geofence_events": r["geofence_events"], "dashboard_rtt_p99_ms": r["dashboard_rtt_ms"].get("p99", 0.0)}
 
 
 def profile(ctx: RunContext) -> str:
@@ -57,6 +57,7 @@ scenario = register(Scenario(
         Metric("server_cpu_us_per_point", "server CPU per point", "us", ""),
         Metric("pg_cpu_us_per_point", "PostgreSQL CPU per point", "us", ""),
         Metric("geofence_events", "geofence events written", "", ""),
+        Metric("dashboard_rtt_p99_ms", "p99 sync round trip of a dashboard in another room meanwhile", "ms", "lower"),
     ],
     params={"full": {"vehicles": 4, "points": 25_000, "geofences": 20, "reps": 2, "timeout": 300},
             "smoke": {"vehicles": 1, "points": 300, "geofences": 2, "reps": 1, "timeout": 120}},
