@@ -1,5 +1,7 @@
 """geofence_events rows (tenant connections). Events are unique on
-(customer_id, vehicle_id, geofence_id, time, event), so recording the same event twice is a no-op."""
+(customer_id, vehicle_id, time, geofence_id, event), so recording the same event twice is a no-op.
+The table has no foreign keys (migration 0070): whoever writes events first locks their vehicle and
+geofences with `lock_parents`, once per batch, and writes only events of the geofences it found."""
 from __future__ import annotations
 
 import datetime as dt
@@ -20,6 +22,19 @@ async def delete(conn: asyncpg.Connection, customer_id, ids: Sequence[int]) -> i
     status = await conn.execute("DELETE FROM geofence_events WHERE customer_id = $1 AND id = ANY($2::bigint[])",
                                 customer_id, list(ids))
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Sequence) -> set:
+    """Lock the vehicle and these geofences FOR KEY SHARE until the transaction ends (what a
+    foreign key check would lock, once for the batch): a concurrent delete waits for it, and its
+    trigger then removes the events written here. Returns the ids of the geofences that still
+    exist (none if the vehicle is gone)."""
+    rows = await conn.fetch(
+        "WITH vehicle AS (SELECT id FROM vehicles WHERE customer_id = $1 AND id = $2 FOR KEY SHARE) "
+        "SELECT g.id FROM geofences g WHERE g.customer_id = $1 AND g.id = ANY($3::uuid[]) "
+        "AND EXISTS (SELECT 1 FROM vehicle) FOR KEY SHARE OF g",
+        customer_id, vehicle_id, list(geofence_ids))
+    return {r["id"] for r in rows}
 
 
 async def insert(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Sequence, events: Sequence[str],

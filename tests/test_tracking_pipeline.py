@@ -129,6 +129,71 @@ async def test_circle_and_polygon_enter_exit_on_a_known_route(db, pipeline):
     ]
 
 
+async def test_deleting_a_geofence_or_a_vehicle_deletes_its_events(db, pipeline):
+    """The events' cascade (statement triggers since events carry no foreign keys), scoped to its
+    customer: another customer's events stay."""
+    cid, other = await fleet.customer(db), await fleet.customer(db)
+    vid, other_vid = await fleet.vehicle(db, cid), await fleet.vehicle(db, other)
+    circle, polygon = await _fences(db, cid)
+    await _fences(db, other)
+    await run(pipeline, cid, vid, route())
+    await run(pipeline, other, other_vid, route())
+    async with db.tenant(cid) as conn:
+        await conn.execute("DELETE FROM geofences WHERE id = $1", circle)
+    assert [(g, e) for g, e, _ in await _events(db, cid)] == [(polygon, "enter"), (polygon, "exit")]
+    async with db.tenant(cid) as conn:
+        await conn.execute("DELETE FROM vehicles WHERE id = $1", vid)
+    assert await _events(db, cid) == []
+    assert len(await _events(db, other)) == 4
+
+
+async def test_a_geofence_deleted_while_a_batch_writes_its_events_takes_them_along(db, pipeline):
+    """What the foreign keys guaranteed, held by the batch's one lock statement: a geofence whose
+    delete is in progress makes the batch wait for it and then write no events of it; a delete that
+    comes after the batch locked waits for the batch, and its trigger removes the batch's events."""
+    cid = await fleet.customer(db)
+    vid = await fleet.vehicle(db, cid)
+    circle, polygon = await _fences(db, cid)
+    await pipeline.limits(str(cid))  # cached: the batch's only waits are the ones under test
+    async with db.tenant(cid) as deleting:
+        await deleting.execute("DELETE FROM geofences WHERE id = $1", circle)
+        batch = asyncio.ensure_future(run(pipeline, cid, vid, route()))
+        await _until(lambda: _waiting_for(db, deleting), "the batch waiting for the delete")
+        assert not batch.done()
+    outcome = await batch  # the delete committed: the batch went on without the circle
+    assert outcome.stored == 21
+    assert [(g, e) for g, e, _ in await _events(db, cid)] == [(polygon, "enter"), (polygon, "exit")]
+
+    vid2 = await fleet.vehicle(db, cid, "truck-2")
+    async with db.tenant(cid) as holding:  # a batch's transaction holding its locks (as lock_parents takes them)
+        from storage import geofence_events as event_store
+        assert await event_store.lock_parents(holding, cid, vid2, [polygon]) == {polygon}
+        deleting = asyncio.ensure_future(fleet.count(db, cid, "WITH d AS (DELETE FROM geofences WHERE id = $1 "
+                                                     "RETURNING 1) SELECT count(*) FROM d", polygon))
+        await _until(lambda: _waiting_for(db, holding), "the delete waiting for the batch")
+        await holding.execute(
+            "INSERT INTO geofence_events (customer_id, vehicle_id, geofence_id, event, time, lat, lng) "
+            "VALUES ($1, $2, $3, 'enter', now(), 52.5, 13.46)", cid, vid2, polygon)
+    assert await deleting == 1
+    assert await _events(db, cid) == []  # the trigger saw the batch's committed event
+
+
+async def _until(check, what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _waiting_for(db, conn) -> bool:
+    """Another session waits for a lock `conn`'s transaction holds."""
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    async with db.operator("test_lock_wait") as op:
+        return await op.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                                 pid)
+
+
 async def test_circle_rim_is_decided_by_geodesic_distance(db, pipeline):
     from sync_server.tracking.distance import geodesic
     from sync_server.tracking.geofences import Circle

@@ -280,6 +280,9 @@ async def geofence_step(run: Run) -> None:
         await event_store.delete(conn, cid, stale)
     new = [e for e in wanted if e.key not in existing_keys]
     if new:
+        present = await event_store.lock_parents(conn, cid, vid, {e.geofence_id for e in new})
+        new = [e for e in new if e.geofence_id in present]  # a geofence deleted meanwhile takes its events along
+    if new:
         await event_store.insert(conn, cid, vid, [e.geofence_id for e in new], [e.event for e in new],
                                  [time_of(e.ms) for e in new], [e.lat for e in new],
                                  [e.lng for e in new])
