@@ -141,6 +141,9 @@ class Settings:
                                      "helper processes that read and decode new points of track documents, each "
                                      "with its own copy of its rooms' documents, beside the event loop (0: on the "
                                      "event loop itself)")
+    tracking_bulk_concurrency: int = _setting("TRACKING_BULK_CONCURRENCY", 2, _int("TRACKING_BULK_CONCURRENCY", 1, 256),
+                                              "large batches (1,000+ points: uploads) in the database at once per "
+                                              "node; more than about one per database core only adds contention")
     tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
                                      "how long new track points gather before a batch is materialized")
     retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),

@@ -29,7 +29,7 @@ def install(rt: "Runtime") -> Pipeline:
     from .materializer import TrackMaterializer
     from .track_reader import reader_for
 
-    pipeline = Pipeline(rt.registry, rules_from(rt.settings))
+    pipeline = Pipeline(rt.registry, rules_from(rt.settings), bulk_concurrency=rt.settings.tracking_bulk_concurrency)
     rooms = getattr(rt, "rooms", None)
     if rooms is not None:
         materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,
