@@ -64,6 +64,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.websocket_max_message_size = settings.sync_max_message_bytes * 2
     _decline_permessage_deflate()
     wire.coalesce_response_head()
+    wire.fast_unmasking()
     rt = app.extensions["webhost"]
 
     async def main() -> None:

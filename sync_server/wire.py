@@ -91,3 +91,42 @@ def coalesce_response_head() -> None:
     H11Protocol._send_h11_event = _send_h11_event
     H11Protocol.stream_send = _stream_send
     H11Protocol.coalesces_response_head = True
+
+
+def fast_unmasking() -> None:
+    """wsproto unmasks what clients send with bytes.translate over four strided slices: ~7 ns a
+    byte, so a phone's 3.6 MB offline day held the event loop ~25 ms (py-spy: 1 in 14 of the loop's
+    samples during a 4-phone upload). XOR of the payload's 32-bit words with the key (numpy) does the
+    same in ~1 ms; the key rotates across a frame's chunks exactly as wsproto's does."""
+    import numpy as np
+
+    try:
+        from wsproto import frame_protocol
+    except ImportError:
+        return
+    masker = getattr(frame_protocol, "XorMaskerSimple", None)
+    if masker is None or getattr(masker, "unmasks_words", False):
+        return
+    try:
+        probe = masker(b"\x00\x01\x02\x03")
+    except TypeError:
+        return
+    if probe.__dict__.get("_masking_key") != b"\x00\x01\x02\x03" or not callable(getattr(masker, "process", None)):
+        return  # a wsproto whose masker changed: keep its own
+
+    def process(self, data) -> bytearray:
+        data = bytearray(data)
+        n = len(data)
+        if n:
+            key = bytes(self._masking_key)
+            whole = n - n % 4
+            if whole:
+                words = np.frombuffer(data, dtype=np.uint32, count=whole // 4)
+                np.bitwise_xor(words, np.frombuffer(key, dtype=np.uint32)[0], out=words)
+            for i in range(whole, n):
+                data[i] ^= key[i - whole]
+            self._masking_key = key[n % 4:] + key[:n % 4]
+        return data
+
+    masker.process = process
+    masker.unmasks_words = True
