@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 import pycrdt
 import structlog
 
-from .points import Chunk, decode_chunk
+from .points import Chunk, decode_chunk, decode_json
 
 log = structlog.get_logger("sync_server.tracking.track_reader")
 
@@ -49,8 +49,13 @@ RESTART_DELAY = 0.5  # seconds between a helper's death and its replacement (at 
 
 class DocReader:
     """Observes a `points` array: each transaction's inserted elements, decoded, go to `emit` as
-    Chunks of up to PIECE elements. Elements get indices in observed order starting at `next_index`; those below `skip_below`
-    (already materialized) are not decoded."""
+    Chunks of up to PIECE elements. Elements get indices in observed order starting at `next_index`;
+    those below `skip_below` (already materialized) are not decoded.
+
+    An append that is most of the array (a phone's offline upload, a room's state on load) is read
+    as JSON (`points.decode_json`: no Python dict per element); anything else, or any element of
+    an unusual shape, through pycrdt's delta. An append is told from an insert elsewhere by a sticky
+    index on the last element seen: it stays where it was only if nothing was inserted before it."""
 
     def __init__(self, points: pycrdt.Array, emit: Callable[[Chunk], None], next_index: int = 0,
                  skip_below: int = 0, room: str = "") -> None:
@@ -58,28 +63,60 @@ class DocReader:
         self.skip_below = skip_below
         self.emit = emit
         self.room = room
+        self._points = points
+        self._array = points.integrated
+        self._length = 0  # the array's length after the last transaction seen
+        self._end: pycrdt.StickyIndex | None = None  # on the last element, while `_marked`
+        self._marked = False
+        self.mark_end()
         # On the Rust type itself: pycrdt's own `observe` wraps every event and walks each value in
         # Python looking for nested shared types, which track points never hold.
-        self.subscription = points.integrated.observe(self._observe)
+        self.subscription = self._array.observe(self._observe)
 
     def _observe(self, event) -> None:
         try:  # never raise into the CRDT engine
-            inserted: list[Any] = []
-            for change in event.delta:
-                items = change.get("insert")
-                if items:
-                    inserted.extend(items)
-                elif "delete" in change:
-                    log.warning("track_points_deleted", room=self.room, deleted=change["delete"])
-            if not inserted:
-                return
-            first = self.next_index
-            self.next_index += len(inserted)
-            skip = max(0, min(len(inserted), self.skip_below - first))
-            for start in range(skip, len(inserted), PIECE):  # the first rows can go while the rest decodes
-                self.emit(decode_chunk(inserted[start:start + PIECE], first + start))
+            txn = event.transaction
+            length = self._array.len(txn)
+            added = length - self._length
+            chunk = None
+            if 0 < added and 2 * added >= length and (self._length == 0 or (
+                    self._marked and self._end is not None and self._end._sticky_index.get_offset(txn) == self._length)):
+                first = self.next_index
+                skip = max(0, min(added, self.skip_below - first))
+                chunk = decode_json(self._array.to_json(txn), self._length + skip, first + skip)
+                if chunk is not None:
+                    self.next_index += added
+            if chunk is None:
+                chunk = self._from_delta(event)
+            self._length = length
+            self._marked = False  # until mark_end: an insert is not taken for an append
+            if chunk is not None:
+                for start in range(chunk.first, chunk.end, PIECE):  # the first rows can go while the rest decodes
+                    self.emit(chunk.part(start, start + PIECE))
         except Exception:
             log.exception("track_observer_failed", room=self.room)
+
+    def _from_delta(self, event) -> Chunk | None:
+        inserted: list[Any] = []
+        for change in event.delta:
+            items = change.get("insert")
+            if items:
+                inserted.extend(items)
+            elif "delete" in change:
+                log.warning("track_points_deleted", room=self.room, deleted=change["delete"])
+        if not inserted:
+            return None
+        first = self.next_index
+        self.next_index += len(inserted)
+        skip = max(0, min(len(inserted), self.skip_below - first))
+        return decode_chunk(inserted[skip:], first + skip)
+
+    def mark_end(self) -> None:
+        """After each transaction (not inside it: pycrdt makes a sticky index in a transaction of
+        its own), remember the last element, so the next insert can be told to be an append."""
+        self._length = len(self._points)
+        self._end = self._points.sticky_index(self._length, pycrdt.Assoc.BEFORE) if self._length else None
+        self._marked = True
 
     def drop(self) -> None:
         self.subscription.drop()
@@ -91,6 +128,7 @@ def read_state(state: bytes, done: int, emit: Callable[[Chunk], None], room: str
     doc = pycrdt.Doc()
     reader = DocReader(doc.get("points", type=pycrdt.Array), emit, 0, done, room)
     doc.apply_update(state)
+    reader.mark_end()
     return doc, reader
 
 
@@ -126,7 +164,10 @@ class InlineReader:
         self._readers[room.key] = DocReader(points, room.receive, len(points), 0, room.key)
 
     def update(self, room: Subscriber, update: bytes) -> None:
-        """Nothing to forward: the observer sits on the room's own document."""
+        """Nothing to forward (the observer sits on the room's own document): mark its new end."""
+        reader = self._readers.get(room.key)
+        if reader is not None:
+            reader.mark_end()
 
     def close(self, key: str) -> None:
         reader = self._readers.pop(key, None)
@@ -356,6 +397,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 copy = copies.get(key)
                 if copy is not None and copy[0] == epoch:
                     copy[1].apply_update(message[3])
+                    copy[2].mark_end()
         except BrokenPipeError:
             return
         except Exception as exc:
