@@ -79,6 +79,8 @@ class DocReader:
             length = self._array.len(txn)
             added = length - self._length
             chunk = None
+            # the sticky index resolved in this transaction (pycrdt's own get_index would open another;
+            # `_sticky_index` is pycrdt's Rust object, stable within the pinned pycrdt < 0.15)
             if 0 < added and 2 * added >= length and (self._length == 0 or (
                     self._marked and self._end is not None and self._end._sticky_index.get_offset(txn) == self._length)):
                 first = self.next_index
@@ -124,7 +126,8 @@ class DocReader:
 
 def read_state(state: bytes, done: int, emit: Callable[[Chunk], None], room: str = "") -> tuple[pycrdt.Doc, DocReader]:
     """A fresh copy of a track document from its state, observed: elements from `done` on are emitted
-    (one delta conversion of the whole array: ~5x cheaper than pycrdt's `to_py`)."""
+    (the whole array is one append, read as JSON: 50,000 points in ~200 ms with the apply, against
+    ~325 ms for pycrdt's `to_py` alone)."""
     doc = pycrdt.Doc()
     reader = DocReader(doc.get("points", type=pycrdt.Array), emit, 0, done, room)
     doc.apply_update(state)
