@@ -49,6 +49,7 @@ from storage import positions as position_store  # noqa: E402
 from sync_server import sync_tokens  # noqa: E402
 from sync_server.config import Settings  # noqa: E402
 from tests.support import databases  # noqa: E402
+from tests.support.server import child_pids  # noqa: E402
 
 ADMIN_URL = databases.admin_url()  # TEST_PG_URL, the machine's server, or a private pgserver
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
@@ -147,14 +148,7 @@ async def _checkpoint(owner: asyncpg.Connection) -> None:
 
 def _tree_cpu(pid: int) -> float:
     """CPU seconds of a process and its live descendants (the server and its track reader helper)."""
-    total = _cpu_seconds(pid)
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:
-            continue
-        total += sum(_tree_cpu(int(child)) for child in children)
-    return total
+    return _cpu_seconds(pid) + sum(_tree_cpu(child) for child in child_pids(pid))
 
 
 async def _backend_cpu(owner: asyncpg.Connection) -> dict[int, float]:

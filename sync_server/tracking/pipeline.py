@@ -66,7 +66,6 @@ BULK_POINTS = 1_000  # a batch this large takes a bulk slot (Pipeline: bulk_conc
 QUOTA_HEADROOM = 0.5  # a batch that leaves this share of the day's allowance unused skips the wait
 
 
-
 @dataclass
 class Batch:
     """Raw points of one vehicle from one source. For a track document, raw[i] is element

@@ -296,12 +296,12 @@ def decode_json(text: str | bytes, skip: int, first: int) -> Chunk | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     n = len(fixes)
-    t, lat, lng, *optional = [np.fromiter(map(get, fixes), np.float64, n) if i < 3 else
-                              np.array(list(map(get, fixes)), dtype=np.float64) for i, get in enumerate(_GETTERS)]
+    t, lat, lng = (np.fromiter(map(get, fixes), np.float64, n) for get in _GETTERS[:3])
+    optional = [np.array(list(map(get, fixes)), dtype=np.float64) for get in _GETTERS[3:]]  # None -> NaN
     return Chunk(first, n, *_checked(t, lat, lng, optional, first))
 
 
-_GETTERS = [operator.attrgetter(name) for name in ("t", "lat", "lng", "speed", "heading", "accuracy", "alt")]
+_GETTERS = [operator.attrgetter(name) for name in FIELDS]  # _Fix's fields are the element's keys
 
 
 def _decode_each(raw: Sequence[Any], first_index: int) -> tuple[Fixes, np.ndarray, list[int]]:

@@ -198,8 +198,7 @@ class _Helper:
         self._reader.start()
 
     def send(self, message: tuple) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._outbox.put(_LENGTH.pack(len(payload)) + payload)
+        self._outbox.put(_frame(message))
 
     def _write(self) -> None:
         stdin = self.proc.stdin
@@ -359,6 +358,12 @@ def reader_for(helpers: int) -> InlineReader | ProcessReader:
 # --- the helper process ----------------------------------------------------------------------------
 
 
+def _frame(message: tuple) -> bytes:
+    """One message on a pipe: its pickle's length (8 bytes), then the pickle (`_read_message`)."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
 def _read_message(stream: BinaryIO) -> tuple | None:
     head = stream.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
@@ -375,8 +380,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     copies: dict[str, tuple[int, pycrdt.Doc, DocReader]] = {}
 
     def send(message: tuple) -> None:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        out.write(_LENGTH.pack(len(payload)) + payload)
+        out.write(_frame(message))
         out.flush()
 
     def close(key: str) -> None:

@@ -20,6 +20,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_pids(pid: int) -> list[int]:
+    """Pids of a process's live children (Linux /proc), sorted."""
+    pids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(child) for child in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return sorted(pids)
+
+
 class ServerProcess:
     def __init__(self, env: dict[str, str], *, log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -70,13 +81,7 @@ class ServerProcess:
         """Pids of the server's live child processes (its track reader helpers)."""
         if self.proc is None or self.proc.poll() is not None:
             return []
-        pids = []
-        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
-            try:
-                pids += [int(pid) for pid in (task / "children").read_text().split()]
-            except FileNotFoundError:
-                continue
-        return sorted(pids)
+        return child_pids(self.proc.pid)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
