@@ -132,7 +132,7 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         await migrator.migrate(settings.database_url)
-        db = await Database(settings.database_url, min_size=1, max_size=1).open()
+        db = await Database(settings.database_url, settings.app_role(), min_size=1, max_size=1).open()
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
         finally:

@@ -89,11 +89,11 @@ async def test_tenant_transaction_rolls_back_on_error_and_takes_only_a_customer_
             await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'w', 'w')", a)
     async with db.tenant(a) as conn:
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
-        assert await conn.fetchval("SELECT current_setting('app.customer_id')") == str(a)
+        assert await conn.fetchval("SELECT webhost_current_customer()") == a
     for _ in range(3):  # the pooled connections are idle, outside any transaction, with no setting
         async with db.pool.acquire() as conn:
             assert not conn.is_in_transaction()
-            assert await conn.fetchval("SELECT coalesce(current_setting('app.customer_id', true), '')") == ""
+            assert await conn.fetchval("SELECT coalesce(current_setting('app.scope', true), '')") == ""
     for bad in ("x'); SELECT set_config('app.operator', 'on', true); --", "", "not-a-uuid"):
         with pytest.raises(ValueError):
             async with db.tenant(bad):
