@@ -98,7 +98,8 @@ class Settings:
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
     database_url: str | None = _setting("DATABASE_URL", None, _url("DATABASE_URL", "postgresql", "postgres"),
-                                        "libpq URI of the shared database; unset starts embedded PostgreSQL")
+                                        "libpq URI of the shared database as its owner (it migrates; the pools "
+                                        "log in as webhost_app); unset starts embedded PostgreSQL")
     database_app_password: str | None = _setting(
         "DATABASE_APP_PASSWORD", None,
         doc="password the serving pools log in with as webhost_app (set on the role by the owner when it does "
