@@ -60,6 +60,20 @@ async def main():
                     runs.append((time.perf_counter() - t) * 1000)
             print(f"{label}: 1000 queries median {statistics.median(runs):.1f} ms, min {min(runs):.1f} ms (runs {', '.join(f'{r:.1f}' for r in runs)})")
             print("   ", " | ".join(r[0].strip() for r in plan if "Execution" in r[0] or "Planning" in r[0]))
+        # the same count, 1,000 times inside the server (a PL/pgSQL loop): no client, no network
+        for label, where in (("policy only", ""), ("with TENANT_ROWS", " WHERE " + TENANT_ROWS)):
+            loop = ("DO $$ DECLARE t0 timestamptz := clock_timestamp(); n bigint; BEGIN "
+                    f"FOR i IN 1..1000 LOOP SELECT count(*) INTO n FROM vehicles{where}; END LOOP; "
+                    "PERFORM set_config('bench.ms', (extract(epoch FROM clock_timestamp() - t0) * 1000)::text, true); "
+                    "END $$")
+            runs = []
+            async with db.tenant(cid) as conn:
+                for _ in range(6):
+                    await conn.execute(loop)
+                    runs.append(float(await conn.fetchval("SELECT current_setting('bench.ms')")))
+            runs = runs[1:]
+            print(f"{label}, server-side loop: 1000 queries median {statistics.median(runs):.1f} ms, "
+                  f"min {min(runs):.1f} ms (runs {', '.join(f'{r:.1f}' for r in runs)})")
         # whole transactions: tenant() + one count query
         runs = []
         for _ in range(5):
