@@ -174,9 +174,10 @@ class Database:
 
     @asynccontextmanager
     async def platform(self) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction on platform tables (plans, operators, their tokens): no tenant rows visible."""
+        """A transaction on platform tables (plans, operators, their tokens): no tenant rows visible,
+        whatever SQL may have left in the session (the scope is cleared for the transaction)."""
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
+            async with _transaction(conn, _NO_SCOPE):
                 yield conn
 
     async def set_tenant(self, conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> None:
@@ -187,6 +188,9 @@ class Database:
     async def ping(self) -> None:
         async with self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
+
+
+_NO_SCOPE = "BEGIN; SELECT set_config('app.scope', '', true)"
 
 
 def _begin_with_scope(scope: str) -> str:

@@ -29,7 +29,7 @@ def server_settings(database_url: str, tmp_path) -> Settings:
 async def served(database_url, tmp_path):
     """A pool built the way the server builds its own: Settings -> AppRole -> Database."""
     settings = server_settings(database_url, tmp_path)
-    db = await Database(settings.database_url, settings.app_role(), min_size=1, max_size=3).open()
+    db = await Database(settings.database_url, settings.app_role(), min_size=1, max_size=1).open()
     yield db
     await db.close()
 
@@ -97,6 +97,21 @@ async def test_plain_settings_reveal_no_other_tenant(served, database_url):
         await conn.execute("SELECT set_config('app.customer_id', $1, true)", str(a))
         assert await conn.fetch("SELECT customer_id FROM vehicles") == [(b,)]
         assert await conn.fetchval("SELECT count(*) FROM customers") == 1
+
+
+async def test_a_scope_left_in_the_session_does_not_reach_the_next_transactions(served, database_url):
+    """SQL that leaves a (valid) scope session-wide on a pooled connection: the next tenant() and
+    platform() transactions on that connection set or clear the scope, and see nothing of it."""
+    a = await _customer_with_vehicle(database_url, "alpha")
+    b = await _customer_with_vehicle(database_url, "bravo")
+    async with served.pool.acquire() as conn:
+        await conn.execute("SELECT set_config('app.scope', $1, false)", served.role.tenant_scope(a))
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 1  # what it was given, no more
+    for _ in range(3):  # the pool has one connection: each transaction gets the same one
+        async with served.platform() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
+        async with served.tenant(b) as conn:
+            assert await conn.fetch("SELECT customer_id FROM vehicles") == [(b,)]
 
 
 def _forge(key: bytes, body: str) -> str:
