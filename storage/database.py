@@ -108,13 +108,15 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self) -> "Database":
+    async def open(self, *, replace_key: bool = True) -> "Database":
         """As the owner: install the scope key (and the application role's password when the role
-        cannot log in with it yet); then the pool, as the application role, checked once."""
+        cannot log in with it yet); then the pool, as the application role, checked once.
+        `replace_key=False` (one-off commands beside running servers) refuses to replace another
+        node's key instead, which would leave those servers seeing no tenant rows."""
         if self._pool is None:
             owner = await asyncpg.connect(self.dsn, server_settings={"application_name": "webhost-sync-owner"})
             try:
-                await _install_scope_key(owner, self.role)
+                await _install_scope_key(owner, self.role, replace=replace_key, name=self.name)
                 try:
                     pool = await self._create_pool()
                 except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
@@ -233,21 +235,24 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _install_scope_key(owner: asyncpg.Connection, role: AppRole) -> None:
+async def _install_scope_key(owner: asyncpg.Connection, role: AppRole, *, replace: bool, name: str) -> None:
     """Put the key's pads into webhost_scope_key (owner only; written only when they changed, so
     nodes starting together do not contend). A database not migrated yet has no table: its pool
     then sees no tenant rows until `webhost-sync migrate` ran and the pool is opened again."""
     inner, outer = role.pads()
+    change = ("UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, installed_at = now() "
+              "WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
+              "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)") if replace else "NOTHING"
     try:
-        await owner.execute(
-            "INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
-            "ON CONFLICT (only_row) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, "
-            "installed_at = now() WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
-            "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)", inner, outer)
+        await owner.execute("INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
+                            f"ON CONFLICT (only_row) DO {change}", inner, outer)
+        installed = await owner.fetchval("SELECT inner_pad FROM webhost_scope_key")
     except asyncpg.UndefinedTableError:
-        log.warning("scope_key_not_installed", reason="migrations pending")
-
-
+        log.warning("scope_key_not_installed", database=name, reason="migrations pending")
+        return
+    if installed != inner:
+        raise RuntimeError(f"database {name!r} holds the scope key of another SECRET_KEY (the servers'); "
+                           "run this with the servers' SECRET_KEY")
 async def _set_app_password(owner: asyncpg.Connection, password: str) -> None:
     """ALTER ROLE takes no parameters: the password goes in as a quoted literal (quote_literal)."""
     literal = await owner.fetchval("SELECT quote_literal($1::text)", password)

@@ -235,6 +235,22 @@ async def test_another_secret_key_takes_the_database_over(database_url, tmp_path
         await first.close()
 
 
+async def test_a_one_off_command_with_another_secret_key_leaves_the_servers_key(database_url):
+    cid = await _customer_with_vehicle(database_url, "alpha")
+    serving = await Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=1).open()
+    try:
+        other = Database(database_url, AppRole.from_secret("rotated-" + TEST_SECRET), min_size=1, max_size=1)
+        with pytest.raises(RuntimeError, match="another SECRET_KEY"):
+            await other.open(replace_key=False)
+        same = await Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1,
+                              max_size=1).open(replace_key=False)
+        await same.close()
+        async with serving.tenant(cid) as conn:
+            assert await conn.fetchval("SELECT count(*) FROM vehicles") == 1
+    finally:
+        await serving.close()
+
+
 def test_login_url_keeps_the_server_and_replaces_the_user():
     role = AppRole(b"k" * 32, password="p@ss/word")
     assert role.login_url("postgresql://owner:secret@db.example.com:6432/fleet?sslmode=require") == \
