@@ -108,15 +108,17 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self, *, replace_key: bool = True) -> "Database":
+    async def open(self, *, install_key: bool = True) -> "Database":
         """As the owner: install the scope key (and the application role's password when the role
         cannot log in with it yet); then the pool, as the application role, checked once.
-        `replace_key=False` (one-off commands beside running servers) refuses to replace another
-        node's key instead, which would leave those servers seeing no tenant rows."""
+        `install_key=False` is for one-off commands on platform tables beside running servers
+        (create-operator): they need no scope, and replacing the servers' key with one from another
+        SECRET_KEY would leave those servers seeing no tenant rows."""
         if self._pool is None:
             owner = await asyncpg.connect(self.dsn, server_settings={"application_name": "webhost-sync-owner"})
             try:
-                await _install_scope_key(owner, self.role, replace=replace_key, name=self.name)
+                if install_key:
+                    await _install_scope_key(owner, self.role, self.name)
                 try:
                     pool = await self._create_pool()
                 except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
@@ -130,7 +132,7 @@ class Database:
             finally:
                 await owner.close()
             try:
-                await _check_app_role(pool, self.role, self.name)
+                await _check_app_role(pool, self.role if install_key else None, self.name)
             except BaseException:
                 await pool.close()
                 raise
@@ -235,24 +237,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _install_scope_key(owner: asyncpg.Connection, role: AppRole, *, replace: bool, name: str) -> None:
+async def _install_scope_key(owner: asyncpg.Connection, role: AppRole, name: str) -> None:
     """Put the key's pads into webhost_scope_key (owner only; written only when they changed, so
     nodes starting together do not contend). A database not migrated yet has no table: its pool
     then sees no tenant rows until `webhost-sync migrate` ran and the pool is opened again."""
     inner, outer = role.pads()
-    change = ("UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, installed_at = now() "
-              "WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
-              "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)") if replace else "NOTHING"
     try:
-        await owner.execute("INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
-                            f"ON CONFLICT (only_row) DO {change}", inner, outer)
-        installed = await owner.fetchval("SELECT inner_pad FROM webhost_scope_key")
+        await owner.execute(
+            "INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
+            "ON CONFLICT (only_row) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, "
+            "installed_at = now() WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
+            "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)", inner, outer)
     except asyncpg.UndefinedTableError:
         log.warning("scope_key_not_installed", database=name, reason="migrations pending")
-        return
-    if installed != inner:
-        raise RuntimeError(f"database {name!r} holds the scope key of another SECRET_KEY (the servers'); "
-                           "run this with the servers' SECRET_KEY")
+
+
 async def _set_app_password(owner: asyncpg.Connection, password: str) -> None:
     """ALTER ROLE takes no parameters: the password goes in as a quoted literal (quote_literal)."""
     literal = await owner.fetchval("SELECT quote_literal($1::text)", password)
@@ -265,7 +264,7 @@ async def _set_app_password(owner: asyncpg.Connection, password: str) -> None:
     log.info("app_role_password_set", role=APP_ROLE)
 
 
-async def _check_app_role(pool: asyncpg.Pool, role: AppRole, name: str) -> None:
+async def _check_app_role(pool: asyncpg.Pool, role: AppRole | None, name: str) -> None:
     """Refuse a pool whose role could escape the policies: a superuser, a role that bypasses RLS,
     creates roles or databases, is a member of another role (SET ROLE would work), may create in
     the database or schema public, or owns a table or function here. Then check that a signed
@@ -285,8 +284,8 @@ async def _check_app_role(pool: asyncpg.Pool, role: AppRole, name: str) -> None:
             raise RuntimeError(f"database {name!r}: the serving pool logs in as {row['rolname']!r}, which must be "
                                f"{APP_ROLE} without {', '.join(wrong) or 'any extra privilege'} "
                                "(README: Database roles)")
-        if not row["signed_scope"]:
-            return  # migrations pending: readiness says so
+        if role is None or not row["signed_scope"]:
+            return  # no key installed by this pool, or migrations pending (readiness says so)
         async with _transaction(conn, _begin_with_scope(role.operator_scope())):
             accepted = await conn.fetchval("SELECT webhost_is_operator()")
     if not accepted:

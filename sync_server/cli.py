@@ -132,9 +132,10 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         await migrator.migrate(settings.database_url)
-        # beside running servers: never take their scope key over (a wrong SECRET_KEY fails here)
+        # platform tables only, beside running servers: leave their scope key as it is (this
+        # command may run without their SECRET_KEY, e.g. in development with another DATA_DIR key)
         db = Database(settings.database_url, settings.app_role(), min_size=1, max_size=1)
-        await db.open(replace_key=False)
+        await db.open(install_key=False)
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
         finally:
@@ -142,7 +143,7 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
 
     try:
         user_id = asyncio.run(run())
-    except RuntimeError as exc:  # the database refused this node's role or key: say which, no traceback
+    except RuntimeError as exc:  # the application role cannot log in or is refused: say why, no traceback
         print(f"webhost-sync: {exc}", file=sys.stderr)
         return 2
     print(f"operator {args.email} ({args.role}) id={user_id}")
