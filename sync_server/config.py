@@ -160,6 +160,9 @@ class Settings:
                                          "an empty room leaves memory after this long idle (once durable)")
     compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
                                           "log rows of a doc that trigger compaction into its snapshot")
+    compact_after_bytes: int = _setting("COMPACT_AFTER_BYTES", 16 * 1024 * 1024,
+                                        _int("COMPACT_AFTER_BYTES", 64 * 1024, 2**40),
+                                        "bytes of a doc's uncompacted log rows that trigger compaction")
     sync_idle_timeout: float = _setting("SYNC_IDLE_TIMEOUT_SECONDS", 60.0, _float("SYNC_IDLE_TIMEOUT_SECONDS", 5, 86400),
                                         "a connection that sent nothing this long is closed 1001 (dead peer; "
                                         "y-websocket clients renew awareness every 15 s)")
