@@ -66,6 +66,11 @@ def alive_key(prefix: str, node: str) -> str:
     return f"{prefix}node:{node}"
 
 
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern (a prefix may hold * ? [ ] or \\)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def _entry_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
@@ -381,6 +386,18 @@ class Fanout(RoomHooks):
 
     async def _heartbeat_once(self) -> None:
         await self.redis.set(alive_key(self.prefix, self.node), b"1", px=int(self.dead_after * 1000))
+
+    async def live_nodes(self) -> set[str]:
+        """Every node whose heartbeat has not expired, this one included (raises on Redis errors:
+        a caller that must reach every node cannot go on without knowing them)."""
+        head = alive_key(self.prefix, "")
+        pattern = _glob_escape(head) + "*"
+        nodes = set()
+        async for raw in self.redis.scan_iter(match=pattern, count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if not key.endswith(":wake"):  # a node's wake stream lives beside its heartbeat
+                nodes.add(key[len(head):])
+        return nodes
 
     async def _reap_dead_nodes(self) -> None:
         """Remove the presence that nodes which stopped beating introduced."""
