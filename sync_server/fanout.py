@@ -19,6 +19,8 @@ covers updates another node published but had not committed yet.
 
 Presence: nodes heartbeat `{prefix}node:{id}` (expires after 3 beats). Awareness client ids learnt
 from a node whose heartbeat is gone are removed (clock + 1) and the removal relayed to local clients.
+The same keys tell a tenant migration which nodes must pause the customer's writes (`live_nodes`,
+provisioning/cluster_pause.py).
 
 Redis down: local clients are served as before; publishes are not queued (their rooms are marked for
 `r`); the reader reconnects with backoff, then catches up.

@@ -199,8 +199,9 @@ class Holds:
         ended = self._ended[pause_id]
         with structlog.contextvars.bound_contextvars(customer_id=customer_id, pause_id=pause_id):
             try:
-                if ended.is_set():
-                    return  # ended before we got to it (a node that was stopped meanwhile)
+                if ended.is_set():  # ended before we got to it (this node was stopped meanwhile)
+                    log.info("cluster_pause_ended_before_holding")
+                    return
                 started = time.monotonic()
                 async with on_this_node(self.rt, customer_id):
                     await self._ack(pause_id, {"node": node, "ok": True})
