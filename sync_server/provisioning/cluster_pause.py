@@ -47,6 +47,7 @@ import structlog
 log = structlog.get_logger("sync_server.provisioning.cluster_pause")
 
 SWITCH_MARGIN = 2.0  # seconds of a lease kept free for the switch's commit after `check()`
+REDIS_TIMEOUT = 5.0  # one Redis command of a pause (a hung connection must not hang a migration)
 ACKS_TTL_MS = 600_000  # an ack list outlives any pause, then disappears
 RELOAD_ATTEMPTS = 10  # a node reloads its routes this often (0.5 s apart) before ending a hold anyway
 
@@ -100,9 +101,9 @@ class Pause:
             return
         self.asked = await self.fanout.live_nodes() - {self.fanout.node}
         self.asked_at = time.monotonic()
-        await self.rt.redis.publish(channel(self.rt), json.dumps({
+        await asyncio.wait_for(self.rt.redis.publish(channel(self.rt), json.dumps({
             "op": "pause", "id": self.id, "customer": self.customer_id, "from": self.fanout.node,
-            "lease_ms": int(self.lease * 1000)}))
+            "lease_ms": int(self.lease * 1000)})), REDIS_TIMEOUT)
         log.info("cluster_pause_asked", pause_id=self.id, customer_id=self.customer_id, nodes=sorted(self.asked))
 
     async def confirmed_by_all(self) -> None:
@@ -118,7 +119,10 @@ class Pause:
                 missing = sorted(self.asked - self.confirmed)
                 raise ClusterPauseError(f"nodes did not confirm the write pause within {timeout:g} s: "
                                         f"{', '.join(missing)}")
-            got = await self.rt.redis.blpop([key], timeout=max(left, 0.01))
+            try:
+                got = await asyncio.wait_for(self.rt.redis.blpop([key], timeout=max(left, 0.01)), left + 1.0)
+            except asyncio.TimeoutError:
+                continue
             if got is None:
                 continue
             ack = json.loads(got[1])
@@ -147,7 +151,9 @@ class Pause:
         if self.fanout is None:
             return
         try:
-            await self.rt.redis.publish(channel(self.rt), json.dumps({"op": "end", "id": self.id}))
+            await asyncio.wait_for(self.rt.redis.publish(channel(self.rt), json.dumps({"op": "end", "id": self.id})),
+                                   REDIS_TIMEOUT)
+            await asyncio.wait_for(self.rt.redis.delete(_acks_key(self.rt, self.id)), REDIS_TIMEOUT)
         except Exception as exc:
             log.warning("cluster_pause_end_failed", pause_id=self.id, customer_id=self.customer_id,
                         error=str(exc) or type(exc).__name__)
@@ -234,6 +240,6 @@ class Holds:
             pipe = self.rt.redis.pipeline(transaction=False)
             pipe.rpush(_acks_key(self.rt, pause_id), json.dumps(ack))
             pipe.pexpire(_acks_key(self.rt, pause_id), ACKS_TTL_MS)
-            await pipe.execute()
+            await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
         except Exception as exc:
             log.warning("cluster_pause_ack_failed", error=str(exc) or type(exc).__name__)
