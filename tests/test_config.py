@@ -29,6 +29,7 @@ def test_defaults_are_development_with_embedded_database():
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
         ({"WEBHOST_ENV": "production"}, "SECRET_KEY"),
         ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
+        ({"CLUSTER_PAUSE_ACK_SECONDS": "10", "CLUSTER_PAUSE_LEASE_SECONDS": "10"}, "CLUSTER_PAUSE_LEASE_SECONDS"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable):
