@@ -83,20 +83,35 @@ def var_uint(num: int) -> bytes:
     return bytes(out)
 
 
+_VAR_UINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")  # at most 10 bytes (64 bits)
+_LONG_VAR_UINTS: dict[bytes, int] = {}  # client ids (pycrdt's are 53-bit: 8 bytes) recur in every update
+
+
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position); raises Malformed on truncation or an absurdly long number."""
-    num = 0
-    shift = 0
-    end = len(data)
-    while True:
-        if pos >= end or shift > 63:
-            raise Malformed("truncated or oversized varUint")
-        byte = data[pos]
-        pos += 1
-        num |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return num, pos
-        shift += 7
+    """(value, next position); raises Malformed on truncation or an absurdly long number.
+    One- and two-byte numbers inline; longer ones are delimited by a regex (C) and remembered, since
+    the same client ids come in every update (a Python loop over 8 bytes cost 1.7 us a number)."""
+    try:
+        first = data[pos]
+        if first < 0x80:
+            return first, pos + 1
+        second = data[pos + 1]
+        if second < 0x80:
+            return (first & 0x7F) | (second << 7), pos + 2
+    except IndexError:
+        raise Malformed("truncated or oversized varUint") from None
+    match = _VAR_UINT.match(data, pos)
+    if match is None or pos < 0:
+        raise Malformed("truncated or oversized varUint")
+    raw = match.group()
+    num = _LONG_VAR_UINTS.get(raw)
+    if num is None:
+        num = 0
+        for shift, byte in enumerate(raw):
+            num |= (byte & 0x7F) << (7 * shift)
+        if len(_LONG_VAR_UINTS) < 4096:
+            _LONG_VAR_UINTS[raw] = num
+    return num, match.end()
 
 
 def _read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:

@@ -7,15 +7,16 @@ yrs panics (`Option::unwrap()` on None in the block store). Yjs keeps such struc
 No client produces a gap (a client's own structs are contiguous, a diff starts at the receiver's
 state vector), so an update with one is refused before it reaches yrs.
 
-`sections` walks the struct sections (client, first clock, struct count, and the clock after the
-section); to reach the next section it has to skip every struct of this one, contents included, so
-the walk costs a pass over the bytes of every section but the last. Every count is checked against
+`summarize` walks the struct sections (client, first clock, and the clock after the section); to
+reach the next section it has to skip every struct of this one, contents included, so the walk
+costs a pass over the bytes of every section but the last (an offline phone's upload is one
+section: its header is all that is read). Every count is checked against
 the bytes left before it is used (bounded work per byte). The format: yjs/src/utils/UpdateDecoder.js
 (UpdateDecoderV1) and lib0's decoding.readAny.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
 
 from .protocol import Malformed, read_var_uint
 
@@ -134,26 +135,53 @@ def _skip_struct(data: bytes, pos: int) -> tuple[int, int]:
     raise Malformed("unknown content type")
 
 
-def sections(update: bytes, *, to_end: bool = False) -> Iterator[tuple[int, int, int, int | None]]:
-    """(client, first clock, struct count, clock after the section) of each struct section. The
-    last section is not walked (its end is None) unless `to_end`."""
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What an update holds, per client section: (client, first clock, clock after it or None when
+    the section was not walked), and its delete set's client count (None when not reached)."""
+
+    sections: list[tuple[int, int, int | None]]
+    deleting: int | None
+
+
+def summarize(update: bytes, *, walk_all: bool) -> Summary:
+    """The struct sections of `update`. Every section but the last is walked (the next header lies
+    behind it). With `walk_all` the last one and the delete set are read too and the update must end
+    exactly there (yrs ignores trailing bytes; they are refused here so junk is never stored)."""
     count, pos = read_var_uint(update, 0)
     if count > (len(update) - pos) // 3:
         raise Malformed("update declares more client sections than it holds")
+    found: list[tuple[int, int, int | None]] = []
     for i in range(count):
         structs, pos = read_var_uint(update, pos)
         if structs > len(update) - pos:
             raise Malformed("section declares more structs than it holds")
         client, pos = read_var_uint(update, pos)
         clock, pos = read_var_uint(update, pos)
-        if i == count - 1 and not to_end:
-            yield client, clock, structs, None
-            return
+        if i == count - 1 and not walk_all:
+            found.append((client, clock, None))
+            return Summary(found, None)
         end = clock
         for _ in range(structs):
             length, pos = _skip_struct(update, pos)
             end += length
-        yield client, clock, structs, end
+        found.append((client, clock, end))
+    if not walk_all:
+        return Summary(found, None)
+    clients, pos = read_var_uint(update, pos)
+    if clients > (len(update) - pos) // 2:
+        raise Malformed("delete set declares more clients than it holds")
+    for _ in range(clients):
+        _client, pos = read_var_uint(update, pos)
+        ranges, pos = read_var_uint(update, pos)
+        if ranges > (len(update) - pos) // 2:
+            raise Malformed("delete set declares more ranges than it holds")
+        for _ in range(ranges):
+            _clock, pos = read_var_uint(update, pos)
+            _length, pos = read_var_uint(update, pos)
+    if pos != len(update):
+        raise Malformed("trailing bytes after the update")
+    return Summary(found, clients)
 
 
 def state(state_vector: bytes) -> dict[int, int]:
@@ -164,32 +192,3 @@ def state(state_vector: bytes) -> dict[int, int]:
         client, pos = read_var_uint(state_vector, pos)
         out[client], pos = read_var_uint(state_vector, pos)
     return out
-
-
-def is_noop_update(update: bytes, state_vector: bytes) -> bool:
-    """True when `update` cannot change a doc whose state vector is `state_vector`: it carries no
-    structs, and its delete set (if any) only names items the doc already has (so yrs, reporting no
-    effect, already had them deleted). Anything else without an effect may be held by yrs as pending
-    (its dependencies missing) and must be kept. Bounded by the update's length."""
-    try:
-        structs, pos = read_var_uint(update, 0)
-        if structs:
-            return False
-        clients, pos = read_var_uint(update, pos)
-        if clients > (len(update) - pos) // 2:
-            return False
-        known = state(state_vector) if clients else {}
-        for _ in range(clients):
-            client, pos = read_var_uint(update, pos)
-            ranges, pos = read_var_uint(update, pos)
-            if ranges > (len(update) - pos) // 2:
-                return False
-            have = known.get(client, 0)
-            for _ in range(ranges):
-                clock, pos = read_var_uint(update, pos)
-                length, pos = read_var_uint(update, pos)
-                if clock + length > have:
-                    return False
-    except Malformed:
-        return False
-    return True  # what follows a complete (empty) update is ignored by yrs: junk is no change
