@@ -66,6 +66,7 @@ class SyncEndpoint:
         settings = runtime.settings
         self.max_message = settings.sync_max_message_bytes
         self.queue_limit = settings.sync_send_queue_limit
+        self.queue_bytes = settings.sync_send_queue_bytes
         self.raw_writes = True  # sync_server.wire fast path where the server allows it
 
     async def __call__(self, scope, receive, send) -> None:
@@ -127,7 +128,7 @@ class SyncEndpoint:
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
         conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
-                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
+                          queue_limit=self.queue_limit, queue_bytes=self.queue_bytes, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
         conn.start()
         self.rooms.join(room, conn)
         log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
