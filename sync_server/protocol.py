@@ -10,8 +10,9 @@ Anything that does not decode exactly is `Malformed`; unknown message types are 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+from . import strict_json
 
 SYNC, AWARENESS, AUTH, QUERY_AWARENESS = 0, 1, 2, 3
 STEP1, STEP2, UPDATE = 0, 1, 2
@@ -144,7 +145,7 @@ def decode_awareness(payload: bytes) -> tuple[tuple[int, int, str | None], ...]:
             raise Malformed("awareness state too large")
         try:
             text = raw.decode("utf-8")
-            state = json.loads(text) if text else None
+            state = strict_json.loads(text) if text else None  # relayed as is: JSON.parse must read it
         except (UnicodeDecodeError, ValueError):
             raise Malformed("awareness state is not JSON") from None
         if state is not None and not isinstance(state, dict):

@@ -10,7 +10,8 @@ Order of a connection: accept -> authenticate (token / API key, customer active,
 authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
 read frames until the peer leaves or the server closes it. Refusals are closes after accept:
 4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
-1013 (does not read), 1001 (shutdown), 1011 (server error).
+1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
+BaseExceptions such as a Rust panic included, closes only that peer).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from storage import tenants
 from . import api_keys, logs, protocol, sync_tokens, wire
 from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSAGE_TOO_BIG, UNAUTHORIZED,
                          Connection)
+from .faults import answerable
 from .hooks import ConnectRequest, Refused
 from .rooms import RoomRegistry
 
@@ -172,8 +174,10 @@ class SyncEndpoint:
                 log.warning("sync_malformed", error=str(exc), bytes=len(frame))
                 conn.abort(MALFORMED, "malformed message")
                 return
-            except Exception:
-                log.exception("sync_message_failed", bytes=len(frame))
+            except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
+                if not answerable(exc):
+                    raise
+                log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
                 conn.abort(INTERNAL_ERROR, "server error")
                 return
 

@@ -98,6 +98,8 @@ async def _other_room_still_works(server, customer):
     (bytes((0, 2, 5)) + b"\xff\xff\xff\xff\xff", 4400),  # not a Yjs update
     (bytes((1, 3, 1, 1)), 4400),                       # truncated awareness
     (protocol.awareness_frame([(7, 1, "[1,2]")]), 4400),  # awareness state not an object
+    (protocol.awareness_frame([(7, 1, '{"x": NaN}')]), 4400),  # not JSON for JSON.parse: never relayed
+    (protocol.awareness_frame([(7, 1, '{"x": [-Infinity]}')]), 4400),
     (bytes((1,)) + protocol.var_uint(9) + protocol.var_uint(1) + b"\x07\x01\x05{bad}", 4400),  # bad JSON
     (b"\x00\x02" + protocol.var_uint(70_000) + b"\x00" * 70_000, 1009),  # over SYNC_MAX_MESSAGE_BYTES
 ])
