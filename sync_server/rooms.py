@@ -22,6 +22,12 @@ from .wire import binary_frame
 
 log = structlog.get_logger("sync_server.rooms")
 
+# Awareness is keyed by client ids the peers choose. A y-websocket client introduces one per document
+# instance; without these bounds one peer could fill a room with millions of made-up ids (1,024 per
+# frame) and keep the room, and that memory, alive for good.
+MAX_AWARENESS_CLIENTS_PER_PEER = 256  # more from one connection is malformed (closed 4400)
+MAX_AWARENESS_REMOVED = 10_000  # clocks of removed clients kept per room; the oldest are forgotten
+
 
 class Room:
     """The doc of one (customer, doc) and its peers. Lives on the event loop (pycrdt Doc is not
@@ -38,6 +44,7 @@ class Room:
         self.extra: dict[str, Any] = {}  # per-room state of hooks, keyed by hook name
         # awareness: client id -> (clock, JSON state or None once removed); clocks kept after removal
         self._awareness: dict[int, tuple[int, str | None]] = {}
+        self._forget_at = MAX_AWARENESS_REMOVED  # size of _awareness that triggers _forget_removed
         self._evict_task: asyncio.Task | None = None
 
     @property
@@ -143,6 +150,12 @@ class Room:
     def _apply_awareness(self, entries, conn: Connection | None) -> bool:
         """y-protocols' rule: a newer clock wins; an equal clock may only remove. True if any applied."""
         states = self._awareness
+        if conn is not None:
+            ids = conn.awareness_ids
+            new = {client for client, _clock, state in entries if state is not None and client not in ids}
+            if new and len(ids) + len(new) > MAX_AWARENESS_CLIENTS_PER_PEER:
+                raise protocol.Malformed(f"more than {MAX_AWARENESS_CLIENTS_PER_PEER} awareness clients on one "
+                                         "connection")
         changed = False
         for client, clock, state in entries:
             current = states.get(client)
@@ -155,7 +168,20 @@ class Room:
                         conn.awareness_ids.discard(client)
                     else:
                         conn.awareness_ids.add(client)
+        if len(states) > self._forget_at:
+            self._forget_removed()
         return changed
+
+    def _forget_removed(self) -> None:
+        """Forget the oldest clocks of removed clients beyond MAX_AWARENESS_REMOVED / 2 (they only
+        guard against a stale update bringing a removed client back). Runs again only after as many
+        new entries: amortized O(1) per entry, and the room holds at most the present clients (at
+        most MAX_AWARENESS_CLIENTS_PER_PEER per connection) plus MAX_AWARENESS_REMOVED."""
+        states = self._awareness
+        removed = [client for client, (_clock, state) in states.items() if state is None]
+        for client in removed[:max(0, len(removed) - MAX_AWARENESS_REMOVED // 2)]:
+            del states[client]
+        self._forget_at = len(states) + MAX_AWARENESS_REMOVED // 2
 
     @property
     def presence(self) -> dict[int, str]:
