@@ -69,8 +69,7 @@ class RestEndpoint:
         await self.serve_quart(scope, receive, send)
 
     async def serve(self, view, args: dict, scope, receive, send) -> None:
-        call = calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
-                          (scope.get("client") or (None,))[0], lambda: self._read_body(call, receive))
+        call = _call_of(scope, lambda: self._read_body(call, receive))
         entered, rt = calls.enter(call), serving(self.runtime)
         logs.bind(request_id=call.request_id)
         try:
@@ -101,8 +100,7 @@ class RestEndpoint:
     async def serve_quart(self, scope, receive, send) -> None:
         """A request Quart serves, with its Call made here; a failure that escapes Quart is answered
         (JSON 500) if the response has not started, and logged either way."""
-        call = calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
-                          (scope.get("client") or (None,))[0], _quart_body)
+        call = _call_of(scope, _quart_body)
         entered = calls.enter(call)
         logs.bind(request_id=call.request_id)
         started = False
@@ -140,6 +138,11 @@ class RestEndpoint:
                 return await _receive_body(receive, limit)
         except TimeoutError:
             raise RequestTimeout() from None
+
+
+def _call_of(scope, read) -> calls.Call:
+    return calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
+                      (scope.get("client") or (None,))[0], read)
 
 
 async def _quart_body() -> bytes:

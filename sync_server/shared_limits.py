@@ -187,8 +187,8 @@ class ConnectionLimit(RoomHooks):
                 pass  # the next heartbeat rewrites this node's count
 
     async def reconcile(self) -> None:
-        """Give back slots whose connection never joined (its room failed to load), and rewrite this
-        node's counts in Redis (repairs drift and a Redis restart)."""
+        """Give back slots whose connection never joined (its room failed to load), forget expired
+        cached limits, and rewrite this node's counts in Redis (repairs drift and a Redis restart)."""
         now = time.monotonic()
         for cid, pending in list(self._unclaimed.items()):
             while pending and now - pending[0] > UNCLAIMED_AFTER:
@@ -196,6 +196,9 @@ class ConnectionLimit(RoomHooks):
                 await self._release(cid)
             if not pending:
                 del self._unclaimed[cid]
+        for cid, (expires, _limit) in list(self._limits.items()):  # customers that stopped connecting
+            if expires <= now:
+                del self._limits[cid]
         if self.redis is None:
             return
         pipe = self.redis.pipeline(transaction=False)
