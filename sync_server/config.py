@@ -164,6 +164,9 @@ class Settings:
                                          "an empty room leaves memory after this long idle (once durable)")
     compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
                                           "log rows of a doc that trigger compaction into its snapshot")
+    compact_after_bytes: int = _setting("COMPACT_AFTER_BYTES", 16 * 1024 * 1024,
+                                        _int("COMPACT_AFTER_BYTES", 64 * 1024, 2**40),
+                                        "bytes of a doc's uncompacted log rows that trigger compaction")
     sync_idle_timeout: float = _setting("SYNC_IDLE_TIMEOUT_SECONDS", 60.0, _float("SYNC_IDLE_TIMEOUT_SECONDS", 5, 86400),
                                         "a connection that sent nothing this long is closed 1001 (dead peer; "
                                         "y-websocket clients renew awareness every 15 s)")
@@ -189,6 +192,14 @@ class Settings:
     node_heartbeat_seconds: float = _setting("NODE_HEARTBEAT_SECONDS", 2.0, _float("NODE_HEARTBEAT_SECONDS", 0.1, 60),
                                              "nodes beat this often; one silent for 3 beats is dead (its presence "
                                              "and connection counts are dropped)")
+    cluster_pause_ack: float = _setting(
+        "CLUSTER_PAUSE_ACK_SECONDS", 5.0, _float("CLUSTER_PAUSE_ACK_SECONDS", 0.1, 300),
+        "a tenant migration waits this long for every live node to confirm it paused the customer's "
+        "writes; a node that does not fails the migration (before the switch)")
+    cluster_pause_lease: float = _setting(
+        "CLUSTER_PAUSE_LEASE_SECONDS", 30.0, _float("CLUSTER_PAUSE_LEASE_SECONDS", 1, 3600),
+        "a node paused for another node's tenant migration resumes by itself after this long (the "
+        "migrating node died); a migration that could not switch well inside it fails instead")
     fanout_stream_maxlen: int = _setting("FANOUT_STREAM_MAXLEN", 1000, _int("FANOUT_STREAM_MAXLEN", 50, 10_000_000),
                                          "entries kept (approximately) in each document's Redis stream")
     connection_limits: str = _setting("CONNECTION_LIMITS", "enforce", _choice("CONNECTION_LIMITS", "enforce", "off"),
@@ -216,6 +227,9 @@ class Settings:
         if self.sync_send_queue_bytes < self.sync_max_message_bytes:
             raise ConfigError(f"SYNC_SEND_QUEUE_BYTES ({self.sync_send_queue_bytes}) must be at least "
                               f"SYNC_MAX_MESSAGE_BYTES ({self.sync_max_message_bytes}): every relayed update must fit")
+        if self.cluster_pause_lease <= self.cluster_pause_ack:
+            raise ConfigError(f"CLUSTER_PAUSE_LEASE_SECONDS ({self.cluster_pause_lease:g}) must exceed "
+                              f"CLUSTER_PAUSE_ACK_SECONDS ({self.cluster_pause_ack:g})")
         if self.secret_key is not None and len(self.secret_key) < 32:
             raise ConfigError("SECRET_KEY must be at least 32 characters")
         if self.environment == "production" and self.secret_key is None:

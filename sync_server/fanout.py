@@ -19,6 +19,8 @@ covers updates another node published but had not committed yet.
 
 Presence: nodes heartbeat `{prefix}node:{id}` (expires after 3 beats). Awareness client ids learnt
 from a node whose heartbeat is gone are removed (clock + 1) and the removal relayed to local clients.
+The same keys tell a tenant migration which nodes must pause the customer's writes (`live_nodes`,
+provisioning/cluster_pause.py).
 
 Redis down: local clients are served as before; publishes are not queued (their rooms are marked for
 `r`); the reader reconnects with backoff, then catches up.
@@ -64,6 +66,11 @@ def node_name() -> str:
 
 def alive_key(prefix: str, node: str) -> str:
     return f"{prefix}node:{node}"
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern (a prefix may hold * ? [ ] or \\)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, int]:
@@ -381,6 +388,18 @@ class Fanout(RoomHooks):
 
     async def _heartbeat_once(self) -> None:
         await self.redis.set(alive_key(self.prefix, self.node), b"1", px=int(self.dead_after * 1000))
+
+    async def live_nodes(self) -> set[str]:
+        """Every node whose heartbeat has not expired, this one included (raises on Redis errors:
+        a caller that must reach every node cannot go on without knowing them)."""
+        head = alive_key(self.prefix, "")
+        pattern = _glob_escape(head) + "*"
+        nodes = set()
+        async for raw in self.redis.scan_iter(match=pattern, count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            if not key.endswith(":wake"):  # a node's wake stream lives beside its heartbeat
+                nodes.add(key[len(head):])
+        return nodes
 
     async def _reap_dead_nodes(self) -> None:
         """Remove the presence that nodes which stopped beating introduced."""

@@ -24,12 +24,28 @@ log = structlog.get_logger("sync_server.persistence")
 
 
 def _merge_sync(snapshot: bytes | None, updates: list[bytes]) -> bytes:
-    doc = pycrdt.Doc()  # private to this thread
-    if snapshot:
-        doc.apply_update(snapshot)
-    for update in updates:
-        doc.apply_update(update)
-    return doc.get_update()
+    """Fold the snapshot and the log rows into one update on a private doc. A stored row the engine
+    fails on (written before updates were checked, or by a version with other bugs) is skipped with
+    a log line, never allowed to make the document unloadable; the doc is rebuilt without it, since a
+    failed apply can leave part of the row integrated."""
+    skip: set[int] = set()
+    while True:
+        doc = pycrdt.Doc()  # private to this thread
+        if snapshot:
+            doc.apply_update(snapshot)
+        for i, update in enumerate(updates):
+            if i in skip:
+                continue
+            try:
+                doc.apply_update(update)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                log.error("stored_update_skipped", index=i, bytes=len(update), error=f"{type(exc).__name__}: {exc}"[:200])
+                skip.add(i)
+                break
+        else:
+            return doc.get_update()
 
 
 async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
@@ -38,10 +54,12 @@ async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
 
 class Persistence(RoomHooks):
     def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
-                 compact_after: int, compact_interval: float = 5.0) -> None:
+                 compact_after: int, compact_after_bytes: int = 16 * 1024 * 1024, compact_interval: float = 5.0
+                 ) -> None:
         self.registry = registry
         self.log = update_log
         self.compact_after = compact_after
+        self.compact_after_bytes = compact_after_bytes
         # A compaction costs the size of the whole doc: at most one per room per interval, so a
         # burst into a big doc does not turn into quadratic work.
         self.compact_interval = compact_interval
@@ -58,7 +76,8 @@ class Persistence(RoomHooks):
         if state:
             room.ydoc.apply_update(state)
         room.log_length = len(stored.updates)
-        if room.log_length >= self.compact_after:
+        room.extra["log_bytes"] = sum(len(u) for u in stored.updates)
+        if self._due(room):
             self._compact_soon(room)
 
     async def change(self, room: Room, update: bytes, origin: Any) -> None:
@@ -66,7 +85,8 @@ class Persistence(RoomHooks):
             return  # the node that received it from its client writes it
         self.log.append(room.customer_id, room.doc, update)
         room.log_length += 1
-        if room.log_length >= self.compact_after and (room.customer_id, room.doc) not in self._compacting:
+        room.extra["log_bytes"] = room.extra.get("log_bytes", 0) + len(update)
+        if self._due(room) and (room.customer_id, room.doc) not in self._compacting:
             self._compact_soon(room)
 
     async def store(self, room: Room) -> None:
@@ -78,6 +98,10 @@ class Persistence(RoomHooks):
             await asyncio.gather(task, return_exceptions=True)
 
     # -- compaction -------------------------------------------------------------------------------
+
+    def _due(self, room: Room) -> bool:
+        """Compaction is due past COMPACT_AFTER_UPDATES rows or COMPACT_AFTER_BYTES bytes of log."""
+        return room.log_length >= self.compact_after or room.extra.get("log_bytes", 0) >= self.compact_after_bytes
 
     def _compact_soon(self, room: Room) -> None:
         key = (room.customer_id, room.doc)
@@ -100,8 +124,9 @@ class Persistence(RoomHooks):
             if self.log.is_paused(room.customer_id):
                 return
             db = await self.registry.for_customer(room.customer_id)
-            merged = await documents.compact(db, room.customer_id, room.doc, merge)
+            merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             room.log_length = max(0, room.log_length - merged)
+            room.extra["log_bytes"] = max(0, room.extra.get("log_bytes", 0) - merged_bytes)
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)

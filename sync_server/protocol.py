@@ -7,18 +7,29 @@ A frame is exactly one message (y-websocket v2/v3 clients read only one per fram
   auth       2, 0 (permission denied), varString reason
   query      3                                        (ask for the current awareness)
 Anything that does not decode exactly is `Malformed`; unknown message types are `Unknown` (ignored).
+
+Bounded work per byte: every count read from a frame is checked against the bytes left to hold it
+before anything is allocated. yrs pre-allocates from declared counts (a 10-byte sync step 1 declaring
+2^29 state-vector entries cost 1.1 s and ~1 GB before failing; an update declaring 2^28 client
+sections 0.44 s and 0.5 GB), so state vectors are checked whole here and an update's leading count is
+checked before it reaches yrs. Awareness states must be JSON that JavaScript's JSON.parse accepts too
+(Python's json takes NaN and Infinity; relayed, they crash every stock client that joins later).
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
-from . import strict_json
+import numpy as np
 
 SYNC, AWARENESS, AUTH, QUERY_AWARENESS = 0, 1, 2, 3
 STEP1, STEP2, UPDATE = 0, 1, 2
 EMPTY_UPDATE = b"\x00\x00"  # a Yjs update that contains nothing (sent by clients with nothing new)
 MAX_AWARENESS_ENTRIES = 1024
 MAX_AWARENESS_STATE_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32  # nesting of an awareness state (y-websocket's cursors and users need 3-4)
+MAX_SAFE_INTEGER = 2**53 - 1  # lib0's readVarUint throws past it: a relayed larger id crashes JS peers
 
 
 class Malformed(ValueError):
@@ -96,6 +107,31 @@ def _read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos:end], end
 
 
+def check_state_vector(data: bytes) -> None:
+    """A state vector is varUint n, then n (client, clock) pairs: each pair takes at least 2 bytes,
+    so n is checked against the bytes left before yrs sees it. The whole buffer must be consumed."""
+    count, pos = read_var_uint(data, 0)
+    if count > (len(data) - pos) // 2:
+        raise Malformed("state vector declares more entries than it holds")
+    for _ in range(count):
+        _client, pos = read_var_uint(data, pos)
+        _clock, pos = read_var_uint(data, pos)
+    if pos != len(data):
+        raise Malformed("trailing bytes after state vector")
+
+
+def check_update(update: bytes) -> None:
+    """The cheap, bounded part of validating an update before yrs decodes it: its leading count of
+    client sections (each at least 3 bytes: struct count, client, clock). The rest is yrs's decoder,
+    which checks its own lengths against the buffer (measured with counts of 2^28 in every other
+    position: < 0.2 ms, no allocation), and the room's guard around apply."""
+    if not update:
+        raise Malformed("empty update")
+    count, pos = read_var_uint(update, 0)
+    if count > (len(update) - pos) // 3:
+        raise Malformed("update declares more client sections than it holds")
+
+
 # -- decoding ----------------------------------------------------------------------------------
 
 def decode(frame: bytes) -> Message:
@@ -111,10 +147,13 @@ def decode(frame: bytes) -> Message:
         if end != len(frame):
             raise Malformed("trailing bytes after sync payload")
         if sub == STEP1:
+            check_state_vector(payload)
             return SyncStep1(payload)
         if sub == UPDATE:
+            check_update(payload)
             return SyncUpdate(payload, False, frame)
         if sub == STEP2:
+            check_update(payload)
             return SyncUpdate(payload, True, update_frame(payload))
         raise Malformed(f"unknown sync message type {sub}")
     if kind == AWARENESS:
@@ -131,29 +170,62 @@ def decode(frame: bytes) -> Message:
 
 
 def decode_awareness(payload: bytes) -> tuple[tuple[int, int, str | None], ...]:
-    """Validate an awareness update: every state must be a JSON object or null, or it is dropped
-    (malformed awareness crashes JS clients when relayed)."""
+    """Validate an awareness update: every state must be strict JSON (what JSON.parse accepts), an
+    object or null, nested at most MAX_JSON_DEPTH deep; ids and clocks must fit lib0's varUint
+    (malformed awareness crashes JS clients when relayed, and the server replays it to every joiner)."""
     count, pos = read_var_uint(payload, 0)
     if count > MAX_AWARENESS_ENTRIES:
         raise Malformed("too many awareness entries")
+    if count > (len(payload) - pos) // 3:  # client, clock, state length: a byte each at least
+        raise Malformed("awareness declares more entries than it holds")
     entries = []
     for _ in range(count):
         client, pos = read_var_uint(payload, pos)
         clock, pos = read_var_uint(payload, pos)
+        if client > MAX_SAFE_INTEGER or clock > MAX_SAFE_INTEGER:
+            raise Malformed("awareness client id or clock out of range")
         raw, pos = _read_var_bytes(payload, pos)
         if len(raw) > MAX_AWARENESS_STATE_BYTES:
             raise Malformed("awareness state too large")
-        try:
-            text = raw.decode("utf-8")
-            state = strict_json.loads(text) if text else None  # relayed as is: JSON.parse must read it
-        except (UnicodeDecodeError, ValueError):
-            raise Malformed("awareness state is not JSON") from None
+        state = strict_json(raw) if raw else None
         if state is not None and not isinstance(state, dict):
             raise Malformed("awareness state must be an object or null")
-        entries.append((client, clock, None if state is None else text))
+        entries.append((client, clock, None if state is None else raw.decode("utf-8")))
     if pos != len(payload):
         raise Malformed("trailing bytes after awareness entries")
     return tuple(entries)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(raw: bytes):
+    """Parse JSON the way JavaScript's JSON.parse would accept it: UTF-8, no NaN / Infinity, and
+    nested at most MAX_JSON_DEPTH deep (deeper text is refused before parsing recurses)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("awareness state is not UTF-8") from None
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise Malformed("awareness state nested too deep")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise Malformed("awareness state is not JSON") from None
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _depth(text: str) -> int:
+    """Deepest bracket nesting outside strings, at C speed: strings cut out, then a running sum
+    (64 KiB of brackets: 1.3 ms, against 5 ms for a Python loop and 4.3 ms for json.loads itself)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper than it has brackets
+    chars = np.frombuffer(_STRING.sub("", text).encode(), dtype=np.uint8)
+    steps = (chars == 0x5B).astype(np.int32) + (chars == 0x7B) - (chars == 0x5D) - (chars == 0x7D)
+    return int(np.cumsum(steps).max(initial=0))
 
 
 # -- encoding ----------------------------------------------------------------------------------

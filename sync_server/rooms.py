@@ -5,6 +5,20 @@ customer's writes while it moves to another database.
 Per update the hot path is: decode once, apply to the doc (Rust), queue the same frame bytes to
 every peer (the sender included, as y-websocket does), hand the update to the change hooks (the
 persistence hook appends it to the group-commit log). No database round trip on that path.
+
+What is relayed and stored is the update's effect on the room, as yrs reports it when the
+transaction commits (`Doc.observe`): an update that changes nothing (a duplicate, an echo of what the
+room already has, an empty update followed by junk bytes) is neither stored nor relayed, and bytes
+yrs ignored never reach the log or another peer. For an ordinary update the effect is the same bytes
+as received, and the received frame is relayed as it is.
+
+The CRDT engine is native code fed by untrusted bytes. Some malformed updates make yrs panic
+midway (pycrdt raises pyo3's PanicException, a BaseException) and leave the partly integrated update
+in the doc, where later operations segfault or spin. So any failure of the engine on a room's doc
+breaks that room: nothing more is read from or written to that doc; the registry flushes what the
+room already made durable-bound, loads a fresh room from PostgreSQL and moves the peers over (each
+gets the fresh state's sync step 1 and answers with whatever it holds that the fresh room lacks).
+The sender of the update is closed with 4400; the update is never stored or relayed.
 """
 from __future__ import annotations
 
@@ -15,8 +29,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pycrdt
 import structlog
 
-from . import protocol
-from .connection import FORBIDDEN, GOING_AWAY, Connection
+from . import protocol, yjs_update
+from .connection import FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, Connection
 from .hooks import HTTP, REMOTE, HookList
 from .wire import binary_frame
 
@@ -27,6 +41,15 @@ log = structlog.get_logger("sync_server.rooms")
 # frame) and keep the room, and that memory, alive for good.
 MAX_AWARENESS_CLIENTS_PER_PEER = 256  # more from one connection is malformed (closed 4400)
 MAX_AWARENESS_REMOVED = 10_000  # clocks of removed clients kept per room; the oldest are forgotten
+ECHO_ENTRIES, ECHO_BYTES = 64, 16 * 1024
+HELD_UPDATES, HELD_BYTES = 256, 8 * 1024 * 1024  # per room: updates waiting for missing structs
+CLOCK_WALK_BYTES = 64 * 1024
+_NOT_ENGINE = (KeyboardInterrupt, SystemExit, GeneratorExit)  # BaseExceptions that are not the engine's
+
+
+class Rejected(protocol.Malformed):
+    """The CRDT engine failed on an update (a native panic or an invalid result): the update is
+    refused like a malformed frame (4400 on a websocket, 422 on HTTP) and the room is rebuilt."""
 
 
 class Room:
@@ -46,6 +69,18 @@ class Room:
         self._awareness: dict[int, tuple[int, str | None]] = {}
         self._forget_at = MAX_AWARENESS_REMOVED  # size of _awareness that triggers _forget_removed
         self._evict_task: asyncio.Task | None = None
+        self._effect: bytes | None = None  # the update of the transaction that just committed
+        self._relayed: dict[bytes, None] = {}  # small updates relayed lately, oldest first (echoes)
+        self._clocks: dict[int, int] | None = None  # client -> clock the doc has, read lazily
+        self._held: list[tuple[bytes, Any]] = []  # updates waiting for structs they build on
+        self._held_bytes = 0
+        self.ydoc.observe(self._committed)
+        # Set when the engine failed on this doc: the registry's replacement room (a future of it).
+        self.broken: asyncio.Future | None = None
+        self.on_broken: Callable[["Room"], asyncio.Future] | None = None  # set by the registry
+
+    def _committed(self, event) -> None:
+        self._effect = event.update
 
     @property
     def name(self) -> str:
@@ -96,6 +131,9 @@ class Room:
 
     async def receive(self, conn: Connection, frame: bytes) -> None:
         """Handle one frame of a peer. Raises protocol.Malformed (the endpoint closes it 4400)."""
+        if self.broken is not None:  # being rebuilt: the frame goes to the fresh room
+            await (await asyncio.shield(self.broken)).receive(conn, frame)
+            return
         msg = protocol.decode(frame)
         kind = type(msg)
         if kind is protocol.SyncUpdate:
@@ -110,6 +148,11 @@ class Room:
                 diff = self.ydoc.get_update(msg.state_vector)
             except ValueError:
                 raise protocol.Malformed("invalid state vector") from None
+            except _NOT_ENGINE:
+                raise
+            except BaseException as exc:
+                self._break(exc, "sync step 1")
+                raise Rejected("the document could not answer this state vector") from None
             conn.enqueue(protocol.step2_frame(diff))
         elif kind is protocol.AwarenessUpdate:
             if self._apply_awareness(msg.entries, conn):
@@ -137,15 +180,143 @@ class Room:
             await self.hooks.awareness(self, msg.frame, REMOTE)
 
     async def _apply(self, update: bytes, frame: bytes, origin: Any) -> None:
+        if self.broken is not None:
+            await (await asyncio.shield(self.broken))._apply(update, frame, origin)
+            return
         if update == protocol.EMPTY_UPDATE:
             return
+        protocol.check_update(update)
+        if self._has_gap(update):
+            # Structs past what the doc has of their client (yrs would integrate them wrongly, see
+            # yjs_update): held until the missing ones arrive, as Yjs keeps them pending. Over HTTP
+            # the caller is told at once instead.
+            if origin is HTTP:
+                raise protocol.Malformed("update depends on changes the document does not have")
+            self._hold(update, origin)
+            return
+        await self._integrate(update, frame, origin)
+        if self._held:
+            await self._release()
+
+    async def _integrate(self, update: bytes, frame: bytes, origin: Any) -> None:
+        self._effect = None
         try:
             self.ydoc.apply_update(update)
         except ValueError as exc:
+            # yrs refused it while decoding, before integrating anything: the doc is as before.
             raise protocol.Malformed(f"invalid update: {exc}") from None
+        except _NOT_ENGINE:
+            raise
+        except BaseException as exc:  # PanicException and anything else the engine raises midway
+            self._break(exc, "apply update")
+            raise Rejected("update rejected by the CRDT engine") from None
+        effect, self._effect = self._effect, None
+        if effect is None:
+            if update in self._relayed or yjs_update.is_noop_update(update, self.ydoc.get_state()):
+                return  # changed nothing (a duplicate, an echo, an empty update + junk): dropped
+            effect = update  # held by yrs until a missing origin arrives: kept, as received
+            self._clocks = None
+        elif effect != update:
+            frame = protocol.update_frame(effect)
+        self._advance(effect)
         self.version += 1
         self.broadcast(frame)
-        await self.hooks.change(self, update, origin)
+        await self.hooks.change(self, effect, origin)
+
+    # -- clocks: what the doc has of each client, to refuse gaps -----------------------------------
+
+    def _clock_map(self) -> dict[int, int]:
+        if self._clocks is None:
+            self._clocks = yjs_update.state(self.ydoc.get_state())
+        return self._clocks
+
+    def _has_gap(self, update: bytes) -> bool:
+        clocks = self._clock_map()
+        return any(clock > clocks.get(client, 0) for client, clock, _, _ in yjs_update.sections(update))
+
+    def _advance(self, effect: bytes) -> None:
+        """Move the clock map past an applied effect (small ones are walked; a large one, e.g. an
+        offline upload, is cheaper to re-read from the doc on the next update)."""
+        self._remember(effect)
+        if self._clocks is None:
+            return
+        if len(effect) > CLOCK_WALK_BYTES:
+            self._clocks = None
+            return
+        try:
+            for client, _clock, _n, end in yjs_update.sections(effect, to_end=True):
+                if end is not None and end > self._clocks.get(client, 0):
+                    self._clocks[client] = end
+        except protocol.Malformed:
+            self._clocks = None
+
+    def _remember(self, update: bytes) -> None:
+        """Small updates relayed lately, so a client echoing one back (pycrdt's Provider re-sends
+        every update it applies) is recognised even when yrs cannot tell it from a pending one."""
+        if len(update) <= ECHO_BYTES:
+            relayed = self._relayed
+            relayed[update] = None
+            if len(relayed) > ECHO_ENTRIES:
+                del relayed[next(iter(relayed))]
+
+    def _hold(self, update: bytes, origin: Any) -> None:
+        held = self._held
+        held.append((update, origin))
+        self._held_bytes += len(update)
+        while len(held) > HELD_UPDATES or self._held_bytes > HELD_BYTES:
+            dropped, _ = held.pop(0)
+            self._held_bytes -= len(dropped)
+            log.warning("held_update_dropped", customer_id=self.customer_id, room=self.doc, bytes=len(dropped))
+
+    async def _release(self) -> None:
+        """Apply held updates whose missing structs have arrived, until none is ready."""
+        ready = True
+        while ready and self._held:
+            ready = False
+            for item in tuple(self._held):
+                update, origin = item
+                if self._has_gap(update):
+                    continue
+                self._held.remove(item)
+                self._held_bytes -= len(update)
+                ready = True
+                try:
+                    await self._integrate(update, protocol.update_frame(update), origin)
+                except protocol.Malformed as exc:
+                    log.warning("held_update_rejected", customer_id=self.customer_id, room=self.doc, error=str(exc))
+                if self.broken is not None:
+                    return
+
+    async def write(self, edit: Callable[[pycrdt.Doc], None], origin: Any = HTTP) -> None:
+        """A server-side edit of the room's doc (e.g. the fleet document's `live` map): `edit(doc)` runs
+        in one transaction; its effect is relayed, stored and seen by the change hooks like any update."""
+        if self.broken is not None:
+            await (await asyncio.shield(self.broken)).write(edit, origin)
+            return
+        self._effect = None
+        with self.ydoc.transaction():
+            edit(self.ydoc)
+        effect, self._effect = self._effect, None
+        if effect is None:
+            return
+        self._advance(effect)
+        self.version += 1
+        self.broadcast(protocol.update_frame(effect))
+        await self.hooks.change(self, effect, origin)
+
+    def _break(self, exc: BaseException, stage: str) -> None:
+        """The engine failed on this doc: never touch it again; the registry rebuilds the room."""
+        self._effect = None
+        if self.broken is not None:
+            return
+        log.error("room_engine_failed", customer_id=self.customer_id, room=self.doc, stage=stage,
+                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        if self.on_broken is not None:
+            self.broken = self.on_broken(self)
+        else:  # a room outside any registry: nothing to move, nobody to serve
+            self.broken = asyncio.get_running_loop().create_future()
+            self.broken.set_exception(Rejected("document unavailable"))
+            self.broken.exception()
 
     def _apply_awareness(self, entries, conn: Connection | None) -> bool:
         """y-protocols' rule: a newer clock wins; an equal clock may only remove. True if any applied."""
@@ -236,6 +407,7 @@ class RoomRegistry:
 
     async def _load(self, key: tuple[str, str], pending: asyncio.Future) -> None:
         room = Room(key[0], key[1], self.hooks)
+        room.on_broken = self._rebuild
         try:
             await self.hooks.load(room)
         except BaseException as exc:
@@ -253,12 +425,57 @@ class RoomRegistry:
         self._schedule_eviction(room)  # no peer yet (HTTP load): evicted unless somebody joins
         log.info("room_loaded", customer_id=key[0], room=key[1])
 
+    # -- a room whose doc the engine broke ----------------------------------------------------------
+
+    def _rebuild(self, old: Room) -> asyncio.Future:
+        """Forget `old` at once (new lookups wait for its replacement, as for any load), make what it
+        already handed to the hooks durable, load a fresh room from PostgreSQL and move the peers
+        there. Returns the future of the fresh room (frames for `old` are forwarded to it)."""
+        key = (old.customer_id, old.doc)
+        if self._rooms.get(key) is old:
+            del self._rooms[key]
+        if old._evict_task is not None:
+            old._evict_task.cancel()
+            old._evict_task = None
+        fresh = self._loading.get(key)
+        if fresh is None:
+            fresh = asyncio.get_running_loop().create_future()
+            self._loading[key] = fresh
+        self._spawn(self._replace(old, key, fresh), f"rebuild-room:{old.name}")
+        return fresh
+
+    async def _replace(self, old: Room, key: tuple[str, str], fresh: asyncio.Future) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await old.hooks.store(old)  # every update `old` accepted is in the log: commit it
+                break
+            except Exception:
+                log.exception("room_store_failed", customer_id=old.customer_id, room=old.doc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        await old.hooks.evict(old)
+        try:
+            await self._load(key, fresh)
+        finally:
+            if not fresh.done() or fresh.exception() is not None:
+                for conn in tuple(old.connections):  # the doc cannot be loaded: peers reconnect later
+                    conn.abort(INTERNAL_ERROR, "document could not be reloaded")
+        room: Room = fresh.result()
+        room._awareness.update(old._awareness)
+        for conn in tuple(old.connections):
+            old.connections.discard(conn)
+            if conn.close_code is None:
+                room.join(conn)
+        log.info("room_rebuilt", customer_id=old.customer_id, room=old.doc, peers=len(room.connections))
+
     # -- peers ------------------------------------------------------------------------------------
 
     def join(self, room: Room, conn: Connection) -> None:
         room.join(conn)
 
     def leave(self, room: Room, conn: Connection) -> None:
+        room = conn.room or room  # a rebuilt room moved its peers to the fresh one
         room.leave(conn)
         if not room.connections:
             self._schedule_eviction(room)

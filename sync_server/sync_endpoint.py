@@ -29,7 +29,7 @@ from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSA
                          Connection)
 from .faults import answerable
 from .hooks import ConnectRequest, Refused
-from .rooms import RoomRegistry
+from .rooms import Rejected, RoomRegistry
 
 log = structlog.get_logger("sync_server.sync_endpoint")
 
@@ -144,6 +144,7 @@ class SyncEndpoint:
             reader.cancel()
             closing.cancel()
             await conn.stop()
+            room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
             self.rooms.leave(room, conn)
             await room.hooks.disconnect(room, conn)
             log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
@@ -152,7 +153,6 @@ class SyncEndpoint:
 
     async def _read(self, conn: Connection, room, receive) -> None:
         limit = self.max_message
-        handle = room.receive
         clock = asyncio.get_running_loop().time
         while True:
             event = await receive()
@@ -169,10 +169,10 @@ class SyncEndpoint:
                 conn.abort(MESSAGE_TOO_BIG, "message too big")
                 return
             try:
-                await handle(conn, frame)
+                await (conn.room or room).receive(conn, frame)
             except protocol.Malformed as exc:
                 log.warning("sync_malformed", error=str(exc), bytes=len(frame))
-                conn.abort(MALFORMED, "malformed message")
+                conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
                 return
             except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
                 if not answerable(exc):
@@ -246,7 +246,8 @@ def install(app, runtime) -> RoomRegistry:
     settings = runtime.settings
     rooms = RoomRegistry(evict_after=settings.room_evict_seconds, spawn=runtime.spawn)
     update_log = UpdateLog(runtime.registry, window=settings.sync_commit_window_ms / 1000)
-    persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates)
+    persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates,
+                              compact_after_bytes=settings.compact_after_bytes)
     rooms.hooks.add(persistence, first=True)
     rooms.add_pauser(persistence.paused)
     rooms.update_log = update_log

@@ -32,6 +32,7 @@ def test_defaults_are_development_with_embedded_database():
         ({"SYNC_SEND_QUEUE_BYTES": "1000"}, "SYNC_SEND_QUEUE_BYTES"),
         ({"SYNC_SEND_QUEUE_BYTES": "lots"}, "SYNC_SEND_QUEUE_BYTES"),
         ({"SYNC_MAX_MESSAGE_BYTES": str(32 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
+        ({"CLUSTER_PAUSE_ACK_SECONDS": "10", "CLUSTER_PAUSE_LEASE_SECONDS": "10"}, "CLUSTER_PAUSE_LEASE_SECONDS"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable):

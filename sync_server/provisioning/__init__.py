@@ -2,7 +2,8 @@
 
 `install(rt)` wires it into a Runtime: resume interrupted jobs on start, keep the partitions of
 dedicated databases, re-evaluate the recommendation on every "plan_changed" event, and (with Redis)
-reload the routing table when another node switched a customer's database.
+reload the routing table when another node switched a customer's database (and hold a customer's
+writes while another node migrates it: cluster_pause).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import structlog
 
 from storage import partitions
 
-from . import deployments, recommendations, route_changes, tenant_migration
+from . import cluster_pause, deployments, recommendations, route_changes, tenant_migration
 
 log = structlog.get_logger("sync_server.provisioning")
 
@@ -23,8 +24,9 @@ def install(rt) -> None:
         await tenant_migration.resume(rt)
         await _maintain_dedicated(rt)
         rt.spawn(_maintenance_loop(rt), "dedicated_partitions")
-        if rt.redis is not None:  # several nodes: a route switched elsewhere is reloaded here
-            rt.spawn(route_changes.listen(rt), "route_changes")
+        if rt.redis is not None:  # several nodes: a route switched elsewhere is reloaded here, and
+            # another node's tenant migration pauses this node's writes of its customer
+            rt.spawn(route_changes.listen(rt, cluster_pause.Holds(rt)), "route_changes")
 
     rt.on_start(started)
 

@@ -4,10 +4,12 @@
               row) while the customer keeps working on the source;
 2. catch-up   a hash diff per table copies what changed meanwhile (still live);
 3. pause      the customer's sync rooms flush and buffer (runtime.rooms.paused) and the registry
-              holds new lookups for this customer; a last diff; verify row count + checksum per
-              table on both sides; one shared-database transaction records the switch; the
-              registry routes the customer to the target; the pause ends and buffered writes land
-              on the target. The pause is measured and recorded (tenant_migrations.pause_ms).
+              holds new lookups for this customer, on this node and, with Redis, on every other
+              live node, each of which confirms it (cluster_pause; else the migration fails); a
+              last diff; verify row count + checksum per table on both sides; one shared-database
+              transaction records the switch; the registry routes the customer to the target; the
+              pause ends (every node reloads its routes first) and buffered writes land on the
+              target. The pause is measured and recorded (tenant_migrations.pause_ms).
 4. clean-up   after MIGRATION_CLEANUP_GRACE_SECONDS the source copy is deleted (rows in the
               shared database, or the dedicated database itself via its driver).
 
@@ -30,7 +32,7 @@ import structlog
 from storage import Database, deployments as store, tenant_data
 from storage.tenant_data import TENANT_TABLES, TenantTable
 
-from . import deployments, route_changes
+from . import cluster_pause, deployments, route_changes
 
 log = structlog.get_logger("sync_server.tenant_migration")
 
@@ -55,14 +57,11 @@ async def unclassified_tables(db: Database) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def writes_paused(rt, customer_id):
-    """The customer's writes wait while inside: sync rooms flush and buffer (when the sync core
-    provides rooms.paused), and registry lookups for the customer wait for the new route."""
-    rooms = getattr(rt, "rooms", None)
-    room_pause = rooms.paused(customer_id) if rooms is not None and hasattr(rooms, "paused") \
-        else contextlib.nullcontext()
-    async with room_pause:
-        async with rt.registry.held(customer_id):
-            yield
+    """The customer's writes wait while inside, on this node and (with Redis) on every other live
+    node (cluster_pause): sync rooms flush and buffer, registry lookups for the customer wait for
+    the new route. Yields the cluster pause; its `check()` goes inside the switch transaction."""
+    async with cluster_pause.everywhere(rt, customer_id) as pause:
+        yield pause
 
 
 def _serving(dep) -> bool:
@@ -282,7 +281,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
     to_single = mig["to_mode"] == "single_tenant"
     new_url = dep["provisioned_url"] if to_single else None
     started = time.perf_counter()
-    async with writes_paused(rt, cid):
+    async with writes_paused(rt, cid) as pause:
         flushed = time.perf_counter()
         final, report = await _catch_up(source, target, cid, tables, cutoff, verify=True)
         verified = time.perf_counter()
@@ -294,6 +293,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
             cleanup_after = await conn.fetchval("SELECT now() + $1::interval", grace)
             await store.finish_migration(conn, mig["id"], status="switched", tables=report, pause_ms=pause_ms,
                                          cleanup_after=cleanup_after)
+            await pause.check()  # every other node still holds (and will until this commits), or no switch
         await rt.registry.route(cid, new_url)
         pause_ms = (time.perf_counter() - started) * 1000
     await route_changes.announce(rt, cid)  # the other nodes (with Redis) reload their routes

@@ -267,10 +267,9 @@ class TrackMaterializer(RoomHooks):
                 row = await vehicle_store.tracker(conn, customer_id, vehicle_id=vehicle_id)
             name = self._names[vehicle_id] = row["name"] if row else str(vehicle_id)
         room = await self.rooms.get(customer_id, FLEET_DOC)
-        ydoc = room.ydoc
-        live = ydoc.get("live", type=pycrdt.Map)
-        before = ydoc.get_state()
         value = {**fix.as_json(), "name": name}
-        with ydoc.transaction():
-            live[str(vehicle_id)] = value
-        await room.apply(ydoc.get_update(before))
+
+        def set_live(doc: pycrdt.Doc) -> None:
+            doc.get("live", type=pycrdt.Map)[str(vehicle_id)] = value
+
+        await room.write(set_live)
