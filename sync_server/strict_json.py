@@ -4,8 +4,8 @@ Python's `json` writes and accepts NaN, Infinity and -Infinity; JavaScript's `JS
 them, so one such number relayed or answered breaks every JS client that reads it. What the server
 writes (`dumps`, and Quart's `jsonify` through api.json_provider) never contains them: a non-finite
 number is written as null (as pydantic writes the @operation responses, and as JavaScript's own
-JSON.stringify does). What the server reads and passes on as it is (`loads`: awareness states,
-relayed to every peer byte for byte) must not contain them either.
+JSON.stringify does). Awareness states, relayed to every peer byte for byte, are checked when
+read (sync_server.protocol.strict_json); a request body holding them is refused (api.json_provider).
 """
 from __future__ import annotations
 
@@ -15,12 +15,8 @@ from typing import Any, Callable
 
 
 def refuse_constant(constant: str) -> Any:
+    """json.loads(parse_constant=...): NaN, Infinity and -Infinity are not JSON."""
     raise ValueError(f"{constant} is not JSON")
-
-
-def loads(text: str | bytes) -> Any:
-    """json.loads, refusing NaN, Infinity and -Infinity (ValueError)."""
-    return json.loads(text, parse_constant=refuse_constant)
 
 
 def dumps(obj: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:

@@ -242,7 +242,10 @@ async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database
 
     node = ServerProcess({"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
                           "SYNC_MAX_MESSAGE_BYTES": str(1024 * 1024), "SYNC_SEND_QUEUE_BYTES": str(2 * 1024 * 1024),
-                          "TRACKING_READERS": "0"}, log_path=tmp_path / "node.log").start()
+                          "TRACKING_READERS": "0",
+                          # no compaction mid-test (it reads the log: memory that is not the queue's)
+                          "COMPACT_AFTER_BYTES": str(2**40), "COMPACT_AFTER_UPDATES": "10000000"},
+                         log_path=tmp_path / "node.log").start()
     key = await sync_peers.create_api_key(database_url, customer, ["sync:write"])
     try:
         # Reads nothing once its client buffer (one frame) is full: the kernel buffers fill, then the
