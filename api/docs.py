@@ -1,7 +1,11 @@
 """HTTP document API for server-side integrations (API key, tenant scoped):
 
   GET  /api/v1/docs/{doc}                 the whole doc as one Yjs update (application/octet-stream),
-                                           or `?format=json`: {"doc", "content": {root: JSON}}
+                                           or `?format=json`: {"doc", "content": {root: JSON}}, where
+                                           binary values are {"$binary": base64}, NaN/Infinity are
+                                           {"$float": "NaN"|"Infinity"|"-Infinity"} and subdocuments
+                                           {"$doc": guid} (sync_server.doc_content); 422
+                                           `document_too_deep` past its nesting limit
   POST /api/v1/docs/{doc}/updates         apply a Yjs update (raw body, or JSON {"update": base64});
                                            answered once the update is durable, relayed to live peers
 """
@@ -43,7 +47,12 @@ async def get_doc(doc: str):
     room = await runtime().rooms.get(principal().customer_id, doc)
     state = room.ydoc.get_update()
     if fmt == "json":
-        return {"doc": doc, "content": doc_content.to_json(state)}
+        try:
+            content = doc_content.to_json(state)
+        except doc_content.TooDeep as exc:
+            raise ApiError(422, "document_too_deep", str(exc),
+                           {"max_depth": doc_content.MAX_DEPTH, "hint": "read it with format=update"}) from None
+        return {"doc": doc, "content": content}
     return Response(state, content_type="application/octet-stream")
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from quart import Quart
 
-from api import accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, openapi, rest_endpoint
+from api import (accounts, api_keys, billing, customers, docs, errors, fleet, health, ingest, json_provider, openapi,
+                 rest_endpoint)
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
 
@@ -16,6 +17,7 @@ from .runtime import Runtime
 def create_app(settings: Settings) -> Quart:
     app = Quart("webhost_sync")
     app.config["JSON_SORT_KEYS"] = False
+    app.json = json_provider.JSONProvider(app)  # no NaN/Infinity in or out (JavaScript's JSON.parse refuses them)
     rt = Runtime(settings)
     app.extensions["webhost"] = rt
 

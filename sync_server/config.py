@@ -154,6 +154,10 @@ class Settings:
                                            "largest websocket frame accepted; a bigger one closes that peer 1009")
     sync_send_queue_limit: int = _setting("SYNC_SEND_QUEUE_LIMIT", 16384, _int("SYNC_SEND_QUEUE_LIMIT", 16, 10_000_000),
                                           "frames queued to one peer before it is closed 1013 (does not read)")
+    sync_send_queue_bytes: int = _setting("SYNC_SEND_QUEUE_BYTES", 16 * 1024 * 1024,
+                                          _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024 ** 3),
+                                          "bytes queued to one peer before it is closed 1013 (does not read); at "
+                                          "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits")
     sync_commit_window_ms: float = _setting("SYNC_COMMIT_WINDOW_MS", 10.0, _float("SYNC_COMMIT_WINDOW_MS", 0, 20),
                                             "group commit: how long the update log waits to batch writes")
     room_evict_seconds: float = _setting("ROOM_EVICT_SECONDS", 30.0, _float("ROOM_EVICT_SECONDS", 0, 86400),
@@ -220,6 +224,9 @@ class Settings:
     def _checked(self) -> "Settings":
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError(f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})")
+        if self.sync_send_queue_bytes < self.sync_max_message_bytes:
+            raise ConfigError(f"SYNC_SEND_QUEUE_BYTES ({self.sync_send_queue_bytes}) must be at least "
+                              f"SYNC_MAX_MESSAGE_BYTES ({self.sync_max_message_bytes}): every relayed update must fit")
         if self.cluster_pause_lease <= self.cluster_pause_ack:
             raise ConfigError(f"CLUSTER_PAUSE_LEASE_SECONDS ({self.cluster_pause_lease:g}) must exceed "
                               f"CLUSTER_PAUSE_ACK_SECONDS ({self.cluster_pause_ack:g})")

@@ -2,8 +2,12 @@
 close decision. Transport-agnostic (the endpoint passes `send`/`close` callables), so a stalled or
 failing peer can only ever affect itself.
 
-Backpressure is explicit: a peer whose queue passes `queue_limit` frames is closed with 1013 instead
-of growing server memory; its missed frames are recovered by the sync step 1/2 of its reconnect.
+Backpressure is explicit: a peer whose queue passes `queue_limit` frames or `queue_bytes` bytes is
+closed with 1013 instead of growing server memory; its missed frames are recovered by the sync step
+1/2 of its reconnect. Both bounds are needed: a frame count alone let 400 relayed updates of 200 KB
+(80 MB) wait for one peer that never read. The bytes are a running total kept by enqueue and the
+sender (no per-frame allocation). A single frame larger than `queue_bytes` is still accepted into an
+empty queue: a joining peer must be able to receive a document's whole state in one step 2.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 import structlog
 
+from .config import Settings
 from .wire import binary_frame
 
 if TYPE_CHECKING:
@@ -35,11 +40,11 @@ WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the
 
 class Connection:
     __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
-                 "close_reason", "closed", "_send", "_queue", "_limit", "_wakeup", "_sender", "raw", "peer",
-                 "last_seen")
+                 "close_reason", "closed", "_send", "_queue", "_limit", "_bytes", "_byte_limit", "_wakeup", "_sender",
+                 "raw", "peer", "last_seen")
 
     def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
-                 peer: str = "", raw: bool = False) -> None:
+                 queue_bytes: int = Settings.sync_send_queue_bytes, peer: str = "", raw: bool = False) -> None:
         """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
         ready-made websocket frames (sync_server.wire), several per call."""
         self.customer_id = customer_id
@@ -55,6 +60,8 @@ class Connection:
         self._send = send
         self._queue: deque[bytes] = deque()
         self._limit = queue_limit
+        self._bytes = 0  # bytes of the frames in _queue (what the sender has not taken yet)
+        self._byte_limit = queue_bytes
         self._wakeup: asyncio.Future | None = None
         self._sender: asyncio.Task | None = None
         self.raw = raw
@@ -64,19 +71,21 @@ class Connection:
         self._sender = asyncio.ensure_future(self._drain())
 
     def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
-        """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past the
-        limit). `wire`: the message already framed by wire.binary_frame (shared by a broadcast)."""
+        """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past
+        either bound). `wire`: the message already framed by wire.binary_frame (shared by a broadcast)."""
         if self.close_code is not None:
             return
         queue = self._queue
-        if len(queue) >= self._limit:
-            log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, limit=self._limit)
+        if self.raw:
+            frame = wire if wire is not None else binary_frame(frame)
+        size = len(frame)
+        if len(queue) >= self._limit or (queue and self._bytes + size > self._byte_limit):
+            log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, frames=len(queue),
+                        bytes=self._bytes, limit=self._limit, byte_limit=self._byte_limit)
             self.abort(TRY_AGAIN_LATER, "send queue full")
             return
-        if self.raw:
-            queue.append(wire if wire is not None else binary_frame(frame))
-        else:
-            queue.append(frame)
+        queue.append(frame)
+        self._bytes += size
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -87,6 +96,10 @@ class Connection:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
     def abort(self, code: int, reason: str) -> None:
         """Decide to close this peer: pending frames are dropped, the endpoint sends the close."""
         if self.close_code is not None:
@@ -94,6 +107,7 @@ class Connection:
         self.close_code = code
         self.close_reason = reason
         self._queue.clear()
+        self._bytes = 0
         if self._sender is not None and asyncio.current_task() is not self._sender:
             self._sender.cancel()  # it may be stuck writing to a peer that does not read
         self.closed.set()
@@ -116,7 +130,9 @@ class Connection:
                 if raw:
                     while queue:
                         if len(queue) == 1:
-                            await send(queue.popleft())
+                            part = queue.popleft()
+                            self._bytes -= len(part)
+                            await send(part)
                             continue
                         parts = []
                         size = 0
@@ -124,10 +140,13 @@ class Connection:
                             part = queue.popleft()
                             parts.append(part)
                             size += len(part)
+                        self._bytes -= size
                         await send(b"".join(parts))
                 else:
                     while queue:
-                        await send(queue.popleft())
+                        part = queue.popleft()
+                        self._bytes -= len(part)
+                        await send(part)
                 self._wakeup = loop.create_future()
                 await self._wakeup
         except asyncio.CancelledError:

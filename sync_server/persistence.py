@@ -17,6 +17,7 @@ import structlog
 from storage import documents
 from storage.registry import DatabaseRegistry
 
+from .faults import LET_THROUGH
 from .hooks import RoomHooks, is_remote
 from .rooms import Room
 
@@ -38,7 +39,7 @@ def _merge_sync(snapshot: bytes | None, updates: list[bytes]) -> bytes:
                 continue
             try:
                 doc.apply_update(update)
-            except (KeyboardInterrupt, SystemExit):
+            except LET_THROUGH:
                 raise
             except BaseException as exc:
                 log.error("stored_update_skipped", index=i, bytes=len(update), error=f"{type(exc).__name__}: {exc}"[:200])

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .strict_json import refuse_constant
+
 SYNC, AWARENESS, AUTH, QUERY_AWARENESS = 0, 1, 2, 3
 STEP1, STEP2, UPDATE = 0, 1, 2
 EMPTY_UPDATE = b"\x00\x00"  # a Yjs update that contains nothing (sent by clients with nothing new)
@@ -211,10 +213,6 @@ def decode_awareness(payload: bytes) -> tuple[tuple[int, int, str | None], ...]:
     return tuple(entries)
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
 def strict_json(raw: bytes):
     """Parse JSON the way JavaScript's JSON.parse would accept it: UTF-8, no NaN / Infinity, and
     nested at most MAX_JSON_DEPTH deep (deeper text is refused before parsing recurses)."""
@@ -225,7 +223,7 @@ def strict_json(raw: bytes):
     if _depth(text) > MAX_JSON_DEPTH:
         raise Malformed("awareness state nested too deep")
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=refuse_constant)
     except (ValueError, RecursionError):
         raise Malformed("awareness state is not JSON") from None
 

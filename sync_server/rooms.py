@@ -33,16 +33,21 @@ import structlog
 
 from . import protocol, yjs_update
 from .connection import FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, Connection
+from .faults import LET_THROUGH
 from .hooks import HTTP, REMOTE, HookList
 from .wire import binary_frame
 
 log = structlog.get_logger("sync_server.rooms")
 
+# Awareness is keyed by client ids the peers choose. A y-websocket client introduces one per document
+# instance; without these bounds one peer could fill a room with millions of made-up ids (1,024 per
+# frame) and keep the room, and that memory, alive for good.
+MAX_AWARENESS_CLIENTS_PER_PEER = 256  # more from one connection is malformed (closed 4400)
+MAX_AWARENESS_REMOVED = 10_000  # clocks of removed clients kept per room; the oldest are forgotten
 ECHO_ENTRIES = 64
 HELD_UPDATES, HELD_BYTES = 256, 8 * 1024 * 1024  # per room: updates waiting for missing structs
 WALK_BYTES = 64 * 1024  # updates up to this size are read to the end (exact length, every clock)
 _APPLY, _HOLD, _DROP = object(), object(), object()  # verdicts of Room._examine
-_NOT_ENGINE = (KeyboardInterrupt, SystemExit, GeneratorExit)  # BaseExceptions that are not the engine's
 
 
 class Rejected(protocol.Malformed):
@@ -65,6 +70,7 @@ class Room:
         self.extra: dict[str, Any] = {}  # per-room state of hooks, keyed by hook name
         # awareness: client id -> (clock, JSON state or None once removed); clocks kept after removal
         self._awareness: dict[int, tuple[int, str | None]] = {}
+        self._forget_at = MAX_AWARENESS_REMOVED  # size of _awareness that triggers _forget_removed
         self._evict_task: asyncio.Task | None = None
         self._relayed: dict[int, None] = {}  # hashes of updates relayed lately, oldest first (echoes)
         self._clocks: dict[int, int] | None = None  # client -> clock the doc has, read lazily
@@ -141,7 +147,7 @@ class Room:
                 diff = self.ydoc.get_update(msg.state_vector)
             except ValueError:
                 raise protocol.Malformed("invalid state vector") from None
-            except _NOT_ENGINE:
+            except LET_THROUGH:
                 raise
             except BaseException as exc:
                 self._break(exc, "sync step 1")
@@ -233,7 +239,7 @@ class Room:
         except ValueError as exc:
             # yrs refused it while decoding, before integrating anything: the doc is as before.
             raise protocol.Malformed(f"invalid update: {exc}") from None
-        except _NOT_ENGINE:
+        except LET_THROUGH:
             raise
         except BaseException as exc:  # PanicException and anything else the engine raises midway
             self._break(exc, "apply update")
@@ -338,6 +344,12 @@ class Room:
     def _apply_awareness(self, entries, conn: Connection | None) -> bool:
         """y-protocols' rule: a newer clock wins; an equal clock may only remove. True if any applied."""
         states = self._awareness
+        if conn is not None:
+            ids = conn.awareness_ids
+            new = {client for client, _clock, state in entries if state is not None and client not in ids}
+            if new and len(ids) + len(new) > MAX_AWARENESS_CLIENTS_PER_PEER:
+                raise protocol.Malformed(f"more than {MAX_AWARENESS_CLIENTS_PER_PEER} awareness clients on one "
+                                         "connection")
         changed = False
         for client, clock, state in entries:
             current = states.get(client)
@@ -350,7 +362,20 @@ class Room:
                         conn.awareness_ids.discard(client)
                     else:
                         conn.awareness_ids.add(client)
+        if len(states) > self._forget_at:
+            self._forget_removed()
         return changed
+
+    def _forget_removed(self) -> None:
+        """Forget the oldest clocks of removed clients beyond MAX_AWARENESS_REMOVED / 2 (they only
+        guard against a stale update bringing a removed client back). Runs again only after as many
+        new entries: amortized O(1) per entry, and the room holds at most the present clients (at
+        most MAX_AWARENESS_CLIENTS_PER_PEER per connection) plus MAX_AWARENESS_REMOVED."""
+        states = self._awareness
+        removed = [client for client, (_clock, state) in states.items() if state is None]
+        for client in removed[:max(0, len(removed) - MAX_AWARENESS_REMOVED // 2)]:
+            del states[client]
+        self._forget_at = len(states) + MAX_AWARENESS_REMOVED // 2
 
     @property
     def presence(self) -> dict[int, str]:

@@ -32,7 +32,7 @@ class Runtime:
         self.rooms: Any = None  # the sync core's RoomRegistry (sync_server.sync_endpoint.install)
         self.tracking: Any = None  # the tracking Pipeline (sync_server.tracking.install)
         self.secret_key = settings.resolved_secret_key()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
         self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
         self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
@@ -69,12 +69,22 @@ class Runtime:
         self._stopping.append(hook)
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task:
-        """A background job that lives until shutdown; its failure is logged, never silent."""
+        """A background job, cancelled at shutdown if still running; its failure is logged, never
+        silent. Held only while it runs: rooms spawn a load and an eviction job each, so a list of
+        every job ever spawned grew with every room a node ever served."""
         task = asyncio.ensure_future(coro)
         task.set_name(name)
-        task.add_done_callback(_log_failure)
-        self._tasks.append(task)
+        task.add_done_callback(self._job_done)
+        self._tasks.add(task)
         return task
+
+    def _job_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        _log_failure(task)
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._tasks)
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
@@ -104,9 +114,10 @@ class Runtime:
         await self.drain()
         for hook in reversed(self._stopping):
             await _guarded(hook)
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.redis is not None:
             await self.redis.aclose()
         await self.registry.close()

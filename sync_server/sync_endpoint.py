@@ -10,7 +10,8 @@ Order of a connection: accept -> authenticate (token / API key, customer active,
 authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
 read frames until the peer leaves or the server closes it. Refusals are closes after accept:
 4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
-1013 (does not read), 1001 (shutdown), 1011 (server error).
+1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
+BaseExceptions such as a Rust panic included, closes only that peer).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from storage import tenants
 from . import api_keys, logs, protocol, sync_tokens, wire
 from .connection import (FORBIDDEN, GOING_AWAY, INTERNAL_ERROR, MALFORMED, MESSAGE_TOO_BIG, UNAUTHORIZED,
                          Connection)
+from .faults import answerable
 from .hooks import ConnectRequest, Refused
 from .rooms import Rejected, RoomRegistry
 
@@ -66,6 +68,7 @@ class SyncEndpoint:
         settings = runtime.settings
         self.max_message = settings.sync_max_message_bytes
         self.queue_limit = settings.sync_send_queue_limit
+        self.queue_bytes = settings.sync_send_queue_bytes
         self.raw_writes = True  # sync_server.wire fast path where the server allows it
 
     async def __call__(self, scope, receive, send) -> None:
@@ -127,7 +130,7 @@ class SyncEndpoint:
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
         conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
-                          queue_limit=self.queue_limit, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
+                          queue_limit=self.queue_limit, queue_bytes=self.queue_bytes, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
         conn.start()
         self.rooms.join(room, conn)
         log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
@@ -171,8 +174,10 @@ class SyncEndpoint:
                 log.warning("sync_malformed", error=str(exc), bytes=len(frame))
                 conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
                 return
-            except Exception:
-                log.exception("sync_message_failed", bytes=len(frame))
+            except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
+                if not answerable(exc):
+                    raise
+                log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
                 conn.abort(INTERNAL_ERROR, "server error")
                 return
 
