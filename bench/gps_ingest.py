@@ -44,7 +44,7 @@ import pycrdt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from storage import Database, migrator, partitions  # noqa: E402
+from storage import AppRole, Database, migrator, partitions  # noqa: E402
 from storage import positions as position_store  # noqa: E402
 from sync_server import sync_tokens  # noqa: E402
 from sync_server.config import Settings  # noqa: E402
@@ -94,7 +94,7 @@ async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehic
     """Rows/s of staged COPY + merge alone: vehicles one after the other (the baseline), or with
     `parallel` one connection per vehicle at once (as the server materializes vehicles now)."""
     cid, vids = await _customer(owner, f"raw-{uuid.uuid4().hex[:6]}", vehicles, 0)
-    db = await Database(url, min_size=1, max_size=vehicles if parallel else 2).open()
+    db = await Database(url, AppRole.from_secret(SECRET), min_size=1, max_size=vehicles if parallel else 2).open()
     try:
         await partitions.ensure(db, day, day)
         cid = uuid.UUID(cid)

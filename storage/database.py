@@ -1,60 +1,151 @@
-"""One PostgreSQL database: an asyncpg pool whose connections act as the row-level-security bound
-application role, and the one helper that scopes a transaction to a tenant.
+"""One PostgreSQL database: an asyncpg pool that logs in as the row-level-security bound application
+role, and the one place that scopes a transaction to a tenant (or, audited, to the operator).
 
-Tenant isolation is enforced by PostgreSQL, not by code discipline: every pooled connection runs as
-`webhost_app` (it owns no table and cannot bypass RLS), and every tenant table carries
-`FORCE ROW LEVEL SECURITY` with a policy on `customer_id = app.customer_id`. The setting is made
-transaction-local with set_config(..., true) in `tenant()`, so a connection returned to the pool
-carries nothing over. A transaction that never calls it sees no tenant rows at all.
+Tenant isolation is enforced by PostgreSQL, not by code discipline: every pooled connection logs in
+as `webhost_app` (not a superuser, member of no role, owns nothing, so `RESET ROLE` leaves it as
+itself and `SET ROLE` to anything else fails), and every tenant table carries `FORCE ROW LEVEL
+SECURITY` with a policy on `customer_id = webhost_current_customer() OR webhost_is_operator()`.
+Those functions trust only a *signed* scope (migration 0080): `tenant()` / `operator()` put
+`kind|subject|not-after|HMAC-SHA256` into the transaction-local setting `app.scope`, and the HMAC
+key (derived from SECRET_KEY, installed by the owner when a pool opens) sits in a table the
+application role cannot read. So SQL running as the application role cannot widen its scope:
+set_config of another customer's id, or of 'on', is not signed and shows nothing. A transaction
+that never calls tenant()/operator() sees no tenant rows at all.
+
+The URL a Database is given is the owner's (it migrates, and installs the key); the pool logs in
+on the same server and database as `webhost_app`, with AppRole.password when one is configured.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import AsyncIterator
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 
 APP_ROLE = "webhost_app"
 
+# How long a signed scope stays valid after it was made (checked against now(), the start of the
+# transaction it is used in): long enough for clocks a little apart, short enough that a scope read
+# from inside a transaction cannot be replayed for long.
+SCOPE_TTL_SECONDS = 300
+
 # The tenant_isolation policy reads `customer_id = webhost_current_customer() OR webhost_is_operator()`;
 # the OR keeps the planner off every customer_id index, so a query with only the policy scans the
 # whole table (all tenants: measured 0.8 ms for 2,650 vehicles, growing with every tenant's rows).
 # Tenant-scoped list and count queries repeat the tenant condition with this fragment so that the
 # (customer_id, ...) indexes serve them. It adds a condition; the policy still applies unchanged.
-TENANT_ROWS = "customer_id = webhost_current_customer()"
+# It names the scope's customer without checking the signature (webhost_scope_customer, migration
+# 0080): the policy beside it checks that once per query, so the signature is verified once, not twice.
+TENANT_ROWS = "customer_id = (SELECT webhost_scope_customer())"
+
+_SCOPE_KEY_LABEL = b"webhost-sync database scope key v1"
 
 log = structlog.get_logger("storage.database")
 audit = structlog.get_logger("audit")
 
 
-def app_connection_settings() -> dict[str, str]:
-    """Startup settings of every application connection: act as the RLS-bound role."""
-    return {"role": APP_ROLE, "application_name": "webhost-sync"}
+@dataclass(frozen=True)
+class AppRole:
+    """How the serving pools log in (as `webhost_app`) and sign their scope.
+
+    `scope_key` is derived from SECRET_KEY (HMAC-SHA256 with a label of its own, so it is never
+    the key that signs sync tokens); every node and every database of a deployment uses the same.
+    `password` is DATABASE_APP_PASSWORD: None logs in without one (trust/peer, the embedded server)."""
+
+    scope_key: bytes = field(repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_secret(cls, secret_key: str, password: str | None = None) -> "AppRole":
+        key = hmac.new(secret_key.encode(), _SCOPE_KEY_LABEL, hashlib.sha256).digest()
+        return cls(key, password)
+
+    def login_url(self, owner_url: str) -> str:
+        """`owner_url` with the application role's user and password (same hosts, database, options)."""
+        parts = urlsplit(owner_url)
+        hosts = parts.netloc.rpartition("@")[2]
+        auth = APP_ROLE + (":" + quote(self.password, safe="") if self.password is not None else "")
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                           if k not in ("user", "password")])
+        return urlunsplit(parts._replace(netloc=f"{auth}@{hosts}", query=query))
+
+    def tenant_scope(self, customer_id: uuid.UUID | str) -> str:
+        """The signed scope of one customer; uuid.UUID refuses anything but an id."""
+        return self._sign("tenant", str(uuid.UUID(str(customer_id))))
+
+    def operator_scope(self) -> str:
+        return self._sign("operator", "*")
+
+    def _sign(self, kind: str, subject: str) -> str:
+        body = f"{kind}|{subject}|{int(time.time()) + SCOPE_TTL_SECONDS}"
+        return body + "|" + hmac.new(self.scope_key, body.encode(), hashlib.sha256).hexdigest()
+
+    def pads(self) -> tuple[bytes, bytes]:
+        """The key's HMAC inner and outer pads: what the database stores (migration 0080)."""
+        key = self.scope_key.ljust(64, b"\0")
+        return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
 class Database:
-    """A pool on one database (the shared one, or a customer's dedicated one)."""
+    """A pool on one database (the shared one, or a customer's dedicated one).
 
-    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 20, name: str = "shared") -> None:
+    `dsn` is the owner's URL of that database (what migrates it, and what deployments rows hold);
+    the pool itself logs in as the application role (`role.login_url(dsn)`)."""
+
+    def __init__(self, dsn: str, role: AppRole, *, min_size: int = 2, max_size: int = 20,
+                 name: str = "shared") -> None:
         self.dsn = dsn
+        self.role = role
         self.name = name
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self) -> "Database":
+    async def open(self, *, replace_key: bool = True) -> "Database":
+        """As the owner: install the scope key (and the application role's password when the role
+        cannot log in with it yet); then the pool, as the application role, checked once.
+        `replace_key=False` (one-off commands beside running servers) refuses to replace another
+        node's key instead, which would leave those servers seeing no tenant rows."""
         if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self.dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                server_settings=app_connection_settings(),
-                init=_init_connection,
-                reset=_keep_session,
-            )
+            owner = await asyncpg.connect(self.dsn, server_settings={"application_name": "webhost-sync-owner"})
+            try:
+                await _install_scope_key(owner, self.role, replace=replace_key, name=self.name)
+                try:
+                    pool = await self._create_pool()
+                except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
+                    if self.role.password is None:
+                        raise RuntimeError(
+                            f"the application role {APP_ROLE} cannot log in to database {self.name!r} ({exc}): "
+                            "run `webhost-sync migrate` (it creates the role), set DATABASE_APP_PASSWORD, or let "
+                            f"{APP_ROLE} in through pg_hba.conf") from exc
+                    await _set_app_password(owner, self.role.password)
+                    pool = await self._create_pool()
+            finally:
+                await owner.close()
+            try:
+                await _check_app_role(pool, self.role, self.name)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
         return self
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self.role.login_url(self.dsn),
+            min_size=self._min_size,
+            max_size=self._max_size,
+            server_settings={"application_name": "webhost-sync"},
+            init=_init_connection,
+            reset=_keep_session,
+        )
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -69,9 +160,10 @@ class Database:
 
     @asynccontextmanager
     async def tenant(self, customer_id: uuid.UUID | str) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that sees only `customer_id`'s rows (the single place the setting is made)."""
+        """A transaction that sees only `customer_id`'s rows (the single place the scope is made)."""
+        begin = _begin_with_scope(self.role.tenant_scope(customer_id))
         async with self.pool.acquire() as conn:
-            async with _transaction(conn, _begin_as_tenant(customer_id)):
+            async with _transaction(conn, begin):
                 yield conn
 
     @asynccontextmanager
@@ -79,26 +171,35 @@ class Database:
         """A transaction that may read across tenants: explicit, and audited in the log."""
         audit.info("operator_access", reason=reason, database=self.name, **context)
         async with self.pool.acquire() as conn:
-            async with _transaction(conn, "BEGIN; SELECT set_config('app.operator', 'on', true)"):
+            async with _transaction(conn, _begin_with_scope(self.role.operator_scope())):
                 yield conn
 
     @asynccontextmanager
     async def platform(self) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction on platform tables (plans, operators, their tokens): no tenant rows visible."""
+        """A transaction on platform tables (plans, operators, their tokens): no tenant rows visible,
+        whatever SQL may have left in the session (the scope is cleared for the transaction)."""
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
+            async with _transaction(conn, _NO_SCOPE):
                 yield conn
+
+    async def set_tenant(self, conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> None:
+        """Scope the current transaction of `conn` (one of this pool's) to one customer: for writers
+        that batch several customers into one transaction, switching between them."""
+        await conn.execute("SELECT set_config('app.scope', $1, true)", self.role.tenant_scope(customer_id))
 
     async def ping(self) -> None:
         async with self.pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
 
 
-def _begin_as_tenant(customer_id: uuid.UUID | str) -> str:
-    """BEGIN and the tenant setting as one simple-protocol query: one round trip instead of two.
-    The simple protocol takes no parameters, so the id is written into the text, but only after
-    uuid.UUID has parsed it: its canonical form is hex digits and dashes, nothing else."""
-    return f"BEGIN; SELECT set_config('app.customer_id', '{uuid.UUID(str(customer_id))}', true)"
+_NO_SCOPE = "BEGIN; SELECT set_config('app.scope', '', true)"
+
+
+def _begin_with_scope(scope: str) -> str:
+    """BEGIN and the scope setting as one simple-protocol query: one round trip instead of two.
+    The simple protocol takes no parameters, so the scope is written into the text; it is made by
+    AppRole from a parsed uuid, digits and hex only, nothing that could end the literal."""
+    return f"BEGIN; SELECT set_config('app.scope', '{scope}', true)"
 
 
 @asynccontextmanager
@@ -119,16 +220,10 @@ async def _transaction(conn: asyncpg.Connection, begin: str) -> AsyncIterator[No
     await conn.execute("COMMIT")
 
 
-async def set_tenant(conn: asyncpg.Connection, customer_id: uuid.UUID | str) -> None:
-    """Scope the current transaction of `conn` to one customer (used by `tenant()` and by writers
-    that batch several customers into one transaction, switching between them)."""
-    await conn.execute("SELECT set_config('app.customer_id', $1, true)", str(customer_id))
-
-
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release without asyncpg's reset query (RESET ALL, UNLISTEN, unlock): one round trip saved per
-    acquire. Safe because nothing here leaves session state on a pooled connection: the tenant and
-    operator settings are transaction-local, advisory locks transaction-scoped, and an open
+    acquire. Safe because nothing here leaves session state on a pooled connection: the signed
+    scope is transaction-local, advisory locks transaction-scoped, and an open
     transaction is still rolled back by asyncpg before this runs."""
 
 
@@ -138,3 +233,62 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _install_scope_key(owner: asyncpg.Connection, role: AppRole, *, replace: bool, name: str) -> None:
+    """Put the key's pads into webhost_scope_key (owner only; written only when they changed, so
+    nodes starting together do not contend). A database not migrated yet has no table: its pool
+    then sees no tenant rows until `webhost-sync migrate` ran and the pool is opened again."""
+    inner, outer = role.pads()
+    change = ("UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, installed_at = now() "
+              "WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
+              "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)") if replace else "NOTHING"
+    try:
+        await owner.execute("INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
+                            f"ON CONFLICT (only_row) DO {change}", inner, outer)
+        installed = await owner.fetchval("SELECT inner_pad FROM webhost_scope_key")
+    except asyncpg.UndefinedTableError:
+        log.warning("scope_key_not_installed", database=name, reason="migrations pending")
+        return
+    if installed != inner:
+        raise RuntimeError(f"database {name!r} holds the scope key of another SECRET_KEY (the servers'); "
+                           "run this with the servers' SECRET_KEY")
+async def _set_app_password(owner: asyncpg.Connection, password: str) -> None:
+    """ALTER ROLE takes no parameters: the password goes in as a quoted literal (quote_literal)."""
+    literal = await owner.fetchval("SELECT quote_literal($1::text)", password)
+    try:
+        await owner.execute(f"ALTER ROLE {APP_ROLE} LOGIN PASSWORD {literal}")
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise RuntimeError(f"the owner may not set the password of {APP_ROLE} ({exc}): "
+                           f"ALTER ROLE {APP_ROLE} LOGIN PASSWORD '...' as a role that may, "
+                           "with the value of DATABASE_APP_PASSWORD") from exc
+    log.info("app_role_password_set", role=APP_ROLE)
+
+
+async def _check_app_role(pool: asyncpg.Pool, role: AppRole, name: str) -> None:
+    """Refuse a pool whose role could escape the policies: a superuser, a role that bypasses RLS,
+    creates roles or databases, is a member of another role (SET ROLE would work), may create in
+    the database or schema public, or owns a table or function here. Then check that a signed
+    scope is accepted (the key installed, the clocks within SCOPE_TTL_SECONDS of each other)."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb, r.rolreplication, "
+            " EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) AS member_of_a_role, "
+            " has_database_privilege(current_database(), 'CREATE') AS creates_schemas, "
+            " has_schema_privilege('public', 'CREATE') AS creates_in_public, "
+            " EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid AND c.relpersistence <> 't') "
+            "  OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proowner = r.oid) AS owns_objects, "
+            " to_regclass('public.webhost_scope_key') IS NOT NULL AS signed_scope "
+            "FROM pg_roles r WHERE r.rolname = current_user")
+        wrong = [k for k, v in dict(row).items() if k not in ("rolname", "signed_scope") and v]
+        if row["rolname"] != APP_ROLE or wrong:
+            raise RuntimeError(f"database {name!r}: the serving pool logs in as {row['rolname']!r}, which must be "
+                               f"{APP_ROLE} without {', '.join(wrong) or 'any extra privilege'} "
+                               "(README: Database roles)")
+        if not row["signed_scope"]:
+            return  # migrations pending: readiness says so
+        async with _transaction(conn, _begin_with_scope(role.operator_scope())):
+            accepted = await conn.fetchval("SELECT webhost_is_operator()")
+    if not accepted:
+        raise RuntimeError(f"database {name!r} refuses this node's signed scope: another SECRET_KEY installed "
+                           f"its key since, or the database's clock is more than {SCOPE_TTL_SECONDS} s ahead")

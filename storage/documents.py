@@ -7,7 +7,7 @@ snapshot's `upto_seq` is never skipped: Yjs updates are idempotent, replaying on
 
 The writer (`UpdateLog`) batches appends from every room of every customer: it waits at most
 `window` seconds after the first pending row, then writes everything pending in one transaction per
-database (switching the tenant with set_tenant before each customer's rows; RLS is forced). A failed
+database (switching the tenant with Database.set_tenant before each customer's rows; RLS is forced). A failed
 write keeps its rows at the front and retries; nothing is dropped (a customer that no longer
 exists is the one exception, logged).
 """
@@ -24,7 +24,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import asyncpg
 import structlog
 
-from .database import Database, set_tenant
+from .database import Database
 from .registry import DatabaseRegistry
 
 log = structlog.get_logger("storage.documents")
@@ -240,7 +240,7 @@ class UpdateLog:
                     async with db.pool.acquire() as conn:
                         async with conn.transaction():
                             for cid in cids:
-                                await _insert(conn, cid, batch[cid])
+                                await _insert(db, conn, cid, batch[cid])
                 except Exception as exc:
                     all_ok = False
                     if len(cids) > 1:
@@ -264,7 +264,7 @@ class UpdateLog:
         try:
             async with db.pool.acquire() as conn:
                 async with conn.transaction():
-                    await _insert(conn, cid, rows)
+                    await _insert(db, conn, cid, rows)
         except Exception as exc:
             await self._failed(cid, rows, exc)
             return
@@ -293,6 +293,6 @@ class UpdateLog:
         self._waiters = still
 
 
-async def _insert(conn: asyncpg.Connection, customer_id: str, rows: list[tuple[str, bytes]]) -> None:
-    await set_tenant(conn, customer_id)
+async def _insert(db: Database, conn: asyncpg.Connection, customer_id: str, rows: list[tuple[str, bytes]]) -> None:
+    await db.set_tenant(conn, customer_id)
     await conn.execute(_INSERT, customer_id, [d for d, _ in rows], [u for _, u in rows])

@@ -70,7 +70,8 @@ class DatabaseRegistry:
             async with self._lock:
                 db = self._dedicated.get(key)
                 if db is None:
-                    db = Database(dsn, min_size=1, max_size=self._dedicated_pool_max, name=f"dedicated:{key}")
+                    db = Database(dsn, self.shared.role, min_size=1, max_size=self._dedicated_pool_max,
+                                  name=f"dedicated:{key}")
                     await db.open()
                     self._dedicated[key] = db
         return db
@@ -104,7 +105,7 @@ class DatabaseRegistry:
     @asynccontextmanager
     async def standalone(self, dsn: str, name: str = "standalone") -> AsyncIterator[Database]:
         """A short-lived pool on a database that serves no customer yet (a migration's target)."""
-        db = Database(dsn, min_size=1, max_size=4, name=name)
+        db = Database(dsn, self.shared.role, min_size=1, max_size=4, name=name)
         await db.open()
         try:
             yield db

@@ -132,13 +132,19 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         await migrator.migrate(settings.database_url)
-        db = await Database(settings.database_url, min_size=1, max_size=1).open()
+        # beside running servers: never take their scope key over (a wrong SECRET_KEY fails here)
+        db = Database(settings.database_url, settings.app_role(), min_size=1, max_size=1)
+        await db.open(replace_key=False)
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
         finally:
             await db.close()
 
-    user_id = asyncio.run(run())
+    try:
+        user_id = asyncio.run(run())
+    except RuntimeError as exc:  # the database refused this node's role or key: say which, no traceback
+        print(f"webhost-sync: {exc}", file=sys.stderr)
+        return 2
     print(f"operator {args.email} ({args.role}) id={user_id}")
     return 0
 

@@ -9,8 +9,11 @@ import os
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from storage import AppRole
 
 
 class ConfigError(ValueError):
@@ -95,7 +98,12 @@ class Settings:
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
     database_url: str | None = _setting("DATABASE_URL", None, _url("DATABASE_URL", "postgresql", "postgres"),
-                                        "libpq URI of the shared database; unset starts embedded PostgreSQL")
+                                        "libpq URI of the shared database as its owner (it migrates; the pools "
+                                        "log in as webhost_app); unset starts embedded PostgreSQL")
+    database_app_password: str | None = _setting(
+        "DATABASE_APP_PASSWORD", None,
+        doc="password the serving pools log in with as webhost_app (set on the role by the owner when it does "
+            "not work yet); unset: no password (trust/peer, embedded PostgreSQL)")
     redis_url: str | None = _setting("REDIS_URL", None, _url("REDIS_URL", "redis", "rediss", "unix"),
                                      "Redis for cross-node fan-out; unset runs a single node")
     data_dir: Path = _setting("DATA_DIR", Path("./var"), lambda raw: Path(_text("DATA_DIR")(raw)),
@@ -255,6 +263,12 @@ class Settings:
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key
+
+    def app_role(self) -> "AppRole":
+        """How the serving pools log in and sign their tenant scope (storage.database.AppRole)."""
+        from storage import AppRole
+
+        return AppRole.from_secret(self.resolved_secret_key(), self.database_app_password)
 
     @classmethod
     def documented(cls) -> list[tuple[str, object, str]]:

@@ -26,7 +26,8 @@ class Runtime:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
         self.settings = settings
         self.registry = DatabaseRegistry(
-            Database(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+            Database(settings.database_url, settings.app_role(), min_size=settings.db_pool_min,
+                     max_size=settings.db_pool_max)
         )
         self.redis: Any = None
         self.rooms: Any = None  # the sync core's RoomRegistry (sync_server.sync_endpoint.install)

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from storage import Database, migrator
+from storage import AppRole, Database, migrator
 
 from .support import databases, redis_server
 from .support.server import ServerProcess
@@ -35,7 +35,7 @@ def database_url(fresh_database_url) -> str:
 
 @pytest.fixture
 async def db(database_url):
-    database = await Database(database_url, min_size=1, max_size=5).open()
+    database = await Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=5).open()
     yield database
     await database.close()
 

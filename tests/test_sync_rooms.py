@@ -8,13 +8,14 @@ import asyncpg
 import pycrdt
 import pytest
 
-from storage import Database, DatabaseRegistry, migrator
+from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.documents import UpdateLog
 from sync_server.connection import Connection
 from sync_server.hooks import REMOTE, RoomHooks
 from sync_server.persistence import Persistence
 from sync_server.rooms import RoomRegistry
 
+from .conftest import TEST_SECRET
 from .support import databases, sync_peers
 
 
@@ -27,7 +28,7 @@ def _update(key: str, value) -> bytes:
 
 @pytest.fixture
 async def core(database_url):
-    registry = await DatabaseRegistry(Database(database_url, min_size=1, max_size=5)).open()
+    registry = await DatabaseRegistry(Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=5)).open()
     log = UpdateLog(registry, window=0.005)
     log.start()
     rooms = RoomRegistry(evict_after=0.05)

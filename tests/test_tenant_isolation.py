@@ -89,12 +89,43 @@ async def test_tenant_transaction_rolls_back_on_error_and_takes_only_a_customer_
             await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'w', 'w')", a)
     async with db.tenant(a) as conn:
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
-        assert await conn.fetchval("SELECT current_setting('app.customer_id')") == str(a)
+        assert await conn.fetchval("SELECT webhost_current_customer()") == a
     for _ in range(3):  # the pooled connections are idle, outside any transaction, with no setting
         async with db.pool.acquire() as conn:
             assert not conn.is_in_transaction()
-            assert await conn.fetchval("SELECT coalesce(current_setting('app.customer_id', true), '')") == ""
+            assert await conn.fetchval("SELECT coalesce(current_setting('app.scope', true), '')") == ""
     for bad in ("x'); SELECT set_config('app.operator', 'on', true); --", "", "not-a-uuid"):
         with pytest.raises(ValueError):
             async with db.tenant(bad):
                 pass
+
+
+async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(db):
+    """Every table under a tenant_isolation policy: as tenant B, SQL that sets the operator flag or
+    A's id (the settings the policies read before they were signed) sees no row of A's."""
+    a = await _customer(db, "alpha")
+    b = await _customer(db, "bravo")
+    async with db.tenant(a) as conn:
+        vid = await conn.fetchval(
+            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1') RETURNING id", a)
+        await conn.execute("INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, now(), 1, 1)",
+                           a, vid)
+        await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x00')", a)
+        await conn.execute(
+            "INSERT INTO api_keys (customer_id, prefix, key_hash, permissions) VALUES ($1, 'whk_live_cd', $2, '{admin}')",
+            a, uuid.uuid4().bytes)
+    async with db.operator("test_setup") as conn:
+        tables = [r["t"] for r in await conn.fetch(
+            "SELECT c.oid::regclass::text AS t FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+            "WHERE p.polname = 'tenant_isolation' ORDER BY 1")]
+        seen_by_operator = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
+    assert seen_by_operator["vehicles"] == 1 and seen_by_operator["customers"] == 2 and len(tables) > 15
+    for widen in ("SELECT set_config('app.operator', 'on', true)",
+                  f"SELECT set_config('app.customer_id', '{a}', true)",
+                  f"SELECT set_config('app.scope', 'tenant|{a}|9999999999|{'0' * 64}', true)",
+                  "SELECT set_config('app.scope', 'operator|*|9999999999|' || repeat('0', 64), true)"):
+        async with db.tenant(b) as conn:
+            await conn.execute(widen)
+            for t in tables:
+                owner = "id" if t == "customers" else "customer_id"
+                assert await conn.fetchval(f"SELECT count(*) FROM {t} WHERE {owner} = $1", a) == 0, (widen, t)
