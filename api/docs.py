@@ -4,7 +4,7 @@
                                            or `?format=json`: {"doc", "content": {root: JSON}}, where
                                            binary values are {"$binary": base64}, NaN/Infinity are
                                            {"$float": "NaN"|"Infinity"|"-Infinity"} and subdocuments
-                                           {"$doc": guid} (sync_server.doc_content); 422
+                                           {"$doc": guid} (sync_server.domain.documents.doc_content); 422
                                            `document_too_deep` past its nesting limit
   POST /api/v1/docs/{doc}/updates         apply a Yjs update (raw body, or JSON {"update": base64});
                                            answered once the update is durable, relayed to live peers
@@ -16,9 +16,10 @@ import binascii
 
 from quart import Blueprint, Response, request
 
-from sync_server import doc_content, protocol
-from sync_server.runtime import runtime
-from sync_server.sync_endpoint import parse_path
+from sync_server.domain.documents import doc_content
+from sync_server.node.runtime import runtime
+from sync_server.sync import protocol
+from sync_server.sync.endpoint import parse_path
 
 from .auth import customer_required
 from .calls import principal

@@ -2,7 +2,7 @@
 
 Handlers raise ApiError (or let a validation error through); nothing ever answers with a stack trace.
 Anything else a handler raises, down to a BaseException that is not cancellation or shutdown
-(sync_server.faults), answers 500 `internal_error` and is logged once, with its traceback and the
+(sync_server.sync.faults), answers 500 `internal_error` and is logged once, with its traceback and the
 request id, on both HTTP paths (api.rest_endpoint for @operation routes, Quart for the others).
 """
 from __future__ import annotations

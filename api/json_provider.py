@@ -1,4 +1,4 @@
-"""Quart's JSON (jsonify, request.get_json) under sync_server.strict_json's rule: what the Quart
+"""Quart's JSON (jsonify, request.get_json) under sync_server.sync.strict_json's rule: what the Quart
 routes answer never holds NaN or Infinity, and a request body holding them is not JSON."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from quart.json.provider import DefaultJSONProvider
 
-from sync_server import strict_json
+from sync_server.sync import strict_json
 
 
 class JSONProvider(DefaultJSONProvider):

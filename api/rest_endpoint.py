@@ -1,5 +1,5 @@
 """Every `@operation` route (the /api/v1 REST surface), served as a raw ASGI application in front of
-Quart, the way sync_server.sync_endpoint serves websockets.
+Quart, the way sync_server.sync.endpoint serves websockets.
 
 Why not through Quart: for a small JSON request Quart's machinery (request and app contexts, the
 Request/Response wrappers and their header structures, hooks, signals, the per-request task that
@@ -27,9 +27,10 @@ import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from sync_server import logs, strict_json
-from sync_server.faults import answerable
-from sync_server.runtime import done_serving, serving
+from sync_server.node import logs
+from sync_server.node.runtime import done_serving, serving
+from sync_server.sync import strict_json
+from sync_server.sync.faults import answerable
 
 from . import calls, rate_limits
 from .errors import reply

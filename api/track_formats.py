@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 from xml.sax.saxutils import escape, quoteattr
 
-from sync_server import strict_json
+from sync_server.sync import strict_json
 
 FIELDS = ("time", "lat", "lng", "speed", "heading", "accuracy", "altitude")
 MIMETYPES = {"geojson": "application/geo+json", "csv": "text/csv; charset=utf-8", "gpx": "application/gpx+xml"}

@@ -1,4 +1,4 @@
-"""A tenant migration pauses the customer's writes on every node (sync_server/provisioning/cluster_pause.py):
+"""A tenant migration pauses the customer's writes on every node (sync_server/domain/provisioning/cluster_pause.py):
 two real nodes on one PostgreSQL and one Redis, real JS y-websocket clients of the moving customer on
 both nodes and a REST writer on the other node, writing throughout a move to single_tenant; a node
 that does not confirm the pause fails the migration before the switch; a pause that is never ended
@@ -15,7 +15,7 @@ import httpx
 import pycrdt
 import pytest
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
 from .support import databases, sync_peers, tenants

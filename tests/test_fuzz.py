@@ -28,7 +28,7 @@ import pycrdt
 import pytest
 import websockets
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
 from .support import fuzz, sync_peers
@@ -39,7 +39,7 @@ ROOMS = 6
 
 _RELOAD = r"""
 import json, sys, pycrdt
-from sync_server import protocol
+from sync_server.sync import protocol
 doc = pycrdt.Doc()
 for line in sys.stdin.read().split():
     doc.apply_update(bytes.fromhex(line))
@@ -50,7 +50,7 @@ for _ in range(n):
     c, pos = protocol.read_var_uint(raw, pos)
     k, pos = protocol.read_var_uint(raw, pos)
     sv[str(c)] = k
-from sync_server import doc_content
+from sync_server.domain.documents import doc_content
 roots = json.loads(json.dumps(doc_content.to_json(doc.get_update()), default=repr))
 # Clients yrs holds pending structs for show as clock 0, their roots as empty: not content.
 sv = {c: k for c, k in sv.items() if k}

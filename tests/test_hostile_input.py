@@ -12,9 +12,9 @@ import httpx
 import pycrdt
 import pytest
 
-from sync_server import protocol, yjs_update
-from sync_server.hooks import HookList
-from sync_server.rooms import Room
+from sync_server.sync import protocol, yjs_update
+from sync_server.sync.hooks import HookList
+from sync_server.sync.rooms import Room
 
 from .conftest import TEST_SECRET
 from .support import fuzz, sync_peers

@@ -85,7 +85,7 @@ async def rate_limit_of(request, redis_url):
 
     import redis.asyncio as aioredis
 
-    from sync_server.shared_limits import RateLimit
+    from sync_server.extensions.shared_limits import RateLimit
 
     client = aioredis.from_url(redis_url) if request.param == "redis" else None
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
@@ -160,7 +160,7 @@ async def test_any_window_holds_at_most_the_limit_and_retry_after_lets_the_next_
 
 
 async def test_in_memory_windows_forget_silent_credentials_and_stay_bounded():
-    from sync_server.shared_limits import RateLimit
+    from sync_server.extensions.shared_limits import RateLimit
 
     rate = RateLimit(5, "p:", None, window=1.0, max_local=1000)
     for i in range(5000):  # distinct junk credentials within one window: capped, least recent out

@@ -7,7 +7,7 @@ import base64
 import httpx
 import pycrdt
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
 from .support import sync_peers

@@ -9,7 +9,7 @@ import uuid
 import pycrdt
 import pytest
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
 from .support import sync_peers
@@ -163,8 +163,9 @@ async def test_refusals(server, customer, database_url, case, code):
     elif case == "garbage":
         tok = "wst1.x.y"
     elif case == "expired":
-        from sync_server import sync_tokens
         import time
+
+        from sync_server.domain.accounts import sync_tokens
 
         tok = sync_tokens.mint(TEST_SECRET, customer_id=customer.id, customer_slug=customer.slug, docs=["*"],
                                ttl_seconds=1, now=time.time() - 10)[0]

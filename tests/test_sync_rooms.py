@@ -10,10 +10,10 @@ import pytest
 
 from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.documents import UpdateLog
-from sync_server.connection import Connection
-from sync_server.hooks import REMOTE, RoomHooks
-from sync_server.persistence import Persistence
-from sync_server.rooms import RoomRegistry
+from sync_server.extensions.persistence import Persistence
+from sync_server.sync.connection import Connection
+from sync_server.sync.hooks import REMOTE, RoomHooks
+from sync_server.sync.rooms import RoomRegistry
 
 from .conftest import TEST_SECRET
 from .support import databases, sync_peers
@@ -207,8 +207,11 @@ async def test_the_send_queue_is_bounded_in_bytes_too(core, database_url):
 
 
 async def test_awareness_client_ids_a_peer_makes_up_are_bounded(core, database_url):
-    from sync_server import protocol
-    from sync_server.rooms import MAX_AWARENESS_CLIENTS_PER_PEER, MAX_AWARENESS_REMOVED
+    from sync_server.sync import protocol
+    from sync_server.sync.rooms import (
+        MAX_AWARENESS_CLIENTS_PER_PEER,
+        MAX_AWARENESS_REMOVED,
+    )
 
     rooms, _, _ = core
     customer = await sync_peers.create_customer(database_url)

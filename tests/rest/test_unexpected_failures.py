@@ -17,9 +17,9 @@ import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from sync_server import doc_content
-from sync_server.app import create_app
 from storage import vehicles as vehicle_store
+from sync_server.domain.documents import doc_content
+from sync_server.node.app import create_app
 
 from ..support import sync_peers
 from ..support.server import free_port

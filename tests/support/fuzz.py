@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pycrdt
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "fuzz_corpus"
 BOUNDARY = (0, 1, 2, 0x7F, 0x80, 0x3FFF, 0x4000, 2**21, 2**28, 2**29, 2**31 - 1, 2**32, 2**53, 2**63)
