@@ -12,7 +12,7 @@ from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.documents import UpdateLog
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.connection import Connection
-from sync_server.sync.hooks import REMOTE, RoomHooks
+from sync_server.sync.hooks import PERSISTENCE, REMOTE, RoomHooks
 from sync_server.sync.rooms import RoomRegistry
 
 from .conftest import TEST_SECRET
@@ -33,7 +33,7 @@ async def core(database_url):
     log.start()
     rooms = RoomRegistry(evict_after=0.05)
     persistence = Persistence(registry, log, compact_after=10, compact_interval=0)
-    rooms.hooks.add(persistence, first=True)
+    rooms.hooks.add(persistence, priority=PERSISTENCE)
     rooms.add_pauser(persistence.paused)
     yield rooms, log, registry
     await log.stop()

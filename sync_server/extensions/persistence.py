@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import pycrdt
@@ -52,6 +53,15 @@ async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
     return await asyncio.to_thread(_merge_sync, snapshot, updates)
 
 
+@dataclass
+class LogBacklog:
+    """A room's uncompacted log rows (as far as this node knows) and when it was last compacted."""
+
+    rows: int = 0
+    bytes: int = 0
+    compacted_at: float | None = None
+
+
 class Persistence(RoomHooks):
     def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
                  compact_after: int, compact_after_bytes: int = 16 * 1024 * 1024, compact_interval: float = 5.0
@@ -75,8 +85,9 @@ class Persistence(RoomHooks):
         state = await merge(stored.snapshot, stored.updates) if stored.updates else stored.snapshot
         if state:
             room.ydoc.apply_update(state)
-        room.log_length = len(stored.updates)
-        room.extra["log_bytes"] = sum(len(u) for u in stored.updates)
+        backlog = room.state(LogBacklog)
+        backlog.rows = len(stored.updates)
+        backlog.bytes = sum(len(u) for u in stored.updates)
         if self._due(room):
             self._compact_soon(room)
 
@@ -84,8 +95,9 @@ class Persistence(RoomHooks):
         if is_remote(origin):
             return  # the node that received it from its client writes it
         self.log.append(room.customer_id, room.doc, update)
-        room.log_length += 1
-        room.extra["log_bytes"] = room.extra.get("log_bytes", 0) + len(update)
+        backlog = room.state(LogBacklog)
+        backlog.rows += 1
+        backlog.bytes += len(update)
         if self._due(room) and (room.customer_id, room.doc) not in self._compacting:
             self._compact_soon(room)
 
@@ -101,7 +113,8 @@ class Persistence(RoomHooks):
 
     def _due(self, room: Room) -> bool:
         """Compaction is due past COMPACT_AFTER_UPDATES rows or COMPACT_AFTER_BYTES bytes of log."""
-        return room.log_length >= self.compact_after or room.extra.get("log_bytes", 0) >= self.compact_after_bytes
+        backlog = room.state(LogBacklog)
+        return backlog.rows >= self.compact_after or backlog.bytes >= self.compact_after_bytes
 
     def _compact_soon(self, room: Room) -> None:
         key = (room.customer_id, room.doc)
@@ -113,11 +126,12 @@ class Persistence(RoomHooks):
 
     async def _compact(self, room: Room) -> None:
         try:
-            last = room.extra.get("compacted_at")
+            backlog = room.state(LogBacklog)
+            last = backlog.compacted_at
             now = asyncio.get_running_loop().time()
             if last is not None and now - last < self.compact_interval:
                 await asyncio.sleep(self.compact_interval - (now - last))
-            room.extra["compacted_at"] = asyncio.get_running_loop().time()
+            backlog.compacted_at = asyncio.get_running_loop().time()
             self._running.add((room.customer_id, room.doc))
             # No flush first: compaction merges only committed rows, and must never wait on rows a
             # pause holds (paused() waits for running compactions).
@@ -125,8 +139,8 @@ class Persistence(RoomHooks):
                 return
             db = await self.registry.for_customer(room.customer_id)
             merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
-            room.log_length = max(0, room.log_length - merged)
-            room.extra["log_bytes"] = max(0, room.extra.get("log_bytes", 0) - merged_bytes)
+            backlog.rows = max(0, backlog.rows - merged)
+            backlog.bytes = max(0, backlog.bytes - merged_bytes)
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)

@@ -31,6 +31,7 @@ from sync_server.extensions.persistence import Persistence
 from sync_server.node.config import Settings
 from sync_server.node.runtime import Runtime
 from sync_server.sync.endpoint import SyncEndpoint
+from sync_server.sync.hooks import PERSISTENCE
 from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.node.app")
@@ -80,7 +81,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     update_log = UpdateLog(runtime.registry, window=settings.sync_commit_window_ms / 1000)
     persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates,
                               compact_after_bytes=settings.compact_after_bytes)
-    rooms.hooks.add(persistence, first=True)
+    rooms.hooks.add(persistence, priority=PERSISTENCE)
     rooms.add_pauser(persistence.paused)
     runtime.rooms = rooms
     runtime.update_log = update_log

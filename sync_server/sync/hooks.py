@@ -4,7 +4,7 @@ without editing the core.
 
 Subclass `RoomHooks`, override what you need, and add an instance at wiring time:
     runtime.rooms.hooks.add(MyHooks())          # in create_app, or in an on_start hook
-Hooks run in the order added; a failing hook is logged and never breaks the room or the connection
+Hooks run by priority (lower first), then in the order added; a failing hook is logged and never breaks the room or the connection
 (except `authenticate`, whose `Refused` is the answer to the client).
 
 Hot path: `change` and `awareness` are awaited for every update a room receives. Keep them quick
@@ -103,19 +103,24 @@ class RoomHooks:
         """The room is about to leave memory (idle, empty, durable)."""
 
 
+PERSISTENCE = -100  # priority of the persistence hook: first
+
+
 class HookList:
     """The ordered hooks the core calls."""
 
     def __init__(self) -> None:
+        self._entries: list[tuple[int, int, RoomHooks]] = []
         self._hooks: list[RoomHooks] = []
         self._change: list[RoomHooks] = []
         self._awareness: list[RoomHooks] = []
 
-    def add(self, hooks: RoomHooks, *, first: bool = False) -> None:
-        if first:
-            self._hooks.insert(0, hooks)
-        else:
-            self._hooks.append(hooks)
+    def add(self, hooks: RoomHooks, *, priority: int = 0) -> None:
+        """Add `hooks`; lower priorities run first, equal ones in the order added (persistence is
+        added with PERSISTENCE so the doc is loaded, and updates are logged, before anything else)."""
+        self._entries.append((priority, len(self._entries), hooks))
+        self._entries.sort(key=lambda e: (e[0], e[1]))
+        self._hooks = [h for _, _, h in self._entries]
         # Only hooks that override change/awareness are called on the hot path.
         self._change = [h for h in self._hooks if type(h).change is not RoomHooks.change]
         self._awareness = [h for h in self._hooks if type(h).awareness is not RoomHooks.awareness]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import pycrdt
 import structlog
@@ -43,6 +43,7 @@ from sync_server.sync.hooks import HTTP, REMOTE, HookList
 from sync_server.sync.wire import binary_frame
 
 log = structlog.get_logger("sync_server.sync.rooms")
+T = TypeVar("T")
 
 # Awareness is keyed by client ids the peers choose. A y-websocket client introduces one per document
 # instance; without these bounds one peer could fill a room with millions of made-up ids (1,024 per
@@ -71,8 +72,7 @@ class Room:
         self.connections: set[Connection] = set()
         self.hooks = hooks
         self.version = 0  # bumped by every applied update (eviction checks nothing arrived)
-        self.log_length = 0  # rows of this doc in the update log not yet compacted (persistence)
-        self.extra: dict[str, Any] = {}  # per-room state of hooks, keyed by hook name
+        self._states: dict[type, Any] = {}  # each extension's own state of this room, by its type
         # awareness: client id -> (clock, JSON state or None once removed); clocks kept after removal
         self._awareness: dict[int, tuple[int, str | None]] = {}
         self._forget_at = MAX_AWARENESS_REMOVED  # size of _awareness that triggers _forget_removed
@@ -85,6 +85,23 @@ class Room:
         # Set when the engine failed on this doc: the registry's replacement room (a future of it).
         self.broken: asyncio.Future | None = None
         self.on_broken: Callable[["Room"], asyncio.Future] | None = None  # set by the registry
+
+    def state(self, kind: type[T]) -> T:
+        """This room's state of one extension, an instance of `kind` (made with `kind()` on first
+        use): typed, owned by the extension that defines `kind`, invisible to the core."""
+        value = self._states.get(kind)
+        if value is None:
+            value = self._states[kind] = kind()
+        return value
+
+    def set_state(self, value: Any) -> None:
+        self._states[type(value)] = value
+
+    def pop_state(self, kind: type[T]) -> T | None:
+        return self._states.pop(kind, None)
+
+    def peek_state(self, kind: type[T]) -> T | None:
+        return self._states.get(kind)
 
     @property
     def name(self) -> str:

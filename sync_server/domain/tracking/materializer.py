@@ -40,7 +40,6 @@ log = structlog.get_logger("sync_server.domain.tracking.materializer")
 
 TRACK_DOC = re.compile(r"^tracks/([^/]{1,100})/(\d{4}-\d{2}-\d{2})$")
 FLEET_DOC = "fleet"
-KEY = "tracking"
 STORE_WAIT_SECONDS = 10.0  # eviction/shutdown wait this long for a backlog; the rest resumes on load
 MAX_BACKOFF = 30.0
 
@@ -154,18 +153,18 @@ class TrackMaterializer(RoomHooks):
         async with db.tenant(room.customer_id) as conn:
             done = await track_progress.elements(conn, uuid.UUID(room.customer_id), room.doc)
         state = TrackRoom(room, vehicle_id, day, done)
-        room.extra[KEY] = state
+        room.set_state(state)
         state.task = asyncio.ensure_future(self._work(state))
         state.task.set_name(f"materialize:{room.name}")
         await self.reader.open(state)
 
     async def change(self, room, update: bytes, origin) -> None:
-        state: TrackRoom | None = room.extra.get(KEY)
+        state: TrackRoom | None = room.peek_state(TrackRoom)
         if state is not None:
             self.reader.update(state, update)
 
     async def store(self, room) -> None:
-        state: TrackRoom | None = room.extra.get(KEY)
+        state: TrackRoom | None = room.peek_state(TrackRoom)
         if state is None or state.idle.is_set():
             return
         try:
@@ -174,7 +173,7 @@ class TrackMaterializer(RoomHooks):
             log.warning("track_backlog_left_for_next_load", room=room.doc, pending=state.backlog)
 
     async def evict(self, room) -> None:
-        state: TrackRoom | None = room.extra.pop(KEY, None)
+        state: TrackRoom | None = room.pop_state(TrackRoom)
         if state is not None:
             self.reader.close(state.key)
             if state.task is not None:
