@@ -12,10 +12,10 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
-from sync_server import passwords
-from sync_server.runtime import runtime
 from storage import customer_users as user_store
 from storage import operator_sessions, platform_users
+from sync_server.domain.accounts import passwords
+from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required

@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from quart import Blueprint
 
-from sync_server import api_keys, sync_tokens
-from sync_server.runtime import runtime
 from storage import api_keys as key_store
+from sync_server.domain.accounts import api_keys, sync_tokens
+from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required

@@ -13,9 +13,10 @@ from typing import AsyncIterator
 
 import asyncpg
 
-from sync_server import api_keys, logs
-from sync_server.runtime import runtime
 from storage import operator_sessions
+from sync_server.domain.accounts import api_keys
+from sync_server.node import logs
+from sync_server.node.runtime import runtime
 
 from . import calls
 from .errors import ApiError

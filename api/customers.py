@@ -10,9 +10,9 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
-from sync_server import customers as customer_service
-from sync_server.runtime import runtime
 from storage import customers as customer_store
+from sync_server.domain.accounts import customers as customer_service
+from sync_server.node.runtime import runtime
 
 from . import pagination
 from .api_keys import ApiKeyCreated, key_out

@@ -1,7 +1,11 @@
 """HTTP document API for server-side integrations (API key, tenant scoped):
 
   GET  /api/v1/docs/{doc}                 the whole doc as one Yjs update (application/octet-stream),
-                                           or `?format=json`: {"doc", "content": {root: JSON}}
+                                           or `?format=json`: {"doc", "content": {root: JSON}}, where
+                                           binary values are {"$binary": base64}, NaN/Infinity are
+                                           {"$float": "NaN"|"Infinity"|"-Infinity"} and subdocuments
+                                           {"$doc": guid} (sync_server.domain.documents.doc_content); 422
+                                           `document_too_deep` past its nesting limit
   POST /api/v1/docs/{doc}/updates         apply a Yjs update (raw body, or JSON {"update": base64});
                                            answered once the update is durable, relayed to live peers
 """
@@ -12,9 +16,10 @@ import binascii
 
 from quart import Blueprint, Response, request
 
-from sync_server import doc_content, protocol
-from sync_server.runtime import runtime
-from sync_server.sync_endpoint import parse_path
+from sync_server.domain.documents import doc_content
+from sync_server.node.runtime import runtime
+from sync_server.sync import protocol
+from sync_server.sync.endpoint import parse_path
 
 from .auth import customer_required
 from .calls import principal
@@ -43,7 +48,12 @@ async def get_doc(doc: str):
     room = await runtime().rooms.get(principal().customer_id, doc)
     state = room.ydoc.get_update()
     if fmt == "json":
-        return {"doc": doc, "content": doc_content.to_json(state)}
+        try:
+            content = doc_content.to_json(state)
+        except doc_content.TooDeep as exc:
+            raise ApiError(422, "document_too_deep", str(exc),
+                           {"max_depth": doc_content.MAX_DEPTH, "hint": "read it with format=update"}) from None
+        return {"doc": doc, "content": content}
     return Response(state, content_type="application/octet-stream")
 
 

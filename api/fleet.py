@@ -1,6 +1,6 @@
 """Fleet: vehicles, drivers and geofences of the calling customer (API key, fleet:read/fleet:write).
 
-Creating past the plan's limit answers 402 `plan_limit_reached` (sync_server/plans.py holds the
+Creating past the plan's limit answers 402 `plan_limit_reached` (sync_server/domain/billing/plans.py holds the
 rule and the lock). Tenant data lives wherever the registry says the customer lives.
 """
 from __future__ import annotations
@@ -14,11 +14,12 @@ import asyncpg
 from pydantic import Field, RootModel
 from quart import Blueprint
 
-from sync_server import device_secrets, geofence_shapes, plans
-from sync_server.runtime import runtime
 from storage import drivers as driver_store
 from storage import geofences as geofence_store
 from storage import vehicles as vehicle_store
+from sync_server.domain.billing import plans
+from sync_server.domain.fleet import device_secrets, geofence_shapes
+from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction

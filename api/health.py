@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from quart import Blueprint, jsonify
 
-from sync_server.runtime import runtime
+from sync_server.node.runtime import runtime
 
 blueprint = Blueprint("health", __name__)
 

@@ -13,9 +13,9 @@ import time
 
 from quart import Blueprint, current_app, request
 
-from sync_server import logs
-from sync_server.runtime import runtime
-from sync_server.tracking import Batch, devices, osmand
+from sync_server.domain.tracking import Batch, devices, osmand
+from sync_server.node import logs
+from sync_server.node.runtime import runtime
 
 from .errors import ApiError
 

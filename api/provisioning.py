@@ -8,11 +8,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from quart import Blueprint, jsonify, request
 
 from storage import deployments as store
-from sync_server.provisioning import deployments, recommendations, tenant_migration
-from sync_server.provisioning.decision import Profile, recommend
-from sync_server.runtime import runtime
+from sync_server.domain.provisioning import (
+    deployments,
+    recommendations,
+    tenant_migration,
+)
+from sync_server.domain.provisioning.decision import Profile, recommend
+from sync_server.node.runtime import runtime
 
-from .auth import authenticate_customer, authenticate_operator, bearer, operator_required
+from .auth import (
+    authenticate_customer,
+    authenticate_operator,
+    bearer,
+    operator_required,
+)
 from .errors import ApiError, not_found
 
 blueprint = Blueprint("provisioning", __name__, url_prefix="/api/v1")

@@ -1,11 +1,13 @@
-"""REST rate limit: REST_RATE_LIMIT_PER_MINUTE requests per credential per minute, shared by every
-node through Redis (sync_server.shared_limits.RateLimit). Requests with a bearer credential count
-against it; unauthenticated requests only on the login route (password guessing), by address.
-Past the limit: 429 `rate_limited` with Retry-After (seconds until the window turns)."""
+"""REST rate limit: REST_RATE_LIMIT_PER_MINUTE requests per credential in any 60 seconds (a sliding
+window), shared by every node through Redis (sync_server.extensions.shared_limits.RateLimit). Requests with a
+bearer credential count against it; unauthenticated requests only on the login route (password
+guessing), by address. Past the limit: 429 `rate_limited` with Retry-After (seconds until the
+oldest counted requests leave the window, so a request then is counted again); refused requests
+are not counted."""
 from __future__ import annotations
 
-from sync_server.runtime import runtime
-from sync_server.shared_limits import credential_of
+from sync_server.extensions.shared_limits import credential_of
+from sync_server.node.runtime import runtime
 
 from .calls import Call
 from .errors import ApiError
@@ -14,7 +16,7 @@ LOGIN = "/api/v1/auth/login"
 
 
 async def check(call: Call) -> None:
-    """Count the call against its credential's window; ApiError 429 past the limit."""
+    """Count the call against its credential's last minute; ApiError 429 past the limit."""
     limit = getattr(runtime(), "rate_limit", None)
     if limit is None or not call.path.startswith("/api/"):
         return

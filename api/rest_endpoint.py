@@ -1,5 +1,5 @@
 """Every `@operation` route (the /api/v1 REST surface), served as a raw ASGI application in front of
-Quart, the way sync_server.sync_endpoint serves websockets.
+Quart, the way sync_server.sync.endpoint serves websockets.
 
 Why not through Quart: for a small JSON request Quart's machinery (request and app contexts, the
 Request/Response wrappers and their header structures, hooks, signals, the per-request task that
@@ -13,23 +13,30 @@ turning exceptions into the one error format (api.errors.reply).
 
 Everything else goes to Quart unchanged: routes without `@operation` (health, document bytes,
 provisioning, ingest, the OpenAPI document), HEAD/OPTIONS, and paths or methods that do not match
-(404, 405, slash redirects answered exactly as before). Those get the same Call, request id and
-rate limit from the before_request hook installed here.
+(404, 405, slash redirects answered exactly as before). Those get the same Call and request id
+from here (Quart's request task inherits the context) and the rate limit from the before_request
+hook installed here. Quart answers what its views raise through api.errors too; what escapes Quart
+itself (a BaseException such as a Rust panic, which Quart does not catch) is answered here as a
+JSON 500 as long as no response has started, instead of Hypercorn's empty one.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 
+import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from sync_server import logs
-from sync_server.runtime import done_serving, serving
+from sync_server.node import logs
+from sync_server.node.runtime import done_serving, serving
+from sync_server.sync import strict_json
+from sync_server.sync.faults import answerable
 
 from . import calls, rate_limits
 from .errors import reply
 from .openapi import Reply
+
+log = structlog.get_logger("api.rest_endpoint")
 
 PREFIX = "/api/"
 METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))  # HEAD and OPTIONS stay with Quart
@@ -48,7 +55,10 @@ class RestEndpoint:
         self.config = quart.config  # MAX_CONTENT_LENGTH and BODY_TIMEOUT, as Quart reads them
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] in METHODS and scope["path"].startswith(PREFIX):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # websockets, lifespan
+            return
+        if scope["method"] in METHODS and scope["path"].startswith(PREFIX):
             try:
                 endpoint, args = self.routes.match(scope["path"], scope["method"])
             except HTTPException:  # 404 / 405 / redirect: Quart answers those as it always did
@@ -57,11 +67,10 @@ class RestEndpoint:
             if view is not None:
                 await self.serve(view, args, scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await self.serve_quart(scope, receive, send)
 
     async def serve(self, view, args: dict, scope, receive, send) -> None:
-        call = calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
-                          (scope.get("client") or (None,))[0], lambda: self._read_body(call, receive))
+        call = _call_of(scope, lambda: self._read_body(call, receive))
         entered, rt = calls.enter(call), serving(self.runtime)
         logs.bind(request_id=call.request_id)
         try:
@@ -70,16 +79,54 @@ class RestEndpoint:
                 result = await view(**args)
             except ClientGone:
                 return
-            except Exception as exc:
+            except BaseException as exc:
+                if not answerable(exc):
+                    raise
                 status, body, headers = reply(exc)
-                result = json.dumps(body).encode(), status, headers
-            if isinstance(result, Response):
-                await _send_quart_response(result, call.request_id, send)
-            else:
-                await _send(result, call.request_id, send)
+                result = strict_json.dumps(body).encode(), status, headers
+            try:
+                if isinstance(result, Response):
+                    await _send_quart_response(result, call.request_id, send)
+                else:
+                    await _send(result, call.request_id, send)
+            except BaseException as exc:  # mid-stream: the response cannot become an error any more
+                if not answerable(exc):
+                    raise
+                log.error("response_failed", error=repr(exc), exc_info=exc)  # Hypercorn cuts the connection
         finally:
             logs.unbind("request_id", "customer_id")
             done_serving(rt)
+            calls.leave(entered)
+
+    async def serve_quart(self, scope, receive, send) -> None:
+        """A request Quart serves, with its Call made here; a failure that escapes Quart is answered
+        (JSON 500) if the response has not started, and logged either way."""
+        call = _call_of(scope, _quart_body)
+        entered = calls.enter(call)
+        logs.bind(request_id=call.request_id)
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException as exc:
+            if not answerable(exc):
+                raise
+            customer_id = getattr(call.principal, "customer_id", None)  # bound in Quart's task, not here
+            if customer_id is not None:
+                logs.bind(customer_id=customer_id)
+            if started:
+                log.error("response_failed", error=repr(exc), exc_info=exc)
+                return
+            status, body, headers = reply(exc)
+            await _send((strict_json.dumps(body).encode(), status, headers), call.request_id, send)
+        finally:
+            logs.unbind("request_id", "customer_id")
             calls.leave(entered)
 
     async def _read_body(self, call: calls.Call, receive) -> bytes:
@@ -92,6 +139,15 @@ class RestEndpoint:
                 return await _receive_body(receive, limit)
         except TimeoutError:
             raise RequestTimeout() from None
+
+
+def _call_of(scope, read) -> calls.Call:
+    return calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
+                      (scope.get("client") or (None,))[0], read)
+
+
+async def _quart_body() -> bytes:
+    return await request.get_data(as_text=False)
 
 
 class ClientGone(Exception):
@@ -146,15 +202,8 @@ def install(app: Quart, runtime) -> None:
     rate limit. Call after every blueprint is registered (the route table is read once)."""
 
     @app.before_request
-    async def _enter_call() -> None:
-        headers: dict[str, str] = {}
-        for name, value in request.headers.items():
-            headers.setdefault(name.lower(), value)
-        call = calls.Call(request.method, request.path, headers, request.query_string, request.remote_addr,
-                          lambda: request.get_data(as_text=False))
-        calls.enter(call)  # the request context's task ends with the request: nothing to reset
-        logs.bind(request_id=call.request_id)
-        await rate_limits.check(call)
+    async def _count_call() -> None:
+        await rate_limits.check(calls.current())  # the Call RestEndpoint.serve_quart made
 
     @app.after_request
     async def _echo_request_id(response):

@@ -2,9 +2,10 @@
 2-second fixes never sits in memory as one document."""
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 from xml.sax.saxutils import escape, quoteattr
+
+from sync_server.sync import strict_json
 
 FIELDS = ("time", "lat", "lng", "speed", "heading", "accuracy", "altitude")
 MIMETYPES = {"geojson": "application/geo+json", "csv": "text/csv; charset=utf-8", "gpx": "application/gpx+xml"}
@@ -19,7 +20,7 @@ def position_json(row: Any) -> dict:
 
 
 async def geojson(pages: AsyncIterator[list], vehicle: dict) -> AsyncIterator[str]:
-    yield '{"type":"FeatureCollection","properties":' + json.dumps(vehicle) + ',"features":['
+    yield '{"type":"FeatureCollection","properties":' + strict_json.dumps(vehicle) + ',"features":['
     first = True
     async for rows in pages:
         parts = []
@@ -27,7 +28,7 @@ async def geojson(pages: AsyncIterator[list], vehicle: dict) -> AsyncIterator[st
             props = position_json(row)
             feature = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [row["lng"], row["lat"]]},
                        "properties": {k: v for k, v in props.items() if k not in ("lat", "lng")}}
-            parts.append(json.dumps(feature, separators=(",", ":")))
+            parts.append(strict_json.dumps(feature, separators=(",", ":")))
         if parts:
             yield ("" if first else ",") + ",".join(parts)
             first = False

@@ -19,9 +19,9 @@ from storage import geofence_events as event_store
 from storage import positions as position_store
 from storage import usage as usage_store
 from storage import vehicles as vehicle_store
-from sync_server.runtime import runtime
-from sync_server.tracking import quota
-from sync_server.tracking.distance import path_length
+from sync_server.domain.tracking import quota
+from sync_server.domain.tracking.distance import path_length
+from sync_server.node.runtime import runtime
 
 from . import track_formats
 from .auth import customer_required

@@ -30,7 +30,7 @@ import pycrdt  # noqa: E402
 import websockets  # noqa: E402
 
 from storage import migrator  # noqa: E402
-from sync_server import protocol  # noqa: E402
+from sync_server.sync import protocol  # noqa: E402
 from tests.support import databases, sync_peers  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 

@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from storage import AppRole, Database, migrator, partitions  # noqa: E402
 from storage import positions as position_store  # noqa: E402
-from sync_server import sync_tokens  # noqa: E402
-from sync_server.config import Settings  # noqa: E402
+from sync_server.domain.accounts import sync_tokens  # noqa: E402
+from sync_server.node.config import Settings  # noqa: E402
 from tests.support import databases  # noqa: E402
 from tests.support.server import child_pids  # noqa: E402
 
@@ -168,7 +168,7 @@ async def _dashboard(url: str, stop: asyncio.Event) -> list[tuple[float, float]]
     loop (a large update applied, points decoded on it) shows up here."""
     import websockets
 
-    from sync_server import protocol
+    from sync_server.sync import protocol
 
     rtts: list[tuple[float, float]] = []
     async with websockets.connect(url, max_size=None) as ws:

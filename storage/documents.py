@@ -57,8 +57,9 @@ async def count_updates(db: Database, customer_id: str | uuid.UUID, doc: str) ->
 
 
 async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
-                  merge: Callable[[bytes | None, list[bytes]], Awaitable[bytes]], max_rows: int = 50_000) -> int:
-    """Merge up to `max_rows` log rows into the snapshot; returns how many rows were merged."""
+                  merge: Callable[[bytes | None, list[bytes]], Awaitable[bytes]], max_rows: int = 50_000
+                  ) -> tuple[int, int]:
+    """Merge up to `max_rows` log rows into the snapshot; returns how many rows (and bytes) were merged."""
     async with db.tenant(customer_id) as conn:
         # One compaction of a doc at a time, across nodes too.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{customer_id}:{doc}")
@@ -69,7 +70,7 @@ async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
             "SELECT seq, update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq LIMIT $3",
             customer_id, doc, max_rows)
         if not rows:
-            return 0
+            return 0, 0
         state = await merge(snapshot["state"] if snapshot else None, [r["update"] for r in rows])
         seqs = [r["seq"] for r in rows]
         await conn.execute(
@@ -81,7 +82,7 @@ async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
         await conn.execute(
             "DELETE FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq = ANY($3::bigint[])",
             customer_id, doc, seqs)
-    return len(seqs)
+    return len(seqs), sum(len(r["update"]) for r in rows)
 
 
 class UpdateLog:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_server.config import ConfigError, Settings
+from sync_server.node.config import ConfigError, Settings
 
 EXE = str(Path(sys.executable).parent / "webhost-sync")
 
@@ -29,6 +29,10 @@ def test_defaults_are_development_with_embedded_database():
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
         ({"WEBHOST_ENV": "production"}, "SECRET_KEY"),
         ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
+        ({"SYNC_SEND_QUEUE_BYTES": "1000"}, "SYNC_SEND_QUEUE_BYTES"),
+        ({"SYNC_SEND_QUEUE_BYTES": "lots"}, "SYNC_SEND_QUEUE_BYTES"),
+        ({"SYNC_MAX_MESSAGE_BYTES": str(32 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
+        ({"CLUSTER_PAUSE_ACK_SECONDS": "10", "CLUSTER_PAUSE_LEASE_SECONDS": "10"}, "CLUSTER_PAUSE_LEASE_SECONDS"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable):

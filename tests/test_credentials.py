@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from sync_server import api_keys, sync_tokens
+from sync_server.domain.accounts import api_keys, sync_tokens
 
 SECRET = "s" * 40
 

@@ -20,7 +20,8 @@ EXE = str(Path(sys.executable).parent / "webhost-sync")
 
 def _onboard(server) -> tuple[str, str]:
     """The operator flow a new customer goes through: returns (customer slug, API key)."""
-    env = {**os.environ, "DATABASE_URL": server.env["DATABASE_URL"], "DATA_DIR": server.env["DATA_DIR"]}
+    env = {**os.environ, "DATABASE_URL": server.env["DATABASE_URL"], "DATA_DIR": server.env["DATA_DIR"],
+           "SECRET_KEY": server.env["SECRET_KEY"]}  # the same key as the server, as an operator runs it
     subprocess.run([EXE, "create-operator", "--email", "ops@example.com", "--password", "dispatch-pass"],
                    env=env, check=True, capture_output=True, timeout=60)
     api = httpx.Client(base_url=server.base_url, timeout=10)

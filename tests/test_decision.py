@@ -1,7 +1,7 @@
 """The decision engine, one row per branch of the seed rules and of their precedence."""
 import pytest
 
-from sync_server.provisioning.decision import Profile, recommend
+from sync_server.domain.provisioning.decision import Profile, recommend
 
 ROWS = [
     # id, profile, mode, infrastructure, plan, rules

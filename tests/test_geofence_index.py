@@ -7,8 +7,13 @@ import random
 
 import numpy as np
 
-from sync_server.tracking.distance import geodesic
-from sync_server.tracking.geofences import Circle, GeofenceSet, Polygon, transitions
+from sync_server.domain.tracking.distance import geodesic
+from sync_server.domain.tracking.geofences import (
+    Circle,
+    GeofenceSet,
+    Polygon,
+    transitions,
+)
 
 
 def _ray_cast(ring, x, y) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from sync_server.migrate_tenant_cli import Progress
+from sync_server.node.migrate_tenant_cli import Progress
 
 
 def _mig(status="running", copied=False, table=None, **tables):

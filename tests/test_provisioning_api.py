@@ -19,8 +19,8 @@ import httpx
 import pycrdt
 import pytest
 
-from sync_server import api_keys
 from storage import api_keys as key_store
+from sync_server.domain.accounts import api_keys
 
 from .conftest import TEST_SECRET
 from .support import databases, sync_peers, tenants

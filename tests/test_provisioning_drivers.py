@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from storage import deployments as store
-from sync_server.provisioning import deployments, drivers
-from sync_server.config import Settings
+from sync_server.domain.provisioning import deployments, drivers
+from sync_server.node.config import Settings
 
 from .support import cloud_api, tenants
 from .support.runtime import provisioning_runtime
@@ -126,7 +126,7 @@ async def test_local_deployment_one_active_per_customer_and_resume_after_crash(d
 
 
 async def test_plan_change_records_a_new_recommendation(database_url, tmp_path, pg_admin_url):
-    from sync_server import subscriptions
+    from sync_server.domain.billing import subscriptions
 
     async with provisioning_runtime(database_url, tmp_path, pg_admin_url) as rt:
         cid = await tenants.seed_customer(database_url, gps_rows=1, plan="hobby")

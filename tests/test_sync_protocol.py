@@ -9,7 +9,7 @@ import uuid
 import pycrdt
 import pytest
 
-from sync_server import protocol
+from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
 from .support import sync_peers
@@ -98,6 +98,8 @@ async def _other_room_still_works(server, customer):
     (bytes((0, 2, 5)) + b"\xff\xff\xff\xff\xff", 4400),  # not a Yjs update
     (bytes((1, 3, 1, 1)), 4400),                       # truncated awareness
     (protocol.awareness_frame([(7, 1, "[1,2]")]), 4400),  # awareness state not an object
+    (protocol.awareness_frame([(7, 1, '{"x": NaN}')]), 4400),  # not JSON for JSON.parse: never relayed
+    (protocol.awareness_frame([(7, 1, '{"x": [-Infinity]}')]), 4400),
     (bytes((1,)) + protocol.var_uint(9) + protocol.var_uint(1) + b"\x07\x01\x05{bad}", 4400),  # bad JSON
     (b"\x00\x02" + protocol.var_uint(70_000) + b"\x00" * 70_000, 1009),  # over SYNC_MAX_MESSAGE_BYTES
 ])
@@ -161,8 +163,9 @@ async def test_refusals(server, customer, database_url, case, code):
     elif case == "garbage":
         tok = "wst1.x.y"
     elif case == "expired":
-        from sync_server import sync_tokens
         import time
+
+        from sync_server.domain.accounts import sync_tokens
 
         tok = sync_tokens.mint(TEST_SECRET, customer_id=customer.id, customer_slug=customer.slug, docs=["*"],
                                ttl_seconds=1, now=time.time() - 10)[0]
@@ -218,3 +221,70 @@ async def test_query_awareness_and_presence_removed_when_peer_drops(server, cust
         if isinstance(msg, protocol.AwarenessUpdate):
             assert msg.entries == ((42, 4, None),)
             break
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database_url, customer, tmp_path):
+    """400 relayed updates of 200 KB to a peer that never reads stay far under the frame bound
+    (16384 frames) but are 80 MB: the byte bound (2 MiB here) closes that peer with 1013, and the
+    server's memory does not grow by what it would have queued for it."""
+    import os
+
+    import httpx
+    import websockets
+
+    from .support.server import ServerProcess
+
+    node = ServerProcess({"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
+                          "SYNC_MAX_MESSAGE_BYTES": str(1024 * 1024), "SYNC_SEND_QUEUE_BYTES": str(2 * 1024 * 1024),
+                          "TRACKING_READERS": "0",
+                          # no compaction mid-test (it reads the log: memory that is not the queue's)
+                          "COMPACT_AFTER_BYTES": str(2**40), "COMPACT_AFTER_UPDATES": "10000000"},
+                         log_path=tmp_path / "node.log").start()
+    key = await sync_peers.create_api_key(database_url, customer, ["sync:write"])
+    try:
+        # Reads nothing once its client buffer (one frame) is full: the kernel buffers fill, then the
+        # server's writes to it block and its send queue grows.
+        stalled = await websockets.connect(url(node, customer, token=sync_peers.token(TEST_SECRET, customer)),
+                                           max_size=None, max_queue=1)
+        src = pycrdt.Doc()
+        src["m"] = blob = pycrdt.Map()
+        updates = []
+        for _ in range(400):
+            before = src.get_state()
+            blob["blob"] = os.urandom(200_000)  # overwrites one key: the room's document stays small
+            updates.append(src.get_update(before))
+        async with httpx.AsyncClient(base_url=node.base_url, timeout=30,
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            async def post(update: bytes) -> None:
+                # answered once durable: the writer never outruns the update log, only the reader lags
+                r = await http.post("/api/v1/docs/fleet/updates", content=update)
+                assert r.status_code == 200, r.text
+
+            for update in updates[:5]:
+                await post(update)
+            baseline = peak = _rss_bytes(node.proc.pid)
+            for update in updates[5:]:
+                await post(update)
+                peak = max(peak, _rss_bytes(node.proc.pid))
+        grown = peak - baseline
+        print(f"server RSS grew {grown / 2**20:.1f} MiB while 80 MB were relayed past a stalled peer")
+        # Now read what reached the stalled peer: some updates, then the close.
+        frames = 0
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(stalled.recv(), 10)
+                frames += 1
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013, (frames, closed.value)
+        assert frames < len(updates)
+        assert grown < 30 * 2**20, f"server RSS grew {grown / 2**20:.1f} MiB"
+        logged = [json.loads(line) for line in node.log_text().splitlines() if line.startswith("{")]
+        assert any(e["event"] == "send_queue_full" and e.get("customer_id") == customer.id for e in logged)
+    finally:
+        node.stop()

@@ -10,10 +10,10 @@ import pytest
 
 from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.documents import UpdateLog
-from sync_server.connection import Connection
-from sync_server.hooks import REMOTE, RoomHooks
-from sync_server.persistence import Persistence
-from sync_server.rooms import RoomRegistry
+from sync_server.extensions.persistence import Persistence
+from sync_server.sync.connection import Connection
+from sync_server.sync.hooks import PERSISTENCE, REMOTE, RoomHooks
+from sync_server.sync.rooms import RoomRegistry
 
 from .conftest import TEST_SECRET
 from .support import databases, sync_peers
@@ -33,7 +33,7 @@ async def core(database_url):
     log.start()
     rooms = RoomRegistry(evict_after=0.05)
     persistence = Persistence(registry, log, compact_after=10, compact_interval=0)
-    rooms.hooks.add(persistence, first=True)
+    rooms.hooks.add(persistence, priority=PERSISTENCE)
     rooms.add_pauser(persistence.paused)
     yield rooms, log, registry
     await log.stop()
@@ -143,18 +143,24 @@ async def test_close_customer_closes_only_that_customers_peers(core, database_ur
     assert peers["globex"].close_code is None
 
 
-async def test_a_peer_that_does_not_read_is_closed_1013_not_buffered(core, database_url):
-    rooms, _, _ = core
-    customer = await sync_peers.create_customer(database_url)
+async def _peer_that_never_reads(rooms, customer, **bounds):
+    """A joined peer of the customer's fleet room whose every write blocks (it does not read)."""
     stuck = asyncio.Event()
 
     async def never(frame):
         await stuck.wait()
 
     room = await rooms.get(customer.id, "fleet")
-    slow = Connection(never, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=16)
-    slow.start()
-    rooms.join(room, slow)
+    conn = Connection(never, customer_id=customer.id, doc="fleet", can_write=True, **bounds)
+    conn.start()
+    rooms.join(room, conn)
+    return room, conn
+
+
+async def test_a_peer_that_does_not_read_is_closed_1013_not_buffered(core, database_url):
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    room, slow = await _peer_that_never_reads(rooms, customer, queue_limit=16)
     for i in range(40):
         await room.apply(_update(f"k{i}", i))
     assert slow.close_code == 1013 and slow.queued == 0
@@ -176,3 +182,50 @@ async def test_idle_connections_are_closed_1001(core, database_url):
     quiet.last_seen -= 120
     assert rooms.close_idle(60) == 1
     assert quiet.close_code == 1001 and lively.close_code is None
+
+
+async def test_the_send_queue_is_bounded_in_bytes_too(core, database_url):
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    # Frames far under the frame bound, but 10 KB each: closed 1013 once 64 KiB wait.
+    room, slow = await _peer_that_never_reads(rooms, customer, queue_limit=16384, queue_bytes=64 * 1024)
+    for i in range(40):
+        await room.apply(_update(f"k{i}", "v" * 10_000))
+        if slow.close_code is not None:
+            break
+    assert slow.close_code == 1013 and 5 <= i <= 8
+    assert slow.queued == 0 and slow.queued_bytes == 0
+    await slow.stop()
+    # A whole document larger than the bound still reaches a peer whose queue is empty.
+    _, big = await _peer_that_never_reads(rooms, customer, queue_limit=16384, queue_bytes=64 * 1024)
+    await asyncio.sleep(0.01)  # its sender took the join's sync step 1 (and blocks writing it)
+    big.enqueue(b"\x00\x01" + b"x" * 200_000)
+    assert big.close_code is None and big.queued_bytes > 64 * 1024
+    big.enqueue(b"\x00\x01" + b"x" * 100)  # but nothing more while that waits
+    assert big.close_code == 1013
+    await big.stop()
+
+
+async def test_awareness_client_ids_a_peer_makes_up_are_bounded(core, database_url):
+    from sync_server.sync import protocol
+    from sync_server.sync.rooms import (
+        MAX_AWARENESS_CLIENTS_PER_PEER,
+        MAX_AWARENESS_REMOVED,
+    )
+
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    room, peer = await _peer_that_never_reads(rooms, customer, queue_limit=10**6, queue_bytes=2**40)
+    first = [(c, 1, '{"u":1}') for c in range(MAX_AWARENESS_CLIENTS_PER_PEER)]
+    await room.receive(peer, protocol.awareness_frame(first))  # as many as allowed: fine
+    with pytest.raises(protocol.Malformed):
+        await room.receive(peer, protocol.awareness_frame([(10**6, 1, '{"u":1}')]))
+    await room.receive(peer, protocol.awareness_frame([(c, 2, None) for c, _, _ in first]))
+    # Introduce and remove made-up ids over and over: the removed clients' clocks stay bounded.
+    for start in range(10**6, 10**6 + 50_000, 200):
+        batch = range(start, start + 200)
+        await room.receive(peer, protocol.awareness_frame([(c, 1, '{"u":1}') for c in batch]))
+        await room.receive(peer, protocol.awareness_frame([(c, 2, None) for c in batch]))
+    assert len(room._awareness) <= MAX_AWARENESS_CLIENTS_PER_PEER + MAX_AWARENESS_REMOVED
+    assert peer.close_code is None and not peer.awareness_ids
+    await peer.stop()

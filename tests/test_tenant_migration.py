@@ -9,9 +9,10 @@ import uuid
 import asyncpg
 import pytest
 
-from storage import deployments as store, tenant_data
-from sync_server import provisioning
-from sync_server.provisioning import tenant_migration
+from storage import deployments as store
+from storage import tenant_data
+from sync_server.domain import provisioning
+from sync_server.domain.provisioning import tenant_migration
 
 from .support import databases, tenants
 from .support.runtime import provisioning_runtime

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pycrdt
 
-from sync_server.tracking.points import Chunk, decode_chunk, decode_json
-from sync_server.tracking.track_reader import DocReader, read_state
+from sync_server.domain.tracking.points import Chunk, decode_chunk, decode_json
+from sync_server.domain.tracking.track_reader import DocReader, read_state
 
 
 def _element(rng: random.Random, i: int):
@@ -32,7 +32,7 @@ def _same(a: Chunk, b: Chunk) -> bool:
 
 
 def test_chunks_equal_decoding_every_inserted_element_in_observed_order(monkeypatch):
-    from sync_server.tracking import track_reader
+    from sync_server.domain.tracking import track_reader
 
     paths = {"json": 0, "declined": 0}
 

@@ -10,9 +10,9 @@ import xml.etree.ElementTree as ET
 import httpx
 
 from storage import DatabaseRegistry
-from sync_server.tracking import retention
-from sync_server.tracking.distance import geodesic
-from sync_server.tracking.pipeline import Batch, Pipeline
+from sync_server.domain.tracking import retention
+from sync_server.domain.tracking.distance import geodesic
+from sync_server.domain.tracking.pipeline import Batch, Pipeline
 
 from .support import fleet
 

@@ -8,8 +8,8 @@ import random
 
 import numpy as np
 
-from sync_server.tracking import filters
-from sync_server.tracking.points import Point, columns, decode, decode_all
+from sync_server.domain.tracking import filters
+from sync_server.domain.tracking.points import Point, columns, decode, decode_all
 
 
 def _reference_decode(raw, first_index=0):

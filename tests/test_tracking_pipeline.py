@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from storage import DatabaseRegistry
-from sync_server.tracking.pipeline import Batch, Pipeline
-from sync_server.tracking.points import decode_chunk
+from sync_server.domain.tracking.pipeline import Batch, Pipeline
+from sync_server.domain.tracking.points import decode_chunk
 
 from .support import fleet
 
@@ -195,8 +195,8 @@ async def _waiting_for(db, conn) -> bool:
 
 
 async def test_circle_rim_is_decided_by_geodesic_distance(db, pipeline):
-    from sync_server.tracking.distance import geodesic
-    from sync_server.tracking.geofences import Circle
+    from sync_server.domain.tracking.distance import geodesic
+    from sync_server.domain.tracking.geofences import Circle
 
     c = Circle("c", 52.5, 13.42, 500)
     # points a few centimetres either side of the rim due east: haversine alone would misjudge some
@@ -288,8 +288,8 @@ async def test_circle_containment_matches_the_geodesic_everywhere():
     import math
     import random
 
-    from sync_server.tracking.distance import geodesic
-    from sync_server.tracking.geofences import Circle
+    from sync_server.domain.tracking.distance import geodesic
+    from sync_server.domain.tracking.geofences import Circle
 
     rng = random.Random(7)
     for _ in range(300):
@@ -347,7 +347,7 @@ async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
     logs it, waits, retries, and every point still becomes a row, once."""
     from types import SimpleNamespace
 
-    from sync_server.tracking import materializer as mat
+    from sync_server.domain.tracking import materializer as mat
 
     cid = await fleet.customer(db)
     vid = await fleet.vehicle(db, cid)

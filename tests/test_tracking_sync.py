@@ -13,7 +13,7 @@ import pycrdt
 import pytest
 
 from storage import positions as position_store
-from sync_server.tracking.geofences import Circle, GeofenceSet, transitions
+from sync_server.domain.tracking.geofences import Circle, GeofenceSet, transitions
 
 from .conftest import TEST_SECRET
 from .support import fleet, sync_peers

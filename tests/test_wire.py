@@ -6,7 +6,7 @@ import random
 
 from wsproto import frame_protocol
 
-from sync_server import wire
+from sync_server.sync import wire
 
 
 def test_fast_unmasking_matches_wsproto_chunk_by_chunk():

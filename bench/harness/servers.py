@@ -82,9 +82,9 @@ class Reference(Server):
 def mint_token(customer_id: str) -> str:
     """A read-write sync token for every document of the bench customer, from the project's own module."""
     try:
-        from sync_server import sync_tokens
+        from sync_server.domain.accounts import sync_tokens
     except ImportError as exc:
-        raise Unavailable(f"sync_server.sync_tokens is missing ({exc})") from None
+        raise Unavailable(f"sync_server.domain.accounts.sync_tokens is missing ({exc})") from None
     token, _expires = sync_tokens.mint(SECRET_KEY, customer_id=customer_id, customer_slug=SLUG, docs=["*"],
                                        mode="rw", ttl_seconds=6 * 3600)
     return token

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from sync_server.app import create_app
-from sync_server.config import Settings
-from sync_server.passwords import hash_password
 from storage import platform_users
+from sync_server.domain.accounts.passwords import hash_password
+from sync_server.node.app import create_app
+from sync_server.node.config import Settings
 
 from ..conftest import TEST_SECRET
 

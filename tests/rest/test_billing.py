@@ -1,7 +1,7 @@
 """Plans, subscriptions and usage."""
 import datetime as dt
 
-from sync_server import plans
+from sync_server.domain.billing import plans
 
 from .conftest import bearer, error_of
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from sync_server import device_secrets
+from sync_server.domain.fleet import device_secrets
 
 from .conftest import OPERATOR_PASSWORD, bearer, error_of
 

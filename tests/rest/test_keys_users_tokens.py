@@ -1,7 +1,7 @@
 """API keys, customer users and sync tokens."""
 import datetime as dt
 
-from sync_server import api_keys, sync_tokens
+from sync_server.domain.accounts import api_keys, sync_tokens
 
 from ..conftest import TEST_SECRET
 from .conftest import bearer, error_of

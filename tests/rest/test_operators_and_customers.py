@@ -2,7 +2,7 @@
 import hashlib
 
 from storage import platform_users
-from sync_server.passwords import hash_password
+from sync_server.domain.accounts.passwords import hash_password
 
 from .conftest import OPERATOR_PASSWORD, bearer, error_of
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sync_server.app import create_app
-
 from api import calls
+from sync_server.node.app import create_app
 
 from .conftest import app_settings, error_of
 

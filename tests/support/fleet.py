@@ -70,7 +70,7 @@ def dumps(value) -> str:
 
 async def api_key(db: Database, customer_id, permissions=("admin",)) -> str:
     from storage import api_keys as key_store
-    from sync_server import api_keys
+    from sync_server.domain.accounts import api_keys
 
     raw = api_keys.generate("live")
     async with db.tenant(customer_id) as conn:

@@ -14,7 +14,8 @@ import asyncpg
 import pycrdt
 import websockets
 
-from sync_server import protocol, sync_tokens
+from sync_server.domain.accounts import sync_tokens
+from sync_server.sync import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = ROOT / "client-examples" / "js"
@@ -155,7 +156,7 @@ def rest_of(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
 
 async def create_api_key(database_url: str, customer: Customer, permissions: list[str]) -> str:
     from storage import api_keys as key_store
-    from sync_server import api_keys
+    from sync_server.domain.accounts import api_keys
 
     raw = api_keys.generate("live")
     conn = await asyncpg.connect(database_url)

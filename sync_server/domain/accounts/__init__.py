@@ -1,0 +1,1 @@
+"""Customers, API keys, sync tokens, passwords."""

@@ -1,0 +1,65 @@
+"""Customer lifecycle: create (with its subscription and first API key, in one transaction),
+suspend/reactivate (suspension tells the sync side to close the customer's websockets), delete.
+Every cross-tenant step goes through Database.operator(reason), which is audited."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from storage import api_keys as key_store
+from storage import customers as customer_store
+from storage import plans as plan_store
+from storage import subscriptions as subscription_store
+from sync_server.domain.accounts import api_keys
+from sync_server.node.runtime import Runtime
+
+FIRST_KEY_PERMISSIONS = ["admin"]
+
+
+class UnknownPlan(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class NewCustomer:
+    customer: asyncpg.Record
+    api_key: asyncpg.Record
+    raw_key: str
+    subscription: asyncpg.Record
+
+
+async def create(rt: Runtime, *, slug: str, name: str, email: str | None, metadata: dict, plan_id: str,
+                 operator_id: str) -> NewCustomer:
+    """Raises UnknownPlan, or asyncpg.UniqueViolationError when the slug or email is taken."""
+    raw = api_keys.generate("live")
+    async with rt.db.operator("create_customer", slug=slug, operator_id=operator_id) as conn:
+        if await plan_store.get(conn, plan_id) is None:
+            raise UnknownPlan(plan_id)
+        row = await customer_store.insert(conn, slug=slug, name=name, email=email, metadata=metadata)
+        subscription = await subscription_store.insert(conn, row["id"], plan_id)
+        key = await key_store.insert(conn, customer_id=row["id"], name="first key", prefix=api_keys.display_prefix(raw),
+                                     key_hash=api_keys.digest(raw), environment="live",
+                                     permissions=FIRST_KEY_PERMISSIONS, expires_at=None)
+        customer = await customer_store.get(conn, row["id"])
+    return NewCustomer(customer, key, raw, subscription)
+
+
+async def set_status(rt: Runtime, customer_id, status: str, *, operator_id: str) -> asyncpg.Record | None:
+    """Suspend or reactivate; None when there is no such customer."""
+    async with rt.db.operator(f"customer_{status}", customer_id=str(customer_id), operator_id=operator_id) as conn:
+        if not await customer_store.set_status(conn, customer_id, status):
+            return None
+        row = await customer_store.get(conn, customer_id)
+    if status == "suspended":
+        await rt.publish("customer_suspended", customer_id=str(customer_id))
+    return row
+
+
+async def delete(rt: Runtime, customer_id, *, operator_id: str) -> bool:
+    """Delete the customer and, by cascade, everything it owns in the shared database."""
+    async with rt.db.operator("delete_customer", customer_id=str(customer_id), operator_id=operator_id) as conn:
+        deleted = await customer_store.delete(conn, customer_id)
+    if deleted:
+        await rt.publish("customer_suspended", customer_id=str(customer_id))
+    return deleted

@@ -1,0 +1,52 @@
+"""Who may open which sync document: a sync token (customer, doc patterns, mode, expiry) or a server
+client's API key (sync:read / sync:write). The websocket endpoint calls this before any document is
+loaded; a refusal is a hooks.Refused with the close code (4401 bad credential, 4403 not allowed)."""
+from __future__ import annotations
+
+from storage import tenants
+from storage.registry import DatabaseRegistry
+from sync_server.domain.accounts import api_keys, sync_tokens
+from sync_server.sync.connection import FORBIDDEN, UNAUTHORIZED
+from sync_server.sync.hooks import Access, Refused
+
+
+class SyncAccess:
+    def __init__(self, registry: DatabaseRegistry, secret_key: str, api_key_cache: api_keys.KeyCache) -> None:
+        self.registry = registry
+        self.secret_key = secret_key
+        self.api_key_cache = api_key_cache
+
+    def is_token(self, value: str) -> bool:
+        return sync_tokens.looks_like_token(value)
+
+    async def authenticate(self, slug: str, doc: str, token: str | None, authorization: str | None) -> Access:
+        registry = self.registry
+        if token:
+            try:
+                grant = sync_tokens.verify(self.secret_key, token)
+            except sync_tokens.TokenError as exc:
+                raise Refused(UNAUTHORIZED, exc.reason) from None
+            if grant.customer_slug != slug:
+                raise Refused(FORBIDDEN, "token is for another customer")
+            if not grant.allows(doc):
+                raise Refused(FORBIDDEN, "token does not allow this document")
+            customer = await tenants.find_by_slug(registry.shared, slug)
+            if customer is None or str(customer["id"]) != grant.customer_id:
+                raise Refused(FORBIDDEN, "unknown customer")
+            if customer["status"] != "active":
+                raise Refused(FORBIDDEN, "customer suspended")
+            return Access(grant.customer_id, grant.can_write, "token")
+        scheme, _, raw = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and raw.strip():
+            try:
+                principal = await api_keys.authenticate(registry, raw.strip(), cache=self.api_key_cache)
+            except api_keys.KeyRejected as exc:
+                raise Refused(FORBIDDEN if exc.code == "customer_suspended" else UNAUTHORIZED, exc.message) from None
+            if principal.customer_slug != slug:
+                raise Refused(FORBIDDEN, "API key is for another customer")
+            if principal.has("sync:write"):
+                return Access(principal.customer_id, True, "api_key")
+            if principal.has("sync:read"):
+                return Access(principal.customer_id, False, "api_key")
+            raise Refused(FORBIDDEN, "API key lacks sync:read / sync:write")
+        raise Refused(UNAUTHORIZED, "missing token")

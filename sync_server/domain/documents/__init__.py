@@ -1,0 +1,1 @@
+"""Reading Yjs documents for readers that do not speak Yjs."""

@@ -1,0 +1,1 @@
+"""Vehicles' device secrets and geofence shapes."""

@@ -1,0 +1,48 @@
+"""GPS tracking: track documents and tracker HTTP posts become validated, geofenced, quota-checked
+rows. The pipeline (pipeline.py) lists its steps in one place; one small module per step."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sync_server.domain.billing.plans import DEFAULT_PLAN
+from sync_server.domain.tracking.filters import Rules
+from sync_server.domain.tracking.pipeline import Batch, Outcome, Pipeline
+
+if TYPE_CHECKING:
+    from sync_server.node.config import Settings
+    from sync_server.node.runtime import Runtime
+
+__all__ = ["Batch", "Outcome", "Pipeline", "Rules", "install", "rules_from"]
+
+
+def rules_from(settings: "Settings") -> Rules:
+    return Rules(max_future_ms=int(settings.tracking_max_future * 1000),
+                 day_slack_ms=int(settings.tracking_day_slack * 1000),
+                 max_accuracy_m=settings.tracking_max_accuracy,
+                 max_speed_mps=settings.tracking_max_speed / 3.6)
+
+
+def install(rt: "Runtime") -> Pipeline:
+    """Build the node's pipeline, hook it into the rooms (track documents in, the fleet document's
+    live map out) and start the retention job with the runtime."""
+    from sync_server.domain.tracking import retention
+    from sync_server.domain.tracking.materializer import TrackMaterializer
+    from sync_server.domain.tracking.track_reader import reader_for
+
+    pipeline = Pipeline(rt.registry, rules_from(rt.settings), bulk_concurrency=rt.settings.tracking_bulk_concurrency)
+    rooms = getattr(rt, "rooms", None)
+    if rooms is not None:
+        materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,
+                                         batch_points=rt.settings.tracking_batch_points,
+                                         reader=reader_for(rt.settings.tracking_readers))
+        materializer.rooms = rooms
+        rooms.hooks.add(materializer)
+        pipeline.on_latest(materializer.push_latest)
+        rt.on_stop(materializer.stop)
+
+    async def start_retention() -> None:
+        rt.spawn(retention.loop(rt.registry, DEFAULT_PLAN, rt.settings.retention_batch_rows,
+                                rt.settings.maintenance_interval, rt.shutting_down), "tracking_retention")
+
+    rt.on_start(start_retention)
+    return pipeline

@@ -1,0 +1,167 @@
+"""The persistence hook: rooms load from PostgreSQL (snapshot + log tail), every local update goes
+to the group-commit log, `store` waits until the room's customer has nothing pending, and a room
+whose log tail grows past COMPACT_AFTER_UPDATES is compacted off the hot path.
+
+Always resolves the customer's database through the registry (a customer may live on a dedicated
+database, and may move while its writes are held by `paused`).
+"""
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import pycrdt
+import structlog
+
+from storage import documents
+from storage.registry import DatabaseRegistry
+from sync_server.sync.faults import LET_THROUGH
+from sync_server.sync.hooks import RoomHooks, is_remote
+from sync_server.sync.rooms import Room
+
+log = structlog.get_logger("sync_server.extensions.persistence")
+
+
+def _merge_sync(snapshot: bytes | None, updates: list[bytes]) -> bytes:
+    """Fold the snapshot and the log rows into one update on a private doc. A stored row the engine
+    fails on (written before updates were checked, or by a version with other bugs) is skipped with
+    a log line, never allowed to make the document unloadable; the doc is rebuilt without it, since a
+    failed apply can leave part of the row integrated."""
+    skip: set[int] = set()
+    while True:
+        doc = pycrdt.Doc()  # private to this thread
+        if snapshot:
+            doc.apply_update(snapshot)
+        for i, update in enumerate(updates):
+            if i in skip:
+                continue
+            try:
+                doc.apply_update(update)
+            except LET_THROUGH:
+                raise
+            except BaseException as exc:
+                log.error("stored_update_skipped", index=i, bytes=len(update), error=f"{type(exc).__name__}: {exc}"[:200])
+                skip.add(i)
+                break
+        else:
+            return doc.get_update()
+
+
+async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
+    return await asyncio.to_thread(_merge_sync, snapshot, updates)
+
+
+@dataclass
+class LogBacklog:
+    """A room's uncompacted log rows (as far as this node knows) and when it was last compacted."""
+
+    rows: int = 0
+    bytes: int = 0
+    compacted_at: float | None = None
+
+
+class Persistence(RoomHooks):
+    def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
+                 compact_after: int, compact_after_bytes: int = 16 * 1024 * 1024, compact_interval: float = 5.0
+                 ) -> None:
+        self.registry = registry
+        self.log = update_log
+        self.compact_after = compact_after
+        self.compact_after_bytes = compact_after_bytes
+        # A compaction costs the size of the whole doc: at most one per room per interval, so a
+        # burst into a big doc does not turn into quadratic work.
+        self.compact_interval = compact_interval
+        self._compacting: dict[tuple[str, str], asyncio.Task] = {}
+        self._running: set[tuple[str, str]] = set()  # compactions past their wait, touching the database
+
+    async def load(self, room: Room) -> None:
+        db = await self.registry.for_customer(room.customer_id)
+        stored = await documents.load(db, room.customer_id, room.doc)
+        # The tail is folded into one update on a private doc in a worker thread: linear, off the
+        # event loop. (pycrdt.merge_updates over the tail was superlinear: 20k updates took 8.7 s and
+        # 100k ran out of memory; see bench/RESULTS.md, cold load.)
+        state = await merge(stored.snapshot, stored.updates) if stored.updates else stored.snapshot
+        if state:
+            room.ydoc.apply_update(state)
+        backlog = room.state(LogBacklog)
+        backlog.rows = len(stored.updates)
+        backlog.bytes = sum(len(u) for u in stored.updates)
+        if self._due(room):
+            self._compact_soon(room)
+
+    async def change(self, room: Room, update: bytes, origin: Any) -> None:
+        if is_remote(origin):
+            return  # the node that received it from its client writes it
+        self.log.append(room.customer_id, room.doc, update)
+        backlog = room.state(LogBacklog)
+        backlog.rows += 1
+        backlog.bytes += len(update)
+        if self._due(room) and (room.customer_id, room.doc) not in self._compacting:
+            self._compact_soon(room)
+
+    async def store(self, room: Room) -> None:
+        await self.log.flush(room.customer_id)
+
+    async def evict(self, room: Room) -> None:
+        task = self._compacting.get((room.customer_id, room.doc))
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- compaction -------------------------------------------------------------------------------
+
+    def _due(self, room: Room) -> bool:
+        """Compaction is due past COMPACT_AFTER_UPDATES rows or COMPACT_AFTER_BYTES bytes of log."""
+        backlog = room.state(LogBacklog)
+        return backlog.rows >= self.compact_after or backlog.bytes >= self.compact_after_bytes
+
+    def _compact_soon(self, room: Room) -> None:
+        key = (room.customer_id, room.doc)
+        if key in self._compacting or self.log.is_paused(room.customer_id):
+            return
+        task = asyncio.ensure_future(self._compact(room))
+        self._compacting[key] = task
+        task.add_done_callback(lambda _t: self._compacting.pop(key, None))
+
+    async def _compact(self, room: Room) -> None:
+        try:
+            backlog = room.state(LogBacklog)
+            last = backlog.compacted_at
+            now = asyncio.get_running_loop().time()
+            if last is not None and now - last < self.compact_interval:
+                await asyncio.sleep(self.compact_interval - (now - last))
+            backlog.compacted_at = asyncio.get_running_loop().time()
+            self._running.add((room.customer_id, room.doc))
+            # No flush first: compaction merges only committed rows, and must never wait on rows a
+            # pause holds (paused() waits for running compactions).
+            if self.log.is_paused(room.customer_id):
+                return
+            db = await self.registry.for_customer(room.customer_id)
+            merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
+            backlog.rows = max(0, backlog.rows - merged)
+            backlog.bytes = max(0, backlog.bytes - merged_bytes)
+            log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
+        except Exception:
+            log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
+        finally:
+            self._running.discard((room.customer_id, room.doc))
+
+    async def compactions_of(self, customer_id: str) -> None:
+        """Wait for the customer's running compactions; cancel the ones still waiting to start."""
+        tasks = []
+        for key, task in list(self._compacting.items()):
+            if key[0] != customer_id:
+                continue
+            if key not in self._running:
+                task.cancel()
+            tasks.append(task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @asynccontextmanager
+    async def paused(self, customer_id: str) -> AsyncIterator[None]:
+        """Hold the customer's writes (see RoomRegistry.paused); running compactions finish first."""
+        async with self.log.paused(customer_id):
+            await self.compactions_of(customer_id)
+            yield

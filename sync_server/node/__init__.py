@@ -1,0 +1,1 @@
+"""One running node: configuration, runtime, logging, the CLI and the composition root (app)."""

@@ -1,0 +1,120 @@
+"""The composition root: builds the Runtime and the Quart app and wires every part together.
+Imported only by the CLI and the tests."""
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from quart import Quart
+
+from api import (
+    accounts,
+    api_keys,
+    billing,
+    customers,
+    docs,
+    errors,
+    fleet,
+    health,
+    ingest,
+    json_provider,
+    openapi,
+    rest_endpoint,
+)
+from api import provisioning as provisioning_api
+from api import tracking as tracking_api
+from storage.documents import UpdateLog
+from sync_server.domain import provisioning, tracking
+from sync_server.domain.accounts.sync_access import SyncAccess
+from sync_server.extensions import fanout, shared_limits
+from sync_server.extensions.persistence import Persistence
+from sync_server.node.config import Settings
+from sync_server.node.runtime import Runtime
+from sync_server.sync.endpoint import SyncEndpoint
+from sync_server.sync.hooks import PERSISTENCE
+from sync_server.sync.rooms import RoomRegistry
+
+log = structlog.get_logger("sync_server.node.app")
+
+
+def create_app(settings: Settings) -> Quart:
+    app = Quart("webhost_sync")
+    app.config["JSON_SORT_KEYS"] = False
+    app.json = json_provider.JSONProvider(app)  # no NaN/Infinity in or out (JavaScript's JSON.parse refuses them)
+    rt = Runtime(settings)
+    app.extensions["webhost"] = rt
+
+    errors.install(app)
+    app.register_blueprint(health.blueprint)
+    _serve_sync(app, rt)  # websocket /sync/..., rooms on rt.rooms (add room hooks there)
+    # Several nodes: cross-node fan-out and shared counters through Redis (in memory without it).
+    relay = fanout.install(rt) if settings.redis_url else None
+    shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
+    app.register_blueprint(docs.blueprint)
+    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+        app.register_blueprint(area.blueprint)
+    app.register_blueprint(provisioning_api.blueprint)
+    provisioning.install(rt)
+    app.extensions["tracking"] = rt.tracking = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
+    app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(ingest.blueprint)
+
+    # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
+    rest_endpoint.install(app, rt)
+
+    @app.before_serving
+    async def _start() -> None:
+        await rt.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await rt.stop()
+
+    return app
+
+
+def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
+    """The sync core: rooms on `runtime.rooms`, persistence as their first hook, the websocket
+    endpoint in front of Quart, start/drain/stop in the runtime's order."""
+    settings = runtime.settings
+    rooms = RoomRegistry(evict_after=settings.room_evict_seconds, spawn=runtime.spawn)
+    update_log = UpdateLog(runtime.registry, window=settings.sync_commit_window_ms / 1000)
+    persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates,
+                              compact_after_bytes=settings.compact_after_bytes)
+    rooms.hooks.add(persistence, priority=PERSISTENCE)
+    rooms.add_pauser(persistence.paused)
+    runtime.rooms = rooms
+    runtime.update_log = update_log
+
+    async def start() -> None:
+        update_log.start()
+        runtime.spawn(sweep_idle(), "sync-idle-sweep")
+
+    async def drain() -> None:
+        await rooms.drain()
+
+    async def stop() -> None:
+        await update_log.stop(settings.shutdown_timeout)
+
+    async def sweep_idle() -> None:
+        # Dead peers (a phone that lost its network without a FIN) never send again; live
+        # y-websocket clients renew their awareness every 15 s.
+        interval = min(settings.sync_idle_timeout / 3, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            closed = rooms.close_idle(settings.sync_idle_timeout)
+            if closed:
+                log.info("sync_idle_closed", connections=closed)
+
+    async def suspended(customer_id, **_ignored) -> None:
+        await rooms.close_customer(str(customer_id))
+
+    runtime.on_start(start)
+    runtime.on_drain(drain)
+    runtime.on_stop(stop)
+    runtime.subscribe("customer_suspended", suspended)
+    access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
+    app.asgi_app = SyncEndpoint(app.asgi_app, rooms, access, max_message=settings.sync_max_message_bytes,
+                                queue_limit=settings.sync_send_queue_limit,
+                                queue_bytes=settings.sync_send_queue_bytes)
+    return rooms

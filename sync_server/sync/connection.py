@@ -1,0 +1,156 @@
+"""One websocket peer of a room: a bounded outgoing queue drained by its own sender task, and the
+close decision. Transport-agnostic (the endpoint passes `send`/`close` callables), so a stalled or
+failing peer can only ever affect itself.
+
+Backpressure is explicit: a peer whose queue passes `queue_limit` frames or `queue_bytes` bytes is
+closed with 1013 instead of growing server memory; its missed frames are recovered by the sync step
+1/2 of its reconnect. Both bounds are needed: a frame count alone let 400 relayed updates of 200 KB
+(80 MB) wait for one peer that never read. The bytes are a running total kept by enqueue and the
+sender (no per-frame allocation). A single frame larger than `queue_bytes` is still accepted into an
+empty queue: a joining peer must be able to receive a document's whole state in one step 2.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import structlog
+
+from sync_server.sync.wire import binary_frame
+
+if TYPE_CHECKING:
+    from sync_server.sync.rooms import Room
+
+log = structlog.get_logger("sync_server.sync.connection")
+
+# Close codes (RFC 6455 + the private range; y-websocket clients stop retrying on 4400-4499).
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+MALFORMED = 4400
+UNAUTHORIZED = 4401
+FORBIDDEN = 4403
+
+QUEUE_BYTES = 16 * 1024 * 1024  # default bound of one peer's queued bytes (SYNC_SEND_QUEUE_BYTES)
+Send = Callable[[bytes], Awaitable[None]]
+WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the raw path
+
+
+class Connection:
+    __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
+                 "close_reason", "closed", "_send", "_queue", "_limit", "_bytes", "_byte_limit", "_wakeup", "_sender",
+                 "raw", "peer", "last_seen")
+
+    def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
+                 queue_bytes: int = QUEUE_BYTES, peer: str = "", raw: bool = False) -> None:
+        """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
+        ready-made websocket frames (sync_server.sync.wire), several per call."""
+        self.customer_id = customer_id
+        self.doc = doc
+        self.can_write = can_write
+        self.peer = peer
+        self.room: Room | None = None
+        self.awareness_ids: set[int] = set()  # awareness client ids this peer introduced
+        self.denied_sent = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed = asyncio.Event()  # set when the server decided to close this peer
+        self._send = send
+        self._queue: deque[bytes] = deque()
+        self._limit = queue_limit
+        self._bytes = 0  # bytes of the frames in _queue (what the sender has not taken yet)
+        self._byte_limit = queue_bytes
+        self._wakeup: asyncio.Future | None = None
+        self._sender: asyncio.Task | None = None
+        self.raw = raw
+        self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
+
+    def start(self) -> None:
+        self._sender = asyncio.ensure_future(self._drain())
+
+    def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
+        """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past
+        either bound). `wire`: the message already framed by wire.binary_frame (shared by a broadcast)."""
+        if self.close_code is not None:
+            return
+        queue = self._queue
+        if self.raw:
+            frame = wire if wire is not None else binary_frame(frame)
+        size = len(frame)
+        if len(queue) >= self._limit or (queue and self._bytes + size > self._byte_limit):
+            log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, frames=len(queue),
+                        bytes=self._bytes, limit=self._limit, byte_limit=self._byte_limit)
+            self.abort(TRY_AGAIN_LATER, "send queue full")
+            return
+        queue.append(frame)
+        self._bytes += size
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def abort(self, code: int, reason: str) -> None:
+        """Decide to close this peer: pending frames are dropped, the endpoint sends the close."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self._queue.clear()
+        self._bytes = 0
+        if self._sender is not None and asyncio.current_task() is not self._sender:
+            self._sender.cancel()  # it may be stuck writing to a peer that does not read
+        self.closed.set()
+
+    async def stop(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        send = self._send
+        loop = asyncio.get_running_loop()
+        raw = self.raw
+        try:
+            while True:
+                if raw:
+                    while queue:
+                        if len(queue) == 1:
+                            part = queue.popleft()
+                            self._bytes -= len(part)
+                            await send(part)
+                            continue
+                        parts = []
+                        size = 0
+                        while queue and size < WRITE_BUDGET:
+                            part = queue.popleft()
+                            parts.append(part)
+                            size += len(part)
+                        self._bytes -= size
+                        await send(b"".join(parts))
+                else:
+                    while queue:
+                        part = queue.popleft()
+                        self._bytes -= len(part)
+                        await send(part)
+                self._wakeup = loop.create_future()
+                await self._wakeup
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the peer went away mid-send: only this connection ends
+            log.info("send_failed", customer_id=self.customer_id, room=self.doc, error=repr(exc))
+            self.abort(GOING_AWAY, "send failed")

@@ -1,0 +1,207 @@
+"""The websocket endpoint `/sync/{customer_slug}/{doc}`, served as a raw ASGI websocket application
+in front of Quart.
+
+Why not a Quart route: Quart reads every frame into an unbounded queue (a flooding client grows
+memory), turns an empty binary frame into None, yields and re-checks acceptance on every send, and
+fires a signal per message. Talking ASGI directly keeps Hypercorn's own flow control (it stops
+reading the socket when we stop receiving), costs nothing per frame, and makes cleanup explicit.
+
+Order of a connection: accept -> authenticate (token / API key, customer active, doc allowed,
+authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
+read frames until the peer leaves or the server closes it. Refusals are closes after accept:
+4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
+1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
+BaseExceptions such as a Rust panic included, closes only that peer).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Protocol
+from urllib.parse import parse_qs
+
+import structlog
+
+from sync_server.sync import protocol, wire
+from sync_server.sync.connection import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    MALFORMED,
+    MESSAGE_TOO_BIG,
+    Connection,
+)
+from sync_server.sync.faults import answerable
+from sync_server.sync.hooks import Access, ConnectRequest, Refused
+from sync_server.sync.rooms import Rejected, RoomRegistry
+
+log = structlog.get_logger("sync_server.sync.endpoint")
+
+PREFIX = "/sync/"
+DOC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@=+-]*(/[A-Za-z0-9_.:@=+-]+)*$")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_DOC_LENGTH = 256
+CLOSE_TIMEOUT = 5.0
+
+
+class Authenticator(Protocol):
+    """Who may open which document (the composition root passes the accounts domain's)."""
+
+    async def authenticate(self, slug: str, doc: str, token: str | None, authorization: str | None) -> Access:
+        """The customer and mode of a connection, or raise hooks.Refused (4401 / 4403)."""
+
+    def is_token(self, value: str) -> bool:
+        """Whether a Sec-WebSocket-Protocol entry is a sync token (browsers cannot set query strings)."""
+
+
+def parse_path(path: str) -> tuple[str, str] | None:
+    """(customer slug, doc) of a sync path, or None when it is not a valid one."""
+    rest = path[len(PREFIX):]
+    slug, sep, doc = rest.partition("/")
+    if not sep or not SLUG.match(slug) or not doc or len(doc) > MAX_DOC_LENGTH or not DOC_NAME.match(doc):
+        return None
+    if any(part in (".", "..") for part in doc.split("/")):
+        return None
+    return slug, doc
+
+
+class SyncEndpoint:
+    """ASGI wrapper: websocket requests under /sync/ are served here, everything else by `app`."""
+
+    def __init__(self, app, rooms: RoomRegistry, authenticator: Authenticator, *, max_message: int,
+                 queue_limit: int, queue_bytes: int) -> None:
+        self.app = app
+        self.rooms = rooms
+        self.authenticator = authenticator
+        self.max_message = max_message
+        self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
+        self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
+            await self.serve(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def serve(self, scope, receive, send) -> None:
+        event = await receive()
+        if event["type"] != "websocket.connect":
+            return
+        token, subprotocol = _token(scope, self.authenticator.is_token)
+        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+
+        async def close(code: int, reason: str) -> None:
+            """Send the close frame, then wait for the peer's close before returning: returning at
+            once lets the socket close with the peer's frames unread, the kernel answers with a
+            reset and the peer may see 1006 instead of our code (and retry a 4401 forever)."""
+            try:
+                await asyncio.wait_for(_closing_handshake(code, reason), CLOSE_TIMEOUT)
+            except Exception:  # the peer is gone or stuck: nothing more to tell it
+                pass
+
+        async def _closing_handshake(code: int, reason: str) -> None:
+            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+
+        parsed = parse_path(scope["path"])
+        if parsed is None:
+            await close(MALFORMED, "invalid customer or document name")
+            return
+        slug, doc = parsed
+        if not self.rooms.accepting:
+            await close(GOING_AWAY, "server shutting down")
+            return
+        try:
+            access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
+            await self.rooms.hooks.authenticate(ConnectRequest(
+                access.customer_id, slug, doc, access.can_write, access.credential,
+                {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}))
+        except Refused as exc:
+            log.info("sync_refused", customer_slug=slug, room=doc, code=exc.code, reason=exc.reason)
+            await close(exc.code, exc.reason)
+            return
+        structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
+        try:
+            room = await self.rooms.get(access.customer_id, doc)
+        except Exception:
+            await close(INTERNAL_ERROR, "document could not be loaded")
+            return
+
+        async def send_bytes(frame: bytes) -> None:
+            await send({"type": "websocket.send", "bytes": frame})
+
+        raw = wire.raw_writer(scope, send) if self.raw_writes else None
+        peer = scope.get("client") or ("", 0)
+        conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
+                          queue_limit=self.queue_limit, queue_bytes=self.queue_bytes, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
+        conn.start()
+        self.rooms.join(room, conn)
+        log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
+                 peers=len(room.connections))
+        reader = asyncio.ensure_future(self._read(conn, room, receive))
+        closing = asyncio.ensure_future(conn.closed.wait())
+        try:
+            await room.hooks.connect(room, conn)
+            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
+            await conn.stop()
+            room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
+            self.rooms.leave(room, conn)
+            await room.hooks.disconnect(room, conn)
+            log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
+        if conn.close_code is not None:
+            await close(conn.close_code, conn.close_reason)
+
+    async def _read(self, conn: Connection, room, receive) -> None:
+        limit = self.max_message
+        clock = asyncio.get_running_loop().time
+        while True:
+            event = await receive()
+            if event["type"] != "websocket.receive":
+                return  # websocket.disconnect: the peer left
+            conn.last_seen = clock()
+            frame = event.get("bytes")
+            if frame is None:
+                log.warning("sync_malformed", error="text frame")
+                conn.abort(MALFORMED, "binary frames only")
+                return
+            if len(frame) > limit:
+                log.warning("sync_frame_too_big", bytes=len(frame), limit=limit)
+                conn.abort(MESSAGE_TOO_BIG, "message too big")
+                return
+            try:
+                await (conn.room or room).receive(conn, frame)
+            except protocol.Malformed as exc:
+                log.warning("sync_malformed", error=str(exc), bytes=len(frame))
+                conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
+                return
+            except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
+                if not answerable(exc):
+                    raise
+                log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
+                conn.abort(INTERNAL_ERROR, "server error")
+                return
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin1")
+    return None
+
+
+def _token(scope, is_token) -> tuple[str | None, str | None]:
+    """The sync token from `?token=` or a Sec-WebSocket-Protocol entry (then echoed as the chosen
+    subprotocol, which browsers require)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    values = query.get("token")
+    if values and values[0]:
+        return values[0], None
+    for proto in scope.get("subprotocols") or []:
+        if is_token(proto):
+            return proto, proto
+    return None, None
