@@ -43,7 +43,7 @@ async def _plan_limit() -> AsyncIterator[None]:
 @asynccontextmanager
 async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
-    async with _plan_limit(), plans.within_limit(runtime().registry, principal().customer_id, resource) as conn:
+    async with _plan_limit(), runtime().plan_limits.within_limit(principal().customer_id, resource) as conn:
         yield conn
 
 
@@ -99,13 +99,14 @@ async def create_vehicle(body: VehicleCreate):
     secret = device_secrets.generate()
     customer_id = principal().customer_id
     try:
-        async with _plan_limit(), plans.quota_locked(runtime().registry, customer_id, "vehicles") as (conn, limits):
-            row = await vehicle_store.insert(conn, customer_id, name=body.name,
-                                             vehicle_identifier=body.vehicle_identifier,
-                                             vehicle_type=body.vehicle_type, metadata=body.metadata,
-                                             device_secret_hash=device_secrets.digest(secret), limit=limits.vehicles)
-            if row is None:
-                raise await plans.limit_reached(conn, "vehicles", limits)
+        async with _plan_limit():
+            row = await runtime().plan_limits.insert_within_limit(
+                customer_id, "vehicles",
+                lambda conn, limit: vehicle_store.insert(conn, customer_id, name=body.name,
+                                                         vehicle_identifier=body.vehicle_identifier,
+                                                         vehicle_type=body.vehicle_type, metadata=body.metadata,
+                                                         device_secret_hash=device_secrets.digest(secret),
+                                                         limit=limit))
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
     return {**dict(row), "device_secret": secret}
