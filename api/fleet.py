@@ -25,7 +25,7 @@ from . import pagination
 from .auth import customer_required, customer_transaction
 from .calls import principal
 from .errors import ApiError, conflict, not_found
-from .openapi import field_error, operation
+from .openapi import field_error, operation, validation_failed
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
 
 blueprint = Blueprint("fleet", __name__)
@@ -387,9 +387,8 @@ def _geometry(kind: str, center: dict | None, radius: float | None, polygon: dic
     else:
         problems = geofence_shapes.polygon_problems(polygon["coordinates"])
         if problems:
-            raise ApiError(422, "validation_failed", "request validation failed", {"errors": [
-                {"location": "body", "field": f"{field_prefix}polygon.{path}", "message": message,
-                 "type": "geometry_invalid"} for path, message in problems]})
+            raise validation_failed([{"location": "body", "field": f"{field_prefix}polygon.{path}", "message": message,
+                                      "type": "geometry_invalid"} for path, message in problems])
         bbox = geofence_shapes.polygon_bbox(polygon["coordinates"])
         values = {"center_lat": None, "center_lng": None, "radius_meters": None, "polygon": polygon}
     return {**values, **dict(zip(("min_lat", "min_lng", "max_lat", "max_lng"), bbox))}
