@@ -171,6 +171,12 @@ class PlanLimits:
         self._cached[key] = (now + self.ttl, limits)
         return limits
 
+    async def fresh(self, customer_id) -> Limits:
+        """The customer's limits read now (what GET /api/v1/usage shows), and the cache refreshed."""
+        limits = await current_limits(self.registry.shared, str(customer_id))
+        self._cached[str(customer_id)] = (time.monotonic() + self.ttl, limits)
+        return limits
+
     def forget(self, customer_id) -> None:
         self._cached.pop(str(customer_id), None)
 
