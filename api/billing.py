@@ -219,7 +219,7 @@ async def cancel_subscription():
 async def usage():
     rt = runtime()
     customer_id = principal().customer_id
-    limits = await plan_service.current_limits(rt.db, customer_id)
+    limits = await rt.plan_limits.fresh(customer_id)
     used = await plan_service.usage(rt.registry, customer_id)
     return {
         "plan_id": limits.plan_id,

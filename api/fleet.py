@@ -25,7 +25,7 @@ from . import pagination
 from .auth import customer_required, customer_transaction
 from .calls import principal
 from .errors import ApiError, conflict, not_found
-from .openapi import field_error, operation
+from .openapi import field_error, operation, validation_failed
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
 
 blueprint = Blueprint("fleet", __name__)
@@ -43,7 +43,7 @@ async def _plan_limit() -> AsyncIterator[None]:
 @asynccontextmanager
 async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction in which one more `resource` fits the plan (402 otherwise)."""
-    async with _plan_limit(), plans.within_limit(runtime().registry, principal().customer_id, resource) as conn:
+    async with _plan_limit(), runtime().plan_limits.within_limit(principal().customer_id, resource) as conn:
         yield conn
 
 
@@ -99,13 +99,14 @@ async def create_vehicle(body: VehicleCreate):
     secret = device_secrets.generate()
     customer_id = principal().customer_id
     try:
-        async with _plan_limit(), plans.quota_locked(runtime().registry, customer_id, "vehicles") as (conn, limits):
-            row = await vehicle_store.insert(conn, customer_id, name=body.name,
-                                             vehicle_identifier=body.vehicle_identifier,
-                                             vehicle_type=body.vehicle_type, metadata=body.metadata,
-                                             device_secret_hash=device_secrets.digest(secret), limit=limits.vehicles)
-            if row is None:
-                raise await plans.limit_reached(conn, "vehicles", limits)
+        async with _plan_limit():
+            row = await runtime().plan_limits.insert_within_limit(
+                customer_id, "vehicles",
+                lambda conn, limit: vehicle_store.insert(conn, customer_id, name=body.name,
+                                                         vehicle_identifier=body.vehicle_identifier,
+                                                         vehicle_type=body.vehicle_type, metadata=body.metadata,
+                                                         device_secret_hash=device_secrets.digest(secret),
+                                                         limit=limit))
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
     return {**dict(row), "device_secret": secret}
@@ -386,9 +387,8 @@ def _geometry(kind: str, center: dict | None, radius: float | None, polygon: dic
     else:
         problems = geofence_shapes.polygon_problems(polygon["coordinates"])
         if problems:
-            raise ApiError(422, "validation_failed", "request validation failed", {"errors": [
-                {"location": "body", "field": f"{field_prefix}polygon.{path}", "message": message,
-                 "type": "geometry_invalid"} for path, message in problems]})
+            raise validation_failed([{"location": "body", "field": f"{field_prefix}polygon.{path}", "message": message,
+                                      "type": "geometry_invalid"} for path, message in problems])
         bbox = geofence_shapes.polygon_bbox(polygon["coordinates"])
         values = {"center_lat": None, "center_lng": None, "radius_meters": None, "polygon": polygon}
     return {**values, **dict(zip(("min_lat", "min_lng", "max_lat", "max_lng"), bbox))}

@@ -18,14 +18,14 @@ from sync_server.node import logs
 from sync_server.node.runtime import runtime
 
 from .errors import ApiError
+from .openapi import validation_failed
 
 blueprint = Blueprint("ingest", __name__)
 
 
 def _unreadable(errors: list[tuple[str, str]], location: str) -> ApiError:
-    return ApiError(422, "validation_failed", "tracker request cannot be read",
-                    {"errors": [{"location": location, "field": f, "message": m, "type": "value_error"}
-                                for f, m in errors]})
+    return validation_failed([{"location": location, "field": f, "message": m, "type": "value_error"}
+                              for f, m in errors], "tracker request cannot be read")
 
 
 def _device_key(params) -> str | None:

@@ -57,12 +57,17 @@ def validation_error(location: str, exc: ValidationError, discriminator: str | N
         if discriminator is not None:
             loc = (discriminator,) if e["type"].startswith("union_tag") else loc[1:]
         errors.append({"location": location, "field": _loc(loc), "message": e["msg"], "type": e["type"]})
-    return ApiError(422, "validation_failed", "request validation failed", {"errors": errors})
+    return validation_failed(errors)
+
+
+def validation_failed(errors: list[dict], message: str = "request validation failed") -> ApiError:
+    """The one 422 envelope of a request that fails validation: details.errors lists each problem
+    as {location, field, message, type} (what the OpenAPI document promises for 422)."""
+    return ApiError(422, "validation_failed", message, {"errors": errors})
 
 
 def field_error(location: str, field_path: str, message: str, type_: str = "value_error") -> ApiError:
-    return ApiError(422, "validation_failed", "request validation failed",
-                    {"errors": [{"location": location, "field": field_path, "message": message, "type": type_}]})
+    return validation_failed([{"location": location, "field": field_path, "message": message, "type": type_}])
 
 
 async def _parse_body(model: type[BaseModel]) -> BaseModel:

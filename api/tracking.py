@@ -4,10 +4,7 @@ a daily summary per vehicle, and the GPS quota use of a day."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import json
 import re
 import uuid
 from typing import Annotated, Any, AsyncIterator, Literal
@@ -23,11 +20,11 @@ from sync_server.domain.tracking import quota
 from sync_server.domain.tracking.distance import path_length
 from sync_server.node.runtime import runtime
 
-from . import track_formats
+from . import pagination, track_formats
 from .auth import customer_required
 from .calls import principal
 from .errors import ApiError, not_found
-from .openapi import operation
+from .openapi import field_error, operation
 from .schemas import RequestModel, ResponseModel
 
 blueprint = Blueprint("tracking", __name__)
@@ -155,32 +152,20 @@ class TrackingUsage(ResponseModel):
 
 
 def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "validation_failed", "request validation failed",
-                    {"errors": [{"location": "query", "field": field, "message": message, "type": "value_error"}]})
+    return field_error("query", field, message)
+
+
+def _event_key(parts: list) -> list:
+    """An events cursor is (time, event id): the id must be an integer."""
+    if not isinstance(parts[1], int) or isinstance(parts[1], bool):
+        raise ValueError("event id")
+    return parts
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def _encode_cursor(*parts: Any) -> str:
-    raw = json.dumps([p.isoformat() if isinstance(p, dt.datetime) else p for p in parts]).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode_cursor(cursor: str, size: int) -> list:
-    try:
-        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(parts, list) or len(parts) != size:
-            raise ValueError
-        parts[0] = dt.datetime.fromisoformat(parts[0])
-        if parts[0].tzinfo is None:
-            raise ValueError
-        return parts
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise _invalid("cursor", "not a cursor returned by this endpoint") from None
 
 
 async def _customer_db():
@@ -205,7 +190,7 @@ async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
     start = _utc(query.start) or end - dt.timedelta(days=1)
     if start >= end:
         raise _invalid("from", "must be before `to`")
-    after = _decode_cursor(query.cursor, 1)[0] if query.cursor else None
+    after = pagination.decode_parts(query.cursor, 1)[0] if query.cursor else None
     cid, db = await _customer_db()
     vehicle = await _vehicle(db, cid, vehicle_id)
     if query.format == "json":
@@ -217,7 +202,7 @@ async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
         more = len(rows) > limit
         rows = rows[:limit]
         return {"vehicle_id": str(vehicle_id), "data": [track_formats.position_json(r) for r in rows],
-                "next_cursor": _encode_cursor(rows[-1]["time"]) if more else None}
+                "next_cursor": pagination.encode_parts(rows[-1]["time"]) if more else None}
 
     headers = {"Content-Disposition":
                f'attachment; filename="{vehicle_id}.{track_formats.EXTENSIONS[query.format]}"'}
@@ -225,7 +210,7 @@ async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
         async with db.tenant(cid) as conn:
             next_time = await position_store.time_after_page(conn, cid, vehicle_id, start, end, after, query.limit)
         if next_time is not None:
-            headers["X-Next-Cursor"] = _encode_cursor(next_time)
+            headers["X-Next-Cursor"] = pagination.encode_parts(next_time)
     pages = _pages(db, cid, vehicle_id, start, end, after, query.limit)
     if query.format == "geojson":
         body = track_formats.geojson(pages, {"vehicle_id": str(vehicle_id), "name": vehicle["name"]})
@@ -277,10 +262,7 @@ async def latest_positions():
 async def geofence_events(query: EventsQuery):
     after = None
     if query.cursor:
-        when, event_id = _decode_cursor(query.cursor, 2)
-        if not isinstance(event_id, int):
-            raise _invalid("cursor", "not a cursor returned by this endpoint")
-        after = (when, event_id)
+        after = tuple(pagination.decode_parts(query.cursor, 2, _event_key))
     cid, db = await _customer_db()
     async with db.tenant(cid) as conn:
         rows = await event_store.page(conn, cid, vehicle_id=query.vehicle_id, geofence_id=query.geofence_id,
@@ -291,7 +273,7 @@ async def geofence_events(query: EventsQuery):
     data = [{"id": r["id"], "vehicle_id": str(r["vehicle_id"]), "geofence_id": str(r["geofence_id"]),
              "geofence_name": r["geofence_name"], "event": r["event"],
              "time": r["time"].isoformat().replace("+00:00", "Z"), "lat": r["lat"], "lng": r["lng"]} for r in rows]
-    return {"data": data, "next_cursor": _encode_cursor(rows[-1]["time"], rows[-1]["id"]) if more else None}
+    return {"data": data, "next_cursor": pagination.encode_parts(rows[-1]["time"], rows[-1]["id"]) if more else None}
 
 
 @blueprint.get("/api/v1/vehicles/<uuid:vehicle_id>/daily-summary")

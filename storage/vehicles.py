@@ -12,7 +12,7 @@ _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, c
 async def insert(conn: asyncpg.Connection, customer_id, *, name: str, vehicle_identifier: str, vehicle_type: str,
                  metadata: dict, device_secret_hash: bytes, limit: int) -> asyncpg.Record | None:
     """A new vehicle, only while the customer has fewer than `limit` (counted by the same statement,
-    so after the caller's quota lock: plans.quota_locked); None when the limit is reached."""
+    so after the caller's quota lock: PlanLimits.insert_within_limit); None when the limit is reached."""
     return await conn.fetchrow(
         "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
         "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::jsonb, $6::bytea "

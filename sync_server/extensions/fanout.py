@@ -35,11 +35,11 @@ import time
 from collections import deque
 from typing import Any
 
-import pycrdt
 import structlog
 from redis.exceptions import RedisError
 
 from storage import documents
+from sync_server.extensions import doc_rebuild
 from sync_server.sync import protocol
 from sync_server.sync.hooks import RoomHooks, is_remote
 from sync_server.sync.rooms import Room
@@ -76,25 +76,6 @@ def _entry_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _missing(snapshot: bytes | None, updates: list[bytes], state_vector: bytes) -> bytes:
-    """What the stored doc has beyond `state_vector` (runs in a thread: a private Doc)."""
-    doc = pycrdt.Doc()
-    if snapshot:
-        doc.apply_update(snapshot)
-    for update in updates:
-        doc.apply_update(update)
-    return doc.get_update(state_vector)
-
-
-def _state_vector(snapshot: bytes | None, updates: list[bytes]) -> bytes:
-    doc = pycrdt.Doc()
-    if snapshot:
-        doc.apply_update(snapshot)
-    for update in updates:
-        doc.apply_update(update)
-    return doc.get_state()
 
 
 class Fanout(RoomHooks):
@@ -463,7 +444,7 @@ class Fanout(RoomHooks):
                 log.warning("fanout_resync_retry", room=room.name, error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
-        missing = await asyncio.to_thread(_missing, stored.snapshot, stored.updates, room.ydoc.get_state())
+        missing = await doc_rebuild.missing(stored.snapshot, stored.updates, room.ydoc.get_state())
         self.stats["resyncs"] += 1
         if self._rooms.get(key) is room and missing != protocol.EMPTY_UPDATE:
             await room.apply_remote(missing)
@@ -478,7 +459,7 @@ class Fanout(RoomHooks):
             return
         db = await self.runtime.registry.for_customer(key[0])
         stored = await documents.load(db, key[0], key[1])
-        stored_state = await asyncio.to_thread(_state_vector, stored.snapshot, stored.updates)
+        stored_state = await doc_rebuild.state_vector(stored.snapshot, stored.updates)
         if self._rooms.get(key) is not room:
             return
         beyond = room.ydoc.get_update(stored_state)

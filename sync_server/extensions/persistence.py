@@ -12,45 +12,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-import pycrdt
 import structlog
 
 from storage import documents
 from storage.registry import DatabaseRegistry
-from sync_server.sync.faults import LET_THROUGH
+from sync_server.extensions.doc_rebuild import merge
 from sync_server.sync.hooks import RoomHooks, is_remote
 from sync_server.sync.rooms import Room
 
 log = structlog.get_logger("sync_server.extensions.persistence")
-
-
-def _merge_sync(snapshot: bytes | None, updates: list[bytes]) -> bytes:
-    """Fold the snapshot and the log rows into one update on a private doc. A stored row the engine
-    fails on (written before updates were checked, or by a version with other bugs) is skipped with
-    a log line, never allowed to make the document unloadable; the doc is rebuilt without it, since a
-    failed apply can leave part of the row integrated."""
-    skip: set[int] = set()
-    while True:
-        doc = pycrdt.Doc()  # private to this thread
-        if snapshot:
-            doc.apply_update(snapshot)
-        for i, update in enumerate(updates):
-            if i in skip:
-                continue
-            try:
-                doc.apply_update(update)
-            except LET_THROUGH:
-                raise
-            except BaseException as exc:
-                log.error("stored_update_skipped", index=i, bytes=len(update), error=f"{type(exc).__name__}: {exc}"[:200])
-                skip.add(i)
-                break
-        else:
-            return doc.get_update()
-
-
-async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:
-    return await asyncio.to_thread(_merge_sync, snapshot, updates)
 
 
 @dataclass

@@ -25,14 +25,12 @@ from collections import OrderedDict, defaultdict, deque
 
 import structlog
 
-from sync_server.domain.billing import plans
 from sync_server.sync.connection import TRY_AGAIN_LATER, Connection
 from sync_server.sync.hooks import ConnectRequest, Refused, RoomHooks
 from sync_server.sync.rooms import Room
 
 log = structlog.get_logger("sync_server.extensions.shared_limits")
 
-LIMITS_TTL = 30.0  # seconds a customer's connection limit is cached
 UNCLAIMED_AFTER = 60.0  # a slot taken by authenticate whose connection never joined is given back
 COUNTS_TTL = 86_400
 REDIS_TIMEOUT = 1.0
@@ -121,7 +119,6 @@ class ConnectionLimit(RoomHooks):
         self._held: dict[str, int] = defaultdict(int)  # this node's slots per customer
         self._unclaimed: dict[str, deque[float]] = defaultdict(deque)
         self._claimed: set[Connection] = set()
-        self._limits: dict[str, tuple[float, int]] = {}
         self._take = self._give = None
         if redis is not None:
             self._take = redis.register_script(_TAKE)
@@ -131,13 +128,8 @@ class ConnectionLimit(RoomHooks):
         return f"{self.prefix}conns:{customer_id}"
 
     async def limit_of(self, customer_id: str) -> int:
-        now = time.monotonic()
-        cached = self._limits.get(customer_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        limits = await plans.current_limits(self.runtime.registry.shared, customer_id)
-        self._limits[customer_id] = (now + LIMITS_TTL, limits.connections)
-        return limits.connections
+        """The plan's connection_limit, from the node's one plan-limit cache (runtime.plan_limits)."""
+        return (await self.runtime.plan_limits.limits(customer_id)).connections
 
     async def authenticate(self, request: ConnectRequest) -> None:
         cid = request.customer_id
@@ -196,9 +188,7 @@ class ConnectionLimit(RoomHooks):
                 await self._release(cid)
             if not pending:
                 del self._unclaimed[cid]
-        for cid, (expires, _limit) in list(self._limits.items()):  # customers that stopped connecting
-            if expires <= now:
-                del self._limits[cid]
+        self.runtime.plan_limits.drop_expired()  # customers that stopped connecting
         if self.redis is None:
             return
         pipe = self.redis.pipeline(transaction=False)

@@ -9,7 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -20,30 +20,26 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
-def _int(name: str, lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _number(name: str, kind: type, what: str, lo, hi) -> Callable[[str], Any]:
+    """Parser of a numeric setting: `kind(raw)` within [lo, hi], else ConfigError naming `name`."""
+    def parse(raw: str):
         try:
-            value = int(raw)
+            value = kind(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+            raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
         if not lo <= value <= hi:
             raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
         return value
 
     return parse
+
+
+def _int(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    return _number(name, int, "an integer", lo, hi)
 
 
 def _float(name: str, lo: float, hi: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
+    return _number(name, float, "a number", lo, hi)
 
 
 def _choice(name: str, *options: str) -> Callable[[str], str]:

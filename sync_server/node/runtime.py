@@ -12,6 +12,7 @@ from quart import current_app
 
 from storage import Database, DatabaseRegistry, migrator, partitions
 from sync_server.domain.accounts.api_keys import KeyCache
+from sync_server.domain.billing.plans import PlanLimits
 from sync_server.node.config import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class Runtime:
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
+        self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
+        self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 
     def subscribe(self, event: str, listener: Callable[..., Awaitable[None]]) -> None:
         """Listen for a domain event of this node, e.g. "customer_suspended" (customer_id=...)

@@ -123,3 +123,26 @@ async def test_gps_limit_check_for_the_pipeline(api):
                                      "plan_id": "hobby"}
         else:
             raise AssertionError("limit not enforced")
+
+
+async def test_a_plan_change_reaches_the_one_plan_limit_cache(api):
+    """Tracking, the connection limit and /tracking/usage read one cache (Runtime.plan_limits);
+    the plan change of this node drops its entry at once, well before LIMITS_TTL."""
+    rt = api.runtime
+    c = await api.customer(plan_id="hobby")
+    assert rt.tracking.plan_limits is rt.plan_limits
+    hobby = await rt.plan_limits.limits(c.id)
+    assert hobby.plan_id == "hobby" and rt.plan_limits.cached_customers == 1
+    assert (await rt.tracking.limits(c.id)) is hobby  # the same cached entry, no second cache
+    r = await api.get("/api/v1/tracking/usage", headers=c.auth)
+    assert (await r.get_json())["plan_id"] == "hobby"
+
+    r = await api.post("/api/v1/subscription/change", headers=c.auth, json={"plan_id": "starter"})
+    assert r.status_code == 200
+    assert rt.plan_limits.cached_customers == 0  # dropped by the "plan_changed" event
+    starter = await rt.tracking.limits(c.id)
+    assert starter.plan_id == "starter" and starter.gps_points_per_day > hobby.gps_points_per_day
+    r = await api.get("/api/v1/tracking/usage", headers=c.auth)
+    assert (await r.get_json())["limit"] == starter.gps_points_per_day
+    limiter = next(h for h in rt.rooms.hooks if type(h).__name__ == "ConnectionLimit")
+    assert await limiter.limit_of(c.id) == starter.connections

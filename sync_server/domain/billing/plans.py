@@ -1,16 +1,24 @@
-"""Plan limits: the one home of "may this customer have one more X?".
+"""Plan limits: the one home of "may this customer have one more X?" (vehicles, drivers,
+geofences, GPS points per day, sync connections).
 
-A customer's plan is the plan of its active subscription (DEFAULT_PLAN when it has none). Creating a
-limited resource goes through `within_limit`, which takes a transaction-scoped advisory lock per
-customer and resource on the customer's database, counts, and only then lets the caller insert in
-the same transaction: 20 concurrent creates cannot slip a 6th vehicle into a 5-vehicle plan.
-The GPS pipeline uses `current_limits(...).gps_points_per_day` with `check_limit(..., current=n)`.
+A customer's plan is the plan of its active subscription (DEFAULT_PLAN when it has none). Every
+reader goes through one `PlanLimits` service per node (Runtime.plan_limits), which holds the one
+cache of each customer's limits (LIMITS_TTL; dropped at once on this node's "plan_changed" event,
+so a change made on another node is seen within LIMITS_TTL):
+- REST creates (`within_limit`, `insert_within_limit`) take a transaction-scoped advisory lock per
+  customer and resource on the customer's database and count only after it, in the same
+  transaction: 20 concurrent creates cannot slip a 6th vehicle into a 5-vehicle plan. Creates read
+  the plan fresh (never the cache), so an upgrade is usable at once.
+- the tracking pipeline reads `limits()` (cached) and counts points per day itself under the same
+  quota lock (`lock_quota`; the per-day rule is sync_server/domain/tracking/quota.py);
+- the connection limit (sync_server/extensions/shared_limits.py) reads `limits().connections`.
 """
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -22,6 +30,11 @@ from storage.registry import DatabaseRegistry
 DEFAULT_PLAN = "hobby"
 GPS_POINTS_METRIC = "gps_points"  # usage_metrics.metric counting points per day
 RESOURCES = ("vehicles", "drivers", "geofences", "gps_points_per_day")
+LIMITS_TTL = 30.0  # seconds a node trusts its cached copy of a customer's plan limits
+
+
+class UnknownPlan(LookupError):
+    """No plan with this id (creating a customer on it, or changing to it)."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +107,12 @@ async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limi
 
 
 @asynccontextmanager
-async def quota_locked(registry: DatabaseRegistry, customer_id,
+async def _quota_locked(registry: DatabaseRegistry, customer_id,
                        resource: str) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
     """A tenant transaction on the customer's database holding its quota lock for `resource`, and
     the plan's limits. Whatever is counted against them must be read by a later statement (after
     the lock): `within_limit` counts; a caller whose INSERT counts in its own statement (one round
-    trip less) raises `await limit_reached(...)` when nothing was inserted."""
+    trip less: PlanLimits.insert_within_limit) raises `_limit_reached` when nothing was inserted."""
     db = await registry.for_customer(customer_id)
     limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
     async with db.tenant(customer_id) as conn:
@@ -110,7 +123,7 @@ async def quota_locked(registry: DatabaseRegistry, customer_id,
         yield conn, limits
 
 
-async def limit_reached(conn: asyncpg.Connection, resource: str, limits: Limits) -> PlanLimitReached:
+async def _limit_reached(conn: asyncpg.Connection, resource: str, limits: Limits) -> PlanLimitReached:
     """The refusal of a counting INSERT that inserted nothing (counted again for the details)."""
     return PlanLimitReached(resource, limits.of(resource), await usage_store.count(conn, resource), limits.plan_id)
 
@@ -119,7 +132,7 @@ async def limit_reached(conn: asyncpg.Connection, resource: str, limits: Limits)
 async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
                        adding: int = 1) -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction on the customer's database in which `adding` more `resource` fit the plan."""
-    async with quota_locked(registry, customer_id, resource) as (conn, limits):
+    async with _quota_locked(registry, customer_id, resource) as (conn, limits):
         await check_limit(conn, customer_id, resource, limits, adding=adding, locked=True)
         yield conn
 
@@ -137,3 +150,68 @@ async def usage(registry: DatabaseRegistry, customer_id) -> dict[str, int]:
 def exceeded(limits: Limits, used: dict[str, int]) -> list[dict]:
     """Each resource whose use is above what `limits` allow (for refusing a downgrade)."""
     return [{"resource": r, "usage": used[r], "limit": limits.of(r)} for r in RESOURCES if used[r] > limits.of(r)]
+
+
+class PlanLimits:
+    """The node's one plan-limit service and its one cache (see the module docstring)."""
+
+    def __init__(self, registry: DatabaseRegistry, ttl: float = LIMITS_TTL) -> None:
+        self.registry = registry
+        self.ttl = ttl
+        self._cached: dict[str, tuple[float, Limits]] = {}  # customer id -> (expires, limits)
+
+    async def limits(self, customer_id) -> Limits:
+        """The customer's current limits, cached for `ttl` seconds."""
+        key = str(customer_id)
+        now = time.monotonic()
+        cached = self._cached.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        limits = await current_limits(self.registry.shared, key)
+        self._cached[key] = (now + self.ttl, limits)
+        return limits
+
+    async def fresh(self, customer_id) -> Limits:
+        """The customer's limits read now (what GET /api/v1/usage shows), and the cache refreshed."""
+        limits = await current_limits(self.registry.shared, str(customer_id))
+        self._cached[str(customer_id)] = (time.monotonic() + self.ttl, limits)
+        return limits
+
+    def forget(self, customer_id) -> None:
+        self._cached.pop(str(customer_id), None)
+
+    async def on_plan_changed(self, customer_id, **_ignored) -> None:
+        """Listener of the "plan_changed" event (Runtime subscribes it)."""
+        self.forget(customer_id)
+
+    def drop_expired(self) -> None:
+        """Forget the entries of customers that stopped asking (called by periodic jobs)."""
+        now = time.monotonic()
+        for key, (expires, _limits) in list(self._cached.items()):
+            if expires <= now:
+                del self._cached[key]
+
+    @property
+    def cached_customers(self) -> int:
+        return len(self._cached)
+
+    def within_limit(self, customer_id, resource: str, adding: int = 1):
+        """A tenant transaction in which `adding` more `resource` fit the plan (PlanLimitReached)."""
+        return within_limit(self.registry, customer_id, resource, adding)
+
+    async def insert_within_limit(self, customer_id, resource: str,
+                                  insert: Callable[[asyncpg.Connection, int], Awaitable[asyncpg.Record | None]]
+                                  ) -> asyncpg.Record:
+        """Run `insert(conn, limit)`, a storage INSERT that counts `resource` in its own statement
+        and inserts nothing at `limit` (one round trip less than `within_limit`), under the quota
+        lock; raises PlanLimitReached when it inserted nothing."""
+        async with _quota_locked(self.registry, customer_id, resource) as (conn, limits):
+            row = await insert(conn, limits.of(resource))
+            if row is None:
+                raise await _limit_reached(conn, resource, limits)
+            return row
+
+    @staticmethod
+    async def lock_quota(conn: asyncpg.Connection, customer_id, resource: str) -> None:
+        """Take the customer's quota lock for `resource` in the caller's transaction."""
+        await usage_store.lock_quota(conn, customer_id, resource)

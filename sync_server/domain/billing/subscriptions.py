@@ -9,11 +9,8 @@ from storage import customers as customer_store
 from storage import plans as plan_store
 from storage import subscriptions as subscription_store
 from sync_server.domain.billing import plans
+from sync_server.domain.billing.plans import UnknownPlan
 from sync_server.node.runtime import Runtime
-
-
-class UnknownPlan(LookupError):
-    pass
 
 
 class NoActiveSubscription(LookupError):

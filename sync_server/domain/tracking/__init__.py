@@ -29,7 +29,8 @@ def install(rt: "Runtime") -> Pipeline:
     from sync_server.domain.tracking.materializer import TrackMaterializer
     from sync_server.domain.tracking.track_reader import reader_for
 
-    pipeline = Pipeline(rt.registry, rules_from(rt.settings), bulk_concurrency=rt.settings.tracking_bulk_concurrency)
+    pipeline = Pipeline(rt.registry, rules_from(rt.settings), bulk_concurrency=rt.settings.tracking_bulk_concurrency,
+                        plan_limits=rt.plan_limits)
     rooms = getattr(rt, "rooms", None)
     if rooms is not None:
         materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,

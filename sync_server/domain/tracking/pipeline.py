@@ -15,19 +15,22 @@ durable progress (exactly once).
     -- transaction, the vehicle's track lock held --
     resume    drop elements a previous run already materialized                 track_progress
     filter    duplicates and implied-speed jumps against the stored neighbours  filters.sequence
-    quota     the plan's gps_points_per_day, per day of the fix                 quota.cut
+    quota     the plan's gps_points_per_day, per day of the fix (phase 1)       quota.cut
     geofence  enter/exit events over the batch's window, backfills included     geofences.transitions
     store     COPY into staging, INSERT ... ON CONFLICT DO NOTHING              storage.positions
     latest    vehicle_positions_latest moves forward only                       storage.positions
+    confirm   the quota's phase 2: the allowance counted on is still there      quota.fits
     usage     points and rejections per reason per day; the document progress  storage.usage_metrics
 
 Locks: everything about one vehicle (its neighbours, events, latest fix, progress) is serialised by
 the vehicle's track lock, so the vehicles of one customer materialize in parallel. The quota is the
 one thing shared by a customer's vehicles: it is counted under the customer's quota lock. When the
-batch clearly fits the day's allowance, `quota` only checks, and `usage` takes the quota lock at the
-end, re-reads the allowance and counts (the lock is then held only for the last statements); if a
-concurrent batch used the room meanwhile, the transaction rolls back to before `quota` and runs the
-rest again with the quota lock held from the start (the allowance is cut exactly, as always).
+batch clearly fits the day's allowance, `quota` (phase 1) only checks, and `confirm` (phase 2) takes
+the quota lock at the end and re-reads the allowance (the lock is then held only for the last
+statements); if a concurrent batch used the room meanwhile, the transaction rolls back to the
+savepoint taken before the QUOTA_PHASES steps and runs them again with the quota lock held from the
+start (the allowance is cut exactly, as always). The limits come from the node's one plan-limit
+service (sync_server.domain.billing.plans.PlanLimits: one cache, dropped on "plan_changed").
 """
 from __future__ import annotations
 
@@ -76,7 +79,6 @@ from sync_server.domain.tracking.points import (
 
 log = structlog.get_logger("sync_server.domain.tracking")
 
-LIMITS_TTL = 30.0  # seconds a customer's plan limits are cached
 BULK_POINTS = 1_000  # a batch this large takes a bulk slot (Pipeline: bulk_concurrency)
 QUOTA_HEADROOM = 0.5  # a batch that leaves this share of the day's allowance unused skips the wait
 
@@ -245,7 +247,7 @@ async def quota_step(run: Run) -> None:
 
 
 async def _lock_quota(run: Run) -> None:
-    await usage_store.lock_quota(run.conn, run.customer_uuid, "gps_points_per_day")
+    await plans.PlanLimits.lock_quota(run.conn, run.customer_uuid, "gps_points_per_day")
     run.quota_locked = True
 
 
@@ -333,11 +335,18 @@ async def latest_step(run: Run) -> None:
         run.outcome.latest = p
 
 
+async def confirm_quota_step(run: Run) -> None:
+    """Phase 2 of the quota: when `quota_step` only checked, take the customer's quota lock now and
+    raise QuotaRace if a concurrent batch used the allowance meanwhile (the pipeline then reruns
+    QUOTA_PHASES with the lock held; `quota_step` then cuts exactly and this step does nothing)."""
+    if run.quota_locked:
+        return
+    await _lock_quota(run)
+    if len(run) and not quota.fits(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), 0):
+        raise QuotaRace()
+
+
 async def usage_step(run: Run) -> None:
-    if not run.quota_locked:  # quota only checked: now count under the customer's lock
-        await _lock_quota(run)
-        if len(run) and not quota.fits(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run), 0):
-            raise QuotaRace()
     counts = [(day_of(d * DAY_MS), quota.POINTS_METRIC, n) for d, n in quota.per_day(run.fixes.ms).items()]
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
     await usage_store.add(run.conn, run.customer_uuid, counts)
@@ -357,29 +366,36 @@ BEFORE_TRANSACTION: tuple[tuple[str, Callable[[Run], None]], ...] = (
     ("order", order_step),
     ("locate", locate_step),
 )
-IN_TRANSACTION: tuple[tuple[str, Step], ...] = (
+BEFORE_QUOTA: tuple[tuple[str, Step], ...] = (
     ("resume", resume_step),
     ("filter", filter_step),
+)
+# From the quota's phase 1 to its phase 2 and the counting: run after a savepoint, and once more
+# with the quota lock held from the start when phase 2 finds the allowance gone (QuotaRace).
+QUOTA_PHASES: tuple[tuple[str, Step], ...] = (
     ("quota", quota_step),
     ("geofence", geofence_step),
     ("store", store_step),
     ("latest", latest_step),
+    ("confirm", confirm_quota_step),
     ("usage", usage_step),
 )
+IN_TRANSACTION = BEFORE_QUOTA + QUOTA_PHASES
 
 
 class Pipeline:
     """Runs batches through the steps; caches what every batch of a customer needs (plan limits,
     geofences, which day partitions exist)."""
 
-    def __init__(self, registry: DatabaseRegistry, rules: filters.Rules | None = None, bulk_concurrency: int = 2) -> None:
+    def __init__(self, registry: DatabaseRegistry, rules: filters.Rules | None = None, bulk_concurrency: int = 2,
+                 plan_limits: plans.PlanLimits | None = None) -> None:
         self.registry = registry
+        self.plan_limits = plan_limits or plans.PlanLimits(registry)  # the node's (Runtime.plan_limits)
         self.rules = rules or filters.Rules()
         # Large batches (a day's upload) in the database at once, per node: beyond about one per core
         # PostgreSQL spends its time contending (4 concurrent merges cost ~35% more CPU a row than
         # one, measured) and the rows do not arrive any sooner. Live batches never wait for this.
         self._bulk = asyncio.Semaphore(bulk_concurrency)
-        self._limits: dict[str, tuple[float, plans.Limits]] = {}
         self._fences: dict[str, GeofenceSet] = {}
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
@@ -393,18 +409,8 @@ class Pipeline:
         self._latest_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> plans.Limits:
-        key = str(customer_id)
-        cached = self._limits.get(key)
-        if cached is not None and time.monotonic() - cached[0] < LIMITS_TTL:
-            return cached[1]
-        limits = await plans.current_limits(self.registry.shared, key)
-        self._limits[key] = (time.monotonic(), limits)
-        return limits
-
-    def forget(self, customer_id: str) -> None:
-        """Drop cached limits and geofences (after a plan or geofence change on this node)."""
-        self._limits.pop(str(customer_id), None)
-        self._fences.pop(str(customer_id), None)
+        """The customer's plan limits (the plan-limit service's cache)."""
+        return await self.plan_limits.limits(customer_id)
 
     async def _geofences(self, conn: asyncpg.Connection, customer_id: uuid.UUID) -> GeofenceSet:
         key = str(customer_id)
@@ -446,21 +452,24 @@ class Pipeline:
     @staticmethod
     async def _steps(run: Run, steps: Sequence[tuple[str, Step]], timings: dict[str, float]) -> None:
         for name, step in steps:
-            if name == "quota":
-                await run.conn.execute("SAVEPOINT before_quota")
-                kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
             step_started = time.perf_counter()
-            try:
-                await step(run)
-            except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
-                await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
-                log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
-                (run.fixes, run.index, run.inside), run.rejected = kept, rejected
-                run.outcome.events, run.outcome.latest = [], None
-                await _lock_quota(run)
-                rest = steps[[n for n, _ in steps].index("quota"):]
-                return await Pipeline._steps(run, rest, timings)
+            await step(run)
             timings[name] = timings.get(name, 0.0) + _ms(step_started)
+
+    @staticmethod
+    async def _quota_phases(run: Run, timings: dict[str, float]) -> None:
+        """QUOTA_PHASES after a savepoint; on QuotaRace back to it and once more, the lock held."""
+        await run.conn.execute("SAVEPOINT before_quota")
+        kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
+        try:
+            await Pipeline._steps(run, QUOTA_PHASES, timings)
+        except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
+            await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+            log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
+            (run.fixes, run.index, run.inside), run.rejected = kept, rejected
+            run.outcome.events, run.outcome.latest = [], None
+            await _lock_quota(run)
+            await Pipeline._steps(run, QUOTA_PHASES, timings)
 
     async def commit(self, run: Run) -> Outcome:
         """The steps in the transaction; returns when the batch is committed."""
@@ -479,7 +488,8 @@ class Pipeline:
                 await position_store.commit_without_waiting_for_flush(conn)
             run.fences = await self._geofences(conn, run.customer_uuid)
             timings["lock"] = _ms(started)
-            await self._steps(run, IN_TRANSACTION, timings)
+            await self._steps(run, BEFORE_QUOTA, timings)
+            await self._quota_phases(run, timings)
             commit_started = time.perf_counter()
         timings["commit"] = _ms(commit_started)
         run.conn = None
