@@ -1,9 +1,9 @@
 """The API call being served: what handlers and the auth decorators read (headers, query, body,
 the authenticated principal, the request id), whichever way the request came in.
 
-REST operations are served by api.rest_endpoint straight from ASGI (no Quart request or `g`);
-the few routes still served by Quart (HEAD, document bytes, provisioning) get a Call built from
-Quart's request in a before_request hook. One contextvar holds it for the request's task.
+Every operation is served by api.rest_endpoint straight from ASGI (no Quart request or `g`); what
+Quart still serves (HEAD/OPTIONS, 404/405, the OpenAPI document) gets a Call made by the endpoint
+too, inherited by Quart's request task. One contextvar holds it for the request's task.
 """
 from __future__ import annotations
 

@@ -13,21 +13,48 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from typing import Literal
 
-from quart import Blueprint, Response, request
+from pydantic import Field
+from quart import Blueprint, Response
 
 from sync_server.domain.documents import doc_content
 from sync_server.node.runtime import runtime
-from sync_server.sync import protocol
+from sync_server.sync import protocol, strict_json
 from sync_server.sync.endpoint import parse_path
 
+from . import calls
 from .auth import customer_required
 from .calls import principal
 from .errors import ApiError
+from .openapi import operation
+from .schemas import RequestModel, ResponseModel
 
 blueprint = Blueprint("docs", __name__, url_prefix="/api/v1/docs")
 
 MAX_UPDATE_BYTES = 8 * 1024 * 1024
+TAGS = ["documents"]
+UPDATE_BYTES = {"type": "string", "format": "binary", "description": "a Yjs update (v1 encoding)"}
+
+
+class DocQuery(RequestModel):
+    format: Literal["update", "json"] = Field("update", description="update: the Yjs bytes; json: the content")
+
+
+class DocContent(ResponseModel):
+    doc: str
+    content: dict = Field(description="each root as JSON ($binary, $float and $doc mark what JSON cannot hold)")
+
+
+class UpdateJson(RequestModel):
+    update: str = Field(description="the Yjs update, base64")
+
+
+class UpdateApplied(ResponseModel):
+    doc: str
+    applied_bytes: int
+    state_vector: str = Field(description="the document's state vector after the update, base64")
 
 
 def _doc_name(doc: str) -> str:
@@ -39,12 +66,11 @@ def _doc_name(doc: str) -> str:
 
 @blueprint.get("/<path:doc>")
 @customer_required("sync:read")
-async def get_doc(doc: str):
+@operation("Read a document: its Yjs state (application/octet-stream) or, with format=json, its content",
+           tags=TAGS, query=DocQuery, response=DocContent, content={"application/octet-stream": UPDATE_BYTES})
+async def get_doc(doc: str, query: DocQuery):
     doc = _doc_name(doc)
-    fmt = request.args.get("format", "update")
-    if fmt not in ("update", "json"):
-        raise ApiError(422, "validation_error", "format must be 'update' or 'json'",
-                       {"fields": {"format": "one of update, json"}})
+    fmt = query.format
     room = await runtime().rooms.get(principal().customer_id, doc)
     state = room.ydoc.get_update()
     if fmt == "json":
@@ -59,6 +85,10 @@ async def get_doc(doc: str):
 
 @blueprint.post("/<path:doc>/updates")
 @customer_required("sync:write")
+@operation("Apply a Yjs update (answered once it is durable; relayed to live peers)", tags=TAGS,
+           response=UpdateApplied, errors=(413,),
+           raw_body={"application/octet-stream": UPDATE_BYTES,
+                     "application/json": UpdateJson.model_json_schema()})
 async def post_update(doc: str):
     doc = _doc_name(doc)
     update = await _read_update()
@@ -74,24 +104,32 @@ async def post_update(doc: str):
 
 
 async def _read_update() -> bytes:
-    if request.content_length is not None and request.content_length > MAX_UPDATE_BYTES:
+    """The raw body, or the JSON form {"update": base64} (with Content-Type: application/json); its
+    422s keep the `fields` details this route always answered."""
+    call = calls.current()
+    declared = call.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_UPDATE_BYTES:
         raise ApiError(413, "payload_too_large", f"update larger than {MAX_UPDATE_BYTES} bytes")
-    if request.mimetype == "application/json":
-        body = await request.get_json(silent=True)
+    raw = await call.body()
+    if call.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        try:
+            body = json.loads(raw, parse_constant=strict_json.refuse_constant)  # as Quart's get_json read it
+        except ValueError:
+            body = None
         if not isinstance(body, dict):
             raise ApiError(422, "validation_error", "body must be a JSON object", {"fields": {"update": "required"}})
         unknown = sorted(set(body) - {"update"})
         if unknown:
             raise ApiError(422, "validation_error", "unknown fields", {"fields": {k: "unknown field" for k in unknown}})
-        raw = body.get("update")
-        if not isinstance(raw, str):
+        encoded = body.get("update")
+        if not isinstance(encoded, str):
             raise ApiError(422, "validation_error", "update must be base64 text", {"fields": {"update": "required"}})
         try:
-            update = base64.b64decode(raw, validate=True)
+            update = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(422, "validation_error", "update is not valid base64", {"fields": {"update": "base64"}})
     else:
-        update = await request.get_data()
+        update = raw
     if not update:
         raise ApiError(422, "validation_error", "empty update", {"fields": {"update": "required"}})
     if len(update) > MAX_UPDATE_BYTES:

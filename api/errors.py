@@ -3,7 +3,8 @@
 Handlers raise ApiError (or let a validation error through); nothing ever answers with a stack trace.
 Anything else a handler raises, down to a BaseException that is not cancellation or shutdown
 (sync_server.sync.faults), answers 500 `internal_error` and is logged once, with its traceback and the
-request id, on both HTTP paths (api.rest_endpoint for @operation routes, Quart for the others).
+request id, whoever answers (api.rest_endpoint for every @operation route; Quart's error handler,
+installed below, for the HEAD/OPTIONS/404/405 it still serves).
 """
 from __future__ import annotations
 

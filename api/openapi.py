@@ -24,10 +24,11 @@ from .schemas import ErrorBody
 blueprint = Blueprint("openapi", __name__)
 
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 204: "No Content", 401: "Missing, malformed, unknown, revoked or expired credential",
+    200: "OK", 201: "Created", 202: "Accepted: the work goes on in the background", 204: "No Content",
+    413: "Request body too large", 401: "Missing, malformed, unknown, revoked or expired credential",
     402: "Plan limit reached", 403: "Credential lacks the permission, role or customer state required",
     404: "Not found (or not visible to this credential)", 409: "Conflicts with the current state",
-    422: "Validation failed; details.errors lists each field path",
+    422: "Validation failed; details.errors lists each field path", 503: "Not ready",
 }
 
 
@@ -42,6 +43,10 @@ class Operation:
     errors: tuple[int, ...] = ()
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    raw_body: dict[str, Any] | None = None  # media type -> schema of a body the handler reads itself
+    content: dict[str, Any] = field(default_factory=dict)  # other media types of the success answer
+    also: dict[int, Any] = field(default_factory=dict)  # other success statuses -> response model
+    security: tuple[str, ...] = ()  # when the handler authenticates itself: "customer" and/or "operator"
 
 
 def _loc(parts: tuple) -> str:
@@ -100,22 +105,35 @@ Reply = tuple[bytes, int, dict[str, str]]  # body, status, headers: what Quart's
 
 def _render(op: Operation, result: Any) -> Reply | Response:
     """The response, shaped by the declared model. A handler may instead return a Quart Response
-    (streamed exports); api.rest_endpoint sends those as they are."""
-    if op.status == 204 or op.response is None:
-        return b"", 204, {}
+    (streamed exports, document bytes: a media type declared in `content`); api.rest_endpoint sends
+    those as they are. `(value, status)` answers one of the other statuses declared in `also`."""
     if isinstance(result, Response):
         return result
-    model = op.response
+    if op.status == 204 or op.response is None:
+        return b"", 204, {}
+    model, status = op.response, op.status
+    if isinstance(result, tuple):
+        result, status = result
+        model = op.also[status]
     body = result if isinstance(result, model) else model.model_validate(result)
-    return body.model_dump_json().encode(), op.status, JSON
+    return body.model_dump_json().encode(), status, JSON
 
 
 def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = None,
               query: type[BaseModel] | None = None, response: Any = None, status: int = 200,
-              errors: tuple[int, ...] = (), description: str = ""):
+              errors: tuple[int, ...] = (), description: str = "", raw_body: dict[str, Any] | None = None,
+              content: dict[str, Any] | None = None, also: dict[int, Any] | None = None,
+              security: tuple[str, ...] = ()):
     """Declare a route's contract; the handler receives `body=` / `query=` as validated models and
-    returns a dict or model for `response` (or None for 204)."""
-    op = Operation(summary, tags, body, query, response, status, errors, description)
+    returns a dict or model for `response` (or None for 204).
+
+    For the few routes whose wire format is not one JSON object (document bytes, tracker protocols):
+    `raw_body` documents a body the handler reads itself (`api.calls.current().body()`), keyed by
+    media type; `content` documents other media types of the success answer (the handler returns a
+    Response for them); `also` maps other success statuses to their models (the handler returns
+    `(value, status)`); `security` names the credentials a handler that authenticates itself accepts."""
+    op = Operation(summary, tags, body, query, response, status, errors, description, raw_body=raw_body,
+                   content=content or {}, also=also or {}, security=security)
 
     def decorate(handler: Callable):
         @wraps(handler)
@@ -189,6 +207,7 @@ def build(app: Quart) -> dict:
             models.append((op.query, "validation"))
         if op.response is not None:
             models.append((op.response, "serialization"))
+        models += [(model, "serialization") for model in op.also.values()]
     unique = list(dict.fromkeys(models))
     refs, defs = models_json_schema(unique, ref_template="#/components/schemas/{model}")
     components = defs.get("$defs", {})
@@ -215,20 +234,27 @@ def build(app: Quart) -> dict:
         if op.body is not None:
             entry["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": ref(op.body, "validation")}}}
+        elif op.raw_body and method != "get":
+            entry["requestBody"] = {"required": True,
+                                    "content": {media: {"schema": schema} for media, schema in op.raw_body.items()}}
         responses: dict[str, Any] = {}
         if op.status == 204 or op.response is None:
             responses["204"] = {"description": _STATUS_TEXT[204]}
         else:
             responses[str(op.status)] = {"description": _STATUS_TEXT.get(op.status, "OK"),
-                                         "content": {"application/json": {"schema": ref(op.response, "serialization")}}}
+                                         "content": {"application/json": {"schema": ref(op.response, "serialization")},
+                                                     **{media: {"schema": schema} for media, schema in op.content.items()}}}
+        for status, model in op.also.items():
+            responses[str(status)] = {"description": _STATUS_TEXT.get(status, "OK"),
+                                      "content": {"application/json": {"schema": ref(model, "serialization")}}}
         statuses = set(op.errors)
-        if auth is not None:
+        kinds = (auth[0],) if auth is not None else op.security
+        if kinds:
             statuses |= {401, 403}
-            kind, detail = auth
-            entry["security"] = [{"apiKey": []}] if kind == "customer" else [{"operatorToken": []}]
-            if detail:
-                entry["description"] = (entry.get("description", "") + f"\n\nRequires: {', '.join(detail)}.").strip()
-        if op.body is not None or op.query is not None:
+            entry["security"] = [{"apiKey": []} if kind == "customer" else {"operatorToken": []} for kind in kinds]
+            if auth is not None and auth[1]:
+                entry["description"] = (entry.get("description", "") + f"\n\nRequires: {', '.join(auth[1])}.").strip()
+        if op.body is not None or op.query is not None or op.raw_body:
             statuses.add(422)
         if params:
             statuses.add(404)

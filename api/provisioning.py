@@ -1,11 +1,16 @@
-"""Provisioning REST: recommendation, deployments (operator), tenant migrations (operator)."""
+"""Provisioning REST: recommendation, deployments (operator), tenant migrations (operator).
+
+Declared with `@operation` like every /api/v1 route: bodies are validated by the models below
+(unknown fields are a 422 with field paths), answers are shaped by the response models, which
+declare the fields clients rely on and pass on the rest of the stored row (`extra="allow"`)."""
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from quart import Blueprint, jsonify, request
+from pydantic import ConfigDict, Field
+from quart import Blueprint
 
 from storage import deployments as store
 from sync_server.domain.provisioning import (
@@ -23,15 +28,17 @@ from .auth import (
     operator_required,
 )
 from .errors import ApiError, not_found
+from .openapi import operation
+from .schemas import RequestModel, ResponseModel
 
 blueprint = Blueprint("provisioning", __name__, url_prefix="/api/v1")
 
+TAGS = ["provisioning"]
+DEPLOYMENT_TAGS = ["deployments (operator)"]
+MIGRATION_TAGS = ["tenant migrations (operator)"]
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
-
-class RecommendationIn(_Strict):
+class RecommendationIn(RequestModel):
     customer_id: uuid.UUID | None = None
     vehicles: int | None = Field(default=None, ge=0, le=1_000_000)
     regions: list[str] | None = Field(default=None, max_length=50)
@@ -41,7 +48,7 @@ class RecommendationIn(_Strict):
     plan: str | None = None
 
 
-class DeploymentIn(_Strict):
+class DeploymentIn(RequestModel):
     customer_id: uuid.UUID
     mode: Literal["multi_tenant", "single_tenant"]
     infrastructure: Literal["local", "flyio", "hetzner"]
@@ -49,7 +56,7 @@ class DeploymentIn(_Strict):
     config: dict = Field(default_factory=dict)
 
 
-class MigrationIn(_Strict):
+class MigrationIn(RequestModel):
     to: Literal["single_tenant", "multi_tenant"]
     infrastructure: Literal["local", "flyio", "hetzner"] = "local"
     region: str | None = Field(default=None, max_length=40)
@@ -57,15 +64,66 @@ class MigrationIn(_Strict):
     dry_run: bool = False
 
 
-async def _body(model: type[_Strict]) -> _Strict:
-    data = await request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise ApiError(422, "validation_error", "body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        fields = {".".join(str(p) for p in e["loc"]) or "body": e["msg"] for e in exc.errors()}
-        raise ApiError(422, "validation_error", "invalid request body", {"fields": fields}) from None
+class DeploymentsQuery(RequestModel):
+    customer_id: uuid.UUID | None = None
+    status: str | None = Field(None, max_length=40)
+
+
+class _Open(ResponseModel):
+    """The declared fields, and the rest of the row as stored (new columns reach clients unchanged)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Recommendation(_Open):
+    mode: str
+    plan: str
+    recorded: bool
+
+
+class StoredRecommendation(_Open):
+    created_at: str
+
+
+class Recommendations(ResponseModel):
+    data: list[StoredRecommendation]
+
+
+class Event(_Open):
+    id: Any
+    step: str
+    status: str
+    data: Any = None
+    error: str | None = None
+    created_at: str
+
+
+class Deployment(_Open):
+    id: str
+    customer_id: str
+    mode: str
+    infrastructure: str
+    status: str
+    config: dict[str, Any]
+
+
+class DeploymentShown(Deployment):
+    events: list[Event]
+
+
+class Deployments(ResponseModel):
+    data: list[Deployment]
+
+
+class Migration(_Open):
+    id: str
+    status: str
+    progress: dict[str, Any]
+    events: list[Event]
+
+
+class MovePlan(_Open):
+    """What the move would do (dry run): nothing is changed."""
 
 
 def _wrap(exc: deployments.DeploymentError) -> ApiError:
@@ -80,12 +138,13 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
 
 
 @blueprint.post("/provisioning/recommendation")
-async def recommendation():
+@operation("Recommend a deployment mode and plan (recorded when a customer is known)", tags=TAGS,
+           body=RecommendationIn, response=Recommendation, errors=(404,), security=("customer", "operator"))
+async def recommendation(body: RecommendationIn):
     """Operators and customers (any valid API key). Fields left out are read from the stored
     customer (the key's customer, or `customer_id` for operators); the result is recorded when a
     customer is known."""
     token = bearer()
-    body = await _body(RecommendationIn)
     if token.startswith("whk_"):
         principal = await authenticate_customer()
         if body.customer_id is not None and str(body.customer_id) != principal.customer_id:
@@ -98,84 +157,87 @@ async def recommendation():
     given = body.model_dump(exclude={"customer_id"}, exclude_none=True)
     if customer_id is None:
         profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-        return jsonify({**recommend(profile).as_dict(), "recorded": False})
+        return {**recommend(profile).as_dict(), "recorded": False}
     stored = await recommendations.stored_profile(rt, customer_id)
     if stored is None:
         raise not_found("customer")
-    import dataclasses
-
     profile = dataclasses.replace(stored, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
-    return jsonify({**await recommendations.record(rt, customer_id, profile, "request"), "recorded": True})
+    return {**await recommendations.record(rt, customer_id, profile, "request"), "recorded": True}
 
 
 @blueprint.get("/customers/<customer_id>/recommendations")
 @operator_required()
+@operation("A customer's recorded recommendations", tags=TAGS, response=Recommendations)
 async def list_recommendations(customer_id: str):
     rows = await store.recommendations(runtime().db, _uuid(customer_id, "customer"))
-    return jsonify({"data": [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]})
+    return {"data": [{**dict(r), "created_at": r["created_at"].isoformat()} for r in rows]}
 
 
 @blueprint.post("/deployments")
 @operator_required()
-async def create_deployment():
-    body = await _body(DeploymentIn)
+@operation("Create a deployment (provisioned in the background)", tags=DEPLOYMENT_TAGS, body=DeploymentIn,
+           response=Deployment, status=202, errors=(404, 409))
+async def create_deployment(body: DeploymentIn):
     try:
         dep = await deployments.create(runtime(), customer_id=body.customer_id, mode=body.mode,
                                        infrastructure=body.infrastructure, region=body.region, config=body.config)
     except deployments.DeploymentError as exc:
         raise _wrap(exc) from None
-    return jsonify(deployments.public(dep)), 202
+    return deployments.public(dep)
 
 
 @blueprint.get("/deployments")
 @operator_required()
-async def list_deployments():
-    customer = request.args.get("customer_id")
-    status = request.args.get("status")
-    rows = await store.list_all(runtime().db, customer_id=_uuid(customer, "customer") if customer else None,
-                                status=status)
-    return jsonify({"data": [deployments.public(dict(r)) for r in rows]})
+@operation("List deployments", tags=DEPLOYMENT_TAGS, query=DeploymentsQuery, response=Deployments)
+async def list_deployments(query: DeploymentsQuery):
+    rows = await store.list_all(runtime().db, customer_id=query.customer_id, status=query.status)
+    return {"data": [deployments.public(dict(r)) for r in rows]}
 
 
 @blueprint.get("/deployments/<deployment_id>")
 @operator_required()
+@operation("A deployment and its events", tags=DEPLOYMENT_TAGS, response=DeploymentShown)
 async def show_deployment(deployment_id: str):
     rt = runtime()
     dep = await store.get(rt.db, _uuid(deployment_id, "deployment"))
     if dep is None:
         raise not_found("deployment")
     events = await store.events(rt.db, dep["customer_id"], dep["id"])
-    return jsonify({**deployments.public(dict(dep)), "events": [_event(e) for e in events]})
+    return {**deployments.public(dict(dep)), "events": [_event(e) for e in events]}
 
 
 @blueprint.post("/deployments/<deployment_id>/decommission")
 @operator_required("admin")
+@operation("Decommission a deployment", tags=DEPLOYMENT_TAGS, response=Deployment, errors=(409,))
 async def decommission_deployment(deployment_id: str):
     try:
         dep = await deployments.decommission(runtime(), _uuid(deployment_id, "deployment"))
     except deployments.DeploymentError as exc:
         raise _wrap(exc) from None
-    return jsonify(deployments.public(dep))
+    return deployments.public(dep)
 
 
 @blueprint.post("/customers/<customer_id>/migrations")
 @operator_required("admin")
-async def start_migration(customer_id: str):
-    body = await _body(MigrationIn)
+@operation("Move a customer between shared and dedicated databases (dry_run: the plan, 200)",
+           tags=MIGRATION_TAGS, body=MigrationIn, response=Migration, status=202, also={200: MovePlan},
+           errors=(409,))
+async def start_migration(customer_id: str, body: MigrationIn):
     rt = runtime()
     cid = _uuid(customer_id, "customer")
     try:
         if body.dry_run:
-            return jsonify(await tenant_migration.plan_move(rt, cid, body.to, plan=body.plan))
+            return await tenant_migration.plan_move(rt, cid, body.to, plan=body.plan), 200
         mig = await tenant_migration.start(rt, cid, body.to, infrastructure=body.infrastructure, plan=body.plan,
                                            region=body.region)
     except deployments.DeploymentError as exc:
         raise _wrap(exc) from None
-    return jsonify(_migration(mig, [])), 202
+    return _migration(mig, [])
 
 
 @blueprint.get("/customers/<customer_id>/migrations/<migration_id>")
 @operator_required()
+@operation("A tenant migration: status, progress, events", tags=MIGRATION_TAGS, response=Migration)
 async def show_migration(customer_id: str, migration_id: str):
     rt = runtime()
     cid = _uuid(customer_id, "customer")
@@ -183,7 +245,7 @@ async def show_migration(customer_id: str, migration_id: str):
     if mig is None:
         raise not_found("migration")
     events = [e for e in await store.events(rt.db, cid) if (e["data"] or {}).get("migration_id") == str(mig["id"])]
-    return jsonify(_migration(dict(mig), events))
+    return _migration(dict(mig), events)
 
 
 def _event(e) -> dict:

@@ -11,11 +11,12 @@ view runs as registered. What is done here instead of in Quart: the call's heade
 (api.calls), the request id (X-Request-ID echoed, bound in the log context), the rate limit, and
 turning exceptions into the one error format (api.errors.reply).
 
-Everything else goes to Quart unchanged: routes without `@operation` (health, document bytes,
-provisioning, ingest, the OpenAPI document), HEAD/OPTIONS, and paths or methods that do not match
-(404, 405, slash redirects answered exactly as before). Those get the same Call and request id
-from here (Quart's request task inherits the context) and the rate limit from the before_request
-hook installed here. Quart answers what its views raise through api.errors too; what escapes Quart
+Every route is declared with `@operation` (the /api/v1 surface, document bytes, tracker ingest,
+health), so the OpenAPI document lists what is served. Quart is left with the OpenAPI document
+itself, HEAD/OPTIONS, and paths or methods that do not match (404, 405, slash redirects answered
+exactly as before). Those get the same Call, request id (set on the response start here) and rate
+limit from here: one home each, no Quart hooks. Quart answers what its views raise through
+api.errors.reply too (its error handler is the adapter); what escapes Quart
 itself (a BaseException such as a Rust panic, which Quart does not catch) is answered here as a
 JSON 500 as long as no response has started, instead of Hypercorn's empty one.
 """
@@ -38,7 +39,6 @@ from .openapi import Reply
 
 log = structlog.get_logger("api.rest_endpoint")
 
-PREFIX = "/api/"
 METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))  # HEAD and OPTIONS stay with Quart
 JSON_TYPE = (b"content-type", b"application/json")
 
@@ -58,7 +58,7 @@ class RestEndpoint:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # websockets, lifespan
             return
-        if scope["method"] in METHODS and scope["path"].startswith(PREFIX):
+        if scope["method"] in METHODS:
             try:
                 endpoint, args = self.routes.match(scope["path"], scope["method"])
             except HTTPException:  # 404 / 405 / redirect: Quart answers those as it always did
@@ -105,14 +105,22 @@ class RestEndpoint:
         entered = calls.enter(call)
         logs.bind(request_id=call.request_id)
         started = False
+        request_id = (b"x-request-id", call.request_id.encode("latin-1"))
 
         async def watched(message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                message = {**message, "headers": [*(h for h in message.get("headers", ())
+                                                     if h[0].lower() != b"x-request-id"), request_id]}
             await send(message)
 
         try:
+            rt = serving(self.runtime)
+            try:
+                await rate_limits.check(call)
+            finally:
+                done_serving(rt)
             await self.app(scope, receive, watched)
         except BaseException as exc:
             if not answerable(exc):
@@ -198,19 +206,7 @@ def _headers(scope) -> dict[str, str]:
 
 
 def install(app: Quart, runtime) -> None:
-    """Serve `@operation` routes from ASGI; give Quart's own routes the same call, request id and
-    rate limit. Call after every blueprint is registered (the route table is read once)."""
-
-    @app.before_request
-    async def _count_call() -> None:
-        await rate_limits.check(calls.current())  # the Call RestEndpoint.serve_quart made
-
-    @app.after_request
-    async def _echo_request_id(response):
-        call = calls.current_or_none()
-        if call is not None:
-            response.headers["X-Request-ID"] = call.request_id
-        logs.unbind("request_id", "customer_id")
-        return response
-
+    """Serve `@operation` routes from ASGI; what Quart still serves gets the same call, request id
+    and rate limit from here (no Quart hooks). Call after every blueprint is registered (the route
+    table is read once)."""
     app.asgi_app = RestEndpoint(app.asgi_app, app, runtime)

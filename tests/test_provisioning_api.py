@@ -65,7 +65,8 @@ def test_recommendation_for_operator_and_api_key_and_validation(prov_server, dat
     r = httpx.post(base, json={"vehicles": 40}, headers={"Authorization": f"Bearer {key}"})
     assert r.json()["plan"] == "professional"
     r = httpx.post(base, json={"vehicles": -1, "colour": "red"}, headers={"Authorization": f"Bearer {op}"})
-    assert r.status_code == 422 and set(r.json()["error"]["details"]["fields"]) == {"vehicles", "colour"}
+    assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
+    assert {e["field"] for e in r.json()["error"]["details"]["errors"]} == {"vehicles", "colour"}
     assert httpx.post(base, json={}).status_code == 401
     listed = httpx.get(prov_server.base_url + f"/api/v1/customers/{cid}/recommendations",
                        headers={"Authorization": f"Bearer {op}"}).json()["data"]

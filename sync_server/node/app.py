@@ -38,7 +38,7 @@ log = structlog.get_logger("sync_server.node.app")
 
 
 def create_app(settings: Settings) -> Quart:
-    app = Quart("webhost_sync")
+    app = Quart("webhost_sync", static_folder=None)  # every route is an @operation (api.rest_endpoint)
     app.config["JSON_SORT_KEYS"] = False
     app.json = json_provider.JSONProvider(app)  # no NaN/Infinity in or out (JavaScript's JSON.parse refuses them)
     rt = Runtime(settings)

@@ -32,11 +32,38 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     assert doc["openapi"].startswith("3.1")
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert ("POST", "/api/v1/vehicles") in ops and ("POST", "/api/v1/sync-tokens") in ops
-    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 50  # 45 + 5 tracking
+    # 45 + 5 tracking + 2 documents + 8 provisioning/deployments/migrations + 4 ingest + 2 health
+    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 66
     create = doc["paths"]["/api/v1/vehicles"]["post"]
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
     assert create["security"] == [{"apiKey": []}]
     assert doc["components"]["schemas"]["VehicleCreate"]["additionalProperties"] is False
+
+
+DOCUMENT_ITSELF = {("GET", "/api/openapi.json")}
+
+
+def test_every_served_route_is_an_operation_in_the_document(server):
+    """The route table the server answers from (the app's url map, which api.rest_endpoint matches
+    against) equals the served document's paths and methods: a route added without `@operation`
+    (so without validation, error format and documentation) fails here, and so does a documented
+    route nobody serves."""
+    from api import openapi, rest_endpoint
+    from sync_server.node.app import create_app
+    from sync_server.node.config import Settings
+
+    app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused", secret_key="k" * 40))
+    served = {(method, openapi._openapi_path(rule.rule)[0])
+              for rule in app.url_map.iter_rules() for method in rule.methods - {"HEAD", "OPTIONS"}}
+    doc = httpx.get(f"{server.base_url}/api/openapi.json").json()
+    documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    assert served - DOCUMENT_ITSELF == documented
+    assert {p for _, p in served if p.startswith("/api/v1/")} >= {
+        "/api/v1/deployments", "/api/v1/customers/{customer_id}/migrations", "/api/v1/docs/{doc}"}
+    # ... and every one of them is served by the one endpoint (not by Quart's dispatch)
+    endpoint = rest_endpoint.RestEndpoint(app.asgi_app, app, runtime=None)
+    by_endpoint = {rule.endpoint for rule in app.url_map.iter_rules()} - set(endpoint.views)
+    assert by_endpoint == {"openapi.openapi_document"}
 
 
 def test_schemathesis_finds_nothing(server, server_env, tmp_path):
