@@ -4,6 +4,7 @@ switching a patch off in silence; a guard that fails logs a WARNING and leaves t
 from __future__ import annotations
 
 import asyncio
+
 import structlog
 from hypercorn.config import Config
 from hypercorn.protocol import ws_stream

@@ -8,9 +8,9 @@ The GPS pipeline uses `current_limits(...).gps_points_per_day` with `check_limit
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import asyncpg
 
@@ -40,7 +40,7 @@ class Limits:
         return getattr(self, resource)
 
     @classmethod
-    def from_plan(cls, row) -> "Limits":
+    def from_plan(cls, row) -> Limits:
         return cls(row["id"], row["vehicle_limit"], row["driver_limit"], row["geofence_limit"],
                    row["gps_points_per_day"], row["retention_days"], row["connection_limit"])
 
