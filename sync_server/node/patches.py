@@ -226,8 +226,8 @@ def apply(patch: Patch) -> bool:
     try:
         if patch.active():
             return True
-    except ImportError:
-        pass  # the guard says why
+    except (ImportError, AttributeError):
+        pass  # the internals are not there: the guard says why
     reason = patch.guard()
     if reason is not None:
         log.warning("third_party_patch_off", patch=patch.name, package=patch.package,
