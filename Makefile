@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test install js browser bench clean
+.PHONY: run test lint install js browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ browser:
 run: $(STAMP)
 	$(BIN)/webhost-sync serve
 
-test: $(STAMP) js browser
+# ruff (lint), mypy (types) and import-linter (the layering contracts), all configured in pyproject.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint js browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) js

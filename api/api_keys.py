@@ -40,7 +40,7 @@ class ApiKeyCreate(RequestModel):
             return None
         if value.tzinfo is None:
             raise ValueError("must include a timezone")
-        if value <= dt.datetime.now(dt.timezone.utc):
+        if value <= dt.datetime.now(dt.UTC):
             raise ValueError("must be in the future")
         return value
 
@@ -145,5 +145,5 @@ async def create_sync_token(body: SyncTokenRequest):
     token, expires = sync_tokens.mint(runtime().secret_key, customer_id=caller.customer_id,
                                       customer_slug=caller.customer_slug, docs=body.docs, mode=body.mode,
                                       ttl_seconds=body.ttl_seconds)
-    return {"token": token, "expires_at": dt.datetime.fromtimestamp(expires, dt.timezone.utc),
+    return {"token": token, "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC),
             "customer_slug": caller.customer_slug}

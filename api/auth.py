@@ -6,10 +6,10 @@ into every log line.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import wraps
-from typing import AsyncIterator
 
 import asyncpg
 

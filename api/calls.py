@@ -8,11 +8,12 @@ too, inherited by Quart's request task. One contextvar holds it for the request'
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
-_current: ContextVar["Call"] = ContextVar("api_call")
+_current: ContextVar[Call] = ContextVar("api_call")
 
 REQUEST_ID_MAX = 64
 

@@ -97,7 +97,7 @@ async def post_update(doc: str):
     try:
         await room.apply(update)
     except protocol.Malformed:
-        raise ApiError(422, "validation_error", "body is not a valid Yjs update", {"fields": {"update": "invalid"}})
+        raise ApiError(422, "validation_error", "body is not a valid Yjs update", {"fields": {"update": "invalid"}}) from None
     await room.hooks.store(room)  # durable before we answer
     return {"doc": doc, "applied_bytes": len(update),
             "state_vector": base64.b64encode(room.ydoc.get_state()).decode()}
@@ -127,7 +127,7 @@ async def _read_update() -> bytes:
         try:
             update = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(422, "validation_error", "update is not valid base64", {"fields": {"update": "base64"}})
+            raise ApiError(422, "validation_error", "update is not valid base64", {"fields": {"update": "base64"}}) from None
     else:
         update = raw
     if not update:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Literal, Union
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from pydantic import Field, RootModel
@@ -327,7 +328,7 @@ class PolygonGeofenceCreate(RequestModel):
     metadata: Metadata = Field(default_factory=dict)
 
 
-class GeofenceCreate(RootModel[Annotated[Union[CircleGeofenceCreate, PolygonGeofenceCreate],
+class GeofenceCreate(RootModel[Annotated[CircleGeofenceCreate | PolygonGeofenceCreate,
                                          Field(discriminator="kind")]]):
     pass
 

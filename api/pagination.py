@@ -7,7 +7,8 @@ import binascii
 import datetime as dt
 import json
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .openapi import field_error
 

@@ -2,7 +2,8 @@
 2-second fixes never sits in memory as one document."""
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from sync_server.sync import strict_json

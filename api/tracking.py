@@ -7,7 +7,8 @@ import asyncio
 import datetime as dt
 import re
 import uuid
-from typing import Annotated, Any, AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
 from quart import Blueprint, Response
@@ -28,7 +29,7 @@ from .openapi import field_error, operation
 from .schemas import RequestModel, ResponseModel
 
 blueprint = Blueprint("tracking", __name__)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PAGE_ROWS = 5_000  # rows per database round trip while streaming
 JSON_DEFAULT_LIMIT = 1_000
 JSON_MAX_LIMIT = 10_000
@@ -312,7 +313,9 @@ async def _summary_of_day(db, cid: str, vehicle_id: uuid.UUID, day: dt.date) -> 
         # Geodesic sums cost ~40 us a pair: off the event loop.
         meters, previous = await asyncio.to_thread(path_length, [(r["lat"], r["lng"]) for r in rows], previous)
         distance += meters
-    iso = (lambda t: t.isoformat().replace("+00:00", "Z") if t else None)
+    def iso(t):
+        return t.isoformat().replace("+00:00", "Z") if t else None
+
     return {"day": day.isoformat(), "points": points, "distance_m": round(distance, 1), "max_speed": max_speed,
             "first_fix": iso(first_fix), "last_fix": iso(last_fix)}
 

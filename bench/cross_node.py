@@ -57,7 +57,7 @@ class Peer:
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def join(cls, url: str) -> "Peer":
+    async def join(cls, url: str) -> Peer:
         ws = await websockets.connect(url, max_size=None)
         peer = cls(ws)
         await ws.send(protocol.step1_frame(pycrdt.Doc().get_state()))

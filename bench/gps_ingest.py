@@ -83,7 +83,7 @@ async def _customer(owner: asyncpg.Connection, slug: str, vehicles: int, geofenc
 
 def _fixes(day: dt.date, n: int) -> position_store.Fixes:
     """The raw path's rows: one fix a second from midnight, moving east (the clients' route)."""
-    base = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    base = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
     i = np.arange(n)
     return position_store.Fixes(base + i * 1000, np.full(n, 52.5), 13.4 + (i % 1000) * 0.00002, np.full(n, 1.36),
                                 np.full(n, 90.0), np.full(n, 5.0), np.full(n, np.nan))
@@ -207,7 +207,7 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
                 time.sleep(0.1)
         token = sync_tokens.mint(SECRET, customer_id=cid, customer_slug=slug, docs=["tracks/*", "board"], mode="rw",
                                  ttl_seconds=3600)[0]
-        start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+        start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
         def client(vid, n, begin, on=day, connect_at=0):
             return subprocess.Popen(["node", str(JS), "--server", f"ws://127.0.0.1:{port}/sync/{slug}", "--token",
@@ -269,9 +269,9 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
         outputs = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
         first_connect = min(o["connect_ms"] for o in outputs) / 1000
         rows = await owner.fetchval("SELECT count(*) FROM gps_positions WHERE customer_id = $1 AND time >= $2",
-                                    uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc))
+                                    uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC))
         events = await owner.fetchval("SELECT count(*) FROM geofence_events WHERE customer_id = $1 AND time >= $2",
-                                      uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc))
+                                      uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC))
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -309,7 +309,7 @@ async def main() -> None:
     ap.add_argument("--readers", type=int, help="TRACKING_READERS for the server (default: the server's)")
     args = ap.parse_args()
     url = await _create_database()
-    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     owner = await asyncpg.connect(url)
     results = []
     try:

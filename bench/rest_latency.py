@@ -146,7 +146,7 @@ class OwnServer:
         self.proc: subprocess.Popen | None = None
         self.tmp = tempfile.TemporaryDirectory(prefix="wh-bench-")
 
-    async def __aenter__(self) -> "OwnServer":
+    async def __aenter__(self) -> OwnServer:
         self.database_url = await databases.create_database(ADMIN_URL, prefix="wh_bench")
         bindir = Path(sys.executable).parent
         env = {**os.environ, "DATABASE_URL": self.database_url, "HOST": "127.0.0.1", "PORT": str(self.port),
@@ -303,5 +303,5 @@ if __name__ == "__main__":
     try:  # the client shares the machine's CPU with the server: the cheaper loop when installed
         import uvloop
     except ImportError:
-        raise SystemExit(asyncio.run(main()))
+        raise SystemExit(asyncio.run(main())) from None
     raise SystemExit(uvloop.run(main()))

@@ -112,7 +112,7 @@ def main() -> int:
     mode = "smoke" if args.smoke else "full"
     budget = args.budget or (120 if args.smoke else 840)
     sides = [s for s in args.sides.split(",") if s]
-    started_wall = dt.datetime.now(dt.timezone.utc)
+    started_wall = dt.datetime.now(dt.UTC)
     started = time.monotonic()
     log_dir = args.work or BENCH / ".work" / started_wall.strftime("%Y%m%dT%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def main() -> int:
                if mode == "full" else "smoke counts (tiny).")
     text = render(header={"date": started_wall.strftime("%Y-%m-%d %H:%M UTC"), "duration": f"{elapsed / 60:.1f} min",
                           "scaling": scaling},
-                  machine={**machine, "load average at end": "%.2f %.2f %.2f" % os.getloadavg()},
+                  machine={**machine, "load average at end": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())},
                   versions=versions(database), scenarios=scenarios, results=results, mode=mode, profiles=profiles)
     args.out.write_text(text)
     print(f"[bench] wrote {args.out} in {elapsed:.0f}s (logs in {log_dir})", flush=True)

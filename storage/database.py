@@ -21,9 +21,9 @@ import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -63,7 +63,7 @@ class AppRole:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_secret(cls, secret_key: str, password: str | None = None) -> "AppRole":
+    def from_secret(cls, secret_key: str, password: str | None = None) -> AppRole:
         key = hmac.new(secret_key.encode(), _SCOPE_KEY_LABEL, hashlib.sha256).digest()
         return cls(key, password)
 
@@ -108,7 +108,7 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self, *, install_key: bool = True) -> "Database":
+    async def open(self, *, install_key: bool = True) -> Database:
         """As the owner: install the scope key (and the application role's password when the role
         cannot log in with it yet); then the pool, as the application role, checked once.
         `install_key=False` is for one-off commands on platform tables beside running servers

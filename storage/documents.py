@@ -17,9 +17,9 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import structlog
@@ -167,7 +167,7 @@ class UpdateLog:
     async def stop(self, timeout: float = 30.0) -> None:
         try:
             await asyncio.wait_for(self.flush(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("update_log_flush_timeout", pending=self.pending())
         held = {c: self.pending(c) for c in self._paused if self.pending(c)}
         if held:

@@ -5,7 +5,7 @@ geofences with `lock_parents`, once per batch, and writes only events of the geo
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 import asyncpg
 

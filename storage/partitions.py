@@ -29,7 +29,7 @@ async def longest_retention_days(db: Database) -> int:
 
 async def drop_expired(db: Database, today: dt.date | None = None) -> int:
     """Drop whole day partitions older than the longest plan retention."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     cutoff = today - dt.timedelta(days=await longest_retention_days(db))
     dropped = 0
     async with db.platform() as conn:
@@ -40,7 +40,7 @@ async def drop_expired(db: Database, today: dt.date | None = None) -> int:
 
 async def maintain(db: Database, days_ahead: int, today: dt.date | None = None) -> tuple[int, int]:
     """The periodic job: partitions for yesterday .. today+days_ahead, and expired ones dropped."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    today = today or dt.datetime.now(dt.UTC).date()
     created = await ensure(db, today - dt.timedelta(days=1), today + dt.timedelta(days=days_ahead))
     dropped = await drop_expired(db, today)
     return created, dropped

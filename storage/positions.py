@@ -14,7 +14,8 @@ from using it as an index condition.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, AsyncIterator, NamedTuple, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NamedTuple
 
 import asyncpg
 import numpy as np
@@ -45,7 +46,7 @@ class Fixes(NamedTuple):
     accuracy: np.ndarray
     altitude: np.ndarray
 
-    def take(self, index: Any) -> "Fixes":
+    def take(self, index: Any) -> Fixes:
         return Fixes(*(column[index] for column in self))
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import structlog
 
@@ -33,7 +33,7 @@ class DatabaseRegistry:
         self._lock = asyncio.Lock()
         self._holds: dict[str, asyncio.Event] = {}  # customer_id -> set when its held route is released
 
-    async def open(self) -> "DatabaseRegistry":
+    async def open(self) -> DatabaseRegistry:
         await self.shared.open()
         await self.reload()
         return self

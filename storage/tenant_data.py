@@ -13,8 +13,8 @@ Identifiers come from the fixed list below and from the catalog, never from inpu
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import asyncpg
 
@@ -183,8 +183,10 @@ def digest(hashes: dict[str, str]) -> dict:
 
 async def day_range(conn: asyncpg.Connection, t: TenantTable, customer_id,
                     cutoff: dt.datetime | None) -> tuple[dt.date, dt.date] | None:
+    assert t.time is not None, "day_range is for the day-partitioned tables, which all have a time column"
     row = await conn.fetchrow(
-        f"SELECT min({_q(t.time)})::date AS lo, max({_q(t.time)})::date AS hi FROM {_q(t.name)} WHERE {_where(t, True)}",
+        f"SELECT min({_q(t.time)})::date AS lo, max({_q(t.time)})::date AS hi"
+        f" FROM {_q(t.name)} WHERE {_where(t, True)}",
         *_args(t, customer_id, cutoff))
     return None if row["lo"] is None else (row["lo"], row["hi"])
 

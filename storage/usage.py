@@ -3,7 +3,7 @@ the per-customer lock that makes count-then-insert race-free (tenant connections
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import asyncpg
 
@@ -58,7 +58,7 @@ async def document_bytes(conn: asyncpg.Connection) -> int:
 
 # --- usage_metrics counters: one row per (customer, metric, UTC day), added to atomically ------
 def _midnight(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 async def add(conn: asyncpg.Connection, customer_id, counts: Iterable[tuple[dt.date, str, int]]) -> None:
@@ -77,7 +77,7 @@ async def values(conn: asyncpg.Connection, customer_id, metric: str, days: Seque
     rows = await conn.fetch(
         "SELECT time, value FROM usage_metrics WHERE customer_id = $1 AND metric = $2 AND time = ANY($3::timestamptz[])",
         customer_id, metric, [_midnight(d) for d in days])
-    return {r["time"].astimezone(dt.timezone.utc).date(): r["value"] for r in rows}
+    return {r["time"].astimezone(dt.UTC).date(): r["value"] for r in rows}
 
 
 async def of_day(conn: asyncpg.Connection, customer_id, day: dt.date, prefix: str) -> dict[str, int]:

@@ -90,7 +90,7 @@ async def test_revoked_expired_unknown_and_suspended_keys_are_refused(db):
     from storage import DatabaseRegistry
 
     registry = DatabaseRegistry(db)
-    cid, raw = await _customer_with_key(db, expires_at=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc))
+    cid, raw = await _customer_with_key(db, expires_at=dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     with pytest.raises(api_keys.KeyRejected, match="expired"):
         await api_keys.authenticate(registry, raw)
     async with db.tenant(cid) as conn:
@@ -112,7 +112,7 @@ async def test_key_cache_skips_the_lookup_until_forgotten_and_checks_expiry_on_h
     from storage import DatabaseRegistry
 
     registry = DatabaseRegistry(db)
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     cid, raw = await _customer_with_key(db, expires_at=expires)
     cache = api_keys.KeyCache(ttl=60)
     principal = await api_keys.authenticate(registry, raw, cache=cache)

@@ -10,7 +10,7 @@ import pytest
 from api import openapi, pagination
 from api.errors import ApiError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_one_codec_round_trips_list_and_tracking_cursors():

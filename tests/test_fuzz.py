@@ -116,7 +116,7 @@ class Victim:
                         msg = protocol.decode(frame)
                         if isinstance(msg, protocol.SyncUpdate) and not msg.step2 and msg.update == update:
                             break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.errors.append(f"no echo of write {i} within 10 s")
                     return
                 self.round_trips.append(time.perf_counter() - sent)

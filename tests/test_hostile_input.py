@@ -41,7 +41,7 @@ async def updates_received(peer: RawPeer, seconds: float) -> list[bytes]:
     while (left := deadline - asyncio.get_running_loop().time()) > 0:
         try:
             frame = await peer.recv(timeout=left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         msg = protocol.decode(frame)
         if isinstance(msg, protocol.SyncUpdate) and not msg.step2:

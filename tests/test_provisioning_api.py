@@ -139,7 +139,7 @@ async def _live_migration(server, database_url, tmp_path):
         vehicle = await conn.fetchval("SELECT id FROM vehicles WHERE customer_id = $1 ORDER BY name LIMIT 1", cid)
     finally:
         await conn.close()
-    track = f"tracks/{vehicle}/{dt.datetime.now(dt.timezone.utc).date().isoformat()}"
+    track = f"tracks/{vehicle}/{dt.datetime.now(dt.UTC).date().isoformat()}"
     stop = tmp_path / "stop-writing"
     docs = {"fleet": {"map": "positions"}, track: {"array": "points"}}
     origin_ms = int(time.time() * 1000)

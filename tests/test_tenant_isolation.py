@@ -33,7 +33,7 @@ async def test_query_without_customer_sees_no_rows(db):
         assert await conn.fetchval("SELECT count(*) FROM gps_positions") == 0
         assert await conn.fetchval("SELECT count(*) FROM customers") == 0
         # A partition read directly is guarded the same way.
-        part = f"gps_positions_p{dt.datetime.now(dt.timezone.utc):%Y%m%d}"
+        part = f"gps_positions_p{dt.datetime.now(dt.UTC):%Y%m%d}"
         assert await conn.fetchval(f'SELECT count(*) FROM "{part}"') == 0
     async with db.tenant(a) as conn:
         assert await conn.fetchval("SELECT count(*) FROM gps_positions") == 1

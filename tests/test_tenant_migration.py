@@ -44,7 +44,7 @@ class GpsWriter:
         self.rt, self.cid, self.vehicle_id = rt, cid, vehicle_id
         self.committed = 0
         self.stop = asyncio.Event()
-        self.base = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        self.base = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
     async def run(self) -> None:
         while not self.stop.is_set():

@@ -53,7 +53,7 @@ def test_chunks_equal_decoding_every_inserted_element_in_observed_order(monkeypa
         reader = DocReader(copy_points, chunks.append)
         observed: list = []  # the reference: pycrdt's delta, in observed order
         subscription = copy_points.integrated.observe(  # kept: a dropped subscription stops observing
-            lambda event: observed.extend(x for c in event.delta if "insert" in c for x in c["insert"]))
+            lambda event, observed=observed: observed.extend(x for c in event.delta if "insert" in c for x in c["insert"]))
         n = 0
         for _ in range(8):
             size = rng.choice([1, 3, 50, 400, 2_000])

@@ -16,7 +16,7 @@ from sync_server.domain.tracking.pipeline import Batch, Pipeline
 
 from .support import fleet
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TODAY = dt.datetime.now(UTC).date()
 START = dt.datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - dt.timedelta(days=1)  # yesterday 00:00
 

@@ -8,7 +8,7 @@ import httpx
 
 from .support import fleet
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SECRET = "whd_device-secret-for-truck-1"
 
 

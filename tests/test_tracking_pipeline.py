@@ -12,7 +12,7 @@ from sync_server.domain.tracking.points import decode_chunk
 
 from .support import fleet
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 TODAY = dt.datetime.now(UTC).date()
 NOON = dt.datetime(TODAY.year, TODAY.month, TODAY.day, 12, tzinfo=UTC)
 NOON_MS = int(NOON.timestamp() * 1000)

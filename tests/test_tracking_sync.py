@@ -19,7 +19,7 @@ from .conftest import TEST_SECRET
 from .support import fleet, sync_peers
 from .support.server import ServerProcess
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 POINTS = 10_000
 DAY = dt.datetime.now(UTC).date() - dt.timedelta(days=1)
 START_MS = int(dt.datetime(DAY.year, DAY.month, DAY.day, 8, tzinfo=UTC).timestamp() * 1000)

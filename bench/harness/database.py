@@ -24,7 +24,7 @@ class BenchDatabase:
         self.url: str | None = None
         self.customer_id: str | None = None
 
-    def create(self) -> "BenchDatabase":
+    def create(self) -> BenchDatabase:
         self.url = asyncio.run(databases.create_database(self.admin_url, prefix="wh_bench"))
         asyncio.run(migrator.migrate(self.url))
         self.customer_id = asyncio.run(self._seed())

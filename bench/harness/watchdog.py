@@ -22,7 +22,7 @@ class MemoryGuard:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "MemoryGuard":
+    def __enter__(self) -> MemoryGuard:
         self._thread.start()
         return self
 

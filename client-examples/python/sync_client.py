@@ -17,8 +17,7 @@ import json
 
 import pycrdt
 import websockets
-from pycrdt import (YMessageType, YSyncMessageType, create_sync_message, create_update_message,
-                    handle_sync_message)
+from pycrdt import YMessageType, YSyncMessageType, create_sync_message, create_update_message, handle_sync_message
 
 
 async def run(args: argparse.Namespace) -> dict:

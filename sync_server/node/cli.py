@@ -11,9 +11,8 @@ import sys
 
 import structlog
 
-from sync_server.node import logs, migrate_tenant_cli
+from sync_server.node import logs, migrate_tenant_cli, patches
 from sync_server.node.config import ConfigError, Settings
-from sync_server.sync import wire
 
 log = structlog.get_logger("sync_server.node.cli")
 
@@ -63,9 +62,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.websocket_ping_interval = None
     # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
     config.websocket_max_message_size = settings.sync_max_message_bytes * 2
-    _decline_permessage_deflate()
-    wire.coalesce_response_head()
-    wire.fast_unmasking()
+    patches.apply_all()
     rt = app.extensions["webhost"]
 
     async def main() -> None:
@@ -94,25 +91,6 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     else:
         asyncio.run(main())
     return 0
-
-
-def _decline_permessage_deflate() -> None:
-    """Hypercorn always accepts permessage-deflate (no setting). Compressing every small Yjs frame
-    cost ~15% of the relay CPU here and the reference y-websocket server (ws, default options) does
-    not compress either, so the offer is declined: peers fall back to plain frames."""
-    from hypercorn.protocol import ws_stream
-    from wsproto.extensions import Extension
-
-    class DeclinedDeflate(Extension):
-        name = "permessage-deflate"
-
-        def offer(self) -> bool:
-            return False
-
-        def accept(self, offer: str) -> bool:
-            return False
-
-    ws_stream.PerMessageDeflate = DeclinedDeflate
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:

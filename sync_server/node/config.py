@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class Settings:
                                     "past it 429 with Retry-After; 0 disables")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):
@@ -225,7 +226,7 @@ class Settings:
         settings = cls(**values)
         return settings._checked()
 
-    def _checked(self) -> "Settings":
+    def _checked(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError(f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})")
         if self.sync_send_queue_bytes < self.sync_max_message_bytes:
@@ -260,7 +261,7 @@ class Settings:
             fh.write(key)
         return key
 
-    def app_role(self) -> "AppRole":
+    def app_role(self) -> AppRole:
         """How the serving pools log in and sign their tenant scope (storage.database.AppRole)."""
         from storage import AppRole
 

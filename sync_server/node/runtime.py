@@ -4,8 +4,9 @@ background jobs, and the start/stop order. app.py builds it; handlers reach it w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from quart import current_app

@@ -80,26 +80,26 @@ class RoomHooks:
     async def authenticate(self, request: ConnectRequest) -> None:
         """Before a room is joined: raise Refused to turn the connection away."""
 
-    async def load(self, room: "Room") -> None:
+    async def load(self, room: Room) -> None:
         """The room's doc was just created: fill it (persistence) or look at it (materialization).
         Runs once per load, before any client joins; room.ydoc holds what earlier hooks loaded."""
 
-    async def change(self, room: "Room", update: bytes, origin: Any) -> None:
+    async def change(self, room: Room, update: bytes, origin: Any) -> None:
         """An update was applied to room.ydoc. origin: the Connection, HTTP, or REMOTE."""
 
-    async def awareness(self, room: "Room", frame: bytes, origin: Any) -> None:
+    async def awareness(self, room: Room, frame: bytes, origin: Any) -> None:
         """An awareness frame (already validated) was accepted and relayed to local clients."""
 
-    async def store(self, room: "Room") -> None:
+    async def store(self, room: Room) -> None:
         """Make everything the room holds durable (before eviction and on shutdown)."""
 
-    async def connect(self, room: "Room", connection: "Connection") -> None:
+    async def connect(self, room: Room, connection: Connection) -> None:
         """A connection joined the room (after its sync step 1 was queued)."""
 
-    async def disconnect(self, room: "Room", connection: "Connection") -> None:
+    async def disconnect(self, room: Room, connection: Connection) -> None:
         """A connection left the room (cleanly or not); its presence was already removed."""
 
-    async def evict(self, room: "Room") -> None:
+    async def evict(self, room: Room) -> None:
         """The room is about to leave memory (idle, empty, durable)."""
 
 
@@ -132,43 +132,43 @@ class HookList:
         for h in self._hooks:
             await h.authenticate(request)  # Refused propagates: it is the answer
 
-    async def load(self, room: "Room") -> None:
+    async def load(self, room: Room) -> None:
         # A failing load must fail the room (clients would otherwise see an empty document and the
         # next write would look like data loss), so load errors propagate.
         for h in self._hooks:
             await h.load(room)
 
-    async def change(self, room: "Room", update: bytes, origin: Any) -> None:
+    async def change(self, room: Room, update: bytes, origin: Any) -> None:
         for h in self._change:
             try:
                 await h.change(room, update, origin)
             except Exception:
                 log.exception("hook_failed", hook=type(h).__name__, stage="change", room=room.name)
 
-    async def awareness(self, room: "Room", frame: bytes, origin: Any) -> None:
+    async def awareness(self, room: Room, frame: bytes, origin: Any) -> None:
         for h in self._awareness:
             try:
                 await h.awareness(room, frame, origin)
             except Exception:
                 log.exception("hook_failed", hook=type(h).__name__, stage="awareness", room=room.name)
 
-    async def store(self, room: "Room") -> None:
+    async def store(self, room: Room) -> None:
         # Errors propagate: the caller must not forget a room that is not durable.
         for h in self._hooks:
             await h.store(room)
 
-    async def _each(self, stage: str, room: "Room", *args) -> None:
+    async def _each(self, stage: str, room: Room, *args) -> None:
         for h in self._hooks:
             try:
                 await getattr(h, stage)(room, *args)
             except Exception:
                 log.exception("hook_failed", hook=type(h).__name__, stage=stage, room=room.name)
 
-    async def connect(self, room: "Room", connection: "Connection") -> None:
+    async def connect(self, room: Room, connection: Connection) -> None:
         await self._each("connect", room, connection)
 
-    async def disconnect(self, room: "Room", connection: "Connection") -> None:
+    async def disconnect(self, room: Room, connection: Connection) -> None:
         await self._each("disconnect", room, connection)
 
-    async def evict(self, room: "Room") -> None:
+    async def evict(self, room: Room) -> None:
         await self._each("evict", room)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,7 +256,7 @@ def update_frame(update: bytes) -> bytes:
     return bytes((SYNC, UPDATE)) + var_uint(len(update)) + update
 
 
-def awareness_frame(entries: list[tuple[int, int, str | None]] | tuple) -> bytes:
+def awareness_frame(entries: Sequence[tuple[int, int, str | None]]) -> bytes:
     parts = [var_uint(len(entries))]
     for client, clock, state in entries:
         raw = b"null" if state is None else state.encode()

@@ -86,7 +86,7 @@ async def test_usage(api):
     await api.post("/api/v1/drivers", headers=c.auth, json={"name": "d"})
     await api.post("/api/v1/geofences", headers=c.auth,
                    json={"kind": "circle", "name": "g", "center": {"lat": 1, "lng": 2}, "radius_meters": 50})
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     db = await api.runtime.registry.for_customer(c.id)
     async with db.tenant(c.id) as conn:
         for s in range(3):

@@ -9,7 +9,7 @@ from .conftest import bearer, error_of
 
 async def test_api_key_lifecycle(api):
     c = await api.customer()
-    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)).isoformat()
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
     r = await api.post("/api/v1/api-keys", headers=c.auth,
                        json={"name": "backend", "permissions": ["fleet:read", "sync:write"], "environment": "test",
                              "expires_at": future})
@@ -45,7 +45,7 @@ async def test_api_key_lifecycle(api):
 
 async def test_api_key_validation(api):
     c = await api.customer()
-    past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)).isoformat()
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()
     for body, field in [({"permissions": []}, "permissions"), ({"permissions": ["root"]}, "permissions.0"),
                         ({"permissions": ["admin"], "environment": "prod"}, "environment"),
                         ({"permissions": ["admin"], "expires_at": past}, "expires_at"),
@@ -58,7 +58,7 @@ async def test_api_key_validation(api):
 
 async def test_expired_and_malformed_keys_are_refused(api):
     c = await api.customer()
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)).isoformat()
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)).isoformat()
     raw = await api.key(c, ["fleet:read"], expires_at=soon)
     async with api.runtime.db.tenant(c.id) as conn:
         await conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE prefix = $1", raw[:13])

@@ -23,7 +23,7 @@ class Balancer:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    async def start(self) -> "Balancer":
+    async def start(self) -> Balancer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return self
 

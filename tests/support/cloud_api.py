@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 Responder = Callable[[str, str, dict | None], tuple[int, dict]]
 
@@ -41,7 +41,7 @@ class RecordingApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "RecordingApi":
+    def __enter__(self) -> RecordingApi:
         self.thread.start()
         return self
 

@@ -47,7 +47,7 @@ class ServerProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "ServerProcess":
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         self._log = open(self.log_path, "ab")
         exe = Path(sys.executable).parent / "webhost-sync"
         self.proc = subprocess.Popen([str(exe), "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,

@@ -83,7 +83,7 @@ class RawPeer:
         self.frames: list[bytes] = []
 
     @classmethod
-    async def connect(cls, url: str, **kwargs) -> "RawPeer":
+    async def connect(cls, url: str, **kwargs) -> RawPeer:
         ws = await websockets.connect(url, max_size=None, **kwargs)
         return cls(ws)
 

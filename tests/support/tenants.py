@@ -31,7 +31,7 @@ async def seed_customer(url: str, *, slug: str = "acme", gps_rows: int = 50_000,
             "VALUES ($1, $2, 'circle', 52.5, 13.4, $3) RETURNING id", cid, f"Depot {i}", 100.0 + i) for i in range(2)]
         await conn.execute("INSERT INTO drivers (customer_id, name, email, vehicle_id) VALUES ($1, 'Ann', "
                            "'ann@example.com', $2)", cid, vehicles[0])
-        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         today = now.date()
         await conn.execute("SELECT webhost_ensure_day_partitions('gps_positions', $1, $2)",
                            today - dt.timedelta(days=41), today + dt.timedelta(days=1))

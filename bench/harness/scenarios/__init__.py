@@ -6,9 +6,9 @@ profiles it its own way."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..servers import OURS, REFERENCE, Server
 

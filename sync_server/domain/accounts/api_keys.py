@@ -139,7 +139,7 @@ async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | 
     if not is_well_formed(raw):
         raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
     key_hash = digest(raw)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     generation = 0
     if cache is not None:
         hit = cache.get(key_hash)

@@ -16,9 +16,9 @@ so a change made on another node is seen within LIMITS_TTL):
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -53,7 +53,7 @@ class Limits:
         return getattr(self, resource)
 
     @classmethod
-    def from_plan(cls, row) -> "Limits":
+    def from_plan(cls, row) -> Limits:
         return cls(row["id"], row["vehicle_limit"], row["driver_limit"], row["geofence_limit"],
                    row["gps_points_per_day"], row["retention_days"], row["connection_limit"])
 

@@ -40,7 +40,7 @@ import contextlib
 import json
 import secrets
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -121,7 +121,7 @@ class Pause:
                                         f"{', '.join(missing)}")
             try:
                 got = await asyncio.wait_for(self.rt.redis.blpop([key], timeout=max(left, 0.01)), left + 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if got is None:
                 continue
@@ -214,7 +214,7 @@ class Holds:
                     log.info("cluster_pause_holding", flush_ms=round((time.monotonic() - started) * 1000, 1))
                     try:
                         await asyncio.wait_for(ended.wait(), max(0.0, lease_ends - time.monotonic()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         log.warning("cluster_pause_lease_expired")  # the migrating node is gone
                     await self._reload()
                 log.info("cluster_pause_ended", held_ms=round((time.monotonic() - started) * 1000, 1))

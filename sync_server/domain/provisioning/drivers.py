@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 from urllib.parse import quote, urlparse, urlunparse
 
 import asyncpg

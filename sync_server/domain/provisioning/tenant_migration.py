@@ -90,7 +90,7 @@ async def plan_move(rt, customer_id, to_mode: str, *, plan: str | None = None) -
         days = await store.plan_retention_days(rt.db, plan)
         if days is None:
             raise MigrationError(422, "validation_error", f"unknown plan {plan!r}", {"plan": "unknown plan"})
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
         source = await rt.registry.for_customer(customer_id)
         async with source.tenant(customer_id) as conn:
             dropping = {t.name: n for t in _tables(to_mode)
@@ -308,7 +308,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
 
 
 async def cleanup_when_due(rt, mig: dict) -> None:
-    delay = (mig["cleanup_after"] - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    delay = (mig["cleanup_after"] - dt.datetime.now(dt.UTC)).total_seconds()
     if delay > 0:
         await asyncio.sleep(delay)
     await cleanup(rt, mig)

@@ -15,14 +15,14 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Outcome", "Pipeline", "Rules", "install", "rules_from"]
 
 
-def rules_from(settings: "Settings") -> Rules:
+def rules_from(settings: Settings) -> Rules:
     return Rules(max_future_ms=int(settings.tracking_max_future * 1000),
                  day_slack_ms=int(settings.tracking_day_slack * 1000),
                  max_accuracy_m=settings.tracking_max_accuracy,
                  max_speed_mps=settings.tracking_max_speed / 3.6)
 
 
-def install(rt: "Runtime") -> Pipeline:
+def install(rt: Runtime) -> Pipeline:
     """Build the node's pipeline, hook it into the rooms (track documents in, the fleet document's
     live map out) and start the retention job with the runtime."""
     from sync_server.domain.tracking import retention

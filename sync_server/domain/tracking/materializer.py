@@ -169,7 +169,7 @@ class TrackMaterializer(RoomHooks):
             return
         try:
             await asyncio.wait_for(state.idle.wait(), STORE_WAIT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("track_backlog_left_for_next_load", room=room.doc, pending=state.backlog)
 
     async def evict(self, room) -> None:

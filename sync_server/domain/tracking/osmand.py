@@ -12,7 +12,8 @@ Two forms (https://www.traccar.org/osmand/):
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sync_server.domain.tracking.points import ms_from_datetime
 

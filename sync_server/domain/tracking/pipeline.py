@@ -39,9 +39,10 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import numpy as np

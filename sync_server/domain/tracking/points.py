@@ -11,14 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import math
 import operator
-from typing import Any, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from storage.positions import Fixes
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 DAY_MS = 86_400_000
 _timedelta = dt.timedelta
@@ -245,7 +246,7 @@ class Chunk(NamedTuple):
     def end(self) -> int:
         return self.first + self.count
 
-    def part(self, start: int, stop: int) -> "Chunk":
+    def part(self, start: int, stop: int) -> Chunk:
         """Elements [start, stop) of this chunk (clipped to it)."""
         start, stop = max(start, self.first), min(stop, self.end)
         if start <= self.first and stop >= self.end:
@@ -255,7 +256,7 @@ class Chunk(NamedTuple):
                      [i for i in self.malformed if start <= i < stop])
 
     @staticmethod
-    def join(parts: Sequence["Chunk"]) -> "Chunk":
+    def join(parts: Sequence[Chunk]) -> Chunk:
         """Consecutive chunks as one."""
         if len(parts) == 1:
             return parts[0]
@@ -276,10 +277,10 @@ class _Fix(msgspec.Struct):
     t: float
     lat: float
     lng: float
-    speed: Optional[float] = None
-    heading: Optional[float] = None
-    accuracy: Optional[float] = None
-    alt: Optional[float] = None
+    speed: float | None = None
+    heading: float | None = None
+    accuracy: float | None = None
+    alt: float | None = None
 
 
 _JSON_FIXES = msgspec.json.Decoder(list[_Fix])

@@ -7,7 +7,7 @@ GET /api/v1/tracking/usage (`quota_exceeded: true`, `remaining: 0`).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

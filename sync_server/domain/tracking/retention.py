@@ -19,7 +19,7 @@ log = structlog.get_logger("sync_server.domain.tracking.retention")
 
 async def run_once(registry: DatabaseRegistry, default_plan: str, batch_rows: int,
                    now: dt.datetime | None = None) -> dict[str, int]:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     async with registry.shared.operator("tracking_retention") as conn:
         customers = await plan_store.retention_by_customer(conn, default_plan)
     removed = {"positions": 0, "geofence_events": 0}
@@ -48,5 +48,5 @@ async def loop(registry: DatabaseRegistry, default_plan: str, batch_rows: int, i
             log.exception("retention_failed")
         try:
             await asyncio.wait_for(stopping.wait(), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

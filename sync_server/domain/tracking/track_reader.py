@@ -33,7 +33,8 @@ import struct
 import subprocess
 import sys
 import threading
-from typing import Any, BinaryIO, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
 
 import pycrdt
 import structlog
@@ -187,7 +188,7 @@ class _Helper:
     writes and reads off the event loop: a 3.6 MB update crosses a 64 KB pipe in one go, whatever
     the loop is doing)."""
 
-    def __init__(self, env: dict[str, str], deliver: Callable[["_Helper", tuple | None], None]) -> None:
+    def __init__(self, env: dict[str, str], deliver: Callable[[_Helper, tuple | None], None]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "sync_server.domain.tracking.track_reader"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env)
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
@@ -211,7 +212,7 @@ class _Helper:
         except (OSError, ValueError):  # the helper is gone: its reader thread reports that
             pass
 
-    def _read(self, loop: asyncio.AbstractEventLoop, deliver: Callable[["_Helper", tuple | None], None]) -> None:
+    def _read(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[_Helper, tuple | None], None]) -> None:
         stdout = self.proc.stdout
         assert stdout is not None
         try:

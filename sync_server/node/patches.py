@@ -1,0 +1,242 @@
+"""Every patch of a third-party library's internals, in one place (issue 14).
+
+Each patch replaces a private piece of Hypercorn or wsproto for a measured reason (its docstring says
+which). Private code changes without notice, so each one has a guard that checks the internals it
+replaces still look as they did on the pinned versions (pyproject: hypercorn, wsproto, h11 minor
+ranges); when a guard fails the patch stays off and a WARNING `third_party_patch_off` says which and
+why: the server still works, only slower. tests/test_patches.py asserts that on the pinned versions
+every guard passes and every patch is active, so an upgrade that changes the internals fails a test
+instead of switching a patch off in silence.
+
+The one other reach into Hypercorn, `sync_server.sync.wire.raw_writer` (per connection, in the sync
+core), keeps its own guard there and logs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from importlib import metadata
+
+import structlog
+
+log = structlog.get_logger("sync_server.node.patches")
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    name: str
+    package: str  # the distribution whose internals it replaces (for the log line)
+    guard: Callable[[], str | None]  # None: the internals are as expected; else why not
+    install: Callable[[], None]
+    active: Callable[[], bool]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _names(func: object) -> set[str]:
+    """The global and attribute names a function's code uses: the shape a guard compares."""
+    code = getattr(func, "__code__", None)
+    return set(code.co_names) if code is not None else set()
+
+
+# -- permessage-deflate declined ----------------------------------------------------------------
+
+def _deflate_guard() -> str | None:
+    try:
+        from hypercorn.protocol import ws_stream
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    if not hasattr(ws_stream, "PerMessageDeflate"):
+        return "hypercorn.protocol.ws_stream.PerMessageDeflate is gone"
+    accept = getattr(getattr(ws_stream, "Handshake", None), "accept", None)
+    if "PerMessageDeflate" not in _names(accept):
+        return "Handshake.accept no longer builds its extensions from the module's PerMessageDeflate"
+    return None
+
+
+def _deflate_install() -> None:
+    """Hypercorn always accepts permessage-deflate (no setting). Compressing every small Yjs frame
+    cost ~15% of the relay CPU here and the reference y-websocket server (ws, default options) does
+    not compress either, so the offer is declined: peers fall back to plain frames."""
+    from hypercorn.protocol import ws_stream
+    from wsproto.extensions import Extension
+
+    class DeclinedDeflate(Extension):
+        name = "permessage-deflate"
+        declines_deflate = True
+
+        def offer(self) -> bool:
+            return False
+
+        def accept(self, offer: str) -> bool:
+            return False
+
+    ws_stream.PerMessageDeflate = DeclinedDeflate  # type: ignore[misc,assignment]
+
+
+def _deflate_active() -> bool:
+    from hypercorn.protocol import ws_stream
+
+    return getattr(ws_stream.PerMessageDeflate, "declines_deflate", False)
+
+
+# -- HTTP/1.1 response head written with its body ---------------------------------------------
+
+def _head_guard() -> str | None:
+    try:
+        import h11  # noqa: F401
+        from hypercorn.events import RawData  # noqa: F401
+        from hypercorn.protocol.events import StreamClosed  # noqa: F401
+        from hypercorn.protocol.h11 import H11Protocol
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    if getattr(H11Protocol, "coalesces_response_head", False):
+        return None
+    send_event = getattr(H11Protocol, "_send_h11_event", None)
+    stream_send = getattr(H11Protocol, "stream_send", None)
+    if not (callable(send_event) and callable(stream_send)):
+        return "H11Protocol._send_h11_event / stream_send are gone"
+    # the replacement re-does exactly this: connection.send(event), then one self.send(RawData(...))
+    if not {"connection", "send", "RawData", "LocalProtocolError", "their_state"} <= _names(send_event):
+        return "H11Protocol._send_h11_event no longer sends RawData(connection.send(event))"
+    if "_send_h11_event" not in _names(stream_send):
+        return "H11Protocol.stream_send no longer writes through _send_h11_event"
+    return None
+
+
+def _head_install() -> None:
+    """Hypercorn's HTTP/1.1 protocol writes a response's head and its body with two writes: two
+    syscalls and, over loopback, two wakeups of the client (strace: every REST answer). Hold the
+    head back and write it together with what follows it (the body, the end of the message, or
+    nothing when the stream closes first). Interim responses (100, 101) are written at once."""
+    import h11
+    from hypercorn.events import RawData
+    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.h11 import H11Protocol
+
+    send_event = H11Protocol._send_h11_event
+    stream_send = H11Protocol.stream_send
+
+    async def _send_h11_event(self, event) -> None:
+        held = self.__dict__.pop("held_head", b"")
+        if not held and not isinstance(event, h11.Response):
+            await send_event(self, event)
+            return
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            data = b""
+        if isinstance(event, h11.Response):
+            self.held_head = held + data
+        else:
+            await self.send(RawData(data=held + data))
+
+    async def _stream_send(self, event) -> None:
+        if isinstance(event, StreamClosed) and self.__dict__.get("held_head"):
+            await self.send(RawData(data=self.__dict__.pop("held_head")))
+        await stream_send(self, event)
+
+    H11Protocol._send_h11_event = _send_h11_event  # type: ignore[method-assign]
+    H11Protocol.stream_send = _stream_send  # type: ignore[method-assign]
+    H11Protocol.coalesces_response_head = True  # type: ignore[attr-defined]
+
+
+def _head_active() -> bool:
+    from hypercorn.protocol.h11 import H11Protocol
+
+    return getattr(H11Protocol, "coalesces_response_head", False)
+
+
+# -- client frames unmasked by 32-bit words -----------------------------------------------------
+
+def _unmask_guard() -> str | None:
+    try:
+        import numpy  # noqa: F401
+        from wsproto import frame_protocol
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    masker = getattr(frame_protocol, "XorMaskerSimple", None)
+    if masker is None:
+        return "wsproto.frame_protocol.XorMaskerSimple is gone"
+    if getattr(masker, "unmasks_words", False):
+        return None
+    try:
+        probe = masker(b"\x00\x01\x02\x03")
+    except TypeError:
+        return "XorMaskerSimple(key) no longer constructs"
+    if probe.__dict__.get("_masking_key") != b"\x00\x01\x02\x03" or not callable(getattr(masker, "process", None)):
+        return "XorMaskerSimple no longer keeps _masking_key / process"
+    if "_masking_key" not in _names(masker.process):
+        return "XorMaskerSimple.process no longer rotates _masking_key"
+    return None
+
+
+def _unmask_install() -> None:
+    """wsproto unmasks what clients send with bytes.translate over four strided slices: ~7 ns a
+    byte, so a phone's 3.6 MB offline day held the event loop ~25 ms (py-spy: 1 in 14 of the loop's
+    samples during a 4-phone upload). XOR of the payload's 32-bit words with the key (numpy) does the
+    same in ~1 ms; the key rotates across a frame's chunks exactly as wsproto's does."""
+    import numpy as np
+    from wsproto import frame_protocol
+
+    masker = frame_protocol.XorMaskerSimple
+
+    def process(self, data) -> bytearray:
+        data = bytearray(data)
+        n = len(data)
+        if n:
+            key = bytes(self._masking_key)
+            whole = n - n % 4
+            if whole:
+                words = np.frombuffer(data, dtype=np.uint32, count=whole // 4)
+                np.bitwise_xor(words, np.frombuffer(key, dtype=np.uint32)[0], out=words)
+            for i in range(whole, n):
+                data[i] ^= key[i - whole]
+            self._masking_key = key[n % 4:] + key[:n % 4]
+        return data
+
+    masker.wsproto_process = masker.process  # type: ignore[attr-defined]  # kept for the equivalence test
+    masker.process = process  # type: ignore[method-assign]
+    masker.unmasks_words = True  # type: ignore[attr-defined]
+
+
+def _unmask_active() -> bool:
+    from wsproto import frame_protocol
+
+    return getattr(frame_protocol.XorMaskerSimple, "unmasks_words", False)
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch("decline_permessage_deflate", "hypercorn", _deflate_guard, _deflate_install, _deflate_active),
+    Patch("coalesce_response_head", "hypercorn", _head_guard, _head_install, _head_active),
+    Patch("fast_unmasking", "wsproto", _unmask_guard, _unmask_install, _unmask_active),
+)
+
+
+def apply(patch: Patch) -> bool:
+    """Install one patch if its guard passes (idempotent); False, with a WARNING, when it stays off."""
+    try:
+        if patch.active():
+            return True
+    except (ImportError, AttributeError):
+        pass  # the internals are not there: the guard says why
+    reason = patch.guard()
+    if reason is not None:
+        log.warning("third_party_patch_off", patch=patch.name, package=patch.package,
+                    version=_version(patch.package), reason=reason)
+        return False
+    patch.install()
+    return True
+
+
+def apply_all() -> dict[str, bool]:
+    """Every patch, before the server starts (sync_server.node.cli serve): name -> active."""
+    return {patch.name: apply(patch) for patch in PATCHES}
