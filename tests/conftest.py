@@ -1,11 +1,11 @@
-"""Shared fixtures: real PostgreSQL (a new database per test), real Redis, a real server process."""
+"""Shared fixtures: real PostgreSQL (a new database per test, cloned from one migrated per session), real Redis, a real server process."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from storage import AppRole, Database, migrator
+from storage import AppRole, Database
 
 from .support import databases, redis_server
 from .support.server import ServerProcess
@@ -26,11 +26,21 @@ def fresh_database_url(pg_admin_url):
     asyncio.run(databases.drop_database(pg_admin_url, url))
 
 
+@pytest.fixture(scope="session")
+def migrated_template(pg_admin_url):
+    """Every migration applied once per session, into a template the tests clone (support/databases.py)."""
+    template = databases.Template(pg_admin_url).create()
+    yield template
+    template.drop()
+
+
 @pytest.fixture
-def database_url(fresh_database_url) -> str:
-    """A new database with every migration applied."""
-    asyncio.run(migrator.migrate(fresh_database_url))
-    return fresh_database_url
+def database_url(pg_admin_url, migrated_template) -> str:
+    """A new database with every migration applied: a clone of the session's migrated template.
+    Tests of the migrations themselves migrate `fresh_database_url` instead."""
+    url = asyncio.run(migrated_template.clone())
+    yield url
+    asyncio.run(databases.drop_database(pg_admin_url, url))
 
 
 @pytest.fixture

@@ -17,15 +17,12 @@ from .support.sync_peers import RawPeer
 
 
 @pytest.fixture(scope="module")
-def shared(pg_admin_url, tmp_path_factory):
+def shared(pg_admin_url, migrated_template, tmp_path_factory):
     """One server (and database) for this module: these tests each use their own customer."""
-    from storage import migrator
-
     from .support import databases
     from .support.server import ServerProcess
 
-    db_url = asyncio.run(databases.create_database(pg_admin_url))
-    asyncio.run(migrator.migrate(db_url))
+    db_url = asyncio.run(migrated_template.clone())
     tmp = tmp_path_factory.mktemp("sync-protocol")
     proc = ServerProcess({"DATABASE_URL": db_url, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": TEST_SECRET,
                           "SYNC_MAX_MESSAGE_BYTES": "65536"}, log_path=tmp / "server.log").start()
