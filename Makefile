@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test install js browser bench clean
+.PHONY: run test test-fast install js browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ run: $(STAMP)
 
 test: $(STAMP) js browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fast part: no real JS clients, no browser, no multi-node / Redis, nothing over ~10 s.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not js and not browser and not multinode and not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) js
 	$(BIN)/python bench/run.py

@@ -71,3 +71,27 @@ def server(server_env, tmp_path):
     proc = ServerProcess(server_env, log_path=tmp_path / "server.log").start()
     yield proc
     proc.stop()
+
+
+# Markers (registered in pyproject): `make test` runs everything; `make test-fast` deselects these.
+# By module where every test of it has the trait, by fixture where the fixture brings it; explicit
+# @pytest.mark.slow / .js elsewhere.
+_MODULE_MARKS = {
+    "test_sync_js": ("js",),
+    "test_sync_clients_python": ("js",),
+    "test_tracking_sync": ("js",),
+    "test_provisioning_api": ("js",),
+    "test_dashboard_example": ("browser", "js"),
+    "test_multinode": ("multinode", "js"),
+    "test_cluster_pause": ("multinode", "js"),
+}
+_FIXTURE_MARKS = {"redis_url": "multinode", "cluster": "multinode"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        names = set(_MODULE_MARKS.get(module, ()))
+        names.update(mark for fixture, mark in _FIXTURE_MARKS.items() if fixture in item.fixturenames)
+        for name in sorted(names):
+            item.add_marker(getattr(pytest.mark, name))

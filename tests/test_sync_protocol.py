@@ -227,6 +227,7 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database_url, customer, tmp_path):
     """400 relayed updates of 200 KB to a peer that never reads stay far under the frame bound
     (16384 frames) but are 80 MB: the byte bound (2 MiB here) closes that peer with 1013, and the
