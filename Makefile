@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test lint install js browser bench clean
+.PHONY: run test test-fast lint install js browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(STAMP)
 
 test: lint js browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fast part: no real JS clients, no browser, no multi-node / Redis, nothing over ~10 s.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not js and not browser and not multinode and not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) js
 	$(BIN)/python bench/run.py

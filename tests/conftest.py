@@ -1,11 +1,11 @@
-"""Shared fixtures: real PostgreSQL (a new database per test), real Redis, a real server process."""
+"""Shared fixtures: real PostgreSQL (a new database per test, cloned from one migrated per session), real Redis, a real server process."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from storage import AppRole, Database, migrator
+from storage import AppRole, Database
 
 from .support import databases, redis_server
 from .support.server import ServerProcess
@@ -26,11 +26,21 @@ def fresh_database_url(pg_admin_url):
     asyncio.run(databases.drop_database(pg_admin_url, url))
 
 
+@pytest.fixture(scope="session")
+def migrated_template(pg_admin_url):
+    """Every migration applied once per session, into a template the tests clone (support/databases.py)."""
+    template = databases.Template(pg_admin_url).create()
+    yield template
+    template.drop()
+
+
 @pytest.fixture
-def database_url(fresh_database_url) -> str:
-    """A new database with every migration applied."""
-    asyncio.run(migrator.migrate(fresh_database_url))
-    return fresh_database_url
+def database_url(pg_admin_url, migrated_template) -> str:
+    """A new database with every migration applied: a clone of the session's migrated template.
+    Tests of the migrations themselves migrate `fresh_database_url` instead."""
+    url = asyncio.run(migrated_template.clone())
+    yield url
+    asyncio.run(databases.drop_database(pg_admin_url, url))
 
 
 @pytest.fixture
@@ -61,3 +71,27 @@ def server(server_env, tmp_path):
     proc = ServerProcess(server_env, log_path=tmp_path / "server.log").start()
     yield proc
     proc.stop()
+
+
+# Markers (registered in pyproject): `make test` runs everything; `make test-fast` deselects these.
+# By module where every test of it has the trait, by fixture where the fixture brings it; explicit
+# @pytest.mark.slow / .js elsewhere.
+_MODULE_MARKS = {
+    "test_sync_js": ("js",),
+    "test_sync_clients_python": ("js",),
+    "test_tracking_sync": ("js",),
+    "test_provisioning_api": ("js",),
+    "test_dashboard_example": ("browser", "js"),
+    "test_multinode": ("multinode", "js"),
+    "test_cluster_pause": ("multinode", "js"),
+}
+_FIXTURE_MARKS = {"redis_url": "multinode", "cluster": "multinode"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        names = set(_MODULE_MARKS.get(module, ()))
+        names.update(mark for fixture, mark in _FIXTURE_MARKS.items() if fixture in item.fixturenames)
+        for name in sorted(names):
+            item.add_marker(getattr(pytest.mark, name))

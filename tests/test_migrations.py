@@ -106,3 +106,40 @@ async def test_every_tenant_policy_reads_the_settings_once_per_query(db):
     async with db.tenant(customer) as conn:
         plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN SELECT count(*) FROM vehicles"))
     assert "InitPlan" in plan and "current_setting" not in plan.split("Filter:")[-1], plan
+
+
+def _schema_dump(url: str) -> list[str]:
+    import shutil
+    import subprocess
+
+    out = subprocess.run([shutil.which("pg_dump") or "pg_dump", "--schema-only", url], capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+
+async def _rows(url: str) -> dict[str, list]:
+    """Every table's rows without its timestamp columns (applied_at, created_at differ by when)."""
+    conn = await asyncpg.connect(url)
+    try:
+        found = {}
+        for (table,) in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"):
+            cols = [r[0] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 "
+                "AND data_type NOT LIKE 'timestamp%' ORDER BY ordinal_position", table)]
+            sel = ", ".join(f'"{c}"::text' for c in cols)
+            found[table] = sorted(tuple(r) for r in await conn.fetch(f'SELECT {sel} FROM "{table}"'))
+        found["database"] = [tuple(await conn.fetchrow(
+            "SELECT datallowconn, datistemplate, datconnlimit, datacl::text, "
+            " (SELECT count(*) FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) "
+            "FROM pg_database d WHERE datname = current_database()"))]
+        return found
+    finally:
+        await conn.close()
+
+
+def test_a_clone_of_the_template_is_a_freshly_migrated_database(fresh_database_url, database_url):
+    """The tests' database_url clones a template migrated once per session: it must be exactly what
+    migrating from scratch makes (schema, privileges, policies, seed rows, database settings)."""
+    asyncio.run(migrator.migrate(fresh_database_url))
+    assert _schema_dump(database_url) == _schema_dump(fresh_database_url)
+    assert asyncio.run(_rows(database_url)) == asyncio.run(_rows(fresh_database_url))

@@ -17,15 +17,12 @@ from .support.sync_peers import RawPeer
 
 
 @pytest.fixture(scope="module")
-def shared(pg_admin_url, tmp_path_factory):
+def shared(pg_admin_url, migrated_template, tmp_path_factory):
     """One server (and database) for this module: these tests each use their own customer."""
-    from storage import migrator
-
     from .support import databases
     from .support.server import ServerProcess
 
-    db_url = asyncio.run(databases.create_database(pg_admin_url))
-    asyncio.run(migrator.migrate(db_url))
+    db_url = asyncio.run(migrated_template.clone())
     tmp = tmp_path_factory.mktemp("sync-protocol")
     proc = ServerProcess({"DATABASE_URL": db_url, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": TEST_SECRET,
                           "SYNC_MAX_MESSAGE_BYTES": "65536"}, log_path=tmp / "server.log").start()
@@ -230,6 +227,7 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database_url, customer, tmp_path):
     """400 relayed updates of 200 KB to a peer that never reads stay far under the frame bound
     (16384 frames) but are 80 MB: the byte bound (2 MiB here) closes that peer with 1013, and the
