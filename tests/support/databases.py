@@ -94,7 +94,7 @@ class Template:
         self._loop = asyncio.new_event_loop()  # the lock holder's connection lives on this loop
         self._holder: asyncpg.Connection | None = None
 
-    def create(self) -> "Template":
+    def create(self) -> Template:
         self._loop.run_until_complete(self._create())
         return self
 
