@@ -207,7 +207,8 @@ class Room:
             return
         if update == protocol.EMPTY_UPDATE:
             return
-        protocol.check_update(update)
+        # _examine reads the leading section count itself and yjs_update.summarize bounds it by the
+        # bytes left before yrs sees the update (websocket frames were checked by protocol.decode).
         verdict, summary = self._examine(update)
         if verdict is _DROP:
             return  # nothing new: a duplicate, an echo of what the room sent, an empty update + junk
