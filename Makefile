@@ -36,6 +36,7 @@ run: $(STAMP)
 # ruff (lint), mypy (types) and import-linter (the layering contracts), all configured in pyproject.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

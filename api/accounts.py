@@ -1,4 +1,5 @@
 """Accounts: operator sessions (login/logout) and the users of a customer (customer admin key)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,13 @@ async def _verify(stored_hash: str, password: str) -> bool:
 
 
 @blueprint.post("/api/v1/auth/login")
-@operation("Operator login: email and password for a bearer token", tags=["operator auth"], body=LoginRequest,
-           response=Session, errors=(401,))
+@operation(
+    "Operator login: email and password for a bearer token",
+    tags=["operator auth"],
+    body=LoginRequest,
+    response=Session,
+    errors=(401,),
+)
 async def login(body: LoginRequest):
     global _DUMMY_HASH
     rt = runtime()
@@ -69,10 +75,14 @@ async def login(body: LoginRequest):
         new_hash = await asyncio.to_thread(passwords.hash_password, body.password)
         await platform_users.set_password_hash(rt.db, user["id"], new_hash)
     raw = "wop_" + secrets.token_urlsafe(32)
-    session = await operator_sessions.create(rt.db, user["id"], hashlib.sha256(raw.encode()).digest(),
-                                             rt.settings.operator_session_ttl)
-    return {"token": raw, "expires_at": session["expires_at"],
-            "operator": {"id": user["id"], "email": user["email"], "role": user["role"]}}
+    session = await operator_sessions.create(
+        rt.db, user["id"], hashlib.sha256(raw.encode()).digest(), rt.settings.operator_session_ttl
+    )
+    return {
+        "token": raw,
+        "expires_at": session["expires_at"],
+        "operator": {"id": user["id"], "email": user["email"], "role": user["role"]},
+    }
 
 
 @blueprint.post("/api/v1/auth/logout")
@@ -133,14 +143,28 @@ async def _hash(password: str | None) -> str | None:
 
 @blueprint.post("/api/v1/users")
 @customer_required("admin")
-@operation("Create a user of this customer (email unique, any letter case)", tags=USER_TAGS, body=UserCreate,
-           response=User, status=201, errors=(409,))
+@operation(
+    "Create a user of this customer (email unique, any letter case)",
+    tags=USER_TAGS,
+    body=UserCreate,
+    response=User,
+    status=201,
+    errors=(409,),
+)
 async def create_user(body: UserCreate):
     password_hash = await _hash(body.password)
     try:
         async with customer_transaction() as conn:
-            return dict(await user_store.insert(conn, principal().customer_id, email=body.email, name=body.name,
-                                                role=body.role, password_hash=password_hash))
+            return dict(
+                await user_store.insert(
+                    conn,
+                    principal().customer_id,
+                    email=body.email,
+                    name=body.name,
+                    role=body.role,
+                    password_hash=password_hash,
+                )
+            )
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None
 
@@ -150,8 +174,9 @@ async def create_user(body: UserCreate):
 @operation("List users of this customer", tags=USER_TAGS, query=UserQuery, response=Page[User])
 async def list_users(query: UserQuery):
     async with customer_transaction() as conn:
-        rows = await user_store.list_page(conn, role=query.role, after=pagination.decode(query.cursor),
-                                          limit=query.limit)
+        rows = await user_store.list_page(
+            conn, role=query.role, after=pagination.decode(query.cursor), limit=query.limit
+        )
     return pagination.page(rows, query.limit)
 
 
@@ -182,9 +207,17 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
             if current is None:
                 raise not_found("user")
             merged = {**dict(current), **changes}
-            return dict(await user_store.update(conn, user_id, email=merged["email"], name=merged["name"],
-                                                role=merged["role"], password_hash=password_hash,
-                                                set_password=set_password))
+            return dict(
+                await user_store.update(
+                    conn,
+                    user_id,
+                    email=merged["email"],
+                    name=merged["name"],
+                    role=merged["role"],
+                    password_hash=password_hash,
+                    set_password=set_password,
+                )
+            )
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None
 

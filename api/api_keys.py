@@ -1,6 +1,7 @@
 """API keys (customer admin key): create (the key is shown once), list (display prefix only),
 show, revoke. And sync tokens: a key with a sync permission mints the short-lived token its apps
 pass to the websocket endpoint."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -67,7 +68,8 @@ class ApiKeyCreated(ApiKey):
 
 class SyncTokenRequest(RequestModel):
     docs: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        min_length=1, max_length=100, description="document names or globs, e.g. fleet, tracks/*")
+        min_length=1, max_length=100, description="document names or globs, e.g. fleet, tracks/*"
+    )
     mode: Literal["rw", "r"] = "rw"
     ttl_seconds: int = Field(3600, ge=1, le=sync_tokens.MAX_TTL_SECONDS)
 
@@ -87,16 +89,27 @@ def key_out(row, raw: str | None = None) -> dict:
 
 @blueprint.post("/api/v1/api-keys")
 @customer_required("admin")
-@operation("Create an API key (the key is in this response only)", tags=TAGS, body=ApiKeyCreate,
-           response=ApiKeyCreated, status=201)
+@operation(
+    "Create an API key (the key is in this response only)",
+    tags=TAGS,
+    body=ApiKeyCreate,
+    response=ApiKeyCreated,
+    status=201,
+)
 async def create_api_key(body: ApiKeyCreate):
     raw = api_keys.generate(body.environment)
     customer_id = principal().customer_id
     async with runtime().db.tenant(customer_id) as conn:
-        row = await key_store.insert(conn, customer_id=customer_id, name=body.name,
-                                     prefix=api_keys.display_prefix(raw), key_hash=api_keys.digest(raw),
-                                     environment=body.environment, permissions=list(dict.fromkeys(body.permissions)),
-                                     expires_at=body.expires_at)
+        row = await key_store.insert(
+            conn,
+            customer_id=customer_id,
+            name=body.name,
+            prefix=api_keys.display_prefix(raw),
+            key_hash=api_keys.digest(raw),
+            environment=body.environment,
+            permissions=list(dict.fromkeys(body.permissions)),
+            expires_at=body.expires_at,
+        )
     return key_out(row, raw)
 
 
@@ -105,8 +118,9 @@ async def create_api_key(body: ApiKeyCreate):
 @operation("List API keys (display prefix only)", tags=TAGS, query=ApiKeyQuery, response=Page[ApiKey])
 async def list_api_keys(query: ApiKeyQuery):
     async with runtime().db.tenant(principal().customer_id) as conn:
-        rows = await key_store.list_page(conn, include_revoked=query.include_revoked,
-                                         after=pagination.decode(query.cursor), limit=query.limit)
+        rows = await key_store.list_page(
+            conn, include_revoked=query.include_revoked, after=pagination.decode(query.cursor), limit=query.limit
+        )
     return pagination.page(rows, query.limit)
 
 
@@ -134,16 +148,28 @@ async def revoke_api_key(key_id: uuid.UUID):
 
 @blueprint.post("/api/v1/sync-tokens")
 @customer_required()
-@operation("Mint a sync token for the websocket endpoint (mode rw needs sync:write, r needs sync:read)",
-           tags=["sync"], body=SyncTokenRequest, response=SyncToken)
+@operation(
+    "Mint a sync token for the websocket endpoint (mode rw needs sync:write, r needs sync:read)",
+    tags=["sync"],
+    body=SyncTokenRequest,
+    response=SyncToken,
+)
 async def create_sync_token(body: SyncTokenRequest):
     caller = principal()
     allowed = caller.has("sync:write") or (body.mode == "r" and caller.has("sync:read"))
     if not allowed:
         needed = "sync:write" if body.mode == "rw" else "sync:read"
         raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": [needed]})
-    token, expires = sync_tokens.mint(runtime().secret_key, customer_id=caller.customer_id,
-                                      customer_slug=caller.customer_slug, docs=body.docs, mode=body.mode,
-                                      ttl_seconds=body.ttl_seconds)
-    return {"token": token, "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC),
-            "customer_slug": caller.customer_slug}
+    token, expires = sync_tokens.mint(
+        runtime().secret_key,
+        customer_id=caller.customer_id,
+        customer_slug=caller.customer_slug,
+        docs=body.docs,
+        mode=body.mode,
+        ttl_seconds=body.ttl_seconds,
+    )
+    return {
+        "token": token,
+        "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC),
+        "customer_slug": caller.customer_slug,
+    }

@@ -3,6 +3,7 @@
 Decorators put the principal on the current call (`api.calls.principal()`) and bind the tenant id
 into every log line.
 """
+
 from __future__ import annotations
 
 import hashlib

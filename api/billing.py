@@ -1,5 +1,6 @@
 """Plans (public list; operator CRUD), the customer's subscription (one active; upgrade at once,
 downgrade refused while usage exceeds the new limits, cancel at period end) and usage."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -134,8 +135,9 @@ async def delete_plan(plan_id: str):
         async with runtime().db.platform() as conn:
             deleted = await plan_store.delete(conn, plan_id)
     except asyncpg.ForeignKeyViolationError:
-        raise conflict("plan_in_use", "subscriptions refer to this plan; make it private instead",
-                       plan_id=plan_id) from None
+        raise conflict(
+            "plan_in_use", "subscriptions refer to this plan; make it private instead", plan_id=plan_id
+        ) from None
     if not deleted:
         raise not_found("plan")
 
@@ -186,8 +188,13 @@ async def show_subscription():
 
 @blueprint.post("/api/v1/subscription/change")
 @customer_required("billing:write")
-@operation("Change plan: upgrades apply at once; a downgrade is refused while usage exceeds its limits",
-           tags=SUB_TAGS, body=PlanChange, response=Subscription, errors=(404, 409))
+@operation(
+    "Change plan: upgrades apply at once; a downgrade is refused while usage exceeds its limits",
+    tags=SUB_TAGS,
+    body=PlanChange,
+    response=Subscription,
+    errors=(404, 409),
+)
 async def change_plan(body: PlanChange):
     try:
         row = await subscription_service.change_plan(runtime(), principal().customer_id, body.plan_id)
@@ -196,9 +203,12 @@ async def change_plan(body: PlanChange):
     except subscription_service.NoActiveSubscription:
         raise not_found("active subscription") from None
     except subscription_service.DowngradeRefused as exc:
-        raise ApiError(409, "downgrade_exceeds_limits",
-                       f"usage exceeds the limits of plan {body.plan_id!r}; reduce it first",
-                       {"plan_id": body.plan_id, "violations": exc.violations}) from None
+        raise ApiError(
+            409,
+            "downgrade_exceeds_limits",
+            f"usage exceeds the limits of plan {body.plan_id!r}; reduce it first",
+            {"plan_id": body.plan_id, "violations": exc.violations},
+        ) from None
     return dict(row)
 
 
@@ -214,8 +224,9 @@ async def cancel_subscription():
 
 @blueprint.get("/api/v1/usage")
 @customer_required("billing:read")
-@operation("Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS,
-           response=Usage)
+@operation(
+    "Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS, response=Usage
+)
 async def usage():
     rt = runtime()
     customer_id = principal().customer_id

@@ -5,6 +5,7 @@ Every operation is served by api.rest_endpoint straight from ASGI (no Quart requ
 Quart still serves (HEAD/OPTIONS, 404/405, the OpenAPI document) gets a Call made by the endpoint
 too, inherited by Quart's request task. One contextvar holds it for the request's task.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -19,11 +20,27 @@ REQUEST_ID_MAX = 64
 
 
 class Call:
-    __slots__ = ("method", "path", "headers", "query_string", "remote_addr", "request_id", "principal", "_read",
-                 "_body")
+    __slots__ = (
+        "method",
+        "path",
+        "headers",
+        "query_string",
+        "remote_addr",
+        "request_id",
+        "principal",
+        "_read",
+        "_body",
+    )
 
-    def __init__(self, method: str, path: str, headers: dict[str, str], query_string: bytes,
-                 remote_addr: str | None, read: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        query_string: bytes,
+        remote_addr: str | None,
+        read: Callable[[], Awaitable[bytes]],
+    ) -> None:
         self.method = method
         self.path = path
         self.headers = headers  # lower-case names; the first value of a repeated header

@@ -1,5 +1,6 @@
 """Customers, for operators: create (201 with the first API key, shown once), list, show, update,
 suspend/reactivate, delete (admin role only). Cross-tenant reads go through the audited path."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -74,13 +75,25 @@ def _taken(exc: asyncpg.UniqueViolationError):
 
 @blueprint.post("/api/v1/customers")
 @operator_required()
-@operation("Create a customer with its subscription and first API key (shown once)", tags=TAGS,
-           body=CustomerCreate, response=CustomerCreated, status=201, errors=(409,))
+@operation(
+    "Create a customer with its subscription and first API key (shown once)",
+    tags=TAGS,
+    body=CustomerCreate,
+    response=CustomerCreated,
+    status=201,
+    errors=(409,),
+)
 async def create_customer(body: CustomerCreate):
     try:
         created = await customer_service.create(
-            runtime(), slug=body.slug, name=body.name, email=body.email, metadata=body.metadata,
-            plan_id=body.plan_id, operator_id=principal().user_id)
+            runtime(),
+            slug=body.slug,
+            name=body.name,
+            email=body.email,
+            metadata=body.metadata,
+            plan_id=body.plan_id,
+            operator_id=principal().user_id,
+        )
     except customer_service.UnknownPlan:
         raise field_error("body", "plan_id", "no such plan") from None
     except asyncpg.UniqueViolationError as exc:
@@ -90,13 +103,18 @@ async def create_customer(body: CustomerCreate):
 
 @blueprint.get("/api/v1/customers")
 @operator_required()
-@operation("List customers (filters: status, q, plan_id; cursor pagination)", tags=TAGS, query=CustomerQuery,
-           response=Page[Customer])
+@operation(
+    "List customers (filters: status, q, plan_id; cursor pagination)",
+    tags=TAGS,
+    query=CustomerQuery,
+    response=Page[Customer],
+)
 async def list_customers(query: CustomerQuery):
     after = pagination.decode(query.cursor)
     async with runtime().db.operator("list_customers", operator_id=principal().user_id) as conn:
-        rows = await customer_store.list_page(conn, status=query.status, search=query.q, plan_id=query.plan_id,
-                                              after=after, limit=query.limit)
+        rows = await customer_store.list_page(
+            conn, status=query.status, search=query.q, plan_id=query.plan_id, after=after, limit=query.limit
+        )
     return pagination.page(rows, query.limit)
 
 
@@ -111,27 +129,35 @@ async def _get(conn, customer_id, *, for_update: bool = False):
 @operator_required()
 @operation("Show a customer", tags=TAGS, response=Customer)
 async def show_customer(customer_id: uuid.UUID):
-    async with runtime().db.operator("show_customer", customer_id=str(customer_id),
-                                     operator_id=principal().user_id) as conn:
+    async with runtime().db.operator(
+        "show_customer", customer_id=str(customer_id), operator_id=principal().user_id
+    ) as conn:
         return dict(await _get(conn, customer_id))
 
 
 @blueprint.patch("/api/v1/customers/<uuid:customer_id>")
 @operator_required()
-@operation("Update a customer's name, email or metadata (the slug never changes)", tags=TAGS, body=CustomerUpdate,
-           response=Customer, errors=(409,))
+@operation(
+    "Update a customer's name, email or metadata (the slug never changes)",
+    tags=TAGS,
+    body=CustomerUpdate,
+    response=Customer,
+    errors=(409,),
+)
 async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
     changes = body.model_dump(exclude_unset=True)
     for required in ("name", "metadata"):
         if required in changes and changes[required] is None:
             raise field_error("body", required, "must not be null")
     try:
-        async with runtime().db.operator("update_customer", customer_id=str(customer_id),
-                                         operator_id=principal().user_id) as conn:
+        async with runtime().db.operator(
+            "update_customer", customer_id=str(customer_id), operator_id=principal().user_id
+        ) as conn:
             current = dict(await _get(conn, customer_id, for_update=True))
             merged = {**current, **changes}
-            await customer_store.update(conn, customer_id, name=merged["name"], email=merged["email"],
-                                        metadata=merged["metadata"])
+            await customer_store.update(
+                conn, customer_id, name=merged["name"], email=merged["email"], metadata=merged["metadata"]
+            )
             return dict(await _get(conn, customer_id))
     except asyncpg.UniqueViolationError as exc:
         raise _taken(exc) from None
@@ -146,8 +172,7 @@ async def _set_status(customer_id: uuid.UUID, status: str):
 
 @blueprint.post("/api/v1/customers/<uuid:customer_id>/suspend")
 @operator_required()
-@operation("Suspend: API keys and sync connections are refused, open websockets closed", tags=TAGS,
-           response=Customer)
+@operation("Suspend: API keys and sync connections are refused, open websockets closed", tags=TAGS, response=Customer)
 async def suspend_customer(customer_id: uuid.UUID):
     return await _set_status(customer_id, "suspended")
 

@@ -1,14 +1,15 @@
 """HTTP document API for server-side integrations (API key, tenant scoped):
 
-  GET  /api/v1/docs/{doc}                 the whole doc as one Yjs update (application/octet-stream),
-                                           or `?format=json`: {"doc", "content": {root: JSON}}, where
-                                           binary values are {"$binary": base64}, NaN/Infinity are
-                                           {"$float": "NaN"|"Infinity"|"-Infinity"} and subdocuments
-                                           {"$doc": guid} (sync_server.domain.documents.doc_content); 422
-                                           `document_too_deep` past its nesting limit
-  POST /api/v1/docs/{doc}/updates         apply a Yjs update (raw body, or JSON {"update": base64});
-                                           answered once the update is durable, relayed to live peers
+GET  /api/v1/docs/{doc}                 the whole doc as one Yjs update (application/octet-stream),
+                                         or `?format=json`: {"doc", "content": {root: JSON}}, where
+                                         binary values are {"$binary": base64}, NaN/Infinity are
+                                         {"$float": "NaN"|"Infinity"|"-Infinity"} and subdocuments
+                                         {"$doc": guid} (sync_server.domain.documents.doc_content); 422
+                                         `document_too_deep` past its nesting limit
+POST /api/v1/docs/{doc}/updates         apply a Yjs update (raw body, or JSON {"update": base64});
+                                         answered once the update is durable, relayed to live peers
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,15 +60,24 @@ class UpdateApplied(ResponseModel):
 
 def _doc_name(doc: str) -> str:
     if parse_path(f"/sync/x/{doc}") is None:
-        raise ApiError(422, "validation_error", "invalid document name",
-                       {"fields": {"doc": "letters, digits, _.:@=+- and / between parts, up to 256 chars"}})
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid document name",
+            {"fields": {"doc": "letters, digits, _.:@=+- and / between parts, up to 256 chars"}},
+        )
     return doc
 
 
 @blueprint.get("/<path:doc>")
 @customer_required("sync:read")
-@operation("Read a document: its Yjs state (application/octet-stream) or, with format=json, its content",
-           tags=TAGS, query=DocQuery, response=DocContent, content={"application/octet-stream": UPDATE_BYTES})
+@operation(
+    "Read a document: its Yjs state (application/octet-stream) or, with format=json, its content",
+    tags=TAGS,
+    query=DocQuery,
+    response=DocContent,
+    content={"application/octet-stream": UPDATE_BYTES},
+)
 async def get_doc(doc: str, query: DocQuery):
     doc = _doc_name(doc)
     fmt = query.format
@@ -77,18 +87,25 @@ async def get_doc(doc: str, query: DocQuery):
         try:
             content = doc_content.to_json(state)
         except doc_content.TooDeep as exc:
-            raise ApiError(422, "document_too_deep", str(exc),
-                           {"max_depth": doc_content.MAX_DEPTH, "hint": "read it with format=update"}) from None
+            raise ApiError(
+                422,
+                "document_too_deep",
+                str(exc),
+                {"max_depth": doc_content.MAX_DEPTH, "hint": "read it with format=update"},
+            ) from None
         return {"doc": doc, "content": content}
     return Response(state, content_type="application/octet-stream")
 
 
 @blueprint.post("/<path:doc>/updates")
 @customer_required("sync:write")
-@operation("Apply a Yjs update (answered once it is durable; relayed to live peers)", tags=TAGS,
-           response=UpdateApplied, errors=(413,),
-           raw_body={"application/octet-stream": UPDATE_BYTES,
-                     "application/json": UpdateJson.model_json_schema()})
+@operation(
+    "Apply a Yjs update (answered once it is durable; relayed to live peers)",
+    tags=TAGS,
+    response=UpdateApplied,
+    errors=(413,),
+    raw_body={"application/octet-stream": UPDATE_BYTES, "application/json": UpdateJson.model_json_schema()},
+)
 async def post_update(doc: str):
     doc = _doc_name(doc)
     update = await _read_update()
@@ -97,10 +114,11 @@ async def post_update(doc: str):
     try:
         await room.apply(update)
     except protocol.Malformed:
-        raise ApiError(422, "validation_error", "body is not a valid Yjs update", {"fields": {"update": "invalid"}}) from None
+        raise ApiError(
+            422, "validation_error", "body is not a valid Yjs update", {"fields": {"update": "invalid"}}
+        ) from None
     await room.hooks.store(room)  # durable before we answer
-    return {"doc": doc, "applied_bytes": len(update),
-            "state_vector": base64.b64encode(room.ydoc.get_state()).decode()}
+    return {"doc": doc, "applied_bytes": len(update), "state_vector": base64.b64encode(room.ydoc.get_state()).decode()}
 
 
 async def _read_update() -> bytes:
@@ -127,7 +145,9 @@ async def _read_update() -> bytes:
         try:
             update = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(422, "validation_error", "update is not valid base64", {"fields": {"update": "base64"}}) from None
+            raise ApiError(
+                422, "validation_error", "update is not valid base64", {"fields": {"update": "base64"}}
+            ) from None
     else:
         update = raw
     if not update:

@@ -6,6 +6,7 @@ Anything else a handler raises, down to a BaseException that is not cancellation
 request id, whoever answers (api.rest_endpoint for every @operation route; Quart's error handler,
 installed below, for the HEAD/OPTIONS/404/405 it still serves).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,14 @@ log = structlog.get_logger("api.errors")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -51,8 +58,11 @@ def reply(err: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         # value that cannot be written as JSON): the original is what to log.
         return unexpected(err.original_exception)
     if isinstance(err, HTTPException):
-        headers = {name: value for name, value in err.get_headers()  # e.g. Allow on 405
-                   if name.lower() != "content-type"}
+        headers = {
+            name: value
+            for name, value in err.get_headers()  # e.g. Allow on 405
+            if name.lower() != "content-type"
+        }
         return err.code or 500, error_body(_snake(err.name), err.description or err.name), headers
     if isinstance(err, asyncpg.DataError):
         # A value the schema let through but PostgreSQL cannot store (e.g. a NUL character in text).

@@ -3,6 +3,7 @@
 Creating past the plan's limit answers 402 `plan_limit_reached` (sync_server/domain/billing/plans.py holds the
 rule and the lock). Tenant data lives wherever the registry says the customer lives.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,8 +52,10 @@ async def _limited(resource: str) -> AsyncIterator[asyncpg.Connection]:
 # --- vehicles -----------------------------------------------------------------------------------
 
 VEHICLE_TAGS = ["vehicles"]
-VehicleType = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$",
-                                   description="e.g. car, van, truck, motorcycle")]
+VehicleType = Annotated[
+    str,
+    Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$", description="e.g. car, van, truck, motorcycle"),
+]
 
 
 class VehicleCreate(RequestModel):
@@ -88,26 +91,40 @@ class VehicleWithSecret(Vehicle):
 
 
 def _identifier_taken() -> ApiError:
-    return conflict("vehicle_identifier_taken", "another vehicle has this vehicle_identifier",
-                    field="vehicle_identifier")
+    return conflict(
+        "vehicle_identifier_taken", "another vehicle has this vehicle_identifier", field="vehicle_identifier"
+    )
 
 
 @blueprint.post("/api/v1/vehicles")
 @customer_required("fleet:write")
-@operation("Create a vehicle (its device secret is shown once)", tags=VEHICLE_TAGS, body=VehicleCreate,
-           response=VehicleWithSecret, status=201, errors=LIMIT_ERRORS)
+@operation(
+    "Create a vehicle (its device secret is shown once)",
+    tags=VEHICLE_TAGS,
+    body=VehicleCreate,
+    response=VehicleWithSecret,
+    status=201,
+    errors=LIMIT_ERRORS,
+)
 async def create_vehicle(body: VehicleCreate):
     secret = device_secrets.generate()
     customer_id = principal().customer_id
     try:
         async with _plan_limit():
             row = await runtime().plan_limits.insert_within_limit(
-                customer_id, "vehicles",
-                lambda conn, limit: vehicle_store.insert(conn, customer_id, name=body.name,
-                                                         vehicle_identifier=body.vehicle_identifier,
-                                                         vehicle_type=body.vehicle_type, metadata=body.metadata,
-                                                         device_secret_hash=device_secrets.digest(secret),
-                                                         limit=limit))
+                customer_id,
+                "vehicles",
+                lambda conn, limit: vehicle_store.insert(
+                    conn,
+                    customer_id,
+                    name=body.name,
+                    vehicle_identifier=body.vehicle_identifier,
+                    vehicle_type=body.vehicle_type,
+                    metadata=body.metadata,
+                    device_secret_hash=device_secrets.digest(secret),
+                    limit=limit,
+                ),
+            )
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
     return {**dict(row), "device_secret": secret}
@@ -118,8 +135,9 @@ async def create_vehicle(body: VehicleCreate):
 @operation("List vehicles", tags=VEHICLE_TAGS, query=VehicleQuery, response=Page[Vehicle])
 async def list_vehicles(query: VehicleQuery):
     async with customer_transaction() as conn:
-        rows = await vehicle_store.list_page(conn, vehicle_type=query.vehicle_type,
-                                             after=pagination.decode(query.cursor), limit=query.limit)
+        rows = await vehicle_store.list_page(
+            conn, vehicle_type=query.vehicle_type, after=pagination.decode(query.cursor), limit=query.limit
+        )
     return pagination.page(rows, query.limit)
 
 
@@ -145,17 +163,27 @@ async def update_vehicle(vehicle_id: uuid.UUID, body: VehicleUpdate):
             if current is None:
                 raise not_found("vehicle")
             merged = {**dict(current), **changes}
-            return dict(await vehicle_store.update(conn, vehicle_id, name=merged["name"],
-                                                   vehicle_identifier=merged["vehicle_identifier"],
-                                                   vehicle_type=merged["vehicle_type"], metadata=merged["metadata"]))
+            return dict(
+                await vehicle_store.update(
+                    conn,
+                    vehicle_id,
+                    name=merged["name"],
+                    vehicle_identifier=merged["vehicle_identifier"],
+                    vehicle_type=merged["vehicle_type"],
+                    metadata=merged["metadata"],
+                )
+            )
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
 
 
 @blueprint.post("/api/v1/vehicles/<uuid:vehicle_id>/device-secret")
 @customer_required("fleet:write")
-@operation("Rotate a vehicle's device secret (the new one is shown once; the old one stops working)",
-           tags=VEHICLE_TAGS, response=VehicleWithSecret)
+@operation(
+    "Rotate a vehicle's device secret (the new one is shown once; the old one stops working)",
+    tags=VEHICLE_TAGS,
+    response=VehicleWithSecret,
+)
 async def rotate_device_secret(vehicle_id: uuid.UUID):
     secret = device_secrets.generate()
     async with customer_transaction() as conn:
@@ -224,15 +252,20 @@ def _driver_email_taken() -> ApiError:
 
 @blueprint.post("/api/v1/drivers")
 @customer_required("fleet:write")
-@operation("Create a driver", tags=DRIVER_TAGS, body=DriverCreate, response=Driver, status=201,
-           errors=LIMIT_ERRORS)
+@operation("Create a driver", tags=DRIVER_TAGS, body=DriverCreate, response=Driver, status=201, errors=LIMIT_ERRORS)
 async def create_driver(body: DriverCreate):
     try:
         async with _limited("drivers") as conn:
             await _check_vehicle(conn, body.vehicle_id)
-            row = await driver_store.insert(conn, principal().customer_id, name=body.name, email=body.email,
-                                            phone=body.phone, license_number=body.license_number,
-                                            vehicle_id=body.vehicle_id)
+            row = await driver_store.insert(
+                conn,
+                principal().customer_id,
+                name=body.name,
+                email=body.email,
+                phone=body.phone,
+                license_number=body.license_number,
+                vehicle_id=body.vehicle_id,
+            )
     except asyncpg.UniqueViolationError:
         raise _driver_email_taken() from None
     return dict(row)
@@ -243,8 +276,9 @@ async def create_driver(body: DriverCreate):
 @operation("List drivers (filter: vehicle_id)", tags=DRIVER_TAGS, query=DriverQuery, response=Page[Driver])
 async def list_drivers(query: DriverQuery):
     async with customer_transaction() as conn:
-        rows = await driver_store.list_page(conn, vehicle_id=query.vehicle_id, after=pagination.decode(query.cursor),
-                                            limit=query.limit)
+        rows = await driver_store.list_page(
+            conn, vehicle_id=query.vehicle_id, after=pagination.decode(query.cursor), limit=query.limit
+        )
     return pagination.page(rows, query.limit)
 
 
@@ -261,8 +295,13 @@ async def show_driver(driver_id: uuid.UUID):
 
 @blueprint.patch("/api/v1/drivers/<uuid:driver_id>")
 @customer_required("fleet:write")
-@operation("Update a driver (null clears email, phone, license_number or vehicle_id)", tags=DRIVER_TAGS,
-           body=DriverUpdate, response=Driver, errors=(409,))
+@operation(
+    "Update a driver (null clears email, phone, license_number or vehicle_id)",
+    tags=DRIVER_TAGS,
+    body=DriverUpdate,
+    response=Driver,
+    errors=(409,),
+)
 async def update_driver(driver_id: uuid.UUID, body: DriverUpdate):
     changes = body.model_dump(exclude_unset=True)
     try:
@@ -273,8 +312,17 @@ async def update_driver(driver_id: uuid.UUID, body: DriverUpdate):
             if "vehicle_id" in changes:
                 await _check_vehicle(conn, changes["vehicle_id"])
             m = {**dict(current), **changes}
-            return dict(await driver_store.update(conn, driver_id, name=m["name"], email=m["email"], phone=m["phone"],
-                                                  license_number=m["license_number"], vehicle_id=m["vehicle_id"]))
+            return dict(
+                await driver_store.update(
+                    conn,
+                    driver_id,
+                    name=m["name"],
+                    email=m["email"],
+                    phone=m["phone"],
+                    license_number=m["license_number"],
+                    vehicle_id=m["vehicle_id"],
+                )
+            )
     except asyncpg.UniqueViolationError:
         raise _driver_email_taken() from None
 
@@ -304,8 +352,9 @@ class GeoJSONPolygon(RequestModel):
     """RFC 7946 Polygon: rings of [lng, lat]; each closed, with at least 4 positions."""
 
     type: Literal["Polygon"]
-    coordinates: list[Annotated[list[Position], Field(min_length=4, max_length=geofence_shapes.MAX_RING_POSITIONS)]] = \
+    coordinates: list[Annotated[list[Position], Field(min_length=4, max_length=geofence_shapes.MAX_RING_POSITIONS)]] = (
         Field(min_length=1, max_length=geofence_shapes.MAX_RINGS, description="outer ring first, then holes")
+    )
 
 
 Radius = Annotated[float, Field(gt=0, le=1_000_000, description="metres")]
@@ -328,8 +377,7 @@ class PolygonGeofenceCreate(RequestModel):
     metadata: Metadata = Field(default_factory=dict)
 
 
-class GeofenceCreate(RootModel[Annotated[CircleGeofenceCreate | PolygonGeofenceCreate,
-                                         Field(discriminator="kind")]]):
+class GeofenceCreate(RootModel[Annotated[CircleGeofenceCreate | PolygonGeofenceCreate, Field(discriminator="kind")]]):
     pass
 
 
@@ -388,8 +436,17 @@ def _geometry(kind: str, center: dict | None, radius: float | None, polygon: dic
     else:
         problems = geofence_shapes.polygon_problems(polygon["coordinates"])
         if problems:
-            raise validation_failed([{"location": "body", "field": f"{field_prefix}polygon.{path}", "message": message,
-                                      "type": "geometry_invalid"} for path, message in problems])
+            raise validation_failed(
+                [
+                    {
+                        "location": "body",
+                        "field": f"{field_prefix}polygon.{path}",
+                        "message": message,
+                        "type": "geometry_invalid",
+                    }
+                    for path, message in problems
+                ]
+            )
         bbox = geofence_shapes.polygon_bbox(polygon["coordinates"])
         values = {"center_lat": None, "center_lng": None, "radius_meters": None, "polygon": polygon}
     return {**values, **dict(zip(("min_lat", "min_lng", "max_lat", "max_lng"), bbox))}
@@ -397,13 +454,24 @@ def _geometry(kind: str, center: dict | None, radius: float | None, polygon: dic
 
 @blueprint.post("/api/v1/geofences")
 @customer_required("fleet:write")
-@operation("Create a geofence: a circle (center, radius_meters) or a GeoJSON polygon", tags=GEOFENCE_TAGS,
-           body=GeofenceCreate, response=Geofence, status=201, errors=LIMIT_ERRORS)
+@operation(
+    "Create a geofence: a circle (center, radius_meters) or a GeoJSON polygon",
+    tags=GEOFENCE_TAGS,
+    body=GeofenceCreate,
+    response=Geofence,
+    status=201,
+    errors=LIMIT_ERRORS,
+)
 async def create_geofence(body: GeofenceCreate):
     shape = body.root
     data = shape.model_dump()
-    values = {"name": shape.name, "kind": shape.kind, "active": shape.active, "metadata": shape.metadata,
-              **_geometry(shape.kind, data.get("center"), data.get("radius_meters"), data.get("polygon"), "")}
+    values = {
+        "name": shape.name,
+        "kind": shape.kind,
+        "active": shape.active,
+        "metadata": shape.metadata,
+        **_geometry(shape.kind, data.get("center"), data.get("radius_meters"), data.get("polygon"), ""),
+    }
     async with _limited("geofences") as conn:
         row = await geofence_store.insert(conn, principal().customer_id, values)
     return _geofence_out(row)
@@ -411,12 +479,12 @@ async def create_geofence(body: GeofenceCreate):
 
 @blueprint.get("/api/v1/geofences")
 @customer_required("fleet:read")
-@operation("List geofences (filters: active, kind)", tags=GEOFENCE_TAGS, query=GeofenceQuery,
-           response=Page[Geofence])
+@operation("List geofences (filters: active, kind)", tags=GEOFENCE_TAGS, query=GeofenceQuery, response=Page[Geofence])
 async def list_geofences(query: GeofenceQuery):
     async with customer_transaction() as conn:
-        rows = await geofence_store.list_page(conn, active=query.active, kind=query.kind,
-                                              after=pagination.decode(query.cursor), limit=query.limit)
+        rows = await geofence_store.list_page(
+            conn, active=query.active, kind=query.kind, after=pagination.decode(query.cursor), limit=query.limit
+        )
     return pagination.page(rows, query.limit, _geofence_out)
 
 
@@ -433,8 +501,12 @@ async def show_geofence(geofence_id: uuid.UUID):
 
 @blueprint.patch("/api/v1/geofences/<uuid:geofence_id>")
 @customer_required("fleet:write")
-@operation("Update a geofence (its kind never changes: center/radius_meters for circles, polygon for polygons)",
-           tags=GEOFENCE_TAGS, body=GeofenceUpdate, response=Geofence)
+@operation(
+    "Update a geofence (its kind never changes: center/radius_meters for circles, polygon for polygons)",
+    tags=GEOFENCE_TAGS,
+    body=GeofenceUpdate,
+    response=Geofence,
+)
 async def update_geofence(geofence_id: uuid.UUID, body: GeofenceUpdate):
     changes = body.model_dump(exclude_unset=True)
     for required in ("name", "active", "metadata", "center", "radius_meters", "polygon"):
@@ -449,11 +521,20 @@ async def update_geofence(geofence_id: uuid.UUID, body: GeofenceUpdate):
         for name in wrong:
             if name in changes:
                 raise field_error("body", name, f"not a field of a {kind} geofence")
-        center = changes.get("center") or ({"lat": current["center_lat"], "lng": current["center_lng"]}
-                                           if kind == "circle" else None)
-        values = {**dict(current), **{k: changes[k] for k in ("name", "active", "metadata") if k in changes},
-                  **_geometry(kind, center, changes.get("radius_meters", current["radius_meters"]),
-                              changes.get("polygon", current["polygon"]), "")}
+        center = changes.get("center") or (
+            {"lat": current["center_lat"], "lng": current["center_lng"]} if kind == "circle" else None
+        )
+        values = {
+            **dict(current),
+            **{k: changes[k] for k in ("name", "active", "metadata") if k in changes},
+            **_geometry(
+                kind,
+                center,
+                changes.get("radius_meters", current["radius_meters"]),
+                changes.get("polygon", current["polygon"]),
+                "",
+            ),
+        }
         return _geofence_out(await geofence_store.update(conn, geofence_id, values))
 
 

@@ -1,4 +1,5 @@
 """Liveness and readiness (outside /api/v1, served and documented like every other route)."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -30,8 +31,12 @@ async def healthz():
 
 
 @blueprint.get("/readyz")
-@operation("Readiness: every required dependency answers (503 when one does not)", tags=TAGS,
-           response=Readiness, also={503: Readiness})
+@operation(
+    "Readiness: every required dependency answers (503 when one does not)",
+    tags=TAGS,
+    response=Readiness,
+    also={503: Readiness},
+)
 async def readyz():
     checks = await runtime().readiness()
     ready = all(c["ok"] for c in checks.values() if c.get("required", True))

@@ -6,6 +6,7 @@ tracking/devices.py says how the vehicle is found). Accepted fixes run through t
 track documents. 200 answers `{"accepted": n, "rejected": {reason: n}}` (a filtered fix is not a
 transport error: the tracker must not resend it); unreadable input is 422 with field paths.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,11 @@ from .schemas import ResponseModel
 
 blueprint = Blueprint("ingest", __name__)
 
-FORM = {"type": "object", "additionalProperties": {"type": "string"},
-        "description": "OsmAnd parameters (id, lat, lon, timestamp, speed, bearing, altitude, accuracy, ...)"}
+FORM = {
+    "type": "object",
+    "additionalProperties": {"type": "string"},
+    "description": "OsmAnd parameters (id, lat, lon, timestamp, speed, bearing, altitude, accuracy, ...)",
+}
 TRACCAR_JSON = {"type": "object", "description": "the Traccar Client JSON body ({device_id, location} or a list)"}
 
 
@@ -38,8 +42,10 @@ class IngestResult(ResponseModel):
 
 
 def _unreadable(errors: list[tuple[str, str]], location: str) -> ApiError:
-    return validation_failed([{"location": location, "field": f, "message": m, "type": "value_error"}
-                              for f, m in errors], "tracker request cannot be read")
+    return validation_failed(
+        [{"location": location, "field": f, "message": m, "type": "value_error"} for f, m in errors],
+        "tracker request cannot be read",
+    )
 
 
 def _device_key(call: calls.Call, params) -> str | None:
@@ -62,11 +68,15 @@ def _form(call: calls.Call, raw_body: bytes) -> dict[str, str]:
 
 @blueprint.route("/ingest/osmand", methods=["GET", "POST"])
 @blueprint.route("/ingest/osmand/<customer_slug>", methods=["GET", "POST"])
-@operation("Tracker positions, OsmAnd protocol (Traccar Client and hardware trackers)", tags=["tracker ingest"],
-           response=IngestResult, errors=(401, 403, 404),
-           raw_body={"application/x-www-form-urlencoded": FORM, "application/json": TRACCAR_JSON},
-           description="Query or form parameters, or the Traccar Client JSON body; the device key as `key=` "
-                       "or `Authorization: Bearer`. A filtered fix is counted in `rejected`, not refused.")
+@operation(
+    "Tracker positions, OsmAnd protocol (Traccar Client and hardware trackers)",
+    tags=["tracker ingest"],
+    response=IngestResult,
+    errors=(401, 403, 404),
+    raw_body={"application/x-www-form-urlencoded": FORM, "application/json": TRACCAR_JSON},
+    description="Query or form parameters, or the Traccar Client JSON body; the device key as `key=` "
+    "or `Authorization: Bearer`. A filtered fix is counted in `rejected`, not refused.",
+)
 async def osmand_position(customer_slug: str | None = None):
     now_ms = int(time.time() * 1000)
     call = calls.current()

@@ -1,5 +1,6 @@
 """Quart's JSON (jsonify, request.get_json) under sync_server.sync.strict_json's rule: what the Quart
 routes answer never holds NaN or Infinity, and a request body holding them is not JSON."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ declaration validates the request (422 with field paths, unknown fields rejected
 response through its pydantic model, and is what `/api/openapi.json` publishes. Auth decorators
 (api/auth.py) put `__auth__` on the view, so the security of each operation is read, not restated.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,18 @@ from .schemas import ErrorBody
 blueprint = Blueprint("openapi", __name__)
 
 _STATUS_TEXT = {
-    200: "OK", 201: "Created", 202: "Accepted: the work goes on in the background", 204: "No Content",
-    413: "Request body too large", 401: "Missing, malformed, unknown, revoked or expired credential",
-    402: "Plan limit reached", 403: "Credential lacks the permission, role or customer state required",
-    404: "Not found (or not visible to this credential)", 409: "Conflicts with the current state",
-    422: "Validation failed; details.errors lists each field path", 503: "Not ready",
+    200: "OK",
+    201: "Created",
+    202: "Accepted: the work goes on in the background",
+    204: "No Content",
+    413: "Request body too large",
+    401: "Missing, malformed, unknown, revoked or expired credential",
+    402: "Plan limit reached",
+    403: "Credential lacks the permission, role or customer state required",
+    404: "Not found (or not visible to this credential)",
+    409: "Conflicts with the current state",
+    422: "Validation failed; details.errors lists each field path",
+    503: "Not ready",
 }
 
 
@@ -92,8 +100,9 @@ async def _parse_body(model: type[BaseModel]) -> BaseModel:
 
 
 def _parse_query(model: type[BaseModel]) -> BaseModel:
-    data: dict[str, Any] = {key: values[0] if len(values) == 1 else values
-                            for key, values in calls.current().query().items()}
+    data: dict[str, Any] = {
+        key: values[0] if len(values) == 1 else values for key, values in calls.current().query().items()
+    }
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -120,11 +129,21 @@ def _render(op: Operation, result: Any) -> Reply | Response:
     return body.model_dump_json().encode(), status, JSON
 
 
-def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = None,
-              query: type[BaseModel] | None = None, response: Any = None, status: int = 200,
-              errors: tuple[int, ...] = (), description: str = "", raw_body: dict[str, Any] | None = None,
-              content: dict[str, Any] | None = None, also: dict[int, Any] | None = None,
-              security: tuple[str, ...] = ()):
+def operation(
+    summary: str,
+    *,
+    tags: list[str],
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: Any = None,
+    status: int = 200,
+    errors: tuple[int, ...] = (),
+    description: str = "",
+    raw_body: dict[str, Any] | None = None,
+    content: dict[str, Any] | None = None,
+    also: dict[int, Any] | None = None,
+    security: tuple[str, ...] = (),
+):
     """Declare a route's contract; the handler receives `body=` / `query=` as validated models and
     returns a dict or model for `response` (or None for 204).
 
@@ -133,8 +152,20 @@ def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = N
     media type; `content` documents other media types of the success answer (the handler returns a
     Response for them); `also` maps other success statuses to their models (the handler returns
     `(value, status)`); `security` names the credentials a handler that authenticates itself accepts."""
-    op = Operation(summary, tags, body, query, response, status, errors, description, raw_body=raw_body,
-                   content=content or {}, also=also or {}, security=security)
+    op = Operation(
+        summary,
+        tags,
+        body,
+        query,
+        response,
+        status,
+        errors,
+        description,
+        raw_body=raw_body,
+        content=content or {},
+        also=also or {},
+        security=security,
+    )
 
     def decorate(handler: Callable):
         @wraps(handler)
@@ -155,15 +186,25 @@ def operation(summary: str, *, tags: list[str], body: type[BaseModel] | None = N
 # The document
 
 _PARAM = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-_CONVERTER_SCHEMA = {"uuid": {"type": "string", "format": "uuid"}, "int": {"type": "integer"},
-                     "string": {"type": "string"}, None: {"type": "string"}}
+_CONVERTER_SCHEMA = {
+    "uuid": {"type": "string", "format": "uuid"},
+    "int": {"type": "integer"},
+    "string": {"type": "string"},
+    None: {"type": "string"},
+}
 
 
 def _openapi_path(rule: str) -> tuple[str, list[dict]]:
     params = []
     for conv, name in _PARAM.findall(rule):
-        params.append({"name": name, "in": "path", "required": True,
-                       "schema": dict(_CONVERTER_SCHEMA.get(conv or None, {"type": "string"}))})
+        params.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": dict(_CONVERTER_SCHEMA.get(conv or None, {"type": "string"})),
+            }
+        )
     return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule), params
 
 
@@ -217,13 +258,18 @@ def build(app: Quart) -> dict:
         return refs[(model, mode)]
 
     def error_response(status: int) -> dict:
-        return {"description": _STATUS_TEXT.get(status, "Error"),
-                "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}}}
+        return {
+            "description": _STATUS_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": ref(ErrorBody, "serialization")}},
+        }
 
     paths: dict[str, dict] = {}
     for path, method, op, auth, params in ops:
-        entry: dict[str, Any] = {"summary": op.summary, "tags": op.tags,
-                                 "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"}
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": op.tags,
+            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+        }
         if op.description:
             entry["description"] = op.description
         parameters = list(params)
@@ -233,21 +279,31 @@ def build(app: Quart) -> dict:
         if parameters:
             entry["parameters"] = parameters
         if op.body is not None:
-            entry["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": ref(op.body, "validation")}}}
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(op.body, "validation")}},
+            }
         elif op.raw_body and method != "get":
-            entry["requestBody"] = {"required": True,
-                                    "content": {media: {"schema": schema} for media, schema in op.raw_body.items()}}
+            entry["requestBody"] = {
+                "required": True,
+                "content": {media: {"schema": schema} for media, schema in op.raw_body.items()},
+            }
         responses: dict[str, Any] = {}
         if op.status == 204 or op.response is None:
             responses["204"] = {"description": _STATUS_TEXT[204]}
         else:
-            responses[str(op.status)] = {"description": _STATUS_TEXT.get(op.status, "OK"),
-                                         "content": {"application/json": {"schema": ref(op.response, "serialization")},
-                                                     **{media: {"schema": schema} for media, schema in op.content.items()}}}
+            responses[str(op.status)] = {
+                "description": _STATUS_TEXT.get(op.status, "OK"),
+                "content": {
+                    "application/json": {"schema": ref(op.response, "serialization")},
+                    **{media: {"schema": schema} for media, schema in op.content.items()},
+                },
+            }
         for status, model in op.also.items():
-            responses[str(status)] = {"description": _STATUS_TEXT.get(status, "OK"),
-                                      "content": {"application/json": {"schema": ref(model, "serialization")}}}
+            responses[str(status)] = {
+                "description": _STATUS_TEXT.get(status, "OK"),
+                "content": {"application/json": {"schema": ref(model, "serialization")}},
+            }
         statuses = set(op.errors)
         kinds = (auth[0],) if auth is not None else op.security
         if kinds:
@@ -269,16 +325,25 @@ def build(app: Quart) -> dict:
             components.pop(ref(op.query, "validation")["$ref"].rsplit("/", 1)[1], None)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "WebHost Sync API", "version": current_app.config.get("API_VERSION", "1.0.0"),
-                 "description": "REST for operators (platform staff) and customers (API keys)."},
+        "info": {
+            "title": "WebHost Sync API",
+            "version": current_app.config.get("API_VERSION", "1.0.0"),
+            "description": "REST for operators (platform staff) and customers (API keys).",
+        },
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer",
-                           "description": "A customer API key: whk_live_... or whk_test_..."},
-                "operatorToken": {"type": "http", "scheme": "bearer",
-                                  "description": "An operator session token from POST /api/v1/auth/login"},
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A customer API key: whk_live_... or whk_test_...",
+                },
+                "operatorToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An operator session token from POST /api/v1/auth/login",
+                },
             },
         },
     }

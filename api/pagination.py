@@ -1,5 +1,6 @@
 """Cursor pagination: lists are ordered by (created_at, id); the cursor is the last row's pair,
 opaque to clients (base64url JSON). Repositories fetch limit + 1 rows to know if more follow."""
+
 from __future__ import annotations
 
 import base64
@@ -19,8 +20,9 @@ def encode_parts(*parts: Any) -> str:
     """The one cursor codec: a cursor is base64url JSON of the last row's sort key, a timestamp
     first (ISO 8601, with its offset), then e.g. the row id (lists here, tracking's positions and
     events)."""
-    raw = json.dumps([p.isoformat() if isinstance(p, dt.datetime) else p for p in parts],
-                     separators=(",", ":")).encode()
+    raw = json.dumps(
+        [p.isoformat() if isinstance(p, dt.datetime) else p for p in parts], separators=(",", ":")
+    ).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 

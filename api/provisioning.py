@@ -3,6 +3,7 @@
 Declared with `@operation` like every /api/v1 route: bodies are validated by the models below
 (unknown fields are a 422 with field paths), answers are shaped by the response models, which
 declare the fields clients rely on and pass on the rest of the stored row (`extra="allow"`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -138,8 +139,14 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
 
 
 @blueprint.post("/provisioning/recommendation")
-@operation("Recommend a deployment mode and plan (recorded when a customer is known)", tags=TAGS,
-           body=RecommendationIn, response=Recommendation, errors=(404,), security=("customer", "operator"))
+@operation(
+    "Recommend a deployment mode and plan (recorded when a customer is known)",
+    tags=TAGS,
+    body=RecommendationIn,
+    response=Recommendation,
+    errors=(404,),
+    security=("customer", "operator"),
+)
 async def recommendation(body: RecommendationIn):
     """Operators and customers (any valid API key). Fields left out are read from the stored
     customer (the key's customer, or `customer_id` for operators); the result is recorded when a
@@ -175,12 +182,24 @@ async def list_recommendations(customer_id: str):
 
 @blueprint.post("/deployments")
 @operator_required()
-@operation("Create a deployment (provisioned in the background)", tags=DEPLOYMENT_TAGS, body=DeploymentIn,
-           response=Deployment, status=202, errors=(404, 409))
+@operation(
+    "Create a deployment (provisioned in the background)",
+    tags=DEPLOYMENT_TAGS,
+    body=DeploymentIn,
+    response=Deployment,
+    status=202,
+    errors=(404, 409),
+)
 async def create_deployment(body: DeploymentIn):
     try:
-        dep = await deployments.create(runtime(), customer_id=body.customer_id, mode=body.mode,
-                                       infrastructure=body.infrastructure, region=body.region, config=body.config)
+        dep = await deployments.create(
+            runtime(),
+            customer_id=body.customer_id,
+            mode=body.mode,
+            infrastructure=body.infrastructure,
+            region=body.region,
+            config=body.config,
+        )
     except deployments.DeploymentError as exc:
         raise _wrap(exc) from None
     return deployments.public(dep)
@@ -219,17 +238,24 @@ async def decommission_deployment(deployment_id: str):
 
 @blueprint.post("/customers/<customer_id>/migrations")
 @operator_required("admin")
-@operation("Move a customer between shared and dedicated databases (dry_run: the plan, 200)",
-           tags=MIGRATION_TAGS, body=MigrationIn, response=Migration, status=202, also={200: MovePlan},
-           errors=(409,))
+@operation(
+    "Move a customer between shared and dedicated databases (dry_run: the plan, 200)",
+    tags=MIGRATION_TAGS,
+    body=MigrationIn,
+    response=Migration,
+    status=202,
+    also={200: MovePlan},
+    errors=(409,),
+)
 async def start_migration(customer_id: str, body: MigrationIn):
     rt = runtime()
     cid = _uuid(customer_id, "customer")
     try:
         if body.dry_run:
             return await tenant_migration.plan_move(rt, cid, body.to, plan=body.plan), 200
-        mig = await tenant_migration.start(rt, cid, body.to, infrastructure=body.infrastructure, plan=body.plan,
-                                           region=body.region)
+        mig = await tenant_migration.start(
+            rt, cid, body.to, infrastructure=body.infrastructure, plan=body.plan, region=body.region
+        )
     except deployments.DeploymentError as exc:
         raise _wrap(exc) from None
     return _migration(mig, [])
@@ -249,8 +275,14 @@ async def show_migration(customer_id: str, migration_id: str):
 
 
 def _event(e) -> dict:
-    return {"id": e["id"], "step": e["step"], "status": e["status"], "data": e["data"], "error": e["error"],
-            "created_at": e["created_at"].isoformat()}
+    return {
+        "id": e["id"],
+        "step": e["step"],
+        "status": e["status"],
+        "data": e["data"],
+        "error": e["error"],
+        "created_at": e["created_at"].isoformat(),
+    }
 
 
 def _progress(events) -> dict:
@@ -263,18 +295,29 @@ def _progress(events) -> dict:
         if e["status"] == "started":
             totals, tables = dict(data.get("tables") or {}), {}
         elif e["status"] == "progress" and data.get("table"):
-            tables[data["table"]] = {"table": data["table"], "done": data.get("rows", 0),
-                                     "total": data.get("table_total")}
+            tables[data["table"]] = {
+                "table": data["table"],
+                "done": data.get("rows", 0),
+                "total": data.get("table_total"),
+            }
     for name, n in totals.items():  # not reached yet (or empty)
         tables.setdefault(name, {"table": name, "done": 0, "total": n})
     last = next((e["data"] or {} for e in reversed(copy) if e["status"] in ("progress", "succeeded")), {})
-    return {"done": last.get("done", 0), "total": last.get("total"), "table": last.get("table"),
-            "copied": any(e["status"] == "succeeded" for e in copy), "tables": list(tables.values())}
+    return {
+        "done": last.get("done", 0),
+        "total": last.get("total"),
+        "table": last.get("table"),
+        "copied": any(e["status"] == "succeeded" for e in copy),
+        "tables": list(tables.values()),
+    }
 
 
 def _migration(mig: dict, events) -> dict:
-    out = {k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v)
-           for k, v in mig.items() if k != "source_url"}
+    out = {
+        k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v)
+        for k, v in mig.items()
+        if k != "source_url"
+    }
     out["progress"] = _progress(events)
     out["events"] = [_event(e) for e in events]
     return out

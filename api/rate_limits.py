@@ -4,6 +4,7 @@ bearer credential count against it; unauthenticated requests only on the login r
 guessing), by address. Past the limit: 429 `rate_limited` with Retry-After (seconds until the
 oldest counted requests leave the window, so a request then is counted again); refused requests
 are not counted."""
+
 from __future__ import annotations
 
 from sync_server.extensions.shared_limits import credential_of
@@ -25,6 +26,10 @@ async def check(call: Call) -> None:
         return
     retry_after = await limit.hit(credential_of(authorization, call.remote_addr))
     if retry_after is not None:
-        raise ApiError(429, "rate_limited", f"more than {limit.per_minute} requests per minute",
-                       {"limit_per_minute": limit.per_minute, "retry_after_seconds": retry_after},
-                       {"Retry-After": str(retry_after)})
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"more than {limit.per_minute} requests per minute",
+            {"limit_per_minute": limit.per_minute, "retry_after_seconds": retry_after},
+            {"Retry-After": str(retry_after)},
+        )

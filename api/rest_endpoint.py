@@ -20,6 +20,7 @@ api.errors.reply too (its error handler is the adapter); what escapes Quart
 itself (a BaseException such as a Rust panic, which Quart does not catch) is answered here as a
 JSON 500 as long as no response has started, instead of Hypercorn's empty one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,11 @@ class RestEndpoint:
     def __init__(self, app, quart: Quart, runtime) -> None:
         self.app = app
         self.runtime = runtime
-        self.views = {endpoint: view for endpoint, view in quart.view_functions.items()
-                      if getattr(view, "__openapi__", None) is not None}
+        self.views = {
+            endpoint: view
+            for endpoint, view in quart.view_functions.items()
+            if getattr(view, "__openapi__", None) is not None
+        }
         self.routes = quart.url_map.bind("localhost")  # host matching is off: the name is never compared
         self.config = quart.config  # MAX_CONTENT_LENGTH and BODY_TIMEOUT, as Quart reads them
 
@@ -111,8 +115,13 @@ class RestEndpoint:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message = {**message, "headers": [*(h for h in message.get("headers", ())
-                                                     if h[0].lower() != b"x-request-id"), request_id]}
+                message = {
+                    **message,
+                    "headers": [
+                        *(h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"),
+                        request_id,
+                    ],
+                }
             await send(message)
 
         try:
@@ -150,8 +159,14 @@ class RestEndpoint:
 
 
 def _call_of(scope, read) -> calls.Call:
-    return calls.Call(scope["method"], scope["path"], _headers(scope), scope.get("query_string", b""),
-                      (scope.get("client") or (None,))[0], read)
+    return calls.Call(
+        scope["method"],
+        scope["path"],
+        _headers(scope),
+        scope.get("query_string", b""),
+        (scope.get("client") or (None,))[0],
+        read,
+    )
 
 
 async def _quart_body() -> bytes:
@@ -165,8 +180,11 @@ class ClientGone(Exception):
 async def _send(result: Reply, request_id: str, send) -> None:
     body, status, headers = result
     head = [JSON_TYPE] if status != 204 else []
-    head += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
-             if name.lower() != "content-type"]
+    head += [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers.items()
+        if name.lower() != "content-type"
+    ]
     head.append((b"x-request-id", request_id.encode("latin-1")))
     if status != 204:
         head.append((b"content-length", str(len(body)).encode()))

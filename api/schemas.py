@@ -3,6 +3,7 @@
 Requests reject unknown fields (extra='forbid'); the OpenAPI document is generated from these
 same classes, so what is documented is what is validated.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,7 +13,6 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
-
 
 
 def _storable(value: Any, depth: int = 0) -> Any:

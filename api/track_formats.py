@@ -1,5 +1,6 @@
 """Position exports, written as they are read (pages of rows in, text chunks out): a day of
 2-second fixes never sits in memory as one document."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -27,8 +28,11 @@ async def geojson(pages: AsyncIterator[list], vehicle: dict) -> AsyncIterator[st
         parts = []
         for row in rows:
             props = position_json(row)
-            feature = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [row["lng"], row["lat"]]},
-                       "properties": {k: v for k, v in props.items() if k not in ("lat", "lng")}}
+            feature = {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [row["lng"], row["lat"]]},
+                "properties": {k: v for k, v in props.items() if k not in ("lat", "lng")},
+            }
             parts.append(strict_json.dumps(feature, separators=(",", ":")))
         if parts:
             yield ("" if first else ",") + ",".join(parts)
@@ -44,20 +48,27 @@ async def csv(pages: AsyncIterator[list]) -> AsyncIterator[str]:
     yield ",".join(FIELDS) + "\r\n"
     async for rows in pages:
         yield "".join(
-            row["time"].isoformat().replace("+00:00", "Z") + ","
-            + ",".join(_csv_value(row[name]) for name in FIELDS[1:]) + "\r\n"
-            for row in rows)
+            row["time"].isoformat().replace("+00:00", "Z")
+            + ","
+            + ",".join(_csv_value(row[name]) for name in FIELDS[1:])
+            + "\r\n"
+            for row in rows
+        )
 
 
 async def gpx(pages: AsyncIterator[list], name: str) -> AsyncIterator[str]:
-    yield ('<?xml version="1.0" encoding="UTF-8"?>\n<gpx version="1.1" creator="webhost-sync" '
-           'xmlns="http://www.topografix.com/GPX/1/1">\n<trk><name>' + escape(name) + "</name><trkseg>\n")
+    yield (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<gpx version="1.1" creator="webhost-sync" '
+        'xmlns="http://www.topografix.com/GPX/1/1">\n<trk><name>' + escape(name) + "</name><trkseg>\n"
+    )
     async for rows in pages:
         parts = []
         for row in rows:
             ele = f"<ele>{row['altitude']}</ele>" if row["altitude"] is not None else ""
             when = row["time"].isoformat().replace("+00:00", "Z")
-            parts.append(f"<trkpt lat={quoteattr(repr(row['lat']))} lon={quoteattr(repr(row['lng']))}>"
-                         f"{ele}<time>{when}</time></trkpt>\n")
+            parts.append(
+                f"<trkpt lat={quoteattr(repr(row['lat']))} lon={quoteattr(repr(row['lng']))}>"
+                f"{ele}<time>{when}</time></trkpt>\n"
+            )
         yield "".join(parts)
     yield "</trkseg></trk>\n</gpx>\n"

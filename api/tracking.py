@@ -1,6 +1,7 @@
 """Tracking REST (API key with tracking:read): positions of a vehicle over a time range (cursor paged,
 json | geojson | csv | gpx, exports streamed), latest positions of every vehicle, geofence events,
 a daily summary per vehicle, and the GPS quota use of a day."""
+
 from __future__ import annotations
 
 import asyncio
@@ -62,8 +63,9 @@ class Query(RequestModel):
 class PositionsQuery(Query):
     start: IsoDatetime | None = Field(None, alias="from", description="ISO-8601; default `to` minus 24 h")
     end: IsoDatetime | None = Field(None, alias="to", description="ISO-8601, exclusive; default now")
-    limit: int | None = Field(None, ge=1, le=1_000_000, description="json: default 1000, at most 10000; "
-                                                                     "exports: default everything in range")
+    limit: int | None = Field(
+        None, ge=1, le=1_000_000, description="json: default 1000, at most 10000; exports: default everything in range"
+    )
     cursor: str | None = None
     format: Literal["json", "geojson", "csv", "gpx"] = "json"
 
@@ -184,8 +186,13 @@ async def _vehicle(db, cid: str, vehicle_id: uuid.UUID) -> Any:
 
 @blueprint.get("/api/v1/vehicles/<uuid:vehicle_id>/positions")
 @customer_required("tracking:read")
-@operation("Positions of a vehicle over a time range (json paged; geojson, csv, gpx streamed)", tags=TAGS,
-           query=PositionsQuery, response=PositionsPage, errors=(404, 422))
+@operation(
+    "Positions of a vehicle over a time range (json paged; geojson, csv, gpx streamed)",
+    tags=TAGS,
+    query=PositionsQuery,
+    response=PositionsPage,
+    errors=(404, 422),
+)
 async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
     end = _utc(query.end) or dt.datetime.now(UTC)
     start = _utc(query.start) or end - dt.timedelta(days=1)
@@ -202,11 +209,13 @@ async def vehicle_positions(vehicle_id: uuid.UUID, query: PositionsQuery):
             rows = await position_store.page(conn, cid, vehicle_id, start, end, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return {"vehicle_id": str(vehicle_id), "data": [track_formats.position_json(r) for r in rows],
-                "next_cursor": pagination.encode_parts(rows[-1]["time"]) if more else None}
+        return {
+            "vehicle_id": str(vehicle_id),
+            "data": [track_formats.position_json(r) for r in rows],
+            "next_cursor": pagination.encode_parts(rows[-1]["time"]) if more else None,
+        }
 
-    headers = {"Content-Disposition":
-               f'attachment; filename="{vehicle_id}.{track_formats.EXTENSIONS[query.format]}"'}
+    headers = {"Content-Disposition": f'attachment; filename="{vehicle_id}.{track_formats.EXTENSIONS[query.format]}"'}
     if query.limit is not None:
         async with db.tenant(cid) as conn:
             next_time = await position_store.time_after_page(conn, cid, vehicle_id, start, end, after, query.limit)
@@ -227,8 +236,15 @@ async def _encoded(chunks: AsyncIterator[str]) -> AsyncIterator[bytes]:
         yield chunk.encode()
 
 
-async def _pages(db, cid: str, vehicle_id: uuid.UUID, start: dt.datetime, end: dt.datetime,
-                 after: dt.datetime | None, limit: int | None) -> AsyncIterator[list]:
+async def _pages(
+    db,
+    cid: str,
+    vehicle_id: uuid.UUID,
+    start: dt.datetime,
+    end: dt.datetime,
+    after: dt.datetime | None,
+    limit: int | None,
+) -> AsyncIterator[list]:
     """Keyset pages, each read in its own short transaction (a long export holds no snapshot)."""
     remaining = limit
     while remaining is None or remaining > 0:
@@ -251,36 +267,67 @@ async def latest_positions():
     cid, db = await _customer_db()
     async with db.tenant(cid) as conn:
         rows = await position_store.latest_all(conn)
-    return {"data": [{"vehicle_id": str(r["vehicle_id"]), "name": r["name"],
-                      "vehicle_identifier": r["vehicle_identifier"], **track_formats.position_json(r)}
-                     for r in rows]}
+    return {
+        "data": [
+            {
+                "vehicle_id": str(r["vehicle_id"]),
+                "name": r["name"],
+                "vehicle_identifier": r["vehicle_identifier"],
+                **track_formats.position_json(r),
+            }
+            for r in rows
+        ]
+    }
 
 
 @blueprint.get("/api/v1/geofence-events")
 @customer_required("tracking:read")
-@operation("Geofence enter/exit events in time order", tags=TAGS, query=EventsQuery, response=GeofenceEventsPage,
-           errors=(422,))
+@operation(
+    "Geofence enter/exit events in time order", tags=TAGS, query=EventsQuery, response=GeofenceEventsPage, errors=(422,)
+)
 async def geofence_events(query: EventsQuery):
     after = None
     if query.cursor:
         after = tuple(pagination.decode_parts(query.cursor, 2, _event_key))
     cid, db = await _customer_db()
     async with db.tenant(cid) as conn:
-        rows = await event_store.page(conn, cid, vehicle_id=query.vehicle_id, geofence_id=query.geofence_id,
-                                      start=_utc(query.start), end=_utc(query.end), after=after,
-                                      limit=query.limit + 1)
+        rows = await event_store.page(
+            conn,
+            cid,
+            vehicle_id=query.vehicle_id,
+            geofence_id=query.geofence_id,
+            start=_utc(query.start),
+            end=_utc(query.end),
+            after=after,
+            limit=query.limit + 1,
+        )
     more = len(rows) > query.limit
-    rows = rows[:query.limit]
-    data = [{"id": r["id"], "vehicle_id": str(r["vehicle_id"]), "geofence_id": str(r["geofence_id"]),
-             "geofence_name": r["geofence_name"], "event": r["event"],
-             "time": r["time"].isoformat().replace("+00:00", "Z"), "lat": r["lat"], "lng": r["lng"]} for r in rows]
+    rows = rows[: query.limit]
+    data = [
+        {
+            "id": r["id"],
+            "vehicle_id": str(r["vehicle_id"]),
+            "geofence_id": str(r["geofence_id"]),
+            "geofence_name": r["geofence_name"],
+            "event": r["event"],
+            "time": r["time"].isoformat().replace("+00:00", "Z"),
+            "lat": r["lat"],
+            "lng": r["lng"],
+        }
+        for r in rows
+    ]
     return {"data": data, "next_cursor": pagination.encode_parts(rows[-1]["time"], rows[-1]["id"]) if more else None}
 
 
 @blueprint.get("/api/v1/vehicles/<uuid:vehicle_id>/daily-summary")
 @customer_required("tracking:read")
-@operation("Per UTC day: points, geodesic distance, max speed of a vehicle", tags=TAGS, query=SummaryQuery,
-           response=DailySummary, errors=(404, 422))
+@operation(
+    "Per UTC day: points, geodesic distance, max speed of a vehicle",
+    tags=TAGS,
+    query=SummaryQuery,
+    response=DailySummary,
+    errors=(404, 422),
+)
 async def daily_summary(vehicle_id: uuid.UUID, query: SummaryQuery):
     first = query.start or dt.datetime.now(UTC).date()
     last = query.end or first
@@ -313,17 +360,29 @@ async def _summary_of_day(db, cid: str, vehicle_id: uuid.UUID, day: dt.date) -> 
         # Geodesic sums cost ~40 us a pair: off the event loop.
         meters, previous = await asyncio.to_thread(path_length, [(r["lat"], r["lng"]) for r in rows], previous)
         distance += meters
+
     def iso(t):
         return t.isoformat().replace("+00:00", "Z") if t else None
 
-    return {"day": day.isoformat(), "points": points, "distance_m": round(distance, 1), "max_speed": max_speed,
-            "first_fix": iso(first_fix), "last_fix": iso(last_fix)}
+    return {
+        "day": day.isoformat(),
+        "points": points,
+        "distance_m": round(distance, 1),
+        "max_speed": max_speed,
+        "first_fix": iso(first_fix),
+        "last_fix": iso(last_fix),
+    }
 
 
 @blueprint.get("/api/v1/tracking/usage")
 @customer_required("tracking:read")
-@operation("GPS quota use of a day and rejected points per reason", tags=TAGS, query=UsageQuery,
-           response=TrackingUsage, errors=(422,))
+@operation(
+    "GPS quota use of a day and rejected points per reason",
+    tags=TAGS,
+    query=UsageQuery,
+    response=TrackingUsage,
+    errors=(422,),
+)
 async def tracking_usage(query: UsageQuery):
     """How much of the day's GPS quota is used, and how many points were rejected and why."""
     day = query.day or dt.datetime.now(UTC).date()
@@ -332,7 +391,13 @@ async def tracking_usage(query: UsageQuery):
     async with db.tenant(cid) as conn:
         metrics = await usage_store.of_day(conn, cid, day, quota.POINTS_METRIC)
     stored = metrics.get(quota.POINTS_METRIC, 0)
-    rejected = {m[len(quota.REJECTED_PREFIX):]: n for m, n in metrics.items() if m.startswith(quota.REJECTED_PREFIX)}
-    return {"day": day.isoformat(), "plan_id": limits.plan_id, "gps_points": stored,
-            "limit": limits.gps_points_per_day, "remaining": max(0, limits.gps_points_per_day - stored),
-            "quota_exceeded": rejected.get(quota.QUOTA_EXCEEDED, 0) > 0, "rejected": rejected}
+    rejected = {m[len(quota.REJECTED_PREFIX) :]: n for m, n in metrics.items() if m.startswith(quota.REJECTED_PREFIX)}
+    return {
+        "day": day.isoformat(),
+        "plan_id": limits.plan_id,
+        "gps_points": stored,
+        "limit": limits.gps_points_per_day,
+        "remaining": max(0, limits.gps_points_per_day - stored),
+        "quota_exceeded": rejected.get(quota.QUOTA_EXCEEDED, 0) > 0,
+        "rejected": rejected,
+    }

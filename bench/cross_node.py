@@ -10,6 +10,7 @@ process (one clock for send and receive):
   throughput  `--updates` updates sent back to back; updates/s until the receiver has them all
 Prints a table and a JSON line. Numbers only; nothing is asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,8 +112,13 @@ async def measure(sender_url: str, receiver_url: str, pings: int, updates: int) 
     await sender.close()
     await receiver.close()
     lat.sort()
-    return {"p50_ms": round(statistics.median(lat), 2), "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2),
-            "max_ms": round(lat[-1], 2), "updates_per_s": round(updates / elapsed), "updates": updates}
+    return {
+        "p50_ms": round(statistics.median(lat), 2),
+        "p99_ms": round(lat[int(len(lat) * 0.99) - 1], 2),
+        "max_ms": round(lat[-1], 2),
+        "updates_per_s": round(updates / elapsed),
+        "updates": updates,
+    }
 
 
 async def main() -> None:
@@ -129,9 +135,16 @@ async def main() -> None:
     try:
         await migrator.migrate(url)
         customer = await sync_peers.create_customer(url, slug="bench")
-        env = {"DATABASE_URL": url, "SECRET_KEY": SECRET, "DATA_DIR": str(tmp / "data"), "LOG_LEVEL": "warning",
-               "REDIS_URL": args.redis, "REDIS_PREFIX": f"bench-{secrets.token_hex(4)}:", "CONNECTION_LIMITS": "off",
-               "MIGRATE_ON_START": "false"}
+        env = {
+            "DATABASE_URL": url,
+            "SECRET_KEY": SECRET,
+            "DATA_DIR": str(tmp / "data"),
+            "LOG_LEVEL": "warning",
+            "REDIS_URL": args.redis,
+            "REDIS_PREFIX": f"bench-{secrets.token_hex(4)}:",
+            "CONNECTION_LIMITS": "off",
+            "MIGRATE_ON_START": "false",
+        }
         for n in range(2):
             nodes.append(ServerProcess({**env, "NODE_ID": f"bench-{n}"}, log_path=tmp / f"node-{n}.log").start())
         tok = sync_peers.token(SECRET, customer)

@@ -20,6 +20,7 @@ from one Python process with no pipeline around it.
 Needs PostgreSQL (TEST_PG_URL, else 127.0.0.1:5432 as postgres, else a private pgserver; a database is
 created and dropped) and `npm ci` in client-examples/js. Prints a JSON summary as the last line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,12 +73,22 @@ async def _create_database() -> str:
 async def _customer(owner: asyncpg.Connection, slug: str, vehicles: int, geofences: int) -> tuple[str, list]:
     cid = await owner.fetchval("INSERT INTO customers (slug, name) VALUES ($1, $1) RETURNING id", slug)
     await owner.execute("INSERT INTO subscriptions (customer_id, plan_id) VALUES ($1, 'business')", cid)
-    vids = [await owner.fetchval("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, $2, $2) "
-                                 "RETURNING id", cid, f"{slug}-v{i}") for i in range(vehicles)]
+    vids = [
+        await owner.fetchval(
+            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, $2, $2) RETURNING id",
+            cid,
+            f"{slug}-v{i}",
+        )
+        for i in range(vehicles)
+    ]
     for i in range(geofences):  # circles along the route (lat 52.5, lng 13.40 .. 13.42)
         await owner.execute(
             "INSERT INTO geofences (customer_id, name, kind, center_lat, center_lng, radius_meters) "
-            "VALUES ($1, $2, 'circle', 52.5, $3, 150)", cid, f"g{i}", 13.40 + 0.02 * (i + 0.5) / max(geofences, 1))
+            "VALUES ($1, $2, 'circle', 52.5, $3, 150)",
+            cid,
+            f"g{i}",
+            13.40 + 0.02 * (i + 0.5) / max(geofences, 1),
+        )
     return str(cid), vids
 
 
@@ -85,12 +96,20 @@ def _fixes(day: dt.date, n: int) -> position_store.Fixes:
     """The raw path's rows: one fix a second from midnight, moving east (the clients' route)."""
     base = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
     i = np.arange(n)
-    return position_store.Fixes(base + i * 1000, np.full(n, 52.5), 13.4 + (i % 1000) * 0.00002, np.full(n, 1.36),
-                                np.full(n, 90.0), np.full(n, 5.0), np.full(n, np.nan))
+    return position_store.Fixes(
+        base + i * 1000,
+        np.full(n, 52.5),
+        13.4 + (i % 1000) * 0.00002,
+        np.full(n, 1.36),
+        np.full(n, 90.0),
+        np.full(n, 5.0),
+        np.full(n, np.nan),
+    )
 
 
-async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
-                        batch: int, parallel: bool = False) -> dict:
+async def raw_copy_rate(
+    url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int, batch: int, parallel: bool = False
+) -> dict:
     """Rows/s of staged COPY + merge alone: vehicles one after the other (the baseline), or with
     `parallel` one connection per vehicle at once (as the server materializes vehicles now)."""
     cid, vids = await _customer(owner, f"raw-{uuid.uuid4().hex[:6]}", vehicles, 0)
@@ -118,9 +137,12 @@ async def raw_copy_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehic
     finally:
         await db.close()
     n = vehicles * points
-    return {"points_per_s": round(n / elapsed), "pg_cpu_us_per_point": round(pg_cpu / n * 1e6, 2),
-            "client_cpu_us_per_point": round(own_cpu / n * 1e6, 2),
-            "projected_points_per_s": round(n / max(pg_cpu, own_cpu))}
+    return {
+        "points_per_s": round(n / elapsed),
+        "pg_cpu_us_per_point": round(pg_cpu / n * 1e6, 2),
+        "client_cpu_us_per_point": round(own_cpu / n * 1e6, 2),
+        "projected_points_per_s": round(n / max(pg_cpu, own_cpu)),
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -153,8 +175,9 @@ def _tree_cpu(pid: int) -> float:
 
 async def _backend_cpu(owner: asyncpg.Connection) -> dict[int, float]:
     """CPU seconds so far of every PostgreSQL backend on this database (same machine only)."""
-    pids = await owner.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                             "AND pid <> pg_backend_pid()")
+    pids = await owner.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
     return {r["pid"]: _cpu_seconds(r["pid"]) for r in pids}
 
 
@@ -183,19 +206,43 @@ async def _dashboard(url: str, stop: asyncio.Event) -> list[tuple[float, float]]
     return rtts
 
 
-async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, vehicles: int, points: int,
-                          geofences: int, batch: int, log_dir: Path, profile: str | None = None,
-                          pg_profile: str | None = None, readers: int | None = None) -> dict:
+async def end_to_end_rate(
+    url: str,
+    owner: asyncpg.Connection,
+    day: dt.date,
+    vehicles: int,
+    points: int,
+    geofences: int,
+    batch: int,
+    log_dir: Path,
+    profile: str | None = None,
+    pg_profile: str | None = None,
+    readers: int | None = None,
+) -> dict:
     slug = f"e2e-{uuid.uuid4().hex[:6]}"
     cid, vids = await _customer(owner, slug, vehicles, geofences)
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": SECRET, "HOST": "127.0.0.1", "PORT": str(port),
-           "DATA_DIR": str(log_dir / "data"), "LOG_FORMAT": "json", "TRACKING_BATCH_POINTS": str(batch),
-           "MIGRATE_ON_START": "false", **({"TRACKING_READERS": str(readers)} if readers is not None else {})}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": SECRET,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATA_DIR": str(log_dir / "data"),
+        "LOG_FORMAT": "json",
+        "TRACKING_BATCH_POINTS": str(batch),
+        "MIGRATE_ON_START": "false",
+        **({"TRACKING_READERS": str(readers)} if readers is not None else {}),
+    }
     log_path = log_dir / f"server-{port}.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "webhost-sync"), "serve"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=ROOT)
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "webhost-sync"), "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         import httpx
 
@@ -205,49 +252,95 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        token = sync_tokens.mint(SECRET, customer_id=cid, customer_slug=slug, docs=["tracks/*", "board"], mode="rw",
-                                 ttl_seconds=3600)[0]
+        token = sync_tokens.mint(
+            SECRET, customer_id=cid, customer_slug=slug, docs=["tracks/*", "board"], mode="rw", ttl_seconds=3600
+        )[0]
         start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
         def client(vid, n, begin, on=day, connect_at=0):
-            return subprocess.Popen(["node", str(JS), "--server", f"ws://127.0.0.1:{port}/sync/{slug}", "--token",
-                                     token, "--vehicle", str(vid), "--day", on.isoformat(), "--points", str(n),
-                                     "--start-ms", str(begin), "--prebuilt", "1", "--connect-at", str(connect_at)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS.parent)
+            return subprocess.Popen(
+                [
+                    "node",
+                    str(JS),
+                    "--server",
+                    f"ws://127.0.0.1:{port}/sync/{slug}",
+                    "--token",
+                    token,
+                    "--vehicle",
+                    str(vid),
+                    "--day",
+                    on.isoformat(),
+                    "--points",
+                    str(n),
+                    "--start-ms",
+                    str(begin),
+                    "--prebuilt",
+                    "1",
+                    "--connect-at",
+                    str(connect_at),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=JS.parent,
+            )
 
         # warm-up (not measured): one small document per vehicle, so pooled connections have their
         # plans and caches, like a server that has been running
         warm = [client(vid, 500, start_ms - 86_400_000, day - dt.timedelta(days=1)) for vid in vids]
         for c in warm:
             c.communicate(timeout=120)
-        while await owner.fetchval("SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1",
-                                   uuid.UUID(cid)) < 500 * vehicles:
+        while (
+            await owner.fetchval(
+                "SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1", uuid.UUID(cid)
+            )
+            < 500 * vehicles
+        ):
             await asyncio.sleep(0.01)
         (log_dir / "warm").write_text(str(log_path.stat().st_size))
         cpu_before, pg_before = _tree_cpu(server.pid), await _backend_cpu(owner)
         spy = None
         if profile:  # where the server's time goes: py-spy samples, folded stacks
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
-                                    "--format", "raw", "--rate", "250", "-o", profile] + (["--native"] if os.environ.get("PYSPY_NATIVE") else []), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "-o",
+                    profile,
+                ]
+                + (["--native"] if os.environ.get("PYSPY_NATIVE") else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1)
         perf = None
         if pg_profile:  # where PostgreSQL's time goes: perf samples of this database's backends
             pids = ",".join(str(pid) for pid in pg_before)
-            perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", pg_profile,
-                                     "-p", pids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            perf = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", pg_profile, "-p", pids],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1)
         # the phones start, build their day offline, then connect together: the clock runs from then
         connect_at = int(time.time() * 1000) + CLIENT_BUILD_MS + points // 25
         clients = [client(vid, points, start_ms, connect_at=connect_at) for vid in vids]
         stop_dashboard = asyncio.Event()
-        dashboard = asyncio.ensure_future(_dashboard(f"ws://127.0.0.1:{port}/sync/{slug}/board?token={token}",
-                                                     stop_dashboard))
+        dashboard = asyncio.ensure_future(
+            _dashboard(f"ws://127.0.0.1:{port}/sync/{slug}/board?token={token}", stop_dashboard)
+        )
         total = vehicles * points + 500 * vehicles
         deadline = time.monotonic() + 600
         while True:
-            done = await owner.fetchval("SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1",
-                                        uuid.UUID(cid))
+            done = await owner.fetchval(
+                "SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1", uuid.UUID(cid)
+            )
             if done >= total:
                 finished = time.time()
                 break
@@ -268,10 +361,16 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
         opened = [pid for pid in pg_after if pid not in pg_before]  # backends the server's pools opened meanwhile
         outputs = [json.loads(c.communicate(timeout=120)[0].strip().splitlines()[-1]) for c in clients]
         first_connect = min(o["connect_ms"] for o in outputs) / 1000
-        rows = await owner.fetchval("SELECT count(*) FROM gps_positions WHERE customer_id = $1 AND time >= $2",
-                                    uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC))
-        events = await owner.fetchval("SELECT count(*) FROM geofence_events WHERE customer_id = $1 AND time >= $2",
-                                      uuid.UUID(cid), dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC))
+        rows = await owner.fetchval(
+            "SELECT count(*) FROM gps_positions WHERE customer_id = $1 AND time >= $2",
+            uuid.UUID(cid),
+            dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC),
+        )
+        events = await owner.fetchval(
+            "SELECT count(*) FROM geofence_events WHERE customer_id = $1 AND time >= $2",
+            uuid.UUID(cid),
+            dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC),
+        )
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -280,20 +379,32 @@ async def end_to_end_rate(url: str, owner: asyncpg.Connection, day: dt.date, veh
             server.kill()
     if os.environ.get("GPS_BENCH_LOGS"):  # keep the server's log (a batch timeline) for a look afterwards
         (Path(os.environ["GPS_BENCH_LOGS"]) / log_path.name).write_bytes(log_path.read_bytes())
-    measured = log_path.read_bytes()[int((log_dir / "warm").read_text()):].decode(errors="replace")
+    measured = log_path.read_bytes()[int((log_dir / "warm").read_text()) :].decode(errors="replace")
     batches = [json.loads(line) for line in measured.splitlines() if '"tracking_batch"' in line]
     elapsed = finished - first_connect
     total -= 500 * vehicles
-    return {"points": total, "rows": rows, "geofence_events": events, "seconds": round(elapsed, 3),
-            "points_per_s": round(total / elapsed), "server_cpu_s": round(cpu, 2), "pg_cpu_s": round(pg_cpu, 2),
-            "server_cpu_us_per_point": round(cpu / total * 1e6, 2), "pg_cpu_us_per_point": round(pg_cpu / total * 1e6, 2),
-            # one server process (one core) and PostgreSQL (the other core) working at once
-            "projected_points_per_s": round(total / max(cpu, pg_cpu)),
-            "dashboard_rtt_ms": _percentiles([ms for at, ms in rtts if at >= first_connect]),
-            "backends_opened": len(opened), "backends_opened_cpu_s": round(sum(pg_after[p] for p in opened), 3),
-            "batches": len(batches), "commit_ms_sum": round(sum(b["ms"] for b in batches), 1),
-            "step_ms_sum": {k: round(sum(b.get("step_ms", {}).get(k, 0) for b in batches), 1)
-                            for k in (batches[0].get("step_ms", {}) if batches else {})}}
+    return {
+        "points": total,
+        "rows": rows,
+        "geofence_events": events,
+        "seconds": round(elapsed, 3),
+        "points_per_s": round(total / elapsed),
+        "server_cpu_s": round(cpu, 2),
+        "pg_cpu_s": round(pg_cpu, 2),
+        "server_cpu_us_per_point": round(cpu / total * 1e6, 2),
+        "pg_cpu_us_per_point": round(pg_cpu / total * 1e6, 2),
+        # one server process (one core) and PostgreSQL (the other core) working at once
+        "projected_points_per_s": round(total / max(cpu, pg_cpu)),
+        "dashboard_rtt_ms": _percentiles([ms for at, ms in rtts if at >= first_connect]),
+        "backends_opened": len(opened),
+        "backends_opened_cpu_s": round(sum(pg_after[p] for p in opened), 3),
+        "batches": len(batches),
+        "commit_ms_sum": round(sum(b["ms"] for b in batches), 1),
+        "step_ms_sum": {
+            k: round(sum(b.get("step_ms", {}).get(k, 0) for b in batches), 1)
+            for k in (batches[0].get("step_ms", {}) if batches else {})
+        },
+    }
 
 
 async def main() -> None:
@@ -301,8 +412,12 @@ async def main() -> None:
     ap.add_argument("--vehicles", type=int, default=4)
     ap.add_argument("--points", type=int, default=50_000, help="points per vehicle (one track document each)")
     ap.add_argument("--geofences", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=Settings().tracking_batch_points,
-                    help="TRACKING_BATCH_POINTS for both paths (default: the server's)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=Settings().tracking_batch_points,
+        help="TRACKING_BATCH_POINTS for both paths (default: the server's)",
+    )
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--profile", help="write py-spy folded stacks of the server's measured phase here")
     ap.add_argument("--pg-profile", help="write `perf record` samples of the database's backends (measured phase) here")
@@ -320,36 +435,52 @@ async def main() -> None:
                 # previous phase's dirty pages flushed, not competing for the two cores); the raw
                 # rate is the mean of one run just before and one just after the end-to-end run:
                 # the machine's speed drifts within a minute.
-                day, raw_day, raw_day_after, parallel_day = (yesterday - dt.timedelta(days=4 * round_no + k)
-                                                             for k in range(4))
+                day, raw_day, raw_day_after, parallel_day = (
+                    yesterday - dt.timedelta(days=4 * round_no + k) for k in range(4)
+                )
                 print(f"round {round_no + 1}: raw stage+merge COPY ...", file=sys.stderr, flush=True)
                 await _checkpoint(owner)
                 raw_before = await raw_copy_rate(url, owner, raw_day, args.vehicles, args.points, args.batch)
                 print(f"round {round_no + 1}: end to end ...", file=sys.stderr, flush=True)
                 await _checkpoint(owner)
-                e2e = await end_to_end_rate(url, owner, day, args.vehicles, args.points, args.geofences, args.batch,
-                                            Path(tmp), args.profile, args.pg_profile, args.readers)
+                e2e = await end_to_end_rate(
+                    url,
+                    owner,
+                    day,
+                    args.vehicles,
+                    args.points,
+                    args.geofences,
+                    args.batch,
+                    Path(tmp),
+                    args.profile,
+                    args.pg_profile,
+                    args.readers,
+                )
                 await _checkpoint(owner)
                 raw_after = await raw_copy_rate(url, owner, raw_day_after, args.vehicles, args.points, args.batch)
                 raw = {key: round((raw_before[key] + raw_after[key]) / 2, 2) for key in raw_before}
                 raw["before_and_after"] = [raw_before["points_per_s"], raw_after["points_per_s"]]
                 e2e["raw_copy"] = raw
-                e2e["raw_copy_parallel"] = await raw_copy_rate(url, owner, parallel_day, args.vehicles, args.points, args.batch,
-                                                               parallel=True)
+                e2e["raw_copy_parallel"] = await raw_copy_rate(
+                    url, owner, parallel_day, args.vehicles, args.points, args.batch, parallel=True
+                )
                 e2e["ratio_to_copy"] = round(e2e["points_per_s"] / raw["points_per_s"], 3)
                 e2e["projected_ratio_to_copy"] = round(e2e["projected_points_per_s"] / raw["projected_points_per_s"], 3)
                 results.append(e2e)
-                print(f"round {round_no + 1}: end-to-end {e2e['points_per_s']:,} points/s "
-                      f"({e2e['rows']:,} rows, {e2e['geofence_events']} events, {e2e['seconds']} s; CPU per point: "
-                      f"server {e2e['server_cpu_us_per_point']} us, PostgreSQL {e2e['pg_cpu_us_per_point']} us; "
-                      f"{e2e['batches']} batches, wall ms in transactions {e2e['step_ms_sum']}); "
-                      f"raw stage+merge COPY {raw['points_per_s']:,.0f} rows/s (before and after: "
-                      f"{raw['before_and_after']}; PostgreSQL {raw['pg_cpu_us_per_point']} "
-                      f"us/row); ratio {e2e['ratio_to_copy']}; CPU-projected {e2e['projected_points_per_s']:,} vs "
-                      f"{raw['projected_points_per_s']:,.0f} = {e2e['projected_ratio_to_copy']}; the same COPY from one connection "
-                      f"per vehicle at once {e2e['raw_copy_parallel']['points_per_s']:,} rows/s (PostgreSQL "
-                      f"{e2e['raw_copy_parallel']['pg_cpu_us_per_point']} us/row); a dashboard's sync round trips in "
-                      f"another room meanwhile (ms): {e2e['dashboard_rtt_ms']}", flush=True)
+                print(
+                    f"round {round_no + 1}: end-to-end {e2e['points_per_s']:,} points/s "
+                    f"({e2e['rows']:,} rows, {e2e['geofence_events']} events, {e2e['seconds']} s; CPU per point: "
+                    f"server {e2e['server_cpu_us_per_point']} us, PostgreSQL {e2e['pg_cpu_us_per_point']} us; "
+                    f"{e2e['batches']} batches, wall ms in transactions {e2e['step_ms_sum']}); "
+                    f"raw stage+merge COPY {raw['points_per_s']:,.0f} rows/s (before and after: "
+                    f"{raw['before_and_after']}; PostgreSQL {raw['pg_cpu_us_per_point']} "
+                    f"us/row); ratio {e2e['ratio_to_copy']}; CPU-projected {e2e['projected_points_per_s']:,} vs "
+                    f"{raw['projected_points_per_s']:,.0f} = {e2e['projected_ratio_to_copy']}; the same COPY from one connection "
+                    f"per vehicle at once {e2e['raw_copy_parallel']['points_per_s']:,} rows/s (PostgreSQL "
+                    f"{e2e['raw_copy_parallel']['pg_cpu_us_per_point']} us/row); a dashboard's sync round trips in "
+                    f"another room meanwhile (ms): {e2e['dashboard_rtt_ms']}",
+                    flush=True,
+                )
     finally:
         await owner.close()
         await databases.drop_database(ADMIN_URL, url)
@@ -359,15 +490,33 @@ async def main() -> None:
     # rounds the medians of each side are the steadier comparison than any one round's ratio.
     e2e_median = statistics.median(r["points_per_s"] for r in results)
     raw_median = statistics.median(r["raw_copy"]["points_per_s"] for r in results)
-    summary = {"e2e_median_points_per_s": round(e2e_median), "raw_median_points_per_s": round(raw_median),
-               "ratio_of_medians": round(e2e_median / raw_median, 3),
-               "median_ratio": round(statistics.median(r["ratio_to_copy"] for r in results), 3)}
-    print(f"{len(results)} rounds: end to end median {summary['e2e_median_points_per_s']:,} points/s, raw median "
-          f"{summary['raw_median_points_per_s']:,} rows/s, ratio of medians {summary['ratio_of_medians']}, median "
-          f"ratio {summary['median_ratio']}", flush=True)
-    print(json.dumps({"bench": "gps_ingest", "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in load],
-                      "vehicles": args.vehicles, "points_per_vehicle": args.points, "geofences": args.geofences,
-                      "rounds": results, "best": best, "summary": summary}))
+    summary = {
+        "e2e_median_points_per_s": round(e2e_median),
+        "raw_median_points_per_s": round(raw_median),
+        "ratio_of_medians": round(e2e_median / raw_median, 3),
+        "median_ratio": round(statistics.median(r["ratio_to_copy"] for r in results), 3),
+    }
+    print(
+        f"{len(results)} rounds: end to end median {summary['e2e_median_points_per_s']:,} points/s, raw median "
+        f"{summary['raw_median_points_per_s']:,} rows/s, ratio of medians {summary['ratio_of_medians']}, median "
+        f"ratio {summary['median_ratio']}",
+        flush=True,
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "gps_ingest",
+                "cpus": os.cpu_count(),
+                "loadavg": [round(x, 2) for x in load],
+                "vehicles": args.vehicles,
+                "points_per_vehicle": args.points,
+                "geofences": args.geofences,
+                "rounds": results,
+                "best": best,
+                "summary": summary,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

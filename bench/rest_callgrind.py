@@ -8,6 +8,7 @@ The server (`webhost-sync serve` under callgrind, own database as in rest_latenc
 warm-up of each kind, then `--requests` sequential requests of one kind; the whole process's count
 of a run without them is subtracted (start-up and warm-up repeat to ~0.05%). Four runs of ~40 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,12 @@ async def total_instructions(counts: dict[str, int]) -> int:
             run = uuid.uuid4().hex[:6]
             requests = {
                 "list": lambda i: ("GET", "/api/v1/vehicles?limit=20", auth, b""),
-                "create": lambda i: ("POST", "/api/v1/vehicles", auth, json.dumps(
-                    {"name": f"v{i}", "vehicle_identifier": f"{run}-{i}", "vehicle_type": "van"}).encode()),
+                "create": lambda i: (
+                    "POST",
+                    "/api/v1/vehicles",
+                    auth,
+                    json.dumps({"name": f"v{i}", "vehicle_identifier": f"{run}-{i}", "vehicle_type": "van"}).encode(),
+                ),
                 "healthz": lambda i: ("GET", "/healthz", {}, b""),
             }
             n = 0

@@ -12,6 +12,7 @@ then stops the server and drops the database. The client is a minimal keep-alive
 on asyncio (uvloop when installed) so that it costs the (shared) CPU as little as possible. Server and
 PostgreSQL-backend CPU per request are read from /proc (own server only) with the load average.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -125,9 +126,16 @@ async def open_loop(base_url: str, rate: float, seconds: float, make_request, co
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
 
-    return {"requests": total, "achieved_rate": round(total / elapsed, 1), "statuses": statuses,
-            "p50_ms": round(pct(50), 2), "p95_ms": round(pct(95), 2), "p99_ms": round(pct(99), 2),
-            "max_ms": round(latencies[-1] * 1000, 2), "mean_ms": round(statistics.fmean(latencies) * 1000, 2)}
+    return {
+        "requests": total,
+        "achieved_rate": round(total / elapsed, 1),
+        "statuses": statuses,
+        "p50_ms": round(pct(50), 2),
+        "p95_ms": round(pct(95), 2),
+        "p99_ms": round(pct(99), 2),
+        "max_ms": round(latencies[-1] * 1000, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+    }
 
 
 def free_port() -> int:
@@ -149,14 +157,37 @@ class OwnServer:
     async def __aenter__(self) -> OwnServer:
         self.database_url = await databases.create_database(ADMIN_URL, prefix="wh_bench")
         bindir = Path(sys.executable).parent
-        env = {**os.environ, "DATABASE_URL": self.database_url, "HOST": "127.0.0.1", "PORT": str(self.port),
-               "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789", "DATA_DIR": self.tmp.name,
-               "LOG_LEVEL": "warning", "LOG_FORMAT": "json"}
-        subprocess.run([str(bindir / "webhost-sync"), "create-operator", "--email", "bench@example.com",
-                        "--password", "bench-password"], env=env, check=True, capture_output=True)
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "SECRET_KEY": "bench-secret-key-0123456789abcdef0123456789",
+            "DATA_DIR": self.tmp.name,
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+        }
+        subprocess.run(
+            [
+                str(bindir / "webhost-sync"),
+                "create-operator",
+                "--email",
+                "bench@example.com",
+                "--password",
+                "bench-password",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         self.log = open(Path(self.tmp.name) / "server.log", "wb")
-        self.proc = subprocess.Popen([*self.wrapper, str(bindir / "webhost-sync"), "serve"], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [*self.wrapper, str(bindir / "webhost-sync"), "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         for _ in range(600):
             try:
                 status, _ = await call(self.base_url, "GET", "/healthz")
@@ -187,19 +218,36 @@ async def prepare(base_url: str, email: str, password: str, customers: int) -> l
     ops = body["token"]
     plan_id = f"bench-{uuid.uuid4().hex[:6]}"
     big = 1_000_000_000
-    status, body = await call(base_url, "POST", "/api/v1/plans", ops, {
-        "id": plan_id, "name": "Bench", "price_cents": 0, "vehicle_limit": big, "driver_limit": big,
-        "geofence_limit": big, "gps_points_per_day": big, "retention_days": 1, "is_public": False})
+    status, body = await call(
+        base_url,
+        "POST",
+        "/api/v1/plans",
+        ops,
+        {
+            "id": plan_id,
+            "name": "Bench",
+            "price_cents": 0,
+            "vehicle_limit": big,
+            "driver_limit": big,
+            "geofence_limit": big,
+            "gps_points_per_day": big,
+            "retention_days": 1,
+            "is_public": False,
+        },
+    )
     assert status == 201, body
     keys = []
     for _ in range(customers):
         slug = f"bench-{uuid.uuid4().hex[:8]}"
-        status, body = await call(base_url, "POST", "/api/v1/customers", ops,
-                                  {"slug": slug, "name": "Bench", "plan_id": plan_id})
+        status, body = await call(
+            base_url, "POST", "/api/v1/customers", ops, {"slug": slug, "name": "Bench", "plan_id": plan_id}
+        )
         assert status == 201, body
         key = body["api_key"]["key"]
         for i in range(25):  # something to list
-            await call(base_url, "POST", "/api/v1/vehicles", key, {"name": f"seed {i}", "vehicle_identifier": f"seed-{i}"})
+            await call(
+                base_url, "POST", "/api/v1/vehicles", key, {"name": f"seed {i}", "vehicle_identifier": f"seed-{i}"}
+            )
         keys.append(key)
     return keys
 
@@ -212,8 +260,10 @@ async def backend_pids(database_url: str | None) -> list[int]:
 
     conn = await asyncpg.connect(ADMIN_URL)
     try:
-        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'webhost-sync'",
-                                urlparse(database_url).path.lstrip("/"))
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'webhost-sync'",
+            urlparse(database_url).path.lstrip("/"),
+        )
     finally:
         await conn.close()
     return [r["pid"] for r in rows]
@@ -230,8 +280,14 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(base_url: str, keys: list[str], rate: float, seconds: float, server_pid: int | None = None,
-                  database_url: str | None = None) -> dict:
+async def measure(
+    base_url: str,
+    keys: list[str],
+    rate: float,
+    seconds: float,
+    server_pid: int | None = None,
+    database_url: str | None = None,
+) -> dict:
     """Requests go round-robin over the customers' keys (creates of one customer serialise on its
     plan-limit lock, as they must; a platform's 500 creates/s come from many customers)."""
     auths = [{"Authorization": f"Bearer {key}", "Content-Type": "application/json"} for key in keys]
@@ -246,8 +302,10 @@ async def measure(base_url: str, keys: list[str], rate: float, seconds: float, s
 
     await open_loop(base_url, rate, 2, list_request)  # warm-up: connections, pools, statement caches
     results = {}
-    for name, make in (("list GET /api/v1/vehicles?limit=20", list_request),
-                       ("create POST /api/v1/vehicles", create_request)):
+    for name, make in (
+        ("list GET /api/v1/vehicles?limit=20", list_request),
+        ("create POST /api/v1/vehicles", create_request),
+    ):
         backends = await backend_pids(database_url)
         before, before_pg = cpu_seconds(server_pid), {p: cpu_seconds(p) for p in backends}
         load = os.getloadavg()[0]
@@ -284,18 +342,21 @@ async def main() -> int:
         async with OwnServer() as server:
             results = await run(server.base_url, server.proc.pid, server.database_url)
     if args.json:
-        print(json.dumps({"rate": args.rate, "seconds": args.seconds, "customers": args.customers,
-                          "results": results}))
+        print(json.dumps({"rate": args.rate, "seconds": args.seconds, "customers": args.customers, "results": results}))
     else:
-        print(f"REST latency, open loop at {args.rate:g} req/s for {args.seconds:g} s each over {args.customers} "
-              f"customers (target p95 < 10 ms)")
+        print(
+            f"REST latency, open loop at {args.rate:g} req/s for {args.seconds:g} s each over {args.customers} "
+            f"customers (target p95 < 10 ms)"
+        )
         for name, r in results.items():
             ok = "ok " if r["p95_ms"] < 10 else "MISS"
-            print(f"  {ok} {name:38} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-                  f"  max {r['max_ms']:7.2f} ms  rate {r['achieved_rate']}/s  statuses {r['statuses']}"
-                  + (f"  server cpu {r['server_cpu_ms_per_req']} ms/req" if "server_cpu_ms_per_req" in r else "")
-                  + (f"  postgres cpu {r['postgres_cpu_ms_per_req']} ms/req" if "postgres_cpu_ms_per_req" in r else "")
-                  + f"  load {r['load_average']}")
+            print(
+                f"  {ok} {name:38} p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+                f"  max {r['max_ms']:7.2f} ms  rate {r['achieved_rate']}/s  statuses {r['statuses']}"
+                + (f"  server cpu {r['server_cpu_ms_per_req']} ms/req" if "server_cpu_ms_per_req" in r else "")
+                + (f"  postgres cpu {r['postgres_cpu_ms_per_req']} ms/req" if "postgres_cpu_ms_per_req" in r else "")
+                + f"  load {r['load_average']}"
+            )
     return 0
 
 

@@ -5,6 +5,7 @@
     .venv/bin/python bench/run.py --smoke --out /tmp/R.md   # tiny counts: checks the harness works
     .venv/bin/python bench/run.py --only relay,fanout --sides reference
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,20 @@ from harness.watchdog import MemoryGuard  # noqa: E402
 
 class Unguarded:
     """Stands in for a MemoryGuard when the scenario runs its own servers."""
+
     fired = None
 
 
 def ensure_node_modules() -> None:
     if not (BENCH / "node_modules" / "y-websocket" / "bin" / "server.js").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True,
-                       timeout=300)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True, timeout=300)
 
 
 def probe(server: Server, log_dir: Path) -> None:
     """One peer joins one room: tells "the sync endpoint is not there (yet)" apart from a scenario failure."""
-    client = JsClient("join.js", log_dir, server=server.ws_base, doc="probe", token=server.token, clients=1,
-                      items=0, timeout=15)
+    client = JsClient(
+        "join.js", log_dir, server=server.ws_base, doc="probe", token=server.token, clients=1, items=0, timeout=15
+    )
     try:
         client.wait("ready", 30)
         client.say("go")
@@ -104,8 +106,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=0, help="override the repetitions of every scenario")
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--work", type=Path, default=None, help="logs folder (default bench/.work/<time>)")
-    parser.add_argument("--budget", type=float, default=0, help="seconds; runs past it are skipped "
-                        "(default 840 full, 120 smoke)")
+    parser.add_argument(
+        "--budget", type=float, default=0, help="seconds; runs past it are skipped (default 840 full, 120 smoke)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy profiles of missed targets")
     args = parser.parse_args()
 
@@ -192,13 +195,20 @@ def main() -> int:
                             t0 = time.monotonic()
                             server.stop()
                             print(f"[bench]   server stopped in {time.monotonic() - t0:.1f}s", flush=True)
-            if (not args.no_profile and mode == "full" and OURS in per_side
-                    and profiling.missed_target(scenario, per_side)
-                    and (scenario.profile or not scenario.self_hosted)
-                    and time.monotonic() - started < budget):
+            if (
+                not args.no_profile
+                and mode == "full"
+                and OURS in per_side
+                and profiling.missed_target(scenario, per_side)
+                and (scenario.profile or not scenario.self_hosted)
+                and time.monotonic() - started < budget
+            ):
                 try:
-                    profiles[scenario.key] = (scenario.profile(ctx) if scenario.profile
-                                              else profiling.profile(scenario, ctx, log_dir, database))
+                    profiles[scenario.key] = (
+                        scenario.profile(ctx)
+                        if scenario.profile
+                        else profiling.profile(scenario, ctx, log_dir, database)
+                    )
                 except Exception as exc:  # a profile must not sink the report
                     profiles[scenario.key] = f"profile failed: {type(exc).__name__}: {str(exc)[:400]}"
     finally:
@@ -206,17 +216,29 @@ def main() -> int:
             database.drop()
 
     elapsed = time.monotonic() - started
-    scaling = ("as the issues state (relay 10k updates; fan-out 1,000 observers; idle 10,000 clients over "
-               "1,000 rooms; join storm 200 clients on a 5 MiB document; cold load 100k logged updates), "
-               "with fewer repetitions where the 15-minute budget needs it (see each scenario). Scaled "
-               "down to keep the whole run within 15 minutes on 2 cores: GPS ingestion 4 vehicles x "
-               "25,000 points (the script's default is 50,000), REST latency 5 s per measurement at "
-               "500 req/s (default 10 s), cross-node 300 pings and 1,000 updates (default 500 / 2,000)."
-               if mode == "full" else "smoke counts (tiny).")
-    text = render(header={"date": started_wall.strftime("%Y-%m-%d %H:%M UTC"), "duration": f"{elapsed / 60:.1f} min",
-                          "scaling": scaling},
-                  machine={**machine, "load average at end": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())},
-                  versions=versions(database), scenarios=scenarios, results=results, mode=mode, profiles=profiles)
+    scaling = (
+        "as the issues state (relay 10k updates; fan-out 1,000 observers; idle 10,000 clients over "
+        "1,000 rooms; join storm 200 clients on a 5 MiB document; cold load 100k logged updates), "
+        "with fewer repetitions where the 15-minute budget needs it (see each scenario). Scaled "
+        "down to keep the whole run within 15 minutes on 2 cores: GPS ingestion 4 vehicles x "
+        "25,000 points (the script's default is 50,000), REST latency 5 s per measurement at "
+        "500 req/s (default 10 s), cross-node 300 pings and 1,000 updates (default 500 / 2,000)."
+        if mode == "full"
+        else "smoke counts (tiny)."
+    )
+    text = render(
+        header={
+            "date": started_wall.strftime("%Y-%m-%d %H:%M UTC"),
+            "duration": f"{elapsed / 60:.1f} min",
+            "scaling": scaling,
+        },
+        machine={**machine, "load average at end": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())},
+        versions=versions(database),
+        scenarios=scenarios,
+        results=results,
+        mode=mode,
+        profiles=profiles,
+    )
     args.out.write_text(text)
     print(f"[bench] wrote {args.out} in {elapsed:.0f}s (logs in {log_dir})", flush=True)
     return 0

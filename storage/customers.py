@@ -1,5 +1,6 @@
 """customers rows (control plane, always in the shared database). Operator paths pass a connection
 from Database.operator(); a customer reading its own row passes a tenant connection."""
+
 from __future__ import annotations
 
 import asyncpg
@@ -11,10 +12,15 @@ _SELECT = (
 )
 
 
-async def insert(conn: asyncpg.Connection, *, slug: str, name: str, email: str | None, metadata: dict) -> asyncpg.Record:
+async def insert(
+    conn: asyncpg.Connection, *, slug: str, name: str, email: str | None, metadata: dict
+) -> asyncpg.Record:
     return await conn.fetchrow(
         "INSERT INTO customers (slug, name, email, metadata) VALUES ($1, $2, $3, $4) RETURNING id",
-        slug, name, email, metadata,
+        slug,
+        name,
+        email,
+        metadata,
     )
 
 
@@ -24,34 +30,43 @@ async def get(conn: asyncpg.Connection, customer_id, *, for_update: bool = False
     return await conn.fetchrow(_SELECT + "WHERE c.id = $1", customer_id)
 
 
-async def list_page(conn: asyncpg.Connection, *, status: str | None, search: str | None, plan_id: str | None,
-                    after: tuple, limit: int) -> list[asyncpg.Record]:
+async def list_page(
+    conn: asyncpg.Connection, *, status: str | None, search: str | None, plan_id: str | None, after: tuple, limit: int
+) -> list[asyncpg.Record]:
     """`search` matches slug, name or email case-insensitively (substring)."""
     pattern = None
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return await conn.fetch(
-        _SELECT
-        + "WHERE ($1::text IS NULL OR c.status = $1) "
+        _SELECT + "WHERE ($1::text IS NULL OR c.status = $1) "
         "AND ($2::text IS NULL OR c.slug ILIKE $2 OR c.name ILIKE $2 OR c.email ILIKE $2) "
         "AND ($3::text IS NULL OR s.plan_id = $3) "
         "AND ($4::timestamptz IS NULL OR (c.created_at, c.id) > ($4, $5::uuid)) "
         "ORDER BY c.created_at, c.id LIMIT $6",
-        status, pattern, plan_id, after[0], after[1], limit + 1,
+        status,
+        pattern,
+        plan_id,
+        after[0],
+        after[1],
+        limit + 1,
     )
 
 
 async def update(conn: asyncpg.Connection, customer_id, *, name: str, email: str | None, metadata: dict) -> bool:
     result = await conn.execute(
         "UPDATE customers SET name = $2, email = $3, metadata = $4, updated_at = now() WHERE id = $1",
-        customer_id, name, email, metadata,
+        customer_id,
+        name,
+        email,
+        metadata,
     )
     return result != "UPDATE 0"
 
 
 async def set_status(conn: asyncpg.Connection, customer_id, status: str) -> bool:
     result = await conn.execute(
-        "UPDATE customers SET status = $2, updated_at = now() WHERE id = $1", customer_id, status)
+        "UPDATE customers SET status = $2, updated_at = now() WHERE id = $1", customer_id, status
+    )
     return result != "UPDATE 0"
 
 

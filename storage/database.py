@@ -15,6 +15,7 @@ that never calls tenant()/operator() sees no tenant rows at all.
 The URL a Database is given is the owner's (it migrates, and installs the key); the pool logs in
 on the same server and database as `webhost_app`, with AppRole.password when one is configured.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ class AppRole:
         parts = urlsplit(owner_url)
         hosts = parts.netloc.rpartition("@")[2]
         auth = APP_ROLE + (":" + quote(self.password, safe="") if self.password is not None else "")
-        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                           if k not in ("user", "password")])
+        query = urlencode(
+            [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("user", "password")]
+        )
         return urlunsplit(parts._replace(netloc=f"{auth}@{hosts}", query=query))
 
     def tenant_scope(self, customer_id: uuid.UUID | str) -> str:
@@ -99,8 +101,7 @@ class Database:
     `dsn` is the owner's URL of that database (what migrates it, and what deployments rows hold);
     the pool itself logs in as the application role (`role.login_url(dsn)`)."""
 
-    def __init__(self, dsn: str, role: AppRole, *, min_size: int = 2, max_size: int = 20,
-                 name: str = "shared") -> None:
+    def __init__(self, dsn: str, role: AppRole, *, min_size: int = 2, max_size: int = 20, name: str = "shared") -> None:
         self.dsn = dsn
         self.role = role
         self.name = name
@@ -126,7 +127,8 @@ class Database:
                         raise RuntimeError(
                             f"the application role {APP_ROLE} cannot log in to database {self.name!r} ({exc}): "
                             "run `webhost-sync migrate` (it creates the role), set DATABASE_APP_PASSWORD, or let "
-                            f"{APP_ROLE} in through pg_hba.conf") from exc
+                            f"{APP_ROLE} in through pg_hba.conf"
+                        ) from exc
                     await _set_app_password(owner, self.role.password)
                     pool = await self._create_pool()
             finally:
@@ -247,7 +249,10 @@ async def _install_scope_key(owner: asyncpg.Connection, role: AppRole, name: str
             "INSERT INTO webhost_scope_key (only_row, inner_pad, outer_pad) VALUES (true, $1, $2) "
             "ON CONFLICT (only_row) DO UPDATE SET inner_pad = EXCLUDED.inner_pad, outer_pad = EXCLUDED.outer_pad, "
             "installed_at = now() WHERE (webhost_scope_key.inner_pad, webhost_scope_key.outer_pad) "
-            "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)", inner, outer)
+            "IS DISTINCT FROM (EXCLUDED.inner_pad, EXCLUDED.outer_pad)",
+            inner,
+            outer,
+        )
     except asyncpg.UndefinedTableError:
         log.warning("scope_key_not_installed", database=name, reason="migrations pending")
 
@@ -258,9 +263,11 @@ async def _set_app_password(owner: asyncpg.Connection, password: str) -> None:
     try:
         await owner.execute(f"ALTER ROLE {APP_ROLE} LOGIN PASSWORD {literal}")
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise RuntimeError(f"the owner may not set the password of {APP_ROLE} ({exc}): "
-                           f"ALTER ROLE {APP_ROLE} LOGIN PASSWORD '...' as a role that may, "
-                           "with the value of DATABASE_APP_PASSWORD") from exc
+        raise RuntimeError(
+            f"the owner may not set the password of {APP_ROLE} ({exc}): "
+            f"ALTER ROLE {APP_ROLE} LOGIN PASSWORD '...' as a role that may, "
+            "with the value of DATABASE_APP_PASSWORD"
+        ) from exc
     log.info("app_role_password_set", role=APP_ROLE)
 
 
@@ -278,16 +285,21 @@ async def _check_app_role(pool: asyncpg.Pool, role: AppRole | None, name: str) -
             " EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid AND c.relpersistence <> 't') "
             "  OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proowner = r.oid) AS owns_objects, "
             " to_regclass('public.webhost_scope_key') IS NOT NULL AS signed_scope "
-            "FROM pg_roles r WHERE r.rolname = current_user")
+            "FROM pg_roles r WHERE r.rolname = current_user"
+        )
         wrong = [k for k, v in dict(row).items() if k not in ("rolname", "signed_scope") and v]
         if row["rolname"] != APP_ROLE or wrong:
-            raise RuntimeError(f"database {name!r}: the serving pool logs in as {row['rolname']!r}, which must be "
-                               f"{APP_ROLE} without {', '.join(wrong) or 'any extra privilege'} "
-                               "(README: Database roles)")
+            raise RuntimeError(
+                f"database {name!r}: the serving pool logs in as {row['rolname']!r}, which must be "
+                f"{APP_ROLE} without {', '.join(wrong) or 'any extra privilege'} "
+                "(README: Database roles)"
+            )
         if role is None or not row["signed_scope"]:
             return  # no key installed by this pool, or migrations pending (readiness says so)
         async with _transaction(conn, _begin_with_scope(role.operator_scope())):
             accepted = await conn.fetchval("SELECT webhost_is_operator()")
     if not accepted:
-        raise RuntimeError(f"database {name!r} refuses this node's signed scope: another SECRET_KEY installed "
-                           f"its key since, or the database's clock is more than {SCOPE_TTL_SECONDS} s ahead")
+        raise RuntimeError(
+            f"database {name!r} refuses this node's signed scope: another SECRET_KEY installed "
+            f"its key since, or the database's clock is more than {SCOPE_TTL_SECONDS} s ahead"
+        )

@@ -1,5 +1,6 @@
 """deployments, infrastructure_events, recommendations and tenant_migrations rows: the provisioning
 control plane. These live in the shared database for every customer (see storage/registry.py)."""
+
 from __future__ import annotations
 
 import uuid
@@ -9,19 +10,26 @@ import asyncpg
 
 from .database import Database
 
-COLUMNS = ("id, customer_id, mode, infrastructure, status, region, database_url, provisioned_url, config, error, "
-           "created_at, updated_at")
+COLUMNS = (
+    "id, customer_id, mode, infrastructure, status, region, database_url, provisioned_url, config, error, "
+    "created_at, updated_at"
+)
 
 
-async def insert(db: Database, *, customer_id, mode: str, infrastructure: str, region: str | None,
-                 config: dict) -> asyncpg.Record:
+async def insert(
+    db: Database, *, customer_id, mode: str, infrastructure: str, region: str | None, config: dict
+) -> asyncpg.Record:
     """A new deployment in status `provisioning`; raises UniqueViolationError when the customer
     already has one that is provisioning, active or migrating."""
     async with db.tenant(customer_id) as conn:
         return await conn.fetchrow(
             f"INSERT INTO deployments (customer_id, mode, infrastructure, region, config) VALUES ($1, $2, $3, $4, $5) "
             f"RETURNING {COLUMNS}",
-            customer_id, mode, infrastructure, region, config,
+            customer_id,
+            mode,
+            infrastructure,
+            region,
+            config,
         )
 
 
@@ -30,12 +38,16 @@ async def get(db: Database, deployment_id) -> asyncpg.Record | None:
         return await conn.fetchrow(f"SELECT {COLUMNS} FROM deployments WHERE id = $1", deployment_id)
 
 
-async def list_all(db: Database, *, customer_id=None, status: str | None = None, limit: int = 100) -> list[asyncpg.Record]:
+async def list_all(
+    db: Database, *, customer_id=None, status: str | None = None, limit: int = 100
+) -> list[asyncpg.Record]:
     async with db.operator("deployment_list") as conn:
         return await conn.fetch(
             f"SELECT {COLUMNS} FROM deployments WHERE ($1::uuid IS NULL OR customer_id = $1) "
             f"AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3",
-            customer_id, status, limit,
+            customer_id,
+            status,
+            limit,
         )
 
 
@@ -44,7 +56,9 @@ async def current(db: Database, customer_id) -> asyncpg.Record | None:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchrow(
             f"SELECT {COLUMNS} FROM deployments WHERE customer_id = $1 "
-            f"AND status IN ('provisioning', 'active', 'migrating')", customer_id)
+            f"AND status IN ('provisioning', 'active', 'migrating')",
+            customer_id,
+        )
 
 
 async def in_status(db: Database, status: str) -> list[asyncpg.Record]:
@@ -69,17 +83,32 @@ async def update(db: Database, deployment_id, customer_id, **fields: Any) -> asy
             "config = CASE WHEN $5 THEN config ELSE $10::jsonb END, "
             "error = CASE WHEN $6 THEN error ELSE $11 END, "
             f"updated_at = now() WHERE id = $1 RETURNING {COLUMNS}",
-            deployment_id, *keep, *values,
+            deployment_id,
+            *keep,
+            *values,
         )
 
 
-async def record_event(db: Database, *, customer_id, deployment_id, step: str, status: str,
-                       data: dict | None = None, error: str | None = None) -> None:
+async def record_event(
+    db: Database,
+    *,
+    customer_id,
+    deployment_id,
+    step: str,
+    status: str,
+    data: dict | None = None,
+    error: str | None = None,
+) -> None:
     async with db.tenant(customer_id) as conn:
         await conn.execute(
             "INSERT INTO infrastructure_events (customer_id, deployment_id, step, status, data, error) "
             "VALUES ($1, $2, $3, $4, $5, $6)",
-            customer_id, deployment_id, step, status, data or {}, error,
+            customer_id,
+            deployment_id,
+            step,
+            status,
+            data or {},
+            error,
         )
 
 
@@ -88,18 +117,27 @@ async def events(db: Database, customer_id, deployment_id=None) -> list[asyncpg.
         return await conn.fetch(
             "SELECT id, deployment_id, step, status, data, error, created_at FROM infrastructure_events "
             "WHERE customer_id = $1 AND ($2::uuid IS NULL OR deployment_id = $2) ORDER BY id",
-            customer_id, deployment_id,
+            customer_id,
+            deployment_id,
         )
 
 
 # Recommendations -----------------------------------------------------------------------------
+
 
 async def record_recommendation(db: Database, customer_id, *, trigger: str, profile: dict, rec: dict) -> asyncpg.Record:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchrow(
             "INSERT INTO recommendations (customer_id, trigger, profile, mode, infrastructure, plan, reason, rules) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, created_at",
-            customer_id, trigger, profile, rec["mode"], rec["infrastructure"], rec["plan"], rec["reason"], rec["rules"],
+            customer_id,
+            trigger,
+            profile,
+            rec["mode"],
+            rec["infrastructure"],
+            rec["plan"],
+            rec["reason"],
+            rec["rules"],
         )
 
 
@@ -107,7 +145,9 @@ async def recommendations(db: Database, customer_id) -> list[asyncpg.Record]:
     async with db.tenant(customer_id) as conn:
         return await conn.fetch(
             "SELECT id, trigger, profile, mode, infrastructure, plan, reason, rules, created_at FROM recommendations "
-            "WHERE customer_id = $1 ORDER BY id", customer_id)
+            "WHERE customer_id = $1 ORDER BY id",
+            customer_id,
+        )
 
 
 async def customer_profile(db: Database, customer_id) -> asyncpg.Record | None:
@@ -116,7 +156,9 @@ async def customer_profile(db: Database, customer_id) -> asyncpg.Record | None:
         return await conn.fetchrow(
             "SELECT c.id, c.slug, c.status, c.deployment_mode, c.regions, c.compliance, c.metadata, "
             "(SELECT s.plan_id FROM subscriptions s WHERE s.customer_id = c.id AND s.status = 'active') AS plan "
-            "FROM customers c WHERE c.id = $1", customer_id)
+            "FROM customers c WHERE c.id = $1",
+            customer_id,
+        )
 
 
 async def plan_retention_days(db: Database, plan_id: str) -> int | None:
@@ -130,17 +172,34 @@ async def set_customer_mode(conn: asyncpg.Connection, customer_id, mode: str) ->
 
 # Tenant migrations ---------------------------------------------------------------------------
 
-MIGRATION_COLUMNS = ("id, customer_id, deployment_id, from_mode, to_mode, status, plan, dropping, tables, pause_ms, "
-                     "source_url, cleanup_after, error, created_at, finished_at")
+MIGRATION_COLUMNS = (
+    "id, customer_id, deployment_id, from_mode, to_mode, status, plan, dropping, tables, pause_ms, "
+    "source_url, cleanup_after, error, created_at, finished_at"
+)
 
 
-async def insert_migration(db: Database, *, customer_id, deployment_id, from_mode: str, to_mode: str,
-                           plan: str | None, dropping: dict, source_url: str | None) -> asyncpg.Record:
+async def insert_migration(
+    db: Database,
+    *,
+    customer_id,
+    deployment_id,
+    from_mode: str,
+    to_mode: str,
+    plan: str | None,
+    dropping: dict,
+    source_url: str | None,
+) -> asyncpg.Record:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchrow(
             "INSERT INTO tenant_migrations (customer_id, deployment_id, from_mode, to_mode, plan, dropping, source_url) "
             f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MIGRATION_COLUMNS}",
-            customer_id, deployment_id, from_mode, to_mode, plan, dropping, source_url,
+            customer_id,
+            deployment_id,
+            from_mode,
+            to_mode,
+            plan,
+            dropping,
+            source_url,
         )
 
 
@@ -152,23 +211,38 @@ async def get_migration(db: Database, customer_id, migration_id) -> asyncpg.Reco
 async def list_migrations(db: Database, customer_id) -> list[asyncpg.Record]:
     async with db.tenant(customer_id) as conn:
         return await conn.fetch(
-            f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE customer_id = $1 ORDER BY created_at", customer_id)
+            f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE customer_id = $1 ORDER BY created_at", customer_id
+        )
 
 
 async def migrations_in_status(db: Database, status: str) -> list[asyncpg.Record]:
     async with db.operator("tenant_migration_resume", status=status) as conn:
-        return await conn.fetch(f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = $1 "
-                                "ORDER BY created_at", status)
+        return await conn.fetch(
+            f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = $1 ORDER BY created_at", status
+        )
 
 
-async def finish_migration(conn: asyncpg.Connection, migration_id, *, status: str, tables: dict | None = None,
-                           pause_ms: float | None = None, cleanup_after=None, error: str | None = None) -> None:
+async def finish_migration(
+    conn: asyncpg.Connection,
+    migration_id,
+    *,
+    status: str,
+    tables: dict | None = None,
+    pause_ms: float | None = None,
+    cleanup_after=None,
+    error: str | None = None,
+) -> None:
     """Inside the caller's transaction (the cut-over commits the route and this row together)."""
     await conn.execute(
         "UPDATE tenant_migrations SET status = $2, tables = coalesce($3, tables), pause_ms = coalesce($4, pause_ms), "
         "cleanup_after = coalesce($5, cleanup_after), error = $6, "
         "finished_at = CASE WHEN $2 IN ('switched', 'failed') THEN now() ELSE finished_at END WHERE id = $1",
-        migration_id, status, tables, pause_ms, cleanup_after, error,
+        migration_id,
+        status,
+        tables,
+        pause_ms,
+        cleanup_after,
+        error,
     )
 
 
@@ -180,7 +254,8 @@ async def set_migration_status(db: Database, customer_id, migration_id, **fields
 async def pending_cleanups(db: Database) -> list[asyncpg.Record]:
     async with db.operator("tenant_migration_cleanup") as conn:
         return await conn.fetch(
-            f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = 'switched' ORDER BY cleanup_after")
+            f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = 'switched' ORDER BY cleanup_after"
+        )
 
 
 def new_id() -> uuid.UUID:

@@ -11,6 +11,7 @@ database (switching the tenant with Database.set_tenant before each customer's r
 write keeps its rows at the front and retries; nothing is dropped (a customer that no longer
 exists is the one exception, logged).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,31 +45,41 @@ class StoredDoc:
 async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:
     async with db.tenant(customer_id) as conn:
         snapshot = await conn.fetchval(
-            "SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc)
+            "SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc
+        )
         rows = await conn.fetch(
-            "SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq", customer_id, doc)
+            "SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq", customer_id, doc
+        )
     return StoredDoc(snapshot, [r["update"] for r in rows])
 
 
 async def count_updates(db: Database, customer_id: str | uuid.UUID, doc: str) -> int:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchval(
-            "SELECT count(*) FROM doc_updates WHERE customer_id = $1 AND doc = $2", customer_id, doc)
+            "SELECT count(*) FROM doc_updates WHERE customer_id = $1 AND doc = $2", customer_id, doc
+        )
 
 
-async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
-                  merge: Callable[[bytes | None, list[bytes]], Awaitable[bytes]], max_rows: int = 50_000
-                  ) -> tuple[int, int]:
+async def compact(
+    db: Database,
+    customer_id: str | uuid.UUID,
+    doc: str,
+    merge: Callable[[bytes | None, list[bytes]], Awaitable[bytes]],
+    max_rows: int = 50_000,
+) -> tuple[int, int]:
     """Merge up to `max_rows` log rows into the snapshot; returns how many rows (and bytes) were merged."""
     async with db.tenant(customer_id) as conn:
         # One compaction of a doc at a time, across nodes too.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{customer_id}:{doc}")
         snapshot = await conn.fetchrow(
-            "SELECT state, update_count FROM doc_snapshots WHERE customer_id = $1 AND doc = $2",
-            customer_id, doc)
+            "SELECT state, update_count FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc
+        )
         rows = await conn.fetch(
             "SELECT seq, update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq LIMIT $3",
-            customer_id, doc, max_rows)
+            customer_id,
+            doc,
+            max_rows,
+        )
         if not rows:
             return 0, 0
         state = await merge(snapshot["state"] if snapshot else None, [r["update"] for r in rows])
@@ -78,10 +89,18 @@ async def compact(db: Database, customer_id: str | uuid.UUID, doc: str,
             "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (customer_id, doc) DO UPDATE SET "
             "state = EXCLUDED.state, upto_seq = GREATEST(doc_snapshots.upto_seq, EXCLUDED.upto_seq), "
             "update_count = doc_snapshots.update_count + $5, updated_at = now()",
-            customer_id, doc, state, max(seqs), len(seqs))
+            customer_id,
+            doc,
+            state,
+            max(seqs),
+            len(seqs),
+        )
         await conn.execute(
             "DELETE FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq = ANY($3::bigint[])",
-            customer_id, doc, seqs)
+            customer_id,
+            doc,
+            seqs,
+        )
     return len(seqs), sum(len(r["update"]) for r in rows)
 
 
@@ -122,8 +141,9 @@ class UpdateLog:
     async def flush(self, customer_id: str | None = None) -> None:
         """Return once everything appended before the call (for one customer, or all customers that
         are not paused) is committed."""
-        customers = [customer_id] if customer_id is not None else [
-            c for c in list(self._appended) if not self._paused.get(c)]
+        customers = (
+            [customer_id] if customer_id is not None else [c for c in list(self._appended) if not self._paused.get(c)]
+        )
         loop = asyncio.get_running_loop()
         futures = []
         for cid in customers:
@@ -254,8 +274,13 @@ class UpdateLog:
                 for cid in cids:
                     self._committed[cid] += len(batch[cid])
                     self.rows_written += len(batch[cid])
-                log.debug("update_log_committed", database=db.name, customers=len(cids),
-                          rows=sum(len(batch[c]) for c in cids), ms=round((time.perf_counter() - started) * 1000, 2))
+                log.debug(
+                    "update_log_committed",
+                    database=db.name,
+                    customers=len(cids),
+                    rows=sum(len(batch[c]) for c in cids),
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
             return all_ok
         finally:
             self._inflight = set()

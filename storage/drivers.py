@@ -1,4 +1,5 @@
 """drivers rows (tenant data)."""
+
 from __future__ import annotations
 
 import asyncpg
@@ -8,12 +9,25 @@ from .database import TENANT_ROWS
 _COLUMNS = "id, customer_id, name, email, phone, license_number, vehicle_id, created_at, updated_at"
 
 
-async def insert(conn: asyncpg.Connection, customer_id, *, name: str, email: str | None, phone: str | None,
-                 license_number: str | None, vehicle_id) -> asyncpg.Record:
+async def insert(
+    conn: asyncpg.Connection,
+    customer_id,
+    *,
+    name: str,
+    email: str | None,
+    phone: str | None,
+    license_number: str | None,
+    vehicle_id,
+) -> asyncpg.Record:
     return await conn.fetchrow(
         "INSERT INTO drivers (customer_id, name, email, phone, license_number, vehicle_id) "
         f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}",
-        customer_id, name, email, phone, license_number, vehicle_id,
+        customer_id,
+        name,
+        email,
+        phone,
+        license_number,
+        vehicle_id,
     )
 
 
@@ -21,7 +35,10 @@ async def list_page(conn: asyncpg.Connection, *, vehicle_id, after: tuple, limit
     return await conn.fetch(
         f"SELECT {_COLUMNS} FROM drivers WHERE {TENANT_ROWS} AND ($1::uuid IS NULL OR vehicle_id = $1) "
         "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
-        vehicle_id, after[0], after[1], limit + 1,
+        vehicle_id,
+        after[0],
+        after[1],
+        limit + 1,
     )
 
 
@@ -31,12 +48,25 @@ async def get(conn: asyncpg.Connection, driver_id, *, for_update: bool = False) 
     return await conn.fetchrow(f"SELECT {_COLUMNS} FROM drivers WHERE id = $1", driver_id)
 
 
-async def update(conn: asyncpg.Connection, driver_id, *, name: str, email: str | None, phone: str | None,
-                 license_number: str | None, vehicle_id) -> asyncpg.Record | None:
+async def update(
+    conn: asyncpg.Connection,
+    driver_id,
+    *,
+    name: str,
+    email: str | None,
+    phone: str | None,
+    license_number: str | None,
+    vehicle_id,
+) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "UPDATE drivers SET name = $2, email = $3, phone = $4, license_number = $5, vehicle_id = $6, "
         f"updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
-        driver_id, name, email, phone, license_number, vehicle_id,
+        driver_id,
+        name,
+        email,
+        phone,
+        license_number,
+        vehicle_id,
     )
 
 

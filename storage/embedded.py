@@ -3,6 +3,7 @@
 It lives in DATA_DIR/postgres, is reused on the next start, and stops when the process that
 started it exits (pgserver's cleanup_mode='stop').
 """
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 (customer_id, vehicle_id, time, geofence_id, event), so recording the same event twice is a no-op.
 The table has no foreign keys (migration 0070): whoever writes events first locks their vehicle and
 geofences with `lock_parents`, once per batch, and writes only events of the geofences it found."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,17 +11,23 @@ from collections.abc import Sequence
 import asyncpg
 
 
-async def in_window(conn: asyncpg.Connection, customer_id, vehicle_id, first: dt.datetime,
-                    last: dt.datetime) -> list[asyncpg.Record]:
+async def in_window(
+    conn: asyncpg.Connection, customer_id, vehicle_id, first: dt.datetime, last: dt.datetime
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, geofence_id, event, time FROM geofence_events "
         "WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time <= $4",
-        customer_id, vehicle_id, first, last)
+        customer_id,
+        vehicle_id,
+        first,
+        last,
+    )
 
 
 async def delete(conn: asyncpg.Connection, customer_id, ids: Sequence[int]) -> int:
-    status = await conn.execute("DELETE FROM geofence_events WHERE customer_id = $1 AND id = ANY($2::bigint[])",
-                                customer_id, list(ids))
+    status = await conn.execute(
+        "DELETE FROM geofence_events WHERE customer_id = $1 AND id = ANY($2::bigint[])", customer_id, list(ids)
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
@@ -33,24 +40,50 @@ async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofen
         "WITH vehicle AS (SELECT id FROM vehicles WHERE customer_id = $1 AND id = $2 FOR KEY SHARE) "
         "SELECT g.id FROM geofences g WHERE g.customer_id = $1 AND g.id = ANY($3::uuid[]) "
         "AND EXISTS (SELECT 1 FROM vehicle) FOR KEY SHARE OF g",
-        customer_id, vehicle_id, list(geofence_ids))
+        customer_id,
+        vehicle_id,
+        list(geofence_ids),
+    )
     return {r["id"] for r in rows}
 
 
-async def insert(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Sequence, events: Sequence[str],
-                 times: Sequence[dt.datetime], lats: Sequence[float], lngs: Sequence[float]) -> int:
+async def insert(
+    conn: asyncpg.Connection,
+    customer_id,
+    vehicle_id,
+    geofence_ids: Sequence,
+    events: Sequence[str],
+    times: Sequence[dt.datetime],
+    lats: Sequence[float],
+    lngs: Sequence[float],
+) -> int:
     """Insert events given column-wise; returns how many were new."""
     status = await conn.execute(
         "INSERT INTO geofence_events (customer_id, vehicle_id, geofence_id, event, time, lat, lng) "
         "SELECT $1, $2, g, e, t, la, ln FROM unnest($3::uuid[], $4::text[], $5::timestamptz[], "
         "$6::double precision[], $7::double precision[]) AS u(g, e, t, la, ln) ON CONFLICT DO NOTHING",
-        customer_id, vehicle_id, list(geofence_ids), list(events), list(times), list(lats), list(lngs))
+        customer_id,
+        vehicle_id,
+        list(geofence_ids),
+        list(events),
+        list(times),
+        list(lats),
+        list(lngs),
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def page(conn: asyncpg.Connection, customer_id, *, vehicle_id=None, geofence_id=None,
-               start: dt.datetime | None = None, end: dt.datetime | None = None,
-               after: tuple[dt.datetime, int] | None = None, limit: int = 100) -> list[asyncpg.Record]:
+async def page(
+    conn: asyncpg.Connection,
+    customer_id,
+    *,
+    vehicle_id=None,
+    geofence_id=None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    after: tuple[dt.datetime, int] | None = None,
+    limit: int = 100,
+) -> list[asyncpg.Record]:
     """Events time-ordered (ties by id), filtered, after a (time, id) keyset cursor."""
     after_time, after_id = after if after else (None, None)
     return await conn.fetch(
@@ -61,12 +94,23 @@ async def page(conn: asyncpg.Connection, customer_id, *, vehicle_id=None, geofen
         "AND ($4::timestamptz IS NULL OR e.time >= $4) AND ($5::timestamptz IS NULL OR e.time < $5) "
         "AND ($6::timestamptz IS NULL OR (e.time, e.id) > ($6, $7::bigint)) "
         "ORDER BY e.time, e.id LIMIT $8",
-        customer_id, vehicle_id, geofence_id, start, end, after_time, after_id, limit)
+        customer_id,
+        vehicle_id,
+        geofence_id,
+        start,
+        end,
+        after_time,
+        after_id,
+        limit,
+    )
 
 
 async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
     status = await conn.execute(
         "DELETE FROM geofence_events WHERE customer_id = $1 AND id IN (SELECT id FROM geofence_events "
         "WHERE customer_id = $1 AND time < $2 LIMIT $3)",
-        customer_id, cutoff, limit)
+        customer_id,
+        cutoff,
+        limit,
+    )
     return int(status.rsplit(" ", 1)[-1])

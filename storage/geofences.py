@@ -1,14 +1,29 @@
 """geofences rows (tenant data). Geometry arrives validated, with its bounding box computed."""
+
 from __future__ import annotations
 
 import asyncpg
 
 from .database import TENANT_ROWS
 
-_COLUMNS = ("id, customer_id, name, kind, center_lat, center_lng, radius_meters, polygon, min_lat, min_lng, max_lat, "
-            "max_lng, active, metadata, created_at, updated_at")
-FIELDS = ("name", "kind", "center_lat", "center_lng", "radius_meters", "polygon", "min_lat", "min_lng", "max_lat",
-          "max_lng", "active", "metadata")
+_COLUMNS = (
+    "id, customer_id, name, kind, center_lat, center_lng, radius_meters, polygon, min_lat, min_lng, max_lat, "
+    "max_lng, active, metadata, created_at, updated_at"
+)
+FIELDS = (
+    "name",
+    "kind",
+    "center_lat",
+    "center_lng",
+    "radius_meters",
+    "polygon",
+    "min_lat",
+    "min_lng",
+    "max_lat",
+    "max_lng",
+    "active",
+    "metadata",
+)
 
 
 async def insert(conn: asyncpg.Connection, customer_id, values: dict) -> asyncpg.Record:
@@ -16,17 +31,23 @@ async def insert(conn: asyncpg.Connection, customer_id, values: dict) -> asyncpg
         "INSERT INTO geofences (customer_id, name, kind, center_lat, center_lng, radius_meters, polygon, min_lat, "
         "min_lng, max_lat, max_lng, active, metadata) "
         f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {_COLUMNS}",
-        customer_id, *(values[f] for f in FIELDS),
+        customer_id,
+        *(values[f] for f in FIELDS),
     )
 
 
-async def list_page(conn: asyncpg.Connection, *, active: bool | None, kind: str | None, after: tuple,
-                    limit: int) -> list[asyncpg.Record]:
+async def list_page(
+    conn: asyncpg.Connection, *, active: bool | None, kind: str | None, after: tuple, limit: int
+) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {_COLUMNS} FROM geofences WHERE {TENANT_ROWS} AND ($1::boolean IS NULL OR active = $1) "
         "AND ($2::text IS NULL OR kind = $2) "
         "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
-        active, kind, after[0], after[1], limit + 1,
+        active,
+        kind,
+        after[0],
+        after[1],
+        limit + 1,
     )
 
 
@@ -41,7 +62,8 @@ async def update(conn: asyncpg.Connection, geofence_id, values: dict) -> asyncpg
         "UPDATE geofences SET name = $2, kind = $3, center_lat = $4, center_lng = $5, radius_meters = $6, "
         "polygon = $7, min_lat = $8, min_lng = $9, max_lat = $10, max_lng = $11, active = $12, metadata = $13, "
         f"updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
-        geofence_id, *(values[f] for f in FIELDS),
+        geofence_id,
+        *(values[f] for f in FIELDS),
     )
 
 
@@ -52,12 +74,14 @@ async def delete(conn: asyncpg.Connection, geofence_id) -> bool:
 async def active_fingerprint(conn: asyncpg.Connection, customer_id) -> tuple:
     """Changes whenever the customer's active geofences change (the tracking pipeline's cache check)."""
     row = await conn.fetchrow(
-        "SELECT count(*) AS n, max(updated_at) AS changed FROM geofences WHERE customer_id = $1 AND active",
-        customer_id)
+        "SELECT count(*) AS n, max(updated_at) AS changed FROM geofences WHERE customer_id = $1 AND active", customer_id
+    )
     return (row["n"], row["changed"])
 
 
 async def active_shapes(conn: asyncpg.Connection, customer_id) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, kind, center_lat, center_lng, radius_meters, polygon FROM geofences "
-        "WHERE customer_id = $1 AND active ORDER BY id", customer_id)
+        "WHERE customer_id = $1 AND active ORDER BY id",
+        customer_id,
+    )

@@ -2,6 +2,7 @@
 transaction, recorded in schema_migrations, under a PostgreSQL advisory lock so that nodes starting
 at once never race. Migrations run as the connecting (owner) role, not as the application role.
 """
+
 from __future__ import annotations
 
 import re

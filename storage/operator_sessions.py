@@ -1,4 +1,5 @@
 """Operator bearer tokens (`tokens` table): random, stored as SHA-256, expiring."""
+
 from __future__ import annotations
 
 import asyncpg
@@ -22,7 +23,9 @@ async def create(db: Database, user_id, token_hash: bytes, ttl_seconds: int) -> 
         return await conn.fetchrow(
             "INSERT INTO tokens (token_hash, platform_user_id, expires_at) "
             "VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id, expires_at",
-            token_hash, user_id, float(ttl_seconds),
+            token_hash,
+            user_id,
+            float(ttl_seconds),
         )
 
 

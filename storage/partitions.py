@@ -4,6 +4,7 @@ functions return 0 and the extension's own chunks and retention policy apply).
 Partitions are made ahead of time and on demand for backfilled days; whole days past the longest
 plan retention are dropped (per-customer retention inside a kept day is the retention job's).
 """
+
 from __future__ import annotations
 
 import datetime as dt

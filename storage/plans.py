@@ -1,17 +1,32 @@
 """plans rows (platform table: no tenant scope)."""
+
 from __future__ import annotations
 
 import asyncpg
 
-_COLUMNS = ("id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, gps_points_per_day, "
-            "retention_days, connection_limit, features, is_public, created_at, updated_at")
-FIELDS = ("name", "price_cents", "currency", "vehicle_limit", "driver_limit", "geofence_limit", "gps_points_per_day",
-          "retention_days", "connection_limit", "features", "is_public")
+_COLUMNS = (
+    "id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, gps_points_per_day, "
+    "retention_days, connection_limit, features, is_public, created_at, updated_at"
+)
+FIELDS = (
+    "name",
+    "price_cents",
+    "currency",
+    "vehicle_limit",
+    "driver_limit",
+    "geofence_limit",
+    "gps_points_per_day",
+    "retention_days",
+    "connection_limit",
+    "features",
+    "is_public",
+)
 
 
 async def list_all(conn: asyncpg.Connection, *, public_only: bool) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM plans WHERE (NOT $1 OR is_public) ORDER BY price_cents, id", public_only)
+        f"SELECT {_COLUMNS} FROM plans WHERE (NOT $1 OR is_public) ORDER BY price_cents, id", public_only
+    )
 
 
 async def get(conn: asyncpg.Connection, plan_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
@@ -38,7 +53,8 @@ async def of_customer_locking(conn: asyncpg.Connection, customer_id, lock_key: s
         "SELECT p.id, p.vehicle_limit, p.driver_limit, p.geofence_limit, p.gps_points_per_day, p.retention_days, "
         "p.connection_limit FROM (SELECT pg_advisory_xact_lock(hashtextextended($2, 0))) AS quota_lock "
         "LEFT JOIN (subscriptions s JOIN plans p ON p.id = s.plan_id) ON s.customer_id = $1 AND s.status = 'active'",
-        customer_id, lock_key,
+        customer_id,
+        lock_key,
     )
     return row if row["id"] is not None else None
 
@@ -48,7 +64,8 @@ async def insert(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncp
         "INSERT INTO plans (id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, "
         "gps_points_per_day, retention_days, connection_limit, features, is_public) "
         f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}",
-        plan_id, *(values[f] for f in FIELDS),
+        plan_id,
+        *(values[f] for f in FIELDS),
     )
 
 
@@ -57,7 +74,8 @@ async def update(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncp
         "UPDATE plans SET name = $2, price_cents = $3, currency = $4, vehicle_limit = $5, driver_limit = $6, "
         "geofence_limit = $7, gps_points_per_day = $8, retention_days = $9, connection_limit = $10, features = $11, "
         f"is_public = $12, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
-        plan_id, *(values[f] for f in FIELDS),
+        plan_id,
+        *(values[f] for f in FIELDS),
     )
 
 
@@ -71,4 +89,6 @@ async def retention_by_customer(conn: asyncpg.Connection, default_plan: str) -> 
     return await conn.fetch(
         "SELECT c.id, coalesce(p.retention_days, d.retention_days) AS retention_days FROM customers c "
         "LEFT JOIN subscriptions s ON s.customer_id = c.id AND s.status = 'active' "
-        "LEFT JOIN plans p ON p.id = s.plan_id LEFT JOIN plans d ON d.id = $1 ORDER BY c.id", default_plan)
+        "LEFT JOIN plans p ON p.id = s.plan_id LEFT JOIN plans d ON d.id = $1 ORDER BY c.id",
+        default_plan,
+    )

@@ -1,4 +1,5 @@
 """Operators (platform staff). A platform table: no tenant scope."""
+
 from __future__ import annotations
 
 from .database import Database

@@ -11,6 +11,7 @@ NULL in the merge (a fix never carries a real NaN: decoding rejects non-finite n
 Every query names customer_id although RLS already scopes it: the policy's OR keeps the planner
 from using it as an index condition.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -26,11 +27,25 @@ _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp o
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, no flags, no header extension
 _COPY_TRAILER = b"\xff\xff"
 # one staged row in PostgreSQL's binary COPY format: field count, then (length, big-endian value) each
-_ROW = np.dtype([("fields", ">i2"),
-                 ("time_len", ">i4"), ("time", ">i8"), ("lat_len", ">i4"), ("lat", ">f8"),
-                 ("lng_len", ">i4"), ("lng", ">f8"), ("speed_len", ">i4"), ("speed", ">f4"),
-                 ("heading_len", ">i4"), ("heading", ">f4"), ("accuracy_len", ">i4"), ("accuracy", ">f4"),
-                 ("altitude_len", ">i4"), ("altitude", ">f4")])
+_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("time_len", ">i4"),
+        ("time", ">i8"),
+        ("lat_len", ">i4"),
+        ("lat", ">f8"),
+        ("lng_len", ">i4"),
+        ("lng", ">f8"),
+        ("speed_len", ">i4"),
+        ("speed", ">f4"),
+        ("heading_len", ">i4"),
+        ("heading", ">f4"),
+        ("accuracy_len", ">i4"),
+        ("accuracy", ">f4"),
+        ("altitude_len", ">i4"),
+        ("altitude", ">f4"),
+    ]
+)
 _CHUNK = 1 << 20
 
 
@@ -54,8 +69,15 @@ def copy_payload(fixes: Fixes) -> bytes:
     """The binary COPY stream of the staging table for `fixes`."""
     rows = np.empty(len(fixes.ms), _ROW)
     rows["fields"] = 7
-    for name, size in (("time", 8), ("lat", 8), ("lng", 8), ("speed", 4), ("heading", 4), ("accuracy", 4),
-                       ("altitude", 4)):
+    for name, size in (
+        ("time", 8),
+        ("lat", 8),
+        ("lng", 8),
+        ("speed", 4),
+        ("heading", 4),
+        ("accuracy", 4),
+        ("altitude", 4),
+    ):
         rows[name + "_len"] = size
     rows["time"] = (fixes.ms - _PG_EPOCH_MS) * 1000  # microseconds since 2000-01-01
     rows["lat"], rows["lng"] = fixes.lat, fixes.lng
@@ -67,7 +89,7 @@ def copy_payload(fixes: Fixes) -> bytes:
 async def _chunks(payload: bytes) -> AsyncIterator[memoryview]:
     view = memoryview(payload)
     for start in range(0, len(view), _CHUNK):
-        yield view[start:start + _CHUNK]
+        yield view[start : start + _CHUNK]
 
 
 async def stage_and_merge(conn: asyncpg.Connection, customer_id, vehicle_id, source: str, fixes: Fixes) -> int:
@@ -82,7 +104,10 @@ async def stage_and_merge(conn: asyncpg.Connection, customer_id, vehicle_id, sou
         "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng, speed, heading, accuracy, altitude, "
         "source) SELECT $1, $2, time, lat, lng, nullif(speed, 'NaN'), nullif(heading, 'NaN'), "
         f"nullif(accuracy, 'NaN'), nullif(altitude, 'NaN'), $3 FROM {STAGE} ON CONFLICT DO NOTHING",
-        customer_id, vehicle_id, source)
+        customer_id,
+        vehicle_id,
+        source,
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
@@ -102,7 +127,10 @@ async def before(conn: asyncpg.Connection, customer_id, vehicle_id, time: dt.dat
     return await conn.fetchrow(
         f"SELECT {_FIX} FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time < $3 "
         "ORDER BY time DESC LIMIT 1",
-        customer_id, vehicle_id, time)
+        customer_id,
+        vehicle_id,
+        time,
+    )
 
 
 async def after(conn: asyncpg.Connection, customer_id, vehicle_id, time: dt.datetime) -> asyncpg.Record | None:
@@ -110,25 +138,46 @@ async def after(conn: asyncpg.Connection, customer_id, vehicle_id, time: dt.date
     return await conn.fetchrow(
         f"SELECT {_FIX} FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time > $3 "
         "ORDER BY time LIMIT 1",
-        customer_id, vehicle_id, time)
+        customer_id,
+        vehicle_id,
+        time,
+    )
 
 
-async def between(conn: asyncpg.Connection, customer_id, vehicle_id, first: dt.datetime,
-                  last: dt.datetime) -> list[asyncpg.Record]:
+async def between(
+    conn: asyncpg.Connection, customer_id, vehicle_id, first: dt.datetime, last: dt.datetime
+) -> list[asyncpg.Record]:
     """The vehicle's stored fixes in [first, last], time-ordered."""
     return await conn.fetch(
         f"SELECT {_FIX} FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time <= $4 "
         "ORDER BY time",
-        customer_id, vehicle_id, first, last)
+        customer_id,
+        vehicle_id,
+        first,
+        last,
+    )
 
 
-async def page(conn: asyncpg.Connection, customer_id, vehicle_id, start: dt.datetime, end: dt.datetime,
-               after_time: dt.datetime | None, limit: int) -> list[asyncpg.Record]:
+async def page(
+    conn: asyncpg.Connection,
+    customer_id,
+    vehicle_id,
+    start: dt.datetime,
+    end: dt.datetime,
+    after_time: dt.datetime | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     """Fixes of one vehicle in [start, end), after `after_time` (keyset cursor), time-ordered."""
     return await conn.fetch(
         f"SELECT {_FIX} FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4 "
         "AND ($5::timestamptz IS NULL OR time > $5) ORDER BY time LIMIT $6",
-        customer_id, vehicle_id, start, end, after_time, limit)
+        customer_id,
+        vehicle_id,
+        start,
+        end,
+        after_time,
+        limit,
+    )
 
 
 async def upsert_latest(conn: asyncpg.Connection, customer_id, vehicle_id, fix: Sequence[Any]) -> bool:
@@ -140,7 +189,10 @@ async def upsert_latest(conn: asyncpg.Connection, customer_id, vehicle_id, fix: 
         "ON CONFLICT (customer_id, vehicle_id) DO UPDATE SET time = excluded.time, lat = excluded.lat, "
         "lng = excluded.lng, speed = excluded.speed, heading = excluded.heading, accuracy = excluded.accuracy, "
         "altitude = excluded.altitude, updated_at = now() WHERE vehicle_positions_latest.time < excluded.time",
-        customer_id, vehicle_id, *fix)
+        customer_id,
+        vehicle_id,
+        *fix,
+    )
     return status != "INSERT 0 0"
 
 
@@ -148,7 +200,8 @@ async def latest_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT l.vehicle_id, v.name, v.vehicle_identifier, l.time, l.lat, l.lng, l.speed, l.heading, l.accuracy, "
         "l.altitude, l.updated_at FROM vehicle_positions_latest l JOIN vehicles v ON v.id = l.vehicle_id "
-        "ORDER BY v.name, l.vehicle_id")
+        "ORDER BY v.name, l.vehicle_id"
+    )
 
 
 async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
@@ -157,17 +210,33 @@ async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.dateti
         "DELETE FROM gps_positions p USING (SELECT vehicle_id, time FROM gps_positions "
         "WHERE customer_id = $1 AND time < $2 LIMIT $3) old "
         "WHERE p.customer_id = $1 AND p.vehicle_id = old.vehicle_id AND p.time = old.time AND p.time < $2",
-        customer_id, cutoff, limit)
+        customer_id,
+        cutoff,
+        limit,
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def time_after_page(conn: asyncpg.Connection, customer_id, vehicle_id, start: dt.datetime, end: dt.datetime,
-                          after_time: dt.datetime | None, limit: int) -> dt.datetime | None:
+async def time_after_page(
+    conn: asyncpg.Connection,
+    customer_id,
+    vehicle_id,
+    start: dt.datetime,
+    end: dt.datetime,
+    after_time: dt.datetime | None,
+    limit: int,
+) -> dt.datetime | None:
     """The time of the `limit`-th fix of a page when more fixes follow it (the next page's cursor)."""
     rows = await conn.fetch(
         "SELECT time FROM gps_positions WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4 "
         "AND ($5::timestamptz IS NULL OR time > $5) ORDER BY time OFFSET $6 LIMIT 2",
-        customer_id, vehicle_id, start, end, after_time, limit - 1)
+        customer_id,
+        vehicle_id,
+        start,
+        end,
+        after_time,
+        limit - 1,
+    )
     return rows[0]["time"] if len(rows) == 2 else None
 
 

@@ -10,6 +10,7 @@ with the customer: vehicles, drivers, geofences, geofence_events, routes, vehicl
 gps_positions, usage_metrics, doc_updates, doc_snapshots, customer_users (a dedicated database holds
 a copy of the customer's `customers` row so its foreign keys hold).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,8 +71,9 @@ class DatabaseRegistry:
             async with self._lock:
                 db = self._dedicated.get(key)
                 if db is None:
-                    db = Database(dsn, self.shared.role, min_size=1, max_size=self._dedicated_pool_max,
-                                  name=f"dedicated:{key}")
+                    db = Database(
+                        dsn, self.shared.role, min_size=1, max_size=self._dedicated_pool_max, name=f"dedicated:{key}"
+                    )
                     await db.open()
                     self._dedicated[key] = db
         return db

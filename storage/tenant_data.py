@@ -10,6 +10,7 @@ row-level security, and the application role is always subject to it.
 
 Identifiers come from the fixed list below and from the catalog, never from input.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,11 +23,11 @@ import asyncpg
 @dataclass(frozen=True)
 class TenantTable:
     name: str
-    key: tuple[str, ...]            # primary key (the ON CONFLICT target)
-    owner: str = "customer_id"      # the column holding the customer id
-    time: str | None = None         # retention applies to this column on a downgrade
-    serial: str | None = None       # serial column whose sequence the target must move past
-    control_plane: bool = False     # also a control-plane table: copied to a dedicated database only
+    key: tuple[str, ...]  # primary key (the ON CONFLICT target)
+    owner: str = "customer_id"  # the column holding the customer id
+    time: str | None = None  # retention applies to this column on a downgrade
+    serial: str | None = None  # serial column whose sequence the target must move past
+    control_plane: bool = False  # also a control-plane table: copied to a dedicated database only
 
 
 # In foreign-key order (parents first); deletes run in reverse.
@@ -47,10 +48,17 @@ TENANT_TABLES: tuple[TenantTable, ...] = (
 )
 
 # Tables with a customer_id that stay in the shared database whatever the customer's mode.
-CONTROL_PLANE_TABLES = frozenset({
-    "customers", "api_keys", "subscriptions", "deployments", "infrastructure_events", "recommendations",
-    "tenant_migrations",
-})
+CONTROL_PLANE_TABLES = frozenset(
+    {
+        "customers",
+        "api_keys",
+        "subscriptions",
+        "deployments",
+        "infrastructure_events",
+        "recommendations",
+        "tenant_migrations",
+    }
+)
 
 DAY_PARTITIONED = ("gps_positions", "usage_metrics")
 
@@ -86,14 +94,17 @@ async def tables_with_customer_id(conn: asyncpg.Connection) -> set[str]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid "
         "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-        "AND a.attname = 'customer_id' AND NOT a.attisdropped")
+        "AND a.attname = 'customer_id' AND NOT a.attisdropped"
+    )
     return {r["relname"] for r in rows}
 
 
 async def columns(conn: asyncpg.Connection, t: TenantTable) -> list[str]:
     rows = await conn.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum", f"public.{t.name}")
+        "ORDER BY attnum",
+        f"public.{t.name}",
+    )
     return [r["attname"] for r in rows]
 
 
@@ -102,11 +113,13 @@ async def count_before(conn: asyncpg.Connection, t: TenantTable, customer_id, cu
     if not t.time:
         return 0
     return await conn.fetchval(
-        f"SELECT count(*) FROM {_q(t.name)} WHERE {_q(t.owner)} = $1 AND {_q(t.time)} < $2", customer_id, cutoff)
+        f"SELECT count(*) FROM {_q(t.name)} WHERE {_q(t.owner)} = $1 AND {_q(t.time)} < $2", customer_id, cutoff
+    )
 
 
-async def stream(conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None,
-                 chunk: int) -> AsyncIterator[tuple[str, int]]:
+async def stream(
+    conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None, chunk: int
+) -> AsyncIterator[tuple[str, int]]:
     """(JSON array text, row count) chunks of the customer's rows; needs an open transaction."""
     batch: list[str] = []
     query = f"SELECT to_jsonb(t)::text AS j FROM {_q(t.name)} t WHERE {_where(t, True)}"
@@ -126,38 +139,51 @@ async def upsert(conn: asyncpg.Connection, t: TenantTable, rows_json: str, cols:
     col_list = ", ".join(_q(c) for c in cols)
     status = await conn.execute(
         f"INSERT INTO {_q(t.name)} ({col_list}) SELECT {col_list} FROM jsonb_populate_recordset(NULL::{_q(t.name)}, "
-        f"$1::text::jsonb) ON CONFLICT ({', '.join(_q(c) for c in t.key)}) {action}", rows_json)
+        f"$1::text::jsonb) ON CONFLICT ({', '.join(_q(c) for c in t.key)}) {action}",
+        rows_json,
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def row_hashes(conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None) -> dict[str, str]:
+async def row_hashes(
+    conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None
+) -> dict[str, str]:
     rows = await conn.fetch(
         f"SELECT {_key_expr(t)} AS k, md5(t::text) AS h FROM {_q(t.name)} t WHERE {_where(t, True)}",
-        *_args(t, customer_id, cutoff))
+        *_args(t, customer_id, cutoff),
+    )
     return {r["k"]: r["h"] for r in rows}
 
 
 async def hashes_by_key(conn: asyncpg.Connection, t: TenantTable, customer_id, keys: list[str]) -> dict[str, str]:
     rows = await conn.fetch(
         f"SELECT {_key_expr(t)} AS k, md5(t::text) AS h FROM {_q(t.name)} t "
-        f"WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])", customer_id, keys)
+        f"WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])",
+        customer_id,
+        keys,
+    )
     return {r["k"]: r["h"] for r in rows}
 
 
 async def count(conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None) -> int:
-    return await conn.fetchval(f"SELECT count(*) FROM {_q(t.name)} t WHERE {_where(t, True)}",
-                               *_args(t, customer_id, cutoff))
+    return await conn.fetchval(
+        f"SELECT count(*) FROM {_q(t.name)} t WHERE {_where(t, True)}", *_args(t, customer_id, cutoff)
+    )
 
 
 async def rows_by_key(conn: asyncpg.Connection, t: TenantTable, customer_id, keys: list[str]) -> str:
     return await conn.fetchval(
         f"SELECT coalesce(json_agg(to_jsonb(t)), '[]')::text FROM {_q(t.name)} t "
-        f"WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])", customer_id, keys)
+        f"WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])",
+        customer_id,
+        keys,
+    )
 
 
 async def delete_by_key(conn: asyncpg.Connection, t: TenantTable, customer_id, keys: list[str]) -> int:
     status = await conn.execute(
-        f"DELETE FROM {_q(t.name)} t WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])", customer_id, keys)
+        f"DELETE FROM {_q(t.name)} t WHERE {_q(t.owner)} = $1 AND {_key_expr(t)} = ANY($2::text[])", customer_id, keys
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
@@ -181,13 +207,15 @@ def digest(hashes: dict[str, str]) -> dict:
     return {"rows": len(hashes), "md5": h.hexdigest() if hashes else ""}
 
 
-async def day_range(conn: asyncpg.Connection, t: TenantTable, customer_id,
-                    cutoff: dt.datetime | None) -> tuple[dt.date, dt.date] | None:
+async def day_range(
+    conn: asyncpg.Connection, t: TenantTable, customer_id, cutoff: dt.datetime | None
+) -> tuple[dt.date, dt.date] | None:
     assert t.time is not None, "day_range is for the day-partitioned tables, which all have a time column"
     row = await conn.fetchrow(
         f"SELECT min({_q(t.time)})::date AS lo, max({_q(t.time)})::date AS hi"
         f" FROM {_q(t.name)} WHERE {_where(t, True)}",
-        *_args(t, customer_id, cutoff))
+        *_args(t, customer_id, cutoff),
+    )
     return None if row["lo"] is None else (row["lo"], row["hi"])
 
 

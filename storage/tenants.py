@@ -1,5 +1,6 @@
 """Customer lookups the sync endpoint needs before it knows the tenant (SECURITY DEFINER function,
 so no tenant scope is required)."""
+
 from __future__ import annotations
 
 import asyncpg

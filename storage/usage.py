@@ -1,5 +1,6 @@
 """What a customer uses: counts of plan-limited resources, GPS points today, document storage; and
 the per-customer lock that makes count-then-insert race-free (tenant connections)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -53,7 +54,8 @@ async def gps_points_today(conn: asyncpg.Connection, metric: str) -> int:
 async def document_bytes(conn: asyncpg.Connection) -> int:
     return await conn.fetchval(
         "SELECT (SELECT coalesce(sum(octet_length(update)), 0) FROM doc_updates) "
-        "     + (SELECT coalesce(sum(octet_length(state)), 0) FROM doc_snapshots)")
+        "     + (SELECT coalesce(sum(octet_length(state)), 0) FROM doc_snapshots)"
+    )
 
 
 # --- usage_metrics counters: one row per (customer, metric, UTC day), added to atomically ------
@@ -70,13 +72,20 @@ async def add(conn: asyncpg.Connection, customer_id, counts: Iterable[tuple[dt.d
         "INSERT INTO usage_metrics (customer_id, time, metric, value) "
         "SELECT $1, t, m, v FROM unnest($2::timestamptz[], $3::text[], $4::bigint[]) AS u(t, m, v) "
         "ON CONFLICT (customer_id, metric, time) DO UPDATE SET value = usage_metrics.value + excluded.value",
-        customer_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        customer_id,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+    )
 
 
 async def values(conn: asyncpg.Connection, customer_id, metric: str, days: Sequence[dt.date]) -> dict[dt.date, int]:
     rows = await conn.fetch(
         "SELECT time, value FROM usage_metrics WHERE customer_id = $1 AND metric = $2 AND time = ANY($3::timestamptz[])",
-        customer_id, metric, [_midnight(d) for d in days])
+        customer_id,
+        metric,
+        [_midnight(d) for d in days],
+    )
     return {r["time"].astimezone(dt.UTC).date(): r["value"] for r in rows}
 
 
@@ -84,6 +93,8 @@ async def of_day(conn: asyncpg.Connection, customer_id, day: dt.date, prefix: st
     """Every metric of one day whose name starts with `prefix`."""
     rows = await conn.fetch(
         "SELECT metric, value FROM usage_metrics WHERE customer_id = $1 AND time = $2 AND starts_with(metric, $3)",
-        customer_id, _midnight(day), prefix)
+        customer_id,
+        _midnight(day),
+        prefix,
+    )
     return {r["metric"]: r["value"] for r in rows}
-

@@ -1,4 +1,5 @@
 """Shared fixtures: real PostgreSQL (a new database per test, cloned from one migrated per session), real Redis, a real server process."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,6 +1,7 @@
 """The benchmark harness still works end to end: `bench/run.py --smoke` (tiny counts, real reference
 server, our server where the sync endpoint exists) writes a RESULTS file with every section.
 No timing assertions: numbers belong to `make bench`, not to the test suite."""
+
 import re
 import subprocess
 import sys
@@ -14,9 +15,22 @@ from harness.scenarios import load  # noqa: E402
 
 def test_smoke_run_writes_every_section(tmp_path):
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--no-profile",
-                           "--out", str(out), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--smoke",
+            "--no-profile",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     for heading in ("# Benchmark results", "## Machine", "## Versions", "## Method", "## Targets"):

@@ -3,6 +3,7 @@ two real nodes on one PostgreSQL and one Redis, real JS y-websocket clients of t
 both nodes and a REST writer on the other node, writing throughout a move to single_tenant; a node
 that does not confirm the pause fails the migration before the switch; a pause that is never ended
 runs out after its lease."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,9 @@ from .test_provisioning_api import _api_key, _js_writer, _wait
 
 @pytest.fixture
 def cluster(node_env, tmp_path, pg_admin_url, database_url):  # noqa: F811
-    c = Cluster({**node_env, "PROVISION_LOCAL_ADMIN_URL": pg_admin_url, "MIGRATION_CLEANUP_GRACE_SECONDS": "3600"},
-                tmp_path)
+    c = Cluster(
+        {**node_env, "PROVISION_LOCAL_ADMIN_URL": pg_admin_url, "MIGRATION_CLEANUP_GRACE_SECONDS": "3600"}, tmp_path
+    )
     yield c
     c.stop()
     for name in asyncio.run(tenants.dedicated_database_names(database_url)):
@@ -43,8 +45,9 @@ class RestWriter:
         self.stop = asyncio.Event()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.node.base_url, headers={"Authorization": f"Bearer {self.key}"},
-                                     timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=self.node.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
+        ) as client:
             while not self.stop.is_set():
                 name = f"rest-{len(self.created)}"
                 started = time.monotonic()
@@ -71,8 +74,12 @@ async def _fetch(url: str, query: str, *args):
 
 
 async def _dedicated_url(database_url: str, cid) -> str | None:
-    rows = await _fetch(database_url, "SELECT database_url FROM deployments WHERE customer_id = $1 AND status = "
-                        "'active' AND mode = 'single_tenant' AND database_url IS NOT NULL", cid)
+    rows = await _fetch(
+        database_url,
+        "SELECT database_url FROM deployments WHERE customer_id = $1 AND status = "
+        "'active' AND mode = 'single_tenant' AND database_url IS NOT NULL",
+        cid,
+    )
     return rows[0]["database_url"] if rows else None
 
 
@@ -81,8 +88,10 @@ async def _start_writers(nodes, customer, stop_file) -> list:
     `positions` until `stop_file` exists; returns them once every one is synced."""
     tok = sync_peers.token(TEST_SECRET, customer)
     origin_ms = int(time.time() * 1000)
-    clients = [_js_writer(node, tok, "fleet", f"fleet#{i}", stop_file, {"map": "positions"}, i, origin_ms)
-               for i, node in enumerate(nodes)]
+    clients = [
+        _js_writer(node, tok, "fleet", f"fleet#{i}", stop_file, {"map": "positions"}, i, origin_ms)
+        for i, node in enumerate(nodes)
+    ]
     for proc in clients:
         line = await asyncio.to_thread(proc.stdout.readline)
         assert json.loads(line)["mark"] == "ready", line + proc.stderr.read()
@@ -157,8 +166,10 @@ async def test_writes_on_every_node_during_a_move_all_reach_the_new_database(clu
     assert set(rest.created) <= made, sorted(set(rest.created) - made)
     # node B held the customer's writes for node A's migration, then ended the hold
     assert '"cluster_pause_holding"' in b.log_text() and '"cluster_pause_ended"' in b.log_text()
-    print(f"\ncluster pause: pause_ms {mig['pause_ms']:.0f}; JS points {sum(ends[0]['maps']['done'].values())}; "
-          f"REST vehicles on node B {len(rest.created)}, slowest {rest.slowest * 1000:.0f} ms")
+    print(
+        f"\ncluster pause: pause_ms {mig['pause_ms']:.0f}; JS points {sum(ends[0]['maps']['done'].values())}; "
+        f"REST vehicles on node B {len(rest.created)}, slowest {rest.slowest * 1000:.0f} ms"
+    )
 
 
 async def test_a_node_that_does_not_confirm_the_pause_fails_the_migration(cluster, database_url, tmp_path):
@@ -183,8 +194,10 @@ async def test_a_node_that_does_not_confirm_the_pause_fails_the_migration(cluste
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             for node in (a, b):
                 started = time.monotonic()
-                r = await c.post(node.base_url + "/api/v1/vehicles",
-                                 json={"name": f"after-{node.port}", "vehicle_identifier": f"AFTER-{node.port}"})
+                r = await c.post(
+                    node.base_url + "/api/v1/vehicles",
+                    json={"name": f"after-{node.port}", "vehicle_identifier": f"AFTER-{node.port}"},
+                )
                 assert r.status_code == 201, r.text
                 # not held: node B got the pause after its SIGCONT together with its end (the
                 # lease would hold it for 30 s)
@@ -210,8 +223,10 @@ async def test_a_pause_that_is_never_ended_runs_out_after_its_lease(cluster, dat
     client = aioredis.from_url(redis_url)
     try:
         # a migrating node that asks for the pause and then dies: no `end` ever comes
-        await client.publish(f"{prefix}pause", json.dumps({"op": "pause", "id": "ghost", "customer": str(cid),
-                                                            "from": "node-gone", "lease_ms": 2000}))
+        await client.publish(
+            f"{prefix}pause",
+            json.dumps({"op": "pause", "id": "ghost", "customer": str(cid), "from": "node-gone", "lease_ms": 2000}),
+        )
         acks = set()
         deadline = time.monotonic() + 10
         while len(acks) < 2 and time.monotonic() < deadline:

@@ -55,8 +55,13 @@ def test_dev_secret_key_is_generated_once_and_kept(tmp_path):
 
 
 def test_serve_refuses_a_bad_value_with_a_clear_message(tmp_path):
-    result = subprocess.run([EXE, "serve"], env={"PORT": "not-a-port", "DATA_DIR": str(tmp_path), "PATH": ""},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [EXE, "serve"],
+        env={"PORT": "not-a-port", "DATA_DIR": str(tmp_path), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "PORT must be an integer" in result.stderr
     assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
 """Sync tokens and API keys: format, checksum, signature, expiry."""
+
 import time
 
 import pytest
@@ -9,19 +10,23 @@ SECRET = "s" * 40
 
 
 def test_sync_token_round_trip_and_globs():
-    token, exp = sync_tokens.mint(SECRET, customer_id="c1", customer_slug="acme", docs=["fleet", "tracks/*"],
-                                  mode="r", ttl_seconds=60)
+    token, exp = sync_tokens.mint(
+        SECRET, customer_id="c1", customer_slug="acme", docs=["fleet", "tracks/*"], mode="r", ttl_seconds=60
+    )
     grant = sync_tokens.verify(SECRET, token)
     assert grant.customer_slug == "acme" and grant.expires_at == exp and not grant.can_write
     assert grant.allows("fleet") and grant.allows("tracks/v1/2026-11-22")
     assert not grant.allows("fleet2") and not grant.allows("routes/x")
 
 
-@pytest.mark.parametrize("mutate, reason", [
-    (lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"), "invalid token signature"),
-    (lambda t: "nonsense", "malformed token"),
-    (lambda t: "", "malformed token"),
-])
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda t: t[:-2] + ("AA" if t[-2:] != "AA" else "BB"), "invalid token signature"),
+        (lambda t: "nonsense", "malformed token"),
+        (lambda t: "", "malformed token"),
+    ],
+)
 def test_sync_token_tampering_is_refused(mutate, reason):
     token, _ = sync_tokens.mint(SECRET, customer_id="c1", customer_slug="acme", docs=["*"])
     with pytest.raises(sync_tokens.TokenError) as info:
@@ -37,8 +42,10 @@ def test_sync_token_from_another_secret_or_expired_is_refused():
         sync_tokens.verify(SECRET, token, now=time.time() + 6)
 
 
-@pytest.mark.parametrize("docs, mode, ttl", [([], "rw", 60), (["x"], "w", 60), (["x"], "rw", 0),
-                                             (["x"], "rw", sync_tokens.MAX_TTL_SECONDS + 1)])
+@pytest.mark.parametrize(
+    "docs, mode, ttl",
+    [([], "rw", 60), (["x"], "w", 60), (["x"], "rw", 0), (["x"], "rw", sync_tokens.MAX_TTL_SECONDS + 1)],
+)
 def test_sync_token_request_bounds(docs, mode, ttl):
     with pytest.raises(ValueError):
         sync_tokens.mint(SECRET, customer_id="c", customer_slug="s", docs=docs, mode=mode, ttl_seconds=ttl)
@@ -62,10 +69,16 @@ async def _customer_with_key(db, **key_fields):
     raw = api_keys.generate("live")
     async with db.operator("test_setup") as conn:
         cid = await conn.fetchval("INSERT INTO customers (slug, name) VALUES ('acme', 'Acme') RETURNING id")
-        await key_store.insert(conn, customer_id=cid, name="k", prefix=api_keys.display_prefix(raw),
-                               key_hash=api_keys.digest(raw), environment="live",
-                               permissions=key_fields.get("permissions", ["fleet:read"]),
-                               expires_at=key_fields.get("expires_at"))
+        await key_store.insert(
+            conn,
+            customer_id=cid,
+            name="k",
+            prefix=api_keys.display_prefix(raw),
+            key_hash=api_keys.digest(raw),
+            environment="live",
+            permissions=key_fields.get("permissions", ["fleet:read"]),
+            expires_at=key_fields.get("expires_at"),
+        )
     return cid, raw
 
 

@@ -1,6 +1,7 @@
 """client-examples/dashboard in real headless Chromium against a real server: a dispatcher sees a
 vehicle the tracking side put in the fleet document, sees who else is watching, and a note typed
 into the page reaches the durable document."""
+
 from __future__ import annotations
 
 import base64
@@ -20,15 +21,27 @@ EXE = str(Path(sys.executable).parent / "webhost-sync")
 
 def _onboard(server) -> tuple[str, str]:
     """The operator flow a new customer goes through: returns (customer slug, API key)."""
-    env = {**os.environ, "DATABASE_URL": server.env["DATABASE_URL"], "DATA_DIR": server.env["DATA_DIR"],
-           "SECRET_KEY": server.env["SECRET_KEY"]}  # the same key as the server, as an operator runs it
-    subprocess.run([EXE, "create-operator", "--email", "ops@example.com", "--password", "dispatch-pass"],
-                   env=env, check=True, capture_output=True, timeout=60)
+    env = {
+        **os.environ,
+        "DATABASE_URL": server.env["DATABASE_URL"],
+        "DATA_DIR": server.env["DATA_DIR"],
+        "SECRET_KEY": server.env["SECRET_KEY"],
+    }  # the same key as the server, as an operator runs it
+    subprocess.run(
+        [EXE, "create-operator", "--email", "ops@example.com", "--password", "dispatch-pass"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     api = httpx.Client(base_url=server.base_url, timeout=10)
     login = api.post("/api/v1/auth/login", json={"email": "ops@example.com", "password": "dispatch-pass"})
     assert login.status_code == 200, login.text
-    created = api.post("/api/v1/customers", json={"name": "Acme Freight", "slug": "acme-freight"},
-                       headers={"Authorization": f"Bearer {login.json()['token']}"})
+    created = api.post(
+        "/api/v1/customers",
+        json={"name": "Acme Freight", "slug": "acme-freight"},
+        headers={"Authorization": f"Bearer {login.json()['token']}"},
+    )
     assert created.status_code == 201, created.text
     return created.json()["customer"]["slug"], created.json()["api_key"]["key"]
 
@@ -41,8 +54,13 @@ def _live_position_update(vehicle_id: str) -> bytes:
 
 
 def _open_dashboard(page_url: str, *args: str) -> dict:
-    result = subprocess.run(["node", "test/browser.mjs", "--url", page_url, *args], cwd=DASHBOARD,
-                            capture_output=True, text=True, timeout=90)
+    result = subprocess.run(
+        ["node", "test/browser.mjs", "--url", page_url, *args],
+        cwd=DASHBOARD,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -50,18 +68,28 @@ def _open_dashboard(page_url: str, *args: str) -> dict:
 def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path):
     slug, key = _onboard(server)
     auth = {"Authorization": f"Bearer {key}"}
-    vehicle = httpx.post(server.base_url + "/api/v1/vehicles", headers=auth,
-                         json={"name": "Truck 7", "vehicle_identifier": "T7", "vehicle_type": "truck"}).json()["id"]
-    pushed = httpx.post(server.base_url + "/api/v1/docs/fleet/updates", headers=auth,
-                        json={"update": base64.b64encode(_live_position_update(vehicle)).decode()})
+    vehicle = httpx.post(
+        server.base_url + "/api/v1/vehicles",
+        headers=auth,
+        json={"name": "Truck 7", "vehicle_identifier": "T7", "vehicle_type": "truck"},
+    ).json()["id"]
+    pushed = httpx.post(
+        server.base_url + "/api/v1/docs/fleet/updates",
+        headers=auth,
+        json={"update": base64.b64encode(_live_position_update(vehicle)).decode()},
+    )
     assert pushed.status_code == 200, pushed.text
-    token = httpx.post(server.base_url + "/api/v1/sync-tokens", headers=auth,
-                       json={"docs": ["fleet"], "mode": "rw", "ttl_seconds": 600}).json()["token"]
+    token = httpx.post(
+        server.base_url + "/api/v1/sync-tokens",
+        headers=auth,
+        json={"docs": ["fleet"], "mode": "rw", "ttl_seconds": 600},
+    ).json()["token"]
 
     page = (DASHBOARD / "index.html").as_uri() + f"?server={server.ws_url}&customer={slug}&token={token}&name=Alice"
     shot = tmp_path / "dashboard.png"
-    shown = _open_dashboard(page, "--vehicle", vehicle, "--note", "Truck 7 delayed at gate 3",
-                            "--screenshot", str(shot))
+    shown = _open_dashboard(
+        page, "--vehicle", vehicle, "--note", "Truck 7 delayed at gate 3", "--screenshot", str(shot)
+    )
     assert shown["errors"] == []
     assert shown["status"] == "connected"
     [row] = shown["vehicles"]
@@ -83,8 +111,9 @@ def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path):
 
 def test_dashboard_shows_a_refused_token(server):
     page = (DASHBOARD / "index.html").as_uri() + f"?server={server.ws_url}&customer=nobody&token=not-a-token"
-    result = subprocess.run(["node", "-e", BROWSER_REFUSAL, page], cwd=DASHBOARD, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["node", "-e", BROWSER_REFUSAL, page], cwd=DASHBOARD, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().startswith("refused")
 

@@ -1,5 +1,6 @@
 """The role the server's pools log in as: not a superuser, member of no role, owner of nothing, so
 SQL running on one of its connections can neither become the owner nor widen its tenant scope."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,9 @@ from .support import databases
 
 def server_settings(database_url: str, tmp_path) -> Settings:
     """The settings `webhost-sync serve` builds from the test server's environment."""
-    return Settings.from_env({"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"),
-                              "SECRET_KEY": TEST_SECRET})
+    return Settings.from_env(
+        {"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET}
+    )
 
 
 @pytest.fixture
@@ -38,8 +40,9 @@ async def _customer_with_vehicle(owner_url: str, slug: str) -> uuid.UUID:
     conn = await asyncpg.connect(owner_url)
     try:
         cid = await conn.fetchval("INSERT INTO customers (slug, name) VALUES ($1, $1) RETURNING id", slug)
-        await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, $2, $2)",
-                           cid, f"{slug}-truck")
+        await conn.execute(
+            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, $2, $2)", cid, f"{slug}-truck"
+        )
         return cid
     finally:
         await conn.close()
@@ -51,7 +54,8 @@ async def test_the_pool_logs_in_as_the_application_role_without_privileges(serve
             "SELECT current_user AS cur, session_user AS ses, r.rolsuper, r.rolcreaterole, r.rolbypassrls, "
             " r.rolcreatedb, (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) AS memberships, "
             " (SELECT count(*) FROM pg_class c WHERE c.relowner = r.oid) AS owned "
-            "FROM pg_roles r WHERE r.rolname = current_user")
+            "FROM pg_roles r WHERE r.rolname = current_user"
+        )
         assert (row["cur"], row["ses"]) == (APP_ROLE, APP_ROLE)
         assert not row["rolsuper"] and not row["rolcreaterole"] and not row["rolbypassrls"] and not row["rolcreatedb"]
         assert row["memberships"] == 0 and row["owned"] == 0
@@ -150,12 +154,14 @@ async def test_forged_altered_or_expired_scopes_show_nothing(served, database_ur
 
 async def test_the_application_role_cannot_read_or_replace_the_key(served):
     async with served.pool.acquire() as conn:
-        for sql in ("SELECT * FROM webhost_scope_key",
-                    "UPDATE webhost_scope_key SET inner_pad = inner_pad",
-                    "INSERT INTO webhost_scope_key (inner_pad, outer_pad) VALUES ('\\x00', '\\x00')",
-                    "DELETE FROM webhost_scope_key",
-                    "ALTER TABLE webhost_scope_key OWNER TO webhost_app",
-                    "CREATE OR REPLACE FUNCTION webhost_is_operator() RETURNS boolean LANGUAGE sql AS 'SELECT true'"):
+        for sql in (
+            "SELECT * FROM webhost_scope_key",
+            "UPDATE webhost_scope_key SET inner_pad = inner_pad",
+            "INSERT INTO webhost_scope_key (inner_pad, outer_pad) VALUES ('\\x00', '\\x00')",
+            "DELETE FROM webhost_scope_key",
+            "ALTER TABLE webhost_scope_key OWNER TO webhost_app",
+            "CREATE OR REPLACE FUNCTION webhost_is_operator() RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(sql)
 
@@ -163,8 +169,10 @@ async def test_the_application_role_cannot_read_or_replace_the_key(served):
 async def test_the_server_process_pool_is_the_application_role(server, database_url):
     owner = await asyncpg.connect(database_url)
     try:
-        users = await owner.fetch("SELECT usename, application_name FROM pg_stat_activity "
-                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        users = await owner.fetch(
+            "SELECT usename, application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
     finally:
         await owner.close()
     serving = [r["usename"] for r in users if r["application_name"] == "webhost-sync"]
@@ -226,8 +234,9 @@ async def test_another_secret_key_takes_the_database_over(database_url, tmp_path
     try:
         async with first.tenant(cid) as conn:
             assert await conn.fetchval("SELECT count(*) FROM vehicles") == 1
-        second = await Database(database_url, AppRole.from_secret("rotated-" + TEST_SECRET),
-                                min_size=1, max_size=1).open()
+        second = await Database(
+            database_url, AppRole.from_secret("rotated-" + TEST_SECRET), min_size=1, max_size=1
+        ).open()
         await second.close()
         async with first.tenant(cid) as conn:
             assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
@@ -241,8 +250,9 @@ async def test_a_one_off_command_with_another_secret_key_leaves_the_servers_key(
     cid = await _customer_with_vehicle(database_url, "alpha")
     serving = await Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=1).open()
     try:
-        other = await Database(database_url, AppRole.from_secret("rotated-" + TEST_SECRET), min_size=1,
-                               max_size=1).open(install_key=False)
+        other = await Database(
+            database_url, AppRole.from_secret("rotated-" + TEST_SECRET), min_size=1, max_size=1
+        ).open(install_key=False)
         try:
             async with other.platform() as conn:
                 assert await conn.fetchval("SELECT count(*) FROM plans") > 0
@@ -256,13 +266,19 @@ async def test_a_one_off_command_with_another_secret_key_leaves_the_servers_key(
 
 def test_login_url_keeps_the_server_and_replaces_the_user():
     role = AppRole(b"k" * 32, password="p@ss/word")
-    assert role.login_url("postgresql://owner:secret@db.example.com:6432/fleet?sslmode=require") == \
-        "postgresql://webhost_app:p%40ss%2Fword@db.example.com:6432/fleet?sslmode=require"
+    assert (
+        role.login_url("postgresql://owner:secret@db.example.com:6432/fleet?sslmode=require")
+        == "postgresql://webhost_app:p%40ss%2Fword@db.example.com:6432/fleet?sslmode=require"
+    )
     nopw = AppRole(b"k" * 32)
-    assert nopw.login_url("postgresql://postgres:@/webhost_sync?host=/tmp/pg") == \
-        "postgresql://webhost_app@/webhost_sync?host=%2Ftmp%2Fpg"
-    assert nopw.login_url("postgresql:///fleet?host=/run/postgresql&user=owner&password=x") == \
-        "postgresql://webhost_app@/fleet?host=%2Frun%2Fpostgresql"
+    assert (
+        nopw.login_url("postgresql://postgres:@/webhost_sync?host=/tmp/pg")
+        == "postgresql://webhost_app@/webhost_sync?host=%2Ftmp%2Fpg"
+    )
+    assert (
+        nopw.login_url("postgresql:///fleet?host=/run/postgresql&user=owner&password=x")
+        == "postgresql://webhost_app@/fleet?host=%2Frun%2Fpostgresql"
+    )
     assert "secret" not in repr(AppRole.from_secret("secret" * 8, password="secret"))
 
 

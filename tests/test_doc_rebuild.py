@@ -1,5 +1,6 @@
 """The one doc-rebuild helper (sync_server/extensions/doc_rebuild.py) that persistence and fan-out
 both use: a stored row the engine fails on is skipped, not fatal, for every reader."""
+
 from __future__ import annotations
 
 import pycrdt

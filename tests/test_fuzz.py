@@ -11,6 +11,7 @@ fuzzer wrote reloads from PostgreSQL to exactly the state the node serves; the H
 FUZZ_SECONDS (default 25) bounds the run, FUZZ_SEED picks the seed (default: a new one, printed).
 Inputs that made the CRDT engine fail are added to tests/fuzz_corpus/ and replayed first on every run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,8 +63,13 @@ print(json.dumps({"sv": sv, "roots": roots}, sort_keys=True))
 def reloaded(updates: list[bytes]) -> dict:
     """State vector and content of a doc rebuilt from `updates`, in a child process (an input that
     crashed the engine there fails this check instead of the test run)."""
-    proc = subprocess.run([sys.executable, "-c", _RELOAD], input="\n".join(u.hex() for u in updates),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RELOAD],
+        input="\n".join(u.hex() for u in updates),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, f"reloading the stored rows failed ({proc.returncode}): {proc.stderr[-2000:]}"
     return json.loads(proc.stdout)
 
@@ -82,9 +88,16 @@ def rss_kib(pid: int) -> int:
 
 @pytest.fixture
 def node(database_url, tmp_path):
-    proc = ServerProcess({"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
-                          "LOG_LEVEL": "warning", "TRACKING_READERS": "0"},
-                         log_path=tmp_path / "server.log").start()
+    proc = ServerProcess(
+        {
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(tmp_path / "data"),
+            "SECRET_KEY": TEST_SECRET,
+            "LOG_LEVEL": "warning",
+            "TRACKING_READERS": "0",
+        },
+        log_path=tmp_path / "server.log",
+    ).start()
     yield proc
     proc.stop()
 
@@ -164,9 +177,11 @@ class Attacker:
 
     async def post(self, update: bytes) -> None:
         async with httpx.AsyncClient(base_url=self.node.base_url, timeout=10) as client:
-            r = await client.post("/api/v1/docs/fz-http/updates", content=update,
-                                  headers={"Authorization": f"Bearer {self.api_key}",
-                                           "Content-Type": "application/octet-stream"})
+            r = await client.post(
+                "/api/v1/docs/fz-http/updates",
+                content=update,
+                headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/octet-stream"},
+            )
         self.docs.add("fz-http")
         self.http[r.status_code] = self.http.get(r.status_code, 0) + 1
         if r.status_code != 200:
@@ -197,8 +212,11 @@ async def test_fuzzing_one_customer_never_hurts_the_node_or_another(node, databa
     victim_token = sync_peers.token(TEST_SECRET, victim_customer)
 
     # A document of the other customer that nobody touches during the run.
-    bystander = sync_peers.RawPeer(await websockets.connect(
-        f"{node.ws_url}/sync/{victim_customer.slug}/archive?token={victim_token}", max_size=None))
+    bystander = sync_peers.RawPeer(
+        await websockets.connect(
+            f"{node.ws_url}/sync/{victim_customer.slug}/archive?token={victim_token}", max_size=None
+        )
+    )
     bystander.doc.get("m", type=pycrdt.Map)["kept"] = "as it was"
     await bystander.send(protocol.update_frame(bystander.doc.get_update()))
     await bystander.sync()
@@ -247,10 +265,14 @@ async def test_fuzzing_one_customer_never_hurts_the_node_or_another(node, databa
 
     rt = sorted(victim.round_trips)
     p50, p99 = rt[len(rt) // 2], rt[int(len(rt) * 0.99)]
-    print(f"attacker: {attacker.frames_sent} frames, closes {attacker.closes}, http {attacker.http}, "
-          f"engine failures survived {len(attacker.engine_failures)}")
-    print(f"victim: {len(rt)} round trips, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {rt[-1] * 1000:.1f} ms; "
-          f"healthz max {max(health) * 1000:.1f} ms; RSS {rss[0] // 1024} -> max {max(rss) // 1024} MiB")
+    print(
+        f"attacker: {attacker.frames_sent} frames, closes {attacker.closes}, http {attacker.http}, "
+        f"engine failures survived {len(attacker.engine_failures)}"
+    )
+    print(
+        f"victim: {len(rt)} round trips, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {rt[-1] * 1000:.1f} ms; "
+        f"healthz max {max(health) * 1000:.1f} ms; RSS {rss[0] // 1024} -> max {max(rss) // 1024} MiB"
+    )
 
     assert attacker.frames_sent > 100
     assert not victim.errors, victim.errors
@@ -267,8 +289,9 @@ async def test_fuzzing_one_customer_never_hurts_the_node_or_another(node, databa
     assert fleet["roots"] == {"m": victim.written}
 
     # 4. Every document the fuzzer wrote reloads from PostgreSQL to what the node serves.
-    async with httpx.AsyncClient(base_url=node.base_url, timeout=30,
-                                 headers={"Authorization": f"Bearer {api_key}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=node.base_url, timeout=30, headers={"Authorization": f"Bearer {api_key}"}
+    ) as client:
         for doc in sorted(attacker.docs):
             served = await client.get(f"/api/v1/docs/{doc}")
             assert served.status_code == 200, (doc, served.status_code, served.text[:300])

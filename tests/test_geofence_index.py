@@ -1,5 +1,6 @@
 """GeofenceSet.inside_all (grid cells, numpy columns) against a point-by-point reference written
 independently here: exact geodesic distance for circles, scalar even-odd ray casting for polygons."""
+
 from __future__ import annotations
 
 import math
@@ -32,16 +33,27 @@ def _reference(shape, lat: float, lng: float) -> bool:
 
 
 def _square(lat, lng, half):
-    return [(lng - half, lat - half), (lng + half, lat - half), (lng + half, lat + half), (lng - half, lat + half),
-            (lng - half, lat - half)]
+    return [
+        (lng - half, lat - half),
+        (lng + half, lat - half),
+        (lng + half, lat + half),
+        (lng - half, lat + half),
+        (lng - half, lat - half),
+    ]
 
 
 def test_inside_all_matches_a_point_by_point_reference():
     rng = random.Random(11)
     shapes = []
     for i in range(40):  # small circles, some overlapping, across a few grid cells
-        shapes.append(Circle(f"c{i}", 52.5 + rng.uniform(-0.03, 0.03), 13.4 + rng.uniform(-0.03, 0.03),
-                             rng.choice([20, 150, 800, 2_500])))
+        shapes.append(
+            Circle(
+                f"c{i}",
+                52.5 + rng.uniform(-0.03, 0.03),
+                13.4 + rng.uniform(-0.03, 0.03),
+                rng.choice([20, 150, 800, 2_500]),
+            )
+        )
     shapes.append(Circle("big", 52.5, 13.4, 40_000))  # wider than the grid takes: tested for every fix
     shapes.append(Polygon("yard", [_square(52.51, 13.41, 0.006), _square(52.51, 13.41, 0.002)]))  # with a hole
     shapes.append(Polygon("wide", [_square(52.0, 13.0, 1.0)]))
@@ -72,8 +84,12 @@ def test_transitions_over_masks_match_a_walk_over_reference_sets():
     """Enter/exit events from the bit masks (150 shapes: three 64-bit words a fix) equal those of a
     plain walk over each fix's reference set, starting inside a given set."""
     rng = random.Random(5)
-    shapes = [Circle(f"c{i:03d}", 52.5 + rng.uniform(-0.02, 0.02), 13.4 + rng.uniform(-0.02, 0.02),
-                     rng.choice([50, 200, 600])) for i in range(150)]
+    shapes = [
+        Circle(
+            f"c{i:03d}", 52.5 + rng.uniform(-0.02, 0.02), 13.4 + rng.uniform(-0.02, 0.02), rng.choice([50, 200, 600])
+        )
+        for i in range(150)
+    ]
     fences = GeofenceSet(shapes)
     steps = np.cumsum(np.array([[rng.gauss(0, 3e-4), rng.gauss(0, 3e-4)] for _ in range(3_000)]), axis=0)
     lat, lng = 52.5 + steps[:, 0], 13.4 + steps[:, 1]
@@ -82,8 +98,10 @@ def test_transitions_over_masks_match_a_walk_over_reference_sets():
     def far(s, a, b) -> bool:  # certainly outside (> 1.5 radii in either axis): spares the geodesic
         return abs(a - s.lat) * 111_000 > 1.5 * s.radius or abs(b - s.lng) * 67_000 > 1.5 * s.radius
 
-    sets = [frozenset(s.id for s in shapes if not far(s, a, b) and _reference(s, a, b))
-            for a, b in zip(lat.tolist(), lng.tolist())]
+    sets = [
+        frozenset(s.id for s in shapes if not far(s, a, b) and _reference(s, a, b))
+        for a, b in zip(lat.tolist(), lng.tolist())
+    ]
     before = frozenset(["c000", "c149"])
     expected, current = [], before
     for k, now in enumerate(sets):

@@ -1,6 +1,7 @@
 """Hostile input at the sync endpoint, case by case (real server, real PostgreSQL, raw peers and a
 stock JS y-websocket client): native panics, allocation bombs, NaN presence, no-op and gapped updates.
 The random search for more of these is tests/test_fuzz.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -117,8 +118,10 @@ async def test_nan_presence_is_refused_and_a_stock_js_client_joining_stays_conne
         payload = protocol.var_uint(1) + entry
         await evil.send(bytes((protocol.AWARENESS,)) + protocol.var_uint(len(payload)) + payload)
         assert (await evil.closed())[0] == 4400, state
-    out = await run_js("peer.mjs", plan(server, customer, steps=[{"op": "synced"}, {"op": "sleep", "ms": 1500},
-                                                                 {"op": "print", "mark": "after"}]))
+    out = await run_js(
+        "peer.mjs",
+        plan(server, customer, steps=[{"op": "synced"}, {"op": "sleep", "ms": 1500}, {"op": "print", "mark": "after"}]),
+    )
     assert out["connects"] == 1 and out["closed"] is None
     assert not [e for e in out["events"] if "close" in e], out["events"]
 
@@ -173,9 +176,11 @@ async def test_update_with_a_gap_waits_for_what_it_builds_on(server, customer, d
     items["d"] = 4
     fourth = source.get_update(sv)
     async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
-        r = await http.post("/api/v1/docs/fleet/updates", content=fourth,
-                            headers={"Content-Type": "application/octet-stream"})
+        r = await http.post(
+            "/api/v1/docs/fleet/updates", content=fourth, headers={"Content-Type": "application/octet-stream"}
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
-        r = await http.post("/api/v1/docs/fleet/updates", content=third,
-                            headers={"Content-Type": "application/octet-stream"})
+        r = await http.post(
+            "/api/v1/docs/fleet/updates", content=third, headers={"Content-Type": "application/octet-stream"}
+        )
         assert r.status_code == 200

@@ -1,5 +1,6 @@
 """How `webhost-sync migrate-tenant` draws a migration's progress: a bar redrawn in place on a
 terminal, plain lines elsewhere (the real server run is in test_provisioning_api)."""
+
 from __future__ import annotations
 
 import io
@@ -9,8 +10,16 @@ from sync_server.node.migrate_tenant_cli import Progress
 
 def _mig(status="running", copied=False, table=None, **tables):
     rows = [{"table": name, "done": done, "total": total} for name, (done, total) in tables.items()]
-    return {"status": status, "progress": {"done": sum(r["done"] for r in rows), "total": 10_010, "table": table,
-                                           "copied": copied, "tables": rows}}
+    return {
+        "status": status,
+        "progress": {
+            "done": sum(r["done"] for r in rows),
+            "total": 10_010,
+            "table": table,
+            "copied": copied,
+            "tables": rows,
+        },
+    }
 
 
 STEPS = [
@@ -49,7 +58,9 @@ def test_a_bar_redrawn_in_place_on_a_terminal():
     frames = [f for f in text.split("\r\x1b[K") if f]
     assert "[###############---------------]  50.0%  5,010/10,010 rows  gps_positions 5,000/10,000" in frames
     finished = [f for f in frames if f.startswith("  ")]
-    assert finished == ["  vehicles                   [##############################] 100.0%  10/10 rows\n",
-                        "  gps_positions              [##############################] 100.0%  10,000/10,000 rows\n"]
+    assert finished == [
+        "  vehicles                   [##############################] 100.0%  10/10 rows\n",
+        "  gps_positions              [##############################] 100.0%  10,000/10,000 rows\n",
+    ]
     assert frames[-1].startswith("[##############################] 100.0%  10,010/10,010 rows  switched")
     assert text.endswith("\n")

@@ -21,9 +21,27 @@ def test_migrations_apply_on_empty_database_then_are_a_no_op(fresh_database_url)
     second = asyncio.run(migrator.migrate(fresh_database_url))
     assert second == []
     tables = asyncio.run(_tables(fresh_database_url))
-    for table in ("customers", "platform_users", "customer_users", "api_keys", "tokens", "plans", "subscriptions",
-                  "vehicles", "drivers", "gps_positions", "usage_metrics", "geofences", "geofence_events", "routes",
-                  "deployments", "infrastructure_events", "doc_updates", "doc_snapshots", "schema_migrations"):
+    for table in (
+        "customers",
+        "platform_users",
+        "customer_users",
+        "api_keys",
+        "tokens",
+        "plans",
+        "subscriptions",
+        "vehicles",
+        "drivers",
+        "gps_positions",
+        "usage_metrics",
+        "geofences",
+        "geofence_events",
+        "routes",
+        "deployments",
+        "infrastructure_events",
+        "doc_updates",
+        "doc_snapshots",
+        "schema_migrations",
+    ):
         assert table in tables, table
 
 
@@ -40,8 +58,16 @@ async def test_plans_are_seeded(db):
     async with db.platform() as conn:
         plans = {r["id"]: r for r in await conn.fetch("SELECT * FROM plans")}
     assert set(plans) == {"hobby", "starter", "professional", "business"}
-    assert (plans["hobby"]["price_cents"], plans["hobby"]["vehicle_limit"], plans["hobby"]["retention_days"]) == (1500, 5, 30)
-    assert (plans["starter"]["price_cents"], plans["starter"]["vehicle_limit"], plans["starter"]["retention_days"]) == (4900, 25, 90)
+    assert (plans["hobby"]["price_cents"], plans["hobby"]["vehicle_limit"], plans["hobby"]["retention_days"]) == (
+        1500,
+        5,
+        30,
+    )
+    assert (plans["starter"]["price_cents"], plans["starter"]["vehicle_limit"], plans["starter"]["retention_days"]) == (
+        4900,
+        25,
+        90,
+    )
     assert plans["professional"]["vehicle_limit"] == 100 and plans["professional"]["retention_days"] == 365
     assert plans["business"]["vehicle_limit"] == 500 and plans["business"]["retention_days"] == 730
     limits = [plans[p]["gps_points_per_day"] for p in ("hobby", "starter", "professional", "business")]
@@ -86,7 +112,8 @@ async def test_documents_use_lz4_where_postgresql_has_it(db):
             expected = ""
         kinds = await conn.fetch(
             "SELECT attrelid::regclass::text AS t, attcompression::text AS c FROM pg_attribute "
-            "WHERE (attrelid, attname) IN (('doc_updates'::regclass, 'update'), ('doc_snapshots'::regclass, 'state'))")
+            "WHERE (attrelid, attname) IN (('doc_updates'::regclass, 'update'), ('doc_snapshots'::regclass, 'state'))"
+        )
     assert {r["t"]: r["c"] for r in kinds} == {"doc_updates": expected, "doc_snapshots": expected}
 
 
@@ -96,7 +123,9 @@ async def test_every_tenant_policy_reads_the_settings_once_per_query(db):
     day = dt.date(2031, 1, 15)
     await partitions.ensure(db, day, day)
     async with db.platform() as conn:
-        policies = await conn.fetch("SELECT tablename, qual, with_check FROM pg_policies WHERE policyname = 'tenant_isolation'")
+        policies = await conn.fetch(
+            "SELECT tablename, qual, with_check FROM pg_policies WHERE policyname = 'tenant_isolation'"
+        )
         tables = {r["tablename"] for r in policies}
         assert {"vehicles", "customers", "track_progress", "recommendations", f"gps_positions_p{day:%Y%m%d}"} <= tables
         for r in policies:
@@ -112,8 +141,9 @@ def _schema_dump(url: str) -> list[str]:
     import shutil
     import subprocess
 
-    out = subprocess.run([shutil.which("pg_dump") or "pg_dump", "--schema-only", url], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [shutil.which("pg_dump") or "pg_dump", "--schema-only", url], capture_output=True, text=True, check=True
+    ).stdout
     return [line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
 
 
@@ -123,15 +153,25 @@ async def _rows(url: str) -> dict[str, list]:
     try:
         found = {}
         for (table,) in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"):
-            cols = [r[0] for r in await conn.fetch(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 "
-                "AND data_type NOT LIKE 'timestamp%' ORDER BY ordinal_position", table)]
+            cols = [
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 "
+                    "AND data_type NOT LIKE 'timestamp%' ORDER BY ordinal_position",
+                    table,
+                )
+            ]
             sel = ", ".join(f'"{c}"::text' for c in cols)
             found[table] = sorted(tuple(r) for r in await conn.fetch(f'SELECT {sel} FROM "{table}"'))
-        found["database"] = [tuple(await conn.fetchrow(
-            "SELECT datallowconn, datistemplate, datconnlimit, datacl::text, "
-            " (SELECT count(*) FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) "
-            "FROM pg_database d WHERE datname = current_database()"))]
+        found["database"] = [
+            tuple(
+                await conn.fetchrow(
+                    "SELECT datallowconn, datistemplate, datconnlimit, datacl::text, "
+                    " (SELECT count(*) FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) "
+                    "FROM pg_database d WHERE datname = current_database()"
+                )
+            )
+        ]
         return found
     finally:
         await conn.close()

@@ -1,6 +1,7 @@
 """Several `webhost-sync serve` nodes sharing one PostgreSQL database and one real Redis, with real JS
 clients (client-examples/js) spread over the nodes: edits and presence cross nodes, a Redis outage
 and a killed node lose nothing, and the shared limits hold across nodes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,13 @@ async def customer(database_url):
 @pytest.fixture
 def node_env(server_env, redis_url):
     """What every node of one test shares: the database, Redis, and a key prefix of its own."""
-    return {**server_env, "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-{secrets.token_hex(6)}:",
-            "NODE_HEARTBEAT_SECONDS": "0.5", "ROOM_EVICT_SECONDS": "5"}
+    return {
+        **server_env,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"test-{secrets.token_hex(6)}:",
+        "NODE_HEARTBEAT_SECONDS": "0.5",
+        "ROOM_EVICT_SECONDS": "5",
+    }
 
 
 class Cluster:
@@ -44,8 +50,11 @@ class Cluster:
     def start(self, count: int, **extra: str) -> list[ServerProcess]:
         for _ in range(count):
             n = len(self.nodes)
-            self.nodes.append(ServerProcess({**self.env, "NODE_ID": f"node-{n}", **extra},
-                                            log_path=self.tmp_path / f"node-{n}.log").start())
+            self.nodes.append(
+                ServerProcess(
+                    {**self.env, "NODE_ID": f"node-{n}", **extra}, log_path=self.tmp_path / f"node-{n}.log"
+                ).start()
+            )
         return self.nodes
 
     def stop(self) -> None:
@@ -61,10 +70,16 @@ def cluster(node_env, tmp_path):
 
 
 def plan(base_ws: str, customer, doc="fleet", steps=(), **extra) -> str:
-    return json.dumps({
-        "server": f"{base_ws}/sync/{customer.slug}", "doc": doc,
-        "token": sync_peers.token(TEST_SECRET, customer),
-        "read": {"maps": ["m"], "arrays": ["a"], "texts": ["t"]}, "steps": list(steps), **extra})
+    return json.dumps(
+        {
+            "server": f"{base_ws}/sync/{customer.slug}",
+            "doc": doc,
+            "token": sync_peers.token(TEST_SECRET, customer),
+            "read": {"maps": ["m"], "arrays": ["a"], "texts": ["t"]},
+            "steps": list(steps),
+            **extra,
+        }
+    )
 
 
 async def run_js(*args, **kwargs) -> dict:
@@ -96,16 +111,28 @@ async def test_edits_and_presence_converge_over_three_nodes(cluster, customer):
     peers = []
     for i, node in enumerate(nodes):
         others = [j for j in range(3) if j != i]
-        peers.append(js_start("peer.mjs", plan(node.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "awareness", "state": {"user": f"u{i}", "node": i}},
-            {"op": "set", "map": "m", "key": f"k{i}", "value": i},
-            {"op": "push", "array": "a", "values": [f"from-{i}"]},
-            {"op": "insert", "text": "t", "index": 0, "value": f"<{i}>"},
-            *[{"op": "waitKey", "map": "m", "key": f"k{j}"} for j in others],
-            {"op": "waitArrayLength", "array": "a", "length": 3},
-            {"op": "waitPresence", "count": 2}, {"op": "print", "mark": "present"},
-            {"op": "set", "map": "m", "key": f"done{i}", "value": True},
-            *[{"op": "waitKey", "map": "m", "key": f"done{j}"} for j in others]])))
+        peers.append(
+            js_start(
+                "peer.mjs",
+                plan(
+                    node.ws_url,
+                    customer,
+                    steps=[
+                        {"op": "synced"},
+                        {"op": "awareness", "state": {"user": f"u{i}", "node": i}},
+                        {"op": "set", "map": "m", "key": f"k{i}", "value": i},
+                        {"op": "push", "array": "a", "values": [f"from-{i}"]},
+                        {"op": "insert", "text": "t", "index": 0, "value": f"<{i}>"},
+                        *[{"op": "waitKey", "map": "m", "key": f"k{j}"} for j in others],
+                        {"op": "waitArrayLength", "array": "a", "length": 3},
+                        {"op": "waitPresence", "count": 2},
+                        {"op": "print", "mark": "present"},
+                        {"op": "set", "map": "m", "key": f"done{i}", "value": True},
+                        *[{"op": "waitKey", "map": "m", "key": f"done{j}"} for j in others],
+                    ],
+                ),
+            )
+        )
     present = [await read_mark(p, "present") for p in peers]
     ends = [await finish(p) for p in peers]
     assert ends[0]["maps"] == ends[1]["maps"] == ends[2]["maps"]
@@ -125,14 +152,36 @@ async def presence_removed_on_b(cluster, customer, vanish) -> ServerProcess:
     """A client on node A shows presence to a watcher on node B; `vanish(holder, a)` makes it go
     without a goodbye; the watcher must see the server's removal (not its own 30 s timeout)."""
     a, b = cluster.start(2)
-    holder = js_start("peer.mjs", plan(a.ws_url, customer, maxBackoffTime=60000, steps=[
-        {"op": "synced"}, {"op": "awareness", "state": {"user": "holder"}}, {"op": "flush"},
-        {"op": "print", "mark": "present"}, {"op": "sleep", "ms": 600000}]))
+    holder = js_start(
+        "peer.mjs",
+        plan(
+            a.ws_url,
+            customer,
+            maxBackoffTime=60000,
+            steps=[
+                {"op": "synced"},
+                {"op": "awareness", "state": {"user": "holder"}},
+                {"op": "flush"},
+                {"op": "print", "mark": "present"},
+                {"op": "sleep", "ms": 600000},
+            ],
+        ),
+    )
     try:
         await read_mark(holder, "present")
-        watcher = js_start("peer.mjs", plan(b.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "waitPresence", "count": 1}, {"op": "print", "mark": "seen"},
-            {"op": "waitPresenceAtMost", "count": 0}]))
+        watcher = js_start(
+            "peer.mjs",
+            plan(
+                b.ws_url,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "waitPresence", "count": 1},
+                    {"op": "print", "mark": "seen"},
+                    {"op": "waitPresenceAtMost", "count": 0},
+                ],
+            ),
+        )
         seen = await read_mark(watcher, "seen")
         assert [p["state"] for p in seen["presence"]] == [{"user": "holder"}]
         vanish(holder, a)
@@ -166,15 +215,26 @@ async def test_redis_killed_mid_stream_and_restarted_loses_no_update(cluster, cu
         a, b = cluster.start(2, REDIS_URL=redis.url)
 
         def writer(node, name):
-            return js_start("peer.mjs", plan(node.ws_url, customer, steps=[
-                {"op": "synced"}, {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}1-"},
-                {"op": "flush"}, {"op": "print", "mark": "one"},
-                {"op": "waitKey", "map": "m", "key": "phase2"},
-                {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}2-"},
-                {"op": "flush"}, {"op": "print", "mark": "two"},
-                {"op": "waitKey", "map": "m", "key": "phase3"},
-                {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}3-"},
-                {"op": "waitArrayLength", "array": "a", "length": 600}]))
+            return js_start(
+                "peer.mjs",
+                plan(
+                    node.ws_url,
+                    customer,
+                    steps=[
+                        {"op": "synced"},
+                        {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}1-"},
+                        {"op": "flush"},
+                        {"op": "print", "mark": "one"},
+                        {"op": "waitKey", "map": "m", "key": "phase2"},
+                        {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}2-"},
+                        {"op": "flush"},
+                        {"op": "print", "mark": "two"},
+                        {"op": "waitKey", "map": "m", "key": "phase3"},
+                        {"op": "pushMany", "array": "a", "count": 100, "prefix": f"{name}3-"},
+                        {"op": "waitArrayLength", "array": "a", "length": 600},
+                    ],
+                ),
+            )
 
         wa, wb = writer(a, "a"), writer(b, "b")
         await asyncio.gather(read_mark(wa, "one"), read_mark(wb, "one"))
@@ -188,14 +248,39 @@ async def test_redis_killed_mid_stream_and_restarted_loses_no_update(cluster, cu
             await asyncio.sleep(0.2)
         # Phase 2 while Redis is down: each node's own clients are served (the signal reaches each
         # writer through its own node).
-        await asyncio.gather(*(run_js("peer.mjs", plan(n.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "set", "map": "m", "key": "phase2", "value": True}, {"op": "flush"},
-            {"op": "sleep", "ms": 200}])) for n in (a, b)))
+        await asyncio.gather(
+            *(
+                run_js(
+                    "peer.mjs",
+                    plan(
+                        n.ws_url,
+                        customer,
+                        steps=[
+                            {"op": "synced"},
+                            {"op": "set", "map": "m", "key": "phase2", "value": True},
+                            {"op": "flush"},
+                            {"op": "sleep", "ms": 200},
+                        ],
+                    ),
+                )
+                for n in (a, b)
+            )
+        )
         await asyncio.gather(read_mark(wa, "two"), read_mark(wb, "two"))
         redis.start()  # the same port, empty: whatever the streams held is gone
-        await run_js("peer.mjs", plan(a.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "set", "map": "m", "key": "phase3", "value": True}, {"op": "flush"},
-            {"op": "sleep", "ms": 200}]))
+        await run_js(
+            "peer.mjs",
+            plan(
+                a.ws_url,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "set", "map": "m", "key": "phase3", "value": True},
+                    {"op": "flush"},
+                    {"op": "sleep", "ms": 200},
+                ],
+            ),
+        )
         end_a, end_b = await asyncio.gather(finish(wa), finish(wb))
         assert end_a["arrayLengths"]["a"] == end_b["arrayLengths"]["a"] == 600
         assert end_a["arrays"] == end_b["arrays"]
@@ -214,27 +299,52 @@ async def test_killed_node_clients_reconnect_to_another_node_and_converge(cluste
     a, b = cluster.start(2)
     balancer = await Balancer([a.port, b.port]).start()
     try:
-        one = js_start("peer.mjs", plan(balancer.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "awareness", "state": {"user": "one"}},
-            {"op": "pushMany", "array": "a", "count": 50, "prefix": "one-"}, {"op": "flush"},
-            {"op": "print", "mark": "ready"}, {"op": "waitReconnect"},
-            {"op": "pushMany", "array": "a", "count": 50, "prefix": "one-after-"},
-            {"op": "waitArrayLength", "array": "a", "length": 200}]))
+        one = js_start(
+            "peer.mjs",
+            plan(
+                balancer.ws_url,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "awareness", "state": {"user": "one"}},
+                    {"op": "pushMany", "array": "a", "count": 50, "prefix": "one-"},
+                    {"op": "flush"},
+                    {"op": "print", "mark": "ready"},
+                    {"op": "waitReconnect"},
+                    {"op": "pushMany", "array": "a", "count": 50, "prefix": "one-after-"},
+                    {"op": "waitArrayLength", "array": "a", "length": 200},
+                ],
+            ),
+        )
         await read_mark(one, "ready")
-        two = js_start("peer.mjs", plan(balancer.ws_url, customer, steps=[
-            {"op": "synced"}, {"op": "pushMany", "array": "a", "count": 50, "prefix": "two-"},
-            {"op": "waitArrayLength", "array": "a", "length": 100}, {"op": "print", "mark": "ready"},
-            {"op": "waitArrayLength", "array": "a", "length": 150},
-            {"op": "pushMany", "array": "a", "count": 50, "prefix": "two-after-"},
-            {"op": "waitArrayLength", "array": "a", "length": 200}]))
+        two = js_start(
+            "peer.mjs",
+            plan(
+                balancer.ws_url,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "pushMany", "array": "a", "count": 50, "prefix": "two-"},
+                    {"op": "waitArrayLength", "array": "a", "length": 100},
+                    {"op": "print", "mark": "ready"},
+                    {"op": "waitArrayLength", "array": "a", "length": 150},
+                    {"op": "pushMany", "array": "a", "count": 50, "prefix": "two-after-"},
+                    {"op": "waitArrayLength", "array": "a", "length": 200},
+                ],
+            ),
+        )
         await read_mark(two, "ready")
         assert balancer.assigned[:2] == [a.port, b.port]  # one on node A, two on node B
         a.kill()  # kill -9
         end_one, end_two = await asyncio.gather(finish(one), finish(two))
         assert balancer.assigned[2:] and set(balancer.assigned[2:]) == {b.port}  # one came back through B
         assert end_one["arrays"] == end_two["arrays"]
-        expected = sorted([f"one-{i}" for i in range(50)] + [f"one-after-{i}" for i in range(50)]
-                          + [f"two-{i}" for i in range(50)] + [f"two-after-{i}" for i in range(50)])
+        expected = sorted(
+            [f"one-{i}" for i in range(50)]
+            + [f"one-after-{i}" for i in range(50)]
+            + [f"two-{i}" for i in range(50)]
+            + [f"two-after-{i}" for i in range(50)]
+        )
         assert sorted(end_one["arrays"]["a"]) == expected
         stored = await wait_stored(database_url, customer, "fleet", lambda d: len(stored_array(d)) == 200)
         assert sorted(stored_array(stored)) == expected
@@ -253,8 +363,17 @@ async def set_connection_limit(database_url: str, limit: int) -> None:
 async def test_connection_limit_holds_across_nodes(cluster, customer, database_url):
     await set_connection_limit(database_url, 2)  # every plan: the customer has none, so the default one
     a, b = cluster.start(2)
-    holders = [js_start("peer.mjs", plan(node.ws_url, customer, steps=[
-        {"op": "synced"}, {"op": "print", "mark": "in"}, {"op": "sleep", "ms": 600000}])) for node in (a, b)]
+    holders = [
+        js_start(
+            "peer.mjs",
+            plan(
+                node.ws_url,
+                customer,
+                steps=[{"op": "synced"}, {"op": "print", "mark": "in"}, {"op": "sleep", "ms": 600000}],
+            ),
+        )
+        for node in (a, b)
+    ]
     try:
         for holder in holders:
             await read_mark(holder, "in")
@@ -287,8 +406,9 @@ async def test_rest_rate_limit_is_shared_by_the_nodes(cluster):
         # attempt that straddled a minute boundary do not count in the next attempt's window
         headers = {"Authorization": f"Bearer not-a-real-key-{attempt}"}
         window = int(time.time() // 60)
-        answers = [httpx.get((a, b)[i % 2].base_url + "/api/v1/vehicles", headers=headers, timeout=30)
-                   for i in range(6)]
+        answers = [
+            httpx.get((a, b)[i % 2].base_url + "/api/v1/vehicles", headers=headers, timeout=30) for i in range(6)
+        ]
         if int(time.time() // 60) != window:
             continue  # the minute turned mid-way: the counts restarted; try again
         assert [r.status_code for r in answers[:5]] == [401] * 5

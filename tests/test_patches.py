@@ -1,6 +1,7 @@
 """sync_server.node.patches (and wire.raw_writer): on the pinned Hypercorn / wsproto / h11 every guard
 passes and every patch is active. An upgrade that changes the patched internals fails here, instead of
 switching a patch off in silence; a guard that fails logs a WARNING and leaves the library alone."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,11 @@ from sync_server.sync import wire
 
 
 def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
-    assert {p.name for p in patches.PATCHES} == {"decline_permessage_deflate", "coalesce_response_head",
-                                                 "fast_unmasking"}
+    assert {p.name for p in patches.PATCHES} == {
+        "decline_permessage_deflate",
+        "coalesce_response_head",
+        "fast_unmasking",
+    }
     for patch in patches.PATCHES:
         assert patch.guard() is None, (patch.name, patch.guard())
     with structlog.testing.capture_logs() as logs:
@@ -32,8 +36,9 @@ def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
 
 def test_a_failing_guard_leaves_the_patch_off_with_a_warning():
     installed = []
-    broken = patches.Patch("probe", "hypercorn", lambda: "internals changed", lambda: installed.append(1),
-                           lambda: False)
+    broken = patches.Patch(
+        "probe", "hypercorn", lambda: "internals changed", lambda: installed.append(1), lambda: False
+    )
     with structlog.testing.capture_logs() as logs:
         assert patches.apply(broken) is False
     assert installed == []
@@ -44,9 +49,13 @@ def test_a_failing_guard_leaves_the_patch_off_with_a_warning():
 
 def test_declined_deflate_answers_an_offer_without_the_extension():
     patches.apply_all()
-    offer = [(b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="), (b"sec-websocket-version", b"13"),
-             (b"upgrade", b"websocket"), (b"connection", b"upgrade"),
-             (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")]
+    offer = [
+        (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+        (b"sec-websocket-version", b"13"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"upgrade"),
+        (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+    ]
     handshake = ws_stream.Handshake(offer, "1.1")
     assert handshake.is_valid()
     status, headers, _conn = handshake.accept(None, [])

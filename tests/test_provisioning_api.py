@@ -1,6 +1,7 @@
 """Provisioning over HTTP on a real server: recommendation (operator and API key), deployments,
 and a live tenant migration shared -> dedicated (REST) -> shared (the CLI) while real JS clients stay
 connected and keep writing the fleet document and a track document."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,9 +42,16 @@ async def _api_key(database_url, cid, permissions=("fleet:read",)) -> str:
     raw = api_keys.generate("live")
     conn = await asyncpg.connect(database_url)
     try:
-        await key_store.insert(conn, customer_id=cid, name="k", prefix=api_keys.display_prefix(raw),
-                               key_hash=api_keys.digest(raw), environment="live", permissions=list(permissions),
-                               expires_at=None)
+        await key_store.insert(
+            conn,
+            customer_id=cid,
+            name="k",
+            prefix=api_keys.display_prefix(raw),
+            key_hash=api_keys.digest(raw),
+            environment="live",
+            permissions=list(permissions),
+            expires_at=None,
+        )
     finally:
         await conn.close()
     return raw
@@ -68,8 +76,9 @@ def test_recommendation_for_operator_and_api_key_and_validation(prov_server, dat
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_failed"
     assert {e["field"] for e in r.json()["error"]["details"]["errors"]} == {"vehicles", "colour"}
     assert httpx.post(base, json={}).status_code == 401
-    listed = httpx.get(prov_server.base_url + f"/api/v1/customers/{cid}/recommendations",
-                       headers={"Authorization": f"Bearer {op}"}).json()["data"]
+    listed = httpx.get(
+        prov_server.base_url + f"/api/v1/customers/{cid}/recommendations", headers={"Authorization": f"Bearer {op}"}
+    ).json()["data"]
     assert [x["trigger"] for x in listed] == ["request", "request"]
 
 
@@ -83,8 +92,12 @@ def test_deployment_endpoints(prov_server, database_url):
     r = httpx.post(base, json={"customer_id": str(cid), "mode": "single_tenant", "infrastructure": "local"}, headers=h)
     assert r.status_code == 202, r.text
     dep = r.json()
-    assert httpx.post(base, json={"customer_id": str(cid), "mode": "multi_tenant", "infrastructure": "local"},
-                      headers=h).status_code == 409
+    assert (
+        httpx.post(
+            base, json={"customer_id": str(cid), "mode": "multi_tenant", "infrastructure": "local"}, headers=h
+        ).status_code
+        == 409
+    )
     for _ in range(200):
         shown = httpx.get(f"{base}/{dep['id']}", headers=h).json()
         if shown["status"] != "provisioning":
@@ -106,20 +119,31 @@ async def _wait(client, url, *statuses):
     raise AssertionError(f"migration stuck: {mig}")
 
 
-def _js_writer(server, tok: str, doc: str, name: str, stop_file: Path, target: dict, slot: int,
-               origin_ms: int) -> subprocess.Popen:
+def _js_writer(
+    server, tok: str, doc: str, name: str, stop_file: Path, target: dict, slot: int, origin_ms: int
+) -> subprocess.Popen:
     """A real JS client (client-examples/js/peer.mjs) that syncs, says so on stdout, writes one GPS
     point every 20 ms until `stop_file` exists, then waits until it holds every writer's points.
     Points go north from the seeded last position at about 1 m/s and no two writers share a
     millisecond, so the tracking pipeline accepts every one of them."""
     target = {**target, "slot": slot, "slots": 2, "originMs": origin_ms}
     plan = {
-        "server": f"{server.ws_url}/sync/fleetco", "doc": doc, "token": tok, "name": name, "timeoutMs": 120000,
-        "read": {"maps": ["done", *([target["map"]] if "map" in target else [])],
-                 "arrays": [target["array"]] if "array" in target else []},
-        "steps": [{"op": "synced"}, {"op": "print", "mark": "ready"},
-                  {"op": "writeUntil", **target, "stopFile": str(stop_file), "everyMs": 20, "doneMap": "done"},
-                  {"op": "waitWritten", **target, "doneMap": "done", "writers": 2}, {"op": "flush"}],
+        "server": f"{server.ws_url}/sync/fleetco",
+        "doc": doc,
+        "token": tok,
+        "name": name,
+        "timeoutMs": 120000,
+        "read": {
+            "maps": ["done", *([target["map"]] if "map" in target else [])],
+            "arrays": [target["array"]] if "array" in target else [],
+        },
+        "steps": [
+            {"op": "synced"},
+            {"op": "print", "mark": "ready"},
+            {"op": "writeUntil", **target, "stopFile": str(stop_file), "everyMs": 20, "doneMap": "done"},
+            {"op": "waitWritten", **target, "doneMap": "done", "writers": 2},
+            {"op": "flush"},
+        ],
     }
     return sync_peers.js_start("peer.mjs", json.dumps(plan))
 
@@ -143,8 +167,11 @@ async def _live_migration(server, database_url, tmp_path):
     stop = tmp_path / "stop-writing"
     docs = {"fleet": {"map": "positions"}, track: {"array": "points"}}
     origin_ms = int(time.time() * 1000)
-    clients = [(doc, target, _js_writer(server, tok, doc, f"{doc}#{i}", stop, target, i, origin_ms))
-               for doc, target in docs.items() for i in range(2)]
+    clients = [
+        (doc, target, _js_writer(server, tok, doc, f"{doc}#{i}", stop, target, i, origin_ms))
+        for doc, target in docs.items()
+        for i in range(2)
+    ]
     try:
         for _, _, proc in clients:  # every client synced and about to write
             line = await asyncio.to_thread(proc.stdout.readline)
@@ -160,13 +187,23 @@ async def _live_migration(server, database_url, tmp_path):
 
             # down again with the CLI (in a thread: it blocks while the clients keep writing)
             env = {**os.environ, "WEBHOST_OPERATOR_TOKEN": op}
-            cli = [str(Path(sys.executable).parent / "webhost-sync"), "migrate-tenant", "--server", server.base_url,
-                   "--customer", str(cid), "--to", "multi_tenant"]
-            refused = await asyncio.to_thread(subprocess.run, cli, env=env, capture_output=True, text=True,
-                                              timeout=120, stdin=subprocess.DEVNULL)
+            cli = [
+                str(Path(sys.executable).parent / "webhost-sync"),
+                "migrate-tenant",
+                "--server",
+                server.base_url,
+                "--customer",
+                str(cid),
+                "--to",
+                "multi_tenant",
+            ]
+            refused = await asyncio.to_thread(
+                subprocess.run, cli, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+            )
             assert refused.returncode == 1 and "gps_positions: 120" in refused.stdout and "--yes" in refused.stderr
-            down = await asyncio.to_thread(subprocess.run, cli + ["--yes"], env=env, capture_output=True, text=True,
-                                           timeout=180)
+            down = await asyncio.to_thread(
+                subprocess.run, cli + ["--yes"], env=env, capture_output=True, text=True, timeout=180
+            )
             assert down.returncode == 0, down.stdout + down.stderr
             assert "switched: writes paused" in down.stdout
             # stderr is a pipe here: plain progress lines, every table's rows up to its total
@@ -223,15 +260,23 @@ async def _live_migration(server, database_url, tmp_path):
         assert final[name] == before[name], name
     said = [line for line in down.stdout.splitlines() if line.startswith("switched")]
     total = {doc: sum(end["maps"]["done"].values()) for doc, _, end in ends}
-    print(f"\nwrite pause: up (REST) {up['pause_ms']:.0f} ms; down (CLI) {said}; JS points written {total}; "
-          f"GPS rows materialized from the track meanwhile {points}")
+    print(
+        f"\nwrite pause: up (REST) {up['pause_ms']:.0f} ms; down (CLI) {said}; JS points written {total}; "
+        f"GPS rows materialized from the track meanwhile {points}"
+    )
     assert migs["pause_ms"] is not None
 
 
-def test_a_route_switched_on_one_node_reaches_the_other_nodes(server_env, redis_url, pg_admin_url, database_url,
-                                                              tmp_path):
-    env = {**server_env, "PROVISION_LOCAL_ADMIN_URL": pg_admin_url, "MIGRATION_CLEANUP_GRACE_SECONDS": "3600",
-           "REDIS_URL": redis_url, "REDIS_PREFIX": f"test-{secrets.token_hex(6)}:"}
+def test_a_route_switched_on_one_node_reaches_the_other_nodes(
+    server_env, redis_url, pg_admin_url, database_url, tmp_path
+):
+    env = {
+        **server_env,
+        "PROVISION_LOCAL_ADMIN_URL": pg_admin_url,
+        "MIGRATION_CLEANUP_GRACE_SECONDS": "3600",
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"test-{secrets.token_hex(6)}:",
+    }
     nodes = []
     try:
         for i in range(2):
@@ -282,8 +327,11 @@ async def _route_change(a: ServerProcess, b: ServerProcess, *, database_url: str
     await add(b, "made-on-b")
     conn = await asyncpg.connect(database_url)
     try:
-        dedicated = await conn.fetchval("SELECT database_url FROM deployments WHERE customer_id = $1 "
-                                        "AND status = 'active' AND mode = 'single_tenant'", cid)
+        dedicated = await conn.fetchval(
+            "SELECT database_url FROM deployments WHERE customer_id = $1 "
+            "AND status = 'active' AND mode = 'single_tenant'",
+            cid,
+        )
         assert not await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'")
     finally:
         await conn.close()

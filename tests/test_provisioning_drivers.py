@@ -1,5 +1,6 @@
 """Deployments through the flyio and hetzner drivers against a local HTTP server that checks every
 request; provisioning failures roll back and leave the deployment `failed` with its events."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,15 +26,25 @@ async def _settled(rt, dep_id):
 
 async def test_flyio_builds_app_volume_machine_then_decommission_deletes_them(database_url, tmp_path, pg_admin_url):
     with cloud_api.RecordingApi(cloud_api.fly()) as api:
-        async with provisioning_runtime(database_url, tmp_path, pg_admin_url, FLY_API_TOKEN="fly-secret",
-                                        FLY_API_URL=api.url, FLY_ORG="acme-org") as rt:
+        async with provisioning_runtime(
+            database_url, tmp_path, pg_admin_url, FLY_API_TOKEN="fly-secret", FLY_API_URL=api.url, FLY_ORG="acme-org"
+        ) as rt:
             cid = await tenants.seed_customer(database_url, gps_rows=1)
-            dep = await deployments.create(rt, customer_id=cid, mode="single_tenant", infrastructure="flyio",
-                                           region="fra", config={"name": "acme-db", "volume_gb": 20})
+            dep = await deployments.create(
+                rt,
+                customer_id=cid,
+                mode="single_tenant",
+                infrastructure="flyio",
+                region="fra",
+                config={"name": "acme-db", "volume_gb": 20},
+            )
             done = await _settled(rt, dep["id"])
             assert done["status"] == "active", done["error"]
-            assert api.calls() == [("POST", "/v1/apps"), ("POST", "/v1/apps/acme-db/volumes"),
-                                   ("POST", "/v1/apps/acme-db/machines")]
+            assert api.calls() == [
+                ("POST", "/v1/apps"),
+                ("POST", "/v1/apps/acme-db/volumes"),
+                ("POST", "/v1/apps/acme-db/machines"),
+            ]
             assert all(r["authorization"] == "Bearer fly-secret" for r in api.requests)
             app, volume, machine = (r["body"] for r in api.requests)
             assert app == {"app_name": "acme-db", "org_slug": "acme-org"}
@@ -47,17 +58,22 @@ async def test_flyio_builds_app_volume_machine_then_decommission_deletes_them(da
             assert "***" in deployments.public(done)["provisioned_url"]
             gone = await deployments.decommission(rt, dep["id"])
             assert gone["status"] == "decommissioned"
-            assert api.calls()[3:] == [("DELETE", "/v1/apps/acme-db/machines/m_456?force=true"),
-                                       ("DELETE", "/v1/apps/acme-db/volumes/vol_123"), ("DELETE", "/v1/apps/acme-db")]
+            assert api.calls()[3:] == [
+                ("DELETE", "/v1/apps/acme-db/machines/m_456?force=true"),
+                ("DELETE", "/v1/apps/acme-db/volumes/vol_123"),
+                ("DELETE", "/v1/apps/acme-db"),
+            ]
 
 
 async def test_flyio_failure_rolls_back_and_records_the_error(database_url, tmp_path, pg_admin_url):
     with cloud_api.RecordingApi(cloud_api.fly(fail_machine=True)) as api:
-        async with provisioning_runtime(database_url, tmp_path, pg_admin_url, FLY_API_TOKEN="t",
-                                        FLY_API_URL=api.url) as rt:
+        async with provisioning_runtime(
+            database_url, tmp_path, pg_admin_url, FLY_API_TOKEN="t", FLY_API_URL=api.url
+        ) as rt:
             cid = await tenants.seed_customer(database_url, gps_rows=1)
-            dep = await deployments.create(rt, customer_id=cid, mode="single_tenant", infrastructure="flyio",
-                                           config={"name": "acme-db"})
+            dep = await deployments.create(
+                rt, customer_id=cid, mode="single_tenant", infrastructure="flyio", config={"name": "acme-db"}
+            )
             done = await _settled(rt, dep["id"])
             assert done["status"] == "failed" and "no capacity" in done["error"]
             # what was made is removed: the volume and the app (no half-provisioned state)
@@ -71,18 +87,30 @@ async def test_flyio_failure_rolls_back_and_records_the_error(database_url, tmp_
 
 async def test_hetzner_builds_firewall_and_server(database_url, tmp_path, pg_admin_url):
     with cloud_api.RecordingApi(cloud_api.hetzner()) as api:
-        async with provisioning_runtime(database_url, tmp_path, pg_admin_url, HCLOUD_TOKEN="hz-secret",
-                                        HCLOUD_API_URL=api.url) as rt:
+        async with provisioning_runtime(
+            database_url, tmp_path, pg_admin_url, HCLOUD_TOKEN="hz-secret", HCLOUD_API_URL=api.url
+        ) as rt:
             cid = await tenants.seed_customer(database_url, gps_rows=1)
-            dep = await deployments.create(rt, customer_id=cid, mode="single_tenant", infrastructure="hetzner",
-                                           region="nbg1", config={"name": "acme", "allowed_ips": ["198.51.100.0/24"]})
+            dep = await deployments.create(
+                rt,
+                customer_id=cid,
+                mode="single_tenant",
+                infrastructure="hetzner",
+                region="nbg1",
+                config={"name": "acme", "allowed_ips": ["198.51.100.0/24"]},
+            )
             done = await _settled(rt, dep["id"])
             assert done["status"] == "active", done["error"]
             assert api.calls() == [("POST", "/firewalls"), ("POST", "/servers")]
             assert all(r["authorization"] == "Bearer hz-secret" for r in api.requests)
             fw, server = (r["body"] for r in api.requests)
-            assert {"direction": "in", "protocol": "tcp", "port": "5432", "source_ips": ["198.51.100.0/24"],
-                    "description": "PostgreSQL"} in fw["rules"]
+            assert {
+                "direction": "in",
+                "protocol": "tcp",
+                "port": "5432",
+                "source_ips": ["198.51.100.0/24"],
+                "description": "PostgreSQL",
+            } in fw["rules"]
             assert server["location"] == "nbg1" and server["firewalls"] == [{"firewall": 38}]
             assert server["server_type"] and server["image"] and "postgresql" in server["user_data"]
             assert "@203.0.113.7:5432/" in done["provisioned_url"]
@@ -113,8 +141,14 @@ async def test_local_deployment_one_active_per_customer_and_resume_after_crash(d
         assert done["status"] == "active" and done["provisioned_url"] and done["config"]["database_created"]
         # a crash mid-job: the row says provisioning and the database exists (recorded as ours);
         # on the next start the job resumes, skips CREATE DATABASE and finishes
-        await store.update(rt.db, dep["id"], cid, status="provisioning", provisioned_url=None,
-                           config={**done["config"], "database_created": False})
+        await store.update(
+            rt.db,
+            dep["id"],
+            cid,
+            status="provisioning",
+            provisioned_url=None,
+            config={**done["config"], "database_created": False},
+        )
     async with provisioning_runtime(database_url, tmp_path, pg_admin_url) as rt:
         resumed = await _settled(rt, dep["id"])
         assert resumed["status"] == "active" and resumed["provisioned_url"] == done["provisioned_url"]
@@ -132,7 +166,8 @@ async def test_plan_change_records_a_new_recommendation(database_url, tmp_path, 
         cid = await tenants.seed_customer(database_url, gps_rows=1, plan="hobby")
         await subscriptions.change_plan(rt, cid, "professional")
         recs = await store.recommendations(rt.db, cid)
-        assert [(r["trigger"], r["profile"]["plan"], r["profile"]["vehicles"], r["mode"]) for r in recs] == \
-            [("plan_changed", "professional", 3, "multi_tenant")]
+        assert [(r["trigger"], r["profile"]["plan"], r["profile"]["vehicles"], r["mode"]) for r in recs] == [
+            ("plan_changed", "professional", 3, "multi_tenant")
+        ]
         await subscriptions.change_plan(rt, cid, "professional")  # no change, no new evaluation
         assert len(await store.recommendations(rt.db, cid)) == 1

@@ -1,5 +1,6 @@
 """The runtime's background jobs: a finished job is forgotten at once (every room load and eviction
 is one), a running one is cancelled at shutdown, a failed one is logged."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """The server as operators run it: `webhost-sync serve`."""
+
 import signal
 import subprocess
 import time

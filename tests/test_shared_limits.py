@@ -1,4 +1,5 @@
 """The shared limits on a single node without Redis: counted in memory, same answers."""
+
 from __future__ import annotations
 
 import httpx
@@ -62,8 +63,10 @@ async def test_rest_rate_limit_without_redis(server_env, tmp_path):
 
         for _attempt in range(3):
             window = int(time.time() // 60)
-            codes = [httpx.get(node.base_url + "/api/v1/vehicles", headers={"Authorization": "Bearer x"},
-                               timeout=5) for _ in range(4)]
+            codes = [
+                httpx.get(node.base_url + "/api/v1/vehicles", headers={"Authorization": "Bearer x"}, timeout=5)
+                for _ in range(4)
+            ]
             if int(time.time() // 60) != window:
                 continue
             assert [r.status_code for r in codes] == [401, 401, 401, 429]
@@ -77,6 +80,7 @@ async def test_rest_rate_limit_without_redis(server_env, tmp_path):
 
 
 # -- the REST rate limit's window, against real Redis and in memory ---------------------------------
+
 
 @pytest.fixture(params=["redis", "memory"])
 async def rate_limit_of(request, redis_url):

@@ -1,5 +1,6 @@
 """Behaviour with the real JS client (npm yjs + y-websocket via client-examples/js), a real server
 process and real PostgreSQL."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,14 +21,16 @@ async def customer(database_url):
 
 
 def plan(server, customer, doc="fleet", steps=(), mode="rw", token=None, **extra) -> str:
-    return json.dumps({
-        "server": f"{server.ws_url}/sync/{customer.slug}",
-        "doc": doc,
-        "token": token if token is not None else sync_peers.token(TEST_SECRET, customer, mode=mode),
-        "read": {"maps": ["m"], "arrays": ["a"], "texts": ["t"]},
-        "steps": list(steps),
-        **extra,
-    })
+    return json.dumps(
+        {
+            "server": f"{server.ws_url}/sync/{customer.slug}",
+            "doc": doc,
+            "token": token if token is not None else sync_peers.token(TEST_SECRET, customer, mode=mode),
+            "read": {"maps": ["m"], "arrays": ["a"], "texts": ["t"]},
+            "steps": list(steps),
+            **extra,
+        }
+    )
 
 
 async def run_js(*args, **kwargs) -> dict:
@@ -49,17 +52,30 @@ async def wait_stored(database_url, customer, doc, check, timeout=60.0):
 
 
 async def test_two_clients_converge_on_map_array_and_text_and_late_joiner_gets_everything(server, customer):
-    a_steps = [{"op": "synced"}, {"op": "set", "map": "m", "key": "a", "value": 1},
-               {"op": "push", "array": "a", "values": ["from-a"]}, {"op": "insert", "text": "t", "index": 0,
-                                                                      "value": "hello "},
-               {"op": "waitKey", "map": "m", "key": "b"}, {"op": "waitText", "text": "t", "contains": "world"},
-               {"op": "set", "map": "m", "key": "a-done", "value": True}, {"op": "waitKey", "map": "m", "key": "b-done"}]
-    b_steps = [{"op": "synced"}, {"op": "set", "map": "m", "key": "b", "value": {"nested": [1, 2]}},
-               {"op": "push", "array": "a", "values": ["from-b"]}, {"op": "insert", "text": "t", "value": "world"},
-               {"op": "waitKey", "map": "m", "key": "a"}, {"op": "waitText", "text": "t", "contains": "hello"},
-               {"op": "set", "map": "m", "key": "b-done", "value": True}, {"op": "waitKey", "map": "m", "key": "a-done"}]
-    a, b = await asyncio.gather(run_js("peer.mjs", plan(server, customer, steps=a_steps)),
-                                run_js("peer.mjs", plan(server, customer, steps=b_steps)))
+    a_steps = [
+        {"op": "synced"},
+        {"op": "set", "map": "m", "key": "a", "value": 1},
+        {"op": "push", "array": "a", "values": ["from-a"]},
+        {"op": "insert", "text": "t", "index": 0, "value": "hello "},
+        {"op": "waitKey", "map": "m", "key": "b"},
+        {"op": "waitText", "text": "t", "contains": "world"},
+        {"op": "set", "map": "m", "key": "a-done", "value": True},
+        {"op": "waitKey", "map": "m", "key": "b-done"},
+    ]
+    b_steps = [
+        {"op": "synced"},
+        {"op": "set", "map": "m", "key": "b", "value": {"nested": [1, 2]}},
+        {"op": "push", "array": "a", "values": ["from-b"]},
+        {"op": "insert", "text": "t", "value": "world"},
+        {"op": "waitKey", "map": "m", "key": "a"},
+        {"op": "waitText", "text": "t", "contains": "hello"},
+        {"op": "set", "map": "m", "key": "b-done", "value": True},
+        {"op": "waitKey", "map": "m", "key": "a-done"},
+    ]
+    a, b = await asyncio.gather(
+        run_js("peer.mjs", plan(server, customer, steps=a_steps)),
+        run_js("peer.mjs", plan(server, customer, steps=b_steps)),
+    )
     assert a["maps"] == b["maps"]
     assert a["maps"]["m"]["b"] == {"nested": [1, 2]}
     assert sorted(a["arrays"]["a"]) == ["from-a", "from-b"] and a["arrays"] == b["arrays"]
@@ -70,10 +86,24 @@ async def test_two_clients_converge_on_map_array_and_text_and_late_joiner_gets_e
 
 async def test_offline_edits_on_two_phones_merge_after_reconnect(server, customer):
     tok = sync_peers.token(TEST_SECRET, customer, docs=["tracks/*"])
-    base = ["--server", f"{server.ws_url}/sync/{customer.slug}", "--token", tok, "--vehicle", "v7",
-            "--day", "2025-01-31", "--expect-notes", "2", "--offline-ms", "800"]
-    one, two = await asyncio.gather(run_js("mobile.mjs", *base, "--name", "phone-1", "--points", "30", "--seed", "0"),
-                                    run_js("mobile.mjs", *base, "--name", "phone-2", "--points", "25", "--seed", "7"))
+    base = [
+        "--server",
+        f"{server.ws_url}/sync/{customer.slug}",
+        "--token",
+        tok,
+        "--vehicle",
+        "v7",
+        "--day",
+        "2025-01-31",
+        "--expect-notes",
+        "2",
+        "--offline-ms",
+        "800",
+    ]
+    one, two = await asyncio.gather(
+        run_js("mobile.mjs", *base, "--name", "phone-1", "--points", "30", "--seed", "0"),
+        run_js("mobile.mjs", *base, "--name", "phone-2", "--points", "25", "--seed", "7"),
+    )
     assert one["points"] == two["points"] == 55
     assert sorted(one["ts"]) == sorted(two["ts"])
     assert one["notes"] == two["notes"] and set(one["notes"]) == {"phone-1", "phone-2"}
@@ -83,11 +113,24 @@ async def test_server_restart_loses_no_update_and_duplicates_nothing(server_env,
     srv = ServerProcess(server_env, log_path=tmp_path / "s1.log").start()
     try:
         # A writes and stays connected across the restart (it reconnects on its own).
-        writer = js_start("peer.mjs", plan(srv, customer, steps=[
-            {"op": "synced"}, {"op": "insert", "text": "t", "value": "hello"}, {"op": "pushMany", "array": "a",
-                                                                               "count": 200},
-            {"op": "flush"}, {"op": "print", "mark": "written"}, {"op": "waitReconnect"},
-            {"op": "insert", "text": "t", "value": " again"}, {"op": "flush"}, {"op": "sleep", "ms": 200}]))
+        writer = js_start(
+            "peer.mjs",
+            plan(
+                srv,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "insert", "text": "t", "value": "hello"},
+                    {"op": "pushMany", "array": "a", "count": 200},
+                    {"op": "flush"},
+                    {"op": "print", "mark": "written"},
+                    {"op": "waitReconnect"},
+                    {"op": "insert", "text": "t", "value": " again"},
+                    {"op": "flush"},
+                    {"op": "sleep", "ms": 200},
+                ],
+            ),
+        )
         line = await asyncio.to_thread(writer.stdout.readline)
         assert json.loads(line)["mark"] == "written"
         srv.stop()  # SIGTERM: flush, close 1001
@@ -106,16 +149,38 @@ async def test_server_restart_loses_no_update_and_duplicates_nothing(server_env,
 
 
 async def test_awareness_reaches_new_joiner_at_once_and_killed_client_presence_is_removed(server, customer):
-    holder = js_start("peer.mjs", plan(server, customer, steps=[
-        {"op": "synced"}, {"op": "awareness", "state": {"user": "holder"}}, {"op": "flush"},
-        {"op": "print", "mark": "present"}, {"op": "sleep", "ms": 600000}]))
+    holder = js_start(
+        "peer.mjs",
+        plan(
+            server,
+            customer,
+            steps=[
+                {"op": "synced"},
+                {"op": "awareness", "state": {"user": "holder"}},
+                {"op": "flush"},
+                {"op": "print", "mark": "present"},
+                {"op": "sleep", "ms": 600000},
+            ],
+        ),
+    )
     try:
         line = await asyncio.to_thread(holder.stdout.readline)
         assert json.loads(line)["mark"] == "present"
-        watcher = js_start("peer.mjs", plan(server, customer, steps=[
-            {"op": "synced"}, {"op": "print", "mark": "joined"}, {"op": "awareness", "state": {"user": "watcher"}},
-            {"op": "waitPresence", "count": 1}, {"op": "print", "mark": "ready"},
-            {"op": "waitPresenceAtMost", "count": 0}]))
+        watcher = js_start(
+            "peer.mjs",
+            plan(
+                server,
+                customer,
+                steps=[
+                    {"op": "synced"},
+                    {"op": "print", "mark": "joined"},
+                    {"op": "awareness", "state": {"user": "watcher"}},
+                    {"op": "waitPresence", "count": 1},
+                    {"op": "print", "mark": "ready"},
+                    {"op": "waitPresenceAtMost", "count": 0},
+                ],
+            ),
+        )
         joined = json.loads(await asyncio.to_thread(watcher.stdout.readline))
         # The holder's presence came with the initial sync, not with its next 15 s renewal.
         assert [p["state"] for p in joined["presence"]] == [{"user": "holder"}]
@@ -133,8 +198,10 @@ async def test_awareness_reaches_new_joiner_at_once_and_killed_client_presence_i
 
 
 async def test_bad_token_is_refused_4401_and_the_client_stops(server, customer):
-    out = await run_js("peer.mjs", plan(server, customer, token="wst1.bogus.token", steps=[
-        {"op": "waitClosed"}, {"op": "sleep", "ms": 1500}]))
+    out = await run_js(
+        "peer.mjs",
+        plan(server, customer, token="wst1.bogus.token", steps=[{"op": "waitClosed"}, {"op": "sleep", "ms": 1500}]),
+    )
     assert out["closed"]["code"] == 4401
     assert out["connects"] == 1, out["events"]  # no reconnect loop
     assert [e.get("close") for e in out["events"] if "close" in e] == [4401]
@@ -142,11 +209,28 @@ async def test_bad_token_is_refused_4401_and_the_client_stops(server, customer):
 
 
 async def test_read_only_token_cannot_change_the_document(server, customer, database_url):
-    await run_js("peer.mjs", plan(server, customer, steps=[
-        {"op": "synced"}, {"op": "set", "map": "m", "key": "owner", "value": "rw"}, {"op": "flush"}]))
-    ro = await run_js("peer.mjs", plan(server, customer, mode="r", steps=[
-        {"op": "synced"}, {"op": "set", "map": "m", "key": "intruder", "value": "r"}, {"op": "flush"},
-        {"op": "sleep", "ms": 300}]))
+    await run_js(
+        "peer.mjs",
+        plan(
+            server,
+            customer,
+            steps=[{"op": "synced"}, {"op": "set", "map": "m", "key": "owner", "value": "rw"}, {"op": "flush"}],
+        ),
+    )
+    ro = await run_js(
+        "peer.mjs",
+        plan(
+            server,
+            customer,
+            mode="r",
+            steps=[
+                {"op": "synced"},
+                {"op": "set", "map": "m", "key": "intruder", "value": "r"},
+                {"op": "flush"},
+                {"op": "sleep", "ms": 300},
+            ],
+        ),
+    )
     assert ro["maps"]["m"]["owner"] == "rw"  # it reads
     fresh = await run_js("peer.mjs", plan(server, customer, steps=[{"op": "synced"}]))
     assert fresh["maps"]["m"] == {"owner": "rw"}
@@ -155,22 +239,35 @@ async def test_read_only_token_cannot_change_the_document(server, customer, data
 
 
 async def test_3000_updates_right_before_the_last_client_leaves_are_all_stored(server, customer, database_url):
-    await run_js("peer.mjs", plan(server, customer, doc="burst3k", steps=[
-        {"op": "synced"}, {"op": "pushMany", "array": "a", "count": 3000}]))
+    await run_js(
+        "peer.mjs",
+        plan(
+            server, customer, doc="burst3k", steps=[{"op": "synced"}, {"op": "pushMany", "array": "a", "count": 3000}]
+        ),
+    )
     import pycrdt
 
     await wait_stored(database_url, customer, "burst3k", lambda d: len(d.get("a", type=pycrdt.Array)) == 3000)
 
 
 async def test_burst_of_150000_updates_loses_none(server, customer, database_url):
-    out = await run_js("peer.mjs", plan(server, customer, doc="burst150k", read={"maps": ["m"], "lengthsOnly": True},
-                                        steps=[{"op": "synced"}, {"op": "setMany", "map": "m", "count": 150000},
-                                               {"op": "flush"}]), timeout=600)
+    out = await run_js(
+        "peer.mjs",
+        plan(
+            server,
+            customer,
+            doc="burst150k",
+            read={"maps": ["m"], "lengthsOnly": True},
+            steps=[{"op": "synced"}, {"op": "setMany", "map": "m", "count": 150000}, {"op": "flush"}],
+        ),
+        timeout=600,
+    )
     assert out["mapSizes"]["m"] == 150000
     import pycrdt
 
-    stored = await wait_stored(database_url, customer, "burst150k",
-                               lambda d: len(d.get("m", type=pycrdt.Map)) == 150000, timeout=300)
+    stored = await wait_stored(
+        database_url, customer, "burst150k", lambda d: len(d.get("m", type=pycrdt.Map)) == 150000, timeout=300
+    )
     assert stored.get("m", type=pycrdt.Map)["k149999"] == 149999
 
 

@@ -1,5 +1,6 @@
 """The websocket endpoint at protocol level (a raw peer on `websockets`, real server, real PostgreSQL):
 handshake order, refusals, malformed input closing only the sender, awareness bookkeeping."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,15 @@ def shared(pg_admin_url, migrated_template, tmp_path_factory):
 
     db_url = asyncio.run(migrated_template.clone())
     tmp = tmp_path_factory.mktemp("sync-protocol")
-    proc = ServerProcess({"DATABASE_URL": db_url, "DATA_DIR": str(tmp / "data"), "SECRET_KEY": TEST_SECRET,
-                          "SYNC_MAX_MESSAGE_BYTES": "65536"}, log_path=tmp / "server.log").start()
+    proc = ServerProcess(
+        {
+            "DATABASE_URL": db_url,
+            "DATA_DIR": str(tmp / "data"),
+            "SECRET_KEY": TEST_SECRET,
+            "SYNC_MAX_MESSAGE_BYTES": "65536",
+        },
+        log_path=tmp / "server.log",
+    ).start()
     yield proc, db_url
     proc.stop()
     asyncio.run(databases.drop_database(pg_admin_url, db_url))
@@ -86,20 +94,23 @@ async def _other_room_still_works(server, customer):
     await b.close()
 
 
-@pytest.mark.parametrize("frame, code", [
-    (b"\xff\xfe garbage", 4400),                       # garbage
-    (b"\x00\x07\x01\x00", 4400),                       # unknown sync sub-type
-    (b"", 4400),                                       # empty binary frame
-    ("a text frame", 4400),                            # text frames are not y-websocket
-    (bytes((0, 2, 50)) + b"short", 4400),              # truncated update (length says 50)
-    (bytes((0, 2, 5)) + b"\xff\xff\xff\xff\xff", 4400),  # not a Yjs update
-    (bytes((1, 3, 1, 1)), 4400),                       # truncated awareness
-    (protocol.awareness_frame([(7, 1, "[1,2]")]), 4400),  # awareness state not an object
-    (protocol.awareness_frame([(7, 1, '{"x": NaN}')]), 4400),  # not JSON for JSON.parse: never relayed
-    (protocol.awareness_frame([(7, 1, '{"x": [-Infinity]}')]), 4400),
-    (bytes((1,)) + protocol.var_uint(9) + protocol.var_uint(1) + b"\x07\x01\x05{bad}", 4400),  # bad JSON
-    (b"\x00\x02" + protocol.var_uint(70_000) + b"\x00" * 70_000, 1009),  # over SYNC_MAX_MESSAGE_BYTES
-])
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"\xff\xfe garbage", 4400),  # garbage
+        (b"\x00\x07\x01\x00", 4400),  # unknown sync sub-type
+        (b"", 4400),  # empty binary frame
+        ("a text frame", 4400),  # text frames are not y-websocket
+        (bytes((0, 2, 50)) + b"short", 4400),  # truncated update (length says 50)
+        (bytes((0, 2, 5)) + b"\xff\xff\xff\xff\xff", 4400),  # not a Yjs update
+        (bytes((1, 3, 1, 1)), 4400),  # truncated awareness
+        (protocol.awareness_frame([(7, 1, "[1,2]")]), 4400),  # awareness state not an object
+        (protocol.awareness_frame([(7, 1, '{"x": NaN}')]), 4400),  # not JSON for JSON.parse: never relayed
+        (protocol.awareness_frame([(7, 1, '{"x": [-Infinity]}')]), 4400),
+        (bytes((1,)) + protocol.var_uint(9) + protocol.var_uint(1) + b"\x07\x01\x05{bad}", 4400),  # bad JSON
+        (b"\x00\x02" + protocol.var_uint(70_000) + b"\x00" * 70_000, 1009),  # over SYNC_MAX_MESSAGE_BYTES
+    ],
+)
 async def test_bad_frames_close_only_the_sender(server, customer, frame, code):
     tok = sync_peers.token(TEST_SECRET, customer)
     bystander = await RawPeer.connect(url(server, customer, token=tok))
@@ -117,8 +128,12 @@ async def test_bad_frames_close_only_the_sender(server, customer, frame, code):
     assert await bystander.recv() == protocol.update_frame(src.get_update())
     await _other_room_still_works(server, customer)
     logged = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
-    assert any(e["event"] in ("sync_malformed", "sync_frame_too_big") and e.get("customer_id") == customer.id
-               and e.get("room") == "fleet" for e in logged)  # logged with tenant and room
+    assert any(
+        e["event"] in ("sync_malformed", "sync_frame_too_big")
+        and e.get("customer_id") == customer.id
+        and e.get("room") == "fleet"
+        for e in logged
+    )  # logged with tenant and room
 
 
 async def test_unknown_message_types_are_ignored(server, customer):
@@ -148,10 +163,18 @@ async def test_malformed_awareness_is_never_relayed(server, customer):
             break
 
 
-@pytest.mark.parametrize("case, code", [
-    ("missing", 4401), ("garbage", 4401), ("expired", 4401), ("other_doc", 4403), ("other_customer", 4403),
-    ("suspended", 4403), ("bad_path", 4400),
-])
+@pytest.mark.parametrize(
+    "case, code",
+    [
+        ("missing", 4401),
+        ("garbage", 4401),
+        ("expired", 4401),
+        ("other_doc", 4403),
+        ("other_customer", 4403),
+        ("suspended", 4403),
+        ("bad_path", 4400),
+    ],
+)
 async def test_refusals(server, customer, database_url, case, code):
     doc = "fleet"
     tok = sync_peers.token(TEST_SECRET, customer)
@@ -164,8 +187,14 @@ async def test_refusals(server, customer, database_url, case, code):
 
         from sync_server.domain.accounts import sync_tokens
 
-        tok = sync_tokens.mint(TEST_SECRET, customer_id=customer.id, customer_slug=customer.slug, docs=["*"],
-                               ttl_seconds=1, now=time.time() - 10)[0]
+        tok = sync_tokens.mint(
+            TEST_SECRET,
+            customer_id=customer.id,
+            customer_slug=customer.slug,
+            docs=["*"],
+            ttl_seconds=1,
+            now=time.time() - 10,
+        )[0]
     elif case == "other_doc":
         tok = sync_peers.token(TEST_SECRET, customer, docs=["tracks/*"])
     elif case == "other_customer":
@@ -239,18 +268,27 @@ async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database
 
     from .support.server import ServerProcess
 
-    node = ServerProcess({"DATABASE_URL": database_url, "DATA_DIR": str(tmp_path / "data"), "SECRET_KEY": TEST_SECRET,
-                          "SYNC_MAX_MESSAGE_BYTES": str(1024 * 1024), "SYNC_SEND_QUEUE_BYTES": str(2 * 1024 * 1024),
-                          "TRACKING_READERS": "0",
-                          # no compaction mid-test (it reads the log: memory that is not the queue's)
-                          "COMPACT_AFTER_BYTES": str(2**40), "COMPACT_AFTER_UPDATES": "10000000"},
-                         log_path=tmp_path / "node.log").start()
+    node = ServerProcess(
+        {
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(tmp_path / "data"),
+            "SECRET_KEY": TEST_SECRET,
+            "SYNC_MAX_MESSAGE_BYTES": str(1024 * 1024),
+            "SYNC_SEND_QUEUE_BYTES": str(2 * 1024 * 1024),
+            "TRACKING_READERS": "0",
+            # no compaction mid-test (it reads the log: memory that is not the queue's)
+            "COMPACT_AFTER_BYTES": str(2**40),
+            "COMPACT_AFTER_UPDATES": "10000000",
+        },
+        log_path=tmp_path / "node.log",
+    ).start()
     key = await sync_peers.create_api_key(database_url, customer, ["sync:write"])
     try:
         # Reads nothing once its client buffer (one frame) is full: the kernel buffers fill, then the
         # server's writes to it block and its send queue grows.
-        stalled = await websockets.connect(url(node, customer, token=sync_peers.token(TEST_SECRET, customer)),
-                                           max_size=None, max_queue=1)
+        stalled = await websockets.connect(
+            url(node, customer, token=sync_peers.token(TEST_SECRET, customer)), max_size=None, max_queue=1
+        )
         src = pycrdt.Doc()
         src["m"] = blob = pycrdt.Map()
         updates = []
@@ -258,8 +296,10 @@ async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database
             before = src.get_state()
             blob["blob"] = os.urandom(200_000)  # overwrites one key: the room's document stays small
             updates.append(src.get_update(before))
-        async with httpx.AsyncClient(base_url=node.base_url, timeout=30,
-                                     headers={"Authorization": f"Bearer {key}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=node.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
+
             async def post(update: bytes) -> None:
                 # answered once durable: the writer never outruns the update log, only the reader lags
                 r = await http.post("/api/v1/docs/fleet/updates", content=update)

@@ -1,5 +1,6 @@
 """The room layer in-process against real PostgreSQL: single-flight load, hooks, pausing a
 customer's writes while it moves database, closing a customer's peers, eviction only when durable."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,9 @@ def _update(key: str, value) -> bytes:
 
 @pytest.fixture
 async def core(database_url):
-    registry = await DatabaseRegistry(Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=5)).open()
+    registry = await DatabaseRegistry(
+        Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=5)
+    ).open()
     log = UpdateLog(registry, window=0.005)
     log.start()
     rooms = RoomRegistry(evict_after=0.05)
@@ -65,8 +68,10 @@ async def test_many_simultaneous_gets_load_once_and_hooks_see_applied_changes(co
     local = _update("a", 1)
     await room.apply(local)
     await room.apply_remote(_update("b", 2))
-    assert [(c[0], c[3]) for c in rec.changes] == [("tracks/v1/2025-01-31", {"a": 1.0}),
-                                                    ("tracks/v1/2025-01-31", {"a": 1.0, "b": 2.0})]
+    assert [(c[0], c[3]) for c in rec.changes] == [
+        ("tracks/v1/2025-01-31", {"a": 1.0}),
+        ("tracks/v1/2025-01-31", {"a": 1.0, "b": 2.0}),
+    ]
     assert rec.changes[1][2] is REMOTE
     await log.flush(customer.id)
     count, _, rows = await sync_peers.stored_updates(database_url, customer, "tracks/v1/2025-01-31")
@@ -109,8 +114,9 @@ async def test_paused_holds_writes_and_resumes_into_the_database_resolved_then(c
             # The move: copy the customer row, then route it to the dedicated database.
             conn = await asyncpg.connect(dedicated)
             try:
-                await conn.execute("INSERT INTO customers (id, slug, name) VALUES ($1, $2, 'x')",
-                                   customer.id, customer.slug)
+                await conn.execute(
+                    "INSERT INTO customers (id, slug, name) VALUES ($1, $2, 'x')", customer.id, customer.slug
+                )
             finally:
                 await conn.close()
             await registry.route(customer.id, dedicated)

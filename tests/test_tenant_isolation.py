@@ -1,4 +1,5 @@
 """PostgreSQL itself keeps tenants apart, even when code forgets to scope a query."""
+
 import datetime as dt
 import uuid
 
@@ -14,8 +15,11 @@ async def _customer(db, slug):
 async def test_app_role_cannot_bypass_rls(db):
     async with db.platform() as conn:
         role = await conn.fetchrow(
-            "SELECT current_user AS who, r.rolsuper, r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user")
-        owns = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tableowner=current_user")
+            "SELECT current_user AS who, r.rolsuper, r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user"
+        )
+        owns = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tableowner=current_user"
+        )
     assert role["who"] == "webhost_app"
     assert not role["rolsuper"] and not role["rolbypassrls"]
     assert owns == 0
@@ -27,7 +31,9 @@ async def test_query_without_customer_sees_no_rows(db):
         await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1')", a)
         await conn.execute(
             "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) "
-            "SELECT $1, id, now(), 1, 1 FROM vehicles", a)
+            "SELECT $1, id, now(), 1, 1 FROM vehicles",
+            a,
+        )
     async with db.platform() as conn:  # no customer set: "code forgot"
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
         assert await conn.fetchval("SELECT count(*) FROM gps_positions") == 0
@@ -66,7 +72,9 @@ async def test_authentication_lookups_find_only_what_they_must(db):
     async with db.tenant(a) as conn:
         await conn.execute(
             "INSERT INTO api_keys (customer_id, prefix, key_hash, permissions) VALUES ($1, 'whk_live_ab', $2, '{admin}')",
-            a, key_hash)
+            a,
+            key_hash,
+        )
     async with db.platform() as conn:
         row = await conn.fetchrow("SELECT * FROM webhost_find_api_key($1)", key_hash)
         assert row["customer_id"] == a and row["customer_slug"] == "alpha"
@@ -107,23 +115,33 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
     b = await _customer(db, "bravo")
     async with db.tenant(a) as conn:
         vid = await conn.fetchval(
-            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1') RETURNING id", a)
-        await conn.execute("INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, now(), 1, 1)",
-                           a, vid)
+            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', 'v1') RETURNING id", a
+        )
+        await conn.execute(
+            "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, now(), 1, 1)", a, vid
+        )
         await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x00')", a)
         await conn.execute(
             "INSERT INTO api_keys (customer_id, prefix, key_hash, permissions) VALUES ($1, 'whk_live_cd', $2, '{admin}')",
-            a, uuid.uuid4().bytes)
+            a,
+            uuid.uuid4().bytes,
+        )
     async with db.operator("test_setup") as conn:
-        tables = [r["t"] for r in await conn.fetch(
-            "SELECT c.oid::regclass::text AS t FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
-            "WHERE p.polname = 'tenant_isolation' ORDER BY 1")]
+        tables = [
+            r["t"]
+            for r in await conn.fetch(
+                "SELECT c.oid::regclass::text AS t FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+                "WHERE p.polname = 'tenant_isolation' ORDER BY 1"
+            )
+        ]
         seen_by_operator = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
     assert seen_by_operator["vehicles"] == 1 and seen_by_operator["customers"] == 2 and len(tables) > 15
-    for widen in ("SELECT set_config('app.operator', 'on', true)",
-                  f"SELECT set_config('app.customer_id', '{a}', true)",
-                  f"SELECT set_config('app.scope', 'tenant|{a}|9999999999|{'0' * 64}', true)",
-                  "SELECT set_config('app.scope', 'operator|*|9999999999|' || repeat('0', 64), true)"):
+    for widen in (
+        "SELECT set_config('app.operator', 'on', true)",
+        f"SELECT set_config('app.customer_id', '{a}', true)",
+        f"SELECT set_config('app.scope', 'tenant|{a}|9999999999|{'0' * 64}', true)",
+        "SELECT set_config('app.scope', 'operator|*|9999999999|' || repeat('0', 64), true)",
+    ):
         async with db.tenant(b) as conn:
             await conn.execute(widen)
             for t in tables:

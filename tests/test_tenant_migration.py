@@ -1,5 +1,6 @@
 """Live tenant migration in-process against real PostgreSQL: shared -> dedicated -> shared with a
 writer adding GPS rows the whole time; counts and checksums; retention on the way down; failures."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,7 +53,10 @@ class GpsWriter:
             async with db.tenant(self.cid) as conn:
                 await conn.execute(
                     "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, $3, 1, 2)",
-                    self.cid, self.vehicle_id, self.base + dt.timedelta(milliseconds=self.committed))
+                    self.cid,
+                    self.vehicle_id,
+                    self.base + dt.timedelta(milliseconds=self.committed),
+                )
             self.committed += 1
             await asyncio.sleep(0.002)
 
@@ -73,8 +77,9 @@ def test_every_table_with_customer_data_is_classified(database_url):
         finally:
             await conn.close()
         moved = {t.name for t in tenant_data.TENANT_TABLES}
-        assert found - moved - tenant_data.CONTROL_PLANE_TABLES == set(), \
+        assert found - moved - tenant_data.CONTROL_PLANE_TABLES == set(), (
             "classify new tables in storage/tenant_data.py (moved with the customer, or control plane)"
+        )
         assert moved & tenant_data.CONTROL_PLANE_TABLES == {"customers"}
 
     asyncio.run(check())
@@ -102,8 +107,17 @@ async def test_shared_to_dedicated_to_shared_with_live_writes(rt, database_url, 
     after_up = await tenants.snapshot(dedicated_url, cid)
     expected_gps = 50_120 + writer.committed
     assert after_up["gps_positions"]["rows"] == expected_gps
-    for name in ("vehicles", "geofences", "drivers", "doc_updates", "doc_snapshots", "geofence_events",
-                 "vehicle_positions_latest", "usage_metrics", "customers"):
+    for name in (
+        "vehicles",
+        "geofences",
+        "drivers",
+        "doc_updates",
+        "doc_snapshots",
+        "geofence_events",
+        "vehicle_positions_latest",
+        "usage_metrics",
+        "customers",
+    ):
         assert after_up[name] == before[name], name
     # the checksums recorded at the switch are the source's, and the target matched them
     assert done["tables"]["vehicles"] == before["vehicles"]
@@ -114,14 +128,19 @@ async def test_shared_to_dedicated_to_shared_with_live_writes(rt, database_url, 
     assert shared_now["customers"]["rows"] == 1  # the control-plane row stays (now single_tenant)
     events = await store.events(rt.db, cid)
     steps = {(e["step"], e["status"]) for e in events}
-    assert {("migration_copy", "progress"), ("migration_switch", "succeeded"),
-            ("migration_cleanup", "succeeded"), ("create_database", "succeeded")} <= steps
+    assert {
+        ("migration_copy", "progress"),
+        ("migration_switch", "succeeded"),
+        ("migration_cleanup", "succeeded"),
+        ("create_database", "succeeded"),
+    } <= steps
     # the target's sequences moved past the copied ids: a new document update gets a larger seq
     db = await rt.registry.for_customer(cid)
     async with db.tenant(cid) as conn:
         top = await conn.fetchval("SELECT max(seq) FROM doc_updates")
-        new = await conn.fetchval("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x01') "
-                                  "RETURNING seq", cid)
+        new = await conn.fetchval(
+            "INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x01') RETURNING seq", cid
+        )
     assert new > top
 
     # --- down: dedicated -> shared on hobby (30 days): the 40-day-old rows stay behind ----------
@@ -150,7 +169,9 @@ async def test_shared_to_dedicated_to_shared_with_live_writes(rt, database_url, 
     assert dep2["status"] == "decommissioned" and dep2["database_url"] is None
     conn = await asyncpg.connect(pg_admin_url)
     try:
-        assert not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", dep2["config"]["dropped_database"])
+        assert not await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", dep2["config"]["dropped_database"]
+        )
     finally:
         await conn.close()
     async with rt.db.tenant(cid) as conn:
@@ -167,8 +188,9 @@ async def test_existing_database_fails_the_deployment_and_the_customer_stays_ser
     finally:
         await conn.close()
     try:
-        dep = await provisioning.deployments.create(rt, customer_id=cid, mode="single_tenant", infrastructure="local",
-                                                    config={"database_name": name})
+        dep = await provisioning.deployments.create(
+            rt, customer_id=cid, mode="single_tenant", infrastructure="local", config={"database_name": name}
+        )
         for _ in range(200):
             row = await store.get(rt.db, dep["id"])
             if row["status"] != "provisioning":

@@ -1,5 +1,6 @@
 """The track reader's DocReader: whatever path it takes (an append read as JSON, anything else
 through pycrdt's delta), its chunks equal decoding every inserted element in observed order."""
+
 from __future__ import annotations
 
 import random
@@ -14,9 +15,18 @@ from sync_server.domain.tracking.track_reader import DocReader, read_state
 def _element(rng: random.Random, i: int):
     roll = rng.random()
     if roll < 0.03:
-        return rng.choice([True, "x", 7, None, {"t": "2026-11-29T10:00:00Z", "lat": 1.0, "lng": 2.0},
-                           {"lat": 1.0}, {"t": 1e400, "lat": 1.0, "lng": 2.0}, {"t": 1.0, "lat": 1.0, "lng": 2.0,
-                                                                                  "speed": False}])
+        return rng.choice(
+            [
+                True,
+                "x",
+                7,
+                None,
+                {"t": "2026-11-29T10:00:00Z", "lat": 1.0, "lng": 2.0},
+                {"lat": 1.0},
+                {"t": 1e400, "lat": 1.0, "lng": 2.0},
+                {"t": 1.0, "lat": 1.0, "lng": 2.0, "speed": False},
+            ]
+        )
     fix = {"t": 1_700_000_000_000 + i * 1000, "lat": 52.5 + rng.uniform(-1, 1), "lng": rng.choice([13, 13.4])}
     for name in ("speed", "heading", "accuracy", "alt"):
         if rng.random() < 0.7:
@@ -27,8 +37,11 @@ def _element(rng: random.Random, i: int):
 
 
 def _same(a: Chunk, b: Chunk) -> bool:
-    return (a.first, a.count, a.malformed) == (b.first, b.count, b.malformed) and np.array_equal(a.index, b.index) \
+    return (
+        (a.first, a.count, a.malformed) == (b.first, b.count, b.malformed)
+        and np.array_equal(a.index, b.index)
         and all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a.fixes, b.fixes))
+    )
 
 
 def test_chunks_equal_decoding_every_inserted_element_in_observed_order(monkeypatch):
@@ -53,12 +66,16 @@ def test_chunks_equal_decoding_every_inserted_element_in_observed_order(monkeypa
         reader = DocReader(copy_points, chunks.append)
         observed: list = []  # the reference: pycrdt's delta, in observed order
         subscription = copy_points.integrated.observe(  # kept: a dropped subscription stops observing
-            lambda event, observed=observed: observed.extend(x for c in event.delta if "insert" in c for x in c["insert"]))
+            lambda event, observed=observed: observed.extend(
+                x for c in event.delta if "insert" in c for x in c["insert"]
+            )
+        )
         n = 0
         for _ in range(8):
             size = rng.choice([1, 3, 50, 400, 2_000])
-            batch = [_element(rng, n + k) if not clean else {"t": float(n + k), "lat": 1.0, "lng": 2.0}
-                     for k in range(size)]
+            batch = [
+                _element(rng, n + k) if not clean else {"t": float(n + k), "lat": 1.0, "lng": 2.0} for k in range(size)
+            ]
             n += size
             with source.transaction():
                 if rng.random() < 0.3 and len(points):  # an insert before the end (a second writer)

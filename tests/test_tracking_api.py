@@ -1,4 +1,5 @@
 """Tracking REST against a real server: paging, exports, latest, events, summary, usage, retention."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,16 @@ START = dt.datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - dt.timedel
 def fixes(n: int) -> list[dict]:
     """Yesterday from 10:00, one fix a minute going east, speeds 0..n-1 m/s."""
     base = START + dt.timedelta(hours=10)
-    return [{"t": (base + dt.timedelta(minutes=i)).isoformat(), "lat": 52.5, "lng": 13.40 + i * 0.002,
-             "speed": float(i), "alt": 30.0} for i in range(n)]
+    return [
+        {
+            "t": (base + dt.timedelta(minutes=i)).isoformat(),
+            "lat": 52.5,
+            "lng": 13.40 + i * 0.002,
+            "speed": float(i),
+            "alt": 30.0,
+        }
+        for i in range(n)
+    ]
 
 
 async def _materialized(db, n=25, geofence=True):
@@ -51,7 +60,9 @@ async def test_positions_json_cursor_paging(db, server):
     async with httpx.AsyncClient(base_url=server.base_url, headers=_h(key)) as http:
         cursor = None
         while True:
-            r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**params, **({"cursor": cursor} if cursor else {})})
+            r = await http.get(
+                f"/api/v1/vehicles/{vid}/positions", params={**params, **({"cursor": cursor} if cursor else {})}
+            )
             assert r.status_code == 200, r.text
             body = r.json()
             seen += [p["time"] for p in body["data"]]
@@ -61,15 +72,23 @@ async def test_positions_json_cursor_paging(db, server):
                 break
         assert pages == 3 and len(seen) == 25 and seen == sorted(seen) and len(set(seen)) == 25
         first = (await http.get(f"/api/v1/vehicles/{vid}/positions", params=params)).json()["data"][0]
-        assert first == {"time": (START + dt.timedelta(hours=10)).isoformat().replace("+00:00", "Z"), "lat": 52.5,
-                         "lng": 13.4, "speed": 0.0, "heading": None, "accuracy": None, "altitude": 30.0}
+        assert first == {
+            "time": (START + dt.timedelta(hours=10)).isoformat().replace("+00:00", "Z"),
+            "lat": 52.5,
+            "lng": 13.4,
+            "speed": 0.0,
+            "heading": None,
+            "accuracy": None,
+            "altitude": 30.0,
+        }
         # bad input: unknown field, bad cursor, reversed range, unknown vehicle, no key
         r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={"colour": "red"})
         assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == "colour"
         r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={"cursor": "nope"})
         assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == "cursor"
-        r = await http.get(f"/api/v1/vehicles/{vid}/positions",
-                           params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"})
+        r = await http.get(
+            f"/api/v1/vehicles/{vid}/positions", params={"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"}
+        )
         assert r.status_code == 422
         r = await http.get(f"/api/v1/vehicles/{cid}/positions")
         assert r.status_code == 404
@@ -100,8 +119,9 @@ async def test_exports_geojson_csv_gpx(db, server):
         # an export page: X-Next-Cursor continues where the limit stopped
         r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "csv", "limit": "20"})
         assert len(r.text.strip().splitlines()) == 21
-        r2 = await http.get(f"/api/v1/vehicles/{vid}/positions",
-                            params={**rng, "format": "csv", "cursor": r.headers["X-Next-Cursor"]})
+        r2 = await http.get(
+            f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "csv", "cursor": r.headers["X-Next-Cursor"]}
+        )
         assert len(r2.text.strip().splitlines()) == 6 and "X-Next-Cursor" not in r2.headers
 
 
@@ -115,8 +135,10 @@ async def test_latest_events_summary_and_usage(db, server):
         events = []
         cursor = None
         while True:
-            r = await http.get("/api/v1/geofence-events", params={"vehicle_id": str(vid), "limit": "1",
-                                                                  **({"cursor": cursor} if cursor else {})})
+            r = await http.get(
+                "/api/v1/geofence-events",
+                params={"vehicle_id": str(vid), "limit": "1", **({"cursor": cursor} if cursor else {})},
+            )
             body = r.json()
             events += body["data"]
             cursor = body["next_cursor"]
@@ -125,20 +147,34 @@ async def test_latest_events_summary_and_usage(db, server):
         base = START + dt.timedelta(hours=10)
         assert [(e["event"], e["time"], e["geofence_name"]) for e in events] == [
             ("enter", (base + dt.timedelta(minutes=3)).isoformat().replace("+00:00", "Z"), "depot"),
-            ("exit", (base + dt.timedelta(minutes=8)).isoformat().replace("+00:00", "Z"), "depot")]
+            ("exit", (base + dt.timedelta(minutes=8)).isoformat().replace("+00:00", "Z"), "depot"),
+        ]
 
-        r = await http.get(f"/api/v1/vehicles/{vid}/daily-summary",
-                           params={"from": START.date().isoformat(), "to": TODAY.isoformat()})
+        r = await http.get(
+            f"/api/v1/vehicles/{vid}/daily-summary", params={"from": START.date().isoformat(), "to": TODAY.isoformat()}
+        )
         yesterday, today = r.json()["data"]
         expected = sum(geodesic(52.5, 13.40 + i * 0.002, 52.5, 13.40 + (i + 1) * 0.002) for i in range(24))
         assert yesterday["points"] == 25 and abs(yesterday["distance_m"] - expected) < 0.5
-        assert yesterday["max_speed"] == 24.0 and today == {"day": TODAY.isoformat(), "points": 0,
-                                                            "distance_m": 0.0, "max_speed": None,
-                                                            "first_fix": None, "last_fix": None}
+        assert yesterday["max_speed"] == 24.0 and today == {
+            "day": TODAY.isoformat(),
+            "points": 0,
+            "distance_m": 0.0,
+            "max_speed": None,
+            "first_fix": None,
+            "last_fix": None,
+        }
 
         usage = (await http.get("/api/v1/tracking/usage", params={"day": START.date().isoformat()})).json()
-        assert usage == {"day": START.date().isoformat(), "plan_id": "hobby", "gps_points": 25, "limit": 250000,
-                         "remaining": 249975, "quota_exceeded": False, "rejected": {}}
+        assert usage == {
+            "day": START.date().isoformat(),
+            "plan_id": "hobby",
+            "gps_points": 25,
+            "limit": 250000,
+            "remaining": 249975,
+            "quota_exceeded": False,
+            "rejected": {},
+        }
 
 
 async def test_retention_removes_rows_past_the_plan_in_batches(db):
@@ -154,8 +190,10 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
         await fleet.circle(db, customer, "depot", 52.5, 13.41, 300)
         for days_ago in (1, 3):
             base = now - dt.timedelta(days=days_ago)
-            raw = [{"t": (base + dt.timedelta(seconds=i * 30)).isoformat(), "lat": 52.5, "lng": 13.40 + i * 0.002}
-                   for i in range(25)]
+            raw = [
+                {"t": (base + dt.timedelta(seconds=i * 30)).isoformat(), "lat": 52.5, "lng": 13.40 + i * 0.002}
+                for i in range(25)
+            ]
             # materialized back then, while still inside the retention
             await pipeline.process(Batch(str(customer), vid, raw, source="osmand"), now=base + dt.timedelta(hours=1))
     removed = await retention.run_once(registry, "hobby", batch_rows=7)

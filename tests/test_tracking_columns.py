@@ -1,6 +1,7 @@
 """The column steps of the tracking pipeline against element-by-element references: decoding (the
 whole-batch path against `decode`, one element at a time) and the duplicate/jump walk (vectorised
 with a sparse re-walk, against the plain walk over every fix)."""
+
 from __future__ import annotations
 
 import math
@@ -32,27 +33,44 @@ def _same_columns(fixes, points):
 
 def test_batch_decoding_matches_decoding_each_element():
     rng = random.Random(3)
-    clean = [{"t": 1.7e12 + i * 1000.0, "lat": 52.5 + rng.uniform(-1, 1), "lng": 13.4 + rng.uniform(-1, 1),
-              "speed": rng.choice([1.5, None, 3]), "heading": 90.0, **({"accuracy": 4.0} if i % 3 else {})}
-             for i in range(500)]
+    clean = [
+        {
+            "t": 1.7e12 + i * 1000.0,
+            "lat": 52.5 + rng.uniform(-1, 1),
+            "lng": 13.4 + rng.uniform(-1, 1),
+            "speed": rng.choice([1.5, None, 3]),
+            "heading": 90.0,
+            **({"accuracy": 4.0} if i % 3 else {}),
+        }
+        for i in range(500)
+    ]
     fixes, index, malformed = decode_all(clean, first_index=7)
     points, ref_index, ref_malformed = _reference_decode(clean, 7)
     _same_columns(fixes, points)
     assert index.tolist() == ref_index and malformed == ref_malformed == []
     # numbers that are not finite are malformed on the fast path too
-    odd = clean[:20] + [{"t": math.inf, "lat": 1.0, "lng": 1.0}, {"t": 1.7e12, "lat": math.nan, "lng": 1.0},
-                        {"t": 1.7e12, "lat": 1.0, "lng": 1.0, "alt": math.inf}, {"t": 1e300, "lat": 1.0, "lng": 2.0},
-                        {"t": 5, "lat": 1, "lng": 2}]
+    odd = clean[:20] + [
+        {"t": math.inf, "lat": 1.0, "lng": 1.0},
+        {"t": 1.7e12, "lat": math.nan, "lng": 1.0},
+        {"t": 1.7e12, "lat": 1.0, "lng": 1.0, "alt": math.inf},
+        {"t": 1e300, "lat": 1.0, "lng": 2.0},
+        {"t": 5, "lat": 1, "lng": 2},
+    ]
     fixes, index, malformed = decode_all(odd)
     points, ref_index, ref_malformed = _reference_decode(odd)
     assert malformed == ref_malformed == [20, 21, 22]
     assert index.tolist() == ref_index
-    assert fixes.ms[-2] >= 10 ** 15  # far future stays far future (rejected as such by the filters)
+    assert fixes.ms[-2] >= 10**15  # far future stays far future (rejected as such by the filters)
     _same_columns(fixes.take(slice(0, -2)), points[:-2])
     _same_columns(fixes.take(slice(-1, None)), points[-1:])
     # anything else (text times, a bool, a sent NaN among absent values, a non-object) goes element by element
-    for stray in ({"t": "2025-01-01T00:00:00Z", "lat": 1.0, "lng": 1.0}, {"t": 1.7e12, "lat": True, "lng": 1.0},
-                  {"t": 1.7e12, "lat": 1.0, "lng": 1.0, "speed": math.nan}, [1, 2, 3], None):
+    for stray in (
+        {"t": "2025-01-01T00:00:00Z", "lat": 1.0, "lng": 1.0},
+        {"t": 1.7e12, "lat": True, "lng": 1.0},
+        {"t": 1.7e12, "lat": 1.0, "lng": 1.0, "speed": math.nan},
+        [1, 2, 3],
+        None,
+    ):
         mixed = clean[:10] + [stray] + clean[10:20]
         fixes, index, malformed = decode_all(mixed, first_index=100)
         points, ref_index, ref_malformed = _reference_decode(mixed, 100)

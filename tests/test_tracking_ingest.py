@@ -1,4 +1,5 @@
 """Tracker HTTP ingestion (OsmAnd protocol) against a real server process and real PostgreSQL."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,18 +25,42 @@ async def test_osmand_query_form_and_post_form(db, server):
     now = int(time.time())
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         # GET with query parameters (OsmAnd / Traccar Client before 9): speed in knots, epoch seconds
-        r = await http.get(f"/ingest/osmand/{slug}", params={
-            "id": "truck-1", "key": SECRET, "lat": "52.5", "lon": "13.4", "timestamp": str(now - 20),
-            "speed": "10", "bearing": "90", "altitude": "35", "accuracy": "5", "batt": "80", "hdop": "0.8"})
+        r = await http.get(
+            f"/ingest/osmand/{slug}",
+            params={
+                "id": "truck-1",
+                "key": SECRET,
+                "lat": "52.5",
+                "lon": "13.4",
+                "timestamp": str(now - 20),
+                "speed": "10",
+                "bearing": "90",
+                "altitude": "35",
+                "accuracy": "5",
+                "batt": "80",
+                "hdop": "0.8",
+            },
+        )
         assert r.status_code == 200, r.text
         assert r.json() == {"accepted": 1, "rejected": {}}
         # POST form body on the bare path: the device key alone finds the vehicle; time in ms
-        r = await http.post("/ingest/osmand", params={"key": SECRET}, data={
-            "deviceid": "truck-1", "lat": "52.5001", "lon": "13.4001", "timestamp": str((now - 10) * 1000)})
+        r = await http.post(
+            "/ingest/osmand",
+            params={"key": SECRET},
+            data={"deviceid": "truck-1", "lat": "52.5001", "lon": "13.4001", "timestamp": str((now - 10) * 1000)},
+        )
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
         # ISO timestamp and a fix the filters reject: counted, answered 200 so the tracker does not resend
-        r = await http.get("/ingest/osmand", params={"id": "truck-1", "key": SECRET, "lat": "0", "lon": "0",
-                                                     "timestamp": dt.datetime.now(UTC).isoformat()})
+        r = await http.get(
+            "/ingest/osmand",
+            params={
+                "id": "truck-1",
+                "key": SECRET,
+                "lat": "0",
+                "lon": "0",
+                "timestamp": dt.datetime.now(UTC).isoformat(),
+            },
+        )
         assert r.status_code == 200 and r.json() == {"accepted": 0, "rejected": {"null_island": 1}}
     rows = await fleet.rows(db, cid, "SELECT * FROM gps_positions ORDER BY time")
     assert [(r["lat"], r["source"]) for r in rows] == [(52.5, "osmand"), (52.5001, "osmand")]
@@ -51,12 +76,23 @@ async def test_osmand_traccar_client_json_body(db, server):
     now = dt.datetime.now(UTC).replace(microsecond=0)
 
     def location(seconds_ago, lat, speed):
-        return {"timestamp": (now - dt.timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z"),
-                "coords": {"latitude": lat, "longitude": 13.4, "accuracy": 8, "speed": speed, "heading": -1,
-                           "altitude": 40},
-                "is_moving": True, "odometer": 0, "event": "motionchange", "battery": {"level": 0.5,
-                                                                                     "is_charging": False},
-                "activity": {"type": "in_vehicle"}, "extras": {}}
+        return {
+            "timestamp": (now - dt.timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z"),
+            "coords": {
+                "latitude": lat,
+                "longitude": 13.4,
+                "accuracy": 8,
+                "speed": speed,
+                "heading": -1,
+                "altitude": 40,
+            },
+            "is_moving": True,
+            "odometer": 0,
+            "event": "motionchange",
+            "battery": {"level": 0.5, "is_charging": False},
+            "activity": {"type": "in_vehicle"},
+            "extras": {},
+        }
 
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         body = {"location": location(30, 52.5, 4.5), "device_id": "truck-1"}
@@ -68,8 +104,10 @@ async def test_osmand_traccar_client_json_body(db, server):
         assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
     rows = await fleet.rows(db, cid, "SELECT * FROM gps_positions ORDER BY time")
     assert [(r["time"], r["speed"], r["heading"]) for r in rows] == [
-        (now - dt.timedelta(seconds=30), 4.5, None), (now - dt.timedelta(seconds=20), 5.0, None),
-        (now - dt.timedelta(seconds=10), 5.5, None)]
+        (now - dt.timedelta(seconds=30), 4.5, None),
+        (now - dt.timedelta(seconds=20), 5.0, None),
+        (now - dt.timedelta(seconds=10), 5.5, None),
+    ]
 
 
 async def test_osmand_refusals(db, server):
@@ -78,21 +116,30 @@ async def test_osmand_refusals(db, server):
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         r = await http.get(f"/ingest/osmand/{slug}", params=good)
         assert r.status_code == 401 and r.json()["error"]["code"] == "device_key_required"
-        for path, params in ((f"/ingest/osmand/{slug}", {**good, "key": "wrong"}),
-                             (f"/ingest/osmand/{slug}", {**good, "id": "truck-2", "key": SECRET}),
-                             ("/ingest/osmand/nobody-here", {**good, "key": SECRET}),
-                             ("/ingest/osmand", {**good, "id": "truck-2", "key": SECRET})):
+        for path, params in (
+            (f"/ingest/osmand/{slug}", {**good, "key": "wrong"}),
+            (f"/ingest/osmand/{slug}", {**good, "id": "truck-2", "key": SECRET}),
+            ("/ingest/osmand/nobody-here", {**good, "key": SECRET}),
+            ("/ingest/osmand", {**good, "id": "truck-2", "key": SECRET}),
+        ):
             r = await http.get(path, params=params)
             assert r.status_code == 401 and r.json()["error"]["code"] == "unknown_device", (path, params, r.text)
         r = await http.get(f"/ingest/osmand/{slug}", params={"id": "truck-1", "key": SECRET, "lon": "x"})
         assert r.status_code == 422
         fields = {e["field"] for e in r.json()["error"]["details"]["errors"]}
         assert fields == {"lat", "lon"}
-        r = await http.post(f"/ingest/osmand/{slug}", params={"key": SECRET},
-                            json={"device_id": "truck-1", "location": {"coords": {"latitude": 1}}})
+        r = await http.post(
+            f"/ingest/osmand/{slug}",
+            params={"key": SECRET},
+            json={"device_id": "truck-1", "location": {"coords": {"latitude": 1}}},
+        )
         assert r.status_code == 422
         assert r.json()["error"]["details"]["errors"][0]["field"] == "location.coords.longitude"
-        r = await http.post(f"/ingest/osmand/{slug}", params={"key": SECRET}, content=b"{not json",
-                            headers={"Content-Type": "application/json"})
+        r = await http.post(
+            f"/ingest/osmand/{slug}",
+            params={"key": SECRET},
+            content=b"{not json",
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_json"
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 0

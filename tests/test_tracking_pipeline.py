@@ -1,4 +1,5 @@
 """The tracking pipeline against real PostgreSQL: filters, quota, geofences, exactly-once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ async def pipeline(db):
 
 async def run(pipeline, cid, vid, raw, *, doc=None, first_index=0, day=TODAY, source="doc"):
     doc = doc if doc is not None else (f"tracks/{vid}/{day}" if source == "doc" else None)
-    batch = Batch(str(cid), vid, raw, source=source, doc=doc, day=day if source == "doc" else None,
-                  first_index=first_index)
+    batch = Batch(
+        str(cid), vid, raw, source=source, doc=doc, day=day if source == "doc" else None, first_index=first_index
+    )
     return await pipeline.process(batch, now=NOW)
 
 
@@ -59,8 +61,16 @@ async def test_every_filter_reason_is_counted_never_lost(db, pipeline):
     ]
     outcome = await run(pipeline, cid, vid, raw)
     assert outcome.stored == 2
-    assert outcome.rejected == {"malformed": 4, "out_of_range": 2, "null_island": 1, "future": 1, "outside_day": 1,
-                                "inaccurate": 1, "duplicate": 1, "jump": 1}
+    assert outcome.rejected == {
+        "malformed": 4,
+        "out_of_range": 2,
+        "null_island": 1,
+        "future": 1,
+        "outside_day": 1,
+        "inaccurate": 1,
+        "duplicate": 1,
+        "jump": 1,
+    }
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 2
     usage = await fleet.usage(db, cid)
     assert usage["gps_points"] == 2
@@ -71,16 +81,23 @@ async def test_every_filter_reason_is_counted_never_lost(db, pipeline):
     outcome = await run(pipeline, cid, vid, [old], source="osmand")
     assert outcome.rejected == {"too_old": 1} and outcome.stored == 0
     row = await fleet.rows(db, cid, "SELECT * FROM gps_positions ORDER BY time LIMIT 1")
-    assert (row[0]["speed"], row[0]["heading"], row[0]["accuracy"], row[0]["altitude"], row[0]["source"]) == \
-        (3.0, 90.0, 5.0, 40.0, "doc")
+    assert (row[0]["speed"], row[0]["heading"], row[0]["accuracy"], row[0]["altitude"], row[0]["source"]) == (
+        3.0,
+        90.0,
+        5.0,
+        40.0,
+        "doc",
+    )
 
 
 async def test_iso_and_epoch_times_and_latest_position(db, pipeline):
     cid = await fleet.customer(db)
     vid = await fleet.vehicle(db, cid)
-    raw = [{"t": (NOON + dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"), "lat": 52.5, "lng": 13.4},
-           {"t": (NOON + dt.timedelta(seconds=65)).replace(tzinfo=None).isoformat(), "lat": 52.501, "lng": 13.4},
-           pt(35.5, 52.5005, 13.4)]
+    raw = [
+        {"t": (NOON + dt.timedelta(seconds=5)).isoformat().replace("+00:00", "Z"), "lat": 52.5, "lng": 13.4},
+        {"t": (NOON + dt.timedelta(seconds=65)).replace(tzinfo=None).isoformat(), "lat": 52.501, "lng": 13.4},
+        pt(35.5, 52.5005, 13.4),
+    ]
     outcome = await run(pipeline, cid, vid, raw)
     assert outcome.stored == 3 and outcome.latest is not None
     times = [r["time"] for r in await fleet.rows(db, cid, "SELECT time FROM gps_positions ORDER BY time")]
@@ -103,8 +120,9 @@ async def _fences(db, cid):
     # circle of 500 m around lng 13.42 (fixes at 13.415, 13.42, 13.425 are inside: 340 m apart)
     circle = await fleet.circle(db, cid, "depot", 52.5, 13.42, 500)
     # polygon from lng 13.4525 to 13.4775 (fixes 13.455 .. 13.475 inside)
-    polygon = await fleet.polygon(db, cid, "yard", [(52.49, 13.4525), (52.49, 13.4775), (52.51, 13.4775),
-                                                    (52.51, 13.4525)])
+    polygon = await fleet.polygon(
+        db, cid, "yard", [(52.49, 13.4525), (52.49, 13.4775), (52.51, 13.4775), (52.51, 13.4525)]
+    )
     return circle, polygon
 
 
@@ -124,8 +142,10 @@ async def test_circle_and_polygon_enter_exit_on_a_known_route(db, pipeline):
     outcome = await run(pipeline, cid, vid, route())
     assert outcome.stored == 21
     assert await _events(db, cid) == [
-        (circle, "enter", at(3)), (circle, "exit", at(6)),
-        (polygon, "enter", at(11)), (polygon, "exit", at(16)),
+        (circle, "enter", at(3)),
+        (circle, "exit", at(6)),
+        (polygon, "enter", at(11)),
+        (polygon, "exit", at(16)),
     ]
 
 
@@ -167,13 +187,21 @@ async def test_a_geofence_deleted_while_a_batch_writes_its_events_takes_them_alo
     vid2 = await fleet.vehicle(db, cid, "truck-2")
     async with db.tenant(cid) as holding:  # a batch's transaction holding its locks (as lock_parents takes them)
         from storage import geofence_events as event_store
+
         assert await event_store.lock_parents(holding, cid, vid2, [polygon]) == {polygon}
-        deleting = asyncio.ensure_future(fleet.count(db, cid, "WITH d AS (DELETE FROM geofences WHERE id = $1 "
-                                                     "RETURNING 1) SELECT count(*) FROM d", polygon))
+        deleting = asyncio.ensure_future(
+            fleet.count(
+                db, cid, "WITH d AS (DELETE FROM geofences WHERE id = $1 RETURNING 1) SELECT count(*) FROM d", polygon
+            )
+        )
         await _until(lambda: _waiting_for(db, holding), "the delete waiting for the batch")
         await holding.execute(
             "INSERT INTO geofence_events (customer_id, vehicle_id, geofence_id, event, time, lat, lng) "
-            "VALUES ($1, $2, $3, 'enter', now(), 52.5, 13.46)", cid, vid2, polygon)
+            "VALUES ($1, $2, $3, 'enter', now(), 52.5, 13.46)",
+            cid,
+            vid2,
+            polygon,
+        )
     assert await deleting == 1
     assert await _events(db, cid) == []  # the trigger saw the batch's committed event
 
@@ -190,8 +218,7 @@ async def _waiting_for(db, conn) -> bool:
     """Another session waits for a lock `conn`'s transaction holds."""
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     async with db.operator("test_lock_wait") as op:
-        return await op.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                                 pid)
+        return await op.fetchval("SELECT count(*) > 0 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid)
 
 
 async def test_circle_rim_is_decided_by_geodesic_distance(db, pipeline):
@@ -317,16 +344,20 @@ async def test_vehicles_of_one_customer_materialize_in_parallel_and_the_quota_st
     vids = [await fleet.vehicle(db, cid, f"truck-{i}") for i in range(3)]
     async with db.tenant(cid) as holder:
         await usage_store.lock_quota(holder, cid, "gps_points_per_day")
-        batches = [asyncio.ensure_future(run(pipeline, cid, vid, [pt(i * 10, 52.5, 13.4 + i * 1e-4) for i in range(45)]))
-                   for vid in vids]
+        batches = [
+            asyncio.ensure_future(run(pipeline, cid, vid, [pt(i * 10, 52.5, 13.4 + i * 1e-4) for i in range(45)]))
+            for vid in vids
+        ]
         for _ in range(500):
             waiting = await holder.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
             if waiting == 3:
                 break
             await asyncio.sleep(0.02)
         assert waiting == 3  # all three did their rows first and now wait only to count:
-        writers = await holder.fetchval("SELECT count(DISTINCT pid) FROM pg_locks WHERE mode = 'RowExclusiveLock' "
-                                        "AND relation = 'gps_positions'::regclass")
+        writers = await holder.fetchval(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE mode = 'RowExclusiveLock' "
+            "AND relation = 'gps_positions'::regclass"
+        )
         assert writers == 3
         assert not any(b.done() for b in batches)
     outcomes = await asyncio.gather(*batches)
@@ -337,8 +368,10 @@ async def test_vehicles_of_one_customer_materialize_in_parallel_and_the_quota_st
     assert usage["gps_points"] == 100 and usage["gps_points_rejected.quota_exceeded"] == 35
     # the cut one kept its earliest fixes, like any quota cut
     short = vids[[o.stored for o in outcomes].index(10)]
-    times = [r["time"] for r in await fleet.rows(db, cid, "SELECT time FROM gps_positions WHERE vehicle_id = $1 "
-                                                 "ORDER BY time", short)]
+    times = [
+        r["time"]
+        for r in await fleet.rows(db, cid, "SELECT time FROM gps_positions WHERE vehicle_id = $1 ORDER BY time", short)
+    ]
     assert times == [NOON + dt.timedelta(seconds=i * 10) for i in range(10)]
 
 
@@ -365,8 +398,9 @@ async def test_materializer_worker_outlives_a_failed_prepare(db, pipeline):
     pipeline.limits = limits_failing_once
     mat.MAX_BACKOFF, backoff = 0.05, mat.MAX_BACKOFF
     now_ms = int(dt.datetime.now(UTC).timestamp() * 1000)  # the worker runs at the real clock
-    state.receive(decode_chunk([{"t": now_ms - 600_000 + i * 10_000, "lat": 52.5, "lng": 13.4 + i * 1e-4}
-                                for i in range(10)], 0))
+    state.receive(
+        decode_chunk([{"t": now_ms - 600_000 + i * 10_000, "lat": 52.5, "lng": 13.4 + i * 1e-4} for i in range(10)], 0)
+    )
     task = asyncio.ensure_future(worker._work(state))
     try:
         await asyncio.wait_for(state.idle.wait(), 30)

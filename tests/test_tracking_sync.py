@@ -1,5 +1,6 @@
 """Track documents written by the real JS client (yjs + y-websocket) become rows exactly once,
 across a server killed mid-materialization; the fleet document's live map follows the vehicle."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,9 +45,21 @@ async def _setup(db):
 
 def _tracker(server, customer, vid, points: int) -> dict:
     token = sync_peers.token(TEST_SECRET, customer, docs=[f"tracks/{vid}/*"])
-    return sync_peers.js("tracker.mjs", "--server", f"{server.ws_url}/sync/{customer.slug}", "--token", token,
-                         "--vehicle", str(vid), "--day", DAY.isoformat(), "--points", str(points),
-                         "--start-ms", str(START_MS))
+    return sync_peers.js(
+        "tracker.mjs",
+        "--server",
+        f"{server.ws_url}/sync/{customer.slug}",
+        "--token",
+        token,
+        "--vehicle",
+        str(vid),
+        "--day",
+        DAY.isoformat(),
+        "--points",
+        str(points),
+        "--start-ms",
+        str(START_MS),
+    )
 
 
 async def _wait_for(check, what: str, timeout: float = 120.0):
@@ -72,7 +85,8 @@ async def _assert_exactly_once(db, customer, vid, expected):
     assert await fleet.count(db, cid, "SELECT count(DISTINCT time) FROM gps_positions") == POINTS
     events = await fleet.rows(db, cid, "SELECT event, time FROM geofence_events ORDER BY time")
     assert [(r["event"], r["time"]) for r in events] == [
-        (e.event, dt.datetime.fromtimestamp(e.ms / 1000, UTC)) for e in expected]
+        (e.event, dt.datetime.fromtimestamp(e.ms / 1000, UTC)) for e in expected
+    ]
     assert len(expected) == 20  # the route enters and leaves the depot on each of its 10 legs
     assert await fleet.usage(db, cid) == {"gps_points": POINTS}  # nothing counted twice, nothing rejected
 
@@ -94,7 +108,8 @@ async def test_offline_client_10k_points_reconnect_exactly_10k_rows(db, server_e
     # the fleet document's live map holds the vehicle's latest fix, persisted like any update
     live = (await sync_peers.stored_doc(database_url, customer, "fleet")).get("live", type=pycrdt.Map)
     assert live[str(vid)]["t"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC).isoformat().replace(
-        "+00:00", "Z")
+        "+00:00", "Z"
+    )
     latest = await fleet.rows(db, customer.id, "SELECT time FROM vehicle_positions_latest")
     assert latest[0]["time"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC)
 
@@ -119,8 +134,9 @@ async def test_server_killed_mid_materialization_resumes_exactly_once(db, server
         await _wait_for(lambda: _awaited(holder), "a batch waiting for the track lock")
         # one statement: the waiting batch is granted the lock as it is released, and this session
         # queues for it again before that batch's successor can (it waits for its predecessor's commit)
-        await holder.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0)), "
-                             "pg_advisory_lock(hashtextextended($1, 0))", key)
+        await holder.execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 0)), pg_advisory_lock(hashtextextended($1, 0))", key
+        )
         first.stop(signal.SIGKILL)
     finally:
         first.stop(signal.SIGKILL)
@@ -138,8 +154,9 @@ async def test_server_killed_mid_materialization_resumes_exactly_once(db, server
 
 
 @pytest.mark.timeout(300)
-async def test_track_reader_killed_mid_upload_is_replaced_and_rows_stay_exactly_once(db, server_env, database_url,
-                                                                                    tmp_path):
+async def test_track_reader_killed_mid_upload_is_replaced_and_rows_stay_exactly_once(
+    db, server_env, database_url, tmp_path
+):
     """kill -9 of the helper process that decodes the room while the room's first batch is in the
     database: the server starts another, opens the room in it again from its state, and every
     point still becomes one row, every geofence event one event."""
@@ -182,6 +199,8 @@ async def _logged(database_url, customer, doc):
 
 async def _awaited(conn) -> bool:
     """Another session waits for an advisory lock this connection holds."""
-    return await conn.fetchval("SELECT count(*) > 0 FROM pg_locks l JOIN pg_locks mine ON mine.pid = pg_backend_pid() "
-                               "AND mine.locktype = 'advisory' AND l.locktype = 'advisory' AND NOT l.granted "
-                               "AND (l.classid, l.objid) = (mine.classid, mine.objid)")
+    return await conn.fetchval(
+        "SELECT count(*) > 0 FROM pg_locks l JOIN pg_locks mine ON mine.pid = pg_backend_pid() "
+        "AND mine.locktype = 'advisory' AND l.locktype = 'advisory' AND NOT l.granted "
+        "AND (l.classid, l.objid) = (mine.classid, mine.objid)"
+    )

@@ -1,5 +1,6 @@
 """fast_unmasking (sync_server.node.patches): the same bytes as wsproto's own unmasking, across a frame's
 chunks."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """JS load-client processes (bench/clients/*.js): started with arguments, spoken to over stdin
 ("go" lines, EOF = stop), heard from as one JSON event per stdout line. Every wait is bounded."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ class JsClient:
                 argv += [f"--{key.replace('_', '-')}", str(value)]
         self.name = f"{script}:{args.get('doc') or args.get('prefix') or ''}"
         self._stderr = open(log_dir / f"{script}.{time.monotonic_ns()}.stderr", "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                     cwd=BENCH)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=BENCH
+        )
         self._events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

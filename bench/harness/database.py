@@ -4,6 +4,7 @@
 Setup writes go straight to the tables as the admin role (a superuser is not bound by row-level
 security): the customer and its plan before the REST API exists, and the cold-load update log.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,24 +38,32 @@ class BenchDatabase:
                 await conn.execute(
                     "INSERT INTO plans (id, name, price_cents, vehicle_limit, driver_limit, geofence_limit,"
                     " gps_points_per_day, retention_days, connection_limit, is_public)"
-                    " VALUES ($1, 'Bench', 0, 100000, 100000, 100000, 1000000000000, 3650, 1000000, false)", PLAN)
+                    " VALUES ($1, 'Bench', 0, 100000, 100000, 100000, 1000000000000, 3650, 1000000, false)",
+                    PLAN,
+                )
                 customer_id = await conn.fetchval(
-                    "INSERT INTO customers (slug, name) VALUES ($1, 'Benchmark customer') RETURNING id", SLUG)
-                await conn.execute("INSERT INTO subscriptions (customer_id, plan_id) VALUES ($1, $2)", customer_id, PLAN)
+                    "INSERT INTO customers (slug, name) VALUES ($1, 'Benchmark customer') RETURNING id", SLUG
+                )
+                await conn.execute(
+                    "INSERT INTO subscriptions (customer_id, plan_id) VALUES ($1, $2)", customer_id, PLAN
+                )
         finally:
             await conn.close()
         return str(customer_id)
 
     def insert_updates(self, doc: str, updates: list[bytes]) -> None:
         """Append `updates` to the document's update log in order (COPY), as if clients had sent them."""
+
         async def copy() -> None:
             conn = await asyncpg.connect(self.url)
             try:
                 cid = uuid.UUID(self.customer_id)
-                await conn.copy_records_to_table("doc_updates", columns=["customer_id", "doc", "update"],
-                                                 records=((cid, doc, u) for u in updates))
+                await conn.copy_records_to_table(
+                    "doc_updates", columns=["customer_id", "doc", "update"], records=((cid, doc, u) for u in updates)
+                )
             finally:
                 await conn.close()
+
         asyncio.run(copy())
 
     def server_version(self) -> str:
@@ -64,6 +73,7 @@ class BenchDatabase:
                 return await conn.fetchval("SHOW server_version")
             finally:
                 await conn.close()
+
         return asyncio.run(version())
 
     def drop(self) -> None:

@@ -1,4 +1,5 @@
 """What the kernel says about a process and the machine (Linux /proc): RSS, CPU time, hardware."""
+
 from __future__ import annotations
 
 import os

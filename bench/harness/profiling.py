@@ -1,5 +1,6 @@
 """Where our server's time goes in a scenario that missed its target: one extra run of ours under
 py-spy (sampling, from outside the process), summarized as the top frames by own and total time."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ from .watchdog import MemoryGuard
 
 _LINE = re.compile(r":\d+\)$")
 # The event loop's own frames sit under every sample; they say nothing about where time goes.
-_ROOTS = re.compile(r"^(<module>|main|cmd_serve|run|Runner\.run|BaseEventLoop\.(run_until_complete|run_forever|"
-                    r"_run_once)|Handle\._run) \(")
+_ROOTS = re.compile(
+    r"^(<module>|main|cmd_serve|run|Runner\.run|BaseEventLoop\.(run_until_complete|run_forever|"
+    r"_run_once)|Handle\._run) \("
+)
 
 
 def missed_target(scenario, results) -> bool:
@@ -35,8 +38,7 @@ def missed_target(scenario, results) -> bool:
 def _py_spy() -> str | None:
     exe = Path(sys.executable).parent / "py-spy"
     if not exe.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=180,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=180, capture_output=True)
     return str(exe) if exe.exists() else shutil.which("py-spy")
 
 
@@ -75,9 +77,23 @@ def profile(scenario, ctx, log_dir: Path, database, seconds: float = 45.0) -> st
     except Unavailable as exc:
         return f"profile unavailable: {exc}"
     out = log_dir / f"profile-{scenario.key}.txt"
-    recorder = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250",
-                                 "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     lock = threading.Lock()
     cut = []
 

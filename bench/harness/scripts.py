@@ -2,6 +2,7 @@
 bench/cross_node.py): the script starts its own server(s) and database, so the harness runs it as a
 separate process with the scenario's counts and reads the JSON summary it prints as its last line.
 Its py-spy profile samples the script and every process it starts (our servers among them)."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def run_script(script: str, args: list[str], log_dir: Path, timeout: float) -> d
 def ensure_npm(folder: Path) -> None:
     """`npm ci` in a client folder a script needs (make bench does it too; a bare run.py may not have)."""
     if (folder / "package-lock.json").exists() and not (folder / "node_modules").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder, check=True,
-                       timeout=300)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder, check=True, timeout=300
+        )
 
 
 def profile_script(script: str, args: list[str], log_dir: Path, seconds: float = 90.0) -> str:
@@ -53,9 +55,26 @@ def profile_script(script: str, args: list[str], log_dir: Path, seconds: float =
     if spy is None:
         return "profile unavailable: py-spy could not be installed"
     out = log_dir / f"profile-{Path(script).stem}.txt"
-    proc = subprocess.Popen([spy, "record", "--subprocesses", "--format", "raw", "--rate", "250", "--nonblocking",
-                             "--output", str(out), "--", *_argv(script, args)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--output",
+            str(out),
+            "--",
+            *_argv(script, args),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     note = ""
     try:
         proc.wait(seconds)
@@ -75,5 +94,5 @@ def profile_script(script: str, args: list[str], log_dir: Path, seconds: float =
         frames = line.split(";")
         procs = [f for f in frames if f.startswith("process ")]
         if procs and "webhost-sync serve" in procs[-1]:
-            served.append(";".join(frames[len(procs):]))
+            served.append(";".join(frames[len(procs) :]))
     return note + "py-spy on our server(s) while the script ran (setup included)\n" + summarize("\n".join(served))

@@ -2,6 +2,7 @@
 ours (`webhost-sync serve` on the bench database) and the reference (`y-websocket@1.5.4`
 bin/server.js under Node). Both serve rooms at ws://127.0.0.1:PORT/sync/bench/{doc}; the reference
 names the room after the whole path and ignores the token."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,13 @@ class Reference(Server):
         self._log = open(log_dir / f"reference.{self.port}.log", "wb")
         script = BENCH / "node_modules" / "y-websocket" / "bin" / "server.js"
         env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port)}
-        self.proc = subprocess.Popen([shutil.which("node") or "node", str(script)], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=BENCH)
+        self.proc = subprocess.Popen(
+            [shutil.which("node") or "node", str(script)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=BENCH,
+        )
         self.pid = self.proc.pid
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -85,8 +91,9 @@ def mint_token(customer_id: str) -> str:
         from sync_server.domain.accounts import sync_tokens
     except ImportError as exc:
         raise Unavailable(f"sync_server.domain.accounts.sync_tokens is missing ({exc})") from None
-    token, _expires = sync_tokens.mint(SECRET_KEY, customer_id=customer_id, customer_slug=SLUG, docs=["*"],
-                                       mode="rw", ttl_seconds=6 * 3600)
+    token, _expires = sync_tokens.mint(
+        SECRET_KEY, customer_id=customer_id, customer_slug=SLUG, docs=["*"], mode="rw", ttl_seconds=6 * 3600
+    )
     return token
 
 
@@ -94,11 +101,16 @@ class Ours(Server):
     side = OURS
 
     def __init__(self, log_dir: Path, database: BenchDatabase, extra_env: dict[str, str] | None = None) -> None:
-        env = {"DATABASE_URL": database.url, "SECRET_KEY": SECRET_KEY, "DATA_DIR": str(log_dir / "data"),
-               "LOG_LEVEL": "warning",
-               # Shutdown is not measured here, and it waits out the whole graceful timeout even with
-               # no client left (seen with the sync core of ab7f44b): 1 s instead of 30 per run.
-               "SHUTDOWN_TIMEOUT_SECONDS": "1", **(extra_env or {})}
+        env = {
+            "DATABASE_URL": database.url,
+            "SECRET_KEY": SECRET_KEY,
+            "DATA_DIR": str(log_dir / "data"),
+            "LOG_LEVEL": "warning",
+            # Shutdown is not measured here, and it waits out the whole graceful timeout even with
+            # no client left (seen with the sync core of ab7f44b): 1 s instead of 30 per run.
+            "SHUTDOWN_TIMEOUT_SECONDS": "1",
+            **(extra_env or {}),
+        }
         self.token = mint_token(database.customer_id)
         port = free_port()
         self.process = ServerProcess(env, log_path=log_dir / f"ours.{port}.log", port=port)

@@ -1,4 +1,5 @@
 """Small, exact statistics over raw samples (nearest-rank percentiles, medians)."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """A memory guard for the server under test: the bench shares its machine, so a server whose RSS
 passes the cap is killed (SIGKILL) before the kernel's OOM killer picks a victim, and the run is
 recorded as failed with that reason. (Seen: a 100k-update cold load took our server to 23 GB.)"""
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,8 @@ class MemoryGuard:
                 return  # the process is gone
             self.peak = max(self.peak, rss)
             if rss > self.cap:
-                self.fired = f"server RSS passed {self.cap / 2**30:.0f} GiB ({rss / 2**30:.1f} GiB); killed by the harness"
+                self.fired = (
+                    f"server RSS passed {self.cap / 2**30:.0f} GiB ({rss / 2**30:.1f} GiB); killed by the harness"
+                )
                 os.kill(self.pid, signal.SIGKILL)
                 return

@@ -9,6 +9,7 @@ update, sent as the doc emits it), waits for --wait-key to appear in `m` if aske
 doc's `m` and `a` as one JSON line and leaves. Server-side integrations can instead use an API key:
 --api-key whk_live_... (sent as `Authorization: Bearer`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ async def run(args: argparse.Namespace) -> dict:
             outgoing.put_nowait(create_update_message(event.update))
 
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+
         async def reader() -> None:
             nonlocal applying_remote
             async for frame in ws:

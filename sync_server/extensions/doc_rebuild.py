@@ -7,6 +7,7 @@ hostile-input defence (tests/test_hostile_input.py), so every reader of stored r
 here. The doc is then rebuilt without the row, since a failed apply can leave part of it
 integrated. The Doc is private: call these in a worker thread (asyncio.to_thread) for big logs.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,9 @@ def rebuild(snapshot: bytes | None, updates: list[bytes]) -> pycrdt.Doc:
             except LET_THROUGH:
                 raise
             except BaseException as exc:
-                log.error("stored_update_skipped", index=i, bytes=len(update),
-                          error=f"{type(exc).__name__}: {exc}"[:200])
+                log.error(
+                    "stored_update_skipped", index=i, bytes=len(update), error=f"{type(exc).__name__}: {exc}"[:200]
+                )
                 skip.add(i)
                 break
         else:

@@ -25,6 +25,7 @@ provisioning/cluster_pause.py).
 Redis down: local clients are served as before; publishes are not queued (their rooms are marked for
 `r`); the reader reconnects with backoff, then catches up.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -113,8 +114,11 @@ class Fanout(RoomHooks):
 
     async def start(self) -> None:
         spawn = self.runtime.spawn
-        self._tasks = [spawn(self._read_loop(), "fanout-reader"), spawn(self._publish_loop(), "fanout-publisher"),
-                       spawn(self._heartbeat_loop(), "fanout-heartbeat")]
+        self._tasks = [
+            spawn(self._read_loop(), "fanout-reader"),
+            spawn(self._publish_loop(), "fanout-publisher"),
+            spawn(self._heartbeat_loop(), "fanout-heartbeat"),
+        ]
         log.info("fanout_started", node=self.node, prefix=self.prefix)
 
     async def stop(self) -> None:
@@ -202,8 +206,7 @@ class Fanout(RoomHooks):
                 for key, kind, data in batch:
                     name = self.stream(key)
                     streams.add(name)
-                    pipe.xadd(name, {b"n": self._node_b, b"k": kind, b"d": data}, maxlen=self.maxlen,
-                              approximate=True)
+                    pipe.xadd(name, {b"n": self._node_b, b"k": kind, b"d": data}, maxlen=self.maxlen, approximate=True)
                 for name in streams:
                     pipe.pexpire(name, STREAM_TTL_MS)
                 try:
@@ -378,7 +381,7 @@ class Fanout(RoomHooks):
         async for raw in self.redis.scan_iter(match=pattern, count=1000):
             key = raw.decode() if isinstance(raw, bytes) else raw
             if not key.endswith(":wake"):  # a node's wake stream lives beside its heartbeat
-                nodes.add(key[len(head):])
+                nodes.add(key[len(head) :])
         return nodes
 
     async def _reap_dead_nodes(self) -> None:
@@ -483,8 +486,9 @@ def install(runtime) -> Fanout:
     """Wire fan-out into the node (only when REDIS_URL is set)."""
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(runtime.settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 4,
-                               socket_connect_timeout=2.0)
+    client = aioredis.from_url(
+        runtime.settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 4, socket_connect_timeout=2.0
+    )
     fanout = Fanout(runtime, client)
     runtime.rooms.hooks.add(fanout)
     runtime.on_start(fanout.start)

@@ -5,6 +5,7 @@ whose log tail grows past COMPACT_AFTER_UPDATES is compacted off the hot path.
 Always resolves the customer's database through the registry (a customer may live on a dedicated
 database, and may move while its writes are held by `paused`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,9 +35,15 @@ class LogBacklog:
 
 
 class Persistence(RoomHooks):
-    def __init__(self, registry: DatabaseRegistry, update_log: documents.UpdateLog, *,
-                 compact_after: int, compact_after_bytes: int = 16 * 1024 * 1024, compact_interval: float = 5.0
-                 ) -> None:
+    def __init__(
+        self,
+        registry: DatabaseRegistry,
+        update_log: documents.UpdateLog,
+        *,
+        compact_after: int,
+        compact_after_bytes: int = 16 * 1024 * 1024,
+        compact_interval: float = 5.0,
+    ) -> None:
         self.registry = registry
         self.log = update_log
         self.compact_after = compact_after

@@ -15,6 +15,7 @@ each node: never unlimited, at worst N times the limit for N nodes during an out
 GPS points per day are not counted here: the tracking pipeline counts them in PostgreSQL under the
 customer's quota lock, which already holds across nodes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,9 +51,9 @@ end
 if total >= tonumber(ARGV[2]) then
   return -1
 end
-redis.call('EXPIRE', KEYS[1], %d)
+redis.call('EXPIRE', KEYS[1], COUNTS_TTL)
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-""" % COUNTS_TTL  # noqa: UP031 (Lua source: str.format would need every brace doubled)
+""".replace("COUNTS_TTL", str(COUNTS_TTL))
 
 WINDOW = 60.0  # seconds: REST_RATE_LIMIT_PER_MINUTE counts the requests of the last minute
 SLOTS = 60  # the window is kept as this many counts
@@ -146,7 +147,8 @@ class ConnectionLimit(RoomHooks):
         if self._take is not None:
             try:
                 answer = await asyncio.wait_for(
-                    self._take(keys=[self._key(cid)], args=[self.node, limit, f"{self.prefix}node:"]), REDIS_TIMEOUT)
+                    self._take(keys=[self._key(cid)], args=[self.node, limit, f"{self.prefix}node:"]), REDIS_TIMEOUT
+                )
                 return int(answer) >= 0
             except _redis_errors() as exc:
                 log.warning("connection_limit_local_fallback", customer_id=cid, error=repr(exc))
@@ -245,8 +247,9 @@ class RateLimit:
     window, and past `max_local` the least recent ones, so junk bearer strings cannot grow it.
     """
 
-    def __init__(self, per_minute: int, prefix: str, redis=None, *, window: float = WINDOW,
-                 max_local: int = 100_000) -> None:
+    def __init__(
+        self, per_minute: int, prefix: str, redis=None, *, window: float = WINDOW, max_local: int = 100_000
+    ) -> None:
         self.per_minute = per_minute
         self.prefix = prefix
         self.redis = redis
@@ -261,7 +264,8 @@ class RateLimit:
             try:
                 wait_ms = await asyncio.wait_for(
                     self._hit(keys=[f"{self.prefix}rate:{who}"], args=[self.per_minute, self.window_ms, self.slot_ms]),
-                    REDIS_TIMEOUT)
+                    REDIS_TIMEOUT,
+                )
                 return _seconds(int(wait_ms)) if int(wait_ms) > 0 else None
             except _redis_errors() as exc:
                 log.warning("rate_limit_local_fallback", error=repr(exc))
@@ -327,8 +331,9 @@ def credential_of(authorization: str | None, remote_addr: str | None) -> str:
 def install(runtime, redis=None, node: str = "") -> ConnectionLimit | None:
     """Connection limits as a room hook (when enforced) and the REST rate limit on runtime.rate_limit."""
     settings = runtime.settings
-    runtime.rate_limit = RateLimit(settings.rest_rate_limit, settings.redis_prefix, redis) \
-        if settings.rest_rate_limit else None
+    runtime.rate_limit = (
+        RateLimit(settings.rest_rate_limit, settings.redis_prefix, redis) if settings.rest_rate_limit else None
+    )
     if settings.connection_limits != "enforce":
         return None
     limit = ConnectionLimit(runtime, redis, node)

@@ -1,5 +1,6 @@
 """The composition root: builds the Runtime and the Quart app and wires every part together.
 Imported only by the CLI and the tests."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,7 +56,9 @@ def create_app(settings: Settings) -> Quart:
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
-    app.extensions["tracking"] = rt.tracking = tracking.install(rt)  # track docs + OsmAnd -> rows; room hooks on rt.rooms
+    app.extensions["tracking"] = rt.tracking = tracking.install(
+        rt
+    )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
 
@@ -79,8 +82,12 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     settings = runtime.settings
     rooms = RoomRegistry(evict_after=settings.room_evict_seconds, spawn=runtime.spawn)
     update_log = UpdateLog(runtime.registry, window=settings.sync_commit_window_ms / 1000)
-    persistence = Persistence(runtime.registry, update_log, compact_after=settings.compact_after_updates,
-                              compact_after_bytes=settings.compact_after_bytes)
+    persistence = Persistence(
+        runtime.registry,
+        update_log,
+        compact_after=settings.compact_after_updates,
+        compact_after_bytes=settings.compact_after_bytes,
+    )
     rooms.hooks.add(persistence, priority=PERSISTENCE)
     rooms.add_pauser(persistence.paused)
     runtime.rooms = rooms
@@ -114,7 +121,12 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(app.asgi_app, rooms, access, max_message=settings.sync_max_message_bytes,
-                                queue_limit=settings.sync_send_queue_limit,
-                                queue_bytes=settings.sync_send_queue_bytes)
+    app.asgi_app = SyncEndpoint(
+        app.asgi_app,
+        rooms,
+        access,
+        max_message=settings.sync_max_message_bytes,
+        queue_limit=settings.sync_send_queue_limit,
+        queue_bytes=settings.sync_send_queue_bytes,
+    )
     return rooms

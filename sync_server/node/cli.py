@@ -1,4 +1,5 @@
 """`webhost-sync` command line: serve, migrate, create-operator, env."""
+
 from __future__ import annotations
 
 import argparse

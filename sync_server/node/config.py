@@ -3,6 +3,7 @@
 Every variable, its default and its meaning is listed in README.md; a bad value stops start-up with
 a message naming the variable, never a traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ class ConfigError(ValueError):
 
 def _number(name: str, kind: type, what: str, lo, hi) -> Callable[[str], Any]:
     """Parser of a numeric setting: `kind(raw)` within [lo, hi], else ConfigError naming `name`."""
+
     def parse(raw: str):
         try:
             value = kind(raw)
@@ -90,129 +92,273 @@ def _setting(env: str, default, parse=None, doc: str = ""):
 
 @dataclass(frozen=True)
 class Settings:
-    environment: str = _setting("WEBHOST_ENV", "development", _choice("WEBHOST_ENV", "development", "production"),
-                                "development or production; production requires SECRET_KEY")
+    environment: str = _setting(
+        "WEBHOST_ENV",
+        "development",
+        _choice("WEBHOST_ENV", "development", "production"),
+        "development or production; production requires SECRET_KEY",
+    )
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
-    database_url: str | None = _setting("DATABASE_URL", None, _url("DATABASE_URL", "postgresql", "postgres"),
-                                        "libpq URI of the shared database as its owner (it migrates; the pools "
-                                        "log in as webhost_app); unset starts embedded PostgreSQL")
+    database_url: str | None = _setting(
+        "DATABASE_URL",
+        None,
+        _url("DATABASE_URL", "postgresql", "postgres"),
+        "libpq URI of the shared database as its owner (it migrates; the pools "
+        "log in as webhost_app); unset starts embedded PostgreSQL",
+    )
     database_app_password: str | None = _setting(
-        "DATABASE_APP_PASSWORD", None,
+        "DATABASE_APP_PASSWORD",
+        None,
         doc="password the serving pools log in with as webhost_app (set on the role by the owner when it does "
-            "not work yet); unset: no password (trust/peer, embedded PostgreSQL)")
-    redis_url: str | None = _setting("REDIS_URL", None, _url("REDIS_URL", "redis", "rediss", "unix"),
-                                     "Redis for cross-node fan-out; unset runs a single node")
-    data_dir: Path = _setting("DATA_DIR", Path("./var"), lambda raw: Path(_text("DATA_DIR")(raw)),
-                              "embedded database folder and the dev secret key")
+        "not work yet); unset: no password (trust/peer, embedded PostgreSQL)",
+    )
+    redis_url: str | None = _setting(
+        "REDIS_URL",
+        None,
+        _url("REDIS_URL", "redis", "rediss", "unix"),
+        "Redis for cross-node fan-out; unset runs a single node",
+    )
+    data_dir: Path = _setting(
+        "DATA_DIR",
+        Path("./var"),
+        lambda raw: Path(_text("DATA_DIR")(raw)),
+        "embedded database folder and the dev secret key",
+    )
     secret_key: str | None = _setting("SECRET_KEY", None, doc="token signing key (>= 32 chars)")
-    log_format: str = _setting("LOG_FORMAT", "", _choice("LOG_FORMAT", "json", "console"),
-                               "json or console; default console in development, json in production")
+    log_format: str = _setting(
+        "LOG_FORMAT",
+        "",
+        _choice("LOG_FORMAT", "json", "console"),
+        "json or console; default console in development, json in production",
+    )
     log_level: str = _setting("LOG_LEVEL", "info", _choice("LOG_LEVEL", "debug", "info", "warning", "error"))
-    migrate_on_start: bool = _setting("MIGRATE_ON_START", True, _bool("MIGRATE_ON_START"),
-                                      "serve applies pending migrations before accepting traffic")
+    migrate_on_start: bool = _setting(
+        "MIGRATE_ON_START", True, _bool("MIGRATE_ON_START"), "serve applies pending migrations before accepting traffic"
+    )
     db_pool_min: int = _setting("DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000))
     db_pool_max: int = _setting("DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000))
-    partition_days_ahead: int = _setting("PARTITION_DAYS_AHEAD", 7, _int("PARTITION_DAYS_AHEAD", 1, 366),
-                                         "daily partitions of gps_positions/usage_metrics created ahead")
-    maintenance_interval: float = _setting("MAINTENANCE_INTERVAL_SECONDS", 3600.0,
-                                           _float("MAINTENANCE_INTERVAL_SECONDS", 1, 86400),
-                                           "how often partitions and retention are maintained")
-    operator_session_ttl: int = _setting("OPERATOR_SESSION_TTL_SECONDS", 43200,
-                                         _int("OPERATOR_SESSION_TTL_SECONDS", 60, 30 * 86400),
-                                         "lifetime of an operator bearer token from POST /api/v1/auth/login")
-    event_loop: str = _setting("EVENT_LOOP", "uvloop", _choice("EVENT_LOOP", "uvloop", "asyncio"),
-                               "event loop of `serve`: uvloop (measured: less CPU per request) or asyncio")
+    partition_days_ahead: int = _setting(
+        "PARTITION_DAYS_AHEAD",
+        7,
+        _int("PARTITION_DAYS_AHEAD", 1, 366),
+        "daily partitions of gps_positions/usage_metrics created ahead",
+    )
+    maintenance_interval: float = _setting(
+        "MAINTENANCE_INTERVAL_SECONDS",
+        3600.0,
+        _float("MAINTENANCE_INTERVAL_SECONDS", 1, 86400),
+        "how often partitions and retention are maintained",
+    )
+    operator_session_ttl: int = _setting(
+        "OPERATOR_SESSION_TTL_SECONDS",
+        43200,
+        _int("OPERATOR_SESSION_TTL_SECONDS", 60, 30 * 86400),
+        "lifetime of an operator bearer token from POST /api/v1/auth/login",
+    )
+    event_loop: str = _setting(
+        "EVENT_LOOP",
+        "uvloop",
+        _choice("EVENT_LOOP", "uvloop", "asyncio"),
+        "event loop of `serve`: uvloop (measured: less CPU per request) or asyncio",
+    )
     api_key_cache_seconds: float = _setting(
-        "API_KEY_CACHE_SECONDS", 2.0, _float("API_KEY_CACHE_SECONDS", 0, 60),
+        "API_KEY_CACHE_SECONDS",
+        2.0,
+        _float("API_KEY_CACHE_SECONDS", 0, 60),
         "how long a node reuses an accepted API key without a lookup (0: never); revocation and "
-        "suspension on the same node apply at once, on other nodes within this time")
-    shutdown_timeout: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", 30.0, _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
-                                       "how long SIGTERM waits for connections to flush and close")
-    tracking_max_future: float = _setting("TRACKING_MAX_FUTURE_SECONDS", 300.0,
-                                          _float("TRACKING_MAX_FUTURE_SECONDS", 0, 86400),
-                                          "GPS fixes further ahead of the server clock are rejected (future)")
-    tracking_day_slack: float = _setting("TRACKING_DAY_SLACK_SECONDS", 3600.0,
-                                         _float("TRACKING_DAY_SLACK_SECONDS", 0, 86400),
-                                         "a track doc's fixes may stray this far outside its UTC day (outside_day)")
-    tracking_max_accuracy: float = _setting("TRACKING_MAX_ACCURACY_METERS", 1000.0,
-                                            _float("TRACKING_MAX_ACCURACY_METERS", 1, 1e7),
-                                            "fixes reporting a worse accuracy are rejected (inaccurate)")
-    tracking_max_speed: float = _setting("TRACKING_MAX_SPEED_KMH", 400.0, _float("TRACKING_MAX_SPEED_KMH", 1, 1e5),
-                                         "implied speed from the previous fix above this is a jump")
-    tracking_batch_points: int = _setting("TRACKING_BATCH_POINTS", 10_000, _int("TRACKING_BATCH_POINTS", 100, 10**6),
-                                          "most points materialized in one transaction")
-    tracking_readers: int = _setting("TRACKING_READERS", 2, _int("TRACKING_READERS", 0, 64),
-                                     "helper processes that read and decode new points of track documents, each "
-                                     "with its own copy of its rooms' documents, beside the event loop (0: on the "
-                                     "event loop itself)")
-    tracking_bulk_concurrency: int = _setting("TRACKING_BULK_CONCURRENCY", 2, _int("TRACKING_BULK_CONCURRENCY", 1, 256),
-                                              "large batches (1,000+ points: uploads) in the database at once per "
-                                              "node; more than about one per database core only adds contention")
-    tracking_flush: float = _setting("TRACKING_FLUSH_SECONDS", 0.05, _float("TRACKING_FLUSH_SECONDS", 0, 60),
-                                     "how long new track points gather before a batch is materialized")
-    retention_batch_rows: int = _setting("RETENTION_BATCH_ROWS", 10_000, _int("RETENTION_BATCH_ROWS", 100, 10**6),
-                                         "rows the retention job deletes per statement")
+        "suspension on the same node apply at once, on other nodes within this time",
+    )
+    shutdown_timeout: float = _setting(
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        30.0,
+        _float("SHUTDOWN_TIMEOUT_SECONDS", 1, 3600),
+        "how long SIGTERM waits for connections to flush and close",
+    )
+    tracking_max_future: float = _setting(
+        "TRACKING_MAX_FUTURE_SECONDS",
+        300.0,
+        _float("TRACKING_MAX_FUTURE_SECONDS", 0, 86400),
+        "GPS fixes further ahead of the server clock are rejected (future)",
+    )
+    tracking_day_slack: float = _setting(
+        "TRACKING_DAY_SLACK_SECONDS",
+        3600.0,
+        _float("TRACKING_DAY_SLACK_SECONDS", 0, 86400),
+        "a track doc's fixes may stray this far outside its UTC day (outside_day)",
+    )
+    tracking_max_accuracy: float = _setting(
+        "TRACKING_MAX_ACCURACY_METERS",
+        1000.0,
+        _float("TRACKING_MAX_ACCURACY_METERS", 1, 1e7),
+        "fixes reporting a worse accuracy are rejected (inaccurate)",
+    )
+    tracking_max_speed: float = _setting(
+        "TRACKING_MAX_SPEED_KMH",
+        400.0,
+        _float("TRACKING_MAX_SPEED_KMH", 1, 1e5),
+        "implied speed from the previous fix above this is a jump",
+    )
+    tracking_batch_points: int = _setting(
+        "TRACKING_BATCH_POINTS",
+        10_000,
+        _int("TRACKING_BATCH_POINTS", 100, 10**6),
+        "most points materialized in one transaction",
+    )
+    tracking_readers: int = _setting(
+        "TRACKING_READERS",
+        2,
+        _int("TRACKING_READERS", 0, 64),
+        "helper processes that read and decode new points of track documents, each "
+        "with its own copy of its rooms' documents, beside the event loop (0: on the "
+        "event loop itself)",
+    )
+    tracking_bulk_concurrency: int = _setting(
+        "TRACKING_BULK_CONCURRENCY",
+        2,
+        _int("TRACKING_BULK_CONCURRENCY", 1, 256),
+        "large batches (1,000+ points: uploads) in the database at once per "
+        "node; more than about one per database core only adds contention",
+    )
+    tracking_flush: float = _setting(
+        "TRACKING_FLUSH_SECONDS",
+        0.05,
+        _float("TRACKING_FLUSH_SECONDS", 0, 60),
+        "how long new track points gather before a batch is materialized",
+    )
+    retention_batch_rows: int = _setting(
+        "RETENTION_BATCH_ROWS",
+        10_000,
+        _int("RETENTION_BATCH_ROWS", 100, 10**6),
+        "rows the retention job deletes per statement",
+    )
 
-    sync_max_message_bytes: int = _setting("SYNC_MAX_MESSAGE_BYTES", 8 * 1024 * 1024,
-                                           _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
-                                           "largest websocket frame accepted; a bigger one closes that peer 1009")
-    sync_send_queue_limit: int = _setting("SYNC_SEND_QUEUE_LIMIT", 16384, _int("SYNC_SEND_QUEUE_LIMIT", 16, 10_000_000),
-                                          "frames queued to one peer before it is closed 1013 (does not read)")
-    sync_send_queue_bytes: int = _setting("SYNC_SEND_QUEUE_BYTES", 16 * 1024 * 1024,
-                                          _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024 ** 3),
-                                          "bytes queued to one peer before it is closed 1013 (does not read); at "
-                                          "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits")
-    sync_commit_window_ms: float = _setting("SYNC_COMMIT_WINDOW_MS", 10.0, _float("SYNC_COMMIT_WINDOW_MS", 0, 20),
-                                            "group commit: how long the update log waits to batch writes")
-    room_evict_seconds: float = _setting("ROOM_EVICT_SECONDS", 30.0, _float("ROOM_EVICT_SECONDS", 0, 86400),
-                                         "an empty room leaves memory after this long idle (once durable)")
-    compact_after_updates: int = _setting("COMPACT_AFTER_UPDATES", 1000, _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
-                                          "log rows of a doc that trigger compaction into its snapshot")
-    compact_after_bytes: int = _setting("COMPACT_AFTER_BYTES", 16 * 1024 * 1024,
-                                        _int("COMPACT_AFTER_BYTES", 64 * 1024, 2**40),
-                                        "bytes of a doc's uncompacted log rows that trigger compaction")
-    sync_idle_timeout: float = _setting("SYNC_IDLE_TIMEOUT_SECONDS", 60.0, _float("SYNC_IDLE_TIMEOUT_SECONDS", 5, 86400),
-                                        "a connection that sent nothing this long is closed 1001 (dead peer; "
-                                        "y-websocket clients renew awareness every 15 s)")
+    sync_max_message_bytes: int = _setting(
+        "SYNC_MAX_MESSAGE_BYTES",
+        8 * 1024 * 1024,
+        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
+        "largest websocket frame accepted; a bigger one closes that peer 1009",
+    )
+    sync_send_queue_limit: int = _setting(
+        "SYNC_SEND_QUEUE_LIMIT",
+        16384,
+        _int("SYNC_SEND_QUEUE_LIMIT", 16, 10_000_000),
+        "frames queued to one peer before it is closed 1013 (does not read)",
+    )
+    sync_send_queue_bytes: int = _setting(
+        "SYNC_SEND_QUEUE_BYTES",
+        16 * 1024 * 1024,
+        _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024**3),
+        "bytes queued to one peer before it is closed 1013 (does not read); at "
+        "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits",
+    )
+    sync_commit_window_ms: float = _setting(
+        "SYNC_COMMIT_WINDOW_MS",
+        10.0,
+        _float("SYNC_COMMIT_WINDOW_MS", 0, 20),
+        "group commit: how long the update log waits to batch writes",
+    )
+    room_evict_seconds: float = _setting(
+        "ROOM_EVICT_SECONDS",
+        30.0,
+        _float("ROOM_EVICT_SECONDS", 0, 86400),
+        "an empty room leaves memory after this long idle (once durable)",
+    )
+    compact_after_updates: int = _setting(
+        "COMPACT_AFTER_UPDATES",
+        1000,
+        _int("COMPACT_AFTER_UPDATES", 10, 10_000_000),
+        "log rows of a doc that trigger compaction into its snapshot",
+    )
+    compact_after_bytes: int = _setting(
+        "COMPACT_AFTER_BYTES",
+        16 * 1024 * 1024,
+        _int("COMPACT_AFTER_BYTES", 64 * 1024, 2**40),
+        "bytes of a doc's uncompacted log rows that trigger compaction",
+    )
+    sync_idle_timeout: float = _setting(
+        "SYNC_IDLE_TIMEOUT_SECONDS",
+        60.0,
+        _float("SYNC_IDLE_TIMEOUT_SECONDS", 5, 86400),
+        "a connection that sent nothing this long is closed 1001 (dead peer; "
+        "y-websocket clients renew awareness every 15 s)",
+    )
     provision_local_admin_url: str | None = _setting(
-        "PROVISION_LOCAL_ADMIN_URL", None, _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
-        "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server")
+        "PROVISION_LOCAL_ADMIN_URL",
+        None,
+        _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
+        "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server",
+    )
     fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver")
-    fly_api_url: str = _setting("FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"),
-                                "Fly Machines API base URL")
+    fly_api_url: str = _setting(
+        "FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"), "Fly Machines API base URL"
+    )
     fly_org: str = _setting("FLY_ORG", "personal", doc="Fly organization slug new apps are created in")
     hcloud_token: str | None = _setting("HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver")
-    hcloud_api_url: str = _setting("HCLOUD_API_URL", "https://api.hetzner.cloud/v1",
-                                   _url("HCLOUD_API_URL", "http", "https"), "Hetzner Cloud API base URL")
+    hcloud_api_url: str = _setting(
+        "HCLOUD_API_URL",
+        "https://api.hetzner.cloud/v1",
+        _url("HCLOUD_API_URL", "http", "https"),
+        "Hetzner Cloud API base URL",
+    )
     migration_cleanup_grace: float = _setting(
-        "MIGRATION_CLEANUP_GRACE_SECONDS", 3600.0, _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
-        "after a tenant migration, how long the source copy is kept before it is deleted")
+        "MIGRATION_CLEANUP_GRACE_SECONDS",
+        3600.0,
+        _float("MIGRATION_CLEANUP_GRACE_SECONDS", 0, 30 * 86400),
+        "after a tenant migration, how long the source copy is kept before it is deleted",
+    )
 
     # Several nodes (REDIS_URL set): see sync_server/extensions/fanout.py and sync_server/extensions/shared_limits.py.
-    redis_prefix: str = _setting("REDIS_PREFIX", "webhost:", _text("REDIS_PREFIX"),
-                                 "prefix of every Redis key of this deployment (nodes sharing documents share it)")
-    node_id: str | None = _setting("NODE_ID", None, _text("NODE_ID"),
-                                   "name of this node in Redis; unset: host name, process id and a random suffix")
-    node_heartbeat_seconds: float = _setting("NODE_HEARTBEAT_SECONDS", 2.0, _float("NODE_HEARTBEAT_SECONDS", 0.1, 60),
-                                             "nodes beat this often; one silent for 3 beats is dead (its presence "
-                                             "and connection counts are dropped)")
+    redis_prefix: str = _setting(
+        "REDIS_PREFIX",
+        "webhost:",
+        _text("REDIS_PREFIX"),
+        "prefix of every Redis key of this deployment (nodes sharing documents share it)",
+    )
+    node_id: str | None = _setting(
+        "NODE_ID",
+        None,
+        _text("NODE_ID"),
+        "name of this node in Redis; unset: host name, process id and a random suffix",
+    )
+    node_heartbeat_seconds: float = _setting(
+        "NODE_HEARTBEAT_SECONDS",
+        2.0,
+        _float("NODE_HEARTBEAT_SECONDS", 0.1, 60),
+        "nodes beat this often; one silent for 3 beats is dead (its presence and connection counts are dropped)",
+    )
     cluster_pause_ack: float = _setting(
-        "CLUSTER_PAUSE_ACK_SECONDS", 5.0, _float("CLUSTER_PAUSE_ACK_SECONDS", 0.1, 300),
+        "CLUSTER_PAUSE_ACK_SECONDS",
+        5.0,
+        _float("CLUSTER_PAUSE_ACK_SECONDS", 0.1, 300),
         "a tenant migration waits this long for every live node to confirm it paused the customer's "
-        "writes; a node that does not fails the migration (before the switch)")
+        "writes; a node that does not fails the migration (before the switch)",
+    )
     cluster_pause_lease: float = _setting(
-        "CLUSTER_PAUSE_LEASE_SECONDS", 30.0, _float("CLUSTER_PAUSE_LEASE_SECONDS", 1, 3600),
+        "CLUSTER_PAUSE_LEASE_SECONDS",
+        30.0,
+        _float("CLUSTER_PAUSE_LEASE_SECONDS", 1, 3600),
         "a node paused for another node's tenant migration resumes by itself after this long (the "
-        "migrating node died); a migration that could not switch well inside it fails instead")
-    fanout_stream_maxlen: int = _setting("FANOUT_STREAM_MAXLEN", 1000, _int("FANOUT_STREAM_MAXLEN", 50, 10_000_000),
-                                         "entries kept (approximately) in each document's Redis stream")
-    connection_limits: str = _setting("CONNECTION_LIMITS", "enforce", _choice("CONNECTION_LIMITS", "enforce", "off"),
-                                      "enforce the plan's connection_limit per customer (across nodes with Redis)")
-    rest_rate_limit: int = _setting("REST_RATE_LIMIT_PER_MINUTE", 6000,
-                                    _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
-                                    "REST requests per credential per minute (across nodes with Redis); "
-                                    "past it 429 with Retry-After; 0 disables")
+        "migrating node died); a migration that could not switch well inside it fails instead",
+    )
+    fanout_stream_maxlen: int = _setting(
+        "FANOUT_STREAM_MAXLEN",
+        1000,
+        _int("FANOUT_STREAM_MAXLEN", 50, 10_000_000),
+        "entries kept (approximately) in each document's Redis stream",
+    )
+    connection_limits: str = _setting(
+        "CONNECTION_LIMITS",
+        "enforce",
+        _choice("CONNECTION_LIMITS", "enforce", "off"),
+        "enforce the plan's connection_limit per customer (across nodes with Redis)",
+    )
+    rest_rate_limit: int = _setting(
+        "REST_RATE_LIMIT_PER_MINUTE",
+        6000,
+        _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
+        "REST requests per credential per minute (across nodes with Redis); past it 429 with Retry-After; 0 disables",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -230,11 +376,15 @@ class Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError(f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})")
         if self.sync_send_queue_bytes < self.sync_max_message_bytes:
-            raise ConfigError(f"SYNC_SEND_QUEUE_BYTES ({self.sync_send_queue_bytes}) must be at least "
-                              f"SYNC_MAX_MESSAGE_BYTES ({self.sync_max_message_bytes}): every relayed update must fit")
+            raise ConfigError(
+                f"SYNC_SEND_QUEUE_BYTES ({self.sync_send_queue_bytes}) must be at least "
+                f"SYNC_MAX_MESSAGE_BYTES ({self.sync_max_message_bytes}): every relayed update must fit"
+            )
         if self.cluster_pause_lease <= self.cluster_pause_ack:
-            raise ConfigError(f"CLUSTER_PAUSE_LEASE_SECONDS ({self.cluster_pause_lease:g}) must exceed "
-                              f"CLUSTER_PAUSE_ACK_SECONDS ({self.cluster_pause_ack:g})")
+            raise ConfigError(
+                f"CLUSTER_PAUSE_LEASE_SECONDS ({self.cluster_pause_lease:g}) must exceed "
+                f"CLUSTER_PAUSE_ACK_SECONDS ({self.cluster_pause_ack:g})"
+            )
         if self.secret_key is not None and len(self.secret_key) < 32:
             raise ConfigError("SECRET_KEY must be at least 32 characters")
         if self.environment == "production" and self.secret_key is None:

@@ -3,6 +3,7 @@
 Request, tenant and room ids travel in contextvars (`bind`), so every line logged while handling a
 request or a websocket message carries them without being passed around.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,9 @@ def configure(log_format: str = "console", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     # Libraries that use stdlib logging (hypercorn, asyncpg) go to stderr at the same level.
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(levelname)s %(name)s %(message)s"
+    )
     _configured = True
 
 

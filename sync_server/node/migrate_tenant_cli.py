@@ -1,5 +1,6 @@
 """`webhost-sync migrate-tenant`: drive a live tenant migration on a running server (the server
 holds the customer's rooms, so only it can pause their writes) and draw its progress."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--plan", help="plan whose retention applies when moving to multi_tenant (default: current)")
     p.add_argument("--infrastructure", default="local", choices=("local", "flyio", "hetzner"))
     p.add_argument("--server", default=None, help="server base URL (default http://HOST:PORT)")
-    p.add_argument("--token", default=os.environ.get("WEBHOST_OPERATOR_TOKEN"),
-                   help="operator session token (default $WEBHOST_OPERATOR_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("WEBHOST_OPERATOR_TOKEN"),
+        help="operator session token (default $WEBHOST_OPERATOR_TOKEN)",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask before leaving rows past retention behind")
 
 
@@ -58,16 +62,20 @@ class Progress:
                 self._say(f"copying {total:,} rows in {len(tables)} tables")
             if phase == "verifying and switching":
                 self._show_tables(tables)
-                self._say(f"copied {prog.get('done') or 0:,} rows; catching up, verifying and switching "
-                          "(writes pause now)")
+                self._say(
+                    f"copied {prog.get('done') or 0:,} rows; catching up, verifying and switching (writes pause now)"
+                )
             self.phase = phase
         if phase == "copying":
             self._show_tables(tables)
         if self.tty and phase != "starting":
             current = next((t for t in tables if t["table"] == prog.get("table")), None)
             done = prog.get("done") or 0
-            detail = (f"{current['table']} {current['done']:,}/{(current['total'] or 0):,}"
-                      if current and phase == "copying" else phase)
+            detail = (
+                f"{current['table']} {current['done']:,}/{(current['total'] or 0):,}"
+                if current and phase == "copying"
+                else phase
+            )
             if mig.get("status") not in (None, "running"):
                 detail = mig["status"]
             self._write(f"\r\x1b[K{_bar(done, total)}  {done:,}/{total:,} rows  {detail}")
@@ -82,8 +90,10 @@ class Progress:
             elif done != self.printed.get(name, 0):
                 self.printed[name] = done
                 in_all = sum(x["done"] for x in tables)
-                self._say(f"copy {name}: {done:,}/{of:,} rows ({in_all:,}/{sum(x['total'] or 0 for x in tables):,} "
-                          f"in all, {min(done / of, 1.0) * 100 if of else 100.0:.1f}% of the table)")
+                self._say(
+                    f"copy {name}: {done:,}/{of:,} rows ({in_all:,}/{sum(x['total'] or 0 for x in tables):,} "
+                    f"in all, {min(done / of, 1.0) * 100 if of else 100.0:.1f}% of the table)"
+                )
 
     def finish(self) -> None:
         if self.tty:
@@ -93,8 +103,9 @@ class Progress:
 def run(args: argparse.Namespace) -> int:
     server = args.server or f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
     if not args.token:
-        print("webhost-sync: --token or WEBHOST_OPERATOR_TOKEN is required (an operator session token)",
-              file=sys.stderr)
+        print(
+            "webhost-sync: --token or WEBHOST_OPERATOR_TOKEN is required (an operator session token)", file=sys.stderr
+        )
         return 2
     client = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {args.token}"}, timeout=30)
     path = f"/api/v1/customers/{args.customer}/migrations"
@@ -108,8 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if info.get("dropping"):
         total = sum(info["dropping"].values())
         detail = ", ".join(f"{t}: {n:,}" for t, n in info["dropping"].items())
-        print(f"plan {info['plan']} keeps {info['retention_days']} days: {total:,} rows older than "
-              f"{info['cutoff']} will NOT be copied ({detail})")
+        print(
+            f"plan {info['plan']} keeps {info['retention_days']} days: {total:,} rows older than "
+            f"{info['cutoff']} will NOT be copied ({detail})"
+        )
         if not args.yes:
             if not sys.stdin.isatty():
                 print("webhost-sync: rows would be dropped; pass --yes to proceed", file=sys.stderr)

@@ -47,6 +47,7 @@ def _names(func: object) -> set[str]:
 
 # -- permessage-deflate declined ----------------------------------------------------------------
 
+
 def _deflate_guard() -> str | None:
     try:
         from hypercorn.protocol import ws_stream
@@ -87,6 +88,7 @@ def _deflate_active() -> bool:
 
 
 # -- HTTP/1.1 response head written with its body ---------------------------------------------
+
 
 def _head_guard() -> str | None:
     try:
@@ -157,6 +159,7 @@ def _head_active() -> bool:
 
 # -- client frames unmasked by 32-bit words -----------------------------------------------------
 
+
 def _unmask_guard() -> str | None:
     try:
         import numpy  # noqa: F401
@@ -200,7 +203,7 @@ def _unmask_install() -> None:
                 np.bitwise_xor(words, np.frombuffer(key, dtype=np.uint32)[0], out=words)
             for i in range(whole, n):
                 data[i] ^= key[i - whole]
-            self._masking_key = key[n % 4:] + key[:n % 4]
+            self._masking_key = key[n % 4 :] + key[: n % 4]
         return data
 
     masker.wsproto_process = masker.process  # type: ignore[attr-defined]  # kept for the equivalence test
@@ -230,8 +233,13 @@ def apply(patch: Patch) -> bool:
         pass  # the internals are not there: the guard says why
     reason = patch.guard()
     if reason is not None:
-        log.warning("third_party_patch_off", patch=patch.name, package=patch.package,
-                    version=_version(patch.package), reason=reason)
+        log.warning(
+            "third_party_patch_off",
+            patch=patch.name,
+            package=patch.package,
+            version=_version(patch.package),
+            reason=reason,
+        )
         return False
     patch.install()
     return True

@@ -1,6 +1,7 @@
 """What one running node holds: settings, the database registry, Redis (when configured), the
 background jobs, and the start/stop order. app.py builds it; handlers reach it with runtime().
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ class Runtime:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
         self.settings = settings
         self.registry = DatabaseRegistry(
-            Database(settings.database_url, settings.app_role(), min_size=settings.db_pool_min,
-                     max_size=settings.db_pool_max)
+            Database(
+                settings.database_url, settings.app_role(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+            )
         )
         self.redis: Any = None
         self.rooms: RoomRegistry | None = None  # the sync core's rooms (wired in sync_server.node.app)

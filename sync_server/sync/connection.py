@@ -9,6 +9,7 @@ closed with 1013 instead of growing server memory; its missed frames are recover
 sender (no per-frame allocation). A single frame larger than `queue_bytes` is still accepted into an
 empty queue: a joining peer must be able to receive a document's whole state in one step 2.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,12 +41,40 @@ WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the
 
 
 class Connection:
-    __slots__ = ("customer_id", "doc", "can_write", "room", "awareness_ids", "denied_sent", "close_code",
-                 "close_reason", "closed", "_send", "_queue", "_limit", "_bytes", "_byte_limit", "_wakeup", "_sender",
-                 "raw", "peer", "last_seen")
+    __slots__ = (
+        "customer_id",
+        "doc",
+        "can_write",
+        "room",
+        "awareness_ids",
+        "denied_sent",
+        "close_code",
+        "close_reason",
+        "closed",
+        "_send",
+        "_queue",
+        "_limit",
+        "_bytes",
+        "_byte_limit",
+        "_wakeup",
+        "_sender",
+        "raw",
+        "peer",
+        "last_seen",
+    )
 
-    def __init__(self, send: Send, *, customer_id: str, doc: str, can_write: bool, queue_limit: int,
-                 queue_bytes: int = QUEUE_BYTES, peer: str = "", raw: bool = False) -> None:
+    def __init__(
+        self,
+        send: Send,
+        *,
+        customer_id: str,
+        doc: str,
+        can_write: bool,
+        queue_limit: int,
+        queue_bytes: int = QUEUE_BYTES,
+        peer: str = "",
+        raw: bool = False,
+    ) -> None:
         """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
         ready-made websocket frames (sync_server.sync.wire), several per call."""
         self.customer_id = customer_id
@@ -81,8 +110,15 @@ class Connection:
             frame = wire if wire is not None else binary_frame(frame)
         size = len(frame)
         if len(queue) >= self._limit or (queue and self._bytes + size > self._byte_limit):
-            log.warning("send_queue_full", customer_id=self.customer_id, room=self.doc, frames=len(queue),
-                        bytes=self._bytes, limit=self._limit, byte_limit=self._byte_limit)
+            log.warning(
+                "send_queue_full",
+                customer_id=self.customer_id,
+                room=self.doc,
+                frames=len(queue),
+                bytes=self._bytes,
+                limit=self._limit,
+                byte_limit=self._byte_limit,
+            )
             self.abort(TRY_AGAIN_LATER, "send queue full")
             return
         queue.append(frame)

@@ -13,6 +13,7 @@ read frames until the peer leaves or the server closes it. Refusals are closes a
 1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
 BaseExceptions such as a Rust panic included, closes only that peer).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,7 +56,7 @@ class Authenticator(Protocol):
 
 def parse_path(path: str) -> tuple[str, str] | None:
     """(customer slug, doc) of a sync path, or None when it is not a valid one."""
-    rest = path[len(PREFIX):]
+    rest = path[len(PREFIX) :]
     slug, sep, doc = rest.partition("/")
     if not sep or not SLUG.match(slug) or not doc or len(doc) > MAX_DOC_LENGTH or not DOC_NAME.match(doc):
         return None
@@ -67,8 +68,16 @@ def parse_path(path: str) -> tuple[str, str] | None:
 class SyncEndpoint:
     """ASGI wrapper: websocket requests under /sync/ are served here, everything else by `app`."""
 
-    def __init__(self, app, rooms: RoomRegistry, authenticator: Authenticator, *, max_message: int,
-                 queue_limit: int, queue_bytes: int) -> None:
+    def __init__(
+        self,
+        app,
+        rooms: RoomRegistry,
+        authenticator: Authenticator,
+        *,
+        max_message: int,
+        queue_limit: int,
+        queue_bytes: int,
+    ) -> None:
         self.app = app
         self.rooms = rooms
         self.authenticator = authenticator
@@ -116,9 +125,16 @@ class SyncEndpoint:
             return
         try:
             access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
-            await self.rooms.hooks.authenticate(ConnectRequest(
-                access.customer_id, slug, doc, access.can_write, access.credential,
-                {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}))
+            await self.rooms.hooks.authenticate(
+                ConnectRequest(
+                    access.customer_id,
+                    slug,
+                    doc,
+                    access.can_write,
+                    access.credential,
+                    {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])},
+                )
+            )
         except Refused as exc:
             log.info("sync_refused", customer_slug=slug, room=doc, code=exc.code, reason=exc.reason)
             await close(exc.code, exc.reason)
@@ -135,12 +151,24 @@ class SyncEndpoint:
 
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
-        conn = Connection(raw or send_bytes, customer_id=access.customer_id, doc=doc, can_write=access.can_write,
-                          queue_limit=self.queue_limit, queue_bytes=self.queue_bytes, peer=f"{peer[0]}:{peer[1]}", raw=raw is not None)
+        conn = Connection(
+            raw or send_bytes,
+            customer_id=access.customer_id,
+            doc=doc,
+            can_write=access.can_write,
+            queue_limit=self.queue_limit,
+            queue_bytes=self.queue_bytes,
+            peer=f"{peer[0]}:{peer[1]}",
+            raw=raw is not None,
+        )
         conn.start()
         self.rooms.join(room, conn)
-        log.info("sync_connected", mode="rw" if access.can_write else "r", credential=access.credential,
-                 peers=len(room.connections))
+        log.info(
+            "sync_connected",
+            mode="rw" if access.can_write else "r",
+            credential=access.credential,
+            peers=len(room.connections),
+        )
         reader = asyncio.ensure_future(self._read(conn, room, receive))
         closing = asyncio.ensure_future(conn.closed.wait())
         try:
@@ -186,6 +214,7 @@ class SyncEndpoint:
                 log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
                 conn.abort(INTERNAL_ERROR, "server error")
                 return
+
 
 def _header(scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):

@@ -7,6 +7,7 @@ PanicException (a Rust panic inside pycrdt derives from BaseException, not Excep
 Hypercorn, one answers an empty non-JSON 500 and cancels the other tasks of its connection.
 Only what asks a task or the process to stop is let through.
 """
+
 from __future__ import annotations
 
 import asyncio

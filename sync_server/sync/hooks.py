@@ -10,6 +10,7 @@ Hooks run by priority (lower first), then in the order added; a failing hook is 
 Hot path: `change` and `awareness` are awaited for every update a room receives. Keep them quick
 (queue work, spawn a task); never await a database round trip per update there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -15,6 +15,7 @@ sections 0.44 s and 0.5 GB), so state vectors are checked whole here and an upda
 checked before it reaches yrs. Awareness states must be JSON that JavaScript's JSON.parse accepts too
 (Python's json takes NaN and Infinity; relayed, they crash every stock client that joins later).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,6 +75,7 @@ Message = SyncStep1 | SyncUpdate | AwarenessUpdate | QueryAwareness | Unknown
 
 
 # -- primitives --------------------------------------------------------------------------------
+
 
 def var_uint(num: int) -> bytes:
     if num < 0x80:
@@ -151,6 +153,7 @@ def check_update(update: bytes) -> None:
 
 
 # -- decoding ----------------------------------------------------------------------------------
+
 
 def decode(frame: bytes) -> Message:
     """Decode one frame. The whole frame must be consumed: trailing bytes are malformed too."""
@@ -243,6 +246,7 @@ def _depth(text: str) -> int:
 
 
 # -- encoding ----------------------------------------------------------------------------------
+
 
 def step1_frame(state_vector: bytes) -> bytes:
     return bytes((SYNC, STEP1)) + var_uint(len(state_vector)) + state_vector

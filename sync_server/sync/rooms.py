@@ -22,6 +22,7 @@ room already made durable-bound, loads a fresh room from PostgreSQL and moves th
 gets the fresh state's sync step 1 and answers with whatever it holds that the fresh room lacks).
 The sender of the update is closed with 4400; the update is never stored or relayed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -156,7 +157,9 @@ class Room:
         if self.broken is not None:  # being rebuilt: the frame goes to the fresh room
             await (await asyncio.shield(self.broken)).receive(conn, frame)
             return
-        msg: Any = protocol.decode(frame)  # Any: dispatched on type(msg) (cheaper than isinstance; mypy does not narrow it)
+        msg: Any = protocol.decode(
+            frame
+        )  # Any: dispatched on type(msg) (cheaper than isinstance; mypy does not narrow it)
         kind = type(msg)
         if kind is protocol.SyncUpdate:
             if not conn.can_write:
@@ -196,7 +199,9 @@ class Room:
 
     async def apply_remote_awareness(self, frame: bytes) -> None:
         """An awareness frame from another node: validated, applied, relayed locally."""
-        msg: Any = protocol.decode(frame)  # Any: dispatched on type(msg) (cheaper than isinstance; mypy does not narrow it)
+        msg: Any = protocol.decode(
+            frame
+        )  # Any: dispatched on type(msg) (cheaper than isinstance; mypy does not narrow it)
         if isinstance(msg, protocol.AwarenessUpdate) and self._apply_awareness(msg.entries, None):
             self.broadcast(msg.frame)
             await self.hooks.awareness(self, msg.frame, REMOTE)
@@ -253,7 +258,8 @@ class Room:
         if any(start > clocks.get(client, 0) for client, start, _ in summary.sections):
             return _HOLD, None
         if all(end is not None and end <= clocks.get(client, 0) for client, _, end in summary.sections) and (
-                summary.deleting == 0 or hash(update) in self._relayed):
+            summary.deleting == 0 or hash(update) in self._relayed
+        ):
             return _DROP, None
         return _APPLY, summary
 
@@ -346,8 +352,7 @@ class Room:
                     try:
                         await self._apply(update, protocol.update_frame(update), origin)  # held again if early
                     except protocol.Malformed as exc:
-                        log.warning("held_update_rejected", customer_id=self.customer_id, room=self.doc,
-                                    error=str(exc))
+                        log.warning("held_update_rejected", customer_id=self.customer_id, room=self.doc, error=str(exc))
                     progress = progress or self.version != version
         finally:
             self._releasing = False
@@ -356,8 +361,13 @@ class Room:
         """The engine failed on this doc: never touch it again; the registry rebuilds the room."""
         if self.broken is not None:
             return
-        log.error("room_engine_failed", customer_id=self.customer_id, room=self.doc, stage=stage,
-                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        log.error(
+            "room_engine_failed",
+            customer_id=self.customer_id,
+            room=self.doc,
+            stage=stage,
+            error=f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
         if self.on_broken is not None:
             self.broken = self.on_broken(self)
         else:  # a room outside any registry: nothing to move, nobody to serve
@@ -372,13 +382,17 @@ class Room:
             ids = conn.awareness_ids
             new = {client for client, _clock, state in entries if state is not None and client not in ids}
             if new and len(ids) + len(new) > MAX_AWARENESS_CLIENTS_PER_PEER:
-                raise protocol.Malformed(f"more than {MAX_AWARENESS_CLIENTS_PER_PEER} awareness clients on one "
-                                         "connection")
+                raise protocol.Malformed(
+                    f"more than {MAX_AWARENESS_CLIENTS_PER_PEER} awareness clients on one connection"
+                )
         changed = False
         for client, clock, state in entries:
             current = states.get(client)
-            if current is None or current[0] < clock or (current[0] == clock and state is None
-                                                         and current[1] is not None):
+            if (
+                current is None
+                or current[0] < clock
+                or (current[0] == clock and state is None and current[1] is not None)
+            ):
                 states[client] = (clock, state)
                 changed = True
                 if conn is not None:
@@ -397,7 +411,7 @@ class Room:
         most MAX_AWARENESS_CLIENTS_PER_PEER per connection) plus MAX_AWARENESS_REMOVED."""
         states = self._awareness
         removed = [client for client, (_clock, state) in states.items() if state is None]
-        for client in removed[:max(0, len(removed) - MAX_AWARENESS_REMOVED // 2)]:
+        for client in removed[: max(0, len(removed) - MAX_AWARENESS_REMOVED // 2)]:
             del states[client]
         self._forget_at = len(states) + MAX_AWARENESS_REMOVED // 2
 
@@ -417,8 +431,9 @@ class Room:
 class RoomRegistry:
     """Every loaded room of this node, keyed by (customer id, doc)."""
 
-    def __init__(self, *, evict_after: float, spawn: Callable[[Awaitable[None], str], asyncio.Task] | None = None
-                 ) -> None:
+    def __init__(
+        self, *, evict_after: float, spawn: Callable[[Awaitable[None], str], asyncio.Task] | None = None
+    ) -> None:
         self.hooks = HookList()
         self.evict_after = evict_after
         self.accepting = True
@@ -578,8 +593,7 @@ class RoomRegistry:
         async with _nested([p(cid) for p in self._pausers]):
             yield
 
-    def close_customer_nowait(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended"
-                              ) -> int:
+    def close_customer_nowait(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
         closed = 0
         for room in self.rooms(customer_id):
             for conn in tuple(room.connections):
@@ -587,8 +601,7 @@ class RoomRegistry:
                 closed += 1
         return closed
 
-    async def close_customer(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended"
-                             ) -> int:
+    async def close_customer(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
         """Close every connection of the customer (e.g. suspended: 4403, clients stop retrying)."""
         closed = self.close_customer_nowait(customer_id, code, reason)
         log.info("customer_connections_closed", customer_id=str(customer_id), connections=closed, code=code)

@@ -7,6 +7,7 @@ number is written as null (as pydantic writes the @operation responses, and as J
 JSON.stringify does). Awareness states, relayed to every peer byte for byte, are checked when
 read (sync_server.sync.protocol.strict_json); a request body holding them is refused (api.json_provider).
 """
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ a Hypercorn whose internals changed: then a WARNING `third_party_patch_off`, onc
 plain ASGI sends of y-websocket messages. The process-wide patches of Hypercorn and wsproto live in
 sync_server.node.patches.
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,8 +55,12 @@ def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream):
         return None  # another server, or a wrapped send: plain ASGI sends
-    if not hasattr(stream, "stream_id") or not callable(getattr(stream, "send", None)) or not hasattr(
-            stream, "closed") or not hasattr(stream, "state"):
+    if (
+        not hasattr(stream, "stream_id")
+        or not callable(getattr(stream, "send", None))
+        or not hasattr(stream, "closed")
+        or not hasattr(stream, "state")
+    ):
         _off("WSStream no longer has stream_id / send / closed / state")
         return None
     stream_send = stream.send

@@ -14,6 +14,7 @@ section: its header is all that is read). Every count is checked against
 the bytes left before it is used (bounded work per byte). The format: yjs/src/utils/UpdateDecoder.js
 (UpdateDecoderV1) and lib0's decoding.readAny.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

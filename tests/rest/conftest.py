@@ -1,5 +1,6 @@
 """Fixtures for the REST suites: the real app (create_app) on this test's real PostgreSQL database,
 driven through Quart's test client, with helpers to make operators, customers and keys."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,15 +62,19 @@ class Api:
     async def customer(self, slug: str | None = None, plan_id: str = "hobby", **fields) -> Customer:
         self._n += 1
         slug = slug or f"cust-{self._n}"
-        r = await self.client.post("/api/v1/customers", headers=await self.operator(),
-                                   json={"slug": slug, "name": slug.title(), "plan_id": plan_id, **fields})
+        r = await self.client.post(
+            "/api/v1/customers",
+            headers=await self.operator(),
+            json={"slug": slug, "name": slug.title(), "plan_id": plan_id, **fields},
+        )
         assert r.status_code == 201, await r.get_data(as_text=True)
         body = await r.get_json()
         return Customer(body["customer"]["id"], slug, body["api_key"]["key"], body)
 
     async def key(self, customer: Customer, permissions: list[str], **fields) -> str:
-        r = await self.client.post("/api/v1/api-keys", headers=customer.auth,
-                                   json={"permissions": permissions, **fields})
+        r = await self.client.post(
+            "/api/v1/api-keys", headers=customer.auth, json={"permissions": permissions, **fields}
+        )
         assert r.status_code == 201, await r.get_data(as_text=True)
         return (await r.get_json())["key"]
 

@@ -1,12 +1,21 @@
 """Plans, subscriptions and usage."""
+
 import datetime as dt
 
 from sync_server.domain.billing import plans
 
 from .conftest import bearer, error_of
 
-PLAN = {"id": "fleet-xl", "name": "Fleet XL", "price_cents": 99900, "vehicle_limit": 2000, "driver_limit": 2000,
-        "geofence_limit": 8000, "gps_points_per_day": 100_000_000, "retention_days": 730}
+PLAN = {
+    "id": "fleet-xl",
+    "name": "Fleet XL",
+    "price_cents": 99900,
+    "vehicle_limit": 2000,
+    "driver_limit": 2000,
+    "geofence_limit": 8000,
+    "gps_points_per_day": 100_000_000,
+    "retention_days": 730,
+}
 
 
 async def test_public_plans_and_operator_crud(api):
@@ -44,14 +53,25 @@ async def test_upgrade_downgrade_cancel(api):
         r = await api.post("/api/v1/vehicles", headers=c.auth, json={"name": f"v{i}", "vehicle_identifier": f"v{i}"})
         assert r.status_code == 201
     ops = await api.operator()
-    await api.post("/api/v1/plans", headers=ops, json={**PLAN, "id": "tiny", "vehicle_limit": 2, "driver_limit": 2,
-                                                       "geofence_limit": 2, "gps_points_per_day": 10})
+    await api.post(
+        "/api/v1/plans",
+        headers=ops,
+        json={
+            **PLAN,
+            "id": "tiny",
+            "vehicle_limit": 2,
+            "driver_limit": 2,
+            "geofence_limit": 2,
+            "gps_points_per_day": 10,
+        },
+    )
 
     r = await api.post("/api/v1/subscription/change", headers=c.auth, json={"plan_id": "starter"})
     assert r.status_code == 200 and (await r.get_json())["plan_id"] == "starter"
     for i in range(4, 7):  # the new limit applies at once
-        assert (await api.post("/api/v1/vehicles", headers=c.auth,
-                               json={"name": f"v{i}", "vehicle_identifier": f"v{i}"})).status_code == 201
+        assert (
+            await api.post("/api/v1/vehicles", headers=c.auth, json={"name": f"v{i}", "vehicle_identifier": f"v{i}"})
+        ).status_code == 201
 
     r = await api.post("/api/v1/subscription/change", headers=c.auth, json={"plan_id": "tiny"})
     assert r.status_code == 409
@@ -82,27 +102,46 @@ async def test_upgrade_downgrade_cancel(api):
 
 async def test_usage(api):
     c = await api.customer(plan_id="starter")
-    v = await (await api.post("/api/v1/vehicles", headers=c.auth, json={"name": "v", "vehicle_identifier": "v"})).get_json()
+    v = await (
+        await api.post("/api/v1/vehicles", headers=c.auth, json={"name": "v", "vehicle_identifier": "v"})
+    ).get_json()
     await api.post("/api/v1/drivers", headers=c.auth, json={"name": "d"})
-    await api.post("/api/v1/geofences", headers=c.auth,
-                   json={"kind": "circle", "name": "g", "center": {"lat": 1, "lng": 2}, "radius_meters": 50})
+    await api.post(
+        "/api/v1/geofences",
+        headers=c.auth,
+        json={"kind": "circle", "name": "g", "center": {"lat": 1, "lng": 2}, "radius_meters": 50},
+    )
     now = dt.datetime.now(dt.UTC)
     db = await api.runtime.registry.for_customer(c.id)
     async with db.tenant(c.id) as conn:
         for s in range(3):
-            await conn.execute("INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) "
-                               "VALUES ($1, $2, $3, 1, 2)", c.id, v["id"], now - dt.timedelta(seconds=s))
-        await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', $2)",
-                           c.id, b"x" * 100)
+            await conn.execute(
+                "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, $3, 1, 2)",
+                c.id,
+                v["id"],
+                now - dt.timedelta(seconds=s),
+            )
+        await conn.execute(
+            "INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', $2)", c.id, b"x" * 100
+        )
     r = await api.get("/api/v1/usage", headers=c.auth)
     assert r.status_code == 200
     body = await r.get_json()
-    assert body == {"plan_id": "starter", "vehicles": {"used": 1, "limit": 25}, "drivers": {"used": 1, "limit": 25},
-                    "geofences": {"used": 1, "limit": 100}, "gps_points_today": {"used": 3, "limit": 1250000},
-                    "storage_bytes": 100}
+    assert body == {
+        "plan_id": "starter",
+        "vehicles": {"used": 1, "limit": 25},
+        "drivers": {"used": 1, "limit": 25},
+        "geofences": {"used": 1, "limit": 100},
+        "gps_points_today": {"used": 3, "limit": 1250000},
+        "storage_bytes": 100,
+    }
     async with db.tenant(c.id) as conn:  # the pipeline's counter wins when it keeps one
-        await conn.execute("INSERT INTO usage_metrics (customer_id, time, metric, value) VALUES ($1, $2, $3, 40)",
-                           c.id, now, plans.GPS_POINTS_METRIC)
+        await conn.execute(
+            "INSERT INTO usage_metrics (customer_id, time, metric, value) VALUES ($1, $2, $3, 40)",
+            c.id,
+            now,
+            plans.GPS_POINTS_METRIC,
+        )
     body = await (await api.get("/api/v1/usage", headers=c.auth)).get_json()
     assert body["gps_points_today"]["used"] == 40
     fleet_only = await api.key(c, ["fleet:read"])
@@ -119,8 +158,12 @@ async def test_gps_limit_check_for_the_pipeline(api):
         try:
             await plans.check_limit(conn, c.id, "gps_points_per_day", limits, adding=11, current=249_990)
         except plans.PlanLimitReached as exc:
-            assert exc.details() == {"resource": "gps_points_per_day", "limit": 250_000, "current": 249_990,
-                                     "plan_id": "hobby"}
+            assert exc.details() == {
+                "resource": "gps_points_per_day",
+                "limit": 250_000,
+                "current": 249_990,
+                "plan_id": "hobby",
+            }
         else:
             raise AssertionError("limit not enforced")
 

@@ -1,4 +1,5 @@
 """A key of customer A used on any id of customer B gets 404, on every route that takes an id."""
+
 import re
 
 from .conftest import error_of
@@ -16,8 +17,9 @@ async def _resources_of(api, customer) -> dict[str, str]:
     h = customer.auth
     v = await (await api.post("/api/v1/vehicles", headers=h, json={"name": "v", "vehicle_identifier": "v"})).get_json()
     d = await (await api.post("/api/v1/drivers", headers=h, json={"name": "d", "vehicle_id": v["id"]})).get_json()
-    g = await (await api.post("/api/v1/geofences", headers=h,
-                              json={"kind": "polygon", "name": "g", "polygon": SQUARE})).get_json()
+    g = await (
+        await api.post("/api/v1/geofences", headers=h, json={"kind": "polygon", "name": "g", "polygon": SQUARE})
+    ).get_json()
     u = await (await api.post("/api/v1/users", headers=h, json={"email": "u@example.com"})).get_json()
     k = await (await api.post("/api/v1/api-keys", headers=h, json={"permissions": ["fleet:read"]})).get_json()
     return {"vehicle_id": v["id"], "driver_id": d["id"], "geofence_id": g["id"], "user_id": u["id"], "key_id": k["id"]}
@@ -46,8 +48,13 @@ async def test_every_id_route_of_another_customer_is_404(api):
     assert len(checked) == 17, checked
 
     # ...and B's things are untouched and still there for B
-    for name, url in [("vehicle_id", "vehicles"), ("driver_id", "drivers"), ("geofence_id", "geofences"),
-                      ("user_id", "users"), ("key_id", "api-keys")]:
+    for name, url in [
+        ("vehicle_id", "vehicles"),
+        ("driver_id", "drivers"),
+        ("geofence_id", "geofences"),
+        ("user_id", "users"),
+        ("key_id", "api-keys"),
+    ]:
         r = await api.get(f"/api/v1/{url}/{b_ids[name]}", headers=b.auth)
         assert r.status_code == 200
         if url != "api-keys":

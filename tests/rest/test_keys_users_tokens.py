@@ -1,4 +1,5 @@
 """API keys, customer users and sync tokens."""
+
 import datetime as dt
 
 from sync_server.domain.accounts import api_keys, sync_tokens
@@ -10,9 +11,16 @@ from .conftest import bearer, error_of
 async def test_api_key_lifecycle(api):
     c = await api.customer()
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=30)).isoformat()
-    r = await api.post("/api/v1/api-keys", headers=c.auth,
-                       json={"name": "backend", "permissions": ["fleet:read", "sync:write"], "environment": "test",
-                             "expires_at": future})
+    r = await api.post(
+        "/api/v1/api-keys",
+        headers=c.auth,
+        json={
+            "name": "backend",
+            "permissions": ["fleet:read", "sync:write"],
+            "environment": "test",
+            "expires_at": future,
+        },
+    )
     assert r.status_code == 201
     created = await r.get_json()
     raw = created["key"]
@@ -28,8 +36,9 @@ async def test_api_key_lifecycle(api):
     assert shown.status_code == 200 and "key" not in await shown.get_json()
 
     assert (await api.get("/api/v1/vehicles", headers=bearer(raw))).status_code == 200
-    assert (await api.post("/api/v1/vehicles", headers=bearer(raw), json={"name": "x", "vehicle_identifier": "x"})
-            ).status_code == 403  # fleet:read only
+    assert (
+        await api.post("/api/v1/vehicles", headers=bearer(raw), json={"name": "x", "vehicle_identifier": "x"})
+    ).status_code == 403  # fleet:read only
     forbidden = await api.get("/api/v1/api-keys", headers=bearer(raw))
     assert forbidden.status_code == 403 and (await error_of(forbidden))["details"] == {"missing": ["admin"]}
 
@@ -40,17 +49,22 @@ async def test_api_key_lifecycle(api):
     assert created["id"] not in [k["id"] for k in active]
     everything = (await (await api.get("/api/v1/api-keys?include_revoked=true", headers=c.auth)).get_json())["data"]
     assert [k["revoked_at"] for k in everything if k["id"] == created["id"]][0] is not None
-    assert (await api.delete("/api/v1/api-keys/00000000-0000-0000-0000-000000000000", headers=c.auth)).status_code == 404
+    assert (
+        await api.delete("/api/v1/api-keys/00000000-0000-0000-0000-000000000000", headers=c.auth)
+    ).status_code == 404
 
 
 async def test_api_key_validation(api):
     c = await api.customer()
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()
-    for body, field in [({"permissions": []}, "permissions"), ({"permissions": ["root"]}, "permissions.0"),
-                        ({"permissions": ["admin"], "environment": "prod"}, "environment"),
-                        ({"permissions": ["admin"], "expires_at": past}, "expires_at"),
-                        ({"permissions": ["admin"], "expires_at": "2999-01-01T00:00:00"}, "expires_at"),
-                        ({"permissions": ["admin"], "owner": "me"}, "owner")]:
+    for body, field in [
+        ({"permissions": []}, "permissions"),
+        ({"permissions": ["root"]}, "permissions.0"),
+        ({"permissions": ["admin"], "environment": "prod"}, "environment"),
+        ({"permissions": ["admin"], "expires_at": past}, "expires_at"),
+        ({"permissions": ["admin"], "expires_at": "2999-01-01T00:00:00"}, "expires_at"),
+        ({"permissions": ["admin"], "owner": "me"}, "owner"),
+    ]:
         r = await api.post("/api/v1/api-keys", headers=c.auth, json=body)
         assert r.status_code == 422, body
         assert [e["field"] for e in (await error_of(r))["details"]["errors"]] == [field], body
@@ -80,8 +94,9 @@ async def test_expired_and_malformed_keys_are_refused(api):
 
 async def test_sync_tokens(api):
     c = await api.customer("acme")
-    r = await api.post("/api/v1/sync-tokens", headers=c.auth,
-                       json={"docs": ["fleet", "tracks/*"], "mode": "rw", "ttl_seconds": 120})
+    r = await api.post(
+        "/api/v1/sync-tokens", headers=c.auth, json={"docs": ["fleet", "tracks/*"], "mode": "rw", "ttl_seconds": 120}
+    )
     assert r.status_code == 200
     body = await r.get_json()
     grant = sync_tokens.verify(TEST_SECRET, body["token"])  # exactly what the websocket side verifies
@@ -99,10 +114,14 @@ async def test_sync_tokens(api):
     r = await api.post("/api/v1/sync-tokens", headers=bearer(fleet_only), json={"docs": ["fleet"], "mode": "r"})
     assert r.status_code == 403
 
-    for body, field in [({"docs": []}, "docs"), ({"docs": ["x"], "mode": "w"}, "mode"),
-                        ({"docs": ["x"], "ttl_seconds": sync_tokens.MAX_TTL_SECONDS + 1}, "ttl_seconds"),
-                        ({"docs": ["x"], "ttl_seconds": 0}, "ttl_seconds"), ({"docs": [""]}, "docs.0"),
-                        ({"docs": ["x"], "ttl_seconds": "60"}, "ttl_seconds")]:
+    for body, field in [
+        ({"docs": []}, "docs"),
+        ({"docs": ["x"], "mode": "w"}, "mode"),
+        ({"docs": ["x"], "ttl_seconds": sync_tokens.MAX_TTL_SECONDS + 1}, "ttl_seconds"),
+        ({"docs": ["x"], "ttl_seconds": 0}, "ttl_seconds"),
+        ({"docs": [""]}, "docs.0"),
+        ({"docs": ["x"], "ttl_seconds": "60"}, "ttl_seconds"),
+    ]:
         r = await api.post("/api/v1/sync-tokens", headers=c.auth, json=body)
         assert r.status_code == 422, body
         assert (await error_of(r))["details"]["errors"][0]["field"] == field, body
@@ -111,8 +130,11 @@ async def test_sync_tokens(api):
 async def test_customer_users(api):
     c = await api.customer()
     viewer = await api.key(c, ["fleet:read"])
-    r = await api.post("/api/v1/users", headers=c.auth,
-                       json={"email": "Ann@Example.com", "name": "Ann", "role": "admin", "password": "long enough pw"})
+    r = await api.post(
+        "/api/v1/users",
+        headers=c.auth,
+        json={"email": "Ann@Example.com", "name": "Ann", "role": "admin", "password": "long enough pw"},
+    )
     assert r.status_code == 201
     ann = await r.get_json()
     assert ann["email"] == "Ann@Example.com" and "password" not in ann and "password_hash" not in ann

@@ -1,6 +1,7 @@
 """The served OpenAPI document matches what the real server does: schemathesis (examples,
 coverage and fuzzing phases, bounded) finds no 5xx, no undocumented status, no response that
 breaks its schema, and no schema-violating request accepted."""
+
 import os
 import subprocess
 import sys
@@ -19,12 +20,34 @@ def schemathesis(base_url: str, token: str, tags: str, cwd: Path, *extra: str) -
     """The README command, bounded for the test suite. positive_data_acceptance is left out: some
     rules cannot be written in JSON Schema (closed rings, future expiry, opaque cursors, plan limits)."""
     exe = Path(sys.executable).parent / "schemathesis"
-    cmd = [str(exe), "run", f"{base_url}/api/openapi.json", "-H", f"Authorization: Bearer {token}",
-           "--include-tag-regex", tags, "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-           "--phases", "examples,coverage,fuzzing", "--max-examples", "15", "--seed", "7", "--workers", "1",
-           "--generation-database", "none", "--no-color", *extra]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
+    cmd = [
+        str(exe),
+        "run",
+        f"{base_url}/api/openapi.json",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "--include-tag-regex",
+        tags,
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "15",
+        "--seed",
+        "7",
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--no-color",
+        *extra,
+    ]
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"}
+    )
 
 
 def test_openapi_document_is_3_1_and_covers_every_route(server):
@@ -53,13 +76,19 @@ def test_every_served_route_is_an_operation_in_the_document(server):
     from sync_server.node.config import Settings
 
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused", secret_key="k" * 40))
-    served = {(method, openapi._openapi_path(rule.rule)[0])
-              for rule in app.url_map.iter_rules() for method in rule.methods - {"HEAD", "OPTIONS"}}
+    served = {
+        (method, openapi._openapi_path(rule.rule)[0])
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
     doc = httpx.get(f"{server.base_url}/api/openapi.json").json()
     documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert served - DOCUMENT_ITSELF == documented
     assert {p for _, p in served if p.startswith("/api/v1/")} >= {
-        "/api/v1/deployments", "/api/v1/customers/{customer_id}/migrations", "/api/v1/docs/{doc}"}
+        "/api/v1/deployments",
+        "/api/v1/customers/{customer_id}/migrations",
+        "/api/v1/docs/{doc}",
+    }
     # ... and every one of them is served by the one endpoint (not by Quart's dispatch)
     endpoint = rest_endpoint.RestEndpoint(app.asgi_app, app, runtime=None)
     by_endpoint = {rule.endpoint for rule in app.url_map.iter_rules()} - set(endpoint.views)
@@ -68,16 +97,19 @@ def test_every_served_route_is_an_operation_in_the_document(server):
 
 def test_schemathesis_finds_nothing(server, server_env, tmp_path):
     _create_operator(server_env, "ops@example.com")
-    token = httpx.post(f"{server.base_url}/api/v1/auth/login",
-                       json={"email": "ops@example.com", "password": OPERATOR_PASSWORD}).json()["token"]
-    created = httpx.post(f"{server.base_url}/api/v1/customers", headers=bearer(token),
-                         json={"slug": "fuzz", "name": "Fuzz"}).json()
+    token = httpx.post(
+        f"{server.base_url}/api/v1/auth/login", json={"email": "ops@example.com", "password": OPERATOR_PASSWORD}
+    ).json()["token"]
+    created = httpx.post(
+        f"{server.base_url}/api/v1/customers", headers=bearer(token), json={"slug": "fuzz", "name": "Fuzz"}
+    ).json()
     key = created["api_key"]["key"]
 
     customer_run = schemathesis(server.base_url, key, CUSTOMER_TAGS, tmp_path)
     assert customer_run.returncode == 0, customer_run.stdout[-6000:] + customer_run.stderr[-2000:]
-    operator_run = schemathesis(server.base_url, token, OPERATOR_TAGS, tmp_path,
-                                "--exclude-path", "/api/v1/auth/logout")
+    operator_run = schemathesis(
+        server.base_url, token, OPERATOR_TAGS, tmp_path, "--exclude-path", "/api/v1/auth/logout"
+    )
     assert operator_run.returncode == 0, operator_run.stdout[-6000:] + operator_run.stderr[-2000:]
     for run in (customer_run, operator_run):
         assert " passed" in run.stdout and "Tested: " in run.stdout

@@ -1,4 +1,5 @@
 """Operator sessions and the customer lifecycle."""
+
 import hashlib
 
 from storage import platform_users
@@ -31,8 +32,10 @@ async def test_login_logout_and_token_storage(api):
 
 async def test_login_refusals(api):
     await platform_users.upsert(api.runtime.db, "ops@example.com", hash_password(OPERATOR_PASSWORD), "admin")
-    for body in ({"email": "ops@example.com", "password": "wrong password"},
-                 {"email": "nobody@example.com", "password": OPERATOR_PASSWORD}):
+    for body in (
+        {"email": "ops@example.com", "password": "wrong password"},
+        {"email": "nobody@example.com", "password": OPERATOR_PASSWORD},
+    ):
         r = await api.post("/api/v1/auth/login", json=body)
         assert r.status_code == 401 and (await error_of(r))["code"] == "invalid_credentials"
     r = await api.post("/api/v1/auth/login", json={"email": "ops@example.com", "password": "x", "remember": True})
@@ -59,9 +62,17 @@ async def test_operator_routes_need_an_operator(api):
 
 async def test_create_customer_returns_key_once_and_subscription(api):
     ops = await api.operator()
-    r = await api.post("/api/v1/customers", headers=ops,
-                       json={"slug": "acme", "name": "Acme", "email": "it@acme.example", "plan_id": "starter",
-                             "metadata": {"region": "eu"}})
+    r = await api.post(
+        "/api/v1/customers",
+        headers=ops,
+        json={
+            "slug": "acme",
+            "name": "Acme",
+            "email": "it@acme.example",
+            "plan_id": "starter",
+            "metadata": {"region": "eu"},
+        },
+    )
     assert r.status_code == 201
     body = await r.get_json()
     customer, key = body["customer"], body["api_key"]
@@ -104,7 +115,9 @@ async def test_list_filters_and_cursor_pagination(api):
 
     seen, cursor = [], None
     while True:
-        r = await api.get("/api/v1/customers", headers=ops, query_string={"limit": 3, **({"cursor": cursor} if cursor else {})})
+        r = await api.get(
+            "/api/v1/customers", headers=ops, query_string={"limit": 3, **({"cursor": cursor} if cursor else {})}
+        )
         assert r.status_code == 200
         page = await r.get_json()
         seen += [c["slug"] for c in page["data"]]

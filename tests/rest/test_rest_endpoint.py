@@ -1,6 +1,7 @@
 """The ASGI endpoint that serves @operation routes (api/rest_endpoint.py) answers like Quart did:
 request ids, the error format for what it does not serve itself (405, HEAD), body limits, the rate
 limit, and no request state left behind."""
+
 from __future__ import annotations
 
 import dataclasses

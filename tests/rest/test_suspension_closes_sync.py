@@ -1,5 +1,6 @@
 """Suspending a customer through REST closes its open websockets (4403) and refuses new ones;
 reactivating lets it back in. Real server process, real websocket client."""
+
 import asyncio
 
 import httpx
@@ -24,14 +25,20 @@ async def _closed_with(ws, timeout=10.0) -> int:
 async def test_suspend_closes_and_refuses_sync_connections(server, server_env):
     _create_operator(server_env, "ops@example.com")
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-        ops = bearer((await http.post("/api/v1/auth/login", json={"email": "ops@example.com",
-                                                                  "password": OPERATOR_PASSWORD})).json()["token"])
+        ops = bearer(
+            (
+                await http.post("/api/v1/auth/login", json={"email": "ops@example.com", "password": OPERATOR_PASSWORD})
+            ).json()["token"]
+        )
         a = (await http.post("/api/v1/customers", headers=ops, json={"slug": "alpha", "name": "A"})).json()
         b = (await http.post("/api/v1/customers", headers=ops, json={"slug": "bravo", "name": "B"})).json()
 
         async def token(created):
-            r = await http.post("/api/v1/sync-tokens", headers=bearer(created["api_key"]["key"]),
-                                json={"docs": ["fleet"], "mode": "rw", "ttl_seconds": 300})
+            r = await http.post(
+                "/api/v1/sync-tokens",
+                headers=bearer(created["api_key"]["key"]),
+                json={"docs": ["fleet"], "mode": "rw", "ttl_seconds": 300},
+            )
             return r.json()["token"]
 
         ta, tb = await token(a), await token(b)

@@ -7,6 +7,7 @@ and a value Quart could not write as JSON answered `internal_server_error`.
 
 The failures are injected into the real handlers' collaborators (monkeypatch): nothing the API
 accepts reaches them on purpose any more."""
+
 from __future__ import annotations
 
 import asyncio
@@ -65,16 +66,26 @@ async def served(database_url):
     await task
 
 
-@pytest.mark.parametrize("target, path, failure", [
-    (vehicle_store, "list_page", _raise(RuntimeError("boom: secret detail"))),
-    (vehicle_store, "list_page", _raise(RustPanic("boom: secret detail"))),
-    (doc_content, "to_json", _raise(RuntimeError("boom: secret detail"))),
-    (doc_content, "to_json", _raise(RustPanic("boom: secret detail"))),
-    (doc_content, "to_json", _unwritable),
-], ids=["operation-exception", "operation-base-exception", "quart-exception", "quart-base-exception",
-        "quart-unwritable-answer"])
-async def test_an_unexpected_failure_is_a_json_500_and_nothing_else_breaks(served, monkeypatch, capsys,
-                                                                           target, path, failure):
+@pytest.mark.parametrize(
+    "target, path, failure",
+    [
+        (vehicle_store, "list_page", _raise(RuntimeError("boom: secret detail"))),
+        (vehicle_store, "list_page", _raise(RustPanic("boom: secret detail"))),
+        (doc_content, "to_json", _raise(RuntimeError("boom: secret detail"))),
+        (doc_content, "to_json", _raise(RustPanic("boom: secret detail"))),
+        (doc_content, "to_json", _unwritable),
+    ],
+    ids=[
+        "operation-exception",
+        "operation-base-exception",
+        "quart-exception",
+        "quart-base-exception",
+        "quart-unwritable-answer",
+    ],
+)
+async def test_an_unexpected_failure_is_a_json_500_and_nothing_else_breaks(
+    served, monkeypatch, capsys, target, path, failure
+):
     base_url, auth = served
     url = "/api/v1/vehicles" if target is vehicle_store else "/api/v1/docs/fleet?format=json"
     async with httpx.AsyncClient(base_url=base_url, timeout=10, headers=auth) as http:
@@ -84,8 +95,9 @@ async def test_an_unexpected_failure_is_a_json_500_and_nothing_else_breaks(serve
         assert r.status_code == 500
         assert r.headers["content-type"] == "application/json"
         assert r.headers["X-Request-ID"] == "req-unexpected-1"
-        assert json.loads(r.text) == {"error": {"code": "internal_error", "message": "internal server error",
-                                                "details": {}}}
+        assert json.loads(r.text) == {
+            "error": {"code": "internal_error", "message": "internal server error", "details": {}}
+        }
         monkeypatch.undo()
         # The same keep-alive connection, and the server, keep serving.
         assert (await http.get(url)).status_code == 200

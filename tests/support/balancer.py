@@ -1,6 +1,7 @@
 """A TCP load balancer for multi-node tests: round robin over the backends, skipping one that refuses
 the connection (a dead node), so clients of a killed node reconnect to a live one through the same
 URL, as behind a real load balancer."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """A local HTTP server standing in for the Fly Machines and Hetzner Cloud APIs: it records every
 request (method, path, headers, JSON body) and answers like the real API does."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ class RecordingApi:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                api.requests.append({"method": self.command, "path": self.path, "body": body,
-                                     "authorization": self.headers.get("Authorization")})
+                api.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "body": body,
+                        "authorization": self.headers.get("Authorization"),
+                    }
+                )
                 status, payload = respond(self.command, self.path, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -75,9 +82,11 @@ def hetzner() -> Responder:
         if method == "POST" and path == "/firewalls":
             return 201, {"firewall": {"id": 38, "name": body["name"]}, "actions": []}
         if method == "POST" and path == "/servers":
-            return 201, {"server": {"id": 42, "name": body["name"],
-                                    "public_net": {"ipv4": {"ip": "203.0.113.7"}}},
-                         "action": {"id": 1, "status": "running"}, "root_password": None}
+            return 201, {
+                "server": {"id": 42, "name": body["name"], "public_net": {"ipv4": {"ip": "203.0.113.7"}}},
+                "action": {"id": 1, "status": "running"},
+                "root_password": None,
+            }
         if method == "DELETE":
             return 200, {"action": {"id": 2}}
         return 404, {"error": {"code": "not_found"}}

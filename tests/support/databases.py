@@ -1,6 +1,7 @@
 """Real PostgreSQL for tests: the machine's server (TEST_PG_URL, default 127.0.0.1:5432 as postgres)
 or, where none runs, a private one from the pgserver wheel. Every test database is new and dropped
 after, so parallel runs and several checkouts never see each other's rows."""
+
 from __future__ import annotations
 
 import asyncio
@@ -122,6 +123,7 @@ class Template:
             if self._holder is not None:
                 await self._holder.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
                 await self._holder.close()  # releases the lock
+
         try:
             self._loop.run_until_complete(_drop())
         finally:

@@ -1,4 +1,5 @@
 """Tenant rows for tracking tests, inserted with SQL through the RLS-bound role."""
+
 from __future__ import annotations
 
 import json
@@ -21,22 +22,37 @@ async def plan(db: Database, plan_id: str, *, points_per_day: int, retention_day
         await conn.execute(
             "INSERT INTO plans (id, name, price_cents, vehicle_limit, driver_limit, geofence_limit, "
             "gps_points_per_day, retention_days) VALUES ($1, $1, 0, 10, 10, 10, $2, $3)",
-            plan_id, points_per_day, retention_days)
+            plan_id,
+            points_per_day,
+            retention_days,
+        )
     return plan_id
 
 
-async def vehicle(db: Database, customer_id, identifier: str = "truck-1", secret_hash: bytes | None = None) -> uuid.UUID:
+async def vehicle(
+    db: Database, customer_id, identifier: str = "truck-1", secret_hash: bytes | None = None
+) -> uuid.UUID:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchval(
             "INSERT INTO vehicles (customer_id, name, vehicle_identifier, device_secret_hash) "
-            "VALUES ($1, $2, $2, $3) RETURNING id", customer_id, identifier, secret_hash)
+            "VALUES ($1, $2, $2, $3) RETURNING id",
+            customer_id,
+            identifier,
+            secret_hash,
+        )
 
 
 async def circle(db: Database, customer_id, name: str, lat: float, lng: float, radius: float) -> uuid.UUID:
     async with db.tenant(customer_id) as conn:
         return await conn.fetchval(
             "INSERT INTO geofences (customer_id, name, kind, center_lat, center_lng, radius_meters) "
-            "VALUES ($1, $2, 'circle', $3, $4, $5) RETURNING id", customer_id, name, lat, lng, radius)
+            "VALUES ($1, $2, 'circle', $3, $4, $5) RETURNING id",
+            customer_id,
+            name,
+            lat,
+            lng,
+            radius,
+        )
 
 
 async def polygon(db: Database, customer_id, name: str, ring: list[tuple[float, float]]) -> uuid.UUID:
@@ -45,7 +61,10 @@ async def polygon(db: Database, customer_id, name: str, ring: list[tuple[float, 
     async with db.tenant(customer_id) as conn:
         return await conn.fetchval(
             "INSERT INTO geofences (customer_id, name, kind, polygon) VALUES ($1, $2, 'polygon', $3) RETURNING id",
-            customer_id, name, {"type": "Polygon", "coordinates": [coords]})
+            customer_id,
+            name,
+            {"type": "Polygon", "coordinates": [coords]},
+        )
 
 
 async def count(db: Database, customer_id, sql: str, *args) -> int:
@@ -74,9 +93,16 @@ async def api_key(db: Database, customer_id, permissions=("admin",)) -> str:
 
     raw = api_keys.generate("live")
     async with db.tenant(customer_id) as conn:
-        await key_store.insert(conn, customer_id=customer_id, name="test", prefix=api_keys.display_prefix(raw),
-                               key_hash=api_keys.digest(raw), environment="live", permissions=list(permissions),
-                               expires_at=None)
+        await key_store.insert(
+            conn,
+            customer_id=customer_id,
+            name="test",
+            prefix=api_keys.display_prefix(raw),
+            key_hash=api_keys.digest(raw),
+            environment="live",
+            permissions=list(permissions),
+            expires_at=None,
+        )
     return raw
 
 

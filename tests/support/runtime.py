@@ -1,4 +1,5 @@
 """An in-process Runtime with provisioning installed (for tests that drive the services directly)."""
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -13,11 +14,19 @@ TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
 
 
 @asynccontextmanager
-async def provisioning_runtime(database_url: str, data_dir, admin_url: str, *, keep_databases: bool = False,
-                               **env: str):
-    settings = Settings.from_env({"DATABASE_URL": database_url, "DATA_DIR": str(data_dir), "SECRET_KEY": TEST_SECRET,
-                                  "MIGRATION_CLEANUP_GRACE_SECONDS": "0", "PROVISION_LOCAL_ADMIN_URL": admin_url,
-                                  **env})
+async def provisioning_runtime(
+    database_url: str, data_dir, admin_url: str, *, keep_databases: bool = False, **env: str
+):
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(data_dir),
+            "SECRET_KEY": TEST_SECRET,
+            "MIGRATION_CLEANUP_GRACE_SECONDS": "0",
+            "PROVISION_LOCAL_ADMIN_URL": admin_url,
+            **env,
+        }
+    )
     rt = Runtime(settings)
     provisioning.install(rt)
     await rt.start()

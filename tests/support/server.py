@@ -1,4 +1,5 @@
 """A real `webhost-sync serve` process for end-to-end tests (the same entry point operators run)."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,9 @@ class ServerProcess:
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self._log = open(self.log_path, "ab")
         exe = Path(sys.executable).parent / "webhost-sync"
-        self.proc = subprocess.Popen([str(exe), "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [str(exe), "serve"], env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,6 +1,7 @@
 """Test peers of the sync endpoint: a customer in the test database, tokens for it, a minimal raw
 y-websocket peer on `websockets` (for protocol-level checks), and the real JS clients of
 client-examples/js (for behaviour)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,8 @@ async def create_customer(database_url: str, slug: str = "acme", status: str = "
     conn = await asyncpg.connect(database_url)
     try:
         cid = await conn.fetchval(
-            "INSERT INTO customers (slug, name, status) VALUES ($1, $2, $3) RETURNING id", slug, slug.title(), status)
+            "INSERT INTO customers (slug, name, status) VALUES ($1, $2, $3) RETURNING id", slug, slug.title(), status
+        )
     finally:
         await conn.close()
     return Customer(str(cid), slug)
@@ -49,10 +51,12 @@ async def stored_updates(database_url: str, customer: Customer, doc: str) -> tup
     """(row count, snapshot, log rows) of one doc, read as the schema owner (bypasses RLS)."""
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq",
-                                customer.id, doc)
-        snap = await conn.fetchval("SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2",
-                                   customer.id, doc)
+        rows = await conn.fetch(
+            "SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq", customer.id, doc
+        )
+        snap = await conn.fetchval(
+            "SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer.id, doc
+        )
     finally:
         await conn.close()
     return len(rows), snap, [r["update"] for r in rows]
@@ -69,8 +73,9 @@ async def stored_doc(database_url: str, customer: Customer, doc: str) -> pycrdt.
 
 
 def token(secret: str, customer: Customer, docs=("*",), mode: str = "rw", ttl: int = 3600) -> str:
-    return sync_tokens.mint(secret, customer_id=customer.id, customer_slug=customer.slug, docs=list(docs),
-                            mode=mode, ttl_seconds=ttl)[0]
+    return sync_tokens.mint(
+        secret, customer_id=customer.id, customer_slug=customer.slug, docs=list(docs), mode=mode, ttl_seconds=ttl
+    )[0]
 
 
 class RawPeer:
@@ -126,8 +131,9 @@ class RawPeer:
 
 def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
     """Run a script of client-examples/js and return its last stdout line as JSON."""
-    proc = subprocess.run(["node", str(JS_DIR / script), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=JS_DIR, **kwargs)
+    proc = subprocess.run(
+        ["node", str(JS_DIR / script), *args], capture_output=True, text=True, timeout=timeout, cwd=JS_DIR, **kwargs
+    )
     if proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -135,8 +141,9 @@ def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
 
 
 def js_start(script: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=JS_DIR)
+    return subprocess.Popen(
+        ["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS_DIR
+    )
 
 
 def rest_of(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
@@ -163,9 +170,16 @@ async def create_api_key(database_url: str, customer: Customer, permissions: lis
     try:
         async with conn.transaction():
             await conn.execute("SELECT set_config('app.customer_id', $1, true)", customer.id)
-            await key_store.insert(conn, customer_id=customer.id, name="server", prefix=api_keys.display_prefix(raw),
-                                   key_hash=api_keys.digest(raw), environment="live", permissions=permissions,
-                                   expires_at=None)
+            await key_store.insert(
+                conn,
+                customer_id=customer.id,
+                name="server",
+                prefix=api_keys.display_prefix(raw),
+                key_hash=api_keys.digest(raw),
+                environment="live",
+                permissions=permissions,
+                expires_at=None,
+            )
     finally:
         await conn.close()
     return raw

@@ -3,6 +3,7 @@
 A scenario whose standalone script starts its own servers (GPS ingestion, REST latency, cross-node
 relay) sets `self_hosted`: its `run` gets no server from the harness (None), and `profile` (if set)
 profiles it its own way."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,6 +28,7 @@ class Metric:
 class Target:
     """A goal stated in DESIGN.md or an issue. `ratio`: ours vs the reference in the metric's better
     direction (1.0 = equal); `at_least` / `at_most`: an absolute bound on our median."""
+
     metric: str
     text: str
     ratio: float | None = None

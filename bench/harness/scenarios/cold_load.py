@@ -1,6 +1,7 @@
 """(5) Cold load: a document that exists only as a long update log in PostgreSQL (no snapshot),
 opened by one client; time from connect to synced with every entry. Ours only: the reference
 server keeps nothing on disk, so it has no cold load to compare."""
+
 from __future__ import annotations
 
 from ..clients import JsClient, stop_all
@@ -30,8 +31,16 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     updates = ctx.cache[key]
     doc = f"cold-{rep}"
     ctx.database.insert_updates(doc, updates)
-    joiner = JsClient("join.js", ctx.log_dir, server=server.ws_base, doc=doc, token=server.token, clients=1,
-                      items=len(updates), timeout=p["timeout"])
+    joiner = JsClient(
+        "join.js",
+        ctx.log_dir,
+        server=server.ws_base,
+        doc=doc,
+        token=server.token,
+        clients=1,
+        items=len(updates),
+        timeout=p["timeout"],
+    )
     try:
         joiner.wait("ready", 60)
         joiner.say("go")
@@ -40,24 +49,30 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         stop_all([joiner])
     if done["error_count"]:
         raise RuntimeError(f"cold load failed: {done['errors']}")
-    return {"first_sync_s": (done["synced"][0] - done["t0"]) / 1000,
-            "updates_per_s": len(updates) / ((done["synced"][0] - done["t0"]) / 1000),
-            "log_mib": sum(map(len, updates)) / 2**20}
+    return {
+        "first_sync_s": (done["synced"][0] - done["t0"]) / 1000,
+        "updates_per_s": len(updates) / ((done["synced"][0] - done["t0"]) / 1000),
+        "log_mib": sum(map(len, updates)) / 2**20,
+    }
 
 
-scenario = register(Scenario(
-    key="cold_load",
-    title="Cold load: a document of many logged updates, time to first sync",
-    issue="3",
-    sides=(OURS,),
-    metrics=[
-        Metric("first_sync_s", "time to first sync", "s"),
-        Metric("updates_per_s", "log replay rate", "updates/s", "higher"),
-        Metric("log_mib", "update log size", "MiB", ""),
-    ],
-    params={"full": {"updates": 100_000, "reps": 3, "timeout": 120},
-            "smoke": {"updates": 500, "reps": 1, "timeout": 60}},
-    notes="Setup writes the rows straight into doc_updates (COPY), one document per repetition, so every "
-          "load is cold. The reference server has no persistence: n/a.",
-    run=run,
-))
+scenario = register(
+    Scenario(
+        key="cold_load",
+        title="Cold load: a document of many logged updates, time to first sync",
+        issue="3",
+        sides=(OURS,),
+        metrics=[
+            Metric("first_sync_s", "time to first sync", "s"),
+            Metric("updates_per_s", "log replay rate", "updates/s", "higher"),
+            Metric("log_mib", "update log size", "MiB", ""),
+        ],
+        params={
+            "full": {"updates": 100_000, "reps": 3, "timeout": 120},
+            "smoke": {"updates": 500, "reps": 1, "timeout": 60},
+        },
+        notes="Setup writes the rows straight into doc_updates (COPY), one document per repetition, so every "
+        "load is cold. The reference server has no persistence: n/a.",
+        run=run,
+    )
+)

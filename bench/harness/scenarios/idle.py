@@ -3,6 +3,7 @@ connection from RSS deltas, and the CPU the server burns while nobody writes.
 
 Phase A opens one client per room (RSS delta = rooms + their first connection); phase B adds the
 rest to the same rooms (RSS delta = connections only). per room = A / rooms - per connection."""
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,21 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         start = time.monotonic()
         offset = first
         for share in shares(count, processes):
-            batch.append(JsClient("idle.js", ctx.log_dir, server=server.ws_base, prefix=prefix, token=server.token,
-                                  rooms=rooms, clients=share, first=offset, parallel=p["parallel"],
-                                  timeout=p["timeout"], hold=p["timeout"] + 120))
+            batch.append(
+                JsClient(
+                    "idle.js",
+                    ctx.log_dir,
+                    server=server.ws_base,
+                    prefix=prefix,
+                    token=server.token,
+                    rooms=rooms,
+                    clients=share,
+                    first=offset,
+                    parallel=p["parallel"],
+                    timeout=p["timeout"],
+                    hold=p["timeout"] + 120,
+                )
+            )
             offset += share
         opened.extend(batch)
         synced = sum(c.wait("ready", p["timeout"] + 30)["synced"] for c in batch)
@@ -58,25 +71,45 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     }
 
 
-scenario = register(Scenario(
-    key="idle",
-    title="Idle connections: many clients over many rooms",
-    issue="8",
-    metrics=[
-        Metric("kib_per_connection", "memory per connection (RSS delta)", "KiB"),
-        Metric("kib_per_room", "memory per room (RSS delta)", "KiB"),
-        Metric("rss_mib", "server RSS with all connected", "MiB"),
-        Metric("idle_cpu_pct", "server CPU while idle", "% of a core"),
-        Metric("db_idle_cpu_pct", "PostgreSQL CPU while idle", "% of a core", ""),
-        Metric("connect_per_s", "connections opened (phase B)", "conn/s", "higher"),
-        Metric("connected", "clients connected", "", ""),
-    ],
-    params={"full": {"clients": 10_000, "rooms": 1_000, "processes": 3, "parallel": 100, "settle": 3,
-                     "idle_window": 15, "reps": 1, "timeout": 240},
-            "smoke": {"clients": 40, "rooms": 10, "processes": 2, "parallel": 10, "settle": 0.2,
-                      "idle_window": 0.5, "reps": 1, "timeout": 30}},
-    notes="One repetition per side in the full run (10,000 handshakes per side is the slowest step). "
-          "RSS deltas include allocator slack; a negative per-room figure means a room costs less than "
-          "the noise of the measurement.",
-    run=run,
-))
+scenario = register(
+    Scenario(
+        key="idle",
+        title="Idle connections: many clients over many rooms",
+        issue="8",
+        metrics=[
+            Metric("kib_per_connection", "memory per connection (RSS delta)", "KiB"),
+            Metric("kib_per_room", "memory per room (RSS delta)", "KiB"),
+            Metric("rss_mib", "server RSS with all connected", "MiB"),
+            Metric("idle_cpu_pct", "server CPU while idle", "% of a core"),
+            Metric("db_idle_cpu_pct", "PostgreSQL CPU while idle", "% of a core", ""),
+            Metric("connect_per_s", "connections opened (phase B)", "conn/s", "higher"),
+            Metric("connected", "clients connected", "", ""),
+        ],
+        params={
+            "full": {
+                "clients": 10_000,
+                "rooms": 1_000,
+                "processes": 3,
+                "parallel": 100,
+                "settle": 3,
+                "idle_window": 15,
+                "reps": 1,
+                "timeout": 240,
+            },
+            "smoke": {
+                "clients": 40,
+                "rooms": 10,
+                "processes": 2,
+                "parallel": 10,
+                "settle": 0.2,
+                "idle_window": 0.5,
+                "reps": 1,
+                "timeout": 30,
+            },
+        },
+        notes="One repetition per side in the full run (10,000 handshakes per side is the slowest step). "
+        "RSS deltas include allocator slack; a negative per-room figure means a room costs less than "
+        "the noise of the measurement.",
+        run=run,
+    )
+)

@@ -1,4 +1,5 @@
 """(4) Join storm: many clients open a large, hot document at the same instant."""
+
 from __future__ import annotations
 
 from .. import procstat
@@ -12,15 +13,34 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     doc = f"storm-{server.side}-{rep}"
     clients: list[JsClient] = []
     try:
-        seeder = JsClient("write.js", ctx.log_dir, server=server.ws_base, doc=doc, token=server.token,
-                          items=p["blobs"], blob_bytes=p["blob_bytes"], verify=1, timeout=p["timeout"])
+        seeder = JsClient(
+            "write.js",
+            ctx.log_dir,
+            server=server.ws_base,
+            doc=doc,
+            token=server.token,
+            items=p["blobs"],
+            blob_bytes=p["blob_bytes"],
+            verify=1,
+            timeout=p["timeout"],
+        )
         clients.append(seeder)
         seeded = seeder.wait("done", p["timeout"] + 30)
         if not seeded["verified"]:
             raise RuntimeError("the seeded document never showed every entry to a new peer")
-        joiners = [JsClient("join.js", ctx.log_dir, server=server.ws_base, doc=doc, token=server.token,
-                            clients=n, items=p["blobs"], timeout=p["timeout"])
-                   for n in shares(p["clients"], p["processes"])]
+        joiners = [
+            JsClient(
+                "join.js",
+                ctx.log_dir,
+                server=server.ws_base,
+                doc=doc,
+                token=server.token,
+                clients=n,
+                items=p["blobs"],
+                timeout=p["timeout"],
+            )
+            for n in shares(p["clients"], p["processes"])
+        ]
         clients += joiners
         for j in joiners:
             j.wait("ready", 60)
@@ -46,22 +66,26 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     }
 
 
-scenario = register(Scenario(
-    key="join_storm",
-    title="Join storm: many clients join a large document at once",
-    issue="8",
-    metrics=[
-        Metric("all_synced_s", "time until every client is synced", "s"),
-        Metric("median_join_s", "median time to synced", "s"),
-        Metric("server_cpu_s", "server CPU for the storm", "s"),
-        Metric("rss_growth_mib", "server RSS growth during the storm", "MiB"),
-        Metric("doc_mib", "document size (encoded state)", "MiB", ""),
-        Metric("failed_joins", "joins that failed", "", ""),
-    ],
-    params={"full": {"clients": 200, "processes": 4, "blobs": 512, "blob_bytes": 10_240, "reps": 3, "timeout": 240},
-            "smoke": {"clients": 6, "processes": 2, "blobs": 20, "blob_bytes": 1024, "reps": 1, "timeout": 30}},
-    notes="The document is written by one client as many binary entries (one update each; 10 KiB in the full run) and stays "
-          "loaded (the writer stays connected). The joiners start together on a 'go' line; a joiner counts as "
-          "synced when its Y.Array holds every entry.",
-    run=run,
-))
+scenario = register(
+    Scenario(
+        key="join_storm",
+        title="Join storm: many clients join a large document at once",
+        issue="8",
+        metrics=[
+            Metric("all_synced_s", "time until every client is synced", "s"),
+            Metric("median_join_s", "median time to synced", "s"),
+            Metric("server_cpu_s", "server CPU for the storm", "s"),
+            Metric("rss_growth_mib", "server RSS growth during the storm", "MiB"),
+            Metric("doc_mib", "document size (encoded state)", "MiB", ""),
+            Metric("failed_joins", "joins that failed", "", ""),
+        ],
+        params={
+            "full": {"clients": 200, "processes": 4, "blobs": 512, "blob_bytes": 10_240, "reps": 3, "timeout": 240},
+            "smoke": {"clients": 6, "processes": 2, "blobs": 20, "blob_bytes": 1024, "reps": 1, "timeout": 30},
+        },
+        notes="The document is written by one client as many binary entries (one update each; 10 KiB in the full run) and stays "
+        "loaded (the writer stays connected). The joiners start together on a 'go' line; a joiner counts as "
+        "synced when its Y.Array holds every entry.",
+        run=run,
+    )
+)

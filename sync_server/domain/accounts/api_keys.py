@@ -4,6 +4,7 @@ The checksum lets scanners and typos be rejected before any database lookup. Onl
 the whole key and a display prefix are stored. `authenticate` is the single place a presented key
 becomes a principal; both REST and the websocket endpoint use it, with this node's `KeyCache`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,8 +22,17 @@ ENVIRONMENTS = ("live", "test")
 BODY_LEN = 22  # 62**22 > 2**130
 CHECK_LEN = 6  # 62**6 > 2**32
 PREFIX_LEN = len("whk_live_") + 4
-PERMISSIONS = ("admin", "sync:read", "sync:write", "fleet:read", "fleet:write", "tracking:read",
-               "tracking:write", "billing:read", "billing:write")
+PERMISSIONS = (
+    "admin",
+    "sync:read",
+    "sync:write",
+    "fleet:read",
+    "fleet:write",
+    "tracking:read",
+    "tracking:write",
+    "billing:read",
+    "billing:write",
+)
 LAST_USED_RESOLUTION = dt.timedelta(minutes=5)  # last_used_at is written at most this often per key
 
 
@@ -73,8 +83,7 @@ class KeyCache:
             return None
         return entry[1], entry[2]
 
-    def put(self, key_hash: bytes, principal: ApiKeyPrincipal, expires_at: dt.datetime | None,
-            generation: int) -> None:
+    def put(self, key_hash: bytes, principal: ApiKeyPrincipal, expires_at: dt.datetime | None, generation: int) -> None:
         """Remember an acceptance read while `generation` was current (dropped if it no longer is)."""
         if self.ttl <= 0 or generation != self.generation:
             return
@@ -87,8 +96,9 @@ class KeyCache:
 
     def forget(self, *, key_id: str | None = None, customer_id: str | None = None) -> None:
         self.generation += 1
-        self._entries = {h: e for h, e in self._entries.items()
-                         if e[1].key_id != key_id and e[1].customer_id != customer_id}
+        self._entries = {
+            h: e for h, e in self._entries.items() if e[1].key_id != key_id and e[1].customer_id != customer_id
+        }
 
     async def on_key_revoked(self, key_id, **_ignored) -> None:
         self.forget(key_id=str(key_id))
@@ -122,7 +132,7 @@ def is_well_formed(raw: str) -> bool:
         start = f"whk_{env}_"
         if raw.startswith(start) and len(raw) == len(start) + BODY_LEN + CHECK_LEN:
             head, check = raw[:-CHECK_LEN], raw[-CHECK_LEN:]
-            return all(c in ALPHABET for c in raw[len(start):]) and _checksum(head) == check
+            return all(c in ALPHABET for c in raw[len(start) :]) and _checksum(head) == check
     return False
 
 
@@ -134,8 +144,9 @@ def display_prefix(raw: str) -> str:
     return raw[:PREFIX_LEN]
 
 
-async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None,
-                       cache: KeyCache | None = None) -> ApiKeyPrincipal:
+async def authenticate(
+    registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None, cache: KeyCache | None = None
+) -> ApiKeyPrincipal:
     if not is_well_formed(raw):
         raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
     key_hash = digest(raw)
@@ -158,8 +169,9 @@ async def authenticate(registry: DatabaseRegistry, raw: str, now: dt.datetime | 
     last_used = row["last_used_at"]
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         await key_store.touch_last_used(registry.shared, row["customer_id"], row["id"], now)
-    principal = ApiKeyPrincipal(str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"],
-                                frozenset(row["permissions"]))
+    principal = ApiKeyPrincipal(
+        str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"], frozenset(row["permissions"])
+    )
     if cache is not None:
         cache.put(key_hash, principal, row["expires_at"], generation)
     return principal

@@ -1,6 +1,7 @@
 """Customer lifecycle: create (with its subscription and first API key, in one transaction),
 suspend/reactivate (suspension tells the sync side to close the customer's websockets), delete.
 Every cross-tenant step goes through Database.operator(reason), which is audited."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ class NewCustomer:
     subscription: asyncpg.Record
 
 
-async def create(rt: Runtime, *, slug: str, name: str, email: str | None, metadata: dict, plan_id: str,
-                 operator_id: str) -> NewCustomer:
+async def create(
+    rt: Runtime, *, slug: str, name: str, email: str | None, metadata: dict, plan_id: str, operator_id: str
+) -> NewCustomer:
     """Raises UnknownPlan, or asyncpg.UniqueViolationError when the slug or email is taken."""
     raw = api_keys.generate("live")
     async with rt.db.operator("create_customer", slug=slug, operator_id=operator_id) as conn:
@@ -35,9 +37,16 @@ async def create(rt: Runtime, *, slug: str, name: str, email: str | None, metada
             raise UnknownPlan(plan_id)
         row = await customer_store.insert(conn, slug=slug, name=name, email=email, metadata=metadata)
         subscription = await subscription_store.insert(conn, row["id"], plan_id)
-        key = await key_store.insert(conn, customer_id=row["id"], name="first key", prefix=api_keys.display_prefix(raw),
-                                     key_hash=api_keys.digest(raw), environment="live",
-                                     permissions=FIRST_KEY_PERMISSIONS, expires_at=None)
+        key = await key_store.insert(
+            conn,
+            customer_id=row["id"],
+            name="first key",
+            prefix=api_keys.display_prefix(raw),
+            key_hash=api_keys.digest(raw),
+            environment="live",
+            permissions=FIRST_KEY_PERMISSIONS,
+            expires_at=None,
+        )
         customer = await customer_store.get(conn, row["id"])
     return NewCustomer(customer, key, raw, subscription)
 

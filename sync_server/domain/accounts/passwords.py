@@ -1,4 +1,5 @@
 """Operator and customer-user passwords: argon2id (memory-hard), via argon2-cffi."""
+
 from __future__ import annotations
 
 from argon2 import PasswordHasher

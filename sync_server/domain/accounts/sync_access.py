@@ -1,6 +1,7 @@
 """Who may open which sync document: a sync token (customer, doc patterns, mode, expiry) or a server
 client's API key (sync:read / sync:write). The websocket endpoint calls this before any document is
 loaded; a refusal is a hooks.Refused with the close code (4401 bad credential, 4403 not allowed)."""
+
 from __future__ import annotations
 
 from storage import tenants

@@ -5,6 +5,7 @@ Format: `wst1.<base64url(JSON claims)>.<base64url(HMAC-SHA256(secret, "wst1." + 
 Claims: c (customer id), s (customer slug), d (doc patterns, globs such as `tracks/*`),
 m (`rw` | `r`), iat, exp (epoch seconds), jti. Stateless: verification needs only the secret.
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,13 +71,29 @@ def validate_request(docs: list[str], mode: str, ttl_seconds: int, max_ttl: int 
         raise ValueError(f"ttl_seconds: must be between 1 and {max_ttl}")
 
 
-def mint(secret: str, *, customer_id: str, customer_slug: str, docs: list[str], mode: str = "rw",
-         ttl_seconds: int = 3600, now: float | None = None, max_ttl: int = MAX_TTL_SECONDS) -> tuple[str, int]:
+def mint(
+    secret: str,
+    *,
+    customer_id: str,
+    customer_slug: str,
+    docs: list[str],
+    mode: str = "rw",
+    ttl_seconds: int = 3600,
+    now: float | None = None,
+    max_ttl: int = MAX_TTL_SECONDS,
+) -> tuple[str, int]:
     """A new token and its expiry (epoch seconds)."""
     validate_request(docs, mode, ttl_seconds, max_ttl)
     issued = int(now if now is not None else time.time())
-    claims = {"c": str(customer_id), "s": customer_slug, "d": list(docs), "m": mode, "iat": issued,
-              "exp": issued + ttl_seconds, "jti": secrets.token_hex(8)}
+    claims = {
+        "c": str(customer_id),
+        "s": customer_slug,
+        "d": list(docs),
+        "m": mode,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+        "jti": secrets.token_hex(8),
+    }
     body = f"{VERSION}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
     return f"{body}.{_sign(secret, body)}", claims["exp"]
 
@@ -90,8 +107,14 @@ def verify(secret: str, token: str, now: float | None = None) -> SyncGrant:
         raise TokenError("invalid token signature")
     try:
         claims = json.loads(_unb64(parts[1]))
-        grant = SyncGrant(str(claims["c"]), str(claims["s"]), tuple(claims["d"]), str(claims["m"]),
-                          int(claims["exp"]), str(claims.get("jti", "")))
+        grant = SyncGrant(
+            str(claims["c"]),
+            str(claims["s"]),
+            tuple(claims["d"]),
+            str(claims["m"]),
+            int(claims["exp"]),
+            str(claims.get("jti", "")),
+        )
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise TokenError("malformed token") from None
     if grant.mode not in MODES:

@@ -13,6 +13,7 @@ so a change made on another node is seen within LIMITS_TTL):
   quota lock (`lock_quota`; the per-day rule is sync_server/domain/tracking/quota.py);
 - the connection limit (sync_server/extensions/shared_limits.py) reads `limits().connections`.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,8 +55,15 @@ class Limits:
 
     @classmethod
     def from_plan(cls, row) -> Limits:
-        return cls(row["id"], row["vehicle_limit"], row["driver_limit"], row["geofence_limit"],
-                   row["gps_points_per_day"], row["retention_days"], row["connection_limit"])
+        return cls(
+            row["id"],
+            row["vehicle_limit"],
+            row["driver_limit"],
+            row["geofence_limit"],
+            row["gps_points_per_day"],
+            row["retention_days"],
+            row["connection_limit"],
+        )
 
 
 class PlanLimitReached(Exception):
@@ -88,8 +96,16 @@ async def limits_in(conn: asyncpg.Connection, customer_id, *, locking: str | Non
     return Limits.from_plan(row)
 
 
-async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limits: Limits, *, adding: int = 1,
-                      current: int | None = None, locked: bool = False) -> int:
+async def check_limit(
+    conn: asyncpg.Connection,
+    customer_id,
+    resource: str,
+    limits: Limits,
+    *,
+    adding: int = 1,
+    current: int | None = None,
+    locked: bool = False,
+) -> int:
     """Inside the caller's tenant transaction: lock the customer's quota for `resource` (unless
     `locked`: the caller already holds it), count (unless `current` is given) and raise
     PlanLimitReached when `adding` more would pass the limit. Returns the count before adding."""
@@ -107,8 +123,9 @@ async def check_limit(conn: asyncpg.Connection, customer_id, resource: str, limi
 
 
 @asynccontextmanager
-async def _quota_locked(registry: DatabaseRegistry, customer_id,
-                       resource: str) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
+async def _quota_locked(
+    registry: DatabaseRegistry, customer_id, resource: str
+) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
     """A tenant transaction on the customer's database holding its quota lock for `resource`, and
     the plan's limits. Whatever is counted against them must be read by a later statement (after
     the lock): `within_limit` counts; a caller whose INSERT counts in its own statement (one round
@@ -129,8 +146,9 @@ async def _limit_reached(conn: asyncpg.Connection, resource: str, limits: Limits
 
 
 @asynccontextmanager
-async def within_limit(registry: DatabaseRegistry, customer_id, resource: str,
-                       adding: int = 1) -> AsyncIterator[asyncpg.Connection]:
+async def within_limit(
+    registry: DatabaseRegistry, customer_id, resource: str, adding: int = 1
+) -> AsyncIterator[asyncpg.Connection]:
     """A tenant transaction on the customer's database in which `adding` more `resource` fit the plan."""
     async with _quota_locked(registry, customer_id, resource) as (conn, limits):
         await check_limit(conn, customer_id, resource, limits, adding=adding, locked=True)
@@ -199,9 +217,9 @@ class PlanLimits:
         """A tenant transaction in which `adding` more `resource` fit the plan (PlanLimitReached)."""
         return within_limit(self.registry, customer_id, resource, adding)
 
-    async def insert_within_limit(self, customer_id, resource: str,
-                                  insert: Callable[[asyncpg.Connection, int], Awaitable[asyncpg.Record | None]]
-                                  ) -> asyncpg.Record:
+    async def insert_within_limit(
+        self, customer_id, resource: str, insert: Callable[[asyncpg.Connection, int], Awaitable[asyncpg.Record | None]]
+    ) -> asyncpg.Record:
         """Run `insert(conn, limit)`, a storage INSERT that counts `resource` in its own statement
         and inserts nothing at `limit` (one round trip less than `within_limit`), under the quota
         lock; raises PlanLimitReached when it inserted nothing."""

@@ -1,6 +1,7 @@
 """Subscription rules: one active per customer; an upgrade applies at once; a downgrade applies at
 once too, but only while current usage fits the new plan (otherwise refused with what exceeds it);
 cancel means cancel at the end of the current period. Control plane: the shared database."""
+
 from __future__ import annotations
 
 import asyncpg

@@ -13,6 +13,7 @@ Nested Y.Text and XML types are written as their text. A map whose only key is o
 markers reads the same as the marked value: `format=update` is the exact form. Documents nested
 deeper than MAX_DEPTH are refused (TooDeep) rather than written partly.
 """
+
 from __future__ import annotations
 
 import base64

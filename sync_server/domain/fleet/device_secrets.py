@@ -3,6 +3,7 @@
 Shown once when a vehicle is created or its secret rotated; only the SHA-256 is stored
 (vehicles.device_secret_hash). `matches` compares in constant time.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ list of [lng, lat] positions, closed (first == last), with at least 4 positions;
 [-180, 180], lat in [-90, 90]. `polygon_problems` returns (path, message) pairs so the API can
 answer 422 naming the exact position at fault.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,11 @@ def polygon_problems(coordinates: Any) -> list[tuple[str, str]]:
         bad = False
         for p, pos in enumerate(ring):
             at = f"{where}.{p}"
-            if not isinstance(pos, (list, tuple)) or not 2 <= len(pos) <= 3 or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pos):
+            if (
+                not isinstance(pos, (list, tuple))
+                or not 2 <= len(pos) <= 3
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pos)
+            ):
                 problems.append((at, "a position is [lng, lat] (optionally [lng, lat, alt]) of finite numbers"))
                 bad = True
                 continue

@@ -5,6 +5,7 @@ dedicated databases, re-evaluate the recommendation on every "plan_changed" even
 reload the routing table when another node switched a customer's database (and hold a customer's
 writes while another node migrates it: cluster_pause).
 """
+
 from __future__ import annotations
 
 import structlog

@@ -33,6 +33,7 @@ Without Redis (or without fan-out) there is one node: only `on_this_node`. Not c
 off from Redis long enough for its heartbeat to expire is not asked (it reloads its routes once its
 subscription is back).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -75,8 +76,9 @@ async def on_this_node(rt, customer_id) -> AsyncIterator[None]:
     sync core provides rooms.paused), and registry lookups for the customer wait. On exit the held
     writes go to the database the registry routes the customer to then."""
     rooms = getattr(rt, "rooms", None)
-    room_pause = rooms.paused(customer_id) if rooms is not None and hasattr(rooms, "paused") \
-        else contextlib.nullcontext()
+    room_pause = (
+        rooms.paused(customer_id) if rooms is not None and hasattr(rooms, "paused") else contextlib.nullcontext()
+    )
     async with room_pause:
         async with rt.registry.held(customer_id):
             yield
@@ -101,9 +103,21 @@ class Pause:
             return
         self.asked = await self.fanout.live_nodes() - {self.fanout.node}
         self.asked_at = time.monotonic()
-        await asyncio.wait_for(self.rt.redis.publish(channel(self.rt), json.dumps({
-            "op": "pause", "id": self.id, "customer": self.customer_id, "from": self.fanout.node,
-            "lease_ms": int(self.lease * 1000)})), REDIS_TIMEOUT)
+        await asyncio.wait_for(
+            self.rt.redis.publish(
+                channel(self.rt),
+                json.dumps(
+                    {
+                        "op": "pause",
+                        "id": self.id,
+                        "customer": self.customer_id,
+                        "from": self.fanout.node,
+                        "lease_ms": int(self.lease * 1000),
+                    }
+                ),
+            ),
+            REDIS_TIMEOUT,
+        )
         log.info("cluster_pause_asked", pause_id=self.id, customer_id=self.customer_id, nodes=sorted(self.asked))
 
     async def confirmed_by_all(self) -> None:
@@ -117,8 +131,9 @@ class Pause:
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = sorted(self.asked - self.confirmed)
-                raise ClusterPauseError(f"nodes did not confirm the write pause within {timeout:g} s: "
-                                        f"{', '.join(missing)}")
+                raise ClusterPauseError(
+                    f"nodes did not confirm the write pause within {timeout:g} s: {', '.join(missing)}"
+                )
             try:
                 got = await asyncio.wait_for(self.rt.redis.blpop([key], timeout=max(left, 0.01)), left + 1.0)
             except TimeoutError:
@@ -129,8 +144,13 @@ class Pause:
             if not ack.get("ok"):
                 raise ClusterPauseError(f"node {ack.get('node')} could not pause its writes: {ack.get('error')}")
             self.confirmed.add(str(ack.get("node")))
-        log.info("cluster_pause_confirmed", pause_id=self.id, customer_id=self.customer_id,
-                 nodes=sorted(self.confirmed), ms=round((time.monotonic() - self.asked_at) * 1000, 1))
+        log.info(
+            "cluster_pause_confirmed",
+            pause_id=self.id,
+            customer_id=self.customer_id,
+            nodes=sorted(self.confirmed),
+            ms=round((time.monotonic() - self.asked_at) * 1000, 1),
+        )
 
     async def check(self) -> None:
         """Right before the switch commits: raise unless every node that could write is holding
@@ -139,11 +159,15 @@ class Pause:
             return
         joined = await self.fanout.live_nodes() - {self.fanout.node} - self.confirmed
         if joined:
-            raise ClusterPauseError(f"nodes that do not hold the customer's writes are live: {', '.join(sorted(joined))}")
+            raise ClusterPauseError(
+                f"nodes that do not hold the customer's writes are live: {', '.join(sorted(joined))}"
+            )
         elapsed = time.monotonic() - self.asked_at
         if elapsed + SWITCH_MARGIN > self.lease:
-            raise ClusterPauseError(f"the pause has lasted {elapsed:.1f} s: the nodes' lease ({self.lease:g} s) "
-                                    f"could run out before the switch (less than {SWITCH_MARGIN:g} s left)")
+            raise ClusterPauseError(
+                f"the pause has lasted {elapsed:.1f} s: the nodes' lease ({self.lease:g} s) "
+                f"could run out before the switch (less than {SWITCH_MARGIN:g} s left)"
+            )
 
     async def end(self) -> None:
         """Tell the nodes to reload their routes and write again (best effort: a node that misses
@@ -151,12 +175,17 @@ class Pause:
         if self.fanout is None:
             return
         try:
-            await asyncio.wait_for(self.rt.redis.publish(channel(self.rt), json.dumps({"op": "end", "id": self.id})),
-                                   REDIS_TIMEOUT)
+            await asyncio.wait_for(
+                self.rt.redis.publish(channel(self.rt), json.dumps({"op": "end", "id": self.id})), REDIS_TIMEOUT
+            )
             await asyncio.wait_for(self.rt.redis.delete(_acks_key(self.rt, self.id)), REDIS_TIMEOUT)
         except Exception as exc:
-            log.warning("cluster_pause_end_failed", pause_id=self.id, customer_id=self.customer_id,
-                        error=str(exc) or type(exc).__name__)
+            log.warning(
+                "cluster_pause_end_failed",
+                pause_id=self.id,
+                customer_id=self.customer_id,
+                error=str(exc) or type(exc).__name__,
+            )
 
 
 @contextlib.asynccontextmanager
@@ -198,8 +227,9 @@ class Holds:
         if op != "pause" or fanout is None or msg.get("from") == fanout.node or pause_id in self._ended:
             return
         self._ended[pause_id] = asyncio.Event()
-        self.rt.spawn(self._hold(pause_id, customer_id, time.monotonic() + lease, fanout.node),
-                      f"cluster_pause:{pause_id}")
+        self.rt.spawn(
+            self._hold(pause_id, customer_id, time.monotonic() + lease, fanout.node), f"cluster_pause:{pause_id}"
+        )
 
     async def _hold(self, pause_id: str, customer_id: str, lease_ends: float, node: str) -> None:
         ended = self._ended[pause_id]

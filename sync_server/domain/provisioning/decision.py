@@ -17,6 +17,7 @@ Seed rules and how they combine when several apply (precedence, highest first):
 
 An unknown budget or latency (None) constrains nothing.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -96,8 +97,9 @@ def recommend(p: Profile) -> Recommendation:
         reason = f"{'/'.join(compliance)} compliance requires a dedicated database on flyio"
         if p.monthly_budget_usd is not None and p.monthly_budget_usd < BUDGET_FLOOR_USD:
             reason += f" (budget ${p.monthly_budget_usd:g} under ${BUDGET_FLOOR_USD} does not override compliance)"
-        return Recommendation("single_tenant", "flyio", tier, reason + "; " + "; ".join(size_reasons),
-                              ("compliance", *size_rules))
+        return Recommendation(
+            "single_tenant", "flyio", tier, reason + "; " + "; ".join(size_reasons), ("compliance", *size_rules)
+        )
     cheap = p.monthly_budget_usd is not None and p.monthly_budget_usd < BUDGET_FLOOR_USD
     if cheap or p.vehicles <= SMALL_FLEET:
         why = []
@@ -106,8 +108,10 @@ def recommend(p: Profile) -> Recommendation:
         if p.vehicles <= SMALL_FLEET:
             why.append(f"{p.vehicles} vehicles (<= {SMALL_FLEET})")
         rules = (("low_budget",) if cheap else ()) + (("small_fleet",) if p.vehicles <= SMALL_FLEET else ())
-        return Recommendation("multi_tenant", "hetzner", "hobby",
-                              " and ".join(why) + ": the shared deployment on hetzner fits", rules)
+        return Recommendation(
+            "multi_tenant", "hetzner", "hobby", " and ".join(why) + ": the shared deployment on hetzner fits", rules
+        )
     infra = _infrastructure(p)
-    return Recommendation("single_tenant", infra, tier, "; ".join(size_reasons) + f"; dedicated database on {infra}",
-                          tuple(size_rules))
+    return Recommendation(
+        "single_tenant", infra, tier, "; ".join(size_reasons) + f"; dedicated database on {infra}", tuple(size_rules)
+    )

@@ -8,6 +8,7 @@ are done; a job that fails rolls back what it made, so nothing is left half-prov
 A single-tenant deployment serves its customer only once a tenant migration has moved the data and
 set `database_url` (the registry routes on it); until then `provisioned_url` holds the empty database.
 """
+
 from __future__ import annotations
 
 import asyncpg
@@ -30,8 +31,15 @@ class DeploymentError(Exception):
 
 def _events(rt, dep: dict):
     async def progress(step: str, status: str, error: str | None = None, **data) -> None:
-        await store.record_event(rt.db, customer_id=dep["customer_id"], deployment_id=dep["id"], step=step,
-                                 status=status, data=drivers.public_state(data), error=error)
+        await store.record_event(
+            rt.db,
+            customer_id=dep["customer_id"],
+            deployment_id=dep["id"],
+            step=step,
+            status=status,
+            data=drivers.public_state(data),
+            error=error,
+        )
         log.info("deployment_step", deployment_id=str(dep["id"]), step=step, status=status, error=error)
 
     return progress
@@ -44,32 +52,47 @@ async def _insert(rt, *, customer_id, mode, infrastructure, region, config) -> d
         except drivers.DriverNotConfigured as exc:
             raise DeploymentError(422, "driver_not_configured", str(exc), {"infrastructure": infrastructure}) from None
     try:
-        dep = dict(await store.insert(rt.db, customer_id=customer_id, mode=mode, infrastructure=infrastructure,
-                                      region=region, config=config or {}))
+        dep = dict(
+            await store.insert(
+                rt.db,
+                customer_id=customer_id,
+                mode=mode,
+                infrastructure=infrastructure,
+                region=region,
+                config=config or {},
+            )
+        )
     except asyncpg.UniqueViolationError:
         existing = await store.current(rt.db, customer_id)
-        raise DeploymentError(409, "deployment_exists", "the customer already has a deployment that is "
-                              "provisioning, active or migrating",
-                              {"deployment_id": str(existing["id"]) if existing else None}) from None
+        raise DeploymentError(
+            409,
+            "deployment_exists",
+            "the customer already has a deployment that is provisioning, active or migrating",
+            {"deployment_id": str(existing["id"]) if existing else None},
+        ) from None
     await _events(rt, dep)("create", "succeeded", mode=mode, infrastructure=infrastructure, region=region)
     return dep
 
 
-async def create_inline(rt, *, customer_id, infrastructure: str, region: str | None = None,
-                        config: dict | None = None) -> dict:
+async def create_inline(
+    rt, *, customer_id, infrastructure: str, region: str | None = None, config: dict | None = None
+) -> dict:
     """A single-tenant deployment provisioned before returning (a tenant migration's first step)."""
-    dep = await _insert(rt, customer_id=customer_id, mode="single_tenant", infrastructure=infrastructure,
-                        region=region, config=config)
+    dep = await _insert(
+        rt, customer_id=customer_id, mode="single_tenant", infrastructure=infrastructure, region=region, config=config
+    )
     return await provision(rt, dep)
 
 
-async def create(rt, *, customer_id, mode: str, infrastructure: str, region: str | None = None,
-                 config: dict | None = None) -> dict:
+async def create(
+    rt, *, customer_id, mode: str, infrastructure: str, region: str | None = None, config: dict | None = None
+) -> dict:
     """Record the deployment and start provisioning it in the background."""
     if await store.customer_profile(rt.db, customer_id) is None:
         raise DeploymentError(404, "not_found", "customer not found")
-    dep = await _insert(rt, customer_id=customer_id, mode=mode, infrastructure=infrastructure, region=region,
-                        config=config)
+    dep = await _insert(
+        rt, customer_id=customer_id, mode=mode, infrastructure=infrastructure, region=region, config=config
+    )
     rt.spawn(provision(rt, dep), f"provision:{dep['id']}")
     return dep
 
@@ -98,10 +121,12 @@ async def provision(rt, dep: dict) -> dict:
             await save(state)
         except Exception as rollback_exc:
             await progress("rollback", "failed", error=str(rollback_exc) or type(rollback_exc).__name__)
-        return dict(await store.update(rt.db, dep["id"], dep["customer_id"], status="failed", error=error,
-                                       config=state))
-    updated = await store.update(rt.db, dep["id"], dep["customer_id"], status="active", provisioned_url=url,
-                                 config=state, error=None)
+        return dict(
+            await store.update(rt.db, dep["id"], dep["customer_id"], status="failed", error=error, config=state)
+        )
+    updated = await store.update(
+        rt.db, dep["id"], dep["customer_id"], status="active", provisioned_url=url, config=state, error=None
+    )
     await progress("provision", "succeeded", infrastructure=dep["infrastructure"])
     return dict(updated)
 
@@ -116,8 +141,12 @@ async def decommission(rt, deployment_id) -> dict:
     if dep["status"] in ("provisioning", "migrating"):
         raise DeploymentError(409, "deployment_busy", f"deployment is {dep['status']}; wait for it to finish")
     if dep["database_url"] is not None:
-        raise DeploymentError(409, "deployment_serving", "this deployment serves its customer; migrate the customer "
-                              "to multi_tenant first (POST /api/v1/customers/{id}/migrations)")
+        raise DeploymentError(
+            409,
+            "deployment_serving",
+            "this deployment serves its customer; migrate the customer "
+            "to multi_tenant first (POST /api/v1/customers/{id}/migrations)",
+        )
     await destroy(rt, dep)
     return dict(await store.update(rt.db, dep["id"], dep["customer_id"], status="decommissioned"))
 

@@ -9,6 +9,7 @@ this deployment (never a database or server it found already there).
 - flyio: Fly Machines API (FLY_API_TOKEN): app, volume, machine running PostgreSQL.
 - hetzner: Hetzner Cloud API (HCLOUD_TOKEN): firewall, server with PostgreSQL from cloud-init.
 """
+
 from __future__ import annotations
 
 import re
@@ -139,8 +140,12 @@ class _HttpDriver:
 
     async def _call(self, method: str, path: str, body: dict | None = None, *, ok_missing: bool = False) -> dict:
         self.check_configured()
-        async with httpx.AsyncClient(base_url=self.base_url, transport=self._transport, timeout=30,
-                                     headers={"Authorization": f"Bearer {self.token}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=self._transport,
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.token}"},
+        ) as client:
             try:
                 r = await client.request(method, path, json=body)
             except httpx.HTTPError as exc:
@@ -187,28 +192,40 @@ class FlyDriver(_HttpDriver):
             await progress("fly_create_app", "succeeded", app=app)
         if not state.get("volume_id"):
             await progress("fly_create_volume", "started", app=app, region=region)
-            vol = await self._call("POST", f"/v1/apps/{app}/volumes",
-                                   {"name": "pgdata", "region": region, "size_gb": int(cfg.get("volume_gb", 10)),
-                                    "encrypted": True})
+            vol = await self._call(
+                "POST",
+                f"/v1/apps/{app}/volumes",
+                {"name": "pgdata", "region": region, "size_gb": int(cfg.get("volume_gb", 10)), "encrypted": True},
+            )
             state["volume_id"] = vol["id"]
             await save(state)
             await progress("fly_create_volume", "succeeded", volume_id=vol["id"])
         if not state.get("machine_id"):
             await progress("fly_create_machine", "started", app=app)
-            machine = await self._call("POST", f"/v1/apps/{app}/machines", {
-                "name": f"{app}-db",
-                "region": region,
-                "config": {
-                    "image": cfg.get("image", POSTGRES_IMAGE),
-                    "env": {"POSTGRES_PASSWORD": state["password"], "POSTGRES_DB": "webhost",
-                            "PGDATA": "/data/pgdata"},
-                    "guest": {"cpu_kind": "shared", "cpus": int(cfg.get("cpus", 1)),
-                              "memory_mb": int(cfg.get("memory_mb", 1024))},
-                    "mounts": [{"volume": state["volume_id"], "path": "/data"}],
-                    "services": [{"protocol": "tcp", "internal_port": 5432, "ports": [{"port": 5432}]}],
-                    "restart": {"policy": "always"},
+            machine = await self._call(
+                "POST",
+                f"/v1/apps/{app}/machines",
+                {
+                    "name": f"{app}-db",
+                    "region": region,
+                    "config": {
+                        "image": cfg.get("image", POSTGRES_IMAGE),
+                        "env": {
+                            "POSTGRES_PASSWORD": state["password"],
+                            "POSTGRES_DB": "webhost",
+                            "PGDATA": "/data/pgdata",
+                        },
+                        "guest": {
+                            "cpu_kind": "shared",
+                            "cpus": int(cfg.get("cpus", 1)),
+                            "memory_mb": int(cfg.get("memory_mb", 1024)),
+                        },
+                        "mounts": [{"volume": state["volume_id"], "path": "/data"}],
+                        "services": [{"protocol": "tcp", "internal_port": 5432, "ports": [{"port": 5432}]}],
+                        "restart": {"policy": "always"},
+                    },
                 },
-            })
+            )
             state["machine_id"] = machine["id"]
             await save(state)
             await progress("fly_create_machine", "succeeded", machine_id=machine["id"])
@@ -216,8 +233,9 @@ class FlyDriver(_HttpDriver):
 
     async def destroy(self, deployment: dict, state: dict, progress: Progress) -> None:
         app = state.get("app_name")
-        await self._remove(state, "machine_id", f"/v1/apps/{app}/machines/{{}}?force=true", "fly_destroy_machine",
-                           progress)
+        await self._remove(
+            state, "machine_id", f"/v1/apps/{app}/machines/{{}}?force=true", "fly_destroy_machine", progress
+        )
         await self._remove(state, "volume_id", f"/v1/apps/{app}/volumes/{{}}", "fly_destroy_volume", progress)
         if state.pop("app_created", None):
             await self._call("DELETE", f"/v1/apps/{app}", ok_missing=True)
@@ -254,31 +272,49 @@ class HetznerDriver(_HttpDriver):
             await save(state)
         if not state.get("firewall_id"):
             await progress("hetzner_create_firewall", "started", name=name)
-            fw = await self._call("POST", "/firewalls", {
-                "name": f"{name}-fw",
-                "labels": {"webhost-deployment": str(deployment["id"])},
-                "rules": [
-                    {"direction": "in", "protocol": "tcp", "port": "5432", "source_ips": sources,
-                     "description": "PostgreSQL"},
-                    {"direction": "in", "protocol": "tcp", "port": "22",
-                     "source_ips": list(cfg.get("ssh_ips", sources)), "description": "SSH"},
-                ],
-            })
+            fw = await self._call(
+                "POST",
+                "/firewalls",
+                {
+                    "name": f"{name}-fw",
+                    "labels": {"webhost-deployment": str(deployment["id"])},
+                    "rules": [
+                        {
+                            "direction": "in",
+                            "protocol": "tcp",
+                            "port": "5432",
+                            "source_ips": sources,
+                            "description": "PostgreSQL",
+                        },
+                        {
+                            "direction": "in",
+                            "protocol": "tcp",
+                            "port": "22",
+                            "source_ips": list(cfg.get("ssh_ips", sources)),
+                            "description": "SSH",
+                        },
+                    ],
+                },
+            )
             state["firewall_id"] = fw["firewall"]["id"]
             await save(state)
             await progress("hetzner_create_firewall", "succeeded", firewall_id=state["firewall_id"])
         if not state.get("server_id"):
             await progress("hetzner_create_server", "started", name=name)
-            created = await self._call("POST", "/servers", {
-                "name": name,
-                "server_type": cfg.get("server_type", "cx22"),
-                "image": cfg.get("image", "ubuntu-24.04"),
-                "location": deployment.get("region") or "fsn1",
-                "firewalls": [{"firewall": state["firewall_id"]}],
-                "labels": {"webhost-deployment": str(deployment["id"])},
-                "user_data": CLOUD_INIT.format(password=state["password"]),
-                "start_after_create": True,
-            })
+            created = await self._call(
+                "POST",
+                "/servers",
+                {
+                    "name": name,
+                    "server_type": cfg.get("server_type", "cx22"),
+                    "image": cfg.get("image", "ubuntu-24.04"),
+                    "location": deployment.get("region") or "fsn1",
+                    "firewalls": [{"firewall": state["firewall_id"]}],
+                    "labels": {"webhost-deployment": str(deployment["id"])},
+                    "user_data": CLOUD_INIT.format(password=state["password"]),
+                    "start_after_create": True,
+                },
+            )
             server = created["server"]
             state["server_id"] = server["id"]
             state["ipv4"] = server["public_net"]["ipv4"]["ip"]

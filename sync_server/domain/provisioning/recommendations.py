@@ -3,6 +3,7 @@
 REST's plan-change code announces `runtime.publish("plan_changed", customer_id=..., plan_id=...)`;
 `install` subscribes `on_plan_changed` to it, so every plan change is evaluated again and recorded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +16,14 @@ def profile_from(row, vehicles: int, plan: str | None = None) -> Profile:
     meta = row["metadata"] or {}
     latency = meta.get("latency_ms")
     budget = meta.get("monthly_budget_usd")
-    return Profile(vehicles=vehicles, regions=tuple(row["regions"] or ()), compliance=tuple(row["compliance"] or ()),
-                   latency_ms=int(latency) if latency is not None else None,
-                   monthly_budget_usd=float(budget) if budget is not None else None,
-                   plan=plan or row["plan"])
+    return Profile(
+        vehicles=vehicles,
+        regions=tuple(row["regions"] or ()),
+        compliance=tuple(row["compliance"] or ()),
+        latency_ms=int(latency) if latency is not None else None,
+        monthly_budget_usd=float(budget) if budget is not None else None,
+        plan=plan or row["plan"],
+    )
 
 
 async def stored_profile(rt, customer_id, plan: str | None = None) -> Profile | None:
@@ -31,10 +36,17 @@ async def stored_profile(rt, customer_id, plan: str | None = None) -> Profile | 
 
 async def record(rt, customer_id, profile: Profile, trigger: str) -> dict:
     rec = recommend(profile).as_dict()
-    row = await store.record_recommendation(rt.db, customer_id, trigger=trigger,
-                                            profile=dataclasses.asdict(profile), rec=rec)
-    return {**rec, "id": row["id"], "customer_id": str(customer_id), "trigger": trigger,
-            "profile": dataclasses.asdict(profile), "created_at": row["created_at"].isoformat()}
+    row = await store.record_recommendation(
+        rt.db, customer_id, trigger=trigger, profile=dataclasses.asdict(profile), rec=rec
+    )
+    return {
+        **rec,
+        "id": row["id"],
+        "customer_id": str(customer_id),
+        "trigger": trigger,
+        "profile": dataclasses.asdict(profile),
+        "created_at": row["created_at"].isoformat(),
+    }
 
 
 async def reevaluate(rt, customer_id, trigger: str = "plan_changed", plan: str | None = None) -> dict | None:

@@ -5,6 +5,7 @@ are the truth; the message only says "look again"). Pub/sub drops messages while
 from Redis, so a node reloads each time its subscription is (re)established as well. The same
 subscription carries the write pauses of tenant migrations (`{REDIS_PREFIX}pause`, see
 cluster_pause.py). Without REDIS_URL there is one node and nothing to tell."""
+
 from __future__ import annotations
 
 import asyncio

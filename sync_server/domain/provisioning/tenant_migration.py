@@ -18,6 +18,7 @@ source, the migration `failed` with its error, and every step in infrastructure_
 to multi_tenant copies only rows inside the target plan's retention; how many rows stay behind is
 computed and recorded before the copy starts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,10 +82,20 @@ async def plan_move(rt, customer_id, to_mode: str, *, plan: str | None = None) -
         raise MigrationError(409, "deployment_busy", f"the customer's deployment is {dep['status']}")
     missing = await unclassified_tables(rt.db)
     if missing:
-        raise MigrationError(409, "unclassified_tables", "tables with customer data are not classified as tenant "
-                             "data or control plane; a move would lose them", {"tables": sorted(missing)})
-    out: dict[str, Any] = {"customer_id": str(customer_id), "from": from_mode, "to": to_mode,
-                           "deployment_id": str(dep["id"]) if dep else None, "plan": None, "dropping": {}}
+        raise MigrationError(
+            409,
+            "unclassified_tables",
+            "tables with customer data are not classified as tenant data or control plane; a move would lose them",
+            {"tables": sorted(missing)},
+        )
+    out: dict[str, Any] = {
+        "customer_id": str(customer_id),
+        "from": from_mode,
+        "to": to_mode,
+        "deployment_id": str(dep["id"]) if dep else None,
+        "plan": None,
+        "dropping": {},
+    }
     if to_mode == "multi_tenant":
         plan = plan or profile["plan"] or "hobby"
         days = await store.plan_retention_days(rt.db, plan)
@@ -93,18 +104,26 @@ async def plan_move(rt, customer_id, to_mode: str, *, plan: str | None = None) -
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
         source = await rt.registry.for_customer(customer_id)
         async with source.tenant(customer_id) as conn:
-            dropping = {t.name: n for t in _tables(to_mode)
-                        if (n := await tenant_data.count_before(conn, t, customer_id, cutoff))}
+            dropping = {
+                t.name: n
+                for t in _tables(to_mode)
+                if (n := await tenant_data.count_before(conn, t, customer_id, cutoff))
+            }
         out.update(plan=plan, retention_days=days, cutoff=cutoff.isoformat(), dropping=dropping)
     return out
 
 
-async def start(rt, customer_id, to_mode: str, *, infrastructure: str = "local", plan: str | None = None,
-                region: str | None = None) -> dict:
+async def start(
+    rt, customer_id, to_mode: str, *, infrastructure: str = "local", plan: str | None = None, region: str | None = None
+) -> dict:
     """Validate, record the migration (with the rows it will leave behind) and run it in the background."""
     move = await plan_move(rt, customer_id, to_mode, plan=plan)
     dep = await store.current(rt.db, customer_id)
-    if to_mode == "single_tenant" and dep is not None and (dep["mode"] != "single_tenant" or dep["provisioned_url"] is None):
+    if (
+        to_mode == "single_tenant"
+        and dep is not None
+        and (dep["mode"] != "single_tenant" or dep["provisioned_url"] is None)
+    ):
         # a multi_tenant record (or a cloud deployment without a reachable database) is replaced
         if dep["mode"] == "multi_tenant":
             await deployments.destroy(rt, dict(dep))
@@ -114,28 +133,46 @@ async def start(rt, customer_id, to_mode: str, *, infrastructure: str = "local",
             raise MigrationError(409, "no_database", "the customer's deployment has no database to move into")
     source_url = dep["database_url"] if to_mode == "multi_tenant" else None
     try:
-        mig = dict(await store.insert_migration(
-            rt.db, customer_id=customer_id, deployment_id=dep["id"] if dep else None,
-            from_mode=move["from"], to_mode=to_mode, plan=move["plan"], dropping=move["dropping"],
-            source_url=source_url))
+        mig = dict(
+            await store.insert_migration(
+                rt.db,
+                customer_id=customer_id,
+                deployment_id=dep["id"] if dep else None,
+                from_mode=move["from"],
+                to_mode=to_mode,
+                plan=move["plan"],
+                dropping=move["dropping"],
+                source_url=source_url,
+            )
+        )
     except asyncpg.UniqueViolationError:
         raise MigrationError(409, "migration_running", "a migration of this customer is already running") from None
     if move["dropping"]:
-        await _event(rt, mig, "retention", "progress", plan=move["plan"], dropping=move["dropping"],
-                     cutoff=move["cutoff"])
-    rt.spawn(run(rt, mig, infrastructure=infrastructure, region=region, cutoff=move.get("cutoff")),
-             f"tenant_migration:{mig['id']}")
+        await _event(
+            rt, mig, "retention", "progress", plan=move["plan"], dropping=move["dropping"], cutoff=move["cutoff"]
+        )
+    rt.spawn(
+        run(rt, mig, infrastructure=infrastructure, region=region, cutoff=move.get("cutoff")),
+        f"tenant_migration:{mig['id']}",
+    )
     return mig
 
 
 async def _event(rt, mig: dict, step: str, status: str, error: str | None = None, **data) -> None:
-    await store.record_event(rt.db, customer_id=mig["customer_id"], deployment_id=mig.get("deployment_id"),
-                             step=f"migration_{step}", status=status, data={"migration_id": str(mig["id"]), **data},
-                             error=error)
+    await store.record_event(
+        rt.db,
+        customer_id=mig["customer_id"],
+        deployment_id=mig.get("deployment_id"),
+        step=f"migration_{step}",
+        status=status,
+        data={"migration_id": str(mig["id"]), **data},
+        error=error,
+    )
 
 
-async def run(rt, mig: dict, *, infrastructure: str = "local", region: str | None = None,
-              cutoff: str | None = None) -> dict:
+async def run(
+    rt, mig: dict, *, infrastructure: str = "local", region: str | None = None, cutoff: str | None = None
+) -> dict:
     cid = mig["customer_id"]
     to_mode = mig["to_mode"]
     cutoff_at = dt.datetime.fromisoformat(cutoff) if cutoff else None
@@ -189,8 +226,11 @@ async def _counts(db: Database, cid, tables: list[TenantTable], cutoff) -> dict[
 
 async def _ensure_partitions(source: Database, target: Database, cid, tables, cutoff) -> None:
     async with source.tenant(cid) as conn:
-        ranges = {t.name: await tenant_data.day_range(conn, t, cid, cutoff)
-                  for t in tables if t.name in tenant_data.DAY_PARTITIONED}
+        ranges = {
+            t.name: await tenant_data.day_range(conn, t, cid, cutoff)
+            for t in tables
+            if t.name in tenant_data.DAY_PARTITIONED
+        }
     async with target.platform() as conn:
         for name, span in ranges.items():
             if span is not None:
@@ -215,8 +255,17 @@ async def _bulk_copy(rt, mig, source: Database, target: Database, cid, tables, c
                 await tenant_data.upsert(dst, t, rows_json, cols)
                 done += n
                 overall_done += n
-                await _event(rt, mig, "copy", "progress", table=t.name, rows=done, table_total=totals[t.name],
-                             done=overall_done, total=overall_total)
+                await _event(
+                    rt,
+                    mig,
+                    "copy",
+                    "progress",
+                    table=t.name,
+                    rows=done,
+                    table_total=totals[t.name],
+                    done=overall_done,
+                    total=overall_total,
+                )
     # rows may come and go while copying (live writes, compaction); the catch-up settles them
     await _event(rt, mig, "copy", "succeeded", done=overall_done, total=overall_done, counted_at_start=overall_total)
 
@@ -227,8 +276,9 @@ async def _hashes(db: Database, cid, tables, cutoff) -> dict[str, dict[str, str]
         return {t.name: await tenant_data.row_hashes(conn, t, cid, cutoff) for t in tables}
 
 
-async def _catch_up(source: Database, target: Database, cid, tables, cutoff, *,
-                    verify: bool = False) -> tuple[dict[str, dict], dict[str, dict]]:
+async def _catch_up(
+    source: Database, target: Database, cid, tables, cutoff, *, verify: bool = False
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """Make target equal to source for this customer with a per-row hash diff (both sides read at
     once). With verify, the result is proven row for row without a second full scan: every key
     whose hashes matched was equal in the same read; every rewritten row is read back from the
@@ -287,24 +337,41 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
         verified = time.perf_counter()
         pause_ms = (time.perf_counter() - started) * 1000
         async with rt.db.tenant(cid) as conn:  # the switch: one transaction in the control plane
-            await conn.execute("UPDATE deployments SET database_url = $2, status = 'active', updated_at = now() "
-                               "WHERE id = $1", dep["id"], new_url)
+            await conn.execute(
+                "UPDATE deployments SET database_url = $2, status = 'active', updated_at = now() WHERE id = $1",
+                dep["id"],
+                new_url,
+            )
             await store.set_customer_mode(conn, cid, mig["to_mode"])
             cleanup_after = await conn.fetchval("SELECT now() + $1::interval", grace)
-            await store.finish_migration(conn, mig["id"], status="switched", tables=report, pause_ms=pause_ms,
-                                         cleanup_after=cleanup_after)
+            await store.finish_migration(
+                conn, mig["id"], status="switched", tables=report, pause_ms=pause_ms, cleanup_after=cleanup_after
+            )
             await pause.check()  # every other node still holds (and will until this commits), or no switch
         await rt.registry.route(cid, new_url)
         pause_ms = (time.perf_counter() - started) * 1000
     await route_changes.announce(rt, cid)  # the other nodes (with Redis) reload their routes
     async with rt.db.tenant(cid) as conn:
         await conn.execute("UPDATE tenant_migrations SET pause_ms = $2 WHERE id = $1", mig["id"], pause_ms)
-    await _event(rt, mig, "switch", "succeeded", pause_ms=round(pause_ms, 1),
-                 flush_ms=round((flushed - started) * 1000, 1), catch_up_and_verify_ms=round((verified - flushed) * 1000, 1),
-                 final_changes=final, tables=report)
+    await _event(
+        rt,
+        mig,
+        "switch",
+        "succeeded",
+        pause_ms=round(pause_ms, 1),
+        flush_ms=round((flushed - started) * 1000, 1),
+        catch_up_and_verify_ms=round((verified - flushed) * 1000, 1),
+        final_changes=final,
+        tables=report,
+    )
     log.info("tenant_migrated", to=mig["to_mode"], pause_ms=round(pause_ms, 1))
-    return {"status": "switched", "tables": report, "pause_ms": pause_ms, "cleanup_after": cleanup_after,
-            "deployment_id": dep["id"]}
+    return {
+        "status": "switched",
+        "tables": report,
+        "pause_ms": pause_ms,
+        "cleanup_after": cleanup_after,
+        "deployment_id": dep["id"],
+    }
 
 
 async def cleanup_when_due(rt, mig: dict) -> None:
@@ -322,8 +389,11 @@ async def cleanup(rt, mig: dict) -> None:
         if mig["to_mode"] == "single_tenant":
             if _serving(dep):  # still on its dedicated database: the shared rows are stale
                 async with rt.db.tenant(cid) as conn:
-                    deleted = {t.name: await tenant_data.delete_all(conn, t, cid)
-                               for t in reversed(TENANT_TABLES) if not t.control_plane}
+                    deleted = {
+                        t.name: await tenant_data.delete_all(conn, t, cid)
+                        for t in reversed(TENANT_TABLES)
+                        if not t.control_plane
+                    }
                 await _event(rt, mig, "cleanup", "succeeded", deleted=deleted)
         else:
             old = await store.get(rt.db, mig["deployment_id"]) if mig["deployment_id"] else None
@@ -349,7 +419,8 @@ async def resume(rt) -> None:
             dep = await store.get(rt.db, mig["deployment_id"])
             if dep is not None and dep["status"] == "migrating":
                 back = "active" if dep["database_url"] is not None else "failed"
-                await store.update(rt.db, dep["id"], mig["customer_id"], status=back,
-                                   error=None if back == "active" else error)
+                await store.update(
+                    rt.db, dep["id"], mig["customer_id"], status=back, error=None if back == "active" else error
+                )
     for row in await store.pending_cleanups(rt.db):
         rt.spawn(cleanup_when_due(rt, dict(row)), f"tenant_cleanup:{row['id']}")

@@ -1,5 +1,6 @@
 """GPS tracking: track documents and tracker HTTP posts become validated, geofenced, quota-checked
 rows. The pipeline (pipeline.py) lists its steps in one place; one small module per step."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,10 +17,12 @@ __all__ = ["Batch", "Outcome", "Pipeline", "Rules", "install", "rules_from"]
 
 
 def rules_from(settings: Settings) -> Rules:
-    return Rules(max_future_ms=int(settings.tracking_max_future * 1000),
-                 day_slack_ms=int(settings.tracking_day_slack * 1000),
-                 max_accuracy_m=settings.tracking_max_accuracy,
-                 max_speed_mps=settings.tracking_max_speed / 3.6)
+    return Rules(
+        max_future_ms=int(settings.tracking_max_future * 1000),
+        day_slack_ms=int(settings.tracking_day_slack * 1000),
+        max_accuracy_m=settings.tracking_max_accuracy,
+        max_speed_mps=settings.tracking_max_speed / 3.6,
+    )
 
 
 def install(rt: Runtime) -> Pipeline:
@@ -29,21 +32,37 @@ def install(rt: Runtime) -> Pipeline:
     from sync_server.domain.tracking.materializer import TrackMaterializer
     from sync_server.domain.tracking.track_reader import reader_for
 
-    pipeline = Pipeline(rt.registry, rules_from(rt.settings), bulk_concurrency=rt.settings.tracking_bulk_concurrency,
-                        plan_limits=rt.plan_limits)
+    pipeline = Pipeline(
+        rt.registry,
+        rules_from(rt.settings),
+        bulk_concurrency=rt.settings.tracking_bulk_concurrency,
+        plan_limits=rt.plan_limits,
+    )
     rooms = getattr(rt, "rooms", None)
     if rooms is not None:
-        materializer = TrackMaterializer(pipeline, rt.registry, flush_seconds=rt.settings.tracking_flush,
-                                         batch_points=rt.settings.tracking_batch_points,
-                                         reader=reader_for(rt.settings.tracking_readers))
+        materializer = TrackMaterializer(
+            pipeline,
+            rt.registry,
+            flush_seconds=rt.settings.tracking_flush,
+            batch_points=rt.settings.tracking_batch_points,
+            reader=reader_for(rt.settings.tracking_readers),
+        )
         materializer.rooms = rooms
         rooms.hooks.add(materializer)
         pipeline.on_latest(materializer.push_latest)
         rt.on_stop(materializer.stop)
 
     async def start_retention() -> None:
-        rt.spawn(retention.loop(rt.registry, DEFAULT_PLAN, rt.settings.retention_batch_rows,
-                                rt.settings.maintenance_interval, rt.shutting_down), "tracking_retention")
+        rt.spawn(
+            retention.loop(
+                rt.registry,
+                DEFAULT_PLAN,
+                rt.settings.retention_batch_rows,
+                rt.settings.maintenance_interval,
+                rt.shutting_down,
+            ),
+            "tracking_retention",
+        )
 
     rt.on_start(start_retention)
     return pipeline

@@ -9,6 +9,7 @@ Two ways to find the customer:
 The secret travels as `key` in the URL (Traccar Client can only be given a URL) or as
 `Authorization: Bearer SECRET`. Every mismatch is the same 401 so nothing is learnt by guessing.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -39,8 +40,9 @@ UNKNOWN = DeviceRejected(401, "unknown_device", "unknown device id or wrong devi
 SUSPENDED = DeviceRejected(403, "customer_suspended", "customer account is suspended")
 
 
-async def authenticate(registry: DatabaseRegistry, identifier: str, secret: str | None,
-                       customer_slug: str | None = None) -> Device:
+async def authenticate(
+    registry: DatabaseRegistry, identifier: str, secret: str | None, customer_slug: str | None = None
+) -> Device:
     if not secret:
         raise DeviceRejected(401, "device_key_required", "device key required (key=... or Authorization: Bearer)")
     if customer_slug is None:

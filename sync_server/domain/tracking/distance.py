@@ -2,6 +2,7 @@
 is settled by a margin; the WGS-84 geodesic where it does: geopy's algorithm (Karney's, from
 geographiclib, which geopy wraps) called directly for the distance alone (~38 us instead of ~100 us
 through geopy.distance.geodesic; same result)."""
+
 from __future__ import annotations
 
 import math

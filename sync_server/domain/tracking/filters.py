@@ -4,6 +4,7 @@ reason, counted in usage_metrics and logged per batch; the point itself stays in
 Two kinds: per-point checks (need nothing but the fix and the clock) and sequence checks
 (duplicates and implied-speed jumps), which need the fixes around it in time, stored ones included.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,18 @@ INACCURATE = "inaccurate"
 DUPLICATE = "duplicate"
 JUMP = "jump"
 
-REASONS = ("malformed", OUT_OF_RANGE, NULL_ISLAND, FUTURE, OUTSIDE_DAY, TOO_OLD, INACCURATE, DUPLICATE, JUMP,
-           "quota_exceeded")
+REASONS = (
+    "malformed",
+    OUT_OF_RANGE,
+    NULL_ISLAND,
+    FUTURE,
+    OUTSIDE_DAY,
+    TOO_OLD,
+    INACCURATE,
+    DUPLICATE,
+    JUMP,
+    "quota_exceeded",
+)
 
 
 @dataclass(frozen=True)
@@ -61,8 +72,11 @@ def check_all(fixes: Fixes, window: Window, rules: Rules) -> np.ndarray:
         ~((lat >= -90.0) & (lat <= 90.0) & (lng >= -180.0) & (lng <= 180.0)),  # OUT_OF_RANGE
         (lat == 0.0) & (lng == 0.0),  # NULL_ISLAND
         ms > window.now_ms + rules.max_future_ms,  # FUTURE
-        (~((ms >= window.day_start_ms) & (ms < window.day_end_ms)) if window.day_start_ms is not None
-         else np.zeros(len(ms), dtype=bool)),  # OUTSIDE_DAY
+        (
+            ~((ms >= window.day_start_ms) & (ms < window.day_end_ms))
+            if window.day_start_ms is not None
+            else np.zeros(len(ms), dtype=bool)
+        ),  # OUTSIDE_DAY
         ms < window.oldest_ms,  # TOO_OLD
         fixes.accuracy > rules.max_accuracy_m,  # INACCURATE (NaN, i.e. not reported, passes)
     ]
@@ -142,8 +156,9 @@ def sequence(fixes: Fixes, stored: list[Point], before: Point | None, rules: Rul
     return verdict
 
 
-def _walk_with_stored(fixes: Fixes, stored: list[Point], before: Point | None, rules: Rules,
-                      verdict: np.ndarray) -> np.ndarray:
+def _walk_with_stored(
+    fixes: Fixes, stored: list[Point], before: Point | None, rules: Rules, verdict: np.ndarray
+) -> np.ndarray:
     """The one-by-one walk over new and stored fixes together (backfills into stored spans)."""
     stored_iter = iter(stored)
     nxt = next(stored_iter, None)

@@ -12,6 +12,7 @@ through the first stored fix after it (whose event may change). The events of th
 the result: recorded ones that no longer hold are removed, missing ones inserted. The same input
 always yields the same events, so replays and restarts never duplicate them.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,8 +122,12 @@ class Polygon(_Shape):
         if not self.rings:
             raise ValueError("polygon needs an outer ring of at least 3 positions")
         outer = self.rings[0]
-        self.bbox = (min(p[1] for p in outer), min(p[0] for p in outer), max(p[1] for p in outer),
-                     max(p[0] for p in outer))
+        self.bbox = (
+            min(p[1] for p in outer),
+            min(p[0] for p in outer),
+            max(p[1] for p in outer),
+            max(p[0] for p in outer),
+        )
 
     def _near(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
         inside = _in_ring(self.rings[0], lng, lat)
@@ -255,8 +260,14 @@ def _cell(value: float) -> float:
     return value // CELL_DEG  # Python's float floor division; numpy's floor_divide agrees elementwise
 
 
-def transitions(fences: GeofenceSet, before: frozenset | np.ndarray, ms: np.ndarray, lat: np.ndarray,
-                lng: np.ndarray, masks: np.ndarray | None = None) -> list[Event]:
+def transitions(
+    fences: GeofenceSet,
+    before: frozenset | np.ndarray,
+    ms: np.ndarray,
+    lat: np.ndarray,
+    lng: np.ndarray,
+    masks: np.ndarray | None = None,
+) -> list[Event]:
     """Enter/exit events along time-ordered fixes (columns), starting inside `before` (geofence ids,
     or a mask); `masks` is each fix's mask when computed ahead for this geofence set. Only the fixes
     where the mask changes are looked at one by one."""

@@ -19,6 +19,7 @@ Every batch that moves a vehicle's latest position forward also writes it into t
 `fleet` document (Y.Map `live`: vehicle id -> {t, lat, lng, speed, heading, accuracy, alt, name}) so
 dashboards see vehicles move.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -128,8 +129,15 @@ class TrackRoom:
 
 
 class TrackMaterializer(RoomHooks):
-    def __init__(self, pipeline: Pipeline, registry, *, flush_seconds: float, batch_points: int,
-                 reader: InlineReader | ProcessReader | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        registry,
+        *,
+        flush_seconds: float,
+        batch_points: int,
+        reader: InlineReader | ProcessReader | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.registry = registry
         self.reader = reader if reader is not None else InlineReader()
@@ -223,8 +231,14 @@ class TrackMaterializer(RoomHooks):
         chunk = state.queue.take(first, self.batch_points)
         if chunk is None:
             return None
-        batch = Batch(state.room.customer_id, state.vehicle_id, doc=state.room.doc, day=state.day,
-                      first_index=chunk.first, decoded=chunk)
+        batch = Batch(
+            state.room.customer_id,
+            state.vehicle_id,
+            doc=state.room.doc,
+            day=state.day,
+            first_index=chunk.first,
+            decoded=chunk,
+        )
         backoff = 0.5
         while True:  # a failure here (the plan lookup while the database is away) must not end the worker
             try:

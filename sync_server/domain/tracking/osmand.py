@@ -9,6 +9,7 @@ Two forms (https://www.traccar.org/osmand/):
   {"latitude", "longitude", "speed" (m/s), "heading", "altitude", "accuracy"}, ...}}`; `location`
   may also be a list of such objects.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -67,8 +68,15 @@ def _timestamp(value: Any, now_ms: int, errors: list) -> int | None:
         return None
 
 
-def _point(ms: int, lat: float, lng: float, speed_mps: float | None, heading: float | None, alt: float | None,
-           accuracy: float | None) -> dict[str, Any]:
+def _point(
+    ms: int,
+    lat: float,
+    lng: float,
+    speed_mps: float | None,
+    heading: float | None,
+    alt: float | None,
+    accuracy: float | None,
+) -> dict[str, Any]:
     point: dict[str, Any] = {"t": ms, "lat": lat, "lng": lng}
     for key, value in (("speed", speed_mps), ("heading", heading), ("alt", alt), ("accuracy", accuracy)):
         if value is not None:
@@ -131,8 +139,17 @@ def from_json(body: Any, now_ms: int) -> tuple[str, list[dict]]:
         errors += [(f"{where}.coords.{f}", m) for f, m in sub] + [(f"{where}.{f}", m) for f, m in ts_errors]
         if not sub and not ts_errors:
             # Negative speed/heading mean "unknown" in the location SDK Traccar Client uses.
-            points.append(_point(ms, lat, lng, speed if speed is None or speed >= 0 else None,
-                                 heading if heading is None or heading >= 0 else None, alt, accuracy))
+            points.append(
+                _point(
+                    ms,
+                    lat,
+                    lng,
+                    speed if speed is None or speed >= 0 else None,
+                    heading if heading is None or heading >= 0 else None,
+                    alt,
+                    accuracy,
+                )
+            )
     if errors:
         raise OsmAndError(errors)
     return str(device), points

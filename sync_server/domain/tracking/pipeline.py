@@ -32,6 +32,7 @@ savepoint taken before the QUOTA_PHASES steps and runs them again with the quota
 start (the allowance is cut exactly, as always). The limits come from the node's one plan-limit
 service (sync_server.domain.billing.plans.PlanLimits: one cache, dropped on "plan_changed").
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -170,7 +171,9 @@ def decode_step(run: Run) -> None:
     chunk = batch.decoded if batch.decoded is not None else decode_chunk(batch.raw, batch.first_index)
     run.fixes, run.index, malformed = chunk.fixes, chunk.index, chunk.malformed
     if malformed:  # counted on the day the batch runs: a malformed fix has no time of its own
-        run.early.append((np.array(malformed, dtype=np.int64), np.full(len(malformed), run.now_ms // DAY_MS), MALFORMED))
+        run.early.append(
+            (np.array(malformed, dtype=np.int64), np.full(len(malformed), run.now_ms // DAY_MS), MALFORMED)
+        )
 
 
 def validate_step(run: Run) -> None:
@@ -254,7 +257,9 @@ async def _lock_quota(run: Run) -> None:
 
 async def _used_by_day(run: Run) -> dict[int, int]:
     days = range(int(run.fixes.ms[0]) // DAY_MS, int(run.fixes.ms[-1]) // DAY_MS + 1)  # fixes are in time order
-    used = await usage_store.values(run.conn, run.customer_uuid, quota.POINTS_METRIC, [day_of(d * DAY_MS) for d in days])
+    used = await usage_store.values(
+        run.conn, run.customer_uuid, quota.POINTS_METRIC, [day_of(d * DAY_MS) for d in days]
+    )
     return {day_number(d): n for d, n in used.items()}
 
 
@@ -300,9 +305,16 @@ async def geofence_step(run: Run) -> None:
         present = await event_store.lock_parents(conn, cid, vid, {e.geofence_id for e in new})
         new = [e for e in new if e.geofence_id in present]  # a geofence deleted meanwhile takes its events along
     if new:
-        await event_store.insert(conn, cid, vid, [e.geofence_id for e in new], [e.event for e in new],
-                                 [time_of(e.ms) for e in new], [e.lat for e in new],
-                                 [e.lng for e in new])
+        await event_store.insert(
+            conn,
+            cid,
+            vid,
+            [e.geofence_id for e in new],
+            [e.event for e in new],
+            [time_of(e.ms) for e in new],
+            [e.lat for e in new],
+            [e.lng for e in new],
+        )
     run.outcome.events = new
 
 
@@ -318,8 +330,9 @@ def _ms(since: float) -> float:
 async def store_step(run: Run) -> None:
     if not len(run):
         return
-    inserted = await position_store.stage_and_merge(run.conn, run.customer_uuid, run.batch.vehicle_id,
-                                                    run.batch.source, run.fixes)
+    inserted = await position_store.stage_and_merge(
+        run.conn, run.customer_uuid, run.batch.vehicle_id, run.batch.source, run.fixes
+    )
     run.outcome.stored = inserted
     if inserted < len(run):  # only possible without the lock (a concurrent writer got there first)
         key = (int(run.fixes.ms[-1]) // DAY_MS, filters.DUPLICATE)
@@ -330,8 +343,9 @@ async def latest_step(run: Run) -> None:
     if not len(run):
         return
     p = point_at(run.fixes, len(run) - 1)
-    moved = await position_store.upsert_latest(run.conn, run.customer_uuid, run.batch.vehicle_id,
-                                               (p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt))
+    moved = await position_store.upsert_latest(
+        run.conn, run.customer_uuid, run.batch.vehicle_id, (p.time, p.lat, p.lng, p.speed, p.heading, p.accuracy, p.alt)
+    )
     if moved:
         run.outcome.latest = p
 
@@ -353,8 +367,9 @@ async def usage_step(run: Run) -> None:
     await usage_store.add(run.conn, run.customer_uuid, counts)
     batch = run.batch
     if batch.doc is not None:
-        await track_progress.advance(run.conn, run.customer_uuid, batch.doc, batch.vehicle_id,
-                                     batch.first_index + batch.size)
+        await track_progress.advance(
+            run.conn, run.customer_uuid, batch.doc, batch.vehicle_id, batch.first_index + batch.size
+        )
     rejected: dict[str, int] = {}
     for (_, reason), n in run.rejected.items():
         rejected[reason] = rejected.get(reason, 0) + n
@@ -388,8 +403,13 @@ class Pipeline:
     """Runs batches through the steps; caches what every batch of a customer needs (plan limits,
     geofences, which day partitions exist)."""
 
-    def __init__(self, registry: DatabaseRegistry, rules: filters.Rules | None = None, bulk_concurrency: int = 2,
-                 plan_limits: plans.PlanLimits | None = None) -> None:
+    def __init__(
+        self,
+        registry: DatabaseRegistry,
+        rules: filters.Rules | None = None,
+        bulk_concurrency: int = 2,
+        plan_limits: plans.PlanLimits | None = None,
+    ) -> None:
         self.registry = registry
         self.plan_limits = plan_limits or plans.PlanLimits(registry)  # the node's (Runtime.plan_limits)
         self.rules = rules or filters.Rules()
@@ -482,7 +502,10 @@ class Pipeline:
         for _, early_days, _ in run.early:
             days.update(early_days.tolist())
         await self._ensure_partitions(db, days or {now_ms // DAY_MS})
-        async with self._bulk if batch.size >= BULK_POINTS else contextlib.nullcontext(), db.tenant(run.customer_uuid) as conn:
+        async with (
+            self._bulk if batch.size >= BULK_POINTS else contextlib.nullcontext(),
+            db.tenant(run.customer_uuid) as conn,
+        ):
             run.conn = conn
             await position_store.lock_track(conn, run.customer_uuid, batch.vehicle_id)
             if batch.doc is not None:  # replayable from the document; tracker posts wait for the disk
@@ -501,8 +524,18 @@ class Pipeline:
                     await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
                 except Exception:
                     log.exception("latest_listener_failed")
-        log.info("tracking_batch", customer_id=str(batch.customer_id), vehicle_id=str(batch.vehicle_id),
-                 source=batch.source, doc=batch.doc, points=batch.size, stored=outcome.stored,
-                 skipped=outcome.skipped, rejected=outcome.rejected, events=len(outcome.events),
-                 ms=_ms(started), step_ms=timings)
+        log.info(
+            "tracking_batch",
+            customer_id=str(batch.customer_id),
+            vehicle_id=str(batch.vehicle_id),
+            source=batch.source,
+            doc=batch.doc,
+            points=batch.size,
+            stored=outcome.stored,
+            skipped=outcome.skipped,
+            rejected=outcome.rejected,
+            events=len(outcome.events),
+            ms=_ms(started),
+            step_ms=timings,
+        )
         return outcome

@@ -6,6 +6,7 @@ Track documents hold JSON objects `{"t", "lat", "lng", "speed", "heading", "accu
 m/s, heading degrees, accuracy and altitude metres; only t, lat and lng are required. Decoding only
 checks types; ranges and plausibility are the filters' business.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,8 +33,16 @@ class Point:
 
     __slots__ = ("ms", "lat", "lng", "speed", "heading", "accuracy", "alt", "_time")
 
-    def __init__(self, ms: int, lat: float, lng: float, speed: float | None = None, heading: float | None = None,
-                 accuracy: float | None = None, alt: float | None = None) -> None:
+    def __init__(
+        self,
+        ms: int,
+        lat: float,
+        lng: float,
+        speed: float | None = None,
+        heading: float | None = None,
+        accuracy: float | None = None,
+        alt: float | None = None,
+    ) -> None:
         self.ms = ms
         self.lat = lat
         self.lng = lng
@@ -129,8 +138,15 @@ def _optional(value: Any) -> Any:
 
 def from_record(row: Any) -> Point:
     """A stored fix (time, lat, lng, speed, heading, accuracy, altitude) -> Point."""
-    p = Point(ms_from_datetime(row["time"]), row["lat"], row["lng"], row["speed"], row["heading"], row["accuracy"],
-              row["altitude"])
+    p = Point(
+        ms_from_datetime(row["time"]),
+        row["lat"],
+        row["lng"],
+        row["speed"],
+        row["heading"],
+        row["accuracy"],
+        row["altitude"],
+    )
     p._time = row["time"]
     return p
 
@@ -142,8 +158,14 @@ def decode(raw: Any) -> Point | str:
         return MALFORMED
     get = raw.get
     t, lat, lng = get("t"), get("lat"), get("lng")
-    if type(t) is float and type(lat) is float and type(lng) is float and t - t == 0 and lat - lat == 0 \
-            and lng - lng == 0:
+    if (
+        type(t) is float
+        and type(lat) is float
+        and type(lng) is float
+        and t - t == 0
+        and lat - lat == 0
+        and lng - lng == 0
+    ):
         ms = int(t)
     else:
         ms = parse_time(t)
@@ -168,19 +190,23 @@ def decode(raw: Any) -> Point | str:
 def columns(points: Sequence[Point]) -> Fixes:
     """The fixes as numpy columns (absent optional values as NaN), in the given order."""
     n = len(points)
-    return Fixes(np.fromiter([p.ms for p in points], np.int64, n),
-                 np.fromiter([p.lat for p in points], np.float64, n),
-                 np.fromiter([p.lng for p in points], np.float64, n),
-                 np.array([p.speed for p in points], dtype=np.float64),
-                 np.array([p.heading for p in points], dtype=np.float64),
-                 np.array([p.accuracy for p in points], dtype=np.float64),
-                 np.array([p.alt for p in points], dtype=np.float64))
+    return Fixes(
+        np.fromiter([p.ms for p in points], np.int64, n),
+        np.fromiter([p.lat for p in points], np.float64, n),
+        np.fromiter([p.lng for p in points], np.float64, n),
+        np.array([p.speed for p in points], dtype=np.float64),
+        np.array([p.heading for p in points], dtype=np.float64),
+        np.array([p.accuracy for p in points], dtype=np.float64),
+        np.array([p.alt for p in points], dtype=np.float64),
+    )
 
 
 def point_at(fixes: Fixes, k: int) -> Point:
     """Row k of the columns as a Point (NaN -> None)."""
-    optional = [None if v != v else v for v in (float(fixes.speed[k]), float(fixes.heading[k]),
-                                                float(fixes.accuracy[k]), float(fixes.altitude[k]))]
+    optional = [
+        None if v != v else v
+        for v in (float(fixes.speed[k]), float(fixes.heading[k]), float(fixes.accuracy[k]), float(fixes.altitude[k]))
+    ]
     return Point(int(fixes.ms[k]), float(fixes.lat[k]), float(fixes.lng[k]), *optional)
 
 
@@ -213,8 +239,9 @@ def decode_all(raw: Sequence[Any], first_index: int = 0) -> tuple[Fixes, np.ndar
     return _checked(t, lat, lng, optional, first_index)
 
 
-def _checked(t: np.ndarray, lat: np.ndarray, lng: np.ndarray, optional: list[np.ndarray],
-             first_index: int) -> tuple[Fixes, np.ndarray, list[int]]:
+def _checked(
+    t: np.ndarray, lat: np.ndarray, lng: np.ndarray, optional: list[np.ndarray], first_index: int
+) -> tuple[Fixes, np.ndarray, list[int]]:
     """Float columns of numbers (NaN: an absent optional value) -> (columns of the well-formed fixes,
     their element indices, the malformed ones' indices): non-finite required or infinite optional."""
     n = len(t)
@@ -252,8 +279,13 @@ class Chunk(NamedTuple):
         if start <= self.first and stop >= self.end:
             return self
         lo, hi = np.searchsorted(self.index, [start, stop])
-        return Chunk(start, max(0, stop - start), self.fixes.take(slice(lo, hi)), self.index[lo:hi],
-                     [i for i in self.malformed if start <= i < stop])
+        return Chunk(
+            start,
+            max(0, stop - start),
+            self.fixes.take(slice(lo, hi)),
+            self.index[lo:hi],
+            [i for i in self.malformed if start <= i < stop],
+        )
 
     @staticmethod
     def join(parts: Sequence[Chunk]) -> Chunk:
@@ -261,8 +293,13 @@ class Chunk(NamedTuple):
         if len(parts) == 1:
             return parts[0]
         fixes = Fixes(*(np.concatenate(columns) for columns in zip(*(p.fixes for p in parts))))
-        return Chunk(parts[0].first, parts[-1].end - parts[0].first, fixes,
-                     np.concatenate([p.index for p in parts]), [i for p in parts for i in p.malformed])
+        return Chunk(
+            parts[0].first,
+            parts[-1].end - parts[0].first,
+            fixes,
+            np.concatenate([p.index for p in parts]),
+            [i for p in parts for i in p.malformed],
+        )
 
 
 def decode_chunk(raw: Sequence[Any], first: int) -> Chunk:

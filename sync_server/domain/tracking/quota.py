@@ -5,6 +5,7 @@ Points past the quota are not materialized: they are counted as `quota_exceeded`
 usage_metrics and in the batch log, stay in the track document, and show in
 GET /api/v1/tracking/usage (`quota_exceeded: true`, `remaining: 0`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ def cut(ms: np.ndarray, limit: int, used: Mapping[int, int]) -> np.ndarray:
     for day, first, n in zip(*(a.tolist() for a in _days(ms))):
         left = max(0, limit - used.get(day, 0))
         if n > left:
-            keep[first + left:first + n] = False
+            keep[first + left : first + n] = False
     return keep
 
 

@@ -2,6 +2,7 @@
 retention_days are deleted by a periodic job, in batches of RETENTION_BATCH_ROWS rows, each its
 own short transaction (never one huge DELETE). Whole days past the LONGEST retention are dropped
 as partitions by storage.partitions (the runtime's maintenance job)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,9 @@ from storage.registry import DatabaseRegistry
 log = structlog.get_logger("sync_server.domain.tracking.retention")
 
 
-async def run_once(registry: DatabaseRegistry, default_plan: str, batch_rows: int,
-                   now: dt.datetime | None = None) -> dict[str, int]:
+async def run_once(
+    registry: DatabaseRegistry, default_plan: str, batch_rows: int, now: dt.datetime | None = None
+) -> dict[str, int]:
     now = now or dt.datetime.now(dt.UTC)
     async with registry.shared.operator("tracking_retention") as conn:
         customers = await plan_store.retention_by_customer(conn, default_plan)
@@ -26,7 +28,10 @@ async def run_once(registry: DatabaseRegistry, default_plan: str, batch_rows: in
     for row in customers:
         cid, cutoff = row["id"], now - dt.timedelta(days=row["retention_days"])
         db = await registry.for_customer(cid)
-        for kind, delete in (("positions", position_store.delete_before), ("geofence_events", event_store.delete_before)):
+        for kind, delete in (
+            ("positions", position_store.delete_before),
+            ("geofence_events", event_store.delete_before),
+        ):
             while True:
                 async with db.tenant(cid) as conn:
                     n = await delete(conn, cid, cutoff, batch_rows)
@@ -39,8 +44,9 @@ async def run_once(registry: DatabaseRegistry, default_plan: str, batch_rows: in
     return removed
 
 
-async def loop(registry: DatabaseRegistry, default_plan: str, batch_rows: int, interval: float,
-               stopping: asyncio.Event) -> None:
+async def loop(
+    registry: DatabaseRegistry, default_plan: str, batch_rows: int, interval: float, stopping: asyncio.Event
+) -> None:
     while not stopping.is_set():
         try:
             await run_once(registry, default_plan, batch_rows)

@@ -22,6 +22,7 @@ The protocol on the pipes: 8-byte length + pickle. Main -> helper: ("open", key,
 ("update", key, epoch, update), ("close", key). Helper -> main: ("chunk", key, epoch, Chunk),
 ("failed", key, epoch, error).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,8 +59,14 @@ class DocReader:
     an unusual shape, through pycrdt's delta. An append is told from an insert elsewhere by a sticky
     index on the last element seen: it stays where it was only if nothing was inserted before it."""
 
-    def __init__(self, points: pycrdt.Array, emit: Callable[[Chunk], None], next_index: int = 0,
-                 skip_below: int = 0, room: str = "") -> None:
+    def __init__(
+        self,
+        points: pycrdt.Array,
+        emit: Callable[[Chunk], None],
+        next_index: int = 0,
+        skip_below: int = 0,
+        room: str = "",
+    ) -> None:
         self.next_index = next_index
         self.skip_below = skip_below
         self.emit = emit
@@ -82,8 +89,18 @@ class DocReader:
             chunk = None
             # the sticky index resolved in this transaction (pycrdt's own get_index would open another;
             # `_sticky_index` is pycrdt's Rust object, stable within the pinned pycrdt < 0.15)
-            if 0 < added and 2 * added >= length and (self._length == 0 or (
-                    self._marked and self._end is not None and self._end._sticky_index.get_offset(txn) == self._length)):
+            if (
+                0 < added
+                and 2 * added >= length
+                and (
+                    self._length == 0
+                    or (
+                        self._marked
+                        and self._end is not None
+                        and self._end._sticky_index.get_offset(txn) == self._length
+                    )
+                )
+            ):
                 first = self.next_index
                 skip = max(0, min(added, self.skip_below - first))
                 chunk = decode_json(self._array.to_json(txn), self._length + skip, first + skip)
@@ -189,8 +206,12 @@ class _Helper:
     the loop is doing)."""
 
     def __init__(self, env: dict[str, str], deliver: Callable[[_Helper, tuple | None], None]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "sync_server.domain.tracking.track_reader"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sync_server.domain.tracking.track_reader"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         loop = asyncio.get_running_loop()
         self._writer = threading.Thread(target=self._write, name="track-reader-write", daemon=True)
@@ -322,8 +343,14 @@ class ProcessReader:
             slot.helper = None
             helper.close()
             if not self._stopped:
-                log.error("track_reader_died", pid=helper.proc.pid, code=helper.proc.poll(), slot=slot.number,
-                          rooms=len(slot.rooms), restart_in=slot.delay)
+                log.error(
+                    "track_reader_died",
+                    pid=helper.proc.pid,
+                    code=helper.proc.poll(),
+                    slot=slot.number,
+                    rooms=len(slot.rooms),
+                    restart_in=slot.delay,
+                )
                 self._schedule_restart(slot)
             return
         kind, key, epoch = message[:3]
