@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
@@ -30,7 +30,28 @@ Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
 
+class _Wired(Generic[T]):
+    """A part the composition root (sync_server.node.app) sets after construction; reading it
+    before then raises, naming it, instead of answering None."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rt: Runtime, owner: type | None = None) -> T:
+        part = rt.__dict__.get(self.name)
+        if part is None:
+            raise RuntimeError(f"Runtime.{self.name} is not wired (the composition root sets it)")
+        return part
+
+    def __set__(self, rt: Runtime, part: T) -> None:
+        rt.__dict__[self.name] = part
+
+
 class Runtime:
+    rooms: _Wired[RoomRegistry] = _Wired()  # the sync core's rooms
+    update_log: _Wired[UpdateLog] = _Wired()  # the group-commit writer of every room's updates
+    tracking: _Wired[Pipeline] = _Wired()  # the tracking Pipeline (sync_server.domain.tracking.install)
+
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
@@ -42,11 +63,6 @@ class Runtime:
             )
         )
         self.redis: Any = None
-        # Wired by the composition root (sync_server.node.app) after construction; read through the
-        # properties below, which say so instead of answering None.
-        self._rooms: RoomRegistry | None = None
-        self._update_log: UpdateLog | None = None
-        self._tracking: Pipeline | None = None
         self.secret_key = settings.resolved_secret_key()
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
@@ -76,33 +92,6 @@ class Runtime:
     @property
     def db(self) -> Database:
         return self.registry.shared
-
-    @property
-    def rooms(self) -> RoomRegistry:
-        """The sync core's rooms."""
-        return _wired(self._rooms, "rooms")
-
-    @rooms.setter
-    def rooms(self, rooms: RoomRegistry) -> None:
-        self._rooms = rooms
-
-    @property
-    def update_log(self) -> UpdateLog:
-        """The group-commit writer of every room's updates."""
-        return _wired(self._update_log, "update_log")
-
-    @update_log.setter
-    def update_log(self, update_log: UpdateLog) -> None:
-        self._update_log = update_log
-
-    @property
-    def tracking(self) -> Pipeline:
-        """The tracking Pipeline (sync_server.domain.tracking.install)."""
-        return _wired(self._tracking, "tracking")
-
-    @tracking.setter
-    def tracking(self, tracking: Pipeline) -> None:
-        self._tracking = tracking
 
     def on_start(self, hook: Hook) -> None:
         self._started.append(hook)
@@ -194,12 +183,6 @@ class Runtime:
                 log.info("partitions_maintained", created=created, dropped=dropped)
             except Exception:
                 log.exception("partition_maintenance_failed")
-
-
-def _wired(part: T | None, name: str) -> T:
-    if part is None:
-        raise RuntimeError(f"Runtime.{name} is not wired (the composition root sets it)")
-    return part
 
 
 async def _guarded(hook: Hook) -> None:
