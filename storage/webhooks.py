@@ -310,4 +310,3 @@ async def redeliver(conn: asyncpg.Connection, customer_id, endpoint_id, delivery
         endpoint_id,
         delivery_id,
     )
-
