@@ -121,7 +121,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(
+    app.asgi_app = SyncEndpoint(  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
         app.asgi_app,
         rooms,
         access,

@@ -29,10 +29,11 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_database(settings: Settings) -> Settings:
-    """The settings with DATABASE_URL resolved: given, or the embedded server started under DATA_DIR."""
+def _with_database(settings: Settings) -> tuple[Settings, str]:
+    """The settings with DATABASE_URL resolved (given, or the embedded server started under
+    DATA_DIR), and that URL."""
     if settings.database_url:
-        return settings
+        return settings, settings.database_url
     from storage import embedded
 
     try:
@@ -41,11 +42,11 @@ def _with_database(settings: Settings) -> Settings:
         print(f"webhost-sync: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"webhost-sync: embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}", file=sys.stderr)
-    return dataclasses.replace(settings, database_url=url)
+    return dataclasses.replace(settings, database_url=url), url
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings, _url = _with_database(_settings())
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -96,24 +97,24 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    _settings_used, url = _with_database(_settings())
     from storage import migrator
 
-    applied = asyncio.run(migrator.migrate(settings.database_url))
+    applied = asyncio.run(migrator.migrate(url))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
     return 0
 
 
 def cmd_create_operator(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings, url = _with_database(_settings())
     from storage import Database, migrator, platform_users
     from sync_server.domain.accounts.passwords import hash_password
 
     async def run() -> str:
-        await migrator.migrate(settings.database_url)
+        await migrator.migrate(url)
         # platform tables only, beside running servers: leave their scope key as it is (this
         # command may run without their SECRET_KEY, e.g. in development with another DATA_DIR key)
-        db = Database(settings.database_url, settings.app_role(), min_size=1, max_size=1)
+        db = Database(url, settings.app_role(), min_size=1, max_size=1)
         await db.open(install_key=False)
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)

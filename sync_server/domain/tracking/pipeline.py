@@ -486,12 +486,15 @@ class Pipeline:
     @staticmethod
     async def _quota_phases(run: Run, timings: dict[str, float]) -> None:
         """QUOTA_PHASES after a savepoint; on QuotaRace back to it and once more, the lock held."""
-        await run.conn.execute("SAVEPOINT before_quota")
+        conn = run.conn
+        if conn is None:
+            raise RuntimeError("the quota phases run inside the batch's transaction")
+        await conn.execute("SAVEPOINT before_quota")
         kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
         try:
             await Pipeline._steps(run, QUOTA_PHASES, timings)
         except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
-            await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+            await conn.execute("ROLLBACK TO SAVEPOINT before_quota")
             log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
             (run.fixes, run.index, run.inside), run.rejected = kept, rejected
             run.outcome.events, run.outcome.latest = [], None
