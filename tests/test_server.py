@@ -1,8 +1,9 @@
 """The server as operators run it: `webhost-sync serve`."""
 
+import os
 import signal
-import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -70,6 +71,48 @@ def test_embedded_postgres_starts_is_reused_and_stops(tmp_path):
     print(f"embedded first start to /healthz: {first_start:.1f}s")
 
 
+def test_embedded_postgres_of_a_killed_server_is_taken_over_and_stopped(tmp_path):
+    """kill -9 leaves the embedded server running with the dead process still on pgserver's handle
+    list; the next server takes it over and its SIGTERM stops it (issue 21)."""
+    data = tmp_path / "data"
+    env = {"DATA_DIR": str(data), "DATABASE_URL": "", "SECRET_KEY": ""}
+    first = ServerProcess(env, log_path=tmp_path / "s1.log")
+    first.env.pop("XDG_RUNTIME_DIR", None)  # no login session: pgserver must not warn about it
+    try:
+        first.start(timeout=90)
+        first.kill()
+        assert _postgres_running(data), "kill -9 of the server stopped PostgreSQL too: nothing to take over"
+        second = ServerProcess(env, log_path=tmp_path / "s2.log")
+        second.env.pop("XDG_RUNTIME_DIR", None)
+        second.start(timeout=90)
+        try:
+            assert httpx.get(second.base_url + "/readyz").json()["checks"]["postgres"]["ok"]
+        finally:
+            assert second.stop(signal.SIGTERM) == 0
+        log = second.log_text()
+        assert "embedded_postgres_stale_handles" in log and str(first.proc.pid) in log, log[-3000:]
+        assert not _postgres_running(data), "the taken-over embedded PostgreSQL kept running after SIGTERM"
+        for text in (first.log_text(), log):
+            assert "RuntimeDirWarning" not in text and "XDG_RUNTIME_DIR" not in text
+    finally:
+        _stop_postgres(data)
+
+
+def _stop_postgres(data) -> None:
+    """Leave no server behind when the test fails (fast shutdown of the postmaster)."""
+    pid_file = data / "postgres" / "postmaster.pid"
+    if _postgres_running(data) and pid_file.exists():
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+
+
 def _postgres_running(data) -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return any(str(data / "postgres") in line and "postgres" in line.split()[0] for line in out.splitlines())
+    """A postgres process serving DATA_DIR/postgres is alive (its full command line: `ps` cuts it)."""
+    pgdata = str(data / "postgres")
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"/postgres") and pgdata.encode() in args:
+            return True
+    return False
