@@ -10,12 +10,16 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
 from sync_server import logs
 from sync_server.config import ConfigError, Settings
 from sync_server.node import migrate_tenant_cli, patches
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config, Sockets
 
 log = structlog.get_logger("sync_server.node.cli")
 
@@ -46,7 +50,7 @@ def _with_database(settings: Settings) -> tuple[Settings, str]:
     return dataclasses.replace(settings, database_url=url), url
 
 
-def _bind(config):
+def _bind(config: Config) -> Sockets:
     """The listening sockets, bound before anything else starts (the embedded database, the
     runtime's tasks): a busy port is one line naming it and exit code 2, nothing logged as started."""
     try:
