@@ -608,14 +608,19 @@ class RoomRegistry:
         return closed
 
     def close_idle(self, timeout: float) -> int:
-        """Close (1001) every connection that sent nothing for `timeout` seconds."""
-        cutoff = asyncio.get_running_loop().time() - timeout
+        """Close (1001) every connection that sent nothing for `timeout` seconds (websocket pings
+        and pongs count); ping every one quiet for half of it, so a silent client that answers
+        pings is never closed."""
+        now = asyncio.get_running_loop().time()
+        cutoff, quiet = now - timeout, now - timeout / 2
         closed = 0
         for room in self.rooms():
             for conn in tuple(room.connections):
                 if conn.last_seen < cutoff:
                     conn.abort(GOING_AWAY, "idle timeout")
                     closed += 1
+                elif conn.last_seen < quiet:
+                    conn.ping()
         return closed
 
     async def drain(self) -> None:
