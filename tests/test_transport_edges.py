@@ -16,7 +16,7 @@ import websockets
 from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
-from .support import fleet, sync_peers
+from .support import sync_peers
 from .support.server import ServerProcess
 
 UTC = dt.UTC
