@@ -635,6 +635,8 @@ class RoomRegistry:
         closed = 0
         for room in self.rooms():
             for conn in tuple(room.connections):
+                if conn.close_code is not None:
+                    continue  # closing already
                 if conn.last_seen < cutoff:
                     conn.abort(GOING_AWAY, "idle timeout")
                     closed += 1
