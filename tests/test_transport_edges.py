@@ -200,3 +200,47 @@ def _closed_by_server(sock: socket.socket) -> bool:
                 pos += head + n
     except TimeoutError:
         return False
+
+
+# -- refusal storms -------------------------------------------------------------------------------
+
+LIBS = {"1.5.4": "y-websocket-v1", "2.1.0": "y-websocket-v2", "3.1.0": "y-websocket"}
+
+
+def edge(plan: dict, timeout: float = 180.0) -> dict:
+    return sync_peers.js("edge.mjs", json.dumps(plan), timeout=timeout)
+
+
+@pytest.mark.slow
+async def test_bad_token_costs_one_attempt_per_hold_whatever_the_client_version(server_env, tmp_path, database_url):
+    """y-websocket 1.x/2.x reset their backoff when a socket opens (a refusal right after the accept
+    had them back every ~100 ms); a refused socket is held SYNC_REFUSAL_HOLD_SECONDS first."""
+    hold = 3.0
+    server = ServerProcess(
+        {**server_env, "SYNC_REFUSAL_HOLD_SECONDS": str(hold)}, log_path=tmp_path / "server.log"
+    ).start()
+    try:
+        customer = await sync_peers.create_customer(database_url, "storm")
+        seconds = 30
+        plans = [
+            {"lib": lib, "server": f"{server.ws_url}/sync/{customer.slug}", "doc": "fleet", "token": "wst1.bad.token"}
+            | {"seconds": seconds, "until": "time"}
+            for lib in LIBS.values()
+        ]
+        results = await asyncio.gather(*(asyncio.to_thread(edge, plan) for plan in plans))
+        log = server.log_text()
+    finally:
+        server.stop()
+    by_version = dict(zip(LIBS, results, strict=True))
+    for version, out in by_version.items():
+        assert out["closes"] and all(c["code"] == 4401 for c in out["closes"]), (version, out["closes"][:3])
+    # 3.x stops at the first 4401; 1.x and 2.x retry, once per hold (+ their short backoff), not per 100 ms
+    assert by_version["3.1.0"]["attempts"] == 1 and by_version["3.1.0"]["stopped"]
+    for version in ("1.5.4", "2.1.0"):
+        attempts = by_version[version]["attempts"]
+        assert seconds / (hold + 2.5) <= attempts <= seconds / hold + 1, (version, attempts)
+    refused_lines = [json.loads(line) for line in log.splitlines() if '"sync_refused"' in line]
+    total = sum(out["attempts"] for out in results)
+    assert len(refused_lines) <= seconds / 10 + 2  # one line per customer and code per 10 s
+    assert len(refused_lines) + sum(line["suppressed"] for line in refused_lines) <= total
+    print(json.dumps({v: out["attempts"] for v, out in by_version.items()}), len(refused_lines), len(log))
