@@ -282,9 +282,30 @@ class Settings:
 
     sync_max_message_bytes: int = _setting(
         "SYNC_MAX_MESSAGE_BYTES",
-        8 * 1024 * 1024,
-        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
-        "largest websocket frame accepted; a bigger one closes that peer 1009",
+        64 * 1024 * 1024,
+        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 1024 * 1024 * 1024),
+        "largest websocket frame accepted (a phone's whole offline day arrives as one); a "
+        "bigger one closes that peer 1009 with a reason, 4413 when it sends one again",
+    )
+    sync_frame_budget_bytes: int = _setting(
+        "SYNC_FRAME_BUDGET_BYTES",
+        64 * 1024 * 1024,
+        _int("SYNC_FRAME_BUDGET_BYTES", 64 * 1024, 64 * 1024**3),
+        "bytes of websocket frames being received and applied at once, node-wide; past it the "
+        "server stops reading large frames (TCP backpressure) until earlier ones are applied",
+    )
+    sync_refusal_hold: float = _setting(
+        "SYNC_REFUSAL_HOLD_SECONDS",
+        10.0,
+        _float("SYNC_REFUSAL_HOLD_SECONDS", 0, 25),
+        "a refused websocket (4401/4403/1013...) is held open this long before its close, so "
+        "clients that reconnect at once when a socket opens retry once per hold, not per 100 ms",
+    )
+    sync_refusal_hold_max: int = _setting(
+        "SYNC_REFUSAL_HOLD_MAX",
+        10_000,
+        _int("SYNC_REFUSAL_HOLD_MAX", 0, 10_000_000),
+        "refused websockets held at once per node; past it a refusal closes at once",
     )
     sync_send_queue_limit: int = _setting(
         "SYNC_SEND_QUEUE_LIMIT",
@@ -294,7 +315,7 @@ class Settings:
     )
     sync_send_queue_bytes: int = _setting(
         "SYNC_SEND_QUEUE_BYTES",
-        16 * 1024 * 1024,
+        64 * 1024 * 1024,
         _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024**3),
         "bytes queued to one peer before it is closed 1013 (does not read); at "
         "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits",

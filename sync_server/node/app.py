@@ -28,11 +28,14 @@ from storage.documents import UpdateLog
 from sync_server.config import Settings
 from sync_server.domain import provisioning, tracking
 from sync_server.domain.accounts.sync_access import SyncAccess
+from sync_server.domain.billing import plans as billing_usage
 from sync_server.domain.runtime import Runtime
 from sync_server.extensions import fanout, shared_limits
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
+from sync_server.sync.intake import FrameBudget
+from sync_server.sync.refusals import Refusals
 from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.node.app")
@@ -128,5 +131,8 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         max_message=settings.sync_max_message_bytes,
         queue_limit=settings.sync_send_queue_limit,
         queue_bytes=settings.sync_send_queue_bytes,
+        budget=FrameBudget(settings.sync_frame_budget_bytes),
+        refusals=Refusals(hold=settings.sync_refusal_hold, max_held=settings.sync_refusal_hold_max),
+        on_too_big=lambda customer_id, doc, size: billing_usage.count_frame_too_big(runtime.registry, customer_id),
     )
     return rooms

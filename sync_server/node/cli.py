@@ -76,8 +76,10 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     # Dead peers are found by the sync layer's idle timeout instead (y-websocket clients renew
     # awareness every 15 s).
     config.websocket_ping_interval = None
-    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
-    config.websocket_max_message_size = settings.sync_max_message_bytes * 2
+    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself while a frame arrives (patches:
+    # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the
+    # same value, so it never refuses a frame the setting allows (without the patch it is the limit).
+    config.websocket_max_message_size = settings.sync_max_message_bytes
     sockets = _bind(config)
     settings, _url = _with_database(settings)
 
