@@ -121,7 +121,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(
+    endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,
         access,
@@ -129,4 +129,16 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         queue_limit=settings.sync_send_queue_limit,
         queue_bytes=settings.sync_send_queue_bytes,
     )
+    app.asgi_app = endpoint
+
+    # Live sockets follow their credentials (on every node: these events cross the control channel).
+    # The key cache forgot the key before this runs (Runtime subscribed it first).
+    async def key_revoked(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id), "api_key")
+
+    async def credentials_changed(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id))
+
+    runtime.subscribe("api_key_revoked", key_revoked)
+    runtime.subscribe("credentials_changed", credentials_changed)
     return rooms

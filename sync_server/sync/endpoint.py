@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 import structlog
 
-from sync_server.sync import protocol, wire
+from sync_server.sync import control, protocol, wire
 from sync_server.sync.connection import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -31,6 +31,7 @@ from sync_server.sync.connection import (
     MESSAGE_TOO_BIG,
     Connection,
 )
+from sync_server.sync.credentials import Credentials, Session
 from sync_server.sync.faults import answerable
 from sync_server.sync.hooks import Access, ConnectRequest, Refused
 from sync_server.sync.rooms import Rejected, RoomRegistry
@@ -85,6 +86,7 @@ class SyncEndpoint:
         self.queue_limit = queue_limit
         self.queue_bytes = queue_bytes
         self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+        self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -123,8 +125,9 @@ class SyncEndpoint:
         if not self.rooms.accepting:
             await close(GOING_AWAY, "server shutting down")
             return
+        authorization = _header(scope, b"authorization")
         try:
-            access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
+            access = await self.authenticator.authenticate(slug, doc, token, authorization)
             await self.rooms.hooks.authenticate(
                 ConnectRequest(
                     access.customer_id,
@@ -161,6 +164,7 @@ class SyncEndpoint:
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
         )
+        self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
         conn.start()
         self.rooms.join(room, conn)
         log.info(
@@ -177,6 +181,7 @@ class SyncEndpoint:
         finally:
             reader.cancel()
             closing.cancel()
+            self.credentials.forget(conn)
             await conn.stop()
             room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
             self.rooms.leave(room, conn)
@@ -203,7 +208,10 @@ class SyncEndpoint:
                 conn.abort(MESSAGE_TOO_BIG, "message too big")
                 return
             try:
-                await (conn.room or room).receive(conn, frame)
+                if control.is_control(frame):
+                    await self._control(conn, frame)
+                else:
+                    await (conn.room or room).receive(conn, frame)
             except protocol.Malformed as exc:
                 log.warning("sync_malformed", error=str(exc), bytes=len(frame))
                 conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
@@ -214,6 +222,18 @@ class SyncEndpoint:
                 log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
                 conn.abort(INTERNAL_ERROR, "server error")
                 return
+
+    async def _control(self, conn: Connection, frame: bytes) -> None:
+        """WebHost's own message type (sync/control.py): an in-band token refresh."""
+        message = control.decode(frame)
+        if message is not None:
+            await self.credentials.refresh(conn, message)
+
+
+def _opted_in(scope, name: str) -> bool:
+    """Whether the query string has `name=1` (or true/yes)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin1")).get(name) or [""]
+    return values[0].lower() in ("1", "true", "yes")
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -167,7 +167,13 @@ class Room:
                     conn.denied_sent = True
                     conn.enqueue(protocol.permission_denied_frame("read-only access: updates are ignored"))
                 return
-            await self._apply(msg.update, msg.frame, conn)
+            session = conn.session
+            if session is not None and session.acks:  # opted in to durable acknowledgements
+                session.received += 1
+                await self._apply(msg.update, msg.frame, conn)
+                await self.hooks.received(self, conn)
+            else:
+                await self._apply(msg.update, msg.frame, conn)
         elif kind is protocol.SyncStep1:
             try:
                 diff = self.ydoc.get_update(msg.state_vector)
@@ -325,6 +331,10 @@ class Room:
         relayed[hash(update)] = None
         if len(relayed) > ECHO_ENTRIES:
             del relayed[next(iter(relayed))]
+
+    def holds_from(self, origin: Any) -> bool:
+        """Whether an update of `origin` waits for structs it builds on (not applied, not stored)."""
+        return any(o is origin for _, o in self._held)
 
     def _hold(self, update: bytes, origin: Any) -> None:
         held = self._held
@@ -594,8 +604,14 @@ class RoomRegistry:
             yield
 
     def close_customer_nowait(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
+        return self.close_where(customer_id, lambda _doc: True, code, reason)
+
+    def close_where(self, customer_id: str, doc_matches: Callable[[str], bool], code: int, reason: str) -> int:
+        """Close every connection of the customer to a doc `doc_matches` (e.g. a deleted vehicle's tracks)."""
         closed = 0
         for room in self.rooms(customer_id):
+            if not doc_matches(room.doc):
+                continue
             for conn in tuple(room.connections):
                 conn.abort(code, reason)
                 closed += 1

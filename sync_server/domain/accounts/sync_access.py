@@ -36,7 +36,7 @@ class SyncAccess:
                 raise Refused(FORBIDDEN, "unknown customer")
             if customer["status"] != "active":
                 raise Refused(FORBIDDEN, "customer suspended")
-            return Access(grant.customer_id, grant.can_write, "token")
+            return Access(grant.customer_id, grant.can_write, "token", expires_at=float(grant.expires_at))
         scheme, _, raw = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and raw.strip():
             try:

@@ -51,6 +51,7 @@ def install(rt: Runtime) -> Pipeline:
         rooms.hooks.add(materializer)
         pipeline.on_latest(materializer.push_latest)
         rt.on_stop(materializer.stop)
+        rt.subscribe("vehicle_deleted", materializer.on_vehicle_deleted)
 
     async def start_retention() -> None:
         rt.spawn(

@@ -35,6 +35,7 @@ from storage import vehicles as vehicle_store
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.points import Chunk, Point
 from sync_server.domain.tracking.track_reader import InlineReader, ProcessReader
+from sync_server.sync.connection import FORBIDDEN
 from sync_server.sync.hooks import RoomHooks
 
 log = structlog.get_logger("sync_server.domain.tracking.materializer")
@@ -264,6 +265,21 @@ class TrackMaterializer(RoomHooks):
             return None
         self._names[row["id"]] = row["name"]
         return row["id"]
+
+    async def on_vehicle_deleted(self, customer_id, vehicle_id, identifier="", **_ignored) -> None:
+        """A deleted vehicle's track documents close their sockets (4403: the client stops); every
+        node hears the event (Runtime.publish, CLUSTER_EVENTS)."""
+        if self.rooms is None:
+            return
+        segments = {str(vehicle_id), str(identifier)} - {""}
+
+        def of_vehicle(doc: str) -> bool:
+            parsed = parse_track_doc(doc)
+            return parsed is not None and parsed[0] in segments
+
+        closed = self.rooms.close_where(str(customer_id), of_vehicle, FORBIDDEN, "vehicle deleted")
+        self._names.pop(uuid.UUID(str(vehicle_id)), None)
+        log.info("vehicle_deleted_connections_closed", customer_id=str(customer_id), connections=closed)
 
     # -- fleet document ---------------------------------------------------------------------------
 
