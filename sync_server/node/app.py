@@ -112,6 +112,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
             closed = rooms.close_idle(settings.sync_idle_timeout)
             if closed:
                 log.info("sync_idle_closed", connections=closed)
+            await rooms.renew_server_awareness()  # the server's own state outlives peers' timeouts
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))

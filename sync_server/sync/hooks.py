@@ -39,6 +39,7 @@ class Origin:
 
 REMOTE = Origin("remote")  # injected from another node (Redis fan-out): do not re-publish, not persisted here
 HTTP = Origin("http")  # POST /api/v1/docs/{doc}/updates
+SERVER = Origin("server")  # the server's own awareness state (Room.server_awareness)
 
 
 def is_remote(origin: Any) -> bool:

@@ -30,8 +30,8 @@ import uuid
 import pycrdt
 import structlog
 
-from storage import track_progress
 from storage import vehicles as vehicle_store
+from sync_server.domain.tracking import feedback
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.points import Chunk, Point
 from sync_server.domain.tracking.track_reader import InlineReader, ProcessReader
@@ -159,10 +159,13 @@ class TrackMaterializer(RoomHooks):
             log.warning("track_doc_unknown_vehicle", customer_id=room.customer_id, room=room.doc)
             return
         db = await self.registry.for_customer(room.customer_id)
+        limits = await self.pipeline.limits(room.customer_id)
         async with db.tenant(room.customer_id) as conn:
-            done = await track_progress.elements(conn, uuid.UUID(room.customer_id), room.doc)
+            totals = await feedback.read(conn, uuid.UUID(room.customer_id), room.doc, day, limits)
+        done = totals.materialized
         state = TrackRoom(room, vehicle_id, day, done)
         room.set_state(state)
+        await room.server_awareness(totals.state())  # what a joining phone sees first
         state.task = asyncio.ensure_future(self._work(state))
         state.task.set_name(f"materialize:{room.name}")
         await self.reader.open(state)
@@ -219,6 +222,7 @@ class TrackMaterializer(RoomHooks):
                     run = await self._prepare(state, state.done)
                     continue
                 backoff = 0.5
+                await self._publish(state, commit.result())
                 state.done = max(state.done, end)
                 state.queue.drop_below(state.done)
                 if upcoming is not None and upcoming.batch.first_index == state.done:
@@ -226,6 +230,16 @@ class TrackMaterializer(RoomHooks):
                 else:
                     run = await self._prepare(state, state.done)
             state.idle.set()
+
+    @staticmethod
+    async def _publish(state: TrackRoom, outcome) -> None:
+        """The document's totals after a batch, as the server's awareness state in its room."""
+        if outcome.feedback is None:
+            return
+        try:
+            await state.room.server_awareness(outcome.feedback.state())
+        except Exception:
+            log.exception("track_feedback_failed", room=state.room.doc)
 
     async def _prepare(self, state: TrackRoom, first: int):
         """The batch of elements from `first` (None, without waiting, when none have arrived)."""
