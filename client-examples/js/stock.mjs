@@ -11,7 +11,7 @@
 // Connects, waits for sync, pushes `push` elements (one update each, `point` with its index as
 // `n` and `t` = point.t + index), waits `waitMs` (or until the server's awareness state shows
 // `until`), and prints one JSON line: the message types received (counts), console errors, the
-// server's awareness state (client id 2^53 - 1) and the close event if any.
+// server's awareness state (client id 2^53 - 1), whether it was ever removed, and the close if any.
 import * as Y from 'yjs'
 import WebSocket from 'ws'
 
@@ -52,6 +52,10 @@ async function until (check, what) {
   }
 }
 const serverState = () => provider.awareness.getStates().get(SERVER_ID) || null
+const serverRemoved = [] // when the server's state left this client's awareness (a timeout would)
+provider.awareness.on('change', ({ removed }, origin) => {
+  if (removed.includes(SERVER_ID)) serverRemoved.push({ origin: origin === 'timeout' ? 'timeout' : String(origin) })
+})
 
 try {
   await until(() => provider.synced, 'sync')
@@ -68,7 +72,7 @@ try {
     }, `server state with ${count} ${rejected}`)
   }
   await sleep(plan.waitMs || 0)
-  const out = { received, errors, serverState: serverState(), closed, synced: provider.synced }
+  const out = { received, errors, serverState: serverState(), serverRemoved, closed, synced: provider.synced }
   process.stdout.write(JSON.stringify(out) + '\n', () => { provider.destroy(); setTimeout(() => process.exit(0), 200) })
 } catch (err) {
   process.stdout.write(JSON.stringify({ error: String(err), received, errors, serverState: serverState(), closed }) + '\n',
