@@ -16,6 +16,8 @@ import pycrdt
 from sync_server.sync import control, protocol
 
 from .conftest import TEST_SECRET
+from .rest.conftest import OPERATOR_PASSWORD
+from .rest.test_fleet import _create_operator
 from .support import fleet, sync_peers
 from .support.sync_peers import RawPeer, js_start
 from .test_multinode import cluster, node_env  # noqa: F401  (fixtures: two nodes on one Redis)
@@ -123,6 +125,58 @@ async def test_revoked_key_and_deleted_vehicle_close_sockets_on_every_node(clust
         await other.close()
     logs = nodes[1].log_text()
     assert "cluster_event_received" in logs and sync_key["key"] not in logs  # no secret in the log
+
+
+async def test_deleted_customer_closes_sockets_on_every_node(cluster, node_env, database_url):  # noqa: F811
+    nodes = cluster.start(2)
+    customer = await sync_peers.create_customer(database_url, slug="leaving")
+    staying = await sync_peers.create_customer(database_url, slug="staying")
+    token = sync_peers.token(TEST_SECRET, customer)
+    peers = [_peer(node, customer, "fleet", token) for node in nodes]
+    for proc in peers:
+        await _synced(proc)
+    other = await RawPeer.connect(
+        f"{nodes[1].ws_url}/sync/staying/fleet?token={sync_peers.token(TEST_SECRET, staying)}"
+    )
+    await other.sync()
+    _create_operator(node_env, "ops@example.com")
+    async with httpx.AsyncClient(base_url=nodes[0].base_url, timeout=30) as http:
+        r = await http.post("/api/v1/auth/login", json={"email": "ops@example.com", "password": OPERATOR_PASSWORD})
+        ops = {"Authorization": f"Bearer {r.json()['token']}"}
+        deleted = time.time()
+        r = await http.delete(f"/api/v1/customers/{customer.id}", headers=ops)
+        assert r.status_code == 204, r.text
+    for proc in peers:
+        closed, ended = await _closed(proc)
+        assert closed["code"] == 4403
+        assert ended - deleted < BOUND
+    await other.send(bytes((protocol.QUERY_AWARENESS,)))
+    await other.recv()  # another customer's socket on the same node is untouched
+    await other.close()
+
+
+async def test_api_key_expiry_closes_its_socket(server, db):
+    slug = "keyed"
+    cid = await fleet.customer(db, slug)
+    admin = await fleet.api_key(db, cid, ("admin",))
+    expires = time.time() + 4
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        r = await http.post(
+            "/api/v1/api-keys",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={
+                "name": "short",
+                "permissions": ["sync:read"],
+                "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+            },
+        )
+        assert r.status_code == 201, r.text
+    peer = await RawPeer.connect(
+        f"{server.ws_url}/sync/{slug}/fleet", additional_headers={"Authorization": f"Bearer {r.json()['key']}"}
+    )
+    await peer.sync()
+    assert await peer.closed(timeout=10) == (4401, "API key expired")
+    assert time.time() - expires < BOUND
 
 
 async def _control_reply(peer: RawPeer, timeout: float = 10.0) -> tuple[int, int | str]:

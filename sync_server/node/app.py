@@ -142,4 +142,9 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
 
     runtime.subscribe("api_key_revoked", key_revoked)
     runtime.subscribe("credentials_changed", credentials_changed)
+
+    async def resubscribed(**_ignored) -> None:  # the control channel was lost: events may be missed
+        await endpoint.credentials.revalidate_all()
+
+    runtime.subscribe("control_resubscribed", resubscribed)
     return rooms

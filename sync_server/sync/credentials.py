@@ -2,12 +2,15 @@
 it stays open, so a socket never outlives the credential that opened it.
 
 - A sync token's expiry closes its connections (4401 "token expired") unless the client handed a new
-  token on the same socket first (control.REFRESH: same customer, and it must allow the open doc).
+  token on the same socket first (control.REFRESH: same customer, and it must allow the open doc);
+  an API key with an expiry closes its connections then too (4401 "API key expired").
 - `revalidate(customer)` asks the Authenticator again for every open connection of the customer
   (the composition root calls it on "api_key_revoked" / "credentials_changed", on every node through
   the control channel): a refusal closes the connection with its code (4401 / 4403); a credential
   that now grants read only turns the connection read-only in place (its writes are ignored and it
   is told once with a permission-denied message, as for any read-only connection).
+  `revalidate_all` does it for every open connection when the control subscription is back after
+  a loss (pub/sub does not keep what was published meanwhile).
 
 Only the Authenticator runs again, never the `authenticate` hooks (they admit a connection once:
 the connection limit counts it there).
@@ -82,7 +85,8 @@ class Credentials:
     @staticmethod
     def _expired(conn: Connection) -> None:
         log.info("sync_credential_expired", customer_id=conn.customer_id, room=conn.doc)
-        conn.abort(UNAUTHORIZED, "token expired")
+        kind = conn.session.access.credential if conn.session is not None else "token"
+        conn.abort(UNAUTHORIZED, "API key expired" if kind == "api_key" else "token expired")
 
     async def refresh(self, conn: Connection, message: control.Refresh) -> None:
         """A REFRESH from the client: answered with REFRESHED or REFRESH_REFUSED (the connection
@@ -109,6 +113,13 @@ class Credentials:
         self._schedule(conn, session)
         conn.enqueue(control.refreshed_frame(int(access.expires_at or 0)))
         log.info("sync_refreshed", customer_id=conn.customer_id, room=conn.doc, expires_at=access.expires_at)
+
+    async def revalidate_all(self) -> int:
+        """Check every open connection of this node again (after events may have been missed)."""
+        closed = 0
+        for customer_id in sorted({room.customer_id for room in self.rooms.rooms() if room.connections}):
+            closed += await self.revalidate(customer_id)
+        return closed
 
     async def revalidate(self, customer_id: str, credential: str | None = None) -> int:
         """Check every open connection of the customer (only those opened with `credential`,

@@ -44,11 +44,15 @@ async def listen(rt, holds=None) -> None:
     pauses = cluster_pause.channel(rt)
     events = rt.events_channel
     channels = [channel(rt), events, *([pauses] if holds is not None else [])]
+    lost = False  # set once subscribed: a later subscription follows a loss
     while True:
         pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*channels)
             await rt.registry.reload()  # whatever changed while we were not listening
+            if lost:  # events published meanwhile are gone: open sockets check their credentials again
+                await rt.publish("control_resubscribed")
+            lost = True
             backoff = 0.2
             while True:
                 message = await pubsub.get_message(timeout=5.0)
