@@ -200,8 +200,15 @@ async def rotate_device_secret(vehicle_id: uuid.UUID):
 async def delete_vehicle(vehicle_id: uuid.UUID):
     async with customer_transaction() as conn:
         deleted = await vehicle_store.delete(conn, vehicle_id)
-    if not deleted:
+    if deleted is None:
         raise not_found("vehicle")
+    # Its track documents' open sockets close on every node (sync_server.domain.tracking.install).
+    await runtime().publish(
+        "vehicle_deleted",
+        customer_id=principal().customer_id,
+        vehicle_id=str(deleted["id"]),
+        identifier=deleted["vehicle_identifier"] or "",
+    )
 
 
 # --- drivers ------------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
             closed = rooms.close_idle(settings.sync_idle_timeout)
             if closed:
                 log.info("sync_idle_closed", connections=closed)
+            await rooms.renew_server_awareness()  # the server's own state outlives peers' timeouts
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))
@@ -124,7 +125,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
+    endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,
         access,
@@ -135,4 +136,21 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         refusals=Refusals(hold=settings.sync_refusal_hold, max_held=settings.sync_refusal_hold_max),
         on_too_big=lambda customer_id, doc, size: billing_usage.count_frame_too_big(runtime.registry, customer_id),
     )
+    app.asgi_app = endpoint  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
+
+    # Live sockets follow their credentials (on every node: these events cross the control channel).
+    # The key cache forgot the key before this runs (Runtime subscribed it first).
+    async def key_revoked(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id), "api_key")
+
+    async def credentials_changed(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id))
+
+    runtime.subscribe("api_key_revoked", key_revoked)
+    runtime.subscribe("credentials_changed", credentials_changed)
+
+    async def resubscribed(**_ignored) -> None:  # the control channel was lost: events may be missed
+        await endpoint.credentials.revalidate_all()
+
+    runtime.subscribe("control_resubscribed", resubscribed)
     return rooms
