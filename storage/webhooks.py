@@ -1,6 +1,6 @@
 """webhook_endpoints, webhook_outbox and webhook_attempts rows (tenant connections, migration 0100).
 
-The signing secret is written by `insert_endpoint` / `set_secret` and read back only by
+The signing secret is written only by `insert_endpoint` and read back only by
 `secrets_of`; both go through `_seal` / `_unseal` (issue 18 encrypts it at rest there, in one place).
 """
 
@@ -53,14 +53,6 @@ async def insert_endpoint(
         url,
         list(events),
         description,
-        _seal(secret),
-    )
-
-
-async def set_secret(conn: asyncpg.Connection, endpoint_id, secret: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"UPDATE webhook_endpoints SET secret = $2, updated_at = now() WHERE id = $1 RETURNING {_ENDPOINT}",
-        endpoint_id,
         _seal(secret),
     )
 
@@ -291,6 +283,15 @@ async def delivery(conn: asyncpg.Connection, endpoint_id, delivery_id) -> asyncp
     )
 
 
+async def enqueued_here(conn: asyncpg.Connection, endpoint_id) -> asyncpg.Record | None:
+    """The endpoint's delivery enqueued last by this transaction (created_at is its start time)."""
+    return await conn.fetchrow(
+        f"SELECT {_DELIVERY} FROM webhook_outbox WHERE endpoint_id = $1 AND created_at = now() "
+        "ORDER BY seq DESC LIMIT 1",
+        endpoint_id,
+    )
+
+
 async def attempts_of(conn: asyncpg.Connection, delivery_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT delivery_id, attempt, attempted_at, status_code, error, response, duration_ms FROM webhook_attempts "
@@ -310,4 +311,3 @@ async def redeliver(conn: asyncpg.Connection, customer_id, endpoint_id, delivery
         endpoint_id,
         delivery_id,
     )
-

@@ -24,8 +24,9 @@ from api import (
 )
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
+from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
-from sync_server.domain import provisioning, tracking
+from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.extensions import fanout, shared_limits
 from sync_server.extensions.persistence import Persistence
@@ -61,6 +62,8 @@ def create_app(settings: Settings) -> Quart:
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
+    app.register_blueprint(webhooks_api.blueprint)
+    rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
     rest_endpoint.install(app, rt)

@@ -20,6 +20,7 @@ from sync_server.node.config import Settings
 if TYPE_CHECKING:
     from storage.documents import UpdateLog
     from sync_server.domain.tracking.pipeline import Pipeline
+    from sync_server.domain.webhooks.delivery import DeliveryWorker
     from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.node.runtime")
@@ -41,6 +42,7 @@ class Runtime:
         self.rooms: RoomRegistry | None = None  # the sync core's rooms (wired in sync_server.node.app)
         self.update_log: UpdateLog | None = None  # the group-commit writer of every room's updates
         self.tracking: Pipeline | None = None  # the tracking Pipeline (sync_server.domain.tracking.install)
+        self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.secret_key = settings.resolved_secret_key()
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
