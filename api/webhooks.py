@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import webhooks as store
 from sync_server.domain.webhooks import endpoints, outbox, urls
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction

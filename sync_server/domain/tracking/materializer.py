@@ -32,6 +32,7 @@ import structlog
 
 from storage import track_progress
 from storage import vehicles as vehicle_store
+from sync_server.domain.tracking.event_feed import FLEET_DOC
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.points import Chunk, Point
 from sync_server.domain.tracking.track_reader import InlineReader, ProcessReader
@@ -40,7 +41,6 @@ from sync_server.sync.hooks import RoomHooks
 log = structlog.get_logger("sync_server.domain.tracking.materializer")
 
 TRACK_DOC = re.compile(r"^tracks/([^/]{1,100})/(\d{4}-\d{2}-\d{2})$")
-FLEET_DOC = "fleet"
 STORE_WAIT_SECONDS = 10.0  # eviction/shutdown wait this long for a backlog; the rest resumes on load
 MAX_BACKOFF = 30.0
 

@@ -420,6 +420,7 @@ class Pipeline:
         self._fences: dict[str, GeofenceSet] = {}
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
+        self._event_listeners: list[Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]] = []
         # The steps before the transaction run here, off the event loop: a 50,000-point batch is
         # ~100 ms of CPU, and on the loop every round trip of the transactions in flight (and every
         # websocket frame) would wait behind it; in a thread the loop gets the GIL back every few ms.
@@ -428,6 +429,11 @@ class Pipeline:
     def on_latest(self, listener: Callable[[str, uuid.UUID, Point], Awaitable[None]]) -> None:
         """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
         self._latest_listeners.append(listener)
+
+    def on_events(self, listener: Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]) -> None:
+        """Called (customer_id, vehicle_id, events) after a batch committed new geofence events
+        (e.g. tracking.event_feed.EventFeed.geofence_events: the dispatchers' live feed)."""
+        self._event_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> plans.Limits:
         """The customer's plan limits (the plan-limit service's cache)."""
@@ -524,6 +530,12 @@ class Pipeline:
                     await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
                 except Exception:
                     log.exception("latest_listener_failed")
+        if outcome.events:
+            for events_listener in self._event_listeners:
+                try:
+                    await events_listener(str(batch.customer_id), batch.vehicle_id, list(outcome.events))
+                except Exception:
+                    log.exception("events_listener_failed", customer_id=str(batch.customer_id))
         log.info(
             "tracking_batch",
             customer_id=str(batch.customer_id),

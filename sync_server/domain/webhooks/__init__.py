@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sync_server.domain.runtime import Runtime
     from sync_server.domain.webhooks.delivery import DeliveryWorker
-    from sync_server.node.runtime import Runtime
 
 
 def install(rt: Runtime) -> DeliveryWorker:
