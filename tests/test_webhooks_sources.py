@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import datetime as dt
 import json
+
+import pycrdt
 
 from storage import DatabaseRegistry
 from storage import webhooks as store
 from sync_server.domain.tracking.pipeline import Pipeline
 from sync_server.domain.webhooks.endpoints import generate_secret
+from sync_server.node.app import create_app
 
+from .rest.conftest import Api, app_settings
 from .support import fleet
 from .support.webhook_receiver import Receiver
 from .test_tracking_pipeline import _fences, at, route, run
@@ -79,3 +87,50 @@ async def _delivered(db, cid, n):
 
 def _iso(when) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_document_updated_is_debounced_per_document_and_carries_the_state_vector(database_url):
+    settings = dataclasses.replace(
+        app_settings(database_url), webhook_document_interval=1.0, webhook_poll_seconds=0.05, webhook_retry_base=0.05
+    )
+    app = create_app(settings)
+    receiver = await Receiver().start()
+    octets = {"content-type": "application/octet-stream"}
+    try:
+        async with app.test_app() as test_app:
+            api = Api(app, test_app.test_client())
+            c = await api.customer()
+            r = await api.post(
+                "/api/v1/webhooks", headers=c.auth, json={"url": receiver.url, "events": ["document.updated"]}
+            )
+            secret = (await r.get_json())["secret"]
+            notes = pycrdt.Doc()
+            text = notes.get("t", type=pycrdt.Text)
+            for i in range(5):  # a burst: the first is announced at once, the other four in one more
+                before = notes.get_state()
+                text += f"line {i}\n"
+                r = await api.post(
+                    "/api/v1/docs/notes/updates", headers={**c.auth, **octets}, data=notes.get_update(before)
+                )
+                assert r.status_code == 200, await r.get_data(as_text=True)
+            other = pycrdt.Doc()
+            other.get("t", type=pycrdt.Text).insert(0, "x")
+            await api.post("/api/v1/docs/other/updates", headers={**c.auth, **octets}, data=other.get_update())
+            await _until(lambda: _answered(receiver, 3), timeout=15)
+            await asyncio.sleep(1.5)  # and nothing more comes: the burst is covered
+            got = [r.verified(secret) for r in receiver.answered]
+        assert sorted(m["data"]["doc"] for m in got) == ["notes", "notes", "other"]
+        announced = [m for m in got if m["data"]["doc"] == "notes"]
+        assert base64.b64decode(announced[-1]["data"]["state_vector"]) == notes.get_state()
+        gap = _parse(announced[1]["timestamp"]) - _parse(announced[0]["timestamp"])
+        assert gap.total_seconds() >= 0.99  # at most one per document per interval
+    finally:
+        await receiver.close()
+
+
+async def _answered(receiver, n):
+    return len(receiver.answered) >= n
+
+
+def _parse(text):
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
