@@ -65,7 +65,7 @@ class Policy:
     @property
     def lease_seconds(self) -> float:
         """A claim outlives any delivery: the POST is cut at `timeout`; the rest is margin."""
-        return 2 * self.timeout + 10
+        return 2 * self.timeout + 5
 
     def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds before attempt `attempt + 1` (exponential, jittered in its upper half)."""
