@@ -24,13 +24,16 @@ from api import (
 )
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
+from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
 from sync_server.config import Settings
-from sync_server.domain import provisioning, tracking
+from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.domain.billing import plans as billing_usage
 from sync_server.domain.runtime import Runtime
+from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
+from sync_server.extensions.document_changes import DocumentChanges
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
@@ -64,6 +67,9 @@ def create_app(settings: Settings) -> Quart:
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
+    app.register_blueprint(webhooks_api.blueprint)
+    rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
+    _announce_document_changes(rt)  # document.updated webhooks, debounced per document
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
     rest_endpoint.install(app, rt)
@@ -77,6 +83,15 @@ def create_app(settings: Settings) -> Quart:
         await rt.stop()
 
     return app
+
+
+def _announce_document_changes(runtime: Runtime) -> None:
+    interval = runtime.settings.webhook_document_interval
+    assert runtime.rooms is not None and runtime.update_log is not None
+    changes = DocumentChanges(DocumentAnnouncer(runtime.registry, interval), interval, flush=runtime.update_log.flush)
+    runtime.rooms.hooks.add(changes)
+    # after the rooms closed (drain) and before the update log stops (stop hooks run in reverse)
+    runtime.on_stop(changes.drain)
 
 
 def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
