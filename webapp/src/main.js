@@ -274,6 +274,10 @@ function arrowIcon (v) {
 }
 
 function renderMarkers (list) {
+  if (!app.framed && list.length) { // the first vehicles seen: show them (afterwards the dispatcher decides)
+    app.framed = true
+    map.fitBounds(L.latLngBounds(list.map((v) => [v.lat, v.lng])).pad(0.2), { maxZoom: 15, animate: false })
+  }
   const seen = new Set()
   for (const v of list) {
     seen.add(v.id)
@@ -705,6 +709,7 @@ $('geofence-form').addEventListener('submit', async (e) => {
 // --- history --------------------------------------------------------------------------------------
 
 const history = { points: [], marker: null, timer: null }
+app.history = history
 const localInput = (d) => new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16)
 $('history-from').value = localInput(new Date(Date.now() - 24 * 3600000))
 $('history-to').value = localInput(new Date(Date.now() + 60000))
@@ -745,7 +750,7 @@ function showHistory (points, events) {
   }))
   if (!points.length) return
   const line = L.polyline(points.map((p) => [p.lat, p.lng]), { color: '#ea580c', weight: 3 }).addTo(historyLayer)
-  history.marker = L.circleMarker([points[0].lat, points[0].lng], { radius: 7, color: '#ea580c', fillOpacity: 0.9 }).addTo(historyLayer)
+  history.marker = L.circleMarker([points[0].lat, points[0].lng], { radius: 8, color: '#111827', weight: 3, fillColor: '#facc15', fillOpacity: 1 }).addTo(historyLayer)
   map.fitBounds(line.getBounds(), { maxZoom: 16 })
   showAt(0)
 }
