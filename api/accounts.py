@@ -13,10 +13,10 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import customer_users as user_store
 from storage import operator_sessions, platform_users, user_sessions
 from sync_server.domain.accounts import passwords
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required

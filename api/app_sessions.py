@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import Field
 from quart import Blueprint, Response
 
+from api.current import runtime
 from sync_server.domain.accounts import user_sessions
-from sync_server.node.runtime import runtime
 
 from . import calls
 from .auth import authenticate_session

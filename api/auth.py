@@ -16,10 +16,10 @@ from functools import wraps
 
 import asyncpg
 
+from api.current import runtime
 from storage import operator_sessions
+from sync_server import logs
 from sync_server.domain.accounts import api_keys, user_sessions
-from sync_server.node import logs
-from sync_server.node.runtime import runtime
 
 from . import calls
 from .errors import ApiError

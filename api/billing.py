@@ -11,10 +11,10 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import plans as plan_store
 from sync_server.domain.billing import plans as plan_service
 from sync_server.domain.billing import subscriptions as subscription_service
-from sync_server.node.runtime import runtime
 
 from .auth import customer_required, operator_required
 from .calls import principal

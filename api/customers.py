@@ -11,9 +11,9 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import customers as customer_store
 from sync_server.domain.accounts import customers as customer_service
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .api_keys import ApiKeyCreated, key_out

@@ -17,12 +17,12 @@ import structlog
 from pydantic import Field, RootModel
 from quart import Blueprint
 
+from api.current import runtime
 from storage import drivers as driver_store
 from storage import geofences as geofence_store
 from storage import vehicles as vehicle_store
 from sync_server.domain.billing import plans
 from sync_server.domain.fleet import device_secrets, geofence_shapes
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import deployments as store
 from sync_server.domain.provisioning import (
     deployments,
@@ -20,7 +21,6 @@ from sync_server.domain.provisioning import (
     tenant_migration,
 )
 from sync_server.domain.provisioning.decision import Profile, recommend
-from sync_server.node.runtime import runtime
 
 from .auth import (
     authenticate_customer,

@@ -29,8 +29,8 @@ import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from sync_server.node import logs
-from sync_server.node.runtime import done_serving, serving
+from api.current import done_serving, serving
+from sync_server import logs
 from sync_server.sync import strict_json
 from sync_server.sync.faults import answerable
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from quart import Blueprint, Response
 
-from sync_server.node.runtime import runtime
+from api.current import runtime
 
 from .errors import ApiError
 from .openapi import operation

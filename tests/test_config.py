@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_server.node.config import ConfigError, Settings
+from sync_server.config import ConfigError, Settings
 
 EXE = str(Path(sys.executable).parent / "webhost-sync")
 

@@ -27,12 +27,12 @@ from api import (
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
 from storage.documents import UpdateLog
+from sync_server.config import Settings
 from sync_server.domain import provisioning, tracking
 from sync_server.domain.accounts.sync_access import SyncAccess
+from sync_server.domain.runtime import Runtime
 from sync_server.extensions import fanout, shared_limits
 from sync_server.extensions.persistence import Persistence
-from sync_server.node.config import Settings
-from sync_server.node.runtime import Runtime
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
 from sync_server.sync.rooms import RoomRegistry

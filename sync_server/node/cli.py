@@ -12,8 +12,9 @@ import sys
 
 import structlog
 
-from sync_server.node import logs, migrate_tenant_cli, patches
-from sync_server.node.config import ConfigError, Settings
+from sync_server import logs
+from sync_server.config import ConfigError, Settings
+from sync_server.node import migrate_tenant_cli, patches
 
 log = structlog.get_logger("sync_server.node.cli")
 

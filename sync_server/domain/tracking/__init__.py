@@ -10,8 +10,8 @@ from sync_server.domain.tracking.filters import Rules
 from sync_server.domain.tracking.pipeline import Batch, Outcome, Pipeline
 
 if TYPE_CHECKING:
-    from sync_server.node.config import Settings
-    from sync_server.node.runtime import Runtime
+    from sync_server.config import Settings
+    from sync_server.domain.runtime import Runtime
 
 __all__ = ["Batch", "Outcome", "Pipeline", "Rules", "install", "rules_from"]
 

@@ -441,7 +441,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
 
 
 def main() -> None:
-    from sync_server.node import logs
+    from sync_server import logs
 
     logs.configure(os.environ.get("LOG_FORMAT", "console"), os.environ.get("LOG_LEVEL", "info"))
     try:

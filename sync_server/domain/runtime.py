@@ -1,21 +1,23 @@
 """What one running node holds: settings, the database registry, Redis (when configured), the
-background jobs, and the start/stop order. app.py builds it; handlers reach it with runtime().
+node-wide domain caches and event listeners, the background jobs, and the start/stop order.
+
+The service container that domain services and REST handlers receive; the composition root
+(sync_server.node.app) builds it and wires the sync core and extensions onto it; REST handlers reach
+the one serving their request with api.current.runtime().
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from quart import current_app
 
 from storage import Database, DatabaseRegistry, migrator, partitions
+from sync_server.config import Settings
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
-from sync_server.node.config import Settings
 
 if TYPE_CHECKING:
     from storage.documents import UpdateLog
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from sync_server.domain.tracking.pipeline import Pipeline
     from sync_server.sync.rooms import RoomRegistry
 
-log = structlog.get_logger("sync_server.node.runtime")
+log = structlog.get_logger("sync_server.domain.runtime")
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -175,22 +177,3 @@ async def _guarded(hook: Hook) -> None:
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background_job_failed", job=task.get_name(), error=repr(task.exception()))
-
-
-_serving: ContextVar[Runtime] = ContextVar("runtime")
-
-
-def serving(rt: Runtime):
-    """Mark `rt` as the runtime of the current task's request (endpoints that answer without a
-    Quart app context: api.rest_endpoint); returns the token to reset."""
-    return _serving.set(rt)
-
-
-def done_serving(token) -> None:
-    _serving.reset(token)
-
-
-def runtime() -> Runtime:
-    """The Runtime of the app handling the current request or websocket."""
-    rt = _serving.get(None)
-    return rt if rt is not None else current_app.extensions["webhost"]
