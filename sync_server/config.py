@@ -423,6 +423,42 @@ class Settings:
         _choice("CONNECTION_LIMITS", "enforce", "off"),
         "enforce the plan's connection_limit per customer (across nodes with Redis)",
     )
+    app_session_ttl: int = _setting(
+        "APP_SESSION_TTL_SECONDS",
+        43200,
+        _int("APP_SESSION_TTL_SECONDS", 60, 30 * 86400),
+        "lifetime of a customer user's sign-in to the dispatcher app (/app/)",
+    )
+    app_sync_token_ttl: int = _setting(
+        "APP_SYNC_TOKEN_TTL_SECONDS",
+        600,
+        _int("APP_SYNC_TOKEN_TTL_SECONDS", 30, 86400),
+        "lifetime of the sync tokens the dispatcher app gets for its session (it renews them at half)",
+    )
+    map_tile_url: str = _setting(
+        "MAP_TILE_URL",
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        _text("MAP_TILE_URL"),
+        "the dispatcher app's map tiles ({z}/{x}/{y} template); `none`: no tiles (a plain background)",
+    )
+    map_attribution: str = _setting(
+        "MAP_ATTRIBUTION",
+        '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+        _text("MAP_ATTRIBUTION"),
+        "the attribution the tile provider requires (HTML, shown on the map)",
+    )
+    vehicle_stale_minutes: float = _setting(
+        "VEHICLE_STALE_MINUTES",
+        5.0,
+        _float("VEHICLE_STALE_MINUTES", 0.1, 10_000),
+        "the app marks a vehicle stale after this long without a fix",
+    )
+    vehicle_offline_minutes: float = _setting(
+        "VEHICLE_OFFLINE_MINUTES",
+        60.0,
+        _float("VEHICLE_OFFLINE_MINUTES", 0.1, 100_000),
+        "the app marks a vehicle offline after this long without a fix",
+    )
     rest_rate_limit: int = _setting(
         "REST_RATE_LIMIT_PER_MINUTE",
         6000,

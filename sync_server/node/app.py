@@ -11,6 +11,7 @@ from quart import Quart
 from api import (
     accounts,
     api_keys,
+    app_sessions,
     billing,
     customers,
     docs,
@@ -21,6 +22,7 @@ from api import (
     json_provider,
     openapi,
     rest_endpoint,
+    webapp,
 )
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
@@ -58,7 +60,7 @@ def create_app(settings: Settings) -> Quart:
     relay = fanout.install(rt) if settings.redis_url else None
     shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
     app.register_blueprint(docs.blueprint)
-    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+    for area in (openapi, accounts, app_sessions, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(webhooks_api.blueprint)
     rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
     _announce_document_changes(rt)  # document.updated webhooks, debounced per document
+    app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
     rest_endpoint.install(app, rt)

@@ -87,5 +87,5 @@ async def test_raw_query_without_customer_sees_no_rows(api):
     c = await api.customer()
     await api.post("/api/v1/vehicles", headers=c.auth, json={"name": "v", "vehicle_identifier": "v"})
     async with api.runtime.db.platform() as conn:
-        for table in ("customers", "api_keys", "subscriptions", "vehicles", "customer_users"):
+        for table in ("customers", "api_keys", "subscriptions", "vehicles", "customer_users", "customer_user_sessions"):
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
