@@ -174,6 +174,9 @@ class Usage(ResponseModel):
     geofences: Quota
     gps_points_today: Quota = Field(description="points recorded since 00:00 UTC against gps_points_per_day")
     storage_bytes: int = Field(description="bytes of document history and snapshots")
+    sync_frames_too_big_today: int = Field(
+        description="websocket frames refused since 00:00 UTC for passing SYNC_MAX_MESSAGE_BYTES (a client that cannot sync)"
+    )
 
 
 @blueprint.get("/api/v1/subscription")
@@ -239,4 +242,5 @@ async def usage():
         "geofences": {"used": used["geofences"], "limit": limits.geofences},
         "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
         "storage_bytes": used["storage_bytes"],
+        "sync_frames_too_big_today": used["sync_frames_too_big_today"],
     }

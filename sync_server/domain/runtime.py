@@ -9,6 +9,8 @@ the one serving their request with api.current.runtime().
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -21,13 +23,23 @@ from sync_server.domain.billing.plans import PlanLimits
 
 if TYPE_CHECKING:
     from storage.documents import UpdateLog
+    from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.pipeline import Pipeline
+    from sync_server.domain.webhooks.delivery import DeliveryWorker
     from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.domain.runtime")
 
 Hook = Callable[[], Awaitable[None]]
 T = TypeVar("T")
+
+# Domain events every node must hear (with Redis): each one ends or narrows what live sockets and
+# caches may do. `publish` tells this node's listeners, then the others through the control channel
+# (`{REDIS_PREFIX}events`, on the subscription of provisioning/route_changes.listen).
+CLUSTER_EVENTS = frozenset(
+    {"customer_suspended", "api_key_revoked", "plan_changed", "vehicle_deleted", "credentials_changed"}
+)
+MAX_EVENT_BYTES = 4096  # a control message larger than this is not ours: ignored
 
 
 class _Wired(Generic[T]):
@@ -63,6 +75,8 @@ class Runtime:
             )
         )
         self.redis: Any = None
+        self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
+        self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.secret_key = settings.resolved_secret_key()
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
@@ -70,6 +84,7 @@ class Runtime:
         self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
         self.shutting_down = asyncio.Event()
         self._listeners: dict[str, list[Callable[..., Awaitable[None]]]] = {}
+        self.instance = secrets.token_hex(8)  # tells this node's own control messages apart
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
@@ -82,7 +97,39 @@ class Runtime:
         self._listeners.setdefault(event, []).append(listener)
 
     async def publish(self, event: str, **data: Any) -> None:
-        """Tell every listener; one failing listener is logged and does not stop the others."""
+        """Tell every listener; one failing listener is logged and does not stop the others. A
+        CLUSTER_EVENTS event (string data only) then reaches the listeners of every other node."""
+        await self._deliver(event, data)
+        if event in CLUSTER_EVENTS and self.redis is not None:
+            message = json.dumps({"event": event, "from": self.instance, "data": data})
+            try:
+                await asyncio.wait_for(self.redis.publish(self.events_channel, message), 5.0)
+            except Exception as exc:  # best effort: the other nodes' periodic revalidation is the net
+                log.warning("cluster_event_publish_failed", event_name=event, error=str(exc) or type(exc).__name__)
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.settings.redis_prefix}events"
+
+    async def receive_cluster_event(self, raw: bytes | str) -> None:
+        """A control message of another node (route_changes.listen hands it here)."""
+        try:
+            if len(raw) > MAX_EVENT_BYTES:
+                raise ValueError("too large")
+            message = json.loads(raw)
+            event, origin, data = message["event"], message["from"], message["data"]
+            if event not in CLUSTER_EVENTS or not isinstance(data, dict):
+                raise ValueError(f"not a cluster event: {event!r}")
+            data = {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster_event_malformed", error=str(exc) or type(exc).__name__)
+            return
+        if origin == self.instance:
+            return  # our own: already delivered here
+        log.info("cluster_event_received", event_name=event, **data)
+        await self._deliver(event, data)
+
+    async def _deliver(self, event: str, data: dict[str, Any]) -> None:
         for listener in self._listeners.get(event, []):
             try:
                 await listener(**data)

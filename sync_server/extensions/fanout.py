@@ -43,7 +43,7 @@ from storage import documents
 from sync_server.extensions import doc_rebuild
 from sync_server.sync import protocol
 from sync_server.sync.hooks import RoomHooks, is_remote
-from sync_server.sync.rooms import Room
+from sync_server.sync.rooms import SERVER_AWARENESS_ID, Room
 
 log = structlog.get_logger("sync_server.extensions.fanout")
 
@@ -339,6 +339,8 @@ class Fanout(RoomHooks):
             return
         sources = self._sources.setdefault(key, {})
         for client, _clock, state in msg.entries:
+            if client == SERVER_AWARENESS_ID:
+                continue  # the server's own state belongs to every node: never reaped with one
             if state is None:
                 if sources.get(client) == node:
                     del sources[client]
