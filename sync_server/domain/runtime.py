@@ -52,7 +52,8 @@ class _Wired(Generic[T]):
     def __get__(self, rt: Runtime, owner: type | None = None) -> T:
         part = rt.__dict__.get(self.name)
         if part is None:
-            raise RuntimeError(f"Runtime.{self.name} is not wired (the composition root sets it)")
+            # AttributeError: getattr(rt, "rooms", None) is how a part that may be absent is asked for
+            raise AttributeError(f"Runtime.{self.name} is not wired (the composition root sets it)")
         return part
 
     def __set__(self, rt: Runtime, part: T) -> None:
