@@ -186,9 +186,7 @@ async def list_users(query: UserQuery):
 async def show_user(user_id: uuid.UUID):
     async with customer_transaction() as conn:
         row = await user_store.get(conn, user_id)
-    if row is None:
-        raise not_found("user")
-    return dict(row)
+    return found(row, "user")
 
 
 @blueprint.patch("/api/v1/users/<uuid:user_id>")

@@ -18,7 +18,7 @@ from sync_server.domain.accounts import api_keys, sync_tokens, user_sessions
 from . import pagination
 from .auth import customer_required
 from .calls import principal
-from .errors import ApiError, not_found
+from .errors import ApiError, found, not_found
 from .openapi import operation
 from .schemas import Page, PageQuery, RequestModel, ResponseModel
 
@@ -130,9 +130,7 @@ async def list_api_keys(query: ApiKeyQuery):
 async def show_api_key(key_id: uuid.UUID):
     async with runtime().db.tenant(principal().customer_id) as conn:
         row = await key_store.get(conn, key_id)
-    if row is None:
-        raise not_found("API key")
-    return dict(row)
+    return found(row, "API key")
 
 
 @blueprint.delete("/api/v1/api-keys/<uuid:key_id>")

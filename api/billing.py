@@ -97,9 +97,7 @@ async def list_plans():
 async def show_plan(plan_id: str):
     async with runtime().db.platform() as conn:
         row = await plan_store.get(conn, plan_id)
-    if row is None:
-        raise not_found("plan")
-    return dict(row)
+    return found(row, "plan")
 
 
 @blueprint.post("/api/v1/plans")
@@ -184,9 +182,7 @@ class Usage(ResponseModel):
 @operation("The active subscription", tags=SUB_TAGS, response=Subscription, errors=(404,))
 async def show_subscription():
     row = await subscription_service.active(runtime(), principal().customer_id)
-    if row is None:
-        raise not_found("active subscription")
-    return dict(row)
+    return found(row, "active subscription")
 
 
 @blueprint.post("/api/v1/subscription/change")
@@ -220,9 +216,7 @@ async def change_plan(body: PlanChange):
 @operation("Cancel at the end of the current period", tags=SUB_TAGS, response=Subscription, errors=(404,))
 async def cancel_subscription():
     row = await subscription_service.cancel_at_period_end(runtime(), principal().customer_id)
-    if row is None:
-        raise not_found("active subscription")
-    return dict(row)
+    return found(row, "active subscription")
 
 
 @blueprint.get("/api/v1/usage")

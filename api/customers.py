@@ -19,7 +19,7 @@ from . import pagination
 from .api_keys import ApiKeyCreated, key_out
 from .auth import operator_required
 from .calls import principal
-from .errors import conflict, not_found
+from .errors import conflict, found, not_found
 from .openapi import field_error, operation
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel, omittable
 
@@ -165,9 +165,7 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
 
 async def _set_status(customer_id: uuid.UUID, status: str):
     row = await customer_service.set_status(runtime(), customer_id, status, operator_id=principal().user_id)
-    if row is None:
-        raise not_found("customer")
-    return dict(row)
+    return found(row, "customer")
 
 
 @blueprint.post("/api/v1/customers/<uuid:customer_id>/suspend")

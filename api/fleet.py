@@ -150,9 +150,7 @@ async def list_vehicles(query: VehicleQuery):
 async def show_vehicle(vehicle_id: uuid.UUID):
     async with customer_transaction() as conn:
         row = await vehicle_store.get(conn, vehicle_id)
-    if row is None:
-        raise not_found("vehicle")
-    return dict(row)
+    return found(row, "vehicle")
 
 
 @blueprint.patch("/api/v1/vehicles/<uuid:vehicle_id>")
@@ -299,9 +297,7 @@ async def list_drivers(query: DriverQuery):
 async def show_driver(driver_id: uuid.UUID):
     async with customer_transaction() as conn:
         row = await driver_store.get(conn, driver_id)
-    if row is None:
-        raise not_found("driver")
-    return dict(row)
+    return found(row, "driver")
 
 
 @blueprint.patch("/api/v1/drivers/<uuid:driver_id>")

@@ -88,8 +88,25 @@ _MODULE_MARKS = {
     "test_socket_credentials": ("js",),
     "test_durable_acks": ("js",),
     "test_track_feedback": ("multinode", "js"),
+    "test_fuzz": ("slow",),  # minutes of hostile traffic against one node
+    "test_bench_smoke": ("slow",),  # a whole benchmark run, small
 }
 _FIXTURE_MARKS = {"redis_url": "multinode", "cluster": "multinode"}
+# Single tests (module, name): `slow` where the call alone took ~10 s or more on the 2-core machine
+# (`pytest --durations`), `js` where one test of a module drives a real JS client.
+_TEST_MARKS = {
+    ("test_openapi_contract", "test_schemathesis_finds_nothing"): ("slow",),
+    ("test_geofence_index", "test_inside_all_matches_a_point_by_point_reference"): ("slow",),
+    ("test_geofence_index", "test_transitions_over_masks_match_a_walk_over_reference_sets"): ("slow",),
+    ("test_packaging", "test_wheel_contains_every_module_and_migration"): ("slow",),
+    ("test_server", "test_embedded_postgres_starts_is_reused_and_stops"): ("slow",),
+    ("test_shared_limits", "test_rest_rate_limit_without_redis"): ("slow",),
+    ("test_shared_limits", "test_connection_limit_without_redis"): ("slow",),
+    ("test_shared_limits", "test_connection_limits_off_lets_everybody_in"): ("slow",),
+    ("test_tenant_migration", "test_shared_to_dedicated_to_shared_with_live_writes"): ("slow",),
+    ("test_provisioning_drivers", "test_local_deployment_one_active_per_customer_and_resume_after_crash"): ("slow",),
+    ("test_hostile_input", "test_nan_presence_is_refused_and_a_stock_js_client_joining_stays_connected"): ("js",),
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -97,5 +114,6 @@ def pytest_collection_modifyitems(items):
         module = item.module.__name__.rpartition(".")[2] if item.module else ""
         names = set(_MODULE_MARKS.get(module, ()))
         names.update(mark for fixture, mark in _FIXTURE_MARKS.items() if fixture in item.fixturenames)
+        names.update(_TEST_MARKS.get((module, getattr(item, "originalname", item.name)), ()))
         for name in sorted(names):
             item.add_marker(getattr(pytest.mark, name))
