@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_server.node.config import ConfigError, Settings
+from sync_server.config import ConfigError, Settings
 
 EXE = str(Path(sys.executable).parent / "webhost-sync")
 
@@ -31,7 +31,7 @@ def test_defaults_are_development_with_embedded_database():
         ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
         ({"SYNC_SEND_QUEUE_BYTES": "1000"}, "SYNC_SEND_QUEUE_BYTES"),
         ({"SYNC_SEND_QUEUE_BYTES": "lots"}, "SYNC_SEND_QUEUE_BYTES"),
-        ({"SYNC_MAX_MESSAGE_BYTES": str(32 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
+        ({"SYNC_MAX_MESSAGE_BYTES": str(128 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
         ({"CLUSTER_PAUSE_ACK_SECONDS": "10", "CLUSTER_PAUSE_LEASE_SECONDS": "10"}, "CLUSTER_PAUSE_LEASE_SECONDS"),
     ],
 )

@@ -23,6 +23,7 @@ def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
         "coalesce_response_head",
         "fast_unmasking",
         "status_reason_phrase",
+        "websocket_intake",
     }
     for patch in patches.PATCHES:
         assert patch.guard() is None, (patch.name, patch.guard())

@@ -10,11 +10,16 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
-from sync_server.node import logs, migrate_tenant_cli, patches
-from sync_server.node.config import ConfigError, Settings
+from sync_server import logs
+from sync_server.config import ConfigError, Settings
+from sync_server.node import migrate_tenant_cli, patches
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config, Sockets
 
 log = structlog.get_logger("sync_server.node.cli")
 
@@ -29,10 +34,11 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_database(settings: Settings) -> Settings:
-    """The settings with DATABASE_URL resolved: given, or the embedded server started under DATA_DIR."""
+def _with_database(settings: Settings) -> tuple[Settings, str]:
+    """The settings with DATABASE_URL resolved (given, or the embedded server started under
+    DATA_DIR), and that URL."""
     if settings.database_url:
-        return settings
+        return settings, settings.database_url
     from storage import embedded
 
     try:
@@ -41,10 +47,10 @@ def _with_database(settings: Settings) -> Settings:
         print(f"webhost-sync: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"webhost-sync: embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}", file=sys.stderr)
-    return dataclasses.replace(settings, database_url=url)
+    return dataclasses.replace(settings, database_url=url), url
 
 
-def _bind(config):
+def _bind(config: Config) -> Sockets:
     """The listening sockets, bound before anything else starts (the embedded database, the
     runtime's tasks): a busy port is one line naming it and exit code 2, nothing logged as started."""
     try:
@@ -70,10 +76,12 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     # Dead peers are found by the sync layer's idle timeout instead (y-websocket clients renew
     # awareness every 15 s).
     config.websocket_ping_interval = None
-    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
-    config.websocket_max_message_size = settings.sync_max_message_bytes * 2
+    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself while a frame arrives (patches:
+    # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the
+    # same value, so it never refuses a frame the setting allows (without the patch it is the limit).
+    config.websocket_max_message_size = settings.sync_max_message_bytes
     sockets = _bind(config)
-    settings = _with_database(settings)
+    settings, _url = _with_database(settings)
 
     from sync_server.node.app import create_app
 
@@ -115,24 +123,24 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    _settings_used, url = _with_database(_settings())
     from storage import migrator
 
-    applied = asyncio.run(migrator.migrate(settings.database_url))
+    applied = asyncio.run(migrator.migrate(url))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
     return 0
 
 
 def cmd_create_operator(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings, url = _with_database(_settings())
     from storage import Database, migrator, platform_users
     from sync_server.domain.accounts.passwords import hash_password
 
     async def run() -> str:
-        await migrator.migrate(settings.database_url)
+        await migrator.migrate(url)
         # platform tables only, beside running servers: leave their scope key as it is (this
         # command may run without their SECRET_KEY, e.g. in development with another DATA_DIR key)
-        db = Database(settings.database_url, settings.app_role(), min_size=1, max_size=1)
+        db = Database(url, settings.app_role(), min_size=1, max_size=1)
         await db.open(install_key=False)
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
