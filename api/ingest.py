@@ -45,7 +45,10 @@ TRACCAR_JSON = {"type": "object", "description": "the Traccar Client JSON body (
 
 class IngestResult(ResponseModel):
     accepted: int = Field(description="fixes stored")
-    rejected: dict[str, int] = Field(description="fixes filtered out, per reason (not to be resent)")
+    rejected: dict[str, int] = Field(
+        description="positions not stored, per reason (no_fix, invalid, duplicate, too_old, quota_exceeded, "
+        "...): answered 200 all the same, so the tracker does not resend them"
+    )
 
 
 def _unreadable(errors: list[tuple[str, str]], location: str) -> ApiError:
@@ -97,7 +100,9 @@ def _form(call: calls.Call, raw_body: bytes) -> dict[str, str]:
     errors=(401, 403, 404),
     raw_body={"application/x-www-form-urlencoded": FORM, "application/json": TRACCAR_JSON},
     description="Query or form parameters, or the Traccar Client JSON body; the device key as `key=` "
-    "or `Authorization: Bearer`. A filtered fix is counted in `rejected`, not refused.",
+    "or `Authorization: Bearer`. Every readable request of a known device is answered 200: a position that "
+    "was not stored (no fix, `valid=false`, duplicate, too old, over quota, ...) is counted in `rejected`, not "
+    "refused, so Traccar Client's queue never sticks. Form bodies are read whatever their Content-Type.",
 )
 async def osmand_position(customer_slug: str | None = None):
     now_ms = int(time.time() * 1000)
