@@ -50,7 +50,11 @@ def versions(db: BenchDatabase, tmp: Path, seconds: float, hold: float) -> dict:
     try:
         cpu0 = procstat.cpu_seconds(server.pid)
         procs = {
-            v: node("edge.mjs", {"lib": lib, "server": server.ws_base, "doc": "fleet", "token": "wst1.bad.token"} | {"seconds": seconds})
+            v: node(
+                "edge.mjs",
+                {"lib": lib, "server": server.ws_base, "doc": "fleet", "token": "wst1.bad.token"}
+                | {"seconds": seconds},
+            )
             for v, lib in LIBS.items()
         }
         results = {v: last_json(p, seconds + 60) for v, p in procs.items()}
@@ -124,7 +128,9 @@ def main() -> None:
     db = BenchDatabase().create()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for hold in ([] if args.only_held else [0.0]) + [args.hold if args.hold is not None else (3.0 if args.part == "versions" else 10.0)]:
+            for hold in ([] if args.only_held else [0.0]) + [
+                args.hold if args.hold is not None else (3.0 if args.part == "versions" else 10.0)
+            ]:
                 if args.part == "versions":
                     out = versions(db, Path(tmp), args.seconds or 30, hold)
                 else:
