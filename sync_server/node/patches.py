@@ -157,6 +157,60 @@ def _head_active() -> bool:
     return getattr(H11Protocol, "coalesces_response_head", False)
 
 
+# -- status lines with their reason phrase ------------------------------------------------------
+
+
+def _reason_guard() -> str | None:
+    try:
+        from h11 import _writers
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    if getattr(_writers, "writes_reason_phrase", False):
+        return None
+    from h11._state import IDLE, SEND_RESPONSE, SERVER
+
+    writers = getattr(_writers, "WRITERS", None)
+    original = getattr(_writers, "write_any_response", None)
+    if not isinstance(writers, dict) or original is None:
+        return "h11._writers.WRITERS / write_any_response are gone"
+    if writers.get((SERVER, IDLE)) is not original or writers.get((SERVER, SEND_RESPONSE)) is not original:
+        return "h11 no longer writes server responses with write_any_response"
+    if not {"status_code", "reason", "write_headers", "headers", "http_version"} <= _names(original):
+        return "write_any_response no longer writes status_code, reason and write_headers"
+    return None
+
+
+def _reason_install() -> None:
+    """h11 writes `HTTP/1.1 201 ` when the response has no reason, and Hypercorn never gives one:
+    some clients and proxies log such status lines as malformed (issue 21). Write the standard
+    phrase (`HTTP/1.1 201 Created`) when the response carries none."""
+    from http import HTTPStatus
+
+    from h11 import _writers
+    from h11._state import IDLE, SEND_RESPONSE, SERVER
+    from h11._util import LocalProtocolError
+
+    phrases = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+    write_headers = _writers.write_headers
+
+    def write_any_response(response, write) -> None:
+        if response.http_version != b"1.1":
+            raise LocalProtocolError("I only send HTTP/1.1")
+        reason = response.reason or phrases.get(response.status_code, b"")
+        write(b"HTTP/1.1 %d %s\r\n" % (response.status_code, reason))
+        write_headers(response.headers, write)
+
+    _writers.WRITERS[(SERVER, IDLE)] = write_any_response
+    _writers.WRITERS[(SERVER, SEND_RESPONSE)] = write_any_response
+    _writers.writes_reason_phrase = True  # type: ignore[attr-defined]
+
+
+def _reason_active() -> bool:
+    from h11 import _writers
+
+    return getattr(_writers, "writes_reason_phrase", False)
+
+
 # -- client frames unmasked by 32-bit words -----------------------------------------------------
 
 
@@ -306,6 +360,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("decline_permessage_deflate", "hypercorn", _deflate_guard, _deflate_install, _deflate_active),
     Patch("coalesce_response_head", "hypercorn", _head_guard, _head_install, _head_active),
     Patch("fast_unmasking", "wsproto", _unmask_guard, _unmask_install, _unmask_active),
+    Patch("status_reason_phrase", "h11", _reason_guard, _reason_install, _reason_active),
     Patch("websocket_intake", "hypercorn", _intake_guard, _intake_install, _intake_active),
 )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -64,6 +64,7 @@ class Connection:
         "raw",
         "peer",
         "last_seen",
+        "session",
     )
 
     def __init__(
@@ -99,6 +100,7 @@ class Connection:
         self._sender: asyncio.Task | None = None
         self.raw = raw
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
+        self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._drain())

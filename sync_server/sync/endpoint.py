@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 import structlog
 
-from sync_server.sync import protocol, wire
+from sync_server.sync import control, protocol, wire
 from sync_server.sync.connection import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -33,6 +33,7 @@ from sync_server.sync.connection import (
     TOO_BIG_AGAIN,
     Connection,
 )
+from sync_server.sync.credentials import Credentials, Session
 from sync_server.sync.faults import answerable
 from sync_server.sync.hooks import Access, ConnectRequest, Refused
 from sync_server.sync.intake import FrameBudget, Intake
@@ -98,6 +99,7 @@ class SyncEndpoint:
         self.refusals = refusals or Refusals(hold=0, max_held=0)
         self.on_too_big = on_too_big
         self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+        self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -152,8 +154,9 @@ class SyncEndpoint:
         if not self.rooms.accepting:
             await close(GOING_AWAY, "server shutting down")
             return
+        authorization = _header(scope, b"authorization")
         try:
-            access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
+            access = await self.authenticator.authenticate(slug, doc, token, authorization)
             await self.rooms.hooks.authenticate(
                 ConnectRequest(
                     access.customer_id,
@@ -191,6 +194,7 @@ class SyncEndpoint:
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
         )
+        self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
         conn.start()
         if intake is not None:
             intake.conn = conn  # pings and pongs count as activity
@@ -209,6 +213,7 @@ class SyncEndpoint:
         finally:
             reader.cancel()
             closing.cancel()
+            self.credentials.forget(conn)
             await conn.stop()
             room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
             self.rooms.leave(room, conn)
@@ -261,7 +266,10 @@ class SyncEndpoint:
     async def _handle(self, conn: Connection, room, frame: bytes) -> None:
         """One frame of a joined peer; a failure closes only this peer."""
         try:
-            await (conn.room or room).receive(conn, frame)
+            if control.is_control(frame):
+                await self._control(conn, frame)
+            else:
+                await (conn.room or room).receive(conn, frame)
         except protocol.Malformed as exc:
             log.warning("sync_malformed", error=str(exc), bytes=len(frame))
             conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
@@ -270,6 +278,18 @@ class SyncEndpoint:
                 raise
             log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
             conn.abort(INTERNAL_ERROR, "server error")
+
+    async def _control(self, conn: Connection, frame: bytes) -> None:
+        """WebHost's own message type (sync/control.py): an in-band token refresh."""
+        message = control.decode(frame)
+        if message is not None:
+            await self.credentials.refresh(conn, message)
+
+
+def _opted_in(scope, name: str) -> bool:
+    """Whether the query string has `name=1` (or true/yes)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin1")).get(name) or [""]
+    return values[0].lower() in ("1", "true", "yes")
 
 
 def _header(scope, name: bytes) -> str | None:
