@@ -65,6 +65,8 @@ class FrameBudget:
                     finally:
                         if not waiter.done():
                             waiter.cancel()
+        if intake.closed:
+            return  # the connection ended while this waited: close() released what it held
         self._add(intake, n)
 
     def _add(self, intake: Intake, n: int) -> None:
