@@ -10,9 +10,12 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import httpx
 import pycrdt
+import redis.asyncio as aioredis
 
+from sync_server.domain.accounts import api_keys
 from sync_server.sync import control, protocol
 
 from .conftest import TEST_SECRET
@@ -224,3 +227,50 @@ async def test_in_band_refresh_keeps_a_socket_past_its_first_expiry(server, data
     await refreshed.send(bytes((control.WEBHOST, control.VERSION, control.REFRESH, 200, 1)) + b"x")
     assert await refreshed.closed() == (4400, "malformed message")
     assert "wst1." not in server.log_text()  # tokens are never logged
+
+
+async def test_changed_permissions_narrow_open_sockets(cluster, node_env, db, database_url):  # noqa: F811
+    """A "credentials_changed" event, as another node publishes it on the control channel: every
+    open socket of the customer is checked again (the key cache forgets the customer first)."""
+    (node,) = cluster.start(1)
+    slug = "narrowed"
+    cid = await fleet.customer(db, slug)
+    writer_key = await fleet.api_key(db, cid, ("sync:write",))
+    reader_key = await fleet.api_key(db, cid, ("sync:read",))
+    peers = {}
+    for name, key in (("writer", writer_key), ("reader", reader_key)):
+        peers[name] = await RawPeer.connect(
+            f"{node.ws_url}/sync/{slug}/fleet", additional_headers={"Authorization": f"Bearer {key}"}
+        )
+        await peers[name].sync()
+    conn = await asyncpg.connect(database_url)  # the schema owner: what an admin tool would change
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET permissions = '{sync:read}' WHERE customer_id = $1 AND permissions = '{sync:write}'",
+            cid,
+        )
+        await conn.execute(
+            "UPDATE api_keys SET permissions = '{fleet:read}' WHERE customer_id = $1 AND permissions = '{sync:read}' AND key_hash = $2",
+            cid,
+            api_keys.digest(reader_key),
+        )
+    finally:
+        await conn.close()
+    client = aioredis.from_url(node_env["REDIS_URL"])
+    try:
+        message = {"event": "credentials_changed", "from": "another-node", "data": {"customer_id": str(cid)}}
+        await client.publish(f"{node_env['REDIS_PREFIX']}events", json.dumps(message))
+    finally:
+        await client.aclose()
+    assert await peers["reader"].closed(timeout=BOUND + 2) == (4403, "API key lacks sync:read / sync:write")
+    await asyncio.sleep(0.5)  # the same pass checks the writer's socket
+    edit = pycrdt.Doc()
+    edit.get("t", type=pycrdt.Text).insert(0, "denied")
+    await peers["writer"].send(protocol.update_frame(edit.get_update()))
+    while True:  # the writer is read-only now: its update is answered with permission-denied
+        frame = await peers["writer"].recv()
+        if frame[0] == protocol.AUTH:
+            break
+    stored = await sync_peers.stored_doc(database_url, sync_peers.Customer(str(cid), slug), "fleet")
+    assert str(stored.get("t", type=pycrdt.Text)) == ""
+    await peers["writer"].close()
