@@ -12,7 +12,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from storage.documents import UpdateLog
     from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.pipeline import Pipeline
+    from sync_server.domain.webhooks.delivery import DeliveryWorker
     from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.domain.runtime")
 
 Hook = Callable[[], Awaitable[None]]
+T = TypeVar("T")
 
 # Domain events every node must hear (with Redis): each one ends or narrows what live sockets and
 # caches may do. `publish` tells this node's listeners, then the others through the control channel
@@ -45,16 +47,20 @@ class Runtime:
         if not settings.database_url:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
         self.settings = settings
+        self.database_url: str = settings.database_url
         self.registry = DatabaseRegistry(
             Database(
-                settings.database_url, settings.app_role(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+                self.database_url, settings.app_role(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
             )
         )
         self.redis: Any = None
-        self.rooms: RoomRegistry | None = None  # the sync core's rooms (wired in sync_server.node.app)
-        self.update_log: UpdateLog | None = None  # the group-commit writer of every room's updates
-        self.tracking: Pipeline | None = None  # the tracking Pipeline (sync_server.domain.tracking.install)
+        # Wired by the composition root (sync_server.node.app) after construction; read through the
+        # properties below, which say so instead of answering None.
+        self._rooms: RoomRegistry | None = None
+        self._update_log: UpdateLog | None = None
+        self._tracking: Pipeline | None = None
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
+        self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.secret_key = settings.resolved_secret_key()
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
@@ -119,6 +125,33 @@ class Runtime:
     def db(self) -> Database:
         return self.registry.shared
 
+    @property
+    def rooms(self) -> RoomRegistry:
+        """The sync core's rooms."""
+        return _wired(self._rooms, "rooms")
+
+    @rooms.setter
+    def rooms(self, rooms: RoomRegistry) -> None:
+        self._rooms = rooms
+
+    @property
+    def update_log(self) -> UpdateLog:
+        """The group-commit writer of every room's updates."""
+        return _wired(self._update_log, "update_log")
+
+    @update_log.setter
+    def update_log(self, update_log: UpdateLog) -> None:
+        self._update_log = update_log
+
+    @property
+    def tracking(self) -> Pipeline:
+        """The tracking Pipeline (sync_server.domain.tracking.install)."""
+        return _wired(self._tracking, "tracking")
+
+    @tracking.setter
+    def tracking(self, tracking: Pipeline) -> None:
+        self._tracking = tracking
+
     def on_start(self, hook: Hook) -> None:
         self._started.append(hook)
 
@@ -148,7 +181,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
-            applied = await migrator.migrate(self.settings.database_url)
+            applied = await migrator.migrate(self.database_url)
             if applied:
                 log.info("migrations_applied", versions=applied)
         await self.registry.open()
@@ -209,6 +242,12 @@ class Runtime:
                 log.info("partitions_maintained", created=created, dropped=dropped)
             except Exception:
                 log.exception("partition_maintenance_failed")
+
+
+def _wired(part: T | None, name: str) -> T:
+    if part is None:
+        raise RuntimeError(f"Runtime.{name} is not wired (the composition root sets it)")
+    return part
 
 
 async def _guarded(hook: Hook) -> None:

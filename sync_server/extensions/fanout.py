@@ -284,8 +284,8 @@ class Fanout(RoomHooks):
 
     async def _read_once(self) -> None:
         streams: dict[Any, Any] = {self.wake_key: "$"}
-        for key, position in self._positions.items():
-            streams[self.stream(key)] = position
+        for open_key, position in self._positions.items():
+            streams[self.stream(open_key)] = position
         response = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
         for name, entries in response or ():
             key = self._streams.get(name if isinstance(name, bytes) else name.encode())
@@ -390,9 +390,9 @@ class Fanout(RoomHooks):
         """Remove the presence that nodes which stopped beating introduced."""
         if time.monotonic() - self.connected_since < self.dead_after:
             return  # after a Redis restart, give live nodes time to beat again
-        nodes = {n for sources in self._sources.values() for n in sources.values()}
-        nodes.update(n for writers in self._writers.values() for n in writers)
-        nodes = sorted(nodes - {self.node})
+        seen = {n for sources in self._sources.values() for n in sources.values()}
+        seen.update(n for writers in self._writers.values() for n in writers)
+        nodes = sorted(seen - {self.node})
         if not nodes:
             return
         beats = await self.redis.mget([alive_key(self.prefix, n) for n in nodes])

@@ -260,6 +260,10 @@ class Room:
             deleting, _ = protocol.read_var_uint(update, pos)
             if deleting == 0 or hash(update) in self._relayed:
                 return _DROP, None
+            if len(update) <= WALK_BYTES:  # deletions only: dropped when the doc has made them all
+                summary = yjs_update.summarize(update, walk_all=True)
+                if self._deletes_known(update, summary):
+                    return _DROP, None
             return _APPLY, None  # deletions only: yrs decides
         if sections == 1:
             _structs, pos = protocol.read_var_uint(update, pos)
@@ -279,10 +283,25 @@ class Room:
         if any(start > clocks.get(client, 0) for client, start, _ in summary.sections):
             return _HOLD, None
         if all(end is not None and end <= clocks.get(client, 0) for client, _, end in summary.sections) and (
-            summary.deleting == 0 or hash(update) in self._relayed
+            summary.deleting == 0 or hash(update) in self._relayed or self._deletes_known(update, summary)
         ):
             return _DROP, None
         return _APPLY, summary
+
+    def _deletes_known(self, update: bytes, summary: Any) -> bool:
+        """An update whose structs the doc has and whose deletions it has made already (an echo
+        re-encoded, so not among the relayed hashes): same state vector, same delete set. Compared
+        with the doc's delete set as yrs encodes it (an update without structs), no second Doc."""
+        if summary.deleting is None:
+            return False  # a large update not read to its delete set: yrs decides
+        try:
+            known = self.ydoc.get_update(self.ydoc.get_state())
+        except LET_THROUGH:
+            raise
+        except BaseException as exc:
+            self._break(exc, "delete set")
+            raise Rejected("the document could not encode its delete set") from None
+        return yjs_update.deletes_covered(update, known)
 
     async def _integrate(self, update: bytes, frame: bytes, origin: Any, advance: Any) -> None:
         try:
@@ -674,14 +693,21 @@ class RoomRegistry:
         return renewed
 
     def close_idle(self, timeout: float) -> int:
-        """Close (1001) every connection that sent nothing for `timeout` seconds."""
-        cutoff = asyncio.get_running_loop().time() - timeout
+        """Close (1001) every connection that sent nothing for `timeout` seconds (websocket pings
+        and pongs count); ping every one quiet for half of it, so a silent client that answers
+        pings is never closed."""
+        now = asyncio.get_running_loop().time()
+        cutoff, quiet = now - timeout, now - timeout / 2
         closed = 0
         for room in self.rooms():
             for conn in tuple(room.connections):
+                if conn.close_code is not None:
+                    continue  # closing already
                 if conn.last_seen < cutoff:
                     conn.abort(GOING_AWAY, "idle timeout")
                     closed += 1
+                elif conn.last_seen < quiet:
+                    conn.ping()
         return closed
 
     async def drain(self) -> None:
