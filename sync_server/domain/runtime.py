@@ -89,6 +89,7 @@ class Runtime:
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
+        self.subscribe("credentials_changed", self.api_keys.on_credentials_changed)
         self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
         self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 
