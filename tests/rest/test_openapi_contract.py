@@ -12,7 +12,7 @@ import httpx
 from .conftest import OPERATOR_PASSWORD, bearer
 from .test_fleet import _create_operator
 
-CUSTOMER_TAGS = "^(vehicles|drivers|geofences|api keys|sync|billing|customer users|tracking)$"
+CUSTOMER_TAGS = "^(vehicles|drivers|geofences|api keys|sync|billing|customer users|tracking|webhooks)$"
 OPERATOR_TAGS = r"^(customers \(operator\)|plans|operator auth)$"
 
 
@@ -55,8 +55,8 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     assert doc["openapi"].startswith("3.1")
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert ("POST", "/api/v1/vehicles") in ops and ("POST", "/api/v1/sync-tokens") in ops
-    # 45 + 5 tracking + 2 documents + 8 provisioning/deployments/migrations + 4 ingest + 2 health
-    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 66
+    # 45 + 5 tracking + 2 documents + 8 provisioning/deployments/migrations + 4 ingest + 2 health + 8 webhooks
+    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 74
     create = doc["paths"]["/api/v1/vehicles"]["post"]
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
     assert create["security"] == [{"apiKey": []}]
