@@ -317,3 +317,17 @@ async def redeliver(conn: asyncpg.Connection, customer_id, endpoint_id, delivery
         endpoint_id,
         delivery_id,
     )
+
+
+async def delete_finished_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` of the customer's delivered or dead deliveries that finished before
+    `cutoff` (their attempts go with them); pending ones stay whatever their age."""
+    status = await conn.execute(
+        "DELETE FROM webhook_outbox o USING (SELECT id FROM webhook_outbox WHERE customer_id = $1 "
+        "AND status <> 'pending' AND finished_at < $2 ORDER BY finished_at LIMIT $3) old "
+        "WHERE o.customer_id = $1 AND o.id = old.id",
+        customer_id,
+        cutoff,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])
