@@ -59,7 +59,7 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 74
     create = doc["paths"]["/api/v1/vehicles"]["post"]
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
-    assert create["security"] == [{"apiKey": []}]
+    assert create["security"] == [{"apiKey": []}, {"appSession": []}]  # an API key or the app's session cookie
     assert doc["components"]["schemas"]["VehicleCreate"]["additionalProperties"] is False
 
 

@@ -54,6 +54,7 @@ def install(rt: Runtime) -> Pipeline:
         rt.event_feed = EventFeed(rooms)  # the fleet document's `events` array (other writers: rt.event_feed.publish)
         pipeline.on_events(rt.event_feed.geofence_events)
         rt.on_stop(materializer.stop)
+        rt.subscribe("vehicle_deleted", materializer.on_vehicle_deleted)
 
     async def start_retention() -> None:
         rt.spawn(

@@ -58,7 +58,7 @@ from storage import usage as usage_store
 from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 from sync_server.domain.billing import plans
-from sync_server.domain.tracking import announce, filters, quota
+from sync_server.domain.tracking import announce, feedback, filters, quota
 from sync_server.domain.tracking.geofences import (
     Event,
     GeofenceSet,
@@ -115,6 +115,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)  # newly recorded geofence events
     latest: Point | None = None  # the vehicle's new latest fix, when this batch moved it forward
     skipped: int = 0  # elements a previous run had already materialized
+    feedback: Any = None  # a track document's totals after this batch (feedback.Totals)
 
 
 class Run:
@@ -372,14 +373,21 @@ async def usage_step(run: Run) -> None:
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
     await usage_store.add(run.conn, run.customer_uuid, counts)
     batch = run.batch
-    if batch.doc is not None:
-        await track_progress.advance(
-            run.conn, run.customer_uuid, batch.doc, batch.vehicle_id, batch.first_index + batch.size
-        )
     rejected: dict[str, int] = {}
     for (_, reason), n in run.rejected.items():
         rejected[reason] = rejected.get(reason, 0) + n
     run.outcome.rejected = rejected
+    if batch.doc is not None:
+        row = await track_progress.advance(
+            run.conn,
+            run.customer_uuid,
+            batch.doc,
+            batch.vehicle_id,
+            batch.first_index + batch.size,
+            stored=run.outcome.stored,
+            rejected=rejected,
+        )
+        run.outcome.feedback = await feedback.totals(run.conn, run.customer_uuid, batch.doc, batch.day, run.limits, row)
 
 
 BEFORE_TRANSACTION: tuple[tuple[str, Callable[[Run], None]], ...] = (
@@ -492,12 +500,15 @@ class Pipeline:
     @staticmethod
     async def _quota_phases(run: Run, timings: dict[str, float]) -> None:
         """QUOTA_PHASES after a savepoint; on QuotaRace back to it and once more, the lock held."""
-        await run.conn.execute("SAVEPOINT before_quota")
+        conn = run.conn
+        if conn is None:
+            raise RuntimeError("the quota phases run inside the batch's transaction")
+        await conn.execute("SAVEPOINT before_quota")
         kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
         try:
             await Pipeline._steps(run, QUOTA_PHASES, timings)
         except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
-            await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+            await conn.execute("ROLLBACK TO SAVEPOINT before_quota")
             log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
             (run.fixes, run.index, run.inside), run.rejected = kept, rejected
             run.outcome.events, run.outcome.latest = [], None
