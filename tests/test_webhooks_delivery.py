@@ -303,3 +303,28 @@ async def test_a_customer_sees_only_its_own_outbox(db):
         assert await store.secrets_of(conn, [uuid.uuid4()]) == {}
     async with db.platform() as conn:  # the due look-up names customers only
         assert await store.due_customers(conn, 10) == [a]
+
+
+async def test_a_hanging_receiver_does_not_hold_the_other_customers_deliveries(db):
+    slow = await Receiver(mode="hang").start()
+    fine = await Receiver().start()
+    try:
+        a = await _customer(db, "alpha")
+        b = await _customer(db, "bravo")
+        await _endpoint(db, a, slow.url)
+        _, secret = await _endpoint(db, b, fine.url)
+        await _publish(db, a, vehicles=20, per_vehicle=2)  # 20 queues that each hang for the whole timeout
+        await _publish(db, b, vehicles=2, per_vehicle=10)
+        few_slots = Policy(**{**FAST.__dict__, "concurrency": 4, "timeout": 5.0})
+        async with _worker(db, few_slots) as worker:
+            await _until(lambda: _received(slow, 2))
+            await _until(lambda: _done(db, b, 20), timeout=4)  # well inside one of A's timeouts
+            assert worker.per_customer == 2
+        assert _in_order_per_vehicle(fine.answered, secret) == {"v0": list(range(10)), "v1": list(range(10))}
+    finally:
+        await slow.close()
+        await fine.close()
+
+
+async def _received(receiver, n):
+    return len(receiver.received) >= n
