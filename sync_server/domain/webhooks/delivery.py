@@ -297,9 +297,7 @@ class DeliveryWorker:
                 duration_ms=result.ms,
             )
             disabled = None
-            if recorded and result.ok:
-                await store.endpoint_succeeded(conn, row["endpoint_id"])
-            elif recorded:
+            if recorded and not result.ok:
                 disabled = await store.endpoint_failed(
                     conn,
                     row["endpoint_id"],
