@@ -24,13 +24,15 @@ JSON 500 as long as no response has started, instead of Hypercorn's empty one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from sync_server.node import logs
-from sync_server.node.runtime import done_serving, serving
+from api.current import done_serving, serving
+from sync_server import logs
 from sync_server.sync import strict_json
 from sync_server.sync.faults import answerable
 
@@ -73,8 +75,8 @@ class RestEndpoint:
                 return
         await self.serve_quart(scope, receive, send)
 
-    async def serve(self, view, args: dict, scope, receive, send) -> None:
-        call = _call_of(scope, lambda: self._read_body(call, receive))
+    async def serve(self, view, args: Mapping[str, Any], scope, receive, send) -> None:
+        call: calls.Call = _call_of(scope, lambda: self._read_body(call, receive))
         entered, rt = calls.enter(call), serving(self.runtime)
         logs.bind(request_id=call.request_id)
         try:
@@ -166,11 +168,12 @@ def _call_of(scope, read) -> calls.Call:
         scope.get("query_string", b""),
         (scope.get("client") or (None,))[0],
         read,
+        scope.get("scheme", "http"),
     )
 
 
 async def _quart_body() -> bytes:
-    return await request.get_data(as_text=False)
+    return await request.get_data(cache=True, as_text=False, parse_form_data=False)
 
 
 class ClientGone(Exception):
@@ -227,4 +230,4 @@ def install(app: Quart, runtime) -> None:
     """Serve `@operation` routes from ASGI; what Quart still serves gets the same call, request id
     and rate limit from here (no Quart hooks). Call after every blueprint is registered (the route
     table is read once)."""
-    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime)
+    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime)  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app

@@ -34,6 +34,7 @@ class TenantTable:
 TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("customers", ("id",), owner="id", control_plane=True),
     TenantTable("customer_users", ("id",)),
+    TenantTable("customer_user_sessions", ("id",)),  # the dispatcher app's sign-ins (storage.user_sessions)
     TenantTable("vehicles", ("id",)),
     TenantTable("drivers", ("id",)),
     TenantTable("geofences", ("id",)),
@@ -50,6 +51,9 @@ TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("trips", ("customer_id", "vehicle_id", "start_time"), time="start_time"),
     TenantTable("stops", ("customer_id", "vehicle_id", "start_time"), time="start_time"),
     TenantTable("motion_state", ("customer_id", "vehicle_id")),
+    TenantTable("webhook_endpoints", ("id",)),
+    TenantTable("webhook_outbox", ("id",), serial="seq"),  # pending deliveries move with the customer
+    TenantTable("webhook_attempts", ("id",)),
 )
 
 # Tables with a customer_id that stay in the shared database whatever the customer's mode.

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from storage import DatabaseRegistry
 from storage import fleet_events as store
+from storage import webhooks as webhook_store
 from sync_server.domain.tracking import analysis, fleet_events, motion
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.thresholds import Thresholds
@@ -144,6 +145,10 @@ async def test_backfill_retracts_what_the_late_fixes_disprove(db):
     minutes arrive late and show a loop driven meanwhile: the stop and the trip's end are retracted
     (reported as such), the trip goes on, and everything equals the ordered run."""
     cid, vid = await _customer(db)
+    async with db.tenant(cid) as conn:
+        await webhook_store.insert_endpoint(
+            conn, cid, url="https://example.com/hook", events=["trip.*", "stop.*"], description="", secret="whsec_AAAA"
+        )
     pipeline = await _pipeline(db)
     there = _track([("drive", 20, 15, 40, 90, True)])
     at = there[-1] = dict(there[-1], speed=0.0)  # arrives, and stands still
@@ -160,13 +165,16 @@ async def test_backfill_retracts_what_the_late_fixes_disprove(db):
     wrong_stop = live.fleet.added[1]
     late = await _send(pipeline, cid, vid, loop, now)
     assert {r.id for r in late.fleet.retracted} == {r.id for r in live.fleet.added}
-    assert [r.message(retracted=True)["type"] for r in late.fleet.retracted] == [
-        "trip.ended.retracted",
-        "stop.started.retracted",
-    ] or sorted(r.message(retracted=True)["type"] for r in late.fleet.retracted) == [
-        "stop.started.retracted",
-        "trip.ended.retracted",
-    ]
+    # the webhook outbox got each retraction after the event it retracts, ordered per vehicle
+    async with db.tenant(cid) as conn:
+        queued = await conn.fetch(
+            "SELECT event_type AS type, ordering_key, dedupe_key FROM webhook_outbox ORDER BY seq"
+        )
+    types = [r["type"] for r in queued]
+    assert types[:3] == [motion.TRIP_STARTED, motion.TRIP_ENDED, motion.STOP_STARTED]
+    assert sorted(types[3:5]) == ["stop.started.retracted", "trip.ended.retracted"]
+    assert {r["ordering_key"] for r in queued} == {str(vid)}
+    assert {r["dedupe_key"] for r in queued[3:5]} == {f"fleet_event:{r.id}:retracted" for r in live.fleet.added}
     await _send(pipeline, cid, vid, after, now)
     got = await _outcome(db, cid)
     stops = [e for e in got["events"] if e[0] == motion.STOP_STARTED]

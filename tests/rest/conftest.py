@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from storage import platform_users
+from sync_server.config import Settings
 from sync_server.domain.accounts.passwords import hash_password
 from sync_server.node.app import create_app
-from sync_server.node.config import Settings
 
 from ..conftest import TEST_SECRET
 
@@ -80,7 +80,9 @@ class Api:
 
 
 def app_settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, secret_key=TEST_SECRET, migrate_on_start=False)
+    return Settings(
+        database_url=database_url, secret_key=TEST_SECRET, migrate_on_start=False, webhook_allow_private_urls=True
+    )
 
 
 @pytest.fixture

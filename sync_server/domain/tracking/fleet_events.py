@@ -33,6 +33,7 @@ from storage import positions as position_store
 from storage.registry import DatabaseRegistry
 from sync_server.domain.tracking import analysis, connectivity, motion, overspeed
 from sync_server.domain.tracking.analysis import Event
+from sync_server.domain.tracking.event_feed import Entry
 from sync_server.domain.tracking.geofences import GeofenceSet, shape_from_row
 from sync_server.domain.tracking.points import ms_from_datetime, time_of
 from sync_server.domain.tracking.thresholds import Thresholds, speed_limit
@@ -50,6 +51,7 @@ EVENT_TYPES = (
     motion.STOP_ENDED,
     "quota.reached",
 )
+OFFLINE_CHECK_SECONDS = 30.0  # how often the runtime task looks for silent vehicles
 PAGE_FIXES = 20_000  # stored fixes read per round trip while a backfill recomputes
 
 
@@ -91,22 +93,47 @@ class Recorded:
     lng: float | None
     data: dict
 
-    def message(self, retracted: bool = False) -> dict:
+    @property
+    def occurred_at(self) -> dt.datetime:
+        return time_of(self.ms)
+
+    @property
+    def ordering_key(self) -> str | None:
+        return str(self.vehicle_id) if self.vehicle_id else None
+
+    def payload(self) -> dict:
+        """The webhook `data` of the event (and of its retraction)."""
         return {
-            "id": self.id,
-            "type": self.type + (".retracted" if retracted else ""),
+            "event_id": self.id,
             "vehicle_id": str(self.vehicle_id) if self.vehicle_id else None,
             "time": analysis.iso(self.ms),
             "lat": self.lat,
             "lng": self.lng,
-            "data": self.data,
+            **self.data,
         }
+
+    def feed_entry(self, retracted: bool = False) -> Entry:
+        """The fleet document's feed entry (tracking.event_feed); a retraction names what it retracts."""
+        fields: dict[str, Any] = {"lat": self.lat, "lng": self.lng}
+        fields.update({k: v for k, v in self.data.items() if v is None or isinstance(v, str | int | float)})
+        if retracted:
+            fields["retracts"] = f"fleet:{self.id}"
+        return Entry(
+            id=f"fleet:{self.id}" + (":retracted" if retracted else ""),
+            type=self.type + (".retracted" if retracted else ""),
+            t=self.ms,
+            vehicle_id=str(self.vehicle_id) if self.vehicle_id else None,
+            data=dict(list(fields.items())[:16]),
+        )
 
 
 @dataclass
 class Changes:
     added: list[Recorded] = field(default_factory=list)
     retracted: list[Recorded] = field(default_factory=list)
+
+    def feed_entries(self) -> list[Entry]:
+        return [e.feed_entry(retracted=True) for e in self.retracted] + [e.feed_entry() for e in self.added]
 
 
 async def context(conn: asyncpg.Connection, customer_id, vehicle_id, zones: Zones | None) -> Context:
@@ -298,10 +325,14 @@ def _rows(segments: dict[int, dict], names: Sequence[str], starts: Sequence[int]
     return [tuple(value(segments[start], n) for n in names) for start in chosen]
 
 
-async def offline_once(registry: DatabaseRegistry, now_ms: int | None = None, limit: int = 1000) -> int:
+async def offline_once(
+    registry: DatabaseRegistry, now_ms: int | None = None, limit: int = 1000, feed: Any = None
+) -> int:
     """Record device.offline for every vehicle silent for its customer's offline_after_s (server
-    time), each in its own transaction under the vehicle's track lock. Returns how many."""
-    from sync_server.domain.tracking import publish
+    time), each in its own transaction under the vehicle's track lock, announced to webhooks in it
+    and to the fleet document's feed (`feed`: tracking.event_feed.EventFeed) after it. Returns how many."""
+    from sync_server.domain.tracking import announce
+    from sync_server.domain.webhooks import outbox
 
     now_ms = now_ms if now_ms is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     shortest = 60_000  # offline_after_s is at least 60 s (api validation)
@@ -327,16 +358,21 @@ async def offline_once(registry: DatabaseRegistry, now_ms: int | None = None, li
                 )
                 await store.mark_offline(conn, cid, vid, tail[0])
                 changes = Changes(added=[Recorded(ids[0], vid, connectivity.OFFLINE, *tail)])
-                await publish.publish(conn, cid, changes)
+                await outbox.publish(conn, cid, announce.fleet_messages(changes))
             recorded += 1
+            if feed is not None:
+                try:
+                    await feed.publish(str(cid), changes.feed_entries())
+                except Exception:
+                    log.exception("fleet_feed_failed", customer_id=str(cid))
             log.info("device_offline", customer_id=str(cid), vehicle_id=str(vid), since=analysis.iso(tail[0]))
     return recorded
 
 
-async def offline_loop(registry: DatabaseRegistry, interval: float, stopping: asyncio.Event) -> None:
+async def offline_loop(registry: DatabaseRegistry, interval: float, stopping: asyncio.Event, feed: Any = None) -> None:
     while not stopping.is_set():
         try:
-            await offline_once(registry)
+            await offline_once(registry, feed=feed)
         except Exception:
             log.exception("tracking_offline_failed")
         try:

@@ -17,6 +17,7 @@ durable progress (exactly once).
     filter    duplicates and implied-speed jumps against the stored neighbours  filters.sequence
     quota     the plan's gps_points_per_day, per day of the fix (phase 1)       quota.cut
     geofence  enter/exit events over the batch's window, backfills included     geofences.transitions
+              (new and retracted ones announced to webhooks: the outbox)        announce, webhooks.outbox
     store     COPY into staging, INSERT ... ON CONFLICT DO NOTHING              storage.positions
     latest    vehicle_positions_latest moves forward only                       storage.positions
     confirm   the quota's phase 2: the allowance counted on is still there      quota.fits
@@ -60,7 +61,7 @@ from storage import usage as usage_store
 from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 from sync_server.domain.billing import plans
-from sync_server.domain.tracking import filters, fleet_events, publish, quota
+from sync_server.domain.tracking import announce, feedback, filters, fleet_events, quota
 from sync_server.domain.tracking.geofences import (
     Event,
     GeofenceSet,
@@ -81,6 +82,7 @@ from sync_server.domain.tracking.points import (
     point_at,
     time_of,
 )
+from sync_server.domain.webhooks import outbox
 
 log = structlog.get_logger("sync_server.domain.tracking")
 
@@ -117,6 +119,7 @@ class Outcome:
     fleet: fleet_events.Changes = field(default_factory=fleet_events.Changes)  # other events, retractions
     latest: Point | None = None  # the vehicle's new latest fix, when this batch moved it forward
     skipped: int = 0  # elements a previous run had already materialized
+    feedback: Any = None  # a track document's totals after this batch (feedback.Totals)
 
 
 class Run:
@@ -306,15 +309,15 @@ async def geofence_step(run: Run) -> None:
         key = (str(row["geofence_id"]), ms_from_datetime(row["time"]), row["event"])
         existing_keys.add(key)
         if key not in wanted_keys:
-            stale.append(row["id"])
+            stale.append(row)
     if stale:
-        await event_store.delete(conn, cid, stale)
+        await event_store.delete(conn, cid, [row["id"] for row in stale])
     new = [e for e in wanted if e.key not in existing_keys]
     if new:
         present = await event_store.lock_parents(conn, cid, vid, {e.geofence_id for e in new})
         new = [e for e in new if e.geofence_id in present]  # a geofence deleted meanwhile takes its events along
     if new:
-        await event_store.insert(
+        recorded = await event_store.insert(
             conn,
             cid,
             vid,
@@ -324,6 +327,10 @@ async def geofence_step(run: Run) -> None:
             [e.lat for e in new],
             [e.lng for e in new],
         )
+    else:
+        recorded = []
+    if stale or recorded:  # announced in this transaction: committed (or rolled back) with the events
+        await outbox.publish(conn, cid, announce.geofence_messages(vid, recorded, stale))
     run.outcome.events = new
 
 
@@ -384,8 +391,8 @@ async def events_step(run: Run) -> None:
         )
         changes.added += found.added
         changes.retracted += found.retracted
-    if changes.added or changes.retracted:
-        await publish.publish(run.conn, run.customer_uuid, changes)
+    if changes.added or changes.retracted:  # announced in this transaction, with the rows
+        await outbox.publish(run.conn, run.customer_uuid, announce.fleet_messages(changes))
 
 
 async def usage_step(run: Run) -> None:
@@ -393,14 +400,21 @@ async def usage_step(run: Run) -> None:
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
     await usage_store.add(run.conn, run.customer_uuid, counts)
     batch = run.batch
-    if batch.doc is not None:
-        await track_progress.advance(
-            run.conn, run.customer_uuid, batch.doc, batch.vehicle_id, batch.first_index + batch.size
-        )
     rejected: dict[str, int] = {}
     for (_, reason), n in run.rejected.items():
         rejected[reason] = rejected.get(reason, 0) + n
     run.outcome.rejected = rejected
+    if batch.doc is not None:
+        row = await track_progress.advance(
+            run.conn,
+            run.customer_uuid,
+            batch.doc,
+            batch.vehicle_id,
+            batch.first_index + batch.size,
+            stored=run.outcome.stored,
+            rejected=rejected,
+        )
+        run.outcome.feedback = await feedback.totals(run.conn, run.customer_uuid, batch.doc, batch.day, run.limits, row)
 
 
 BEFORE_TRANSACTION: tuple[tuple[str, Callable[[Run], None]], ...] = (
@@ -449,6 +463,8 @@ class Pipeline:
         self._zones: dict[str, tuple[Any, fleet_events.Zones | None]] = {}  # customer -> (fingerprint, zones)
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
+        self._event_listeners: list[Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]] = []
+        self._fleet_listeners: list[Callable[[str, fleet_events.Changes], Awaitable[Any]]] = []
         # The steps before the transaction run here, off the event loop: a 50,000-point batch is
         # ~100 ms of CPU, and on the loop every round trip of the transactions in flight (and every
         # websocket frame) would wait behind it; in a thread the loop gets the GIL back every few ms.
@@ -457,6 +473,16 @@ class Pipeline:
     def on_latest(self, listener: Callable[[str, uuid.UUID, Point], Awaitable[None]]) -> None:
         """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
         self._latest_listeners.append(listener)
+
+    def on_events(self, listener: Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]) -> None:
+        """Called (customer_id, vehicle_id, events) after a batch committed new geofence events
+        (e.g. tracking.event_feed.EventFeed.geofence_events: the dispatchers' live feed)."""
+        self._event_listeners.append(listener)
+
+    def on_fleet_events(self, listener: Callable[[str, fleet_events.Changes], Awaitable[Any]]) -> None:
+        """Called (customer_id, changes) after a batch committed fleet events or retracted some
+        (e.g. the fleet document's feed: Changes.feed_entries)."""
+        self._fleet_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> plans.Limits:
         """The customer's plan limits (the plan-limit service's cache)."""
@@ -518,12 +544,15 @@ class Pipeline:
     @staticmethod
     async def _quota_phases(run: Run, timings: dict[str, float]) -> None:
         """QUOTA_PHASES after a savepoint; on QuotaRace back to it and once more, the lock held."""
-        await run.conn.execute("SAVEPOINT before_quota")
+        conn = run.conn
+        if conn is None:
+            raise RuntimeError("the quota phases run inside the batch's transaction")
+        await conn.execute("SAVEPOINT before_quota")
         kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
         try:
             await Pipeline._steps(run, QUOTA_PHASES, timings)
         except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
-            await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+            await conn.execute("ROLLBACK TO SAVEPOINT before_quota")
             log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
             (run.fixes, run.index, run.inside), run.rejected = kept, rejected
             run.outcome.events, run.outcome.latest = [], None
@@ -564,6 +593,18 @@ class Pipeline:
                     await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
                 except Exception:
                     log.exception("latest_listener_failed")
+        if outcome.events:
+            for events_listener in self._event_listeners:
+                try:
+                    await events_listener(str(batch.customer_id), batch.vehicle_id, list(outcome.events))
+                except Exception:
+                    log.exception("events_listener_failed", customer_id=str(batch.customer_id))
+        if outcome.fleet.added or outcome.fleet.retracted:
+            for fleet_listener in self._fleet_listeners:
+                try:
+                    await fleet_listener(str(batch.customer_id), outcome.fleet)
+                except Exception:
+                    log.exception("fleet_listener_failed", customer_id=str(batch.customer_id))
         log.info(
             "tracking_batch",
             customer_id=str(batch.customer_id),
