@@ -61,6 +61,7 @@ class Connection:
         "raw",
         "peer",
         "last_seen",
+        "session",
     )
 
     def __init__(
@@ -80,6 +81,7 @@ class Connection:
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
+        self.session = ""  # the sign-in session it was opened with (hooks.Access.session)
         self.peer = peer
         self.room: Room | None = None
         self.awareness_ids: set[int] = set()  # awareness client ids this peer introduced

@@ -161,6 +161,7 @@ class SyncEndpoint:
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
         )
+        conn.session = access.session
         conn.start()
         self.rooms.join(room, conn)
         log.info(

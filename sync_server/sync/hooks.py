@@ -52,6 +52,7 @@ class Access:
     customer_id: str
     can_write: bool
     credential: str  # "token" or "api_key"
+    session: str = ""  # the sign-in session the credential belongs to ("" for none): closed with it
 
 
 class Refused(Exception):

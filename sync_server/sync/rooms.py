@@ -38,6 +38,7 @@ from sync_server.sync.connection import (
     FORBIDDEN,
     GOING_AWAY,
     INTERNAL_ERROR,
+    UNAUTHORIZED,
     Connection,
 )
 from sync_server.sync.faults import LET_THROUGH
@@ -605,6 +606,18 @@ class RoomRegistry:
         """Close every connection of the customer (e.g. suspended: 4403, clients stop retrying)."""
         closed = self.close_customer_nowait(customer_id, code, reason)
         log.info("customer_connections_closed", customer_id=str(customer_id), connections=closed, code=code)
+        return closed
+
+    def close_session(
+        self, customer_id: str, session: str, code: int = UNAUTHORIZED, reason: str = "signed out"
+    ) -> int:
+        """Close every connection opened with a credential of this sign-in session (it ended)."""
+        closed = 0
+        for room in self.rooms(customer_id):
+            for conn in tuple(room.connections):
+                if session and conn.session == session:
+                    conn.abort(code, reason)
+                    closed += 1
         return closed
 
     def close_idle(self, timeout: float) -> int:
