@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from quart import current_app
 
-from storage import Database, DatabaseRegistry, migrator, partitions
+from storage import Database, DatabaseRegistry, migrator, partitions, sealed_columns, sealing
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
 from sync_server.node.config import Settings
@@ -42,6 +42,7 @@ class Runtime:
         self.update_log: UpdateLog | None = None  # the group-commit writer of every room's updates
         self.tracking: Pipeline | None = None  # the tracking Pipeline (sync_server.domain.tracking.install)
         self.secret_key = settings.resolved_secret_key()
+        sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
         self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
@@ -103,7 +104,11 @@ class Runtime:
             applied = await migrator.migrate(self.settings.database_url)
             if applied:
                 log.info("migrations_applied", versions=applied)
-        await self.registry.open()
+        await self.db.open()
+        # Before the routes are read: credentials written before migration 0120 (or by a node without
+        # it) are sealed now, since SQL cannot encrypt with the application's key.
+        await sealed_columns.reseal(self.db, rotate=False)
+        await self.registry.reload()
         if self.settings.redis_url:
             import redis.asyncio as aioredis
 
