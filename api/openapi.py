@@ -119,7 +119,7 @@ def _render(op: Operation, result: Any) -> Reply | Response:
     those as they are. `(value, status)` answers one of the other statuses declared in `also`."""
     if isinstance(result, Response):
         return result
-    if op.status == 204 or op.response is None:
+    if op.status == 204 or (op.response is None and not op.content):
         return b"", 204, {}
     model, status = op.response, op.status
     if isinstance(result, tuple):
@@ -289,15 +289,15 @@ def build(app: Quart) -> dict:
                 "content": {media: {"schema": schema} for media, schema in op.raw_body.items()},
             }
         responses: dict[str, Any] = {}
-        if op.status == 204 or op.response is None:
+        if op.status == 204 or (op.response is None and not op.content):
             responses["204"] = {"description": _STATUS_TEXT[204]}
-        else:
+        else:  # a JSON model and/or other media types (a route with no JSON answer: `content` only)
+            json_body = (
+                {} if op.response is None else {"application/json": {"schema": ref(op.response, "serialization")}}
+            )
             responses[str(op.status)] = {
                 "description": _STATUS_TEXT.get(op.status, "OK"),
-                "content": {
-                    "application/json": {"schema": ref(op.response, "serialization")},
-                    **{media: {"schema": schema} for media, schema in op.content.items()},
-                },
+                "content": {**json_body, **{media: {"schema": schema} for media, schema in op.content.items()}},
             }
         for status, model in op.also.items():
             responses[str(status)] = {

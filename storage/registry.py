@@ -116,6 +116,10 @@ class DatabaseRegistry:
         finally:
             await db.close()
 
+    def open_dedicated(self) -> list[Database]:
+        """The dedicated databases' pools open on this node now (no lookup, nothing opened)."""
+        return list(self._dedicated.values())
+
     async def dedicated(self) -> list[Database]:
         """The pools of every routed dedicated database (for their partition maintenance)."""
         return [await self.for_customer(customer_id) for customer_id in list(self._routes)]

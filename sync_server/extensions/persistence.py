@@ -53,6 +53,9 @@ class Persistence(RoomHooks):
         self.compact_interval = compact_interval
         self._compacting: dict[tuple[str, str], asyncio.Task] = {}
         self._running: set[tuple[str, str]] = set()  # compactions past their wait, touching the database
+        self.compactions = 0  # counted for the metrics extension
+        self.compaction_failures = 0
+        self.compacted_rows = 0
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
@@ -119,8 +122,11 @@ class Persistence(RoomHooks):
             merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             backlog.rows = max(0, backlog.rows - merged)
             backlog.bytes = max(0, backlog.bytes - merged_bytes)
+            self.compactions += 1
+            self.compacted_rows += merged
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
+            self.compaction_failures += 1
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
         finally:
             self._running.discard((room.customer_id, room.doc))

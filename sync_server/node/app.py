@@ -19,6 +19,7 @@ from api import (
     health,
     ingest,
     json_provider,
+    metrics,
     openapi,
     rest_endpoint,
 )
@@ -28,6 +29,7 @@ from storage.documents import UpdateLog
 from sync_server.domain import provisioning, tracking
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.extensions import fanout, shared_limits
+from sync_server.extensions import metrics as node_metrics
 from sync_server.extensions.persistence import Persistence
 from sync_server.node.config import Settings
 from sync_server.node.runtime import Runtime
@@ -61,9 +63,12 @@ def create_app(settings: Settings) -> Quart:
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
+    # GET /metrics: counted through the hooks and callbacks of the parts wired above
+    measured = node_metrics.install(rt)
+    app.register_blueprint(metrics.blueprint)
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
-    rest_endpoint.install(app, rt)
+    rest_endpoint.install(app, rt, measured.observe_request)
 
     @app.before_serving
     async def _start() -> None:

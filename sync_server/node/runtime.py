@@ -41,6 +41,7 @@ class Runtime:
         self.rooms: RoomRegistry | None = None  # the sync core's rooms (wired in sync_server.node.app)
         self.update_log: UpdateLog | None = None  # the group-commit writer of every room's updates
         self.tracking: Pipeline | None = None  # the tracking Pipeline (sync_server.domain.tracking.install)
+        self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
         self.secret_key = settings.resolved_secret_key()
         sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once

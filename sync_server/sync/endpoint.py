@@ -101,6 +101,10 @@ class SyncEndpoint:
         token, subprotocol = _token(scope, self.authenticator.is_token)
         await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
 
+        async def refuse(code: int, reason: str) -> None:
+            await self.rooms.hooks.refused(code, reason)
+            await close(code, reason)
+
         async def close(code: int, reason: str) -> None:
             """Send the close frame, then wait for the peer's close before returning: returning at
             once lets the socket close with the peer's frames unread, the kernel answers with a
@@ -117,11 +121,11 @@ class SyncEndpoint:
 
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await close(MALFORMED, "invalid customer or document name")
+            await refuse(MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await close(GOING_AWAY, "server shutting down")
+            await refuse(GOING_AWAY, "server shutting down")
             return
         try:
             access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
@@ -137,13 +141,13 @@ class SyncEndpoint:
             )
         except Refused as exc:
             log.info("sync_refused", customer_slug=slug, room=doc, code=exc.code, reason=exc.reason)
-            await close(exc.code, exc.reason)
+            await refuse(exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await close(INTERNAL_ERROR, "document could not be loaded")
+            await refuse(INTERNAL_ERROR, "document could not be loaded")
             return
 
         async def send_bytes(frame: bytes) -> None:
