@@ -13,17 +13,17 @@ import asyncpg
 from pydantic import Field
 from quart import Blueprint
 
+from api.current import runtime
 from storage import customer_users as user_store
 from storage import operator_sessions, platform_users
 from sync_server.domain.accounts import passwords
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required
 from .calls import principal
-from .errors import ApiError, conflict, not_found
+from .errors import ApiError, conflict, found, not_found
 from .openapi import field_error, operation
-from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel
+from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel, omittable
 
 blueprint = Blueprint("accounts", __name__)
 
@@ -114,9 +114,9 @@ class UserCreate(RequestModel):
 
 
 class UserUpdate(RequestModel):
-    email: Email = None
-    name: str = Field(None, max_length=200)
-    role: Role = None
+    email: Email = omittable()
+    name: str = omittable(max_length=200)
+    role: Role = omittable()
     password: str | None = Field(None, min_length=8, max_length=1024, description="null removes the password")
 
 
@@ -207,7 +207,7 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
             if current is None:
                 raise not_found("user")
             merged = {**dict(current), **changes}
-            return dict(
+            return found(
                 await user_store.update(
                     conn,
                     user_id,
@@ -216,7 +216,8 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
                     role=merged["role"],
                     password_hash=password_hash,
                     set_password=set_password,
-                )
+                ),
+                "user",
             )
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None

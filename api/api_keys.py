@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from quart import Blueprint
 
+from api.current import runtime
 from storage import api_keys as key_store
 from sync_server.domain.accounts import api_keys, sync_tokens
-from sync_server.node.runtime import runtime
 
 from . import pagination
 from .auth import customer_required

@@ -14,10 +14,10 @@ from functools import wraps
 
 import asyncpg
 
+from api.current import runtime
 from storage import operator_sessions
+from sync_server import logs
 from sync_server.domain.accounts import api_keys
-from sync_server.node import logs
-from sync_server.node.runtime import runtime
 
 from . import calls
 from .errors import ApiError
@@ -39,18 +39,30 @@ def bearer() -> str:
     return value.strip()
 
 
+API_KEY_PREFIX = "whk_"
+
+
 async def authenticate_customer() -> api_keys.ApiKeyPrincipal:
+    raw = bearer()
     try:
         rt = runtime()
-        principal = await api_keys.authenticate(rt.registry, bearer(), cache=rt.api_keys)
+        principal = await api_keys.authenticate(rt.registry, raw, cache=rt.api_keys)
     except api_keys.KeyRejected as exc:
-        raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, exc.message) from None
+        message = exc.message
+        if exc.code == "invalid_api_key" and not raw.startswith(API_KEY_PREFIX):
+            # most often an operator's session token sent to a customer route
+            message = "this route needs a customer API key (whk_live_... or whk_test_...), not an operator token"
+        raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, message) from None
     logs.bind(customer_id=principal.customer_id)
     return principal
 
 
 async def authenticate_operator() -> OperatorPrincipal:
     raw = bearer()
+    if raw.startswith(API_KEY_PREFIX):
+        raise ApiError(
+            401, "unauthorized", "this route needs an operator token (POST /api/v1/auth/login), not a customer API key"
+        )
     row = await operator_sessions.find_active(runtime().db, hashlib.sha256(raw.encode()).digest())
     if row is None:
         raise ApiError(401, "unauthorized", "operator token is invalid or expired")

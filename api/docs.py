@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import Field
 from quart import Blueprint, Response
 
+from api.current import runtime
 from sync_server.domain.documents import doc_content
-from sync_server.node.runtime import runtime
 from sync_server.sync import protocol, strict_json
 from sync_server.sync.endpoint import parse_path
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from quart import Blueprint
 
-from sync_server.node.runtime import runtime
+from api.current import runtime
 
 from .openapi import operation
 from .schemas import ResponseModel

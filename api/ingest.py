@@ -17,9 +17,9 @@ from pydantic import Field
 from quart import Blueprint
 from werkzeug.formparser import FormDataParser
 
+from api.current import runtime
+from sync_server import logs
 from sync_server.domain.tracking import Batch, devices, osmand
-from sync_server.node import logs
-from sync_server.node.runtime import runtime
 
 from . import calls
 from .errors import ApiError

@@ -10,8 +10,8 @@ import ipaddress
 
 from quart import Blueprint, Response
 
+from api.current import runtime
 from sync_server.extensions.metrics import CONTENT_TYPE
-from sync_server.node.runtime import runtime
 
 from . import calls
 from .errors import ApiError

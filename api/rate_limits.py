@@ -7,8 +7,8 @@ are not counted."""
 
 from __future__ import annotations
 
+from api.current import runtime
 from sync_server.extensions.shared_limits import credential_of
-from sync_server.node.runtime import runtime
 
 from .calls import Call
 from .errors import ApiError

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from sync_server.node import logs
-from sync_server.node.runtime import done_serving, serving
+from api.current import done_serving, serving
+from sync_server import logs
 from sync_server.sync import strict_json
 from sync_server.sync.faults import answerable
 
@@ -72,13 +73,13 @@ class RestEndpoint:
             except HTTPException:  # 404 / 405 / redirect: Quart answers those as it always did
                 rule = None
             view = self.views.get(rule.endpoint) if rule is not None else None
-            if view is not None:
+            if view is not None and rule is not None:
                 await self.serve(view, args, scope, receive, send, rule.rule)
                 return
         await self.serve_quart(scope, receive, send)
 
-    async def serve(self, view, args: dict, scope, receive, send, route: str = "other") -> None:
-        call = _call_of(scope, lambda: self._read_body(call, receive))
+    async def serve(self, view, args: Mapping[str, Any], scope, receive, send, route: str = "other") -> None:
+        call: calls.Call = _call_of(scope, lambda: self._read_body(call, receive))
         entered, rt = calls.enter(call), serving(self.runtime)
         logs.bind(request_id=call.request_id)
         started, status = time.perf_counter(), 499  # 499: the client left before an answer
@@ -182,7 +183,7 @@ def _call_of(scope, read) -> calls.Call:
 
 
 async def _quart_body() -> bytes:
-    return await request.get_data(as_text=False)
+    return await request.get_data(cache=True, as_text=False, parse_form_data=False)
 
 
 class ClientGone(Exception):
@@ -239,4 +240,4 @@ def install(app: Quart, runtime, observe: Observe | None = None) -> None:
     """Serve `@operation` routes from ASGI; what Quart still serves gets the same call, request id
     and rate limit from here (no Quart hooks). Call after every blueprint is registered (the route
     table is read once). `observe(route template, method, status, seconds)`: every request (metrics)."""
-    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime, observe)
+    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime, observe)  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field
 from quart import Blueprint, Response
 
+from api.current import runtime
 from storage import geofence_events as event_store
 from storage import positions as position_store
 from storage import usage as usage_store
 from storage import vehicles as vehicle_store
 from sync_server.domain.tracking import quota
 from sync_server.domain.tracking.distance import path_length
-from sync_server.node.runtime import runtime
 
 from . import pagination, track_formats
 from .auth import customer_required

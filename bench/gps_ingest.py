@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from storage import AppRole, Database, migrator, partitions  # noqa: E402
 from storage import positions as position_store  # noqa: E402
+from sync_server.config import Settings  # noqa: E402
 from sync_server.domain.accounts import sync_tokens  # noqa: E402
-from sync_server.node.config import Settings  # noqa: E402
 from tests.support import databases  # noqa: E402
 from tests.support.server import child_pids  # noqa: E402
 

@@ -124,7 +124,26 @@ class UpdateLog:
         self.rows_written = 0
         self.transactions = 0
         # Told (rows, seconds) after every committed transaction (the metrics extension).
-        self.on_commit: Callable[[int, float], None] | None = None
+        self.on_transaction: Callable[[int, float], None] | None = None
+        self._commit_listeners: list[Callable[[str, int], None]] = []
+
+    def on_commit(self, listener: Callable[[str, int], None]) -> None:
+        """Call `listener(customer_id, committed)` after each commit of the customer's rows:
+        `committed` counts the customer's appended updates that are durable (in append order)."""
+        self._commit_listeners.append(listener)
+
+    def position(self, customer_id: str) -> int:
+        """How many updates of the customer were appended so far (the next one is this + 1)."""
+        return self._appended.get(customer_id, 0)
+
+    def _committed_rows(self, cid: str, rows: int) -> None:
+        self._committed[cid] += rows
+        self.rows_written += rows
+        for listener in self._commit_listeners:
+            try:
+                listener(cid, self._committed[cid])
+            except Exception:
+                log.exception("update_log_commit_listener_failed", customer_id=cid)
 
     # -- producers ----------------------------------------------------------------------------------
 
@@ -275,11 +294,10 @@ class UpdateLog:
                 self.transactions += 1
                 rows = 0
                 for cid in cids:
-                    self._committed[cid] += len(batch[cid])
+                    self._committed_rows(cid, len(batch[cid]))
                     rows += len(batch[cid])
-                self.rows_written += rows
-                if self.on_commit is not None:
-                    self.on_commit(rows, time.perf_counter() - started)
+                if self.on_transaction is not None:
+                    self.on_transaction(rows, time.perf_counter() - started)
                 log.debug(
                     "update_log_committed",
                     database=db.name,
@@ -301,10 +319,9 @@ class UpdateLog:
             await self._failed(cid, rows, exc)
             return
         self.transactions += 1
-        self._committed[cid] += len(rows)
-        self.rows_written += len(rows)
-        if self.on_commit is not None:
-            self.on_commit(len(rows), time.perf_counter() - started)
+        self._committed_rows(cid, len(rows))
+        if self.on_transaction is not None:
+            self.on_transaction(len(rows), time.perf_counter() - started)
 
     async def _failed(self, cid: str, rows: list[tuple[str, bytes]], exc: Exception) -> None:
         if isinstance(exc, asyncpg.ForeignKeyViolationError):

@@ -6,7 +6,7 @@ geofences with `lock_parents`, once per batch, and writes only events of the geo
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
@@ -31,7 +31,7 @@ async def delete(conn: asyncpg.Connection, customer_id, ids: Sequence[int]) -> i
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Sequence) -> set:
+async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Collection) -> set:
     """Lock the vehicle and these geofences FOR KEY SHARE until the transaction ends (what a
     foreign key check would lock, once for the batch): a concurrent delete waits for it, and its
     trigger then removes the events written here. Returns the ids of the geofences that still

@@ -45,6 +45,9 @@ TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("doc_updates", ("customer_id", "doc", "seq"), serial="seq"),
     TenantTable("doc_snapshots", ("customer_id", "doc")),
     TenantTable("track_progress", ("customer_id", "doc")),  # moves with its documents and rows
+    TenantTable("webhook_endpoints", ("id",)),
+    TenantTable("webhook_outbox", ("id",), serial="seq"),  # pending deliveries move with the customer
+    TenantTable("webhook_attempts", ("id",)),
 )
 
 # Tables with a customer_id that stay in the shared database whatever the customer's mode.

@@ -90,6 +90,9 @@ _MODULE_MARKS = {
     "test_dashboard_example": ("browser", "js"),
     "test_multinode": ("multinode", "js"),
     "test_cluster_pause": ("multinode", "js"),
+    "test_socket_credentials": ("js",),
+    "test_durable_acks": ("js",),
+    "test_track_feedback": ("multinode", "js"),
 }
 _FIXTURE_MARKS = {"redis_url": "multinode", "cluster": "multinode"}
 

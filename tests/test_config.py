@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_server.node.config import ConfigError, Settings
+from sync_server.config import ConfigError, Settings
 
 EXE = str(Path(sys.executable).parent / "webhost-sync")
 
@@ -35,7 +35,7 @@ def test_defaults_are_development_with_embedded_database():
         ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
         ({"SYNC_SEND_QUEUE_BYTES": "1000"}, "SYNC_SEND_QUEUE_BYTES"),
         ({"SYNC_SEND_QUEUE_BYTES": "lots"}, "SYNC_SEND_QUEUE_BYTES"),
-        ({"SYNC_MAX_MESSAGE_BYTES": str(32 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
+        ({"SYNC_MAX_MESSAGE_BYTES": str(128 * 1024 * 1024)}, "SYNC_SEND_QUEUE_BYTES"),  # a relayed update must fit
         ({"CLUSTER_PAUSE_ACK_SECONDS": "10", "CLUSTER_PAUSE_LEASE_SECONDS": "10"}, "CLUSTER_PAUSE_LEASE_SECONDS"),
     ],
 )
@@ -88,3 +88,36 @@ def test_serve_refuses_a_bad_value_with_a_clear_message(tmp_path, env, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _env_command(env: dict[str, str]) -> str:
+    result = subprocess.run([EXE, "env"], env={"PATH": "", **env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_env_shows_the_value_in_effect_marks_the_ones_set_and_describes_every_variable():
+    out = _env_command({"PORT": "18100", "LOG_LEVEL": "debug"})
+    lines = out.splitlines()
+    assert "* PORT = 18100  (default 8080)" in lines
+    assert "* LOG_LEVEL = debug  (default info)" in lines
+    assert "  HOST = 127.0.0.1" in lines  # unset: the default is the value in effect, no mark
+    listed = [line.split()[0] if not line.startswith("*") else line.split()[1] for line in lines[1::2]]
+    assert listed == [name for name, _default, _doc in Settings.documented()]
+    descriptions = lines[2::2]
+    assert all(line.startswith("      ") and len(line.strip()) > 10 for line in descriptions), descriptions
+
+
+def test_env_never_prints_a_secret():
+    secret, password = "s3cret-" + "k" * 30, "db-pass-word"
+    out = _env_command(
+        {"SECRET_KEY": secret, "DATABASE_URL": f"postgresql://owner:{password}@db.example/x", "HCLOUD_TOKEN": "hc-tok"}
+    )
+    assert secret not in out and password not in out and "hc-tok" not in out
+    assert "* SECRET_KEY = (set, hidden)" in out
+    assert "* DATABASE_URL = postgresql://owner:***@db.example/x" in out
+
+
+def test_env_refuses_a_bad_value_like_serve():
+    result = subprocess.run([EXE, "env"], env={"PORT": "x"}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "PORT must be an integer" in result.stderr

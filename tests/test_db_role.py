@@ -14,7 +14,7 @@ import pytest
 
 from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.database import APP_ROLE, _check_app_role
-from sync_server.node.config import Settings
+from sync_server.config import Settings
 
 from .conftest import TEST_SECRET
 from .support import databases

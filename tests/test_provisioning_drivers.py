@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from storage import deployments as store
+from sync_server.config import Settings
 from sync_server.domain.provisioning import deployments, drivers
-from sync_server.node.config import Settings
 
 from .support import cloud_api, tenants
 from .support.runtime import provisioning_runtime

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sync_server.node.config import Settings
-from sync_server.node.runtime import Runtime
+from sync_server.config import Settings
+from sync_server.domain.runtime import Runtime
 from sync_server.sync.rooms import RoomRegistry
 
 from .conftest import TEST_SECRET

@@ -106,7 +106,13 @@ async def test_offline_client_10k_points_reconnect_exactly_10k_rows(db, server_e
     finally:
         server.stop()
     # the fleet document's live map holds the vehicle's latest fix, persisted like any update
-    live = (await sync_peers.stored_doc(database_url, customer, "fleet")).get("live", type=pycrdt.Map)
+    stored = await sync_peers.stored_doc(database_url, customer, "fleet")
+    live = stored.get("live", type=pycrdt.Map)
+    # ... and its event feed each geofence event, once, in time order (tracking.event_feed)
+    feed = stored.get("events", type=pycrdt.Array).to_py()
+    assert [(e["type"], e["t"], e["vehicle_id"]) for e in feed] == [
+        (f"geofence_{e.event}", e.ms, str(vid)) for e in expected
+    ]
     assert live[str(vid)]["t"] == dt.datetime.fromtimestamp(fix(POINTS - 1)[0] / 1000, UTC).isoformat().replace(
         "+00:00", "Z"
     )

@@ -228,7 +228,7 @@ class _Collector:
 
     def collect(self):
         rt, s = self.m.runtime, self.m.sync
-        rooms = rt.rooms.rooms() if rt.rooms is not None else []
+        rooms = rt.rooms.rooms()
         yield _gauge("webhost_rooms_open", "Documents loaded on this node", len(rooms))
         yield _gauge(
             "webhost_connections_open",
@@ -248,11 +248,10 @@ class _Collector:
             "webhost_updates_relayed", "Update deliveries queued to local websocket peers", value=s.relayed
         )
         log_ = rt.update_log
-        if log_ is not None:
-            yield CounterMetricFamily(
-                "webhost_updates_stored", "Updates committed to the update log", value=log_.rows_written
-            )
-            yield _gauge("webhost_update_log_pending", "Updates waiting for their group commit", log_.pending())
+        yield CounterMetricFamily(
+            "webhost_updates_stored", "Updates committed to the update log", value=log_.rows_written
+        )
+        yield _gauge("webhost_update_log_pending", "Updates waiting for their group commit", log_.pending())
         bytes_in = _counter("webhost_sync_received_bytes", "Payload bytes received by rooms, by kind", ["kind"])
         bytes_in.add_metric(["update"], s.update_bytes_in)
         bytes_in.add_metric(["awareness"], s.awareness_bytes_in)
@@ -367,13 +366,10 @@ def install(runtime) -> Metrics:
     fan-out are wired; the REST endpoint takes `metrics.observe_request`)."""
     metrics = Metrics(runtime)
     runtime.metrics = metrics
-    if runtime.rooms is not None:
-        runtime.rooms.hooks.add(metrics.sync, priority=1000)  # after the hooks that do the work
-        metrics.persistence = next((h for h in runtime.rooms.hooks if isinstance(h, Persistence)), None)
-    if runtime.update_log is not None:
-        runtime.update_log.on_commit = metrics.observe_commit
-    if runtime.tracking is not None:
-        runtime.tracking.on_committed(metrics.observe_batch)
+    runtime.rooms.hooks.add(metrics.sync, priority=1000)  # after the hooks that do the work
+    metrics.persistence = next((h for h in runtime.rooms.hooks if isinstance(h, Persistence)), None)
+    runtime.update_log.on_transaction = metrics.observe_commit
+    runtime.tracking.on_committed(metrics.observe_batch)
     fan = getattr(runtime, "fanout", None)
     if fan is not None:
         fan.on_lag = metrics.observe_stream_lag

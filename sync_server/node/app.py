@@ -26,15 +26,18 @@ from api import (
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
 from storage.documents import UpdateLog
+from sync_server.config import Settings
 from sync_server.domain import provisioning, tracking
 from sync_server.domain.accounts.sync_access import SyncAccess
+from sync_server.domain.billing import plans as billing_usage
+from sync_server.domain.runtime import Runtime
 from sync_server.extensions import fanout, shared_limits
 from sync_server.extensions import metrics as node_metrics
 from sync_server.extensions.persistence import Persistence
-from sync_server.node.config import Settings
-from sync_server.node.runtime import Runtime
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
+from sync_server.sync.intake import FrameBudget
+from sync_server.sync.refusals import Refusals
 from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.node.app")
@@ -117,6 +120,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
             closed = rooms.close_idle(settings.sync_idle_timeout)
             if closed:
                 log.info("sync_idle_closed", connections=closed)
+            await rooms.renew_server_awareness()  # the server's own state outlives peers' timeouts
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))
@@ -126,12 +130,32 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(
+    endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,
         access,
         max_message=settings.sync_max_message_bytes,
         queue_limit=settings.sync_send_queue_limit,
         queue_bytes=settings.sync_send_queue_bytes,
+        budget=FrameBudget(settings.sync_frame_budget_bytes),
+        refusals=Refusals(hold=settings.sync_refusal_hold, max_held=settings.sync_refusal_hold_max),
+        on_too_big=lambda customer_id, doc, size: billing_usage.count_frame_too_big(runtime.registry, customer_id),
     )
+    app.asgi_app = endpoint  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
+
+    # Live sockets follow their credentials (on every node: these events cross the control channel).
+    # The key cache forgot the key before this runs (Runtime subscribed it first).
+    async def key_revoked(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id), "api_key")
+
+    async def credentials_changed(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id))
+
+    runtime.subscribe("api_key_revoked", key_revoked)
+    runtime.subscribe("credentials_changed", credentials_changed)
+
+    async def resubscribed(**_ignored) -> None:  # the control channel was lost: events may be missed
+        await endpoint.credentials.revalidate_all()
+
+    runtime.subscribe("control_resubscribed", resubscribed)
     return rooms

@@ -39,6 +39,7 @@ class Origin:
 
 REMOTE = Origin("remote")  # injected from another node (Redis fan-out): do not re-publish, not persisted here
 HTTP = Origin("http")  # POST /api/v1/docs/{doc}/updates
+SERVER = Origin("server")  # the server's own awareness state (Room.server_awareness)
 
 
 def is_remote(origin: Any) -> bool:
@@ -52,6 +53,7 @@ class Access:
     customer_id: str
     can_write: bool
     credential: str  # "token" or "api_key"
+    expires_at: float | None = None  # epoch seconds: the connection is closed then (sync/credentials.py)
 
 
 class Refused(Exception):
@@ -91,6 +93,10 @@ class RoomHooks:
     async def awareness(self, room: Room, frame: bytes, origin: Any) -> None:
         """An awareness frame (already validated) was accepted and relayed to local clients."""
 
+    async def received(self, room: Room, connection: Connection) -> None:
+        """An update message of a connection that asked for durable acknowledgements was handled
+        (applied, held or dropped as nothing new); connection.session.received counts them."""
+
     async def store(self, room: Room) -> None:
         """Make everything the room holds durable (before eviction and on shutdown)."""
 
@@ -119,6 +125,7 @@ class HookList:
         self._hooks: list[RoomHooks] = []
         self._change: list[RoomHooks] = []
         self._awareness: list[RoomHooks] = []
+        self._received: list[RoomHooks] = []
 
     def add(self, hooks: RoomHooks, *, priority: int = 0) -> None:
         """Add `hooks`; lower priorities run first, equal ones in the order added (persistence is
@@ -129,6 +136,7 @@ class HookList:
         # Only hooks that override change/awareness are called on the hot path.
         self._change = [h for h in self._hooks if type(h).change is not RoomHooks.change]
         self._awareness = [h for h in self._hooks if type(h).awareness is not RoomHooks.awareness]
+        self._received = [h for h in self._hooks if type(h).received is not RoomHooks.received]
 
     def __iter__(self):
         return iter(self._hooks)
@@ -156,6 +164,13 @@ class HookList:
                 await h.awareness(room, frame, origin)
             except Exception:
                 log.exception("hook_failed", hook=type(h).__name__, stage="awareness", room=room.name)
+
+    async def received(self, room: Room, connection: Connection) -> None:
+        for h in self._received:
+            try:
+                await h.received(room, connection)
+            except Exception:
+                log.exception("hook_failed", hook=type(h).__name__, stage="received", room=room.name)
 
     async def store(self, room: Room) -> None:
         # Errors propagate: the caller must not forget a room that is not durable.

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from storage import platform_users
+from sync_server.config import Settings
 from sync_server.domain.accounts.passwords import hash_password
 from sync_server.node.app import create_app
-from sync_server.node.config import Settings
 
 from ..conftest import TEST_SECRET
 

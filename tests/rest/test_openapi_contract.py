@@ -72,8 +72,8 @@ def test_every_served_route_is_an_operation_in_the_document(server):
     (so without validation, error format and documentation) fails here, and so does a documented
     route nobody serves."""
     from api import openapi, rest_endpoint
+    from sync_server.config import Settings
     from sync_server.node.app import create_app
-    from sync_server.node.config import Settings
 
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused", secret_key="k" * 40))
     served = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+from sync_server.config import Settings
 from sync_server.domain import provisioning
-from sync_server.node.config import Settings
-from sync_server.node.runtime import Runtime
+from sync_server.domain.runtime import Runtime
 
 from . import databases, tenants
 

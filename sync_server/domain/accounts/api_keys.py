@@ -52,6 +52,7 @@ class ApiKeyPrincipal:
     customer_slug: str
     environment: str
     permissions: frozenset[str]
+    expires_at: dt.datetime | None = None  # when the key stops working (sync sockets close then)
 
     def has(self, permission: str) -> bool:
         return "admin" in self.permissions or permission in self.permissions
@@ -170,7 +171,12 @@ async def authenticate(
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         await key_store.touch_last_used(registry.shared, row["customer_id"], row["id"], now)
     principal = ApiKeyPrincipal(
-        str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"], frozenset(row["permissions"])
+        str(row["id"]),
+        str(row["customer_id"]),
+        row["customer_slug"],
+        row["environment"],
+        frozenset(row["permissions"]),
+        row["expires_at"],
     )
     if cache is not None:
         cache.put(key_hash, principal, row["expires_at"], generation)

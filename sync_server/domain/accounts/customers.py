@@ -14,7 +14,7 @@ from storage import plans as plan_store
 from storage import subscriptions as subscription_store
 from sync_server.domain.accounts import api_keys
 from sync_server.domain.billing.plans import UnknownPlan
-from sync_server.node.runtime import Runtime
+from sync_server.domain.runtime import Runtime
 
 FIRST_KEY_PERMISSIONS = ["admin"]
 

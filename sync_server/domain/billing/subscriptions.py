@@ -11,7 +11,7 @@ from storage import plans as plan_store
 from storage import subscriptions as subscription_store
 from sync_server.domain.billing import plans
 from sync_server.domain.billing.plans import UnknownPlan
-from sync_server.node.runtime import Runtime
+from sync_server.domain.runtime import Runtime
 
 
 class NoActiveSubscription(LookupError):

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 
 from storage import migrator
-from sync_server.node.config import Settings
+from sync_server.config import Settings
 
 Save = Callable[[dict], Awaitable[None]]
 Progress = Callable[..., Awaitable[None]]  # progress(step, status, **data)

@@ -10,8 +10,8 @@ from sync_server.domain.tracking.filters import Rules
 from sync_server.domain.tracking.pipeline import Batch, Outcome, Pipeline
 
 if TYPE_CHECKING:
-    from sync_server.node.config import Settings
-    from sync_server.node.runtime import Runtime
+    from sync_server.config import Settings
+    from sync_server.domain.runtime import Runtime
 
 __all__ = ["Batch", "Outcome", "Pipeline", "Rules", "install", "rules_from"]
 
@@ -29,6 +29,7 @@ def install(rt: Runtime) -> Pipeline:
     """Build the node's pipeline, hook it into the rooms (track documents in, the fleet document's
     live map out) and start the retention job with the runtime."""
     from sync_server.domain.tracking import retention
+    from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.materializer import TrackMaterializer
     from sync_server.domain.tracking.track_reader import reader_for
 
@@ -50,7 +51,10 @@ def install(rt: Runtime) -> Pipeline:
         materializer.rooms = rooms
         rooms.hooks.add(materializer)
         pipeline.on_latest(materializer.push_latest)
+        rt.event_feed = EventFeed(rooms)  # the fleet document's `events` array (other writers: rt.event_feed.publish)
+        pipeline.on_events(rt.event_feed.geofence_events)
         rt.on_stop(materializer.stop)
+        rt.subscribe("vehicle_deleted", materializer.on_vehicle_deleted)
 
     async def start_retention() -> None:
         rt.spawn(

@@ -31,17 +31,18 @@ import uuid
 import pycrdt
 import structlog
 
-from storage import track_progress
 from storage import vehicles as vehicle_store
+from sync_server.domain.tracking import feedback
+from sync_server.domain.tracking.event_feed import FLEET_DOC
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.points import Chunk, Point
 from sync_server.domain.tracking.track_reader import InlineReader, ProcessReader
+from sync_server.sync.connection import FORBIDDEN
 from sync_server.sync.hooks import RoomHooks
 
 log = structlog.get_logger("sync_server.domain.tracking.materializer")
 
 TRACK_DOC = re.compile(r"^tracks/([^/]{1,100})/(\d{4}-\d{2}-\d{2})$")
-FLEET_DOC = "fleet"
 STORE_WAIT_SECONDS = 10.0  # eviction/shutdown wait this long for a backlog; the rest resumes on load
 MAX_BACKOFF = 30.0
 
@@ -160,10 +161,13 @@ class TrackMaterializer(RoomHooks):
             log.warning("track_doc_unknown_vehicle", customer_id=room.customer_id, room=room.doc)
             return
         db = await self.registry.for_customer(room.customer_id)
+        limits = await self.pipeline.limits(room.customer_id)
         async with db.tenant(room.customer_id) as conn:
-            done = await track_progress.elements(conn, uuid.UUID(room.customer_id), room.doc)
+            totals = await feedback.read(conn, uuid.UUID(room.customer_id), room.doc, day, limits)
+        done = totals.materialized
         state = TrackRoom(room, vehicle_id, day, done)
         room.set_state(state)
+        await room.server_awareness(totals.state())  # what a joining phone sees first
         state.task = asyncio.ensure_future(self._work(state))
         state.task.set_name(f"materialize:{room.name}")
         await self.reader.open(state)
@@ -222,6 +226,7 @@ class TrackMaterializer(RoomHooks):
                     run = await self._prepare(state, state.done)
                     continue
                 backoff = 0.5
+                await self._publish(state, commit.result())
                 state.done = max(state.done, end)
                 state.queue.drop_below(state.done)
                 if not state.backlog:
@@ -231,6 +236,16 @@ class TrackMaterializer(RoomHooks):
                 else:
                     run = await self._prepare(state, state.done)
             state.idle.set()
+
+    @staticmethod
+    async def _publish(state: TrackRoom, outcome) -> None:
+        """The document's totals after a batch, as the server's awareness state in its room."""
+        if outcome.feedback is None:
+            return
+        try:
+            await state.room.server_awareness(outcome.feedback.state())
+        except Exception:
+            log.exception("track_feedback_failed", room=state.room.doc)
 
     async def _prepare(self, state: TrackRoom, first: int):
         """The batch of elements from `first` (None, without waiting, when none have arrived)."""
@@ -271,6 +286,21 @@ class TrackMaterializer(RoomHooks):
             return None
         self._names[row["id"]] = row["name"]
         return row["id"]
+
+    async def on_vehicle_deleted(self, customer_id, vehicle_id, identifier="", **_ignored) -> None:
+        """A deleted vehicle's track documents close their sockets (4403: the client stops); every
+        node hears the event (Runtime.publish, CLUSTER_EVENTS)."""
+        if self.rooms is None:
+            return
+        segments = {str(vehicle_id), str(identifier)} - {""}
+
+        def of_vehicle(doc: str) -> bool:
+            parsed = parse_track_doc(doc)
+            return parsed is not None and parsed[0] in segments
+
+        closed = self.rooms.close_where(str(customer_id), of_vehicle, FORBIDDEN, "vehicle deleted")
+        self._names.pop(uuid.UUID(str(vehicle_id)), None)
+        log.info("vehicle_deleted_connections_closed", customer_id=str(customer_id), connections=closed)
 
     # -- fleet document ---------------------------------------------------------------------------
 

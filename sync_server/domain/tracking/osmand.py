@@ -100,7 +100,7 @@ def from_params(params: Mapping[str, str], now_ms: int) -> tuple[str, list[dict]
     alt = _float(params.get("altitude"), "altitude", errors)
     accuracy = _float(params.get("accuracy"), "accuracy", errors)
     ms = _timestamp(params.get("timestamp"), now_ms, errors)
-    if errors:
+    if errors or ms is None or lat is None or lng is None:  # None only with an error listed
         raise OsmAndError(errors)
     speed = knots * KNOT_MPS if knots is not None else None
     return str(device), [_point(ms, lat, lng, speed, heading, alt, accuracy)]
@@ -137,7 +137,7 @@ def from_json(body: Any, now_ms: int) -> tuple[str, list[dict]]:
         ts_errors: list[tuple[str, str]] = []
         ms = _timestamp(location.get("timestamp"), now_ms, ts_errors)
         errors += [(f"{where}.coords.{f}", m) for f, m in sub] + [(f"{where}.{f}", m) for f, m in ts_errors]
-        if not sub and not ts_errors:
+        if not sub and not ts_errors and ms is not None and lat is not None and lng is not None:
             # Negative speed/heading mean "unknown" in the location SDK Traccar Client uses.
             points.append(
                 _point(

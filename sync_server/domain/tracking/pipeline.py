@@ -57,7 +57,7 @@ from storage import usage as usage_store
 from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 from sync_server.domain.billing import plans
-from sync_server.domain.tracking import filters, quota
+from sync_server.domain.tracking import feedback, filters, quota
 from sync_server.domain.tracking.geofences import (
     Event,
     GeofenceSet,
@@ -114,6 +114,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)  # newly recorded geofence events
     latest: Point | None = None  # the vehicle's new latest fix, when this batch moved it forward
     skipped: int = 0  # elements a previous run had already materialized
+    feedback: Any = None  # a track document's totals after this batch (feedback.Totals)
 
 
 class Run:
@@ -367,14 +368,21 @@ async def usage_step(run: Run) -> None:
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
     await usage_store.add(run.conn, run.customer_uuid, counts)
     batch = run.batch
-    if batch.doc is not None:
-        await track_progress.advance(
-            run.conn, run.customer_uuid, batch.doc, batch.vehicle_id, batch.first_index + batch.size
-        )
     rejected: dict[str, int] = {}
     for (_, reason), n in run.rejected.items():
         rejected[reason] = rejected.get(reason, 0) + n
     run.outcome.rejected = rejected
+    if batch.doc is not None:
+        row = await track_progress.advance(
+            run.conn,
+            run.customer_uuid,
+            batch.doc,
+            batch.vehicle_id,
+            batch.first_index + batch.size,
+            stored=run.outcome.stored,
+            rejected=rejected,
+        )
+        run.outcome.feedback = await feedback.totals(run.conn, run.customer_uuid, batch.doc, batch.day, run.limits, row)
 
 
 BEFORE_TRANSACTION: tuple[tuple[str, Callable[[Run], None]], ...] = (
@@ -422,6 +430,7 @@ class Pipeline:
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
         self._committed_listeners: list[Callable[[Batch, Outcome], None]] = []
+        self._event_listeners: list[Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]] = []
         # The steps before the transaction run here, off the event loop: a 50,000-point batch is
         # ~100 ms of CPU, and on the loop every round trip of the transactions in flight (and every
         # websocket frame) would wait behind it; in a thread the loop gets the GIL back every few ms.
@@ -434,6 +443,11 @@ class Pipeline:
     def on_committed(self, listener: Callable[[Batch, Outcome], None]) -> None:
         """Called (batch, outcome) once a batch's transaction committed (metrics); must be quick."""
         self._committed_listeners.append(listener)
+
+    def on_events(self, listener: Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]) -> None:
+        """Called (customer_id, vehicle_id, events) after a batch committed new geofence events
+        (e.g. tracking.event_feed.EventFeed.geofence_events: the dispatchers' live feed)."""
+        self._event_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> plans.Limits:
         """The customer's plan limits (the plan-limit service's cache)."""
@@ -486,12 +500,15 @@ class Pipeline:
     @staticmethod
     async def _quota_phases(run: Run, timings: dict[str, float]) -> None:
         """QUOTA_PHASES after a savepoint; on QuotaRace back to it and once more, the lock held."""
-        await run.conn.execute("SAVEPOINT before_quota")
+        conn = run.conn
+        if conn is None:
+            raise RuntimeError("the quota phases run inside the batch's transaction")
+        await conn.execute("SAVEPOINT before_quota")
         kept, rejected = (run.fixes, run.index, run.inside), dict(run.rejected)
         try:
             await Pipeline._steps(run, QUOTA_PHASES, timings)
         except QuotaRace:  # once, at most: the rerun holds the quota lock from its start
-            await run.conn.execute("ROLLBACK TO SAVEPOINT before_quota")
+            await conn.execute("ROLLBACK TO SAVEPOINT before_quota")
             log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
             (run.fixes, run.index, run.inside), run.rejected = kept, rejected
             run.outcome.events, run.outcome.latest = [], None
@@ -535,6 +552,12 @@ class Pipeline:
                     await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
                 except Exception:
                     log.exception("latest_listener_failed")
+        if outcome.events:
+            for events_listener in self._event_listeners:
+                try:
+                    await events_listener(str(batch.customer_id), batch.vehicle_id, list(outcome.events))
+                except Exception:
+                    log.exception("events_listener_failed", customer_id=str(batch.customer_id))
         log.info(
             "tracking_batch",
             customer_id=str(batch.customer_id),

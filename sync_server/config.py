@@ -105,8 +105,40 @@ def _key(name: str, *, several: bool = False) -> Callable[[str], str]:
     return parse
 
 
-def _setting(env: str, default, parse=None, doc: str = ""):
-    return field(default=default, metadata={"env": env, "parse": parse or _text(env), "doc": doc})
+def _setting(env: str, default, parse=None, doc: str = "", *, secret: bool = False):
+    """A setting read from `env`; `secret` ones are never printed (`webhost-sync env` says only
+    whether they are set)."""
+    return field(default=default, metadata={"env": env, "parse": parse or _text(env), "doc": doc, "secret": secret})
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def _without_password(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+@dataclass(frozen=True)
+class Described:
+    """One line of `webhost-sync env`."""
+
+    name: str
+    value: str  # in effect
+    default: str
+    is_set: bool
+    doc: str
 
 
 @dataclass(frozen=True)
@@ -115,7 +147,7 @@ class Settings:
         "WEBHOST_ENV",
         "development",
         _choice("WEBHOST_ENV", "development", "production"),
-        "development or production; production requires SECRET_KEY",
+        "development or production; production requires SECRET_KEY and ENCRYPTION_KEY",
     )
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
@@ -129,6 +161,7 @@ class Settings:
     database_app_password: str | None = _setting(
         "DATABASE_APP_PASSWORD",
         None,
+        secret=True,
         doc="password the serving pools log in with as webhost_app (set on the role by the owner when it does "
         "not work yet); unset: no password (trust/peer, embedded PostgreSQL)",
     )
@@ -144,7 +177,12 @@ class Settings:
         lambda raw: Path(_text("DATA_DIR")(raw)),
         "embedded database folder and the dev secret key",
     )
-    secret_key: str | None = _setting("SECRET_KEY", None, doc="token signing key (>= 32 chars)")
+    secret_key: str | None = _setting(
+        "SECRET_KEY",
+        None,
+        secret=True,
+        doc="token signing key (>= 32 chars); unset in development: one generated once and kept in DATA_DIR",
+    )
     encryption_key: str | None = _setting(
         "ENCRYPTION_KEY",
         None,
@@ -152,6 +190,7 @@ class Settings:
         "AES-256-GCM key (32 bytes, base64; `webhost-sync generate-key`) sealing stored credentials "
         "(dedicated database URLs, driver passwords); required in production; in development "
         "generated once and kept in DATA_DIR/encryption_key",
+        secret=True,
     )
     encryption_old_keys: str | None = _setting(
         "ENCRYPTION_OLD_KEYS",
@@ -159,11 +198,13 @@ class Settings:
         _key("ENCRYPTION_OLD_KEYS", several=True),
         "comma-separated earlier ENCRYPTION_KEYs, kept only to open values until "
         "`webhost-sync rotate-key` has re-sealed every row under ENCRYPTION_KEY",
+        secret=True,
     )
     metrics_token: str | None = _setting(
         "METRICS_TOKEN",
         None,
         doc="GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; unset: only loopback clients are answered",
+        secret=True,
     )
     log_format: str = _setting(
         "LOG_FORMAT",
@@ -171,12 +212,21 @@ class Settings:
         _choice("LOG_FORMAT", "json", "console"),
         "json or console; default console in development, json in production",
     )
-    log_level: str = _setting("LOG_LEVEL", "info", _choice("LOG_LEVEL", "debug", "info", "warning", "error"))
+    log_level: str = _setting(
+        "LOG_LEVEL",
+        "info",
+        _choice("LOG_LEVEL", "debug", "info", "warning", "error"),
+        "least severe log level written: debug, info, warning or error",
+    )
     migrate_on_start: bool = _setting(
         "MIGRATE_ON_START", True, _bool("MIGRATE_ON_START"), "serve applies pending migrations before accepting traffic"
     )
-    db_pool_min: int = _setting("DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000))
-    db_pool_max: int = _setting("DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000))
+    db_pool_min: int = _setting(
+        "DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000), "connections each database pool keeps open"
+    )
+    db_pool_max: int = _setting(
+        "DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000), "most connections of each database pool"
+    )
     partition_days_ahead: int = _setting(
         "PARTITION_DAYS_AHEAD",
         7,
@@ -274,9 +324,30 @@ class Settings:
 
     sync_max_message_bytes: int = _setting(
         "SYNC_MAX_MESSAGE_BYTES",
-        8 * 1024 * 1024,
-        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
-        "largest websocket frame accepted; a bigger one closes that peer 1009",
+        64 * 1024 * 1024,
+        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 1024 * 1024 * 1024),
+        "largest websocket frame accepted (a phone's whole offline day arrives as one); a "
+        "bigger one closes that peer 1009 with a reason, 4413 when it sends one again",
+    )
+    sync_frame_budget_bytes: int = _setting(
+        "SYNC_FRAME_BUDGET_BYTES",
+        64 * 1024 * 1024,
+        _int("SYNC_FRAME_BUDGET_BYTES", 64 * 1024, 64 * 1024**3),
+        "bytes of websocket frames being received and applied at once, node-wide; past it the "
+        "server stops reading large frames (TCP backpressure) until earlier ones are applied",
+    )
+    sync_refusal_hold: float = _setting(
+        "SYNC_REFUSAL_HOLD_SECONDS",
+        10.0,
+        _float("SYNC_REFUSAL_HOLD_SECONDS", 0, 25),
+        "a refused websocket (4401/4403/1013...) is held open this long before its close, so "
+        "clients that reconnect at once when a socket opens retry once per hold, not per 100 ms",
+    )
+    sync_refusal_hold_max: int = _setting(
+        "SYNC_REFUSAL_HOLD_MAX",
+        10_000,
+        _int("SYNC_REFUSAL_HOLD_MAX", 0, 10_000_000),
+        "refused websockets held at once per node; past it a refusal closes at once",
     )
     sync_send_queue_limit: int = _setting(
         "SYNC_SEND_QUEUE_LIMIT",
@@ -286,7 +357,7 @@ class Settings:
     )
     sync_send_queue_bytes: int = _setting(
         "SYNC_SEND_QUEUE_BYTES",
-        16 * 1024 * 1024,
+        64 * 1024 * 1024,
         _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024**3),
         "bytes queued to one peer before it is closed 1013 (does not read); at "
         "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits",
@@ -328,12 +399,14 @@ class Settings:
         _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
         "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server",
     )
-    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver")
+    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver", secret=True)
     fly_api_url: str = _setting(
         "FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"), "Fly Machines API base URL"
     )
     fly_org: str = _setting("FLY_ORG", "personal", doc="Fly organization slug new apps are created in")
-    hcloud_token: str | None = _setting("HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver")
+    hcloud_token: str | None = _setting(
+        "HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver", secret=True
+    )
     hcloud_api_url: str = _setting(
         "HCLOUD_API_URL",
         "https://api.hetzner.cloud/v1",
@@ -478,5 +551,23 @@ class Settings:
 
     @classmethod
     def documented(cls) -> list[tuple[str, object, str]]:
-        """(variable, default, meaning) for every setting, used by `webhost-sync env`."""
+        """(variable, default, meaning) for every setting."""
         return [(f.metadata["env"], f.default, f.metadata["doc"]) for f in fields(cls)]
+
+    def described(self, env: Mapping[str, str]) -> list[Described]:
+        """Every setting as `webhost-sync env` prints it: the value in effect (secrets: only whether
+        set; URLs without their password), the default, whether `env` sets it, what it means."""
+        out = []
+        for f in fields(self):
+            name = f.metadata["env"]
+            value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                shown = "(set, hidden)" if value else "(unset)"
+            elif isinstance(value, str) and "://" in value:
+                shown = _without_password(value)
+            else:
+                shown = _shown(value)
+            if f.name == "log_format" and not value:
+                shown = f"{self.effective_log_format} (from WEBHOST_ENV)"
+            out.append(Described(name, shown, _shown(f.default), bool(env.get(name)), f.metadata["doc"]))
+        return out

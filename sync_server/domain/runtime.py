@@ -1,30 +1,44 @@
 """What one running node holds: settings, the database registry, Redis (when configured), the
-background jobs, and the start/stop order. app.py builds it; handlers reach it with runtime().
+node-wide domain caches and event listeners, the background jobs, and the start/stop order.
+
+The service container that domain services and REST handlers receive; the composition root
+(sync_server.node.app) builds it and wires the sync core and extensions onto it; REST handlers reach
+the one serving their request with api.current.runtime().
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from quart import current_app
 
 from storage import Database, DatabaseRegistry, migrator, partitions, sealed_columns, sealing
+from sync_server.config import Settings
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
-from sync_server.node.config import Settings
 
 if TYPE_CHECKING:
     from storage.documents import UpdateLog
+    from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.pipeline import Pipeline
     from sync_server.sync.rooms import RoomRegistry
 
-log = structlog.get_logger("sync_server.node.runtime")
+log = structlog.get_logger("sync_server.domain.runtime")
 
 Hook = Callable[[], Awaitable[None]]
+T = TypeVar("T")
+
+# Domain events every node must hear (with Redis): each one ends or narrows what live sockets and
+# caches may do. `publish` tells this node's listeners, then the others through the control channel
+# (`{REDIS_PREFIX}events`, on the subscription of provisioning/route_changes.listen).
+CLUSTER_EVENTS = frozenset(
+    {"customer_suspended", "api_key_revoked", "plan_changed", "vehicle_deleted", "credentials_changed"}
+)
+MAX_EVENT_BYTES = 4096  # a control message larger than this is not ours: ignored
 
 
 class Runtime:
@@ -32,15 +46,19 @@ class Runtime:
         if not settings.database_url:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
         self.settings = settings
+        self.database_url: str = settings.database_url
         self.registry = DatabaseRegistry(
             Database(
-                settings.database_url, settings.app_role(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
+                self.database_url, settings.app_role(), min_size=settings.db_pool_min, max_size=settings.db_pool_max
             )
         )
         self.redis: Any = None
-        self.rooms: RoomRegistry | None = None  # the sync core's rooms (wired in sync_server.node.app)
-        self.update_log: UpdateLog | None = None  # the group-commit writer of every room's updates
-        self.tracking: Pipeline | None = None  # the tracking Pipeline (sync_server.domain.tracking.install)
+        # Wired by the composition root (sync_server.node.app) after construction; read through the
+        # properties below, which say so instead of answering None.
+        self._rooms: RoomRegistry | None = None
+        self._update_log: UpdateLog | None = None
+        self._tracking: Pipeline | None = None
+        self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
         self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
         self.secret_key = settings.resolved_secret_key()
         sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
@@ -50,6 +68,7 @@ class Runtime:
         self._stopping: list[Hook] = []  # run after draining, before the pools close, reverse order
         self.shutting_down = asyncio.Event()
         self._listeners: dict[str, list[Callable[..., Awaitable[None]]]] = {}
+        self.instance = secrets.token_hex(8)  # tells this node's own control messages apart
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
@@ -62,7 +81,39 @@ class Runtime:
         self._listeners.setdefault(event, []).append(listener)
 
     async def publish(self, event: str, **data: Any) -> None:
-        """Tell every listener; one failing listener is logged and does not stop the others."""
+        """Tell every listener; one failing listener is logged and does not stop the others. A
+        CLUSTER_EVENTS event (string data only) then reaches the listeners of every other node."""
+        await self._deliver(event, data)
+        if event in CLUSTER_EVENTS and self.redis is not None:
+            message = json.dumps({"event": event, "from": self.instance, "data": data})
+            try:
+                await asyncio.wait_for(self.redis.publish(self.events_channel, message), 5.0)
+            except Exception as exc:  # best effort: the other nodes' periodic revalidation is the net
+                log.warning("cluster_event_publish_failed", event_name=event, error=str(exc) or type(exc).__name__)
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.settings.redis_prefix}events"
+
+    async def receive_cluster_event(self, raw: bytes | str) -> None:
+        """A control message of another node (route_changes.listen hands it here)."""
+        try:
+            if len(raw) > MAX_EVENT_BYTES:
+                raise ValueError("too large")
+            message = json.loads(raw)
+            event, origin, data = message["event"], message["from"], message["data"]
+            if event not in CLUSTER_EVENTS or not isinstance(data, dict):
+                raise ValueError(f"not a cluster event: {event!r}")
+            data = {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("cluster_event_malformed", error=str(exc) or type(exc).__name__)
+            return
+        if origin == self.instance:
+            return  # our own: already delivered here
+        log.info("cluster_event_received", event_name=event, **data)
+        await self._deliver(event, data)
+
+    async def _deliver(self, event: str, data: dict[str, Any]) -> None:
         for listener in self._listeners.get(event, []):
             try:
                 await listener(**data)
@@ -72,6 +123,33 @@ class Runtime:
     @property
     def db(self) -> Database:
         return self.registry.shared
+
+    @property
+    def rooms(self) -> RoomRegistry:
+        """The sync core's rooms."""
+        return _wired(self._rooms, "rooms")
+
+    @rooms.setter
+    def rooms(self, rooms: RoomRegistry) -> None:
+        self._rooms = rooms
+
+    @property
+    def update_log(self) -> UpdateLog:
+        """The group-commit writer of every room's updates."""
+        return _wired(self._update_log, "update_log")
+
+    @update_log.setter
+    def update_log(self, update_log: UpdateLog) -> None:
+        self._update_log = update_log
+
+    @property
+    def tracking(self) -> Pipeline:
+        """The tracking Pipeline (sync_server.domain.tracking.install)."""
+        return _wired(self._tracking, "tracking")
+
+    @tracking.setter
+    def tracking(self, tracking: Pipeline) -> None:
+        self._tracking = tracking
 
     def on_start(self, hook: Hook) -> None:
         self._started.append(hook)
@@ -102,7 +180,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.settings.migrate_on_start:
-            applied = await migrator.migrate(self.settings.database_url)
+            applied = await migrator.migrate(self.database_url)
             if applied:
                 log.info("migrations_applied", versions=applied)
         await self.db.open()
@@ -169,6 +247,12 @@ class Runtime:
                 log.exception("partition_maintenance_failed")
 
 
+def _wired(part: T | None, name: str) -> T:
+    if part is None:
+        raise RuntimeError(f"Runtime.{name} is not wired (the composition root sets it)")
+    return part
+
+
 async def _guarded(hook: Hook) -> None:
     try:
         await hook()
@@ -179,22 +263,3 @@ async def _guarded(hook: Hook) -> None:
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background_job_failed", job=task.get_name(), error=repr(task.exception()))
-
-
-_serving: ContextVar[Runtime] = ContextVar("runtime")
-
-
-def serving(rt: Runtime):
-    """Mark `rt` as the runtime of the current task's request (endpoints that answer without a
-    Quart app context: api.rest_endpoint); returns the token to reset."""
-    return _serving.set(rt)
-
-
-def done_serving(token) -> None:
-    _serving.reset(token)
-
-
-def runtime() -> Runtime:
-    """The Runtime of the app handling the current request or websocket."""
-    rt = _serving.get(None)
-    return rt if rt is not None else current_app.extensions["webhost"]
