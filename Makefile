@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # npm ci in every JS package the tests drive (real yjs / y-websocket clients).
 js:
-	@for d in client-examples/js client-examples/dashboard bench; do \
+	@for d in client-examples/js client-examples/dashboard webapp bench; do \
 	  if [ -f $$d/package-lock.json ] && [ ! -f $$d/node_modules/.ci-stamp -o $$d/package-lock.json -nt $$d/node_modules/.ci-stamp ]; then \
 	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) && touch $$d/node_modules/.ci-stamp || exit 1; \
 	  fi; \
@@ -36,7 +36,7 @@ prometheus:
 	  echo "installing Debian's prometheus for promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-run: $(STAMP)
+run: $(STAMP) js
 	$(BIN)/webhost-sync serve
 
 # ruff (lint), mypy (types) and import-linter (the layering contracts), all configured in pyproject.

@@ -15,7 +15,7 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import customer_users as user_store
-from storage import operator_sessions, platform_users
+from storage import operator_sessions, platform_users, user_sessions
 from sync_server.domain.accounts import passwords
 
 from . import pagination
@@ -207,6 +207,8 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
             if current is None:
                 raise not_found("user")
             merged = {**dict(current), **changes}
+            if set_password:  # a new password (or none) ends the user's app sessions at once
+                await user_sessions.revoke_user(conn, user_id)
             return found(
                 await user_store.update(
                     conn,

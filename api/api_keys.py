@@ -13,7 +13,7 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import api_keys as key_store
-from sync_server.domain.accounts import api_keys, sync_tokens
+from sync_server.domain.accounts import api_keys, sync_tokens, user_sessions
 
 from . import pagination
 from .auth import customer_required
@@ -159,14 +159,22 @@ async def create_sync_token(body: SyncTokenRequest):
     allowed = caller.has("sync:write") or (body.mode == "r" and caller.has("sync:read"))
     if not allowed:
         needed = "sync:write" if body.mode == "rw" else "sync:read"
-        raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": [needed]})
+        raise ApiError(403, "forbidden", "credential lacks a required permission", {"missing": [needed]})
+    ttl = body.ttl_seconds
+    session_id = getattr(caller, "session_id", None)
+    if session_id is not None:  # a dispatcher app session: the app's documents, short-lived tokens
+        outside = [d for d in body.docs if d not in user_sessions.APP_DOCS]
+        if outside:
+            raise ApiError(403, "forbidden", "an app session may sync only the app's documents", {"docs": outside[:10]})
+        ttl = min(ttl, runtime().settings.app_sync_token_ttl)
     token, expires = sync_tokens.mint(
         runtime().secret_key,
         customer_id=caller.customer_id,
         customer_slug=caller.customer_slug,
         docs=body.docs,
         mode=body.mode,
-        ttl_seconds=body.ttl_seconds,
+        ttl_seconds=ttl,
+        session_id=session_id,  # the app's session: signing out ends the token's next connection too
     )
     return {
         "token": token,

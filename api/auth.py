@@ -1,4 +1,6 @@
-"""Who is calling: a customer's API key or an operator's session token (both `Authorization: Bearer`).
+"""Who is calling: a customer's API key or an operator's session token (both `Authorization: Bearer`),
+or a customer user signed in to the dispatcher app (the `whs_session` cookie, only when no
+Authorization header is sent; state-changing methods then need the X-CSRF-Token header).
 
 Decorators put the principal on the current call (`api.calls.principal()`) and bind the tenant id
 into every log line.
@@ -17,7 +19,7 @@ import asyncpg
 from api.current import runtime
 from storage import operator_sessions
 from sync_server import logs
-from sync_server.domain.accounts import api_keys
+from sync_server.domain.accounts import api_keys, user_sessions
 
 from . import calls
 from .errors import ApiError
@@ -40,9 +42,15 @@ def bearer() -> str:
 
 
 API_KEY_PREFIX = "whk_"
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
-async def authenticate_customer() -> api_keys.ApiKeyPrincipal:
+async def authenticate_customer() -> api_keys.ApiKeyPrincipal | user_sessions.SessionPrincipal:
+    call = calls.current()
+    if "authorization" not in call.headers:
+        cookie = call.cookie(user_sessions.COOKIE)
+        if cookie:
+            return await authenticate_session(cookie)
     raw = bearer()
     try:
         rt = runtime()
@@ -53,6 +61,23 @@ async def authenticate_customer() -> api_keys.ApiKeyPrincipal:
             # most often an operator's session token sent to a customer route
             message = "this route needs a customer API key (whk_live_... or whk_test_...), not an operator token"
         raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, message) from None
+    logs.bind(customer_id=principal.customer_id)
+    return principal
+
+
+async def authenticate_session(cookie: str) -> user_sessions.SessionPrincipal:
+    """The signed-in user of the app's session cookie; a state-changing request must also present
+    the session's CSRF token (403 csrf_failed otherwise)."""
+    rt = runtime()
+    try:
+        principal = await user_sessions.authenticate(rt.registry, rt.secret_key, cookie)
+    except user_sessions.SessionRejected as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    call = calls.current()
+    if call.method not in SAFE_METHODS and not user_sessions.csrf_ok(
+        rt.secret_key, cookie, call.headers.get(user_sessions.CSRF_HEADER)
+    ):
+        raise ApiError(403, "csrf_failed", "missing or wrong X-CSRF-Token header for this session")
     logs.bind(customer_id=principal.customer_id)
     return principal
 
@@ -78,7 +103,7 @@ def customer_required(*permissions: str):
             principal = await authenticate_customer()
             missing = [p for p in permissions if not principal.has(p)]
             if missing:
-                raise ApiError(403, "forbidden", "API key lacks a required permission", {"missing": missing})
+                raise ApiError(403, "forbidden", "credential lacks a required permission", {"missing": missing})
             calls.current().principal = principal
             return await handler(*args, **kwargs)
 

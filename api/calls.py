@@ -26,6 +26,7 @@ class Call:
         "headers",
         "query_string",
         "remote_addr",
+        "scheme",
         "request_id",
         "principal",
         "_read",
@@ -40,12 +41,14 @@ class Call:
         query_string: bytes,
         remote_addr: str | None,
         read: Callable[[], Awaitable[bytes]],
+        scheme: str = "http",
     ) -> None:
         self.method = method
         self.path = path
         self.headers = headers  # lower-case names; the first value of a repeated header
         self.query_string = query_string
         self.remote_addr = remote_addr
+        self.scheme = scheme  # "https" when served over TLS (the ASGI scope's)
         self.request_id = (headers.get("x-request-id") or uuid.uuid4().hex)[:REQUEST_ID_MAX]
         self.principal: Any = None  # set by api.auth's decorators
         self._read = read
@@ -56,6 +59,19 @@ class Call:
         if self._body is None:
             self._body = await self._read()
         return self._body
+
+    @property
+    def over_tls(self) -> bool:
+        """Served over TLS here, or by the proxy in front (X-Forwarded-Proto: https)."""
+        return self.scheme in ("https", "wss") or self.headers.get("x-forwarded-proto", "").lower() == "https"
+
+    def cookie(self, name: str) -> str | None:
+        """One cookie of the request (the first of that name), without unquoting."""
+        for part in self.headers.get("cookie", "")[:8192].split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                return value.strip()
+        return None
 
     def query(self) -> dict[str, list[str]]:
         """Query parameters, each with every value given (as werkzeug parses them)."""

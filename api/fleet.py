@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import asyncpg
+import structlog
 from pydantic import Field, RootModel
 from quart import Blueprint
 
@@ -29,6 +30,8 @@ from .calls import principal
 from .errors import ApiError, conflict, found, not_found
 from .openapi import field_error, operation, validation_failed
 from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel, omittable
+
+log = structlog.get_logger("api.fleet")
 
 blueprint = Blueprint("fleet", __name__)
 LIMIT_ERRORS = (402, 409)
@@ -487,6 +490,7 @@ async def create_geofence(body: GeofenceCreate):
     }
     async with _limited("geofences") as conn:
         row = await geofence_store.insert(conn, principal().customer_id, values)
+    await _geofences_changed()
     return _geofence_out(row)
 
 
@@ -548,7 +552,9 @@ async def update_geofence(geofence_id: uuid.UUID, body: GeofenceUpdate):
                 "",
             ),
         }
-        return _geofence_out(await geofence_store.update(conn, geofence_id, values))
+        row = await geofence_store.update(conn, geofence_id, values)
+    await _geofences_changed()
+    return _geofence_out(row)
 
 
 @blueprint.delete("/api/v1/geofences/<uuid:geofence_id>")
@@ -559,3 +565,15 @@ async def delete_geofence(geofence_id: uuid.UUID):
         deleted = await geofence_store.delete(conn, geofence_id)
     if not deleted:
         raise not_found("geofence")
+    await _geofences_changed()
+
+
+async def _geofences_changed() -> None:
+    """After the commit: the customer's open dispatcher apps fetch the geofences again (the fleet
+    document's `changes` map, tracking.event_feed)."""
+    feed = runtime().event_feed
+    if feed is not None:
+        try:
+            await feed.changed(principal().customer_id, "geofences")
+        except Exception:  # the change is committed; the apps also fetch on their next start
+            log.exception("geofence_change_signal_failed")

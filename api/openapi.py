@@ -41,6 +41,14 @@ _STATUS_TEXT = {
 }
 
 
+# Who a route's credential kind lets in: customer routes take an API key or an app session cookie.
+_SECURITY: dict[str, list[dict[str, list]]] = {
+    "customer": [{"apiKey": []}, {"appSession": []}],
+    "operator": [{"operatorToken": []}],
+    "session": [{"appSession": []}],
+}
+
+
 @dataclass
 class Operation:
     summary: str
@@ -55,7 +63,7 @@ class Operation:
     raw_body: dict[str, Any] | None = None  # media type -> schema of a body the handler reads itself
     content: dict[str, Any] = field(default_factory=dict)  # other media types of the success answer
     also: dict[int, Any] = field(default_factory=dict)  # other success statuses -> response model
-    security: tuple[str, ...] = ()  # when the handler authenticates itself: "customer" and/or "operator"
+    security: tuple[str, ...] = ()  # when the handler authenticates itself: "customer", "operator", "session"
 
 
 def _loc(parts: tuple) -> str:
@@ -119,7 +127,7 @@ def _render(op: Operation, result: Any) -> Reply | Response:
     those as they are. `(value, status)` answers one of the other statuses declared in `also`."""
     if isinstance(result, Response):
         return result
-    if op.status == 204 or (op.response is None and not op.content):
+    if op.status == 204 or op.response is None:
         return b"", 204, {}
     model, status = op.response, op.status
     if isinstance(result, tuple):
@@ -289,15 +297,20 @@ def build(app: Quart) -> dict:
                 "content": {media: {"schema": schema} for media, schema in op.raw_body.items()},
             }
         responses: dict[str, Any] = {}
-        if op.status == 204 or (op.response is None and not op.content):
-            responses["204"] = {"description": _STATUS_TEXT[204]}
-        else:  # a JSON model and/or other media types (a route with no JSON answer: `content` only)
-            json_body = (
-                {} if op.response is None else {"application/json": {"schema": ref(op.response, "serialization")}}
-            )
+        if op.response is None and op.content:  # only other media types (the web app's files)
             responses[str(op.status)] = {
                 "description": _STATUS_TEXT.get(op.status, "OK"),
-                "content": {**json_body, **{media: {"schema": schema} for media, schema in op.content.items()}},
+                "content": {media: {"schema": schema} for media, schema in op.content.items()},
+            }
+        elif op.status == 204 or op.response is None:
+            responses["204"] = {"description": _STATUS_TEXT[204]}
+        else:
+            responses[str(op.status)] = {
+                "description": _STATUS_TEXT.get(op.status, "OK"),
+                "content": {
+                    "application/json": {"schema": ref(op.response, "serialization")},
+                    **{media: {"schema": schema} for media, schema in op.content.items()},
+                },
             }
         for status, model in op.also.items():
             responses[str(status)] = {
@@ -308,7 +321,7 @@ def build(app: Quart) -> dict:
         kinds = (auth[0],) if auth is not None else op.security
         if kinds:
             statuses |= {401, 403}
-            entry["security"] = [{"apiKey": []} if kind == "customer" else {"operatorToken": []} for kind in kinds]
+            entry["security"] = [scheme for kind in kinds for scheme in _SECURITY[kind]]
             if auth is not None and auth[1]:
                 entry["description"] = (entry.get("description", "") + f"\n\nRequires: {', '.join(auth[1])}.").strip()
         if op.body is not None or op.query is not None or op.raw_body:
@@ -343,6 +356,13 @@ def build(app: Quart) -> dict:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An operator session token from POST /api/v1/auth/login",
+                },
+                "appSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "whs_session",
+                    "description": "A customer user's dispatcher-app session (POST /api/v1/app/session); "
+                    "state-changing requests also send X-CSRF-Token",
                 },
             },
         },

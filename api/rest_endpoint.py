@@ -179,6 +179,7 @@ def _call_of(scope, read) -> calls.Call:
         scope.get("query_string", b""),
         (scope.get("client") or (None,))[0],
         read,
+        scope.get("scheme", "http"),
     )
 
 

@@ -64,3 +64,16 @@ async def update(
 
 async def delete(conn: asyncpg.Connection, user_id) -> bool:
     return await conn.execute("DELETE FROM customer_users WHERE id = $1", user_id) != "DELETE 0"
+
+
+async def find_for_sign_in(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+    """The user with this email (any case) and its password hash, inside the customer's scope."""
+    return await conn.fetchrow(
+        f"SELECT {_COLUMNS}, password_hash FROM customer_users WHERE lower(email) = lower($1) "
+        "AND password_hash IS NOT NULL",
+        email,
+    )
+
+
+async def set_password_hash(conn: asyncpg.Connection, user_id, password_hash: str) -> None:
+    await conn.execute("UPDATE customer_users SET password_hash = $2 WHERE id = $1", user_id, password_hash)

@@ -7,8 +7,8 @@ registry, so they follow a customer wherever it lives. Nothing else opens connec
 Control-plane tables stay in the shared database for every customer: customers, api_keys,
 subscriptions, plans, deployments, infrastructure_events, platform_users, tokens. Tenant data moves
 with the customer: vehicles, drivers, geofences, geofence_events, routes, vehicle_positions_latest,
-gps_positions, usage_metrics, doc_updates, doc_snapshots, customer_users (a dedicated database holds
-a copy of the customer's `customers` row so its foreign keys hold).
+gps_positions, usage_metrics, doc_updates, doc_snapshots, customer_users, customer_user_sessions (a
+dedicated database holds a copy of the customer's `customers` row so its foreign keys hold).
 """
 
 from __future__ import annotations

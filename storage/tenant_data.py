@@ -34,6 +34,7 @@ class TenantTable:
 TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("customers", ("id",), owner="id", control_plane=True),
     TenantTable("customer_users", ("id",)),
+    TenantTable("customer_user_sessions", ("id",)),  # the dispatcher app's sign-ins (storage.user_sessions)
     TenantTable("vehicles", ("id",)),
     TenantTable("drivers", ("id",)),
     TenantTable("geofences", ("id",)),

@@ -1,6 +1,6 @@
 """webhook_endpoints, webhook_outbox and webhook_attempts rows (tenant connections, migration 0100).
 
-The signing secret is written by `insert_endpoint` / `set_secret` and read back only by
+The signing secret is written only by `insert_endpoint` and read back only by
 `secrets_of`; both go through `_seal` / `_unseal` (issue 18 encrypts it at rest there, in one place).
 """
 
@@ -53,14 +53,6 @@ async def insert_endpoint(
         url,
         list(events),
         description,
-        _seal(secret),
-    )
-
-
-async def set_secret(conn: asyncpg.Connection, endpoint_id, secret: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        f"UPDATE webhook_endpoints SET secret = $2, updated_at = now() WHERE id = $1 RETURNING {_ENDPOINT}",
-        endpoint_id,
         _seal(secret),
     )
 
@@ -128,19 +120,24 @@ async def enqueue(
     occurred: Sequence[dt.datetime],
     ordering_keys: Sequence[str | None],
     dedupe_keys: Sequence[str | None],
+    retracts: Sequence[str | None] | None = None,
     endpoint_id: uuid.UUID | None = None,
 ) -> int:
     """One row per (message, enabled endpoint whose events take its type), in message order;
-    a (endpoint, dedupe key) already in the outbox is skipped. With `endpoint_id`: that endpoint
-    only, whatever its events (test sends). Returns the rows written."""
+    a (endpoint, dedupe key) already in the outbox is skipped. A message that `retracts` a dedupe
+    key goes to the endpoints holding that key instead. With `endpoint_id`: that endpoint only,
+    whatever its events (test sends). Returns the rows written."""
     status = await conn.execute(
         "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at, "
         "ordering_key, dedupe_key) "
         "SELECT $1, e.id, m.message_id, m.type, m.body, m.occurred_at, m.ordering_key, m.dedupe_key "
-        "FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[]) "
-        "WITH ORDINALITY AS m(message_id, type, body, occurred_at, ordering_key, dedupe_key, n) "
+        "FROM unnest($2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $9::text[]) "
+        "WITH ORDINALITY AS m(message_id, type, body, occurred_at, ordering_key, dedupe_key, retracts, n) "
         "JOIN webhook_endpoints e ON e.customer_id = $1 AND e.enabled "
-        f"AND CASE WHEN $8::uuid IS NULL THEN {_MATCHES} ELSE e.id = $8 END "
+        "AND CASE WHEN $8::uuid IS NOT NULL THEN e.id = $8 "
+        "WHEN m.retracts IS NOT NULL THEN EXISTS (SELECT 1 FROM webhook_outbox x WHERE x.customer_id = $1 "
+        "AND x.endpoint_id = e.id AND x.dedupe_key = m.retracts) "
+        f"ELSE {_MATCHES} END "
         "ORDER BY m.n, e.id "
         "ON CONFLICT (customer_id, endpoint_id, dedupe_key) DO NOTHING",
         customer_id,
@@ -151,6 +148,7 @@ async def enqueue(
         list(ordering_keys),
         list(dedupe_keys),
         endpoint_id,
+        list(retracts) if retracts is not None else [None] * len(message_ids),
     )
     return int(status.rsplit(" ", 1)[-1])
 
@@ -288,6 +286,15 @@ async def deliveries(
 async def delivery(conn: asyncpg.Connection, endpoint_id, delivery_id) -> asyncpg.Record | None:
     return await conn.fetchrow(
         f"SELECT {_DELIVERY}, body FROM webhook_outbox WHERE id = $2 AND endpoint_id = $1", endpoint_id, delivery_id
+    )
+
+
+async def enqueued_here(conn: asyncpg.Connection, endpoint_id) -> asyncpg.Record | None:
+    """The endpoint's delivery enqueued last by this transaction (created_at is its start time)."""
+    return await conn.fetchrow(
+        f"SELECT {_DELIVERY} FROM webhook_outbox WHERE endpoint_id = $1 AND created_at = now() "
+        "ORDER BY seq DESC LIMIT 1",
+        endpoint_id,
     )
 
 

@@ -465,11 +465,123 @@ class Settings:
         _choice("CONNECTION_LIMITS", "enforce", "off"),
         "enforce the plan's connection_limit per customer (across nodes with Redis)",
     )
+    app_session_ttl: int = _setting(
+        "APP_SESSION_TTL_SECONDS",
+        43200,
+        _int("APP_SESSION_TTL_SECONDS", 60, 30 * 86400),
+        "lifetime of a customer user's sign-in to the dispatcher app (/app/)",
+    )
+    app_sync_token_ttl: int = _setting(
+        "APP_SYNC_TOKEN_TTL_SECONDS",
+        600,
+        _int("APP_SYNC_TOKEN_TTL_SECONDS", 30, 86400),
+        "lifetime of the sync tokens the dispatcher app gets for its session (it renews them at half)",
+    )
+    map_tile_url: str = _setting(
+        "MAP_TILE_URL",
+        "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        _text("MAP_TILE_URL"),
+        "the dispatcher app's map tiles ({z}/{x}/{y} template); `none`: no tiles (a plain background)",
+    )
+    map_attribution: str = _setting(
+        "MAP_ATTRIBUTION",
+        '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+        _text("MAP_ATTRIBUTION"),
+        "the attribution the tile provider requires (HTML, shown on the map)",
+    )
+    vehicle_stale_minutes: float = _setting(
+        "VEHICLE_STALE_MINUTES",
+        5.0,
+        _float("VEHICLE_STALE_MINUTES", 0.1, 10_000),
+        "the app marks a vehicle stale after this long without a fix",
+    )
+    vehicle_offline_minutes: float = _setting(
+        "VEHICLE_OFFLINE_MINUTES",
+        60.0,
+        _float("VEHICLE_OFFLINE_MINUTES", 0.1, 100_000),
+        "the app marks a vehicle offline after this long without a fix",
+    )
     rest_rate_limit: int = _setting(
         "REST_RATE_LIMIT_PER_MINUTE",
         6000,
         _int("REST_RATE_LIMIT_PER_MINUTE", 0, 10_000_000),
         "REST requests per credential per minute (across nodes with Redis); past it 429 with Retry-After; 0 disables",
+    )
+
+    # Webhooks (sync_server/domain/webhooks): the delivery worker of every node.
+    webhook_allow_private_urls: bool = _setting(
+        "WEBHOOK_ALLOW_PRIVATE_URLS",
+        False,
+        _bool("WEBHOOK_ALLOW_PRIVATE_URLS"),
+        "allow webhook URLs that resolve to loopback, private, link-local or other non-public addresses "
+        "(refused by default, when created and at every delivery: SSRF); tests and local development set it",
+    )
+    webhook_concurrency: int = _setting(
+        "WEBHOOK_CONCURRENCY",
+        16,
+        _int("WEBHOOK_CONCURRENCY", 1, 1024),
+        "webhook deliveries in flight at once per node",
+    )
+    webhook_poll_seconds: float = _setting(
+        "WEBHOOK_POLL_SECONDS",
+        1.0,
+        _float("WEBHOOK_POLL_SECONDS", 0.01, 60),
+        "how often an idle delivery worker looks for due webhook deliveries",
+    )
+    webhook_connect_timeout: float = _setting(
+        "WEBHOOK_CONNECT_TIMEOUT_SECONDS",
+        5.0,
+        _float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),
+        "a webhook receiver must accept the connection within this time",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT_SECONDS",
+        15.0,
+        _float("WEBHOOK_TIMEOUT_SECONDS", 0.2, 300),
+        "a webhook delivery (resolve, connect, send, answer) must finish within this time, else it failed",
+    )
+    webhook_max_response_bytes: int = _setting(
+        "WEBHOOK_MAX_RESPONSE_BYTES",
+        64 * 1024,
+        _int("WEBHOOK_MAX_RESPONSE_BYTES", 0, 16 * 1024 * 1024),
+        "bytes of a receiver's answer read at most (the rest is dropped, the connection closed)",
+    )
+    webhook_retry_base: float = _setting(
+        "WEBHOOK_RETRY_BASE_SECONDS",
+        5.0,
+        _float("WEBHOOK_RETRY_BASE_SECONDS", 0.01, 3600),
+        "first retry delay of a failed webhook delivery; doubles per attempt, with jitter",
+    )
+    webhook_retry_max_delay: float = _setting(
+        "WEBHOOK_RETRY_MAX_DELAY_SECONDS",
+        3600.0,
+        _float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", 0.01, 86400),
+        "longest delay between two attempts of a webhook delivery",
+    )
+    webhook_retry_window: float = _setting(
+        "WEBHOOK_RETRY_WINDOW_SECONDS",
+        86400.0,
+        _float("WEBHOOK_RETRY_WINDOW_SECONDS", 0.1, 30 * 86400),
+        "a webhook delivery still failing this long after it was enqueued is dead-lettered",
+    )
+    webhook_disable_after: float = _setting(
+        "WEBHOOK_DISABLE_AFTER_SECONDS",
+        86400.0,
+        _float("WEBHOOK_DISABLE_AFTER_SECONDS", 0, 30 * 86400),
+        "an endpoint whose every attempt failed for this long (and WEBHOOK_DISABLE_AFTER_FAILURES times) "
+        "is disabled, with the reason shown to its owner",
+    )
+    webhook_disable_after_failures: int = _setting(
+        "WEBHOOK_DISABLE_AFTER_FAILURES",
+        20,
+        _int("WEBHOOK_DISABLE_AFTER_FAILURES", 1, 10**6),
+        "failed attempts in a row (over WEBHOOK_DISABLE_AFTER_SECONDS) that disable an endpoint",
+    )
+    webhook_document_interval: float = _setting(
+        "WEBHOOK_DOCUMENT_INTERVAL_SECONDS",
+        10.0,
+        _float("WEBHOOK_DOCUMENT_INTERVAL_SECONDS", 0.05, 86400),
+        "document.updated webhooks: at most one per document per this interval",
     )
 
     @classmethod

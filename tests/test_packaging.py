@@ -35,3 +35,7 @@ def test_wheel_contains_every_module_and_migration(tmp_path):
     }
     assert expected, "no sources found"
     assert expected <= shipped, sorted(expected - shipped)
+    # the dispatcher web app (built by `make js` into api/app_static): served from the wheel alone
+    built = {str(p.relative_to(ROOT)) for p in (ROOT / "api" / "app_static").rglob("*") if p.is_file()}
+    assert "api/app_static/index.html" in built, "the web app is not built: run `make js`"
+    assert any(p.endswith(".js") for p in built) and built <= shipped, sorted(built - shipped)

@@ -121,6 +121,17 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, now(), 1, 1)", a, vid
         )
         await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x00')", a)
+        user = await conn.fetchval(
+            "INSERT INTO customer_users (customer_id, email, role) VALUES ($1, 'ann@a.example', 'admin') RETURNING id",
+            a,
+        )
+        await conn.execute(  # a dispatcher app session (migration 0130)
+            "INSERT INTO customer_user_sessions (customer_id, user_id, token_hash, expires_at) "
+            "VALUES ($1, $2, $3, now() + interval '1 hour')",
+            a,
+            user,
+            uuid.uuid4().bytes * 2,
+        )
         await conn.execute(
             "INSERT INTO api_keys (customer_id, prefix, key_hash, permissions) VALUES ($1, 'whk_live_cd', $2, '{admin}')",
             a,
@@ -136,6 +147,7 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
         ]
         seen_by_operator = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
     assert seen_by_operator["vehicles"] == 1 and seen_by_operator["customers"] == 2 and len(tables) > 15
+    assert seen_by_operator["customer_user_sessions"] == 1
     for widen in (
         "SELECT set_config('app.operator', 'on', true)",
         f"SELECT set_config('app.customer_id', '{a}', true)",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from storage.documents import UpdateLog
     from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.pipeline import Pipeline
+    from sync_server.domain.webhooks.delivery import DeliveryWorker
     from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.domain.runtime")
@@ -59,6 +60,7 @@ class Runtime:
         self._update_log: UpdateLog | None = None
         self._tracking: Pipeline | None = None
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
+        self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
         self.secret_key = settings.resolved_secret_key()
         sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)

@@ -11,6 +11,7 @@ from quart import Quart
 from api import (
     accounts,
     api_keys,
+    app_sessions,
     billing,
     customers,
     docs,
@@ -22,17 +23,21 @@ from api import (
     metrics,
     openapi,
     rest_endpoint,
+    webapp,
 )
 from api import provisioning as provisioning_api
 from api import tracking as tracking_api
+from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
 from sync_server.config import Settings
-from sync_server.domain import provisioning, tracking
+from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.domain.billing import plans as billing_usage
 from sync_server.domain.runtime import Runtime
+from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
 from sync_server.extensions import metrics as node_metrics
+from sync_server.extensions.document_changes import DocumentChanges
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
@@ -57,7 +62,7 @@ def create_app(settings: Settings) -> Quart:
     relay = fanout.install(rt) if settings.redis_url else None
     shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
     app.register_blueprint(docs.blueprint)
-    for area in (openapi, accounts, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+    for area in (openapi, accounts, app_sessions, customers, api_keys, billing, fleet):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
@@ -66,6 +71,10 @@ def create_app(settings: Settings) -> Quart:
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
     app.register_blueprint(ingest.blueprint)
+    app.register_blueprint(webhooks_api.blueprint)
+    rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
+    _announce_document_changes(rt)  # document.updated webhooks, debounced per document
+    app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
     # GET /metrics: counted through the hooks and callbacks of the parts wired above
     measured = node_metrics.install(rt)
     app.register_blueprint(metrics.blueprint)
@@ -82,6 +91,15 @@ def create_app(settings: Settings) -> Quart:
         await rt.stop()
 
     return app
+
+
+def _announce_document_changes(runtime: Runtime) -> None:
+    interval = runtime.settings.webhook_document_interval
+    assert runtime.rooms is not None and runtime.update_log is not None
+    changes = DocumentChanges(DocumentAnnouncer(runtime.registry, interval), interval, flush=runtime.update_log.flush)
+    runtime.rooms.hooks.add(changes)
+    # after the rooms closed (drain) and before the update log stops (stop hooks run in reverse)
+    runtime.on_stop(changes.drain)
 
 
 def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:

@@ -56,10 +56,11 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert ("POST", "/api/v1/vehicles") in ops and ("POST", "/api/v1/sync-tokens") in ops
     # 45 + 5 tracking + 2 documents + 8 provisioning/deployments/migrations + 4 ingest + 2 health + 1 metrics
-    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 67
+    # + webhooks and the dispatcher app's routes (merged since): 80
+    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 80
     create = doc["paths"]["/api/v1/vehicles"]["post"]
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
-    assert create["security"] == [{"apiKey": []}]
+    assert create["security"] == [{"apiKey": []}, {"appSession": []}]  # an API key or the app's session cookie
     assert doc["components"]["schemas"]["VehicleCreate"]["additionalProperties"] is False
 
 

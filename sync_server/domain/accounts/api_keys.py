@@ -32,6 +32,8 @@ PERMISSIONS = (
     "tracking:write",
     "billing:read",
     "billing:write",
+    "webhooks:read",
+    "webhooks:write",
 )
 LAST_USED_RESOLUTION = dt.timedelta(minutes=5)  # last_used_at is written at most this often per key
 

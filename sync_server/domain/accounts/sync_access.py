@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from storage import tenants
 from storage.registry import DatabaseRegistry
-from sync_server.domain.accounts import api_keys, sync_tokens
+from sync_server.domain.accounts import api_keys, sync_tokens, user_sessions
 from sync_server.sync.connection import FORBIDDEN, UNAUTHORIZED
 from sync_server.sync.hooks import Access, Refused
 
@@ -36,6 +36,10 @@ class SyncAccess:
                 raise Refused(FORBIDDEN, "unknown customer")
             if customer["status"] != "active":
                 raise Refused(FORBIDDEN, "customer suspended")
+            if grant.session_id and not await user_sessions.session_active(
+                registry, grant.customer_id, grant.session_id
+            ):
+                raise Refused(UNAUTHORIZED, "signed out")
             return Access(grant.customer_id, grant.can_write, "token", expires_at=float(grant.expires_at))
         scheme, _, raw = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and raw.strip():

@@ -3,7 +3,9 @@ for its apps, and the websocket endpoint verifies. One module for both sides.
 
 Format: `wst1.<base64url(JSON claims)>.<base64url(HMAC-SHA256(secret, "wst1." + claims))>`.
 Claims: c (customer id), s (customer slug), d (doc patterns, globs such as `tracks/*`),
-m (`rw` | `r`), iat, exp (epoch seconds), jti. Stateless: verification needs only the secret.
+m (`rw` | `r`), iat, exp (epoch seconds), jti; sid when minted for a dispatcher app session
+(accounts.user_sessions: the websocket endpoint then also checks that the session is still signed
+in). Otherwise stateless: verification needs only the secret.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SyncGrant:
     mode: str
     expires_at: int
     token_id: str
+    session_id: str = ""  # the app session it was minted for ("" for a back end's token)
 
     @property
     def can_write(self) -> bool:
@@ -81,6 +84,7 @@ def mint(
     ttl_seconds: int = 3600,
     now: float | None = None,
     max_ttl: int = MAX_TTL_SECONDS,
+    session_id: str | None = None,
 ) -> tuple[str, int]:
     """A new token and its expiry (epoch seconds)."""
     validate_request(docs, mode, ttl_seconds, max_ttl)
@@ -95,6 +99,8 @@ def mint(
         "exp": expires,
         "jti": secrets.token_hex(8),
     }
+    if session_id:
+        claims["sid"] = str(session_id)
     body = f"{VERSION}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
     return f"{body}.{_sign(secret, body)}", expires
 
@@ -115,6 +121,7 @@ def verify(secret: str, token: str, now: float | None = None) -> SyncGrant:
             str(claims["m"]),
             int(claims["exp"]),
             str(claims.get("jti", "")),
+            str(claims.get("sid", "")),
         )
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise TokenError("malformed token") from None

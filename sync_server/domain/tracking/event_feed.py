@@ -14,6 +14,10 @@ An entry is a JSON object (a Yjs "any" value, read in JavaScript as a plain obje
      "vehicle_id": str | None,
      ...}                 the type's own fields (JSON scalars), e.g. geofence_id, lat, lng
 
+Beside the feed, the Y.Map `changes` (what -> ms of the last change, e.g. "geofences") tells every
+open app that REST data it shows changed, so it fetches it again (`EventFeed.changed`): geofences
+stay in PostgreSQL, edited through REST, and other dispatchers' maps follow within one round trip.
+
 Writers: the tracking pipeline's geofence events (`EventFeed.geofence_events`, an `on_events`
 listener) and any other domain code through `EventFeed.publish(customer_id, entries)`, which the
 node's runtime holds as `rt.event_feed`.
@@ -22,6 +26,7 @@ node's runtime holds as `rt.event_feed`.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ log = structlog.get_logger("sync_server.domain.tracking.event_feed")
 
 FLEET_DOC = "fleet"  # the customer document the feed lives in (beside the materializer's `live` map)
 EVENTS = "events"  # the Y.Array's name
+CHANGES = "changes"  # Y.Map: what -> ms of its last change (the apps fetch it again)
 FEED_LIMIT = 200  # entries kept; older ones are deleted from the front as new ones arrive
 MAX_TYPE = 64  # characters of an entry's type
 MAX_FIELDS = 16  # extra fields of one entry
@@ -113,6 +119,17 @@ class EventFeed:
         await room.write(edit)
         log.debug("event_feed_published", customer_id=str(customer_id), entries=appended)
         return appended
+
+    async def changed(self, customer_id: str, what: str) -> None:
+        """Tell the customer's open apps that `what` (e.g. "geofences") changed."""
+        room = await self.rooms.get(str(customer_id), FLEET_DOC)
+        stamp = time.time() * 1000
+
+        def edit(doc: pycrdt.Doc) -> None:
+            changes = doc.get(CHANGES, type=pycrdt.Map)
+            changes[what] = max(stamp, float(changes.get(what) or 0) + 1)  # strictly increasing per key
+
+        await room.write(edit)
 
     async def geofence_events(self, customer_id: str, vehicle_id: uuid.UUID, events: Sequence[Any]) -> None:
         """The tracking pipeline's listener (Pipeline.on_events): its newly recorded enter/exit

@@ -17,6 +17,7 @@ durable progress (exactly once).
     filter    duplicates and implied-speed jumps against the stored neighbours  filters.sequence
     quota     the plan's gps_points_per_day, per day of the fix (phase 1)       quota.cut
     geofence  enter/exit events over the batch's window, backfills included     geofences.transitions
+              (new and retracted ones announced to webhooks: the outbox)        announce, webhooks.outbox
     store     COPY into staging, INSERT ... ON CONFLICT DO NOTHING              storage.positions
     latest    vehicle_positions_latest moves forward only                       storage.positions
     confirm   the quota's phase 2: the allowance counted on is still there      quota.fits
@@ -57,7 +58,7 @@ from storage import usage as usage_store
 from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 from sync_server.domain.billing import plans
-from sync_server.domain.tracking import feedback, filters, quota
+from sync_server.domain.tracking import announce, feedback, filters, quota
 from sync_server.domain.tracking.geofences import (
     Event,
     GeofenceSet,
@@ -78,6 +79,7 @@ from sync_server.domain.tracking.points import (
     point_at,
     time_of,
 )
+from sync_server.domain.webhooks import outbox
 
 log = structlog.get_logger("sync_server.domain.tracking")
 
@@ -299,15 +301,15 @@ async def geofence_step(run: Run) -> None:
         key = (str(row["geofence_id"]), ms_from_datetime(row["time"]), row["event"])
         existing_keys.add(key)
         if key not in wanted_keys:
-            stale.append(row["id"])
+            stale.append(row)
     if stale:
-        await event_store.delete(conn, cid, stale)
+        await event_store.delete(conn, cid, [row["id"] for row in stale])
     new = [e for e in wanted if e.key not in existing_keys]
     if new:
         present = await event_store.lock_parents(conn, cid, vid, {e.geofence_id for e in new})
         new = [e for e in new if e.geofence_id in present]  # a geofence deleted meanwhile takes its events along
     if new:
-        await event_store.insert(
+        recorded = await event_store.insert(
             conn,
             cid,
             vid,
@@ -317,6 +319,10 @@ async def geofence_step(run: Run) -> None:
             [e.lat for e in new],
             [e.lng for e in new],
         )
+    else:
+        recorded = []
+    if stale or recorded:  # announced in this transaction: committed (or rolled back) with the events
+        await outbox.publish(conn, cid, announce.geofence_messages(vid, recorded, stale))
     run.outcome.events = new
 
 
