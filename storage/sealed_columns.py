@@ -38,6 +38,7 @@ SEALED_COLUMNS: tuple[SealedColumn, ...] = (
     # driver state: the dedicated server's superuser password (flyio, hetzner); a Redis URL if a driver keeps one
     SealedColumn("deployments", "config", "deployments.config", json_keys=("password", "redis_url")),
     SealedColumn("tenant_migrations", "source_url", "tenant_migrations.source_url"),
+    SealedColumn("webhook_endpoints", "secret", "webhook_endpoints.secret"),  # storage/webhooks.py
 )
 
 _BY_NAME = {(c.table, c.column): c for c in SEALED_COLUMNS}

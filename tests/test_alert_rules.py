@@ -31,6 +31,7 @@ REQUIRED = {
     "commit latency": "webhost_group_commit_seconds_bucket",
     "pipeline lag": "webhost_gps_pipeline_lag_seconds_bucket",
     "redis stream lag": "webhost_redis_stream_lag_seconds_bucket",
+    "webhook backlog": "webhost_webhook_queue_depth",
 }
 
 

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from storage import deployments as store
-from storage import sealing
+from storage import sealing, webhooks
 from sync_server.domain.provisioning import deployments, tenant_migration
 
 from .support import cloud_api, tenants
@@ -78,6 +78,15 @@ async def _raw(url: str, query: str, *args):
         await conn.close()
 
 
+async def _webhook(rt, customer_id, signing: str):
+    db = await rt.registry.for_customer(customer_id)  # a tenant table: on the customer's database
+    async with db.tenant(customer_id) as conn:
+        row = await webhooks.insert_endpoint(
+            conn, customer_id, url="https://example.com/hook", events=["*"], description="", secret=signing
+        )
+    return row["id"]
+
+
 async def test_after_provisioning_no_row_holds_a_plaintext_credential(database_url, tmp_path, pg_admin_url):
     password = "pw-" + secrets.token_hex(8)
     admin = _with_password(pg_admin_url, password)  # the test server trusts: the password is carried, not checked
@@ -109,8 +118,12 @@ async def test_after_provisioning_no_row_holds_a_plaintext_credential(database_u
             assert len(fly_password) > 16 and fly_password in fly["provisioned_url"]
             shown = deployments.public(fly)  # the API's view: neither the password nor the config key
             assert fly_password not in str(shown) and "password" not in shown["config"]
+            signing = "whsec_" + secrets.token_urlsafe(24)
+            hook = await _webhook(rt, cloud, signing)
+            async with rt.db.tenant(cloud) as conn:  # cloud is on the shared database (provisioned, not moved)
+                assert await webhooks.secrets_of(conn, [hook]) == {hook: signing}
 
-    hits = await plaintext_credentials(database_url, [password, fly_password])
+    hits = await plaintext_credentials(database_url, [password, fly_password, signing, signing[6:]])
     assert hits == [], f"plaintext credentials at rest: {hits}"
     sealed = await _raw(
         database_url,
@@ -182,6 +195,7 @@ async def test_rotate_key_reseals_every_value_and_the_server_still_reaches_the_d
         up = await tenant_migration.start(rt, cid, "single_tenant")
         await wait_migration(rt, cid, up["id"], "switched", "cleaned")
         dedicated = (await store.current(rt.db, cid))["database_url"]
+        hook = await _webhook(rt, cid, "whsec_rotated-secret")
     ring_a, ring_b = sealing.Keyring.from_text(KEY_A), sealing.Keyring.from_text(KEY_B)
 
     async def stored() -> list[str]:
@@ -204,6 +218,7 @@ async def test_rotate_key_reseals_every_value_and_the_server_still_reaches_the_d
     result = subprocess.run([EXE, "rotate-key"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert re.search(r"deployments.database_url +1 re-sealed", result.stdout), result.stdout
+    assert re.search(r"webhook_endpoints.secret +1 re-sealed", result.stdout), result.stdout
     assert f"every stored credential is sealed under key {ring_b.primary_id}" in result.stdout
     assert "ENCRYPTION_OLD_KEYS may now be emptied" in result.stdout
     assert KEY_A not in result.stdout + result.stderr and dedicated not in result.stdout + result.stderr
@@ -220,6 +235,7 @@ async def test_rotate_key_reseals_every_value_and_the_server_still_reaches_the_d
         assert db.dsn == dedicated and db is not rt.registry.shared
         async with db.tenant(cid) as conn:
             assert await conn.fetchval("SELECT count(*) FROM gps_positions WHERE customer_id = $1", cid) == 300
+            assert await webhooks.secrets_of(conn, [hook]) == {hook: "whsec_rotated-secret"}  # re-sealed there
 
 
 def test_sealed_values_are_bound_to_their_purpose_and_key():

@@ -190,6 +190,8 @@ class Runtime:
         # it) are sealed now, since SQL cannot encrypt with the application's key.
         await sealed_columns.reseal(self.db, rotate=False)
         await self.registry.reload()
+        for dedicated in await self.registry.dedicated():  # tenant tables with credentials move with customers
+            await sealed_columns.reseal(dedicated, rotate=False)
         if self.settings.redis_url:
             import redis.asyncio as aioredis
 

@@ -15,7 +15,8 @@ origin (websocket, http, remote, server), payload kind, close code (the codes of
 sync_server/sync/connection.py plus the peer's own), route *template* and method (the route
 table), HTTP status, GPS source (doc, osmand) and rejection reason (filters.REASONS, else
 "other"), database (shared, dedicated: every dedicated pool summed). Per-customer views come from
-the usage tables and the logs (every line carries the tenant id), not from this endpoint.
+the usage tables and the logs (every line carries the tenant id), not from this endpoint. The
+webhook backlog is counted for all customers together (migration 0121's webhost_webhook_backlog).
 
 Multi-node: every node serves its own numbers; Prometheus scrapes each node (it adds `instance`).
 """
@@ -192,10 +193,13 @@ class Metrics:
                 "current_setting('max_connections')::int AS max_connections, "
                 "pg_database_size(current_database()) AS size"
             )
+            backlog = await conn.fetchrow("SELECT pending, oldest_seconds FROM webhost_webhook_backlog()")
         self.db_stats = {
             "connections": row["connections"],
             "max_connections": row["max_connections"],
             "size": row["size"],
+            "webhook_pending": backlog["pending"],
+            "webhook_oldest": backlog["oldest_seconds"],
         }
 
     async def database_loop(self) -> None:
@@ -267,6 +271,14 @@ class _Collector:
         yield from self._persistence(rooms)
         yield from self._gps()
         yield from self._fanout(rt)
+        worker = getattr(rt, "webhooks", None)
+        if worker is not None:
+            attempts = _counter(
+                "webhost_webhook_attempts", "Webhook delivery attempts of this node, by result", ["result"]
+            )
+            attempts.add_metric(["delivered"], worker.delivered)
+            attempts.add_metric(["failed"], worker.failed)
+            yield attempts
         yield from self._pools(rt)
         yield from self._disk(rt)
 
@@ -348,6 +360,16 @@ class _Collector:
                 stats["max_connections"],
             )
             yield _gauge("webhost_database_size_bytes", "Size of the shared database", stats["size"])
+            yield _gauge(
+                "webhost_webhook_queue_depth",
+                "Webhook deliveries waiting (every customer, the shared database)",
+                stats["webhook_pending"],
+            )
+            yield _gauge(
+                "webhost_webhook_oldest_pending_seconds",
+                "Age of the oldest webhook delivery still waiting",
+                stats["webhook_oldest"],
+            )
 
     def _disk(self, rt):
         path = Path(rt.settings.data_dir).resolve()

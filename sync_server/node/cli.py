@@ -166,7 +166,7 @@ def cmd_generate_key(_args: argparse.Namespace) -> int:
 def cmd_rotate_key(_args: argparse.Namespace) -> int:
     """Re-seal every stored credential under ENCRYPTION_KEY (old values open with ENCRYPTION_OLD_KEYS)."""
     settings, url = _with_database(_settings())
-    from storage import Database, migrator, sealed_columns, sealing
+    from storage import Database, DatabaseRegistry, migrator, sealed_columns, sealing
 
     ring = settings.keyring()
     sealing.install(ring)
@@ -175,6 +175,7 @@ def cmd_rotate_key(_args: argparse.Namespace) -> int:
         await migrator.migrate(url)
         db = Database(url, settings.app_role(), min_size=1, max_size=1)
         await db.open(install_key=False)  # beside running servers: their scope key stays as it is
+        registry = DatabaseRegistry(db, dedicated_pool_max=1)
         try:
             async with db.operator("rotate_key_check") as conn:
                 if not await conn.fetchval("SELECT webhost_is_operator()"):
@@ -182,9 +183,15 @@ def cmd_rotate_key(_args: argparse.Namespace) -> int:
                         "the database does not accept this node's scope: run rotate-key with the servers' SECRET_KEY"
                     )
             counts = await sealed_columns.reseal(db, rotate=True)
-            return counts, await sealed_columns.pending(db)
+            left = await sealed_columns.pending(db)
+            await registry.reload()  # the shared database's routes are re-sealed (and open) by now
+            for dedicated in await registry.dedicated():  # tenant tables holding credentials (webhooks)
+                for name, n in (await sealed_columns.reseal(dedicated, rotate=True)).items():
+                    counts[name] += n
+                left += await sealed_columns.pending(dedicated)
+            return counts, left
         finally:
-            await db.close()
+            await registry.close()
 
     try:
         counts, left = asyncio.run(run())
