@@ -110,6 +110,10 @@ class RoomHooks:
     async def evict(self, room: Room) -> None:
         """The room is about to leave memory (idle, empty, durable)."""
 
+    async def refused(self, code: int, reason: str) -> None:
+        """A connection was closed with `code` before it joined a room (bad path, refused
+        credential, shutting down, the document could not be loaded)."""
+
 
 PERSISTENCE = -100  # priority of the persistence hook: first
 
@@ -189,3 +193,10 @@ class HookList:
 
     async def evict(self, room: Room) -> None:
         await self._each("evict", room)
+
+    async def refused(self, code: int, reason: str) -> None:
+        for h in self._hooks:
+            try:
+                await h.refused(code, reason)
+            except Exception:
+                log.exception("hook_failed", hook=type(h).__name__, stage="refused")
