@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
-from storage import Database, DatabaseRegistry, migrator, partitions
+from storage import Database, DatabaseRegistry, migrator, partitions, sealed_columns, sealing
 from sync_server.config import Settings
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
@@ -78,7 +78,9 @@ class Runtime:
         self.redis: Any = None
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
         self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
+        self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
         self.secret_key = settings.resolved_secret_key()
+        sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
         self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
@@ -89,6 +91,7 @@ class Runtime:
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
+        self.subscribe("credentials_changed", self.api_keys.on_credentials_changed)
         self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
         self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 
@@ -173,7 +176,13 @@ class Runtime:
             applied = await migrator.migrate(self.database_url)
             if applied:
                 log.info("migrations_applied", versions=applied)
-        await self.registry.open()
+        await self.db.open()
+        # Before the routes are read: credentials written before migration 0120 (or by a node without
+        # it) are sealed now, since SQL cannot encrypt with the application's key.
+        await sealed_columns.reseal(self.db, rotate=False)
+        await self.registry.reload()
+        for dedicated in await self.registry.dedicated():  # tenant tables with credentials move with customers
+            await sealed_columns.reseal(dedicated, rotate=False)
         if self.settings.redis_url:
             import redis.asyncio as aioredis
 

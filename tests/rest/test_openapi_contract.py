@@ -82,8 +82,9 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     assert doc["openapi"].startswith("3.1")
     ops = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     assert ("POST", "/api/v1/vehicles") in ops and ("POST", "/api/v1/sync-tokens") in ops
-    # 45 + 5 tracking + 2 documents + 8 provisioning/deployments/migrations + 4 ingest + 2 health
-    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops and len(ops) == 66
+    # the served url map equals the document: test_every_served_route_is_in_the_document (no count
+    # here: each branch that adds operations would have to edit it)
+    assert ("DELETE", "/api/v1/customers/{customer_id}") in ops
     create = doc["paths"]["/api/v1/vehicles"]["post"]
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
     assert create["security"] == [{"apiKey": []}, {"appSession": []}]  # an API key or the app's session cookie
