@@ -110,6 +110,9 @@ _TEST_MARKS = {
     ("test_shared_limits", "test_connection_limits_off_lets_everybody_in"): ("slow",),
     ("test_tenant_migration", "test_shared_to_dedicated_to_shared_with_live_writes"): ("slow",),
     ("test_provisioning_drivers", "test_local_deployment_one_active_per_customer_and_resume_after_crash"): ("slow",),
+    ("test_server", "test_embedded_postgres_of_a_killed_server_is_taken_over_and_stopped"): ("slow",),
+    ("test_transport_edges", "test_silent_pycrdt_listener_stays_connected_and_gets_the_next_edit"): ("slow",),
+    ("test_app_sessions", "test_customer_admin_manages_users_and_sign_out_or_new_password_ends_sessions"): ("slow",),
     ("test_hostile_input", "test_nan_presence_is_refused_and_a_stock_js_client_joining_stays_connected"): ("js",),
 }
 
