@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from quart import Blueprint, Response
 
 from storage import fleet_events as store
@@ -123,6 +123,9 @@ class VehicleTotals(Totals):
 
 
 class Summary(ResponseModel):
+    # written by alias: the document (serialization schema) says "from"/"to", like the query
+    model_config = ConfigDict(extra="ignore", serialize_by_alias=True)
+
     start: dt.datetime = Field(alias="from")
     end: dt.datetime = Field(alias="to")
     vehicles: list[VehicleTotals]

@@ -121,3 +121,21 @@ async def test_settings_validation_isolation_and_bad_queries(api):
         assert (await error_of(r))["code"]
     r = await api.get("/api/v1/reports/events", headers=c.auth, query_string={"type": "trip.exploded"})
     assert r.status_code == 422
+
+
+async def test_summary_names_its_range_from_and_to_as_documented(api):
+    """Found by schemathesis fuzzing every operation: the summary answered "start"/"end" while
+    the OpenAPI document (and the query) say "from"/"to"."""
+    c = await api.customer()
+    await _vehicle(api, c, "van-0")
+    r = await api.get(
+        "/api/v1/reports/summary",
+        headers=c.auth,
+        query_string={"from": "1999-12-25T00:00:00Z", "to": "2000-01-01T00:00:00Z"},
+    )
+    body = await r.get_json()
+    assert r.status_code == 200, body
+    assert (body["from"], body["to"]) == ("1999-12-25T00:00:00Z", "2000-01-01T00:00:00Z")
+    assert "start" not in body and "end" not in body
+    doc = await (await api.get("/api/openapi.json")).get_json()
+    assert set(doc["components"]["schemas"]["Summary"]["required"]) == set(body) == {"from", "to", "vehicles", "fleet"}
