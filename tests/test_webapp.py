@@ -2,13 +2,14 @@
 (MAP_TILE_URL=none: markers, trails and geofences on a plain background). webapp/test/scenario.mjs
 drives four browsers (two dispatchers, a viewer, another customer's dispatcher) and a tracker
 (yjs + y-websocket in Node); this test sets the customers up through REST and checks what the
-browsers saw. Screenshots are kept in the test's tmp directory (printed)."""
+browsers saw. Screenshots are kept in var/test-artifacts/webapp/ (printed)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,8 +83,9 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     _user(other, "eve@other.example", "admin")
     vehicle = acme.post("/api/v1/vehicles", json={"name": "van-7", "vehicle_identifier": "van-7"}).json()["id"]
     tracker = acme.post("/api/v1/sync-tokens", json={"docs": [f"tracks/{vehicle}/*"], "mode": "rw"}).json()["token"]
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = ROOT / "var" / "test-artifacts" / "webapp"  # kept after the run (pytest's tmp dirs rotate)
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
     config = {
         "base": server.base_url,
         "ws": server.ws_url,

@@ -52,7 +52,7 @@ const shot = (d, what) => d.page.screenshot({ path: `${cfg.shots}/${what}-${d.na
 const markerLng = (d) => d.page.evaluate((vid) => { const m = window.webapp.markers.get(vid); return m ? m.getLatLng().lng : null }, cfg.vehicle)
 const waitMarkerAt = (d, lng) => d.page.waitForFunction(([vid, x]) => {
   const m = window.webapp.markers.get(vid)
-  return m && Math.abs(m.getLatLng().lng - x) < 1e-9 && document.querySelector(`.vehicle[data-vehicle="${vid}"]`)
+  return m && Math.abs(m.getLatLng().lng - x) < 1e-9 && m.options.status === 'live' && m.options.heading === 90
 }, [cfg.vehicle, lng], { timeout: WAIT })
 
 // --- the tracker: a phone appending fixes to its track document ----------------------------------
