@@ -21,9 +21,9 @@ from sync_server.domain.accounts import passwords
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required
 from .calls import principal
-from .errors import ApiError, conflict, not_found
+from .errors import ApiError, conflict, found, not_found
 from .openapi import field_error, operation
-from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel
+from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel, omittable
 
 blueprint = Blueprint("accounts", __name__)
 
@@ -114,9 +114,9 @@ class UserCreate(RequestModel):
 
 
 class UserUpdate(RequestModel):
-    email: Email = None
-    name: str = Field(None, max_length=200)
-    role: Role = None
+    email: Email = omittable()
+    name: str = omittable(max_length=200)
+    role: Role = omittable()
     password: str | None = Field(None, min_length=8, max_length=1024, description="null removes the password")
 
 
@@ -222,7 +222,7 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
         raise _email_taken() from None
     for session_id in ended:  # their open websockets too (this node; others refuse them on connect)
         await runtime().publish("app_session_ended", customer_id=principal().customer_id, session_id=str(session_id))
-    return dict(row)
+    return found(row, "user")
 
 
 @blueprint.delete("/api/v1/users/<uuid:user_id>")

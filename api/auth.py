@@ -41,6 +41,7 @@ def bearer() -> str:
     return value.strip()
 
 
+API_KEY_PREFIX = "whk_"
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
@@ -50,11 +51,16 @@ async def authenticate_customer() -> api_keys.ApiKeyPrincipal | user_sessions.Se
         cookie = call.cookie(user_sessions.COOKIE)
         if cookie:
             return await authenticate_session(cookie)
+    raw = bearer()
     try:
         rt = runtime()
-        principal = await api_keys.authenticate(rt.registry, bearer(), cache=rt.api_keys)
+        principal = await api_keys.authenticate(rt.registry, raw, cache=rt.api_keys)
     except api_keys.KeyRejected as exc:
-        raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, exc.message) from None
+        message = exc.message
+        if exc.code == "invalid_api_key" and not raw.startswith(API_KEY_PREFIX):
+            # most often an operator's session token sent to a customer route
+            message = "this route needs a customer API key (whk_live_... or whk_test_...), not an operator token"
+        raise ApiError(401 if exc.code != "customer_suspended" else 403, exc.code, message) from None
     logs.bind(customer_id=principal.customer_id)
     return principal
 
@@ -78,6 +84,10 @@ async def authenticate_session(cookie: str) -> user_sessions.SessionPrincipal:
 
 async def authenticate_operator() -> OperatorPrincipal:
     raw = bearer()
+    if raw.startswith(API_KEY_PREFIX):
+        raise ApiError(
+            401, "unauthorized", "this route needs an operator token (POST /api/v1/auth/login), not a customer API key"
+        )
     row = await operator_sessions.find_active(runtime().db, hashlib.sha256(raw.encode()).digest())
     if row is None:
         raise ApiError(401, "unauthorized", "operator token is invalid or expired")

@@ -18,9 +18,9 @@ from sync_server.domain.billing import subscriptions as subscription_service
 
 from .auth import customer_required, operator_required
 from .calls import principal
-from .errors import ApiError, conflict, not_found
+from .errors import ApiError, conflict, found, not_found
 from .openapi import operation
-from .schemas import Metadata, RequestModel, ResponseModel
+from .schemas import Metadata, RequestModel, ResponseModel, omittable
 
 blueprint = Blueprint("billing", __name__)
 PLAN_TAGS = ["plans"]
@@ -50,17 +50,17 @@ class PlanCreate(PlanFields):
 
 
 class PlanUpdate(RequestModel):
-    name: str = Field(None, min_length=1, max_length=100)
+    name: str = omittable(min_length=1, max_length=100)
     price_cents: int = count_field(None)
-    currency: str = Field(None, pattern=r"^[a-z]{3}$")
+    currency: str = omittable(pattern=r"^[a-z]{3}$")
     vehicle_limit: int = count_field(None)
     driver_limit: int = count_field(None)
     geofence_limit: int = count_field(None)
-    gps_points_per_day: int = Field(None, ge=0, le=10**15)
-    retention_days: int = Field(None, ge=1, le=3650)
-    connection_limit: int = Field(None, ge=1, le=2_000_000_000)
-    features: Metadata = None
-    is_public: bool = None
+    gps_points_per_day: int = omittable(ge=0, le=10**15)
+    retention_days: int = omittable(ge=1, le=3650)
+    connection_limit: int = omittable(ge=1, le=2_000_000_000)
+    features: Metadata = omittable()
+    is_public: bool = omittable()
 
 
 class Plan(ResponseModel):
@@ -124,7 +124,7 @@ async def update_plan(plan_id: str, body: PlanUpdate):
         if current is None:
             raise not_found("plan")
         merged = {**dict(current), **changes}
-        return dict(await plan_store.update(conn, plan_id, merged))
+        return found(await plan_store.update(conn, plan_id, merged), "plan")
 
 
 @blueprint.delete("/api/v1/plans/<plan_id>")
@@ -174,6 +174,9 @@ class Usage(ResponseModel):
     geofences: Quota
     gps_points_today: Quota = Field(description="points recorded since 00:00 UTC against gps_points_per_day")
     storage_bytes: int = Field(description="bytes of document history and snapshots")
+    sync_frames_too_big_today: int = Field(
+        description="websocket frames refused since 00:00 UTC for passing SYNC_MAX_MESSAGE_BYTES (a client that cannot sync)"
+    )
 
 
 @blueprint.get("/api/v1/subscription")
@@ -239,4 +242,5 @@ async def usage():
         "geofences": {"used": used["geofences"], "limit": limits.geofences},
         "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
         "storage_bytes": used["storage_bytes"],
+        "sync_frames_too_big_today": used["sync_frames_too_big_today"],
     }

@@ -21,7 +21,7 @@ from .auth import operator_required
 from .calls import principal
 from .errors import conflict, not_found
 from .openapi import field_error, operation
-from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
+from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel, omittable
 
 blueprint = Blueprint("customers", __name__)
 TAGS = ["customers (operator)"]
@@ -39,9 +39,9 @@ class CustomerCreate(RequestModel):
 
 
 class CustomerUpdate(RequestModel):
-    name: str = Field(None, min_length=1, max_length=200)
+    name: str = omittable(min_length=1, max_length=200)
     email: Email | None = None
-    metadata: Metadata = None
+    metadata: Metadata = omittable()
 
 
 class CustomerQuery(PageQuery):

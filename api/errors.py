@@ -9,6 +9,8 @@ installed below, for the HEAD/OPTIONS/404/405 it still serves).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -38,6 +40,13 @@ class ApiError(Exception):
 
 def not_found(what: str = "resource") -> ApiError:
     return ApiError(404, "not_found", f"{what} not found")
+
+
+def found(row: Mapping[str, Any] | None, what: str = "resource") -> dict[str, Any]:
+    """The repository's row as a dict, or 404 when it found none."""
+    if row is None:
+        raise not_found(what)
+    return dict(row)
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -83,11 +92,11 @@ def install(app: Quart) -> None:
         status, body, headers = reply(err)
         return jsonify(body), status, headers
 
-    def _log_exception(_exc_info) -> None:
+    def _log_exception(_exc_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None]) -> None:
         """Quart's own log of an unhandled exception (stdlib, unstructured, no request id): the error
         handler above logs it instead, once."""
 
-    app.log_exception = _log_exception
+    app.log_exception = _log_exception  # type: ignore[method-assign,assignment]  # an instance attribute in place of the bound method
 
 
 def conflict(code: str, message: str, **details: Any) -> ApiError:

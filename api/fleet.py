@@ -27,9 +27,9 @@ from sync_server.domain.fleet import device_secrets, geofence_shapes
 from . import pagination
 from .auth import customer_required, customer_transaction
 from .calls import principal
-from .errors import ApiError, conflict, not_found
+from .errors import ApiError, conflict, found, not_found
 from .openapi import field_error, operation, validation_failed
-from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel
+from .schemas import Email, Metadata, Page, PageQuery, RequestModel, ResponseModel, omittable
 
 log = structlog.get_logger("api.fleet")
 
@@ -69,10 +69,10 @@ class VehicleCreate(RequestModel):
 
 
 class VehicleUpdate(RequestModel):
-    name: str = Field(None, min_length=1, max_length=200)
-    vehicle_identifier: str = Field(None, min_length=1, max_length=100)
-    vehicle_type: VehicleType = None
-    metadata: Metadata = None
+    name: str = omittable(min_length=1, max_length=200)
+    vehicle_identifier: str = omittable(min_length=1, max_length=100)
+    vehicle_type: VehicleType = omittable()
+    metadata: Metadata = omittable()
 
 
 class VehicleQuery(PageQuery):
@@ -166,7 +166,7 @@ async def update_vehicle(vehicle_id: uuid.UUID, body: VehicleUpdate):
             if current is None:
                 raise not_found("vehicle")
             merged = {**dict(current), **changes}
-            return dict(
+            return found(
                 await vehicle_store.update(
                     conn,
                     vehicle_id,
@@ -174,7 +174,8 @@ async def update_vehicle(vehicle_id: uuid.UUID, body: VehicleUpdate):
                     vehicle_identifier=merged["vehicle_identifier"],
                     vehicle_type=merged["vehicle_type"],
                     metadata=merged["metadata"],
-                )
+                ),
+                "vehicle",
             )
     except asyncpg.UniqueViolationError:
         raise _identifier_taken() from None
@@ -202,8 +203,15 @@ async def rotate_device_secret(vehicle_id: uuid.UUID):
 async def delete_vehicle(vehicle_id: uuid.UUID):
     async with customer_transaction() as conn:
         deleted = await vehicle_store.delete(conn, vehicle_id)
-    if not deleted:
+    if deleted is None:
         raise not_found("vehicle")
+    # Its track documents' open sockets close on every node (sync_server.domain.tracking.install).
+    await runtime().publish(
+        "vehicle_deleted",
+        customer_id=principal().customer_id,
+        vehicle_id=str(deleted["id"]),
+        identifier=deleted["vehicle_identifier"] or "",
+    )
 
 
 # --- drivers ------------------------------------------------------------------------------------
@@ -221,7 +229,7 @@ class DriverCreate(RequestModel):
 
 
 class DriverUpdate(RequestModel):
-    name: str = Field(None, min_length=1, max_length=200)
+    name: str = omittable(min_length=1, max_length=200)
     email: Email | None = None
     phone: Phone | None = None
     license_number: str | None = Field(None, min_length=1, max_length=64)
@@ -315,7 +323,7 @@ async def update_driver(driver_id: uuid.UUID, body: DriverUpdate):
             if "vehicle_id" in changes:
                 await _check_vehicle(conn, changes["vehicle_id"])
             m = {**dict(current), **changes}
-            return dict(
+            return found(
                 await driver_store.update(
                     conn,
                     driver_id,
@@ -324,7 +332,8 @@ async def update_driver(driver_id: uuid.UUID, body: DriverUpdate):
                     phone=m["phone"],
                     license_number=m["license_number"],
                     vehicle_id=m["vehicle_id"],
-                )
+                ),
+                "driver",
             )
     except asyncpg.UniqueViolationError:
         raise _driver_email_taken() from None
@@ -385,12 +394,12 @@ class GeofenceCreate(RootModel[Annotated[CircleGeofenceCreate | PolygonGeofenceC
 
 
 class GeofenceUpdate(RequestModel):
-    name: str = Field(None, min_length=1, max_length=200)
-    active: bool = None
-    metadata: Metadata = None
-    center: LatLng = Field(None, description="circles only")
-    radius_meters: Radius = Field(None, description="circles only")
-    polygon: GeoJSONPolygon = Field(None, description="polygons only")
+    name: str = omittable(min_length=1, max_length=200)
+    active: bool = omittable()
+    metadata: Metadata = omittable()
+    center: LatLng = omittable(description="circles only")
+    radius_meters: Radius = omittable(description="circles only")
+    polygon: GeoJSONPolygon = omittable(description="polygons only")
 
 
 class GeofenceQuery(PageQuery):
@@ -434,9 +443,13 @@ def _geofence_out(row) -> dict:
 def _geometry(kind: str, center: dict | None, radius: float | None, polygon: dict | None, field_prefix: str) -> dict:
     """The geometry columns (with bounding box) of a validated shape; 422 naming the bad position."""
     if kind == "circle":
+        if center is None or radius is None:  # never: the create schema and the stored circle give both
+            raise ValueError("a circle geofence needs a center and a radius")
         bbox = geofence_shapes.circle_bbox(center["lat"], center["lng"], radius)
         values = {"center_lat": center["lat"], "center_lng": center["lng"], "radius_meters": radius, "polygon": None}
     else:
+        if polygon is None:  # never: the create schema and the stored polygon give it
+            raise ValueError("a polygon geofence needs a polygon")
         problems = geofence_shapes.polygon_problems(polygon["coordinates"])
         if problems:
             raise validation_failed(

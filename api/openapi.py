@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, RootModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -184,7 +184,7 @@ def operation(
                 kwargs["body"] = await _parse_body(op.body)
             return _render(op, await handler(*args, **kwargs))
 
-        wrapper.__openapi__ = op
+        wrapper.__openapi__ = op  # type: ignore[attr-defined]  # read back with getattr (build, rest_endpoint)
         return wrapper
 
     return decorate
@@ -246,10 +246,10 @@ def build(app: Quart) -> dict:
         if op is None:
             continue
         path, params = _openapi_path(rule.rule)
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             ops.append((path, method.lower(), op, getattr(view, "__auth__", None), params))
 
-    models: list[tuple[type[BaseModel], str]] = [(ErrorBody, "serialization")]
+    models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [(ErrorBody, "serialization")]
     for _, _, op, _, _ in ops:
         if op.body is not None:
             models.append((op.body, "validation"))

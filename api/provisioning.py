@@ -156,19 +156,22 @@ async def recommendation(body: RecommendationIn):
         principal = await authenticate_customer()
         if body.customer_id is not None and str(body.customer_id) != principal.customer_id:
             raise ApiError(403, "forbidden", "an API key can only ask for its own customer")
-        customer_id = principal.customer_id
+        customer_id: str | None = principal.customer_id
     else:
         await authenticate_operator()
         customer_id = str(body.customer_id) if body.customer_id else None
     rt = runtime()
-    given = body.model_dump(exclude={"customer_id"}, exclude_none=True)
+    given: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in body.model_dump(exclude={"customer_id"}, exclude_none=True).items()
+    }
     if customer_id is None:
-        profile = Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+        profile = Profile(**given)
         return {**recommend(profile).as_dict(), "recorded": False}
     stored = await recommendations.stored_profile(rt, customer_id)
     if stored is None:
         raise not_found("customer")
-    profile = dataclasses.replace(stored, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    profile = dataclasses.replace(stored, **given)
     return {**await recommendations.record(rt, customer_id, profile, "request"), "recorded": True}
 
 

@@ -44,6 +44,14 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def omittable(**constraints: Any) -> Any:
+    """A field of an update body that may be left out (then it is None here and the stored value
+    stays) but is never null on the wire: the published schema has no null and a null is a 422.
+    Typed Any because the attribute is None exactly when the field was left out; handlers read
+    `model_dump(exclude_unset=True)`."""
+    return Field(None, **constraints)
+
+
 class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -123,6 +123,27 @@ class UpdateLog:
         self._task: asyncio.Task | None = None
         self.rows_written = 0
         self.transactions = 0
+        # Told (rows, seconds) after every committed transaction (the metrics extension).
+        self.on_transaction: Callable[[int, float], None] | None = None
+        self._commit_listeners: list[Callable[[str, int], None]] = []
+
+    def on_commit(self, listener: Callable[[str, int], None]) -> None:
+        """Call `listener(customer_id, committed)` after each commit of the customer's rows:
+        `committed` counts the customer's appended updates that are durable (in append order)."""
+        self._commit_listeners.append(listener)
+
+    def position(self, customer_id: str) -> int:
+        """How many updates of the customer were appended so far (the next one is this + 1)."""
+        return self._appended.get(customer_id, 0)
+
+    def _committed_rows(self, cid: str, rows: int) -> None:
+        self._committed[cid] += rows
+        self.rows_written += rows
+        for listener in self._commit_listeners:
+            try:
+                listener(cid, self._committed[cid])
+            except Exception:
+                log.exception("update_log_commit_listener_failed", customer_id=cid)
 
     # -- producers ----------------------------------------------------------------------------------
 
@@ -271,14 +292,17 @@ class UpdateLog:
                         await self._failed(cids[0], batch[cids[0]], exc)
                     continue
                 self.transactions += 1
+                rows = 0
                 for cid in cids:
-                    self._committed[cid] += len(batch[cid])
-                    self.rows_written += len(batch[cid])
+                    self._committed_rows(cid, len(batch[cid]))
+                    rows += len(batch[cid])
+                if self.on_transaction is not None:
+                    self.on_transaction(rows, time.perf_counter() - started)
                 log.debug(
                     "update_log_committed",
                     database=db.name,
                     customers=len(cids),
-                    rows=sum(len(batch[c]) for c in cids),
+                    rows=rows,
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             return all_ok
@@ -286,6 +310,7 @@ class UpdateLog:
             self._inflight = set()
 
     async def _write_one(self, db: Database, cid: str, rows: list[tuple[str, bytes]]) -> None:
+        started = time.perf_counter()
         try:
             async with db.pool.acquire() as conn:
                 async with conn.transaction():
@@ -294,8 +319,9 @@ class UpdateLog:
             await self._failed(cid, rows, exc)
             return
         self.transactions += 1
-        self._committed[cid] += len(rows)
-        self.rows_written += len(rows)
+        self._committed_rows(cid, len(rows))
+        if self.on_transaction is not None:
+            self.on_transaction(len(rows), time.perf_counter() - started)
 
     async def _failed(self, cid: str, rows: list[tuple[str, bytes]], exc: Exception) -> None:
         if isinstance(exc, asyncpg.ForeignKeyViolationError):

@@ -6,7 +6,7 @@ geofences with `lock_parents`, once per batch, and writes only events of the geo
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
@@ -15,7 +15,7 @@ async def in_window(
     conn: asyncpg.Connection, customer_id, vehicle_id, first: dt.datetime, last: dt.datetime
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, geofence_id, event, time FROM geofence_events "
+        "SELECT id, geofence_id, event, time, lat, lng FROM geofence_events "
         "WHERE customer_id = $1 AND vehicle_id = $2 AND time >= $3 AND time <= $4",
         customer_id,
         vehicle_id,
@@ -31,7 +31,7 @@ async def delete(conn: asyncpg.Connection, customer_id, ids: Sequence[int]) -> i
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Sequence) -> set:
+async def lock_parents(conn: asyncpg.Connection, customer_id, vehicle_id, geofence_ids: Collection) -> set:
     """Lock the vehicle and these geofences FOR KEY SHARE until the transaction ends (what a
     foreign key check would lock, once for the batch): a concurrent delete waits for it, and its
     trigger then removes the events written here. Returns the ids of the geofences that still
@@ -56,12 +56,13 @@ async def insert(
     times: Sequence[dt.datetime],
     lats: Sequence[float],
     lngs: Sequence[float],
-) -> int:
-    """Insert events given column-wise; returns how many were new."""
-    status = await conn.execute(
+) -> list[asyncpg.Record]:
+    """Insert events given column-wise; returns the new ones (id, geofence_id, event, time, lat, lng)."""
+    return await conn.fetch(
         "INSERT INTO geofence_events (customer_id, vehicle_id, geofence_id, event, time, lat, lng) "
         "SELECT $1, $2, g, e, t, la, ln FROM unnest($3::uuid[], $4::text[], $5::timestamptz[], "
-        "$6::double precision[], $7::double precision[]) AS u(g, e, t, la, ln) ON CONFLICT DO NOTHING",
+        "$6::double precision[], $7::double precision[]) AS u(g, e, t, la, ln) ON CONFLICT DO NOTHING "
+        "RETURNING id, geofence_id, event, time, lat, lng",
         customer_id,
         vehicle_id,
         list(geofence_ids),
@@ -70,7 +71,6 @@ async def insert(
         list(lats),
         list(lngs),
     )
-    return int(status.rsplit(" ", 1)[-1])
 
 
 async def page(

@@ -22,7 +22,17 @@ import asyncpg
 import numpy as np
 
 STAGE = "gps_positions_stage"
-_FIX = "time, lat, lng, speed, heading, accuracy, altitude"
+# speed/heading/accuracy/altitude are `real` (float32). Widened to a Python float they carry float32
+# noise (1.36 -> 1.3600000143051147) into every JSON answer and export; read through their text form
+# (PostgreSQL writes the shortest digits that give the same float32 back) they come out as recorded.
+_RECORDED = "::text::float8"
+
+
+def _float32_as_recorded(*columns: str, table: str = "") -> str:
+    return ", ".join(f"{table}{c}{_RECORDED} AS {c}" for c in columns)
+
+
+_FIX = "time, lat, lng, " + _float32_as_recorded("speed", "heading", "accuracy", "altitude")
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z, PostgreSQL's timestamp origin
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8  # signature, no flags, no header extension
 _COPY_TRAILER = b"\xff\xff"
@@ -198,8 +208,9 @@ async def upsert_latest(conn: asyncpg.Connection, customer_id, vehicle_id, fix: 
 
 async def latest_all(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT l.vehicle_id, v.name, v.vehicle_identifier, l.time, l.lat, l.lng, l.speed, l.heading, l.accuracy, "
-        "l.altitude, l.updated_at FROM vehicle_positions_latest l JOIN vehicles v ON v.id = l.vehicle_id "
+        "SELECT l.vehicle_id, v.name, v.vehicle_identifier, l.time, l.lat, l.lng, "
+        + _float32_as_recorded("speed", "heading", "accuracy", "altitude", table="l.")
+        + ", l.updated_at FROM vehicle_positions_latest l JOIN vehicles v ON v.id = l.vehicle_id "
         "ORDER BY v.name, l.vehicle_id"
     )
 

@@ -84,8 +84,9 @@ async def set_device_secret_hash(
     )
 
 
-async def delete(conn: asyncpg.Connection, vehicle_id) -> bool:
-    return await conn.execute("DELETE FROM vehicles WHERE id = $1", vehicle_id) != "DELETE 0"
+async def delete(conn: asyncpg.Connection, vehicle_id) -> asyncpg.Record | None:
+    """Delete the vehicle; its (id, vehicle_identifier), or None when there was none."""
+    return await conn.fetchrow("DELETE FROM vehicles WHERE id = $1 RETURNING id, vehicle_identifier", vehicle_id)
 
 
 async def tracker(

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from storage import AppRole
+    from storage.sealing import Keyring
 
 
 class ConfigError(ValueError):
@@ -86,8 +87,58 @@ def _text(name: str) -> Callable[[str], str]:
     return parse
 
 
-def _setting(env: str, default, parse=None, doc: str = ""):
-    return field(default=default, metadata={"env": env, "parse": parse or _text(env), "doc": doc})
+def _key(name: str, *, several: bool = False) -> Callable[[str], str]:
+    """A 32-byte base64 key (or a comma-separated list of them), checked at start."""
+
+    def parse(raw: str) -> str:
+        from storage.sealing import parse_key
+
+        for part in raw.split(",") if several else [raw]:
+            if several and not part.strip():
+                continue
+            try:
+                parse_key(part, name)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return raw.strip()
+
+    return parse
+
+
+def _setting(env: str, default, parse=None, doc: str = "", *, secret: bool = False):
+    """A setting read from `env`; `secret` ones are never printed (`webhost-sync env` says only
+    whether they are set)."""
+    return field(default=default, metadata={"env": env, "parse": parse or _text(env), "doc": doc, "secret": secret})
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+def _without_password(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+@dataclass(frozen=True)
+class Described:
+    """One line of `webhost-sync env`."""
+
+    name: str
+    value: str  # in effect
+    default: str
+    is_set: bool
+    doc: str
 
 
 @dataclass(frozen=True)
@@ -96,7 +147,7 @@ class Settings:
         "WEBHOST_ENV",
         "development",
         _choice("WEBHOST_ENV", "development", "production"),
-        "development or production; production requires SECRET_KEY",
+        "development or production; production requires SECRET_KEY and ENCRYPTION_KEY",
     )
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
@@ -110,6 +161,7 @@ class Settings:
     database_app_password: str | None = _setting(
         "DATABASE_APP_PASSWORD",
         None,
+        secret=True,
         doc="password the serving pools log in with as webhost_app (set on the role by the owner when it does "
         "not work yet); unset: no password (trust/peer, embedded PostgreSQL)",
     )
@@ -125,19 +177,56 @@ class Settings:
         lambda raw: Path(_text("DATA_DIR")(raw)),
         "embedded database folder and the dev secret key",
     )
-    secret_key: str | None = _setting("SECRET_KEY", None, doc="token signing key (>= 32 chars)")
+    secret_key: str | None = _setting(
+        "SECRET_KEY",
+        None,
+        secret=True,
+        doc="token signing key (>= 32 chars); unset in development: one generated once and kept in DATA_DIR",
+    )
+    encryption_key: str | None = _setting(
+        "ENCRYPTION_KEY",
+        None,
+        _key("ENCRYPTION_KEY"),
+        "AES-256-GCM key (32 bytes, base64; `webhost-sync generate-key`) sealing stored credentials "
+        "(dedicated database URLs, driver passwords); required in production; in development "
+        "generated once and kept in DATA_DIR/encryption_key",
+        secret=True,
+    )
+    encryption_old_keys: str | None = _setting(
+        "ENCRYPTION_OLD_KEYS",
+        None,
+        _key("ENCRYPTION_OLD_KEYS", several=True),
+        "comma-separated earlier ENCRYPTION_KEYs, kept only to open values until "
+        "`webhost-sync rotate-key` has re-sealed every row under ENCRYPTION_KEY",
+        secret=True,
+    )
+    metrics_token: str | None = _setting(
+        "METRICS_TOKEN",
+        None,
+        doc="GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; unset: only loopback clients are answered",
+        secret=True,
+    )
     log_format: str = _setting(
         "LOG_FORMAT",
         "",
         _choice("LOG_FORMAT", "json", "console"),
         "json or console; default console in development, json in production",
     )
-    log_level: str = _setting("LOG_LEVEL", "info", _choice("LOG_LEVEL", "debug", "info", "warning", "error"))
+    log_level: str = _setting(
+        "LOG_LEVEL",
+        "info",
+        _choice("LOG_LEVEL", "debug", "info", "warning", "error"),
+        "least severe log level written: debug, info, warning or error",
+    )
     migrate_on_start: bool = _setting(
         "MIGRATE_ON_START", True, _bool("MIGRATE_ON_START"), "serve applies pending migrations before accepting traffic"
     )
-    db_pool_min: int = _setting("DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000))
-    db_pool_max: int = _setting("DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000))
+    db_pool_min: int = _setting(
+        "DB_POOL_MIN", 2, _int("DB_POOL_MIN", 1, 1000), "connections each database pool keeps open"
+    )
+    db_pool_max: int = _setting(
+        "DB_POOL_MAX", 20, _int("DB_POOL_MAX", 1, 1000), "most connections of each database pool"
+    )
     partition_days_ahead: int = _setting(
         "PARTITION_DAYS_AHEAD",
         7,
@@ -235,9 +324,30 @@ class Settings:
 
     sync_max_message_bytes: int = _setting(
         "SYNC_MAX_MESSAGE_BYTES",
-        8 * 1024 * 1024,
-        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 256 * 1024 * 1024),
-        "largest websocket frame accepted; a bigger one closes that peer 1009",
+        64 * 1024 * 1024,
+        _int("SYNC_MAX_MESSAGE_BYTES", 1024, 1024 * 1024 * 1024),
+        "largest websocket frame accepted (a phone's whole offline day arrives as one); a "
+        "bigger one closes that peer 1009 with a reason, 4413 when it sends one again",
+    )
+    sync_frame_budget_bytes: int = _setting(
+        "SYNC_FRAME_BUDGET_BYTES",
+        64 * 1024 * 1024,
+        _int("SYNC_FRAME_BUDGET_BYTES", 64 * 1024, 64 * 1024**3),
+        "bytes of websocket frames being received and applied at once, node-wide; past it the "
+        "server stops reading large frames (TCP backpressure) until earlier ones are applied",
+    )
+    sync_refusal_hold: float = _setting(
+        "SYNC_REFUSAL_HOLD_SECONDS",
+        10.0,
+        _float("SYNC_REFUSAL_HOLD_SECONDS", 0, 25),
+        "a refused websocket (4401/4403/1013...) is held open this long before its close, so "
+        "clients that reconnect at once when a socket opens retry once per hold, not per 100 ms",
+    )
+    sync_refusal_hold_max: int = _setting(
+        "SYNC_REFUSAL_HOLD_MAX",
+        10_000,
+        _int("SYNC_REFUSAL_HOLD_MAX", 0, 10_000_000),
+        "refused websockets held at once per node; past it a refusal closes at once",
     )
     sync_send_queue_limit: int = _setting(
         "SYNC_SEND_QUEUE_LIMIT",
@@ -247,7 +357,7 @@ class Settings:
     )
     sync_send_queue_bytes: int = _setting(
         "SYNC_SEND_QUEUE_BYTES",
-        16 * 1024 * 1024,
+        64 * 1024 * 1024,
         _int("SYNC_SEND_QUEUE_BYTES", 64 * 1024, 4 * 1024**3),
         "bytes queued to one peer before it is closed 1013 (does not read); at "
         "least SYNC_MAX_MESSAGE_BYTES, so a relayed update of any accepted size fits",
@@ -289,12 +399,14 @@ class Settings:
         _url("PROVISION_LOCAL_ADMIN_URL", "postgresql", "postgres"),
         "server where the local driver creates dedicated databases (needs CREATEDB); default: DATABASE_URL's server",
     )
-    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver")
+    fly_api_token: str | None = _setting("FLY_API_TOKEN", None, doc="Fly.io token for the flyio driver", secret=True)
     fly_api_url: str = _setting(
         "FLY_API_URL", "https://api.machines.dev", _url("FLY_API_URL", "http", "https"), "Fly Machines API base URL"
     )
     fly_org: str = _setting("FLY_ORG", "personal", doc="Fly organization slug new apps are created in")
-    hcloud_token: str | None = _setting("HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver")
+    hcloud_token: str | None = _setting(
+        "HCLOUD_TOKEN", None, doc="Hetzner Cloud token for the hetzner driver", secret=True
+    )
     hcloud_api_url: str = _setting(
         "HCLOUD_API_URL",
         "https://api.hetzner.cloud/v1",
@@ -396,6 +508,82 @@ class Settings:
         "REST requests per credential per minute (across nodes with Redis); past it 429 with Retry-After; 0 disables",
     )
 
+    # Webhooks (sync_server/domain/webhooks): the delivery worker of every node.
+    webhook_allow_private_urls: bool = _setting(
+        "WEBHOOK_ALLOW_PRIVATE_URLS",
+        False,
+        _bool("WEBHOOK_ALLOW_PRIVATE_URLS"),
+        "allow webhook URLs that resolve to loopback, private, link-local or other non-public addresses "
+        "(refused by default, when created and at every delivery: SSRF); tests and local development set it",
+    )
+    webhook_concurrency: int = _setting(
+        "WEBHOOK_CONCURRENCY",
+        16,
+        _int("WEBHOOK_CONCURRENCY", 1, 1024),
+        "webhook deliveries in flight at once per node",
+    )
+    webhook_poll_seconds: float = _setting(
+        "WEBHOOK_POLL_SECONDS",
+        1.0,
+        _float("WEBHOOK_POLL_SECONDS", 0.01, 60),
+        "how often an idle delivery worker looks for due webhook deliveries",
+    )
+    webhook_connect_timeout: float = _setting(
+        "WEBHOOK_CONNECT_TIMEOUT_SECONDS",
+        5.0,
+        _float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 0.1, 60),
+        "a webhook receiver must accept the connection within this time",
+    )
+    webhook_timeout: float = _setting(
+        "WEBHOOK_TIMEOUT_SECONDS",
+        15.0,
+        _float("WEBHOOK_TIMEOUT_SECONDS", 0.2, 300),
+        "a webhook delivery (resolve, connect, send, answer) must finish within this time, else it failed",
+    )
+    webhook_max_response_bytes: int = _setting(
+        "WEBHOOK_MAX_RESPONSE_BYTES",
+        64 * 1024,
+        _int("WEBHOOK_MAX_RESPONSE_BYTES", 0, 16 * 1024 * 1024),
+        "bytes of a receiver's answer read at most (the rest is dropped, the connection closed)",
+    )
+    webhook_retry_base: float = _setting(
+        "WEBHOOK_RETRY_BASE_SECONDS",
+        5.0,
+        _float("WEBHOOK_RETRY_BASE_SECONDS", 0.01, 3600),
+        "first retry delay of a failed webhook delivery; doubles per attempt, with jitter",
+    )
+    webhook_retry_max_delay: float = _setting(
+        "WEBHOOK_RETRY_MAX_DELAY_SECONDS",
+        3600.0,
+        _float("WEBHOOK_RETRY_MAX_DELAY_SECONDS", 0.01, 86400),
+        "longest delay between two attempts of a webhook delivery",
+    )
+    webhook_retry_window: float = _setting(
+        "WEBHOOK_RETRY_WINDOW_SECONDS",
+        86400.0,
+        _float("WEBHOOK_RETRY_WINDOW_SECONDS", 0.1, 30 * 86400),
+        "a webhook delivery still failing this long after it was enqueued is dead-lettered",
+    )
+    webhook_disable_after: float = _setting(
+        "WEBHOOK_DISABLE_AFTER_SECONDS",
+        86400.0,
+        _float("WEBHOOK_DISABLE_AFTER_SECONDS", 0, 30 * 86400),
+        "an endpoint whose every attempt failed for this long (and WEBHOOK_DISABLE_AFTER_FAILURES times) "
+        "is disabled, with the reason shown to its owner",
+    )
+    webhook_disable_after_failures: int = _setting(
+        "WEBHOOK_DISABLE_AFTER_FAILURES",
+        20,
+        _int("WEBHOOK_DISABLE_AFTER_FAILURES", 1, 10**6),
+        "failed attempts in a row (over WEBHOOK_DISABLE_AFTER_SECONDS) that disable an endpoint",
+    )
+    webhook_document_interval: float = _setting(
+        "WEBHOOK_DOCUMENT_INTERVAL_SECONDS",
+        10.0,
+        _float("WEBHOOK_DOCUMENT_INTERVAL_SECONDS", 0.05, 86400),
+        "document.updated webhooks: at most one per document per this interval",
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -425,6 +613,11 @@ class Settings:
             raise ConfigError("SECRET_KEY must be at least 32 characters")
         if self.environment == "production" and self.secret_key is None:
             raise ConfigError("SECRET_KEY must be set when WEBHOST_ENV=production")
+        if self.environment == "production" and self.encryption_key is None:
+            raise ConfigError(
+                "ENCRYPTION_KEY must be set when WEBHOST_ENV=production: it seals the stored database "
+                "credentials (make one with `webhost-sync generate-key`, the same on every node)"
+            )
         return self
 
     @property
@@ -437,12 +630,27 @@ class Settings:
         """The signing key: SECRET_KEY, or in development one generated once and kept in DATA_DIR."""
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret_key"
+        return self._kept_key("secret_key", lambda: secrets.token_urlsafe(48))
+
+    def keyring(self) -> Keyring:
+        """The keys sealing stored credentials: ENCRYPTION_KEY (+ ENCRYPTION_OLD_KEYS), or in
+        development a key generated once and kept in DATA_DIR/encryption_key (nodes sharing a
+        database must share it: same DATA_DIR, or set ENCRYPTION_KEY)."""
+        from storage.sealing import Keyring, new_key
+
+        primary = self.encryption_key or self._kept_key("encryption_key", new_key)
+        return Keyring.from_text(primary, self.encryption_old_keys)
+
+    def _kept_key(self, name: str, make: Callable[[], str]) -> str:
+        path = self.data_dir / name
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key = make()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of this DATA_DIR made it first
+            return path.read_text().strip()
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key
@@ -455,5 +663,23 @@ class Settings:
 
     @classmethod
     def documented(cls) -> list[tuple[str, object, str]]:
-        """(variable, default, meaning) for every setting, used by `webhost-sync env`."""
+        """(variable, default, meaning) for every setting."""
         return [(f.metadata["env"], f.default, f.metadata["doc"]) for f in fields(cls)]
+
+    def described(self, env: Mapping[str, str]) -> list[Described]:
+        """Every setting as `webhost-sync env` prints it: the value in effect (secrets: only whether
+        set; URLs without their password), the default, whether `env` sets it, what it means."""
+        out = []
+        for f in fields(self):
+            name = f.metadata["env"]
+            value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                shown = "(set, hidden)" if value else "(unset)"
+            elif isinstance(value, str) and "://" in value:
+                shown = _without_password(value)
+            else:
+                shown = _shown(value)
+            if f.name == "log_format" and not value:
+                shown = f"{self.effective_log_format} (from WEBHOST_ENV)"
+            out.append(Described(name, shown, _shown(f.default), bool(env.get(name)), f.metadata["doc"]))
+        return out

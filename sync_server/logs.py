@@ -10,6 +10,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 _configured = False
 
@@ -17,13 +18,13 @@ _configured = False
 def configure(log_format: str = "console", level: str = "info") -> None:
     global _configured
     numeric = getattr(logging, level.upper(), logging.INFO)
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if log_format == "json":
-        renderer = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        renderer: list[Processor] = [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
     else:
         renderer = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(

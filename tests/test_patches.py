@@ -22,6 +22,8 @@ def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
         "decline_permessage_deflate",
         "coalesce_response_head",
         "fast_unmasking",
+        "status_reason_phrase",
+        "websocket_intake",
     }
     for patch in patches.PATCHES:
         assert patch.guard() is None, (patch.name, patch.guard())

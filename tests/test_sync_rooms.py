@@ -12,6 +12,7 @@ import pytest
 from storage import AppRole, Database, DatabaseRegistry, migrator
 from storage.documents import UpdateLog
 from sync_server.extensions.persistence import Persistence
+from sync_server.sync import protocol
 from sync_server.sync.connection import Connection
 from sync_server.sync.hooks import PERSISTENCE, REMOTE, RoomHooks
 from sync_server.sync.rooms import RoomRegistry
@@ -186,8 +187,13 @@ async def test_idle_connections_are_closed_1001(core, database_url):
     rooms.join(room, quiet)
     rooms.join(room, lively)
     quiet.last_seen -= 120
+    await asyncio.sleep(0.01)  # the senders took the join's frames
+    queued = lively.queued
     assert rooms.close_idle(60) == 1
-    assert quiet.close_code == 1001 and lively.close_code is None
+    assert quiet.close_code == 1001 and lively.close_code is None and lively.queued == queued
+    lively.last_seen -= 40  # quiet for more than half the timeout: asked for a sign of life
+    assert rooms.close_idle(60) == 0
+    assert lively.close_code is None and lively.queued == queued + 1
 
 
 async def test_the_send_queue_is_bounded_in_bytes_too(core, database_url):
@@ -235,3 +241,36 @@ async def test_awareness_client_ids_a_peer_makes_up_are_bounded(core, database_u
     assert len(room._awareness) <= MAX_AWARENESS_CLIENTS_PER_PEER + MAX_AWARENESS_REMOVED
     assert peer.close_code is None and not peer.awareness_ids
     await peer.stop()
+
+
+def _deletes(client: int, *ranges: tuple[int, int]) -> bytes:
+    """A delete-only update (no structs) deleting `ranges` (clock, length) of `client`, as encoded by hand."""
+    out = protocol.var_uint(0) + protocol.var_uint(1) + protocol.var_uint(client) + protocol.var_uint(len(ranges))
+    for clock, length in ranges:
+        out += protocol.var_uint(clock) + protocol.var_uint(length)
+    return out
+
+
+async def test_a_re_encoded_echo_of_deletions_is_neither_stored_nor_relayed(core, database_url):
+    """Same state vector and same delete set: nothing new, whatever its bytes (issue 15: pycrdt's
+    Provider echoes what it applies; an echo need not be byte-identical to what the room relayed)."""
+    rooms, log, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    rec = Recorder()
+    rooms.hooks.add(rec)
+    room = await rooms.get(customer.id, "notes")
+    author = pycrdt.Doc()
+    text = author.get("t", type=pycrdt.Text)
+    text += "hello world"
+    await room.apply(author.get_update())
+    client = author.client_id
+    await room.apply(_deletes(client, (0, 6)))  # "world" is left
+    assert str(room.ydoc.get("t", type=pycrdt.Text)) == "world" and len(rec.changes) == 2
+    version = room.version
+    for echo in (_deletes(client, (0, 3), (3, 3)), _deletes(client, (2, 4)), _deletes(client, (0, 6), (1, 2))):
+        await room.apply(echo)
+    assert room.version == version and len(rec.changes) == 2  # none stored, none relayed
+    await room.apply(_deletes(client, (4, 3)))  # overlaps: one more character is new
+    assert str(room.ydoc.get("t", type=pycrdt.Text)) == "orld" and len(rec.changes) == 3
+    await log.flush(customer.id)
+    assert (await sync_peers.stored_updates(database_url, customer, "notes"))[0] == 3

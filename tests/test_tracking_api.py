@@ -196,8 +196,66 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
             ]
             # materialized back then, while still inside the retention
             await pipeline.process(Batch(str(customer), vid, raw, source="osmand"), now=base + dt.timedelta(hours=1))
+    async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
+        hook = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
+            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            cid,
+        )
+        for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
+            await conn.execute(
+                "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at, "
+                "status, finished_at, created_at) VALUES ($1, $2, gen_random_uuid(), 'trip.started', '{}', $4, $3, $5, $4)",
+                cid,
+                hook,
+                status,
+                now - dt.timedelta(days=3),
+                finished,
+            )
     removed = await retention.run_once(registry, "hobby", batch_rows=7)
-    assert removed == {"positions": 25, "geofence_events": 2}
+    assert removed == {"positions": 25, "geofence_events": 2, "webhook_deliveries": 1}
+    assert await fleet.count(db, cid, "SELECT count(*) FROM webhook_outbox WHERE status = 'pending'") == 1
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 25
     assert await fleet.count(db, cid, "SELECT count(*) FROM geofence_events") == 2
     assert await fleet.count(db, keep_cid, "SELECT count(*) FROM gps_positions") == 50
+
+
+async def test_float32_columns_come_back_as_recorded_in_json_csv_and_latest(db, server):
+    """speed/heading/accuracy/altitude are stored as float32 (`real`): 1.36 must not come back as
+    1.3600000143051147, nor a max speed of 18.52 km/h (5.144444 m/s) as 5.144444465637207 (issue 21)."""
+    cid = await fleet.customer(db)
+    vid = await fleet.vehicle(db, cid)
+    registry = DatabaseRegistry(db)
+    await registry.reload()
+    day = START.date()
+    recorded = [
+        {"t": (START + dt.timedelta(hours=9, seconds=i)).isoformat(), "lat": 52.520008, "lng": 13.404954 + i * 1e-5}
+        | {"speed": speed, "heading": 359.9, "accuracy": 4.7, "alt": 34.1}
+        for i, speed in enumerate((1.36, 5.144444, 0.1))
+    ]
+    outcome = await Pipeline(registry).process(Batch(str(cid), vid, recorded, doc=f"tracks/{vid}/{day}", day=day))
+    assert outcome.stored == 3
+    key = await fleet.api_key(db, cid, ["tracking:read"])
+    rng = {"from": START.isoformat(), "to": (START + dt.timedelta(days=1)).isoformat()}
+    async with httpx.AsyncClient(base_url=server.base_url, headers=_h(key)) as http:
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params=rng)
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert [p["speed"] for p in data] == [1.36, 5.144444, 0.1]
+        assert {(p["heading"], p["accuracy"], p["altitude"]) for p in data} == {(359.9, 4.7, 34.1)}
+        assert '"speed":1.36,' in r.text.replace(" ", "") and "1.3600000143051147" not in r.text
+
+        r = await http.get(f"/api/v1/vehicles/{vid}/positions", params={**rng, "format": "csv"})
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert [row["speed"] for row in rows] == ["1.36", "5.144444", "0.1"]
+        assert {(row["heading"], row["accuracy"], row["altitude"]) for row in rows} == {("359.9", "4.7", "34.1")}
+        assert rows[0]["lat"] == "52.520008" and rows[0]["lng"] == "13.404954"
+
+        r = await http.get(f"/api/v1/vehicles/{vid}/daily-summary", params={"from": day.isoformat()})
+        assert r.status_code == 200, r.text
+        assert r.json()["data"][0]["max_speed"] == 5.144444
+
+        r = await http.get("/api/v1/positions/latest")
+        assert r.status_code == 200, r.text
+        [latest] = [v for v in r.json()["data"] if v["vehicle_id"] == str(vid)]
+        assert (latest["speed"], latest["accuracy"], latest["altitude"]) == (0.1, 4.7, 34.1), latest

@@ -8,6 +8,11 @@ Connects, syncs (step 1 / step 2), applies --set to Y.Map `m` and --push to Y.Ar
 update, sent as the doc emits it), waits for --wait-key to appear in `m` if asked, then prints the
 doc's `m` and `a` as one JSON line and leaves. Server-side integrations can instead use an API key:
 --api-key whk_live_... (sent as `Authorization: Bearer`).
+
+It needs pycrdt and websockets: run it with the server's virtualenv (`make install`, then
+`.venv/bin/python client-examples/python/sync_client.py ...`) or `pip install pycrdt websockets`.
+When the server closes the connection (1001 when it shuts down, 44xx when it refuses) or refuses
+the upgrade, it says so in one line on stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -15,10 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
-import pycrdt
-import websockets
-from pycrdt import YMessageType, YSyncMessageType, create_sync_message, create_update_message, handle_sync_message
+try:
+    import pycrdt
+    import websockets
+    from pycrdt import YMessageType, YSyncMessageType, create_sync_message, create_update_message, handle_sync_message
+except ImportError as exc:  # run with a Python that lacks the two libraries
+    sys.exit(
+        f"sync_client.py needs pycrdt and websockets ({exc.name} is missing): run it with the server's "
+        "virtualenv, .venv/bin/python client-examples/python/sync_client.py ..., or pip install pycrdt websockets"
+    )
+
+
+class Closed(Exception):
+    """The server closed the connection before the client was done."""
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -38,6 +54,12 @@ async def run(args: argparse.Namespace) -> dict:
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
 
         async def reader() -> None:
+            try:
+                await read_frames()
+            except websockets.ConnectionClosed:
+                pass  # `until` says how it closed
+
+        async def read_frames() -> None:
             nonlocal applying_remote
             async for frame in ws:
                 if frame[0] == YMessageType.SYNC:
@@ -53,13 +75,27 @@ async def run(args: argparse.Namespace) -> dict:
                 # awareness (1), auth (2) and anything else: not needed by this client
 
         async def writer() -> None:
-            while True:
-                await ws.send(await outgoing.get())
+            try:
+                while True:
+                    await ws.send(await outgoing.get())
+            except websockets.ConnectionClosed:
+                pass  # the reader ends too
 
         tasks = [asyncio.create_task(reader()), asyncio.create_task(writer())]
+
+        async def until(condition, what: str) -> None:
+            """Wait for `condition()` while the connection lasts, at most --timeout seconds."""
+            deadline = asyncio.get_running_loop().time() + args.timeout
+            while not condition():
+                if tasks[0].done():  # the reader ends when the server closes the connection
+                    raise Closed(f"server closed the connection ({ws.close_code} {ws.close_reason or ''}) {what}")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"{what}: nothing after {args.timeout:g} s")
+                await asyncio.sleep(0.02)
+
         try:
             await ws.send(create_sync_message(doc))
-            await asyncio.wait_for(synced.wait(), args.timeout)
+            await until(synced.is_set, "before the document synced")
             sub = doc.observe(on_update)
             for item in args.set or []:
                 key, _, value = item.partition("=")
@@ -67,13 +103,8 @@ async def run(args: argparse.Namespace) -> dict:
             for value in args.push or []:
                 a.append(json.loads(value))
             if args.wait_key:
-                deadline = asyncio.get_running_loop().time() + args.timeout
-                while args.wait_key not in m:
-                    if asyncio.get_running_loop().time() > deadline:
-                        raise TimeoutError(f"key {args.wait_key!r} never arrived")
-                    await asyncio.sleep(0.02)
-            while not outgoing.empty():
-                await asyncio.sleep(0.01)
+                await until(lambda: args.wait_key in m, f"while waiting for key {args.wait_key!r}")
+            await until(outgoing.empty, "before the edits were sent")
             doc.unobserve(sub)
         finally:
             await asyncio.sleep(0.05)
@@ -91,7 +122,17 @@ def main() -> None:
     parser.add_argument("--push", action="append", help="JSON value to append to Y.Array a")
     parser.add_argument("--wait-key", help="wait until this key is in m")
     parser.add_argument("--timeout", type=float, default=30.0)
-    print(json.dumps(asyncio.run(run(parser.parse_args()))))
+    try:
+        result = asyncio.run(run(parser.parse_args()))
+    except (Closed, TimeoutError) as exc:
+        sys.exit(f"sync_client.py: {exc}")
+    except websockets.ConnectionClosed as exc:
+        sys.exit(f"sync_client.py: server closed the connection ({exc.rcvd.code if exc.rcvd else 'no close frame'})")
+    except websockets.InvalidStatus as exc:
+        sys.exit(f"sync_client.py: the server refused the connection: HTTP {exc.response.status_code}")
+    except OSError as exc:
+        sys.exit(f"sync_client.py: cannot connect: {exc}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

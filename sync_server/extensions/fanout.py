@@ -34,6 +34,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -43,7 +44,7 @@ from storage import documents
 from sync_server.extensions import doc_rebuild
 from sync_server.sync import protocol
 from sync_server.sync.hooks import RoomHooks, is_remote
-from sync_server.sync.rooms import Room
+from sync_server.sync.rooms import SERVER_AWARENESS_ID, Room
 
 log = structlog.get_logger("sync_server.extensions.fanout")
 
@@ -106,6 +107,9 @@ class Fanout(RoomHooks):
         self._resync_again: set[Key] = set()
         self._tasks: list[asyncio.Task] = []
         self.stats = {"published": 0, "received": 0, "resyncs": 0, "reconnects": 0}
+        # Told the age (seconds) of every remote update when it is handled: now minus the time in its
+        # stream entry id (Redis's clock; the metrics extension's stream lag).
+        self.on_lag: Callable[[float], None] | None = None
 
     def stream(self, key: Key) -> str:
         return f"{self.prefix}doc:{key[0]}:{key[1]}"
@@ -284,8 +288,8 @@ class Fanout(RoomHooks):
 
     async def _read_once(self) -> None:
         streams: dict[Any, Any] = {self.wake_key: "$"}
-        for key, position in self._positions.items():
-            streams[self.stream(key)] = position
+        for open_key, position in self._positions.items():
+            streams[self.stream(open_key)] = position
         response = await self.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)
         for name, entries in response or ():
             key = self._streams.get(name if isinstance(name, bytes) else name.encode())
@@ -319,6 +323,8 @@ class Fanout(RoomHooks):
         self.stats["received"] += 1
         try:
             if kind == UPDATE:
+                if self.on_lag is not None:
+                    self.on_lag(time.time() - _entry_id(entry_id)[0] / 1000)
                 self._writers.setdefault(key, set()).add(node.decode())
                 await room.apply_remote(data)
             elif kind == AWARENESS:
@@ -339,6 +345,8 @@ class Fanout(RoomHooks):
             return
         sources = self._sources.setdefault(key, {})
         for client, _clock, state in msg.entries:
+            if client == SERVER_AWARENESS_ID:
+                continue  # the server's own state belongs to every node: never reaped with one
             if state is None:
                 if sources.get(client) == node:
                     del sources[client]
@@ -388,9 +396,9 @@ class Fanout(RoomHooks):
         """Remove the presence that nodes which stopped beating introduced."""
         if time.monotonic() - self.connected_since < self.dead_after:
             return  # after a Redis restart, give live nodes time to beat again
-        nodes = {n for sources in self._sources.values() for n in sources.values()}
-        nodes.update(n for writers in self._writers.values() for n in writers)
-        nodes = sorted(nodes - {self.node})
+        seen = {n for sources in self._sources.values() for n in sources.values()}
+        seen.update(n for writers in self._writers.values() for n in writers)
+        nodes = sorted(seen - {self.node})
         if not nodes:
             return
         beats = await self.redis.mget([alive_key(self.prefix, n) for n in nodes])

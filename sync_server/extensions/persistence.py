@@ -4,11 +4,20 @@ whose log tail grows past COMPACT_AFTER_UPDATES is compacted off the hot path.
 
 Always resolves the customer's database through the registry (a customer may live on a dedicated
 database, and may move while its writes are held by `paused`).
+
+Durable acknowledgements (a connection opened with `?ack=1`): each update message of such a
+connection leaves a mark (the customer's log position once it was handled, the connection's count
+of update messages); after the group commit that reaches that position the connection is sent a
+control.DURABLE message with the count. An update that was held (it builds on structs the room does
+not have) leaves no mark until it is applied; one that brought nothing new is durable with whatever
+was appended before it. Content the room already had from another node is that node's to commit
+(within its SYNC_COMMIT_WINDOW_MS): an acknowledgement covers what this node's log holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +28,8 @@ import structlog
 from storage import documents
 from storage.registry import DatabaseRegistry
 from sync_server.extensions.doc_rebuild import merge
+from sync_server.sync import control
+from sync_server.sync.connection import Connection
 from sync_server.sync.hooks import RoomHooks, is_remote
 from sync_server.sync.rooms import Room
 
@@ -53,6 +64,13 @@ class Persistence(RoomHooks):
         self.compact_interval = compact_interval
         self._compacting: dict[tuple[str, str], asyncio.Task] = {}
         self._running: set[tuple[str, str]] = set()  # compactions past their wait, touching the database
+        self.compactions = 0  # counted for the metrics extension
+        self.compaction_failures = 0
+        self.compacted_rows = 0
+        # Durable acknowledgements waiting for a commit, per customer, in log order:
+        # (log position, connection, its count of update messages).
+        self._marks: dict[str, deque[tuple[int, Connection, int]]] = {}
+        update_log.on_commit(self._committed)
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
@@ -78,6 +96,44 @@ class Persistence(RoomHooks):
         backlog.bytes += len(update)
         if self._due(room) and (room.customer_id, room.doc) not in self._compacting:
             self._compact_soon(room)
+        session = getattr(origin, "session", None)
+        if session is not None and session.acks:  # a held update of this connection applied at last
+            self._mark(room, origin)
+
+    async def received(self, room: Room, connection: Connection) -> None:
+        self._mark(room, connection)
+
+    # -- durable acknowledgements -----------------------------------------------------------------
+
+    def _mark(self, room: Room, conn: Connection) -> None:
+        session = conn.session
+        if room.holds_from(conn) or session.received <= session.acked:
+            return
+        cid = room.customer_id
+        position = self.log.position(cid)
+        marks = self._marks.setdefault(cid, deque())
+        if marks and marks[-1][0] == position and marks[-1][1] is conn:
+            marks[-1] = (position, conn, session.received)  # the same log position: one mark
+        else:
+            marks.append((position, conn, session.received))
+        if self.log.pending(cid) == 0:
+            self._committed(cid, position)  # nothing of it waits for a commit (a duplicate, say)
+
+    def _committed(self, customer_id: str, committed: int) -> None:
+        marks = self._marks.get(customer_id)
+        if not marks:
+            return
+        due: dict[Connection, int] = {}
+        while marks and marks[0][0] <= committed:
+            _, conn, count = marks.popleft()
+            due[conn] = count
+        if not marks:
+            del self._marks[customer_id]
+        for conn, count in due.items():
+            session = conn.session
+            if conn.close_code is None and count > session.acked:
+                session.acked = count
+                conn.enqueue(control.durable_frame(count))
 
     async def store(self, room: Room) -> None:
         await self.log.flush(room.customer_id)
@@ -119,8 +175,11 @@ class Persistence(RoomHooks):
             merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             backlog.rows = max(0, backlog.rows - merged)
             backlog.bytes = max(0, backlog.bytes - merged_bytes)
+            self.compactions += 1
+            self.compacted_rows += merged
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
+            self.compaction_failures += 1
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
         finally:
             self._running.discard((room.customer_id, room.doc))

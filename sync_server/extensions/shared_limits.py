@@ -139,7 +139,6 @@ class ConnectionLimit(RoomHooks):
         taken = await self._take_slot(cid, limit)
         if not taken:
             self._held[cid] -= 1
-            log.info("connection_limit_reached", customer_id=cid, limit=limit)
             raise Refused(TRY_AGAIN_LATER, f"connection limit of the plan reached ({limit})")
         self._unclaimed[cid].append(time.monotonic())
 

@@ -20,21 +20,30 @@ from api import (
     health,
     ingest,
     json_provider,
+    metrics,
     openapi,
     rest_endpoint,
     webapp,
 )
 from api import provisioning as provisioning_api
+from api import reports as reports_api
 from api import tracking as tracking_api
+from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
 from sync_server.config import Settings
-from sync_server.domain import provisioning, tracking
+from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
+from sync_server.domain.billing import plans as billing_usage
 from sync_server.domain.runtime import Runtime
+from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
+from sync_server.extensions import metrics as node_metrics
+from sync_server.extensions.document_changes import DocumentChanges
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
+from sync_server.sync.intake import FrameBudget
+from sync_server.sync.refusals import Refusals
 from sync_server.sync.rooms import RoomRegistry
 
 log = structlog.get_logger("sync_server.node.app")
@@ -62,11 +71,18 @@ def create_app(settings: Settings) -> Quart:
         rt
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(reports_api.blueprint)
     app.register_blueprint(ingest.blueprint)
+    app.register_blueprint(webhooks_api.blueprint)
+    rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
+    _announce_document_changes(rt)  # document.updated webhooks, debounced per document
     app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
+    # GET /metrics: counted through the hooks and callbacks of the parts wired above
+    measured = node_metrics.install(rt)
+    app.register_blueprint(metrics.blueprint)
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
-    rest_endpoint.install(app, rt)
+    rest_endpoint.install(app, rt, measured.observe_request)
 
     @app.before_serving
     async def _start() -> None:
@@ -77,6 +93,15 @@ def create_app(settings: Settings) -> Quart:
         await rt.stop()
 
     return app
+
+
+def _announce_document_changes(runtime: Runtime) -> None:
+    interval = runtime.settings.webhook_document_interval
+    assert runtime.rooms is not None and runtime.update_log is not None
+    changes = DocumentChanges(DocumentAnnouncer(runtime.registry, interval), interval, flush=runtime.update_log.flush)
+    runtime.rooms.hooks.add(changes)
+    # after the rooms closed (drain) and before the update log stops (stop hooks run in reverse)
+    runtime.on_stop(changes.drain)
 
 
 def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
@@ -115,6 +140,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
             closed = rooms.close_idle(settings.sync_idle_timeout)
             if closed:
                 log.info("sync_idle_closed", connections=closed)
+            await rooms.renew_server_awareness()  # the server's own state outlives peers' timeouts
 
     async def suspended(customer_id, **_ignored) -> None:
         await rooms.close_customer(str(customer_id))
@@ -130,12 +156,32 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
 
     runtime.subscribe("app_session_ended", session_ended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
-    app.asgi_app = SyncEndpoint(
+    endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,
         access,
         max_message=settings.sync_max_message_bytes,
         queue_limit=settings.sync_send_queue_limit,
         queue_bytes=settings.sync_send_queue_bytes,
+        budget=FrameBudget(settings.sync_frame_budget_bytes),
+        refusals=Refusals(hold=settings.sync_refusal_hold, max_held=settings.sync_refusal_hold_max),
+        on_too_big=lambda customer_id, doc, size: billing_usage.count_frame_too_big(runtime.registry, customer_id),
     )
+    app.asgi_app = endpoint  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
+
+    # Live sockets follow their credentials (on every node: these events cross the control channel).
+    # The key cache forgot the key before this runs (Runtime subscribed it first).
+    async def key_revoked(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id), "api_key")
+
+    async def credentials_changed(customer_id, **_ignored) -> None:
+        await endpoint.credentials.revalidate(str(customer_id))
+
+    runtime.subscribe("api_key_revoked", key_revoked)
+    runtime.subscribe("credentials_changed", credentials_changed)
+
+    async def resubscribed(**_ignored) -> None:  # the control channel was lost: events may be missed
+        await endpoint.credentials.revalidate_all()
+
+    runtime.subscribe("control_resubscribed", resubscribed)
     return rooms

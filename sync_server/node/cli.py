@@ -1,4 +1,4 @@
-"""`webhost-sync` command line: serve, migrate, create-operator, env."""
+"""`webhost-sync` command line: serve, migrate, create-operator, env, generate-key, rotate-key."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 
 from sync_server import logs
 from sync_server.config import ConfigError, Settings
 from sync_server.node import migrate_tenant_cli, patches
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config, Sockets
 
 log = structlog.get_logger("sync_server.node.cli")
 
@@ -29,10 +34,11 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_database(settings: Settings) -> Settings:
-    """The settings with DATABASE_URL resolved: given, or the embedded server started under DATA_DIR."""
+def _with_database(settings: Settings) -> tuple[Settings, str]:
+    """The settings with DATABASE_URL resolved (given, or the embedded server started under
+    DATA_DIR), and that URL."""
     if settings.database_url:
-        return settings
+        return settings, settings.database_url
     from storage import embedded
 
     try:
@@ -41,17 +47,25 @@ def _with_database(settings: Settings) -> Settings:
         print(f"webhost-sync: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"webhost-sync: embedded PostgreSQL in {(settings.data_dir / 'postgres').resolve()}", file=sys.stderr)
-    return dataclasses.replace(settings, database_url=url)
+    return dataclasses.replace(settings, database_url=url), url
+
+
+def _bind(config: Config) -> Sockets:
+    """The listening sockets, bound before anything else starts (the embedded database, the
+    runtime's tasks): a busy port is one line naming it and exit code 2, nothing logged as started."""
+    try:
+        return config.create_sockets()
+    except OSError as exc:
+        print(f"webhost-sync: cannot listen on {', '.join(config.bind)}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
-    from hypercorn.asyncio import serve
+    settings = _settings()
+    from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Config
+    from hypercorn.utils import wrap_app
 
-    from sync_server.node.app import create_app
-
-    app = create_app(settings)
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.shutdown_timeout
@@ -59,13 +73,24 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")
     # No Hypercorn pings: its ping task sleeps a whole interval after the socket closes, so every
     # closed websocket lingers (and SIGTERM waits) that long (measured: 26 s shutdown at 25 s).
-    # Dead peers are found by the sync layer's idle timeout instead (y-websocket clients renew
-    # awareness every 15 s).
+    # Dead peers are found by the sync layer's idle timeout instead: it pings a connection quiet for
+    # half of SYNC_IDLE_TIMEOUT_SECONDS itself (RoomRegistry.close_idle) and pings and pongs count as
+    # activity (patches: websocket_intake), so a silent listener that answers pings stays.
     config.websocket_ping_interval = None
-    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself (1009, logged with tenant and room).
-    config.websocket_max_message_size = settings.sync_max_message_bytes * 2
+    # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself while a frame arrives (patches:
+    # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the
+    # same value, so it never refuses a frame the setting allows (without the patch it is the limit).
+    config.websocket_max_message_size = settings.sync_max_message_bytes
+    sockets = _bind(config)
+    settings, _url = _with_database(settings)
+
+    from sync_server.node.app import create_app
+
+    app = create_app(settings)
     patches.apply_all()
     rt = app.extensions["webhost"]
+    [listening, *_] = [*sockets.insecure_sockets, *sockets.secure_sockets]
+    host, port = listening.getsockname()[:2]
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -78,13 +103,16 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
-        log.info("listening", url=f"http://{settings.host}:{settings.port}")
+        log.info("listening", url=f"http://{host}:{port}")
         # What start-up allocated (modules, the app, schemas: ~90k objects) lives as long as the
         # process; frozen, the full collections that run now and then under traffic stop walking it
         # (measured: gen-2 pauses of up to 450 ms at 500 req/s on a loaded machine, 86 ms frozen).
         gc.collect()
         gc.freeze()
-        await serve(app, config, shutdown_trigger=stop.wait)
+        # hypercorn.asyncio.serve, given the sockets bound above (serve itself binds only after
+        # the app's start-up ran).
+        app_wrapper = wrap_app(app, config.wsgi_max_body_size, None)
+        await worker_serve(app_wrapper, config, sockets=sockets, shutdown_trigger=stop.wait)
 
     if settings.event_loop == "uvloop":
         import uvloop
@@ -96,24 +124,24 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    _settings_used, url = _with_database(_settings())
     from storage import migrator
 
-    applied = asyncio.run(migrator.migrate(settings.database_url))
+    applied = asyncio.run(migrator.migrate(url))
     print(f"applied {len(applied)} migration(s)" + (f": {', '.join(map(str, applied))}" if applied else ""))
     return 0
 
 
 def cmd_create_operator(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings, url = _with_database(_settings())
     from storage import Database, migrator, platform_users
     from sync_server.domain.accounts.passwords import hash_password
 
     async def run() -> str:
-        await migrator.migrate(settings.database_url)
+        await migrator.migrate(url)
         # platform tables only, beside running servers: leave their scope key as it is (this
         # command may run without their SECRET_KEY, e.g. in development with another DATA_DIR key)
-        db = Database(settings.database_url, settings.app_role(), min_size=1, max_size=1)
+        db = Database(url, settings.app_role(), min_size=1, max_size=1)
         await db.open(install_key=False)
         try:
             return await platform_users.upsert(db, args.email, hash_password(args.password), args.role)
@@ -129,9 +157,68 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_key(_args: argparse.Namespace) -> int:
+    from storage.sealing import new_key
+
+    print(new_key())
+    return 0
+
+
+def cmd_rotate_key(_args: argparse.Namespace) -> int:
+    """Re-seal every stored credential under ENCRYPTION_KEY (old values open with ENCRYPTION_OLD_KEYS)."""
+    settings, url = _with_database(_settings())
+    from storage import Database, DatabaseRegistry, migrator, sealed_columns, sealing
+
+    ring = settings.keyring()
+    sealing.install(ring)
+
+    async def run() -> tuple[dict[str, int], int]:
+        await migrator.migrate(url)
+        db = Database(url, settings.app_role(), min_size=1, max_size=1)
+        await db.open(install_key=False)  # beside running servers: their scope key stays as it is
+        registry = DatabaseRegistry(db, dedicated_pool_max=1)
+        try:
+            async with db.operator("rotate_key_check") as conn:
+                if not await conn.fetchval("SELECT webhost_is_operator()"):
+                    raise RuntimeError(
+                        "the database does not accept this node's scope: run rotate-key with the servers' SECRET_KEY"
+                    )
+            counts = await sealed_columns.reseal(db, rotate=True)
+            left = await sealed_columns.pending(db)
+            await registry.reload()  # the shared database's routes are re-sealed (and open) by now
+            for dedicated in await registry.dedicated():  # tenant tables holding credentials (webhooks)
+                for name, n in (await sealed_columns.reseal(dedicated, rotate=True)).items():
+                    counts[name] += n
+                left += await sealed_columns.pending(dedicated)
+            return counts, left
+        finally:
+            await registry.close()
+
+    try:
+        counts, left = asyncio.run(run())
+    except (RuntimeError, sealing.SealError) as exc:
+        print(f"webhost-sync: {exc}", file=sys.stderr)
+        return 2
+    for name, n in counts.items():
+        print(f"{name:34} {n} re-sealed")
+    print(f"every stored credential is sealed under key {ring.primary_id}" if not left else f"{left} value(s) left")
+    if not left and ring.old:
+        print("ENCRYPTION_OLD_KEYS may now be emptied (restart the nodes after)")
+    return 0 if not left else 1
+
+
 def cmd_env(_args: argparse.Namespace) -> int:
-    for name, default, doc in Settings.documented():
-        print(f"{name:32} default={default!s:12} {doc}")
+    """Every variable: the value in effect (from the environment, else the default), the default,
+    `*` on those set, and what it means. Secrets are shown as set or not, never their value."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"webhost-sync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print("NAME = value in effect (default when unset); * marks the variables set in the environment")
+    for item in settings.described(os.environ):
+        default = "" if item.value == item.default else f"  (default {item.default})"
+        print(f"{'*' if item.is_set else ' '} {item.name} = {item.value}{default}\n      {item.doc}")
     return 0
 
 
@@ -144,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--email", required=True)
     op.add_argument("--password", required=True)
     op.add_argument("--role", choices=("admin", "staff"), default="admin")
-    sub.add_parser("env", help="list every environment variable with its default")
+    sub.add_parser("env", help="list every environment variable: the value in effect, its default, its meaning")
+    sub.add_parser("generate-key", help="print a new ENCRYPTION_KEY")
+    sub.add_parser(
+        "rotate-key",
+        help="re-seal every stored credential under ENCRYPTION_KEY (the old key listed in ENCRYPTION_OLD_KEYS)",
+    )
     migrate_tenant_cli.add_parser(sub)
     args = parser.parse_args(argv)
     handler = {
@@ -152,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "create-operator": cmd_create_operator,
         "env": cmd_env,
+        "generate-key": cmd_generate_key,
+        "rotate-key": cmd_rotate_key,
         "migrate-tenant": migrate_tenant_cli.run,
     }[args.command]
     return handler(args)

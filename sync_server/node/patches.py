@@ -157,6 +157,60 @@ def _head_active() -> bool:
     return getattr(H11Protocol, "coalesces_response_head", False)
 
 
+# -- status lines with their reason phrase ------------------------------------------------------
+
+
+def _reason_guard() -> str | None:
+    try:
+        from h11 import _writers
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    if getattr(_writers, "writes_reason_phrase", False):
+        return None
+    from h11._state import IDLE, SEND_RESPONSE, SERVER
+
+    writers = getattr(_writers, "WRITERS", None)
+    original = getattr(_writers, "write_any_response", None)
+    if not isinstance(writers, dict) or original is None:
+        return "h11._writers.WRITERS / write_any_response are gone"
+    if writers.get((SERVER, IDLE)) is not original or writers.get((SERVER, SEND_RESPONSE)) is not original:
+        return "h11 no longer writes server responses with write_any_response"
+    if not {"status_code", "reason", "write_headers", "headers", "http_version"} <= _names(original):
+        return "write_any_response no longer writes status_code, reason and write_headers"
+    return None
+
+
+def _reason_install() -> None:
+    """h11 writes `HTTP/1.1 201 ` when the response has no reason, and Hypercorn never gives one:
+    some clients and proxies log such status lines as malformed (issue 21). Write the standard
+    phrase (`HTTP/1.1 201 Created`) when the response carries none."""
+    from http import HTTPStatus
+
+    from h11 import _writers
+    from h11._state import IDLE, SEND_RESPONSE, SERVER
+    from h11._util import LocalProtocolError
+
+    phrases = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+    write_headers = _writers.write_headers
+
+    def write_any_response(response, write) -> None:
+        if response.http_version != b"1.1":
+            raise LocalProtocolError("I only send HTTP/1.1")
+        reason = response.reason or phrases.get(response.status_code, b"")
+        write(b"HTTP/1.1 %d %s\r\n" % (response.status_code, reason))
+        write_headers(response.headers, write)
+
+    _writers.WRITERS[(SERVER, IDLE)] = write_any_response
+    _writers.WRITERS[(SERVER, SEND_RESPONSE)] = write_any_response
+    _writers.writes_reason_phrase = True  # type: ignore[attr-defined]
+
+
+def _reason_active() -> bool:
+    from h11 import _writers
+
+    return getattr(_writers, "writes_reason_phrase", False)
+
+
 # -- client frames unmasked by 32-bit words -----------------------------------------------------
 
 
@@ -217,10 +271,97 @@ def _unmask_active() -> bool:
     return getattr(frame_protocol.XorMaskerSimple, "unmasks_words", False)
 
 
+# -- websocket intake: frame budget, hard limit while a frame arrives, pings as activity -------
+
+
+def _intake_guard() -> str | None:
+    try:
+        from hypercorn.protocol import ws_stream
+        from wsproto.events import CloseConnection, Message, Ping, Pong  # noqa: F401
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    stream = getattr(ws_stream, "WSStream", None)
+    if getattr(stream, "reads_sync_intake", False):
+        return None
+    handle = getattr(stream, "_handle_events", None)
+    buffer = getattr(ws_stream, "WebsocketBuffer", None)
+    if not callable(handle) or buffer is None:
+        return "WSStream._handle_events / WebsocketBuffer are gone"
+    # the replacement re-does exactly this loop: events() -> buffer.extend / app_put(to_message) /
+    # Ping answered / CloseConnection answered and StreamClosed
+    expected = {"connection", "events", "buffer", "extend", "app_put", "to_message", "clear", "Ping", "CloseConnection"}
+    if not expected <= _names(handle):
+        return "WSStream._handle_events no longer buffers messages and answers pings as on 0.18"
+    if not {"value", "length"} <= set(vars(buffer(1))):
+        return "WebsocketBuffer no longer keeps value / length"
+    return None
+
+
+def _intake_install() -> None:
+    """Hypercorn buffers each websocket message whole before the app sees it, with no bound across
+    connections, refuses one past its limit with a bare 1009 (no reason, nothing the app can log)
+    and ignores pongs. With an `Intake` on the stream (sync_server.sync.intake, installed by the sync
+    endpoint) every chunk is counted in the node's frame budget first (waiting here stops reading
+    the socket: TCP backpressure), a message past the hard limit stops being buffered and the
+    endpoint refuses it with a reason, and pings and pongs mark the connection alive. Streams
+    without an Intake run Hypercorn's own loop."""
+    from hypercorn.protocol import ws_stream
+    from hypercorn.protocol.events import StreamClosed
+    from wsproto.connection import ConnectionState
+    from wsproto.events import CloseConnection, Message, Ping, Pong
+
+    original = ws_stream.WSStream._handle_events
+
+    async def _handle_events(self) -> None:
+        intake = self.__dict__.get("sync_intake")
+        if intake is None:
+            await original(self)
+            return
+        buffer = self.buffer
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                if intake.closed:
+                    continue
+                if intake.refusing:  # the rest of a message past the limit: dropped
+                    intake.refusing = not event.message_finished
+                    continue
+                size = buffer.length + len(event.data)
+                if not await intake.chunk(len(event.data), buffer.length):
+                    buffer.clear()
+                    intake.refusing = not event.message_finished
+                    await self.app_put({"type": "websocket.receive", "bytes": None, "text": None, "too_big": size})
+                    continue
+                buffer.extend(event)
+                if event.message_finished:
+                    intake.complete()
+                    await self.app_put(buffer.to_message())
+                    buffer.clear()
+            elif isinstance(event, Ping):
+                intake.alive()
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, Pong):
+                intake.alive()
+            elif isinstance(event, CloseConnection):
+                if self.connection.state == ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+    ws_stream.WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+    ws_stream.WSStream.reads_sync_intake = True  # type: ignore[attr-defined]
+
+
+def _intake_active() -> bool:
+    from hypercorn.protocol import ws_stream
+
+    return getattr(ws_stream.WSStream, "reads_sync_intake", False)
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch("decline_permessage_deflate", "hypercorn", _deflate_guard, _deflate_install, _deflate_active),
     Patch("coalesce_response_head", "hypercorn", _head_guard, _head_install, _head_active),
     Patch("fast_unmasking", "wsproto", _unmask_guard, _unmask_install, _unmask_active),
+    Patch("status_reason_phrase", "h11", _reason_guard, _reason_install, _reason_active),
+    Patch("websocket_intake", "hypercorn", _intake_guard, _intake_install, _intake_active),
 )
 
 

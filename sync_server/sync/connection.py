@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from sync_server.sync.protocol import step1_frame
 from sync_server.sync.wire import binary_frame
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ TRY_AGAIN_LATER = 1013
 MALFORMED = 4400
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
+TOO_BIG_AGAIN = 4413  # a frame over the hard limit again from the same client: 3.x stops retrying
+PING_FRAME = b"\x89\x00"  # a websocket ping without payload (raw path)
 
 QUEUE_BYTES = 16 * 1024 * 1024  # default bound of one peer's queued bytes (SYNC_SEND_QUEUE_BYTES)
 Send = Callable[[bytes], Awaitable[None]]
@@ -62,6 +65,7 @@ class Connection:
         "peer",
         "last_seen",
         "session",
+        "app_session",
     )
 
     def __init__(
@@ -81,7 +85,7 @@ class Connection:
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
-        self.session = ""  # the sign-in session it was opened with (hooks.Access.session)
+        self.app_session = ""  # the app sign-in session it was opened with (hooks.Access.session)
         self.peer = peer
         self.room: Room | None = None
         self.awareness_ids: set[int] = set()  # awareness client ids this peer introduced
@@ -98,6 +102,7 @@ class Connection:
         self._sender: asyncio.Task | None = None
         self.raw = raw
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
+        self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
 
     def start(self) -> None:
         self._sender = asyncio.ensure_future(self._drain())
@@ -130,6 +135,15 @@ class Connection:
             self._wakeup = None
             if not wakeup.done():
                 wakeup.set_result(None)
+
+    def ping(self) -> None:
+        """Ask a quiet peer for a sign of life: a websocket ping on the raw path (its pong counts as
+        activity, sync_server.sync.intake), else a sync step 1 with the room's state, which every
+        y-websocket client and pycrdt Provider answers with a step 2 (of what the room lacks)."""
+        if self.raw:
+            self.enqueue(PING_FRAME, PING_FRAME)
+        elif self.room is not None:
+            self.enqueue(step1_frame(self.room.ydoc.get_state()))
 
     @property
     def queued(self) -> int:

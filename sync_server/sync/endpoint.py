@@ -8,8 +8,10 @@ reading the socket when we stop receiving), costs nothing per frame, and makes c
 
 Order of a connection: accept -> authenticate (token / API key, customer active, doc allowed,
 authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
-read frames until the peer leaves or the server closes it. Refusals are closes after accept:
-4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
+read frames until the peer leaves or the server closes it. Refusals are closes after accept, a
+refused credential or connection held open first (sync.refusals: clients that reconnect as soon as a
+socket opens would storm): 4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400
+(malformed), 1009 (too big, with the limit in the reason; 4413 when the same client repeats it),
 1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
 BaseExceptions such as a Rust panic included, closes only that peer).
 """
@@ -18,21 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 from urllib.parse import parse_qs
 
 import structlog
 
-from sync_server.sync import protocol, wire
+from sync_server.sync import control, protocol, wire
 from sync_server.sync.connection import (
     GOING_AWAY,
     INTERNAL_ERROR,
     MALFORMED,
     MESSAGE_TOO_BIG,
+    TOO_BIG_AGAIN,
     Connection,
 )
+from sync_server.sync.credentials import Credentials, Session
 from sync_server.sync.faults import answerable
 from sync_server.sync.hooks import Access, ConnectRequest, Refused
+from sync_server.sync.intake import FrameBudget, Intake
+from sync_server.sync.refusals import Refusals
 from sync_server.sync.rooms import Rejected, RoomRegistry
 
 log = structlog.get_logger("sync_server.sync.endpoint")
@@ -77,14 +84,24 @@ class SyncEndpoint:
         max_message: int,
         queue_limit: int,
         queue_bytes: int,
+        budget: FrameBudget | None = None,
+        refusals: Refusals | None = None,
+        on_too_big: Callable[[str, str, int], Awaitable[None]] | None = None,
     ) -> None:
+        """budget: bytes of frames received and not yet applied, node-wide (sync.intake);
+        refusals: how refused sockets are held and logged (sync.refusals); on_too_big(customer id,
+        doc, bytes): told of every frame refused over `max_message` (the operator's counter)."""
         self.app = app
         self.rooms = rooms
         self.authenticator = authenticator
         self.max_message = max_message
         self.queue_limit = queue_limit
         self.queue_bytes = queue_bytes
+        self.budget = budget or FrameBudget(4 * max_message)
+        self.refusals = refusals or Refusals(hold=0, max_held=0)
+        self.on_too_big = on_too_big
         self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+        self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -99,7 +116,27 @@ class SyncEndpoint:
         if event["type"] != "websocket.connect":
             return
         token, subprotocol = _token(scope, self.authenticator.is_token)
-        await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+        intake = Intake(self.budget, self.max_message)
+        intaking = wire.install_intake(send, intake)
+        try:
+            await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
+            await self._serve(scope, receive, send, token, intake if intaking else None)
+        finally:
+            intake.close()
+
+    async def _serve(self, scope, receive, send, token: str | None, intake: Intake | None) -> None:
+        handled = receive  # frames the reader applies (it tells the intake when each is done)
+        if intake is not None:
+
+            async def receive():  # what is read and dropped (not applied) leaves the budget at once
+                event = await handled()
+                if event["type"] == "websocket.receive" and "too_big" not in event:
+                    intake.done()
+                return event
+
+        async def refuse(code: int, reason: str) -> None:
+            await self.rooms.hooks.refused(code, reason)
+            await close(code, reason)
 
         async def close(code: int, reason: str) -> None:
             """Send the close frame, then wait for the peer's close before returning: returning at
@@ -117,14 +154,15 @@ class SyncEndpoint:
 
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await close(MALFORMED, "invalid customer or document name")
+            await refuse(MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await close(GOING_AWAY, "server shutting down")
+            await refuse(GOING_AWAY, "server shutting down")
             return
+        authorization = _header(scope, b"authorization")
         try:
-            access = await self.authenticator.authenticate(slug, doc, token, _header(scope, b"authorization"))
+            access = await self.authenticator.authenticate(slug, doc, token, authorization)
             await self.rooms.hooks.authenticate(
                 ConnectRequest(
                     access.customer_id,
@@ -136,14 +174,16 @@ class SyncEndpoint:
                 )
             )
         except Refused as exc:
-            log.info("sync_refused", customer_slug=slug, room=doc, code=exc.code, reason=exc.reason)
-            await close(exc.code, exc.reason)
+            self.refusals.log_refused(slug, doc, exc.code, exc.reason)
+            await self.rooms.hooks.refused(exc.code, exc.reason)
+            if await self.refusals.hold(receive):
+                await close(exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await close(INTERNAL_ERROR, "document could not be loaded")
+            await refuse(INTERNAL_ERROR, "document could not be loaded")
             return
 
         async def send_bytes(frame: bytes) -> None:
@@ -161,8 +201,11 @@ class SyncEndpoint:
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
         )
-        conn.session = access.session
+        self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
+        conn.app_session = access.session
         conn.start()
+        if intake is not None:
+            intake.conn = conn  # pings and pongs count as activity
         self.rooms.join(room, conn)
         log.info(
             "sync_connected",
@@ -170,7 +213,7 @@ class SyncEndpoint:
             credential=access.credential,
             peers=len(room.connections),
         )
-        reader = asyncio.ensure_future(self._read(conn, room, receive))
+        reader = asyncio.ensure_future(self._read(conn, room, handled, intake))
         closing = asyncio.ensure_future(conn.closed.wait())
         try:
             await room.hooks.connect(room, conn)
@@ -178,6 +221,7 @@ class SyncEndpoint:
         finally:
             reader.cancel()
             closing.cancel()
+            self.credentials.forget(conn)
             await conn.stop()
             room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
             self.rooms.leave(room, conn)
@@ -186,7 +230,7 @@ class SyncEndpoint:
         if conn.close_code is not None:
             await close(conn.close_code, conn.close_reason)
 
-    async def _read(self, conn: Connection, room, receive) -> None:
+    async def _read(self, conn: Connection, room, receive, intake: Intake | None) -> None:
         limit = self.max_message
         clock = asyncio.get_running_loop().time
         while True:
@@ -195,26 +239,65 @@ class SyncEndpoint:
                 return  # websocket.disconnect: the peer left
             conn.last_seen = clock()
             frame = event.get("bytes")
+            too_big = event.get("too_big")
+            if too_big is not None or (frame is not None and len(frame) > limit):
+                await self._too_big(conn, too_big or len(frame))
+                return
             if frame is None:
                 log.warning("sync_malformed", error="text frame")
                 conn.abort(MALFORMED, "binary frames only")
                 return
-            if len(frame) > limit:
-                log.warning("sync_frame_too_big", bytes=len(frame), limit=limit)
-                conn.abort(MESSAGE_TOO_BIG, "message too big")
-                return
             try:
+                await self._handle(conn, room, frame)
+            finally:
+                if intake is not None:
+                    intake.done()
+            if conn.close_code is not None:
+                return
+
+    async def _too_big(self, conn: Connection, size: int) -> None:
+        """Refuse a frame over the hard limit: 1009 with a reason, or 4413 (final for y-websocket
+        3.x) when this client sent one within the last minutes; logged and counted for the operator."""
+        limit = self.max_message
+        again = self.refusals.too_big_again(conn.customer_id, conn.doc, conn.peer.rpartition(":")[0])
+        log.warning("sync_frame_too_big", bytes_at_least=size, limit=limit, repeated=again)
+        if self.on_too_big is not None:
+            try:
+                await self.on_too_big(conn.customer_id, conn.doc, size)
+            except Exception:
+                log.exception("sync_too_big_count_failed")
+        if again:
+            conn.abort(TOO_BIG_AGAIN, f"message too big again (limit {limit} bytes): not retrying helps")
+        else:
+            conn.abort(MESSAGE_TOO_BIG, f"message too big (limit {limit} bytes)")
+
+    async def _handle(self, conn: Connection, room, frame: bytes) -> None:
+        """One frame of a joined peer; a failure closes only this peer."""
+        try:
+            if control.is_control(frame):
+                await self._control(conn, frame)
+            else:
                 await (conn.room or room).receive(conn, frame)
-            except protocol.Malformed as exc:
-                log.warning("sync_malformed", error=str(exc), bytes=len(frame))
-                conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
-                return
-            except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
-                if not answerable(exc):
-                    raise
-                log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
-                conn.abort(INTERNAL_ERROR, "server error")
-                return
+        except protocol.Malformed as exc:
+            log.warning("sync_malformed", error=str(exc), bytes=len(frame))
+            conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
+        except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
+            if not answerable(exc):
+                raise
+            log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
+            conn.abort(INTERNAL_ERROR, "server error")
+
+    async def _control(self, conn: Connection, frame: bytes) -> None:
+        """WebHost's own message type (sync/control.py): an in-band token refresh."""
+        message = control.decode(frame)
+        if message is not None:
+            await self.credentials.refresh(conn, message)
+
+
+def _opted_in(scope, name: str) -> bool:
+    """Whether the query string has `name=1` (or true/yes)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin1")).get(name) or [""]
+    return values[0].lower() in ("1", "true", "yes")
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -39,6 +39,7 @@ class Origin:
 
 REMOTE = Origin("remote")  # injected from another node (Redis fan-out): do not re-publish, not persisted here
 HTTP = Origin("http")  # POST /api/v1/docs/{doc}/updates
+SERVER = Origin("server")  # the server's own awareness state (Room.server_awareness)
 
 
 def is_remote(origin: Any) -> bool:
@@ -52,6 +53,7 @@ class Access:
     customer_id: str
     can_write: bool
     credential: str  # "token" or "api_key"
+    expires_at: float | None = None  # epoch seconds: the connection is closed then (sync/credentials.py)
     session: str = ""  # the sign-in session the credential belongs to ("" for none): closed with it
 
 
@@ -92,6 +94,10 @@ class RoomHooks:
     async def awareness(self, room: Room, frame: bytes, origin: Any) -> None:
         """An awareness frame (already validated) was accepted and relayed to local clients."""
 
+    async def received(self, room: Room, connection: Connection) -> None:
+        """An update message of a connection that asked for durable acknowledgements was handled
+        (applied, held or dropped as nothing new); connection.session.received counts them."""
+
     async def store(self, room: Room) -> None:
         """Make everything the room holds durable (before eviction and on shutdown)."""
 
@@ -103,6 +109,10 @@ class RoomHooks:
 
     async def evict(self, room: Room) -> None:
         """The room is about to leave memory (idle, empty, durable)."""
+
+    async def refused(self, code: int, reason: str) -> None:
+        """A connection was closed with `code` before it joined a room (bad path, refused
+        credential, shutting down, the document could not be loaded)."""
 
 
 PERSISTENCE = -100  # priority of the persistence hook: first
@@ -116,6 +126,7 @@ class HookList:
         self._hooks: list[RoomHooks] = []
         self._change: list[RoomHooks] = []
         self._awareness: list[RoomHooks] = []
+        self._received: list[RoomHooks] = []
 
     def add(self, hooks: RoomHooks, *, priority: int = 0) -> None:
         """Add `hooks`; lower priorities run first, equal ones in the order added (persistence is
@@ -126,6 +137,7 @@ class HookList:
         # Only hooks that override change/awareness are called on the hot path.
         self._change = [h for h in self._hooks if type(h).change is not RoomHooks.change]
         self._awareness = [h for h in self._hooks if type(h).awareness is not RoomHooks.awareness]
+        self._received = [h for h in self._hooks if type(h).received is not RoomHooks.received]
 
     def __iter__(self):
         return iter(self._hooks)
@@ -154,6 +166,13 @@ class HookList:
             except Exception:
                 log.exception("hook_failed", hook=type(h).__name__, stage="awareness", room=room.name)
 
+    async def received(self, room: Room, connection: Connection) -> None:
+        for h in self._received:
+            try:
+                await h.received(room, connection)
+            except Exception:
+                log.exception("hook_failed", hook=type(h).__name__, stage="received", room=room.name)
+
     async def store(self, room: Room) -> None:
         # Errors propagate: the caller must not forget a room that is not durable.
         for h in self._hooks:
@@ -174,3 +193,10 @@ class HookList:
 
     async def evict(self, room: Room) -> None:
         await self._each("evict", room)
+
+    async def refused(self, code: int, reason: str) -> None:
+        for h in self._hooks:
+            try:
+                await h.refused(code, reason)
+            except Exception:
+                log.exception("hook_failed", hook=type(h).__name__, stage="refused")

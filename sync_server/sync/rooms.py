@@ -26,6 +26,7 @@ The sender of the update is closed with 4400; the update is never stored or rela
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -42,7 +43,7 @@ from sync_server.sync.connection import (
     Connection,
 )
 from sync_server.sync.faults import LET_THROUGH
-from sync_server.sync.hooks import HTTP, REMOTE, HookList
+from sync_server.sync.hooks import HTTP, REMOTE, SERVER, HookList
 from sync_server.sync.wire import binary_frame
 
 log = structlog.get_logger("sync_server.sync.rooms")
@@ -53,6 +54,11 @@ T = TypeVar("T")
 # frame) and keep the room, and that memory, alive for good.
 MAX_AWARENESS_CLIENTS_PER_PEER = 256  # more from one connection is malformed (closed 4400)
 MAX_AWARENESS_REMOVED = 10_000  # clocks of removed clients kept per room; the oldest are forgotten
+# The server's own awareness client id in every room (materialization feedback in track rooms): the
+# largest id lib0 reads (Yjs clients pick 32-bit ids), ignored from connections. Renewed like a
+# client's state (y-protocols drops a remote state not renewed for 30 s).
+SERVER_AWARENESS_ID = protocol.MAX_SAFE_INTEGER
+SERVER_AWARENESS_RENEW = 15.0
 ECHO_ENTRIES = 64
 HELD_UPDATES, HELD_BYTES = 256, 8 * 1024 * 1024  # per room: updates waiting for missing structs
 WALK_BYTES = 64 * 1024  # updates up to this size are read to the end (exact length, every clock)
@@ -85,6 +91,7 @@ class Room:
         self._held: list[tuple[bytes, Any]] = []  # updates waiting for structs they build on
         self._held_bytes = 0
         self._releasing = False
+        self._server_renewed = 0.0  # loop time the server's awareness state was last published here
         # Set when the engine failed on this doc: the registry's replacement room (a future of it).
         self.broken: asyncio.Future | None = None
         self.on_broken: Callable[[Room], asyncio.Future] | None = None  # set by the registry
@@ -168,7 +175,13 @@ class Room:
                     conn.denied_sent = True
                     conn.enqueue(protocol.permission_denied_frame("read-only access: updates are ignored"))
                 return
-            await self._apply(msg.update, msg.frame, conn)
+            session = conn.session
+            if session is not None and session.acks:  # opted in to durable acknowledgements
+                session.received += 1
+                await self._apply(msg.update, msg.frame, conn)
+                await self.hooks.received(self, conn)
+            else:
+                await self._apply(msg.update, msg.frame, conn)
         elif kind is protocol.SyncStep1:
             try:
                 diff = self.ydoc.get_update(msg.state_vector)
@@ -181,9 +194,17 @@ class Room:
                 raise Rejected("the document could not answer this state vector") from None
             conn.enqueue(protocol.step2_frame(diff))
         elif kind is protocol.AwarenessUpdate:
-            if self._apply_awareness(msg.entries, conn):
-                self.broadcast(msg.frame)
-                await self.hooks.awareness(self, msg.frame, conn)
+            entries, frame = msg.entries, msg.frame
+            if any(client == SERVER_AWARENESS_ID for client, _clock, _state in entries):
+                # y-websocket clients relay every awareness change they see, the server's included
+                # (and its removal when they time it out): never applied from a peer, never relayed.
+                entries = tuple(e for e in entries if e[0] != SERVER_AWARENESS_ID)
+                if not entries:
+                    return
+                frame = protocol.awareness_frame(entries)
+            if self._apply_awareness(entries, conn):
+                self.broadcast(frame)
+                await self.hooks.awareness(self, frame, conn)
         elif kind is protocol.QueryAwareness:
             present = [(c, clock, s) for c, (clock, s) in self._awareness.items() if s is not None]
             conn.enqueue(protocol.awareness_frame(present))
@@ -240,6 +261,10 @@ class Room:
             deleting, _ = protocol.read_var_uint(update, pos)
             if deleting == 0 or hash(update) in self._relayed:
                 return _DROP, None
+            if len(update) <= WALK_BYTES:  # deletions only: dropped when the doc has made them all
+                summary = yjs_update.summarize(update, walk_all=True)
+                if self._deletes_known(update, summary):
+                    return _DROP, None
             return _APPLY, None  # deletions only: yrs decides
         if sections == 1:
             _structs, pos = protocol.read_var_uint(update, pos)
@@ -259,10 +284,25 @@ class Room:
         if any(start > clocks.get(client, 0) for client, start, _ in summary.sections):
             return _HOLD, None
         if all(end is not None and end <= clocks.get(client, 0) for client, _, end in summary.sections) and (
-            summary.deleting == 0 or hash(update) in self._relayed
+            summary.deleting == 0 or hash(update) in self._relayed or self._deletes_known(update, summary)
         ):
             return _DROP, None
         return _APPLY, summary
+
+    def _deletes_known(self, update: bytes, summary: Any) -> bool:
+        """An update whose structs the doc has and whose deletions it has made already (an echo
+        re-encoded, so not among the relayed hashes): same state vector, same delete set. Compared
+        with the doc's delete set as yrs encodes it (an update without structs), no second Doc."""
+        if summary.deleting is None:
+            return False  # a large update not read to its delete set: yrs decides
+        try:
+            known = self.ydoc.get_update(self.ydoc.get_state())
+        except LET_THROUGH:
+            raise
+        except BaseException as exc:
+            self._break(exc, "delete set")
+            raise Rejected("the document could not encode its delete set") from None
+        return yjs_update.deletes_covered(update, known)
 
     async def _integrate(self, update: bytes, frame: bytes, origin: Any, advance: Any) -> None:
         try:
@@ -327,6 +367,10 @@ class Room:
         if len(relayed) > ECHO_ENTRIES:
             del relayed[next(iter(relayed))]
 
+    def holds_from(self, origin: Any) -> bool:
+        """Whether an update of `origin` waits for structs it builds on (not applied, not stored)."""
+        return any(o is origin for _, o in self._held)
+
     def _hold(self, update: bytes, origin: Any) -> None:
         held = self._held
         held.append((update, origin))
@@ -375,6 +419,33 @@ class Room:
             self.broken = asyncio.get_running_loop().create_future()
             self.broken.set_exception(Rejected("document unavailable"))
             self.broken.exception()
+
+    async def server_awareness(self, state: str | None) -> None:
+        """Publish the server's own awareness state in this room (client id SERVER_AWARENESS_ID; a
+        JSON object, at most protocol.MAX_AWARENESS_STATE_BYTES, or None to remove it): relayed to
+        the peers here, and to the awareness hooks with origin SERVER (fan-out sends it to the other
+        nodes). Its clock is the wall clock in ms (at least the last one + 1), so the nodes that
+        publish the same room's state agree on which is newer."""
+        if state is not None and len(state.encode()) > protocol.MAX_AWARENESS_STATE_BYTES:
+            raise ValueError("server awareness state too large")
+        current = self._awareness.get(SERVER_AWARENESS_ID)
+        clock = max(current[0] + 1 if current else 0, int(time.time() * 1000))
+        self._awareness[SERVER_AWARENESS_ID] = (clock, state)
+        self._server_renewed = asyncio.get_running_loop().time()
+        frame = protocol.awareness_frame([(SERVER_AWARENESS_ID, clock, state)])
+        self.broadcast(frame)
+        await self.hooks.awareness(self, frame, SERVER)
+
+    async def renew_server_awareness(self, older_than: float = SERVER_AWARENESS_RENEW) -> bool:
+        """Publish the server's state again (a new clock) when peers are here and it is older than
+        `older_than` seconds, so their awareness does not time it out."""
+        current = self._awareness.get(SERVER_AWARENESS_ID)
+        if current is None or current[1] is None or not self.connections:
+            return False
+        if asyncio.get_running_loop().time() - self._server_renewed < older_than:
+            return False
+        await self.server_awareness(current[1])
+        return True
 
     def _apply_awareness(self, entries, conn: Connection | None) -> bool:
         """y-protocols' rule: a newer clock wins; an equal clock may only remove. True if any applied."""
@@ -595,8 +666,14 @@ class RoomRegistry:
             yield
 
     def close_customer_nowait(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
+        return self.close_where(customer_id, lambda _doc: True, code, reason)
+
+    def close_where(self, customer_id: str, doc_matches: Callable[[str], bool], code: int, reason: str) -> int:
+        """Close every connection of the customer to a doc `doc_matches` (e.g. a deleted vehicle's tracks)."""
         closed = 0
         for room in self.rooms(customer_id):
+            if not doc_matches(room.doc):
+                continue
             for conn in tuple(room.connections):
                 conn.abort(code, reason)
                 closed += 1
@@ -608,6 +685,14 @@ class RoomRegistry:
         log.info("customer_connections_closed", customer_id=str(customer_id), connections=closed, code=code)
         return closed
 
+    async def renew_server_awareness(self) -> int:
+        """Renew the server's awareness state in every room with peers (called every few seconds)."""
+        renewed = 0
+        for room in self.rooms():
+            if room.broken is None and await room.renew_server_awareness():
+                renewed += 1
+        return renewed
+
     def close_session(
         self, customer_id: str, session: str, code: int = UNAUTHORIZED, reason: str = "signed out"
     ) -> int:
@@ -615,20 +700,27 @@ class RoomRegistry:
         closed = 0
         for room in self.rooms(customer_id):
             for conn in tuple(room.connections):
-                if session and conn.session == session:
+                if session and conn.app_session == session:
                     conn.abort(code, reason)
                     closed += 1
         return closed
 
     def close_idle(self, timeout: float) -> int:
-        """Close (1001) every connection that sent nothing for `timeout` seconds."""
-        cutoff = asyncio.get_running_loop().time() - timeout
+        """Close (1001) every connection that sent nothing for `timeout` seconds (websocket pings
+        and pongs count); ping every one quiet for half of it, so a silent client that answers
+        pings is never closed."""
+        now = asyncio.get_running_loop().time()
+        cutoff, quiet = now - timeout, now - timeout / 2
         closed = 0
         for room in self.rooms():
             for conn in tuple(room.connections):
+                if conn.close_code is not None:
+                    continue  # closing already
                 if conn.last_seen < cutoff:
                     conn.abort(GOING_AWAY, "idle timeout")
                     closed += 1
+                elif conn.last_seen < quiet:
+                    conn.ping()
         return closed
 
     async def drain(self) -> None:

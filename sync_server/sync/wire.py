@@ -73,3 +73,14 @@ def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
         await stream_send(Data(stream_id=stream_id, data=data))
 
     return write
+
+
+def install_intake(send, intake) -> bool:
+    """Hand Hypercorn's stream of this websocket its `Intake` (sync_server.sync.intake), read by the
+    node's `websocket_intake` patch. False where there is no such stream (another server) or the
+    patch is off: then Hypercorn's own frame limit applies and there is no budget."""
+    stream = getattr(send, "__self__", None)
+    if stream is None or not getattr(type(stream), "reads_sync_intake", False):
+        return False
+    stream.sync_intake = intake
+    return True

@@ -169,20 +169,66 @@ def summarize(update: bytes, *, walk_all: bool) -> Summary:
         found.append((client, clock, end))
     if not walk_all:
         return Summary(found, None)
+    clients, pos = _read_delete_set(update, pos, None)
+    if pos != len(update):
+        raise Malformed("trailing bytes after the update")
+    return Summary(found, clients)
+
+
+def _read_delete_set(update: bytes, pos: int, into: dict[int, list[tuple[int, int]]] | None) -> tuple[int, int]:
+    """(client count, position after) of the delete set at `pos`; its ranges go to `into` if given."""
     clients, pos = read_var_uint(update, pos)
     if clients > (len(update) - pos) // 2:
         raise Malformed("delete set declares more clients than it holds")
     for _ in range(clients):
-        _client, pos = read_var_uint(update, pos)
+        client, pos = read_var_uint(update, pos)
         ranges, pos = read_var_uint(update, pos)
         if ranges > (len(update) - pos) // 2:
             raise Malformed("delete set declares more ranges than it holds")
+        out = into.setdefault(client, []) if into is not None else None
         for _ in range(ranges):
-            _clock, pos = read_var_uint(update, pos)
-            _length, pos = read_var_uint(update, pos)
-    if pos != len(update):
-        raise Malformed("trailing bytes after the update")
-    return Summary(found, clients)
+            clock, pos = read_var_uint(update, pos)
+            length, pos = read_var_uint(update, pos)
+            if out is not None and length:
+                out.append((clock, clock + length))
+    return clients, pos
+
+
+def deletes_covered(update: bytes, known: bytes) -> bool:
+    """Whether every range `update` deletes is deleted in `known` already: `known` is an update
+    without structs (a doc's `get_update(get_state())`: its whole delete set). `update` must have
+    been summarized with walk_all (its sections are skipped here without checks)."""
+    count, pos = read_var_uint(update, 0)
+    for _ in range(count):
+        structs, pos = read_var_uint(update, pos)
+        _, pos = read_var_uint(update, pos)
+        _, pos = read_var_uint(update, pos)
+        for _ in range(structs):
+            _, pos = _skip_struct(update, pos)
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    _read_delete_set(update, pos, wanted)
+    count, pos = read_var_uint(known, 0)
+    if count:
+        return False  # not a delete set alone
+    have: dict[int, list[tuple[int, int]]] = {}
+    _read_delete_set(known, pos, have)
+    for client, ranges in wanted.items():
+        merged = _merged(have.get(client, []))
+        for start, end in ranges:
+            if not any(a <= start and end <= b for a, b in merged):
+                return False
+    return True
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
 
 
 def state(state_vector: bytes) -> dict[int, int]:

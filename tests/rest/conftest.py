@@ -80,7 +80,9 @@ class Api:
 
 
 def app_settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, secret_key=TEST_SECRET, migrate_on_start=False)
+    return Settings(
+        database_url=database_url, secret_key=TEST_SECRET, migrate_on_start=False, webhook_allow_private_urls=True
+    )
 
 
 @pytest.fixture

@@ -58,6 +58,21 @@ async def test_operator_routes_need_an_operator(api):
     for headers in ({}, bearer("nonsense"), customer.auth):
         r = await api.get("/api/v1/customers", headers=headers)
         assert r.status_code == 401, headers
+    r = await api.get("/api/v1/customers", headers=customer.auth)
+    err = await error_of(r)
+    assert err["code"] == "unauthorized" and "needs an operator token" in err["message"], err
+
+
+async def test_an_operator_token_on_a_customer_route_is_told_it_needs_an_api_key(api):
+    """Same 401 and code as any bad key, and a message saying what the route takes (issue 21)."""
+    r = await api.get("/api/v1/api-keys", headers=await api.operator())
+    err = await error_of(r)
+    assert r.status_code == 401 and err["code"] == "invalid_api_key"
+    assert err["message"] == "this route needs a customer API key (whk_live_... or whk_test_...), not an operator token"
+    key = (await api.customer()).key
+    broken = key[:-1] + ("x" if key[-1] != "x" else "y")  # a bad checksum keeps its own message
+    err = await error_of(await api.get("/api/v1/api-keys", headers=bearer(broken)))
+    assert err["message"] == "API key is malformed or its checksum does not match"
 
 
 async def test_create_customer_returns_key_once_and_subscription(api):

@@ -37,6 +37,8 @@ class ServerProcess:
         self.port = port or free_port()
         self.env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)}
         self.env.setdefault("LOG_FORMAT", "json")
+        # refused websockets close at once in tests; the tests of the hold (issue 15) set their own
+        self.env.setdefault("SYNC_REFUSAL_HOLD_SECONDS", "0")
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 

@@ -32,6 +32,8 @@ PERMISSIONS = (
     "tracking:write",
     "billing:read",
     "billing:write",
+    "webhooks:read",
+    "webhooks:write",
 )
 LAST_USED_RESOLUTION = dt.timedelta(minutes=5)  # last_used_at is written at most this often per key
 
@@ -52,6 +54,7 @@ class ApiKeyPrincipal:
     customer_slug: str
     environment: str
     permissions: frozenset[str]
+    expires_at: dt.datetime | None = None  # when the key stops working (sync sockets close then)
 
     def has(self, permission: str) -> bool:
         return "admin" in self.permissions or permission in self.permissions
@@ -62,9 +65,10 @@ class KeyCache:
     (one round trip of every authenticated request).
 
     Only acceptances are kept (a refusal is always re-read), and the key's expiry is checked on every
-    hit. Revoking a key ("api_key_revoked") or suspending/deleting a customer ("customer_suspended")
-    on this node forgets the entries at once (Runtime wires the events). A change made by another
-    node or straight in the database is seen here within `ttl` seconds: that is the cross-node bound.
+    hit. Revoking a key ("api_key_revoked"), suspending/deleting a customer ("customer_suspended") or
+    changing its credentials ("credentials_changed") forgets the entries at once, on every node
+    (Runtime wires the events; they cross nodes on the control channel). A change made straight in
+    the database, without an event, is seen here within `ttl` seconds.
     A lookup that started before an invalidation cannot put its (stale) answer back: `generation`.
     """
 
@@ -104,6 +108,9 @@ class KeyCache:
         self.forget(key_id=str(key_id))
 
     async def on_customer_suspended(self, customer_id, **_ignored) -> None:
+        self.forget(customer_id=str(customer_id))
+
+    async def on_credentials_changed(self, customer_id, **_ignored) -> None:
         self.forget(customer_id=str(customer_id))
 
 
@@ -170,7 +177,12 @@ async def authenticate(
     if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
         await key_store.touch_last_used(registry.shared, row["customer_id"], row["id"], now)
     principal = ApiKeyPrincipal(
-        str(row["id"]), str(row["customer_id"]), row["customer_slug"], row["environment"], frozenset(row["permissions"])
+        str(row["id"]),
+        str(row["customer_id"]),
+        row["customer_slug"],
+        row["environment"],
+        frozenset(row["permissions"]),
+        row["expires_at"],
     )
     if cache is not None:
         cache.put(key_hash, principal, row["expires_at"], generation)

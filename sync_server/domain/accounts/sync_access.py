@@ -40,7 +40,13 @@ class SyncAccess:
                 registry, grant.customer_id, grant.session_id
             ):
                 raise Refused(UNAUTHORIZED, "signed out")
-            return Access(grant.customer_id, grant.can_write, "token", grant.session_id)
+            return Access(
+                grant.customer_id,
+                grant.can_write,
+                "token",
+                expires_at=float(grant.expires_at),
+                session=grant.session_id,
+            )
         scheme, _, raw = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and raw.strip():
             try:
@@ -49,9 +55,10 @@ class SyncAccess:
                 raise Refused(FORBIDDEN if exc.code == "customer_suspended" else UNAUTHORIZED, exc.message) from None
             if principal.customer_slug != slug:
                 raise Refused(FORBIDDEN, "API key is for another customer")
+            expires = principal.expires_at.timestamp() if principal.expires_at is not None else None
             if principal.has("sync:write"):
-                return Access(principal.customer_id, True, "api_key")
+                return Access(principal.customer_id, True, "api_key", expires_at=expires)
             if principal.has("sync:read"):
-                return Access(principal.customer_id, False, "api_key")
+                return Access(principal.customer_id, False, "api_key", expires_at=expires)
             raise Refused(FORBIDDEN, "API key lacks sync:read / sync:write")
         raise Refused(UNAUTHORIZED, "missing token")

@@ -89,19 +89,20 @@ def mint(
     """A new token and its expiry (epoch seconds)."""
     validate_request(docs, mode, ttl_seconds, max_ttl)
     issued = int(now if now is not None else time.time())
+    expires = issued + ttl_seconds
     claims = {
         "c": str(customer_id),
         "s": customer_slug,
         "d": list(docs),
         "m": mode,
         "iat": issued,
-        "exp": issued + ttl_seconds,
+        "exp": expires,
         "jti": secrets.token_hex(8),
     }
     if session_id:
         claims["sid"] = str(session_id)
     body = f"{VERSION}.{_b64(json.dumps(claims, separators=(',', ':')).encode())}"
-    return f"{body}.{_sign(secret, body)}", claims["exp"]
+    return f"{body}.{_sign(secret, body)}", expires
 
 
 def verify(secret: str, token: str, now: float | None = None) -> SyncGrant:

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -30,6 +31,7 @@ from storage.registry import DatabaseRegistry
 
 DEFAULT_PLAN = "hobby"
 GPS_POINTS_METRIC = "gps_points"  # usage_metrics.metric counting points per day
+FRAMES_TOO_BIG_METRIC = "sync_frames_too_big"  # websocket frames refused over SYNC_MAX_MESSAGE_BYTES, per day
 RESOURCES = ("vehicles", "drivers", "geofences", "gps_points_per_day")
 LIMITS_TTL = 30.0  # seconds a node trusts its cached copy of a customer's plan limits
 
@@ -162,7 +164,17 @@ async def usage(registry: DatabaseRegistry, customer_id) -> dict[str, int]:
         out = {resource: await usage_store.count(conn, resource) for resource in usage_store.COUNTABLE}
         out["gps_points_per_day"] = await usage_store.gps_points_today(conn, GPS_POINTS_METRIC)
         out["storage_bytes"] = await usage_store.document_bytes(conn)
+        today = await usage_store.of_day(conn, customer_id, datetime.now(UTC).date(), FRAMES_TOO_BIG_METRIC)
+        out["sync_frames_too_big_today"] = today.get(FRAMES_TOO_BIG_METRIC, 0)
     return out
+
+
+async def count_frame_too_big(registry: DatabaseRegistry, customer_id) -> None:
+    """One more websocket frame of the customer refused over the hard limit today (GET /api/v1/usage
+    shows it: the operator's sign that a client cannot sync)."""
+    db = await registry.for_customer(customer_id)
+    async with db.tenant(customer_id) as conn:
+        await usage_store.add(conn, customer_id, [(datetime.now(UTC).date(), FRAMES_TOO_BIG_METRIC, 1)])
 
 
 def exceeded(limits: Limits, used: dict[str, int]) -> list[dict]:

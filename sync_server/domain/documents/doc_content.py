@@ -31,7 +31,7 @@ class TooDeep(ValueError):
 
 
 def to_json(state: bytes) -> dict[str, Any]:
-    doc = pycrdt.Doc()
+    doc: pycrdt.Doc[Any] = pycrdt.Doc()
     doc.apply_update(state)
     return {name: _root(doc, name) for name in list(doc.keys())}
 

@@ -11,6 +11,8 @@ set `database_url` (the registry routes on it); until then `provisioned_url` hol
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import structlog
 
@@ -176,7 +178,7 @@ async def resume(rt) -> None:
 
 def public(dep: dict) -> dict:
     """A deployment as the API shows it: no passwords, in config or in URLs."""
-    out = {k: (str(v) if k in ("id", "customer_id") else v) for k, v in dep.items()}
+    out: dict[str, Any] = {k: (str(v) if k in ("id", "customer_id") else v) for k, v in dep.items()}
     out["config"] = drivers.public_state(dep.get("config") or {})
     for key in ("database_url", "provisioned_url"):
         if out.get(key):

@@ -4,7 +4,9 @@ REDIS_URL set reloads its registry's routing table from the shared database (the
 are the truth; the message only says "look again"). Pub/sub drops messages while a node is cut off
 from Redis, so a node reloads each time its subscription is (re)established as well. The same
 subscription carries the write pauses of tenant migrations (`{REDIS_PREFIX}pause`, see
-cluster_pause.py). Without REDIS_URL there is one node and nothing to tell."""
+cluster_pause.py), and the domain events every node must hear (`{REDIS_PREFIX}events`: suspensions,
+revoked keys, deleted vehicles, changed credentials and plans; Runtime.publish sends them). Without
+REDIS_URL there is one node and nothing to tell."""
 
 from __future__ import annotations
 
@@ -40,12 +42,17 @@ async def listen(rt, holds=None) -> None:
     migrations, which are answered from there."""
     backoff = 0.2
     pauses = cluster_pause.channel(rt)
-    channels = [channel(rt), *([pauses] if holds is not None else [])]
+    events = rt.events_channel
+    channels = [channel(rt), events, *([pauses] if holds is not None else [])]
+    lost = False  # set once subscribed: a later subscription follows a loss
     while True:
         pubsub = rt.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*channels)
             await rt.registry.reload()  # whatever changed while we were not listening
+            if lost:  # events published meanwhile are gone: open sockets check their credentials again
+                await rt.publish("control_resubscribed")
+            lost = True
             backoff = 0.2
             while True:
                 message = await pubsub.get_message(timeout=5.0)
@@ -54,6 +61,9 @@ async def listen(rt, holds=None) -> None:
                 name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
                 if name == pauses:
                     holds.on_message(message["data"])
+                    continue
+                if name == events:
+                    await rt.receive_cluster_event(message["data"])
                     continue
                 customer_id = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
                 await rt.registry.reload()

@@ -131,7 +131,8 @@ async def start(
             dep = None
         else:
             raise MigrationError(409, "no_database", "the customer's deployment has no database to move into")
-    source_url = dep["database_url"] if to_mode == "multi_tenant" else None
+    # to multi_tenant means from a serving dedicated deployment (plan_move), so dep is set
+    source_url = dep["database_url"] if to_mode == "multi_tenant" and dep is not None else None
     try:
         mig = dict(
             await store.insert_migration(
@@ -208,7 +209,10 @@ async def run(
 async def _target_deployment(rt, mig: dict, infrastructure: str, region: str | None) -> dict:
     cid = mig["customer_id"]
     if mig["deployment_id"] is not None:
-        return dict(await store.get(rt.db, mig["deployment_id"]))
+        dep = await store.get(rt.db, mig["deployment_id"])
+        if dep is None:
+            raise MigrationError(409, "deployment_gone", "the migration's target deployment no longer exists")
+        return dict(dep)
     await _event(rt, mig, "provision", "started", infrastructure=infrastructure)
     dep = await deployments.create_inline(rt, customer_id=cid, infrastructure=infrastructure, region=region)
     async with rt.db.tenant(cid) as conn:
@@ -313,9 +317,9 @@ async def _catch_up(
             for t in tables:
                 keys = rewritten[t.name]
                 back = await tenant_data.hashes_by_key(dst, t, cid, keys) if keys else {}
-                rows = await tenant_data.count(dst, t, cid, cutoff)
-                if rows != report[t.name]["rows"] or any(back.get(k) != theirs[t.name][k] for k in keys):
-                    bad[t.name] = {"source_rows": report[t.name]["rows"], "target_rows": rows}
+                target_rows = await tenant_data.count(dst, t, cid, cutoff)
+                if target_rows != report[t.name]["rows"] or any(back.get(k) != theirs[t.name][k] for k in keys):
+                    bad[t.name] = {"source_rows": report[t.name]["rows"], "target_rows": target_rows}
         if bad:
             raise MigrationError(500, "verification_failed", f"source and target differ: {bad}")
     return changes, report
@@ -340,7 +344,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
             await conn.execute(
                 "UPDATE deployments SET database_url = $2, status = 'active', updated_at = now() WHERE id = $1",
                 dep["id"],
-                new_url,
+                store.seal_database_url(cid, new_url),
             )
             await store.set_customer_mode(conn, cid, mig["to_mode"])
             cleanup_after = await conn.fetchval("SELECT now() + $1::interval", grace)

@@ -52,6 +52,7 @@ class _Shape:
     for the fixes inside the box."""
 
     __slots__ = ()
+    bbox: tuple[float, float, float, float]  # min_lat, min_lng, max_lat, max_lng (a slot of each shape)
 
     def contains(self, lat: float, lng: float) -> bool:
         return bool(self.contains_all(np.array([lat], dtype=np.float64), np.array([lng], dtype=np.float64))[0])
@@ -64,6 +65,10 @@ class _Shape:
         if len(near):
             out[near] = self._near(lat[near], lng[near])
         return out
+
+    def _near(self, lat: np.ndarray, lng: np.ndarray) -> np.ndarray:
+        """Boolean mask over fixes already inside the bounding box."""
+        raise NotImplementedError
 
 
 class Circle(_Shape):
@@ -153,7 +158,7 @@ def shape_from_row(row: Any) -> Circle | Polygon:
     if row["kind"] == "circle":
         return Circle(row["id"], row["center_lat"], row["center_lng"], row["radius_meters"])
     polygon = row["polygon"]
-    coords = polygon.get("coordinates") if isinstance(polygon, dict) else polygon
+    coords = polygon["coordinates"] if isinstance(polygon, dict) else polygon
     return Polygon(row["id"], coords)
 
 

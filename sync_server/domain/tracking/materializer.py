@@ -25,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 import uuid
 
 import pycrdt
 import structlog
 
-from storage import track_progress
 from storage import vehicles as vehicle_store
+from sync_server.domain.tracking import feedback
 from sync_server.domain.tracking.event_feed import FLEET_DOC
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
 from sync_server.domain.tracking.points import Chunk, Point
 from sync_server.domain.tracking.track_reader import InlineReader, ProcessReader
+from sync_server.sync.connection import FORBIDDEN
 from sync_server.sync.hooks import RoomHooks
 
 log = structlog.get_logger("sync_server.domain.tracking.materializer")
@@ -103,6 +105,7 @@ class TrackRoom:
         self.idle = asyncio.Event()
         self.idle.set()
         self.task: asyncio.Task | None = None
+        self.arrived: float | None = None  # time.monotonic() of the oldest update not yet materialized
 
     # -- what the track reader needs ---------------------------------------------------------------
 
@@ -158,10 +161,13 @@ class TrackMaterializer(RoomHooks):
             log.warning("track_doc_unknown_vehicle", customer_id=room.customer_id, room=room.doc)
             return
         db = await self.registry.for_customer(room.customer_id)
+        limits = await self.pipeline.limits(room.customer_id)
         async with db.tenant(room.customer_id) as conn:
-            done = await track_progress.elements(conn, uuid.UUID(room.customer_id), room.doc)
+            totals = await feedback.read(conn, uuid.UUID(room.customer_id), room.doc, day, limits)
+        done = totals.materialized
         state = TrackRoom(room, vehicle_id, day, done)
         room.set_state(state)
+        await room.server_awareness(totals.state())  # what a joining phone sees first
         state.task = asyncio.ensure_future(self._work(state))
         state.task.set_name(f"materialize:{room.name}")
         await self.reader.open(state)
@@ -169,6 +175,8 @@ class TrackMaterializer(RoomHooks):
     async def change(self, room, update: bytes, origin) -> None:
         state: TrackRoom | None = room.peek_state(TrackRoom)
         if state is not None:
+            if state.arrived is None:
+                state.arrived = time.monotonic()
             self.reader.update(state, update)
 
     async def store(self, room) -> None:
@@ -218,13 +226,26 @@ class TrackMaterializer(RoomHooks):
                     run = await self._prepare(state, state.done)
                     continue
                 backoff = 0.5
+                await self._publish(state, commit.result())
                 state.done = max(state.done, end)
                 state.queue.drop_below(state.done)
+                if not state.backlog:
+                    state.arrived = None
                 if upcoming is not None and upcoming.batch.first_index == state.done:
                     run = upcoming
                 else:
                     run = await self._prepare(state, state.done)
             state.idle.set()
+
+    @staticmethod
+    async def _publish(state: TrackRoom, outcome) -> None:
+        """The document's totals after a batch, as the server's awareness state in its room."""
+        if outcome.feedback is None:
+            return
+        try:
+            await state.room.server_awareness(outcome.feedback.state())
+        except Exception:
+            log.exception("track_feedback_failed", room=state.room.doc)
 
     async def _prepare(self, state: TrackRoom, first: int):
         """The batch of elements from `first` (None, without waiting, when none have arrived)."""
@@ -238,6 +259,7 @@ class TrackMaterializer(RoomHooks):
             day=state.day,
             first_index=chunk.first,
             decoded=chunk,
+            received=state.arrived,
         )
         backoff = 0.5
         while True:  # a failure here (the plan lookup while the database is away) must not end the worker
@@ -264,6 +286,21 @@ class TrackMaterializer(RoomHooks):
             return None
         self._names[row["id"]] = row["name"]
         return row["id"]
+
+    async def on_vehicle_deleted(self, customer_id, vehicle_id, identifier="", **_ignored) -> None:
+        """A deleted vehicle's track documents close their sockets (4403: the client stops); every
+        node hears the event (Runtime.publish, CLUSTER_EVENTS)."""
+        if self.rooms is None:
+            return
+        segments = {str(vehicle_id), str(identifier)} - {""}
+
+        def of_vehicle(doc: str) -> bool:
+            parsed = parse_track_doc(doc)
+            return parsed is not None and parsed[0] in segments
+
+        closed = self.rooms.close_where(str(customer_id), of_vehicle, FORBIDDEN, "vehicle deleted")
+        self._names.pop(uuid.UUID(str(vehicle_id)), None)
+        log.info("vehicle_deleted_connections_closed", customer_id=str(customer_id), connections=closed)
 
     # -- fleet document ---------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ import datetime as dt
 import math
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -158,6 +159,7 @@ def decode(raw: Any) -> Point | str:
         return MALFORMED
     get = raw.get
     t, lat, lng = get("t"), get("lat"), get("lng")
+    ms: int | None
     if (
         type(t) is float
         and type(lat) is float
@@ -259,9 +261,11 @@ def _checked(
     return Fixes(ms, lat, lng, *optional), index, malformed
 
 
-class Chunk(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Chunk:
     """Elements [first, first + count) of a track document's `points` array, decoded: the
-    well-formed ones as columns with their element indices (ascending), the malformed ones' indices."""
+    well-formed ones as columns with their element indices (ascending), the malformed ones' indices.
+    (A dataclass, not a NamedTuple: the fields `count` and `index` would shadow tuple methods.)"""
 
     first: int
     count: int

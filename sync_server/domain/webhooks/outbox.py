@@ -14,6 +14,11 @@ id of the event; publishing a key an endpoint already has in its outbox enqueues
 or a recomputation that finds the same event announces it once). Reuse a key only for the same
 event: a retraction needs its own (e.g. the event's key + ":retracted").
 
+Retractions: a Message with `retracts` (the retracted event's dedupe_key) goes to exactly the
+endpoints that have that event in their outbox (delivered or still to be: it follows it, in order
+when both have the same ordering key), whatever their filter says now; an endpoint that never got
+the event hears nothing of its retraction.
+
 The body POSTed is {"type", "timestamp" (occurred_at, ISO 8601 UTC), "data"}, serialised once here
 so every attempt signs the same bytes; `webhook-id` is msg_<uuid hex>, one per message (the same
 for every endpoint and retry).
@@ -45,6 +50,7 @@ class Message:
     occurred_at: dt.datetime  # when the event happened (fix time), tz-aware UTC
     ordering_key: str | None = None  # deliveries ordered per (endpoint, ordering_key), e.g. vehicle id
     dedupe_key: str | None = None  # stable id: publishing the same key twice enqueues once
+    retracts: str | None = None  # dedupe_key of the event this retracts: sent only where that one was
 
 
 def message_id(value: uuid.UUID) -> str:
@@ -63,9 +69,9 @@ def body(message: Message) -> str:
     """The JSON POSTed for `message` (strict JSON: no NaN or Infinity, bounded size)."""
     if not TYPE_PATTERN.match(message.type) or len(message.type) > 100:
         raise ValueError(f"not an event type: {message.type!r}")
-    for key in (message.ordering_key, message.dedupe_key):
+    for key in (message.ordering_key, message.dedupe_key, message.retracts):
         if key is not None and len(key) > MAX_KEY_LENGTH:
-            raise ValueError("ordering_key and dedupe_key are at most 200 characters")
+            raise ValueError("ordering_key, dedupe_key and retracts are at most 200 characters")
     text = json.dumps(
         {"type": message.type, "timestamp": timestamp(message.occurred_at), "data": message.data},
         separators=(",", ":"),
@@ -113,5 +119,6 @@ async def _enqueue(
         occurred=[m.occurred_at for m in messages],
         ordering_keys=[m.ordering_key for m in messages],
         dedupe_keys=[m.dedupe_key for m in messages],
+        retracts=[m.retracts for m in messages],
         endpoint_id=endpoint_id,
     )
