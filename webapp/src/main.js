@@ -506,11 +506,25 @@ function describe (e) {
     const fence = app.geofences.get(e.geofence_id)
     return `${vehicle} ${e.type === 'geofence_enter' ? 'entered' : 'left'} ${fence ? fence.name : 'a geofence'}`
   }
-  return `${vehicle} ${String(e.type).replace(/_/g, ' ')}`
+  return `${vehicle} ${EVENT_LABELS[e.type] || String(e.type).replace(/[._]/g, ' ')}`
+}
+
+// The events issue's types (tracking/fleet_events.py); anything else is shown by its name.
+const EVENT_LABELS = {
+  'device.offline': 'went offline',
+  'device.online': 'is back online',
+  'overspeed.started': 'is speeding',
+  'trip.started': 'started a trip',
+  'trip.ended': 'ended a trip',
+  'stop.started': 'stopped',
+  'stop.ended': 'moved on',
+  'quota.reached': 'reached the GPS quota'
 }
 
 function renderFeed () {
-  const events = app.fleet.getArray('events').toArray().slice(-FEED_SHOWN).reverse()
+  const all = app.fleet.getArray('events').toArray().filter((e) => e && typeof e === 'object')
+  const retracted = new Set(all.map((e) => e.retracts).filter(Boolean)) // "<type>.retracted" undoes an entry
+  const events = all.filter((e) => !e.retracts && !retracted.has(e.id)).slice(-FEED_SHOWN).reverse()
   const items = events.map((e) => {
     const li = document.createElement('li')
     li.dataset.type = e.type
@@ -531,7 +545,7 @@ function renderFeed () {
   eventLayer.clearLayers()
   for (const e of events.slice(0, 20)) {
     if (typeof e.lat === 'number' && typeof e.lng === 'number') {
-      L.circleMarker([e.lat, e.lng], { radius: 5, color: e.type === 'geofence_enter' ? '#16a34a' : '#dc2626', weight: 2, fillOpacity: 0.6 })
+      L.circleMarker([e.lat, e.lng], { radius: 5, color: e.type === 'geofence_enter' ? '#16a34a' : e.type === 'geofence_exit' ? '#dc2626' : '#0891b2', weight: 2, fillOpacity: 0.6 })
         .bindTooltip(describe(e)).addTo(eventLayer)
     }
   }
