@@ -125,11 +125,18 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     # offline with a pending edit, merged after reconnecting
     assert seen["pendingText"].startswith("1 edit kept on this device")
     assert not any("Call driver 7" in n for n in seen["aliceBefore"]) and seen["bobPendingAfter"] is False
+    alice_sees, bob_sees = seen["presenceAfterReconnect"]  # presence came back both ways
+    assert "bob" in alice_sees and "alice" in bob_sees
     # history: the stored trail with its enter event
     history = seen["history"]
     assert history["max"] >= 50 and history["value"] == 5 and "fixes, 1 geofence events" in history["info"]
     assert any("enter" in e and "Depot" in e for e in history["events"])
     assert history["markerLng"] == 13.4 + 5 * 0.0002  # the playback marker is at the slider's fix
+    # bob's radius edit reached alice, alice's clicked polygon reached bob (closed ring of 3 corners)
+    assert seen["shapesOnBob"] == [
+        {"name": "Depot", "kind": "circle", "radius": 250, "corners": None},
+        {"name": "Yard", "kind": "polygon", "radius": None, "corners": 4},
+    ]
     # a viewer: no edit controls, REST refuses its writes, its sync writes go nowhere
     assert seen["viewerUi"] == {"noteFormVisible": False, "drawVisible": False, "editButtonsDisabled": True}
     assert seen["viewerRest"] == {"geofence": 403, "rwToken": 403}
@@ -146,4 +153,4 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "signInShown": True,
     }
     assert seen["errors"] == []
-    assert len(list(shots.glob("*.png"))) == 10
+    assert len(list(shots.glob("*.png"))) == 11

@@ -200,10 +200,22 @@ async function start (session) {
   me.setLocalStateField('user', { name: session.user.name || session.user.email, email: session.user.email, color: COLORS[app.fleet.clientID % COLORS.length] })
   me.setLocalStateField('viewing', null)
   me.on('change', () => scheduleRender('presence'))
+  fleetProvider.on('status', ({ status }) => { if (status === 'connected') rejoinPresence(me) })
   bindFleet()
   bindDispatch()
   await loadGeofences()
   scheduleRender('all')
+}
+
+// After a reconnect, presence both ways: y-websocket dropped the others' states on disconnect with
+// their clocks bumped (so the server's snapshot of them, sent at join, would be ignored: forget
+// those clocks), and the others saw our removal at clock+1 (so announce ourselves at clock+2).
+function rejoinPresence (awareness) {
+  for (const id of [...awareness.meta.keys()]) {
+    if (id !== awareness.clientID && !awareness.states.has(id)) awareness.meta.delete(id)
+  }
+  const mine = awareness.getLocalState()
+  if (mine) { awareness.setLocalState({ ...mine }); awareness.setLocalState({ ...mine }) }
 }
 
 async function onClose (provider, event) {
