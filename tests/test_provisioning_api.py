@@ -21,6 +21,7 @@ import pycrdt
 import pytest
 
 from storage import api_keys as key_store
+from storage import deployments as store
 from sync_server.domain.accounts import api_keys
 
 from .conftest import TEST_SECRET
@@ -334,6 +335,7 @@ async def _route_change(a: ServerProcess, b: ServerProcess, *, database_url: str
         assert not await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'")
     finally:
         await conn.close()
+    dedicated = store.open_database_url(cid, dedicated)  # sealed at rest (storage/sealing.py)
     conn = await asyncpg.connect(dedicated)
     try:
         assert await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'") == 2
