@@ -94,8 +94,7 @@ async def _start_writers(nodes, customer, stop_file) -> list:
         for i, node in enumerate(nodes)
     ]
     for proc in clients:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert json.loads(line)["mark"] == "ready", line + proc.stderr.read()
+        assert (await asyncio.to_thread(sync_peers.next_line, proc))["mark"] == "ready"
     return clients
 
 

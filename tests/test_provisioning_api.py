@@ -175,8 +175,7 @@ async def _live_migration(server, database_url, tmp_path):
     ]
     try:
         for _, _, proc in clients:  # every client synced and about to write
-            line = await asyncio.to_thread(proc.stdout.readline)
-            assert json.loads(line)["mark"] == "ready", line + proc.stderr.read()
+            assert (await asyncio.to_thread(sync_peers.next_line, proc))["mark"] == "ready"
         h = {"Authorization": f"Bearer {op}"}
         async with httpx.AsyncClient(base_url=server.base_url, headers=h, timeout=60) as client:
             await asyncio.sleep(0.5)

@@ -12,7 +12,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
@@ -42,7 +42,29 @@ CLUSTER_EVENTS = frozenset(
 MAX_EVENT_BYTES = 4096  # a control message larger than this is not ours: ignored
 
 
+class _Wired(Generic[T]):
+    """A part the composition root (sync_server.node.app) sets after construction; reading it
+    before then raises, naming it, instead of answering None."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rt: Runtime, owner: type | None = None) -> T:
+        part = rt.__dict__.get(self.name)
+        if part is None:
+            # AttributeError: getattr(rt, "rooms", None) is how a part that may be absent is asked for
+            raise AttributeError(f"Runtime.{self.name} is not wired (the composition root sets it)")
+        return part
+
+    def __set__(self, rt: Runtime, part: T) -> None:
+        rt.__dict__[self.name] = part
+
+
 class Runtime:
+    rooms: _Wired[RoomRegistry] = _Wired()  # the sync core's rooms
+    update_log: _Wired[UpdateLog] = _Wired()  # the group-commit writer of every room's updates
+    tracking: _Wired[Pipeline] = _Wired()  # the tracking Pipeline (sync_server.domain.tracking.install)
+
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
@@ -54,11 +76,6 @@ class Runtime:
             )
         )
         self.redis: Any = None
-        # Wired by the composition root (sync_server.node.app) after construction; read through the
-        # properties below, which say so instead of answering None.
-        self._rooms: RoomRegistry | None = None
-        self._update_log: UpdateLog | None = None
-        self._tracking: Pipeline | None = None
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
         self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
@@ -74,6 +91,7 @@ class Runtime:
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
+        self.subscribe("credentials_changed", self.api_keys.on_credentials_changed)
         self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
         self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 
@@ -125,33 +143,6 @@ class Runtime:
     @property
     def db(self) -> Database:
         return self.registry.shared
-
-    @property
-    def rooms(self) -> RoomRegistry:
-        """The sync core's rooms."""
-        return _wired(self._rooms, "rooms")
-
-    @rooms.setter
-    def rooms(self, rooms: RoomRegistry) -> None:
-        self._rooms = rooms
-
-    @property
-    def update_log(self) -> UpdateLog:
-        """The group-commit writer of every room's updates."""
-        return _wired(self._update_log, "update_log")
-
-    @update_log.setter
-    def update_log(self, update_log: UpdateLog) -> None:
-        self._update_log = update_log
-
-    @property
-    def tracking(self) -> Pipeline:
-        """The tracking Pipeline (sync_server.domain.tracking.install)."""
-        return _wired(self._tracking, "tracking")
-
-    @tracking.setter
-    def tracking(self, tracking: Pipeline) -> None:
-        self._tracking = tracking
 
     def on_start(self, hook: Hook) -> None:
         self._started.append(hook)
@@ -249,12 +240,6 @@ class Runtime:
                 log.info("partitions_maintained", created=created, dropped=dropped)
             except Exception:
                 log.exception("partition_maintenance_failed")
-
-
-def _wired(part: T | None, name: str) -> T:
-    if part is None:
-        raise RuntimeError(f"Runtime.{name} is not wired (the composition root sets it)")
-    return part
 
 
 async def _guarded(hook: Hook) -> None:

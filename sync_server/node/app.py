@@ -26,6 +26,7 @@ from api import (
     webapp,
 )
 from api import provisioning as provisioning_api
+from api import reports as reports_api
 from api import tracking as tracking_api
 from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> Quart:
         rt
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(reports_api.blueprint)
     app.register_blueprint(ingest.blueprint)
     app.register_blueprint(webhooks_api.blueprint)
     rt.webhooks = webhooks.install(rt)  # the delivery worker of this node

@@ -73,8 +73,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")
     # No Hypercorn pings: its ping task sleeps a whole interval after the socket closes, so every
     # closed websocket lingers (and SIGTERM waits) that long (measured: 26 s shutdown at 25 s).
-    # Dead peers are found by the sync layer's idle timeout instead (y-websocket clients renew
-    # awareness every 15 s).
+    # Dead peers are found by the sync layer's idle timeout instead: it pings a connection quiet for
+    # half of SYNC_IDLE_TIMEOUT_SECONDS itself (RoomRegistry.close_idle) and pings and pongs count as
+    # activity (patches: websocket_intake), so a silent listener that answers pings stays.
     config.websocket_ping_interval = None
     # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself while a frame arrives (patches:
     # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the

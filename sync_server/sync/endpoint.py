@@ -8,8 +8,10 @@ reading the socket when we stop receiving), costs nothing per frame, and makes c
 
 Order of a connection: accept -> authenticate (token / API key, customer active, doc allowed,
 authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
-read frames until the peer leaves or the server closes it. Refusals are closes after accept:
-4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
+read frames until the peer leaves or the server closes it. Refusals are closes after accept, a
+refused credential or connection held open first (sync.refusals: clients that reconnect as soon as a
+socket opens would storm): 4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400
+(malformed), 1009 (too big, with the limit in the reason; 4413 when the same client repeats it),
 1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
 BaseExceptions such as a Rust panic included, closes only that peer).
 """
