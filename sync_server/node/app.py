@@ -149,6 +149,12 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_drain(drain)
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
+
+    async def session_ended(customer_id, session_id, **_ignored) -> None:  # a dispatcher app signed out
+        closed = rooms.close_session(str(customer_id), str(session_id))
+        log.info("app_session_connections_closed", customer_id=str(customer_id), connections=closed)
+
+    runtime.subscribe("app_session_ended", session_ended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
     endpoint = SyncEndpoint(
         app.asgi_app,

@@ -202,6 +202,7 @@ class SyncEndpoint:
             raw=raw is not None,
         )
         self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
+        conn.app_session = access.session
         conn.start()
         if intake is not None:
             intake.conn = conn  # pings and pongs count as activity

@@ -54,6 +54,7 @@ class Access:
     can_write: bool
     credential: str  # "token" or "api_key"
     expires_at: float | None = None  # epoch seconds: the connection is closed then (sync/credentials.py)
+    session: str = ""  # the sign-in session the credential belongs to ("" for none): closed with it
 
 
 class Refused(Exception):
