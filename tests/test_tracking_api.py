@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import httpx
 
-from storage import DatabaseRegistry
+from storage import DatabaseRegistry, sealing
 from sync_server.domain.tracking import retention
 from sync_server.domain.tracking.distance import geodesic
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
@@ -199,8 +199,9 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
     async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
         hook = await conn.fetchval(
             "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
-            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            "VALUES ($1, 'https://a.example/h', '{*}', $2) RETURNING id",
             cid,
+            sealing.seal("whsec_x", f"webhook_endpoints.secret/{cid}"),  # sealed at rest (migration 0121)
         )
         for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
             await conn.execute(
