@@ -159,6 +159,22 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             a,
             uuid.uuid4().bytes,
         )
+        hook = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
+            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            a,
+        )
+        delivery = await conn.fetchval(
+            "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at) "
+            "VALUES ($1, $2, gen_random_uuid(), 'trip.started', '{}', now()) RETURNING id",
+            a,
+            hook,
+        )
+        await conn.execute(
+            "INSERT INTO webhook_attempts (customer_id, delivery_id, attempt, duration_ms) VALUES ($1, $2, 1, 5)",
+            a,
+            delivery,
+        )
     async with db.operator("test_setup") as conn:
         tables = [
             r["t"]
@@ -169,6 +185,7 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
         ]
         seen_by_operator = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
     assert seen_by_operator["vehicles"] == 1 and seen_by_operator["customers"] == 2 and len(tables) > 15
+    assert all(seen_by_operator[t] == 1 for t in ("webhook_endpoints", "webhook_outbox", "webhook_attempts"))
     for t in ("tracking_settings", "fleet_events", "trips", "stops", "motion_state"):
         assert seen_by_operator[t] == 1, t
     assert seen_by_operator["customer_user_sessions"] == 1

@@ -104,6 +104,7 @@ class Batch:
     day: dt.date | None = None
     first_index: int = 0
     decoded: Chunk | None = None
+    received: float | None = None  # time.monotonic() when its oldest fix reached the node, if known
 
     @property
     def size(self) -> int:
@@ -463,6 +464,7 @@ class Pipeline:
         self._zones: dict[str, tuple[Any, fleet_events.Zones | None]] = {}  # customer -> (fingerprint, zones)
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
+        self._committed_listeners: list[Callable[[Batch, Outcome], None]] = []
         self._event_listeners: list[Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]] = []
         self._fleet_listeners: list[Callable[[str, fleet_events.Changes], Awaitable[Any]]] = []
         # The steps before the transaction run here, off the event loop: a 50,000-point batch is
@@ -473,6 +475,10 @@ class Pipeline:
     def on_latest(self, listener: Callable[[str, uuid.UUID, Point], Awaitable[None]]) -> None:
         """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
         self._latest_listeners.append(listener)
+
+    def on_committed(self, listener: Callable[[Batch, Outcome], None]) -> None:
+        """Called (batch, outcome) once a batch's transaction committed (metrics); must be quick."""
+        self._committed_listeners.append(listener)
 
     def on_events(self, listener: Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]) -> None:
         """Called (customer_id, vehicle_id, events) after a batch committed new geofence events
@@ -587,6 +593,11 @@ class Pipeline:
         timings["commit"] = _ms(commit_started)
         run.conn = None
         outcome = run.outcome
+        for committed in self._committed_listeners:
+            try:
+                committed(batch, outcome)
+            except Exception:
+                log.exception("committed_listener_failed")
         if outcome.latest is not None:
             for listener in self._latest_listeners:
                 try:
