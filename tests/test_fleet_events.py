@@ -307,3 +307,24 @@ async def test_quota_reached_once_per_day(db):
     async with db.tenant(cid) as conn:
         rows = await conn.fetch("SELECT vehicle_id, data FROM fleet_events WHERE type = 'quota.reached'")
     assert len(rows) == 1 and rows[0]["vehicle_id"] is None and rows[0]["data"]["limit"] == 5
+
+
+async def test_speed_limits_of_the_vehicle_and_of_zones_and_the_feed_entries(db):
+    """The limit at a fix is the lowest of the customer's default, the vehicle's and those of
+    speed-limited geofences holding it; the recorded events make valid fleet-feed entries."""
+    cid, vid = await _customer(db)  # customer default: 60 km/h
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE vehicles SET metadata = '{\"speed_limit_kmh\": 80}' WHERE id = $1", vid)
+    fixes = _track([("drive", 10, 10, 70, 90, True), ("drive", 10, 10, 50, 90, True), ("park", 8, 30)])
+    # a 30 km/h zone around the 50 km/h stretch
+    zone_lng = (fixes[12]["lng"] + fixes[17]["lng"]) / 2
+    zone = await fleet.circle(db, cid, "school", 52.5, zone_lng, 400)
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE geofences SET metadata = '{\"speed_limit_kmh\": 30}' WHERE id = $1", zone)
+    outcome = await _send(await _pipeline(db), cid, vid, fixes)
+    over = [e for e in outcome.fleet.added if e.type == "overspeed.started"]
+    # 70 km/h under the vehicle's 80 is fine (its limit replaces the customer's 60); 50 in the zone is not
+    assert len(over) == 1 and over[0].data["limit_kmh"] == 30.0 and over[0].data["max_speed_kmh"] == 50.0
+    entries = [e.as_json() for e in outcome.fleet.feed_entries()]
+    assert {e["type"] for e in entries} >= {"overspeed.started", "trip.started", "trip.ended", "stop.started"}
+    assert all(e["id"].startswith("fleet:") and e["vehicle_id"] == str(vid) for e in entries)
