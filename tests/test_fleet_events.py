@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import random
 
 import pytest
@@ -209,7 +210,7 @@ legs = st.lists(
 
 
 @settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("FLEET_EVENTS_EXAMPLES", "40")),  # e.g. 300 for a long run
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
