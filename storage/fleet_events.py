@@ -350,3 +350,39 @@ async def summary(
         end,
         overspeed,
     )
+
+
+async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` of the customer's events older than `cutoff`."""
+    status = await conn.execute(
+        "DELETE FROM fleet_events WHERE customer_id = $1 AND id IN (SELECT id FROM fleet_events "
+        "WHERE customer_id = $1 AND time < $2 LIMIT $3)",
+        customer_id,
+        cutoff,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def delete_trips_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` closed trips that ended before `cutoff`."""
+    return await _delete_segments(conn, "trips", customer_id, cutoff, limit)
+
+
+async def delete_stops_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` closed stops that ended before `cutoff` (their checkpoints go with
+    them: a fix that old is refused as too_old, so no backfill restarts from them)."""
+    return await _delete_segments(conn, "stops", customer_id, cutoff, limit)
+
+
+async def _delete_segments(conn: asyncpg.Connection, table: str, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    assert table in ("trips", "stops")
+    status = await conn.execute(
+        f"DELETE FROM {table} s USING (SELECT vehicle_id, start_time FROM {table} WHERE customer_id = $1 "
+        "AND start_time < $2 AND end_time < $2 LIMIT $3) old WHERE s.customer_id = $1 "
+        "AND s.vehicle_id = old.vehicle_id AND s.start_time = old.start_time",
+        customer_id,
+        cutoff,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])
