@@ -11,6 +11,8 @@ from typing import Any
 
 import asyncpg
 
+from storage.geofence_events import delete_events_before
+
 _EVENT = "id, vehicle_id, type, time, lat, lng, data, decided_ms"
 
 
@@ -354,14 +356,7 @@ async def summary(
 
 async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
     """Retention: up to `limit` of the customer's events older than `cutoff`."""
-    status = await conn.execute(
-        "DELETE FROM fleet_events WHERE customer_id = $1 AND id IN (SELECT id FROM fleet_events "
-        "WHERE customer_id = $1 AND time < $2 LIMIT $3)",
-        customer_id,
-        cutoff,
-        limit,
-    )
-    return int(status.rsplit(" ", 1)[-1])
+    return await delete_events_before(conn, "fleet_events", customer_id, cutoff, limit)
 
 
 async def delete_trips_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
