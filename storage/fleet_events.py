@@ -19,15 +19,18 @@ _EVENT = "id, vehicle_id, type, time, lat, lng, data, decided_ms"
 # --- settings ---------------------------------------------------------------------------------
 
 
-async def settings_of(conn: asyncpg.Connection, customer_id, vehicle_id=None) -> tuple[dict, Any]:
-    """(the customer's settings, the vehicle's metadata speed_limit_kmh or None)."""
+async def settings_of(conn: asyncpg.Connection, customer_id, vehicle_id=None) -> tuple[dict, Any, bool]:
+    """(the customer's settings, the vehicle's metadata speed_limit_kmh or None, whether the vehicle
+    exists). The vehicle is locked FOR KEY SHARE until the transaction ends (the rows written for it
+    reference it: a concurrent delete waits, and its cascade then takes them along)."""
     row = await conn.fetchrow(
+        "WITH v AS (SELECT metadata FROM vehicles WHERE customer_id = $1 AND id = $2 FOR KEY SHARE) "
         "SELECT (SELECT settings FROM tracking_settings WHERE customer_id = $1) AS settings, "
-        "(SELECT metadata -> 'speed_limit_kmh' FROM vehicles WHERE customer_id = $1 AND id = $2) AS limit",
+        "(SELECT metadata -> 'speed_limit_kmh' FROM v) AS limit, EXISTS (SELECT 1 FROM v) AS found",
         customer_id,
         vehicle_id,
     )
-    return (row["settings"] or {}), row["limit"]
+    return (row["settings"] or {}), row["limit"], row["found"]
 
 
 async def put_settings(conn: asyncpg.Connection, customer_id, settings: dict) -> None:
