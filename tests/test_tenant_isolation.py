@@ -6,7 +6,7 @@ import uuid
 import asyncpg
 import pytest
 
-from storage import webhooks as webhook_store
+from storage import sealing
 
 
 async def _customer(db, slug):
@@ -161,11 +161,12 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             a,
             uuid.uuid4().bytes,
         )
-        hook = (  # sealed, as migration 0121 requires of every stored secret
-            await webhook_store.insert_endpoint(
-                conn, a, url="https://a.example/h", events=["*"], description="", secret="whsec_x"
-            )
-        )["id"]
+        hook = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
+            "VALUES ($1, 'https://a.example/h', '{*}', $2) RETURNING id",
+            a,
+            sealing.seal("whsec_x", f"webhook_endpoints.secret/{a}"),  # sealed at rest (migration 0121)
+        )
         delivery = await conn.fetchval(
             "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at) "
             "VALUES ($1, $2, gen_random_uuid(), 'trip.started', '{}', now()) RETURNING id",

@@ -10,8 +10,7 @@ import xml.etree.ElementTree as ET
 
 import httpx
 
-from storage import DatabaseRegistry
-from storage import webhooks as webhook_store
+from storage import DatabaseRegistry, sealing
 from sync_server.domain.tracking import retention
 from sync_server.domain.tracking.distance import geodesic
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
@@ -205,11 +204,12 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
             # materialized back then, while still inside the retention
             await pipeline.process(Batch(str(customer), vid, raw, source="osmand"), now=base + dt.timedelta(hours=1))
     async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
-        hook = (  # sealed as every stored secret is (migration 0121)
-            await webhook_store.insert_endpoint(
-                conn, cid, url="https://a.example/h", events=["*"], description="", secret="whsec_x"
-            )
-        )["id"]
+        hook = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
+            "VALUES ($1, 'https://a.example/h', '{*}', $2) RETURNING id",
+            cid,
+            sealing.seal("whsec_x", f"webhook_endpoints.secret/{cid}"),  # sealed at rest (migration 0121)
+        )
         for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
             await conn.execute(
                 "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at, "
