@@ -1,7 +1,8 @@
 """webhook_endpoints, webhook_outbox and webhook_attempts rows (tenant connections, migration 0100).
 
 The signing secret is written only by `insert_endpoint` and read back only by
-`secrets_of`; both go through `_seal` / `_unseal` (issue 18 encrypts it at rest there, in one place).
+`secrets_of`; both go through `_seal` / `_unseal`: AES-GCM under ENCRYPTION_KEY (storage/sealing.py),
+bound to the endpoint's customer; migration 0121 refuses a plaintext one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from . import sealed_columns, sealing
 from .database import TENANT_ROWS
 
 _ENDPOINT = (
@@ -31,13 +33,16 @@ _MATCHES = (
 )
 
 
-def _seal(secret: str) -> str:
-    """The stored form of a signing secret (issue 18: encryption at rest goes here)."""
-    return secret
+_SECRET = sealed_columns.column("webhook_endpoints", "secret")
 
 
-def _unseal(stored: str) -> str:
-    return stored
+def _seal(customer_id, secret: str) -> str:
+    """The stored form of a signing secret: sealed under ENCRYPTION_KEY for its customer (storage/sealing.py)."""
+    return sealing.seal(secret, _SECRET.purpose_for(customer_id))
+
+
+def _unseal(customer_id, stored: str) -> str:
+    return sealing.open(stored, _SECRET.purpose_for(customer_id))
 
 
 # --- endpoints ----------------------------------------------------------------------------------
@@ -53,16 +58,16 @@ async def insert_endpoint(
         url,
         list(events),
         description,
-        _seal(secret),
+        _seal(customer_id, secret),
     )
 
 
 async def secrets_of(conn: asyncpg.Connection, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The signing secrets of these endpoints (the one read of the column)."""
     rows = await conn.fetch(
-        "SELECT id, secret FROM webhook_endpoints WHERE id = ANY($1::uuid[])", list(set(endpoint_ids))
+        "SELECT id, customer_id, secret FROM webhook_endpoints WHERE id = ANY($1::uuid[])", list(set(endpoint_ids))
     )
-    return {r["id"]: _unseal(r["secret"]) for r in rows}
+    return {r["id"]: _unseal(r["customer_id"], r["secret"]) for r in rows}
 
 
 async def list_endpoints(conn: asyncpg.Connection, *, after: tuple, limit: int) -> list[asyncpg.Record]:
@@ -206,12 +211,19 @@ async def finish(
     duration_ms: int,
 ) -> bool:
     """Record an attempt's outcome, only while `attempt` is still the row's current claim: status
-    'delivered', 'dead', or 'pending' again from `next_attempt_at`. False if the claim was lost."""
-    row = await conn.fetchrow(
-        "UPDATE webhook_outbox SET status = $4, lease_until = NULL, last_status = $6, last_error = $7, "
-        "next_attempt_at = coalesce($5, next_attempt_at), "
-        "finished_at = CASE WHEN $4 = 'pending' THEN NULL ELSE clock_timestamp() END "
-        "WHERE id = $2 AND customer_id = $1 AND attempts = $3 AND status = 'pending' RETURNING id",
+    'delivered', 'dead', or 'pending' again from `next_attempt_at`; the attempt goes to the log and
+    a delivery ends its endpoint's run of failures. One statement. False if the claim was lost."""
+    recorded = await conn.fetchval(
+        "WITH done AS (UPDATE webhook_outbox SET status = $4, lease_until = NULL, last_status = $6, last_error = $7, "
+        "  next_attempt_at = coalesce($5, next_attempt_at), "
+        "  finished_at = CASE WHEN $4 = 'pending' THEN NULL ELSE clock_timestamp() END "
+        "  WHERE id = $2 AND customer_id = $1 AND attempts = $3 AND status = 'pending' RETURNING id, endpoint_id), "
+        "logged AS (INSERT INTO webhook_attempts "
+        "  (customer_id, delivery_id, attempt, status_code, error, response, duration_ms) "
+        "  SELECT $1, id, $3, $6, $7, $8, $9 FROM done), "
+        "healthy AS (UPDATE webhook_endpoints SET failing_since = NULL, failures = 0 "
+        "  WHERE $4 = 'delivered' AND failures > 0 AND id IN (SELECT endpoint_id FROM done)) "
+        "SELECT count(*) FROM done",
         customer_id,
         delivery_id,
         attempt,
@@ -219,27 +231,10 @@ async def finish(
         next_attempt_at,
         status_code,
         error,
-    )
-    if row is None:
-        return False
-    await conn.execute(
-        "INSERT INTO webhook_attempts (customer_id, delivery_id, attempt, status_code, error, response, duration_ms) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        customer_id,
-        delivery_id,
-        attempt,
-        status_code,
-        error,
         response,
         duration_ms,
     )
-    return True
-
-
-async def endpoint_succeeded(conn: asyncpg.Connection, endpoint_id) -> None:
-    await conn.execute(
-        "UPDATE webhook_endpoints SET failing_since = NULL, failures = 0 WHERE id = $1 AND failures > 0", endpoint_id
-    )
+    return recorded == 1
 
 
 async def endpoint_failed(
@@ -317,3 +312,17 @@ async def redeliver(conn: asyncpg.Connection, customer_id, endpoint_id, delivery
         endpoint_id,
         delivery_id,
     )
+
+
+async def delete_finished_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` of the customer's delivered or dead deliveries that finished before
+    `cutoff` (their attempts go with them); pending ones stay whatever their age."""
+    status = await conn.execute(
+        "DELETE FROM webhook_outbox o USING (SELECT id FROM webhook_outbox WHERE customer_id = $1 "
+        "AND status <> 'pending' AND finished_at < $2 ORDER BY finished_at LIMIT $3) old "
+        "WHERE o.customer_id = $1 AND o.id = old.id",
+        customer_id,
+        cutoff,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])

@@ -196,8 +196,25 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
             ]
             # materialized back then, while still inside the retention
             await pipeline.process(Batch(str(customer), vid, raw, source="osmand"), now=base + dt.timedelta(hours=1))
+    async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
+        hook = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
+            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            cid,
+        )
+        for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
+            await conn.execute(
+                "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at, "
+                "status, finished_at, created_at) VALUES ($1, $2, gen_random_uuid(), 'trip.started', '{}', $4, $3, $5, $4)",
+                cid,
+                hook,
+                status,
+                now - dt.timedelta(days=3),
+                finished,
+            )
     removed = await retention.run_once(registry, "hobby", batch_rows=7)
-    assert removed == {"positions": 25, "geofence_events": 2}
+    assert removed == {"positions": 25, "geofence_events": 2, "webhook_deliveries": 1}
+    assert await fleet.count(db, cid, "SELECT count(*) FROM webhook_outbox WHERE status = 'pending'") == 1
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 25
     assert await fleet.count(db, cid, "SELECT count(*) FROM geofence_events") == 2
     assert await fleet.count(db, keep_cid, "SELECT count(*) FROM gps_positions") == 50

@@ -242,26 +242,35 @@ async def test_dead_letters_and_disabled_endpoints_are_visible_and_recoverable(d
     try:
         cid = await _customer(db)
         wid, secret = await _endpoint(db, cid, receiver.url)
-        await _publish(db, cid, vehicles=1, per_vehicle=2)
-        short = Policy(**{**FAST.__dict__, "retry_window": 0.5, "disable_after": 0.3, "disable_after_failures": 3})
-        async with _worker(db, short):
+        await _publish(db, cid, vehicles=1, per_vehicle=1, prefix="old")
+        short_window = Policy(**{**FAST.__dict__, "retry_window": 0.3})
+        async with _worker(db, short_window):
+            await _until(lambda: _dead(db, cid, 1))  # still failing past the retry window: dead-lettered
+        assert (await _endpoint_row(db, cid, wid))["enabled"]  # dead letters alone do not disable
+        await _publish(db, cid, vehicles=1, per_vehicle=2, prefix="new")
+        quick_to_disable = Policy(**{**FAST.__dict__, "disable_after": 0.2, "disable_after_failures": 3})
+        async with _worker(db, quick_to_disable):
             await _until(lambda: _endpoint_disabled(db, cid, wid))
         endpoint = await _endpoint_row(db, cid, wid)
         assert "every delivery failed, last: HTTP 500" in endpoint["disabled_reason"]
-        assert "failed attempts" in endpoint["disabled_reason"]
-        counts = await _status_counts(db, cid)
-        assert counts.get("dead", 0) >= 1, counts  # past the retry window: dead-lettered
+        assert "failed attempts" in endpoint["disabled_reason"] and endpoint["failures"] >= 3
+        assert (await _status_counts(db, cid)) == {"dead": 1, "pending": 2}  # pending wait for the endpoint
         # the owner fixes the receiver, re-enables, and redelivers the dead letter
         receiver.mode = "ok"
         async with db.tenant(cid) as conn:
             await store.update_endpoint(conn, wid, url=receiver.url, events=["*"], description="", enabled=True)
-            for row in await conn.fetch("SELECT id FROM webhook_outbox WHERE status = 'dead'"):
-                assert await store.redeliver(conn, cid, wid, row["id"]) is not None
+            dead = await conn.fetchval("SELECT id FROM webhook_outbox WHERE status = 'dead'")
+            assert await store.redeliver(conn, cid, wid, dead) is not None
         async with _worker(db):
             await _until(lambda: _no_pending(db, cid))
-        assert {r.verified(secret)["data"]["n"] for r in receiver.answered} == {0, 1}
+        assert sorted(r.verified(secret)["data"]["n"] for r in receiver.answered) == [0, 0, 1]
+        assert (await _endpoint_row(db, cid, wid))["failures"] == 0
     finally:
         await receiver.close()
+
+
+async def _dead(db, cid, n):
+    return (await _status_counts(db, cid)).get("dead", 0) >= n
 
 
 async def _endpoint_disabled(db, cid, wid):
@@ -294,3 +303,28 @@ async def test_a_customer_sees_only_its_own_outbox(db):
         assert await store.secrets_of(conn, [uuid.uuid4()]) == {}
     async with db.platform() as conn:  # the due look-up names customers only
         assert await store.due_customers(conn, 10) == [a]
+
+
+async def test_a_hanging_receiver_does_not_hold_the_other_customers_deliveries(db):
+    slow = await Receiver(mode="hang").start()
+    fine = await Receiver().start()
+    try:
+        a = await _customer(db, "alpha")
+        b = await _customer(db, "bravo")
+        await _endpoint(db, a, slow.url)
+        _, secret = await _endpoint(db, b, fine.url)
+        await _publish(db, a, vehicles=20, per_vehicle=2)  # 20 queues that each hang for the whole timeout
+        await _publish(db, b, vehicles=2, per_vehicle=10)
+        few_slots = Policy(**{**FAST.__dict__, "concurrency": 4, "timeout": 5.0})
+        async with _worker(db, few_slots) as worker:
+            await _until(lambda: _received(slow, 2))
+            await _until(lambda: _done(db, b, 20), timeout=4)  # well inside one of A's timeouts
+            assert worker.per_customer == 2
+        assert _in_order_per_vehicle(fine.answered, secret) == {"v0": list(range(10)), "v1": list(range(10))}
+    finally:
+        await slow.close()
+        await fine.close()
+
+
+async def _received(receiver, n):
+    return len(receiver.received) >= n

@@ -134,6 +134,10 @@ class SyncEndpoint:
                     intake.done()
                 return event
 
+        async def refuse(code: int, reason: str) -> None:
+            await self.rooms.hooks.refused(code, reason)
+            await close(code, reason)
+
         async def close(code: int, reason: str) -> None:
             """Send the close frame, then wait for the peer's close before returning: returning at
             once lets the socket close with the peer's frames unread, the kernel answers with a
@@ -150,11 +154,11 @@ class SyncEndpoint:
 
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await close(MALFORMED, "invalid customer or document name")
+            await refuse(MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await close(GOING_AWAY, "server shutting down")
+            await refuse(GOING_AWAY, "server shutting down")
             return
         authorization = _header(scope, b"authorization")
         try:
@@ -171,6 +175,7 @@ class SyncEndpoint:
             )
         except Refused as exc:
             self.refusals.log_refused(slug, doc, exc.code, exc.reason)
+            await self.rooms.hooks.refused(exc.code, exc.reason)
             if await self.refusals.hold(receive):
                 await close(exc.code, exc.reason)
             return
@@ -178,7 +183,7 @@ class SyncEndpoint:
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await close(INTERNAL_ERROR, "document could not be loaded")
+            await refuse(INTERNAL_ERROR, "document could not be loaded")
             return
 
         async def send_bytes(frame: bytes) -> None:
@@ -197,6 +202,7 @@ class SyncEndpoint:
             raw=raw is not None,
         )
         self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
+        conn.app_session = access.session
         conn.start()
         if intake is not None:
             intake.conn = conn  # pings and pongs count as activity

@@ -24,7 +24,7 @@ async def _resources_of(api, customer) -> dict[str, str]:
     u = await (await api.post("/api/v1/users", headers=h, json={"email": "u@example.com"})).get_json()
     k = await (await api.post("/api/v1/api-keys", headers=h, json={"permissions": ["fleet:read"]})).get_json()
     w = await (
-        await api.post("/api/v1/webhooks", headers=h, json={"url": "http://127.0.0.1:9/hook", "events": ["*"]})
+        await api.post("/api/v1/webhooks", headers=h, json={"url": "http://127.0.0.1:9/hook", "events": ["trip.*"]})
     ).get_json()
     sent = await (await api.post(f"/api/v1/webhooks/{w['id']}/test", headers=h)).get_json()
     return {

@@ -115,3 +115,19 @@ class Receiver:
         await writer.drain()
         if 200 <= status < 300:
             self.answered.append(got)
+
+
+async def _serve_until_stdin_closes() -> None:
+    """`python -m tests.support.webhook_receiver`: an "ok" receiver on a free port (printed), in its
+    own process (bench/webhook_outbox.py), until stdin closes; prints the requests it got."""
+    import sys
+
+    receiver = await Receiver().start()
+    print(receiver.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    print(len(receiver.received), flush=True)
+    await receiver.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_until_stdin_closes())

@@ -1,5 +1,5 @@
-"""Retention per plan: a customer's positions and geofence events older than its plan's
-retention_days are deleted by a periodic job, in batches of RETENTION_BATCH_ROWS rows, each its
+"""Retention per plan: a customer's positions, geofence events and finished webhook deliveries
+(the delivery log) older than its plan's retention_days are deleted by a periodic job, in batches of RETENTION_BATCH_ROWS rows, each its
 own short transaction (never one huge DELETE). Whole days past the LONGEST retention are dropped
 as partitions by storage.partitions (the runtime's maintenance job)."""
 
@@ -13,6 +13,7 @@ import structlog
 from storage import geofence_events as event_store
 from storage import plans as plan_store
 from storage import positions as position_store
+from storage import webhooks as webhook_store
 from storage.registry import DatabaseRegistry
 
 log = structlog.get_logger("sync_server.domain.tracking.retention")
@@ -24,13 +25,14 @@ async def run_once(
     now = now or dt.datetime.now(dt.UTC)
     async with registry.shared.operator("tracking_retention") as conn:
         customers = await plan_store.retention_by_customer(conn, default_plan)
-    removed = {"positions": 0, "geofence_events": 0}
+    removed = {"positions": 0, "geofence_events": 0, "webhook_deliveries": 0}
     for row in customers:
         cid, cutoff = row["id"], now - dt.timedelta(days=row["retention_days"])
         db = await registry.for_customer(cid)
         for kind, delete in (
             ("positions", position_store.delete_before),
             ("geofence_events", event_store.delete_before),
+            ("webhook_deliveries", webhook_store.delete_finished_before),
         ):
             while True:
                 async with db.tenant(cid) as conn:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import random
 import time
 import uuid
@@ -182,6 +183,9 @@ class DeliveryWorker:
         self.sender = Sender(policy)
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._in_flight: set[asyncio.Task] = set()
+        self._by_customer: dict[uuid.UUID, int] = {}  # deliveries in flight per customer
+        # one customer (a slow receiver, a backlog) holds at most half the slots: the others go on
+        self.per_customer = max(1, policy.concurrency // 2)
         self._wake = asyncio.Event()
         self.delivered = 0  # counters for logs and benchmarks
         self.failed = 0
@@ -195,13 +199,13 @@ class DeliveryWorker:
         log.info("webhook_worker_started", concurrency=self.policy.concurrency)
         try:
             while not self.stopping.is_set():
+                self._wake.clear()  # a wake-up during the round below is kept for the wait after it
                 try:
                     claimed = await self.round()
                 except Exception:
                     log.exception("webhook_round_failed")
                     claimed = 0
                 if not claimed:
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.policy.poll_seconds)
                     except TimeoutError:
@@ -233,11 +237,12 @@ class DeliveryWorker:
         return claimed
 
     async def _claim_and_send(self, db: Database, customer_id: uuid.UUID) -> int:
-        free = self._free_slots()
-        if free == 0:
+        if self._free_slots() == 0:
             await self._slots.acquire()  # wait for one delivery to finish
             self._slots.release()
-            free = self._free_slots()
+        free = min(self._free_slots(), self.per_customer - self._by_customer.get(customer_id, 0))
+        if free <= 0:
+            return 0
         async with db.tenant(customer_id) as conn:
             rows = await store.claim(conn, customer_id, limit=free, lease_seconds=self.policy.lease_seconds)
             secrets = await store.secrets_of(conn, [r["endpoint_id"] for r in rows]) if rows else {}
@@ -245,15 +250,20 @@ class DeliveryWorker:
             await self._slots.acquire()
             task = asyncio.ensure_future(self._deliver(db, customer_id, row, secrets[row["endpoint_id"]]))
             self._in_flight.add(task)
-            task.add_done_callback(self._done)
+            self._by_customer[customer_id] = self._by_customer.get(customer_id, 0) + 1
+            task.add_done_callback(functools.partial(self._done, customer_id=customer_id))
         return len(rows)
 
     def _free_slots(self) -> int:
         return self.policy.concurrency - len(self._in_flight)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task, *, customer_id: uuid.UUID) -> None:
         self._in_flight.discard(task)
         self._slots.release()
+        left = self._by_customer.pop(customer_id, 1) - 1
+        if left:
+            self._by_customer[customer_id] = left
+        self._wake.set()  # the next of its queue may be due now
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook_delivery_crashed", error=repr(task.exception()))
 
@@ -287,9 +297,7 @@ class DeliveryWorker:
                 duration_ms=result.ms,
             )
             disabled = None
-            if recorded and result.ok:
-                await store.endpoint_succeeded(conn, row["endpoint_id"])
-            elif recorded:
+            if recorded and not result.ok:
                 disabled = await store.endpoint_failed(
                     conn,
                     row["endpoint_id"],

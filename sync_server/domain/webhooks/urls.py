@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 MAX_URL_LENGTH = 2048
+RESOLVE_SECONDS = 5.0  # a name that takes longer to resolve is refused
 
 
 class Refused(ValueError):
@@ -65,8 +66,9 @@ async def resolve(url: str, *, allow_private: bool) -> list[str]:
     name does not resolve)."""
     _, host, port = check(url)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, TimeoutError) as exc:
         raise Refused(f"host {host!r} does not resolve ({exc.__class__.__name__})") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
