@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test test-fast lint install js browser bench clean
+.PHONY: run test test-fast lint install js browser prometheus bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ browser:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# promtool for tests/test_alert_rules.py (Debian's prometheus package ships it; needs root).
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus for promtool"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 run: $(STAMP) js
 	$(BIN)/webhost-sync serve
 
@@ -40,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint js browser
+test: lint js browser prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fast part: no real JS clients, no browser, no multi-node / Redis, nothing over ~10 s.

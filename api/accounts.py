@@ -207,22 +207,22 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
             if current is None:
                 raise not_found("user")
             merged = {**dict(current), **changes}
-            if set_password:  # a new password (or none) ends the user's app sessions at once
-                await user_sessions.revoke_user(conn, user_id)
-            return found(
-                await user_store.update(
-                    conn,
-                    user_id,
-                    email=merged["email"],
-                    name=merged["name"],
-                    role=merged["role"],
-                    password_hash=password_hash,
-                    set_password=set_password,
-                ),
-                "user",
+            # a new password (or none) ends the user's app sessions at once
+            ended = await user_sessions.revoke_user(conn, user_id) if set_password else []
+            row = await user_store.update(
+                conn,
+                user_id,
+                email=merged["email"],
+                name=merged["name"],
+                role=merged["role"],
+                password_hash=password_hash,
+                set_password=set_password,
             )
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None
+    for session_id in ended:  # their open websockets too (this node; others refuse them on connect)
+        await runtime().publish("app_session_ended", customer_id=principal().customer_id, session_id=str(session_id))
+    return found(row, "user")
 
 
 @blueprint.delete("/api/v1/users/<uuid:user_id>")

@@ -3,8 +3,12 @@
 `/ingest/osmand/{customer_slug}` or `/ingest/osmand`, GET or POST, query/form parameters or the
 Traccar Client JSON body; the device key as `key=` or `Authorization: Bearer` (sync_server/
 tracking/devices.py says how the vehicle is found). Accepted fixes run through the same pipeline as
-track documents. 200 answers `{"accepted": n, "rejected": {reason: n}}` (a filtered fix is not a
-transport error: the tracker must not resend it); unreadable input is 422 with field paths.
+track documents. 200 answers `{"accepted": n, "rejected": {reason: n}}` for every request that
+could be read and whose device is known, whatever became of its positions (no fix, `valid=false`,
+duplicate, too old, over quota...): Traccar Client resends, first in its queue, every position not
+answered 2xx, so any other answer would stick the phone's queue. Only an unknown device (401/403/404)
+and unreadable input (422 with field paths) are refused. A body is read as the Traccar Client JSON
+when it starts with `{` or `[`, else as form fields whatever its Content-Type (Traccar does the same).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import io
 import json
 import time
+from urllib.parse import parse_qsl
 
+import structlog
 from pydantic import Field
 from quart import Blueprint
 from werkzeug.formparser import FormDataParser
@@ -27,6 +33,7 @@ from .openapi import operation, validation_failed
 from .schemas import ResponseModel
 
 blueprint = Blueprint("ingest", __name__)
+log = structlog.get_logger("api.ingest")
 
 FORM = {
     "type": "object",
@@ -38,7 +45,10 @@ TRACCAR_JSON = {"type": "object", "description": "the Traccar Client JSON body (
 
 class IngestResult(ResponseModel):
     accepted: int = Field(description="fixes stored")
-    rejected: dict[str, int] = Field(description="fixes filtered out, per reason (not to be resent)")
+    rejected: dict[str, int] = Field(
+        description="positions not stored, per reason (no_fix, invalid, duplicate, too_old, quota_exceeded, "
+        "...): answered 200 all the same, so the tracker does not resend them"
+    )
 
 
 def _unreadable(errors: list[tuple[str, str]], location: str) -> ApiError:
@@ -56,14 +66,29 @@ def _device_key(call: calls.Call, params) -> str | None:
     return params.get("key") or None
 
 
+MAX_FORM_FIELDS = 200  # an OsmAnd request has about 15
+
+
 def _form(call: calls.Call, raw_body: bytes) -> dict[str, str]:
-    """The form fields of a urlencoded or multipart body (the first of repeated ones), as Quart's
-    request.form read them; other media types hold none."""
+    """The form fields of a body (the first of repeated ones): multipart as Quart's request.form
+    reads it, anything else as `application/x-www-form-urlencoded` whatever its Content-Type (trackers
+    send `text/plain` or none at all)."""
     mimetype, _, rest = call.headers.get("content-type", "").partition(";")
-    options = dict(part.strip().split("=", 1) for part in rest.split(";") if "=" in part)
-    options = {k.lower(): v.strip('"') for k, v in options.items()}
-    _, form, _ = FormDataParser().parse(io.BytesIO(raw_body), mimetype.strip().lower(), len(raw_body), options)
-    return form.to_dict()
+    mimetype = mimetype.strip().lower()
+    if mimetype == "multipart/form-data":
+        options = dict(part.strip().split("=", 1) for part in rest.split(";") if "=" in part)
+        options = {k.lower(): v.strip('"') for k, v in options.items()}
+        _, parsed, _ = FormDataParser().parse(io.BytesIO(raw_body), mimetype, len(raw_body), options)
+        return parsed.to_dict()
+    text = raw_body.decode("utf-8", errors="replace").strip()
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise _unreadable([("body", f"more than {MAX_FORM_FIELDS} form fields")], "body") from None
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
 
 
 @blueprint.route("/ingest/osmand", methods=["GET", "POST"])
@@ -75,10 +100,13 @@ def _form(call: calls.Call, raw_body: bytes) -> dict[str, str]:
     errors=(401, 403, 404),
     raw_body={"application/x-www-form-urlencoded": FORM, "application/json": TRACCAR_JSON},
     description="Query or form parameters, or the Traccar Client JSON body; the device key as `key=` "
-    "or `Authorization: Bearer`. A filtered fix is counted in `rejected`, not refused.",
+    "or `Authorization: Bearer`. Every readable request of a known device is answered 200: a position that "
+    "was not stored (no fix, `valid=false`, duplicate, too old, over quota, ...) is counted in `rejected`, not "
+    "refused, so Traccar Client's queue never sticks. Form bodies are read whatever their Content-Type.",
 )
 async def osmand_position(customer_slug: str | None = None):
     now_ms = int(time.time() * 1000)
+    received = time.monotonic()  # the fixes arrived (pipeline lag: until their rows commit)
     call = calls.current()
     params = {key: values[0] for key, values in call.query().items()}
     raw_body = await call.body() if call.method == "POST" else b""
@@ -88,17 +116,28 @@ async def osmand_position(customer_slug: str | None = None):
                 body = json.loads(raw_body)
             except ValueError:
                 raise ApiError(422, "invalid_json", "request body is not valid JSON") from None
-            identifier, points = osmand.from_json(body, now_ms)
+            decoded = osmand.from_json(body, now_ms)
         else:
-            if raw_body:
+            if raw_body.strip():
                 params.update(_form(call, raw_body))
-            identifier, points = osmand.from_params(params, now_ms)
+            decoded = osmand.from_params(params, now_ms)
     except osmand.OsmAndError as exc:
         raise _unreadable(exc.errors, "body" if raw_body.strip() else "query") from None
     try:
-        device = await devices.authenticate(runtime().registry, identifier, _device_key(call, params), customer_slug)
+        device = await devices.authenticate(
+            runtime().registry, decoded.device, _device_key(call, params), customer_slug
+        )
     except devices.DeviceRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     logs.bind(customer_id=device.customer_id)
-    outcome = await runtime().tracking.process(Batch(device.customer_id, device.vehicle_id, points, source="osmand"))
-    return {"accepted": outcome.stored, "rejected": outcome.rejected}
+    rejected = dict(decoded.rejected)
+    accepted = 0
+    if decoded.points:
+        batch = Batch(device.customer_id, device.vehicle_id, decoded.points, source="osmand", received=received)
+        outcome = await runtime().tracking.process(batch)
+        accepted = outcome.stored
+        for reason, n in outcome.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    if decoded.rejected:
+        log.info("osmand_positions_rejected", vehicle_id=str(device.vehicle_id), rejected=decoded.rejected)
+    return {"accepted": accepted, "rejected": rejected}

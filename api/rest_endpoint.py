@@ -24,7 +24,8 @@ JSON 500 as long as no response has started, instead of Hypercorn's empty one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -42,6 +43,7 @@ from .openapi import Reply
 
 log = structlog.get_logger("api.rest_endpoint")
 
+Observe = Callable[[str, str, int, float], None]
 METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE"))  # HEAD and OPTIONS stay with Quart
 JSON_TYPE = (b"content-type", b"application/json")
 
@@ -49,9 +51,10 @@ JSON_TYPE = (b"content-type", b"application/json")
 class RestEndpoint:
     """ASGI wrapper: HTTP requests for an `@operation` view are served here, the rest by `app`."""
 
-    def __init__(self, app, quart: Quart, runtime) -> None:
+    def __init__(self, app, quart: Quart, runtime, observe: Observe | None = None) -> None:
         self.app = app
         self.runtime = runtime
+        self.observe = observe  # told (route template, method, status, seconds) of every request
         self.views = {
             endpoint: view
             for endpoint, view in quart.view_functions.items()
@@ -66,19 +69,20 @@ class RestEndpoint:
             return
         if scope["method"] in METHODS:
             try:
-                endpoint, args = self.routes.match(scope["path"], scope["method"])
+                rule, args = self.routes.match(scope["path"], scope["method"], return_rule=True)
             except HTTPException:  # 404 / 405 / redirect: Quart answers those as it always did
-                endpoint = None
-            view = self.views.get(endpoint)
-            if view is not None:
-                await self.serve(view, args, scope, receive, send)
+                rule = None
+            view = self.views.get(rule.endpoint) if rule is not None else None
+            if view is not None and rule is not None:
+                await self.serve(view, args, scope, receive, send, rule.rule)
                 return
         await self.serve_quart(scope, receive, send)
 
-    async def serve(self, view, args: Mapping[str, Any], scope, receive, send) -> None:
+    async def serve(self, view, args: Mapping[str, Any], scope, receive, send, route: str = "other") -> None:
         call: calls.Call = _call_of(scope, lambda: self._read_body(call, receive))
         entered, rt = calls.enter(call), serving(self.runtime)
         logs.bind(request_id=call.request_id)
+        started, status = time.perf_counter(), 499  # 499: the client left before an answer
         try:
             try:
                 await rate_limits.check(call)
@@ -90,6 +94,7 @@ class RestEndpoint:
                     raise
                 status, body, headers = reply(exc)
                 result = strict_json.dumps(body).encode(), status, headers
+            status = result.status_code if isinstance(result, Response) else result[1]
             try:
                 if isinstance(result, Response):
                     await _send_quart_response(result, call.request_id, send)
@@ -103,6 +108,8 @@ class RestEndpoint:
             logs.unbind("request_id", "customer_id")
             done_serving(rt)
             calls.leave(entered)
+            if self.observe is not None:
+                self.observe(route, scope["method"], status, time.perf_counter() - started)
 
     async def serve_quart(self, scope, receive, send) -> None:
         """A request Quart serves, with its Call made here; a failure that escapes Quart is answered
@@ -111,12 +118,14 @@ class RestEndpoint:
         entered = calls.enter(call)
         logs.bind(request_id=call.request_id)
         started = False
+        status, began = 500, time.perf_counter()
         request_id = (b"x-request-id", call.request_id.encode("latin-1"))
 
         async def watched(message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message.get("status", 500)
                 message = {
                     **message,
                     "headers": [
@@ -147,6 +156,8 @@ class RestEndpoint:
         finally:
             logs.unbind("request_id", "customer_id")
             calls.leave(entered)
+            if self.observe is not None:  # unmatched paths, HEAD/OPTIONS, the OpenAPI document: one label
+                self.observe("other", scope["method"], status, time.perf_counter() - began)
 
     async def _read_body(self, call: calls.Call, receive) -> bytes:
         limit = self.config.get("MAX_CONTENT_LENGTH")
@@ -226,8 +237,8 @@ def _headers(scope) -> dict[str, str]:
     return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
-def install(app: Quart, runtime) -> None:
+def install(app: Quart, runtime, observe: Observe | None = None) -> None:
     """Serve `@operation` routes from ASGI; what Quart still serves gets the same call, request id
     and rate limit from here (no Quart hooks). Call after every blueprint is registered (the route
-    table is read once)."""
-    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime)  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
+    table is read once). `observe(route template, method, status, seconds)`: every request (metrics)."""
+    app.asgi_app = RestEndpoint(app.asgi_app, app, runtime, observe)  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app

@@ -206,6 +206,22 @@ async def _dashboard(url: str, stop: asyncio.Event) -> list[tuple[float, float]]
     return rtts
 
 
+def _check(
+    server: subprocess.Popen, clients: list[subprocess.Popen], log_path: Path, what: str, deadline: float
+) -> None:
+    """Fail at once, with what the dead process said, when the server or a tracker client exited
+    (a client without node_modules dies at start: nothing would ever be materialized), and when
+    `deadline` (time.monotonic) passed."""
+    if server.poll() is not None:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the server exited with {server.returncode} during {what}; {log_path}:\n{tail}")
+    for c in clients:
+        if c.poll() not in (None, 0):
+            raise RuntimeError(f"a tracker client exited with {c.returncode} during {what}:\n{c.stderr.read()[-4000:]}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"timed out during {what}; server log {log_path}")
+
+
 async def end_to_end_rate(
     url: str,
     owner: asyncpg.Connection,
@@ -243,10 +259,12 @@ async def end_to_end_rate(
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
+    spawned: list[subprocess.Popen] = []
     try:
         import httpx
 
         for _ in range(300):
+            _check(server, [], log_path, "server start", time.monotonic() + 1)
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
@@ -258,6 +276,10 @@ async def end_to_end_rate(
         start_ms = int(dt.datetime(day.year, day.month, day.day, 1, tzinfo=dt.UTC).timestamp() * 1000)
 
         def client(vid, n, begin, on=day, connect_at=0):
+            spawned.append(_tracker(vid, n, begin, on, connect_at))
+            return spawned[-1]
+
+        def _tracker(vid, n, begin, on, connect_at):
             return subprocess.Popen(
                 [
                     "node",
@@ -288,15 +310,17 @@ async def end_to_end_rate(
         # warm-up (not measured): one small document per vehicle, so pooled connections have their
         # plans and caches, like a server that has been running
         warm = [client(vid, 500, start_ms - 86_400_000, day - dt.timedelta(days=1)) for vid in vids]
-        for c in warm:
-            c.communicate(timeout=120)
+        deadline = time.monotonic() + 120
         while (
             await owner.fetchval(
                 "SELECT coalesce(sum(elements), 0) FROM track_progress WHERE customer_id = $1", uuid.UUID(cid)
             )
             < 500 * vehicles
         ):
+            _check(server, warm, log_path, "warm-up", deadline)
             await asyncio.sleep(0.01)
+        for c in warm:
+            c.communicate(timeout=120)
         (log_dir / "warm").write_text(str(log_path.stat().st_size))
         cpu_before, pg_before = _tree_cpu(server.pid), await _backend_cpu(owner)
         spy = None
@@ -344,10 +368,7 @@ async def end_to_end_rate(
             if done >= total:
                 finished = time.time()
                 break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done} of {total} points materialized after 600 s; server log {log_path}")
-            if any(c.poll() not in (None, 0) for c in clients):
-                raise RuntimeError("a client failed: " + "".join(c.stderr.read() for c in clients if c.poll()))
+            _check(server, clients, log_path, f"{done} of {total} points materialized", deadline)
             await asyncio.sleep(0.01)
         cpu = _tree_cpu(server.pid) - cpu_before
         stop_dashboard.set()
@@ -372,6 +393,9 @@ async def end_to_end_rate(
             dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC),
         )
     finally:
+        for c in spawned:  # a failed run leaves no tracker client behind
+            if c.poll() is None:
+                c.kill()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(60)
@@ -520,4 +544,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except RuntimeError as exc:  # a dead client or server: what it said, no traceback of ours
+        sys.exit(f"gps_ingest: {exc}")

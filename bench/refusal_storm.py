@@ -59,14 +59,52 @@ def versions(db: BenchDatabase, tmp: Path, seconds: float, hold: float) -> dict:
         }
         results = {v: last_json(p, seconds + 60) for v, p in procs.items()}
         cpu = procstat.cpu_seconds(server.pid) - cpu0
+        upgraded: dict[str, dict] = {}
+        upgrade_cpu = None
+        if hold == 0:  # the same clients refused at the upgrade (a path with no websocket: HTTP 403/404)
+            cpu1 = procstat.cpu_seconds(server.pid)
+            upgrade = {
+                v: node(
+                    "edge.mjs",
+                    {"lib": lib, "server": server.ws_base.replace("/sync/", "/no-sync/"), "doc": "fleet"}
+                    | {"seconds": seconds},
+                )
+                for v, lib in LIBS.items()
+            }
+            upgraded = {v: last_json(p, seconds + 60) for v, p in upgrade.items()}
+            upgrade_cpu = round(procstat.cpu_seconds(server.pid) - cpu1, 2)
+        # over the plan's connections (1013): one holder takes the only slot, one client of each version
+        asyncio.run(_set_limit(db.url, 1))
+        holder = node(
+            "edge.mjs", {"server": server.ws_base, "doc": "fleet", "token": server.token, "seconds": seconds + 5}
+        )
+        time.sleep(3)
+        cpu2 = procstat.cpu_seconds(server.pid)
+        over = {
+            v: node(
+                "edge.mjs",
+                {"lib": lib, "server": server.ws_base, "doc": "fleet", "token": server.token} | {"seconds": seconds},
+            )
+            for v, lib in LIBS.items()
+        }
+        over_limit = {v: last_json(p, seconds + 60) for v, p in over.items()}
+        over_cpu = round(procstat.cpu_seconds(server.pid) - cpu2, 2)
+        last_json(holder, 60)
+        asyncio.run(_set_limit(db.url, 1_000_000))
         log = server.process.log_text()
     finally:
         server.stop()
     return {
         "hold_s": hold,
         "seconds": seconds,
+        "over_limit_attempts": {v: r["attempts"] for v, r in over_limit.items()},
+        "over_limit_close_codes": sorted({c["code"] for r in over_limit.values() for c in r["closes"]}),
+        "over_limit_server_cpu_s": over_cpu,
         "attempts": {v: r["attempts"] for v, r in results.items()},
         "stopped": {v: r["stopped"] for v, r in results.items()},
+        "refused_at_upgrade_attempts": {v: r["attempts"] for v, r in upgraded.items()},
+        "refused_at_upgrade_close_codes": sorted({c["code"] for r in upgraded.values() for c in r["closes"]}),
+        "refused_at_upgrade_server_cpu_s": upgrade_cpu,
         "refused_log_lines": log.count('"sync_refused"'),
         "log_bytes": len(log),
         "server_cpu_s": round(cpu, 2),

@@ -156,6 +156,13 @@ class Database:
             pool, self._pool = self._pool, None
             await pool.close()
 
+    def pool_use(self) -> tuple[int, int, int] | None:
+        """(connections open, of them idle, most allowed) of the pool, or None when it is closed."""
+        pool = self._pool
+        if pool is None:
+            return None
+        return pool.get_size(), pool.get_idle_size(), pool.get_max_size()
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:

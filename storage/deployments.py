@@ -8,7 +8,43 @@ from typing import Any
 
 import asyncpg
 
+from . import sealed_columns, sealing
 from .database import Database
+
+# Credentials are sealed here on the way in and opened on the way out (storage/sealed_columns.py):
+# callers see plaintext, rows hold only `sealed:v1:...` (migration 0120 refuses anything else).
+_DATABASE_URL = sealed_columns.column("deployments", "database_url")
+_PROVISIONED_URL = sealed_columns.column("deployments", "provisioned_url")
+_CONFIG = sealed_columns.column("deployments", "config")
+_SOURCE_URL = sealed_columns.column("tenant_migrations", "source_url")
+
+
+def _opened(row: asyncpg.Record | None) -> dict | None:
+    """A deployments row with its credentials opened."""
+    if row is None:
+        return None
+    out = dict(row)
+    cid = out["customer_id"]
+    for col in (_DATABASE_URL, _PROVISIONED_URL):
+        if col.column in out:
+            out[col.column] = sealing.open_optional(out[col.column], col.purpose_for(cid))
+    if "config" in out:
+        out["config"] = sealed_columns.open_json(_CONFIG, cid, out["config"])
+    return out
+
+
+def database_url_purpose(customer_id) -> str:
+    return _DATABASE_URL.purpose_for(customer_id)
+
+
+def seal_database_url(customer_id, url: str | None) -> str | None:
+    """What deployments.database_url stores for `url` (the tenant migration's switch writes it)."""
+    return sealing.seal_optional(url, _DATABASE_URL.purpose_for(customer_id))
+
+
+def open_database_url(customer_id, stored: str | None) -> str | None:
+    return sealing.open_optional(stored, _DATABASE_URL.purpose_for(customer_id))
+
 
 COLUMNS = (
     "id, customer_id, mode, infrastructure, status, region, database_url, provisioned_url, config, error, "
@@ -18,64 +54,73 @@ COLUMNS = (
 
 async def insert(
     db: Database, *, customer_id, mode: str, infrastructure: str, region: str | None, config: dict
-) -> asyncpg.Record:
+) -> dict:
     """A new deployment in status `provisioning`; raises UniqueViolationError when the customer
     already has one that is provisioning, active or migrating."""
     async with db.tenant(customer_id) as conn:
-        return await conn.fetchrow(
+        row = await conn.fetchrow(
             f"INSERT INTO deployments (customer_id, mode, infrastructure, region, config) VALUES ($1, $2, $3, $4, $5) "
             f"RETURNING {COLUMNS}",
             customer_id,
             mode,
             infrastructure,
             region,
-            config,
+            sealed_columns.seal_json(_CONFIG, customer_id, config),
         )
+    return _opened(row)  # type: ignore[return-value]
 
 
-async def get(db: Database, deployment_id) -> asyncpg.Record | None:
+async def get(db: Database, deployment_id) -> dict | None:
     async with db.operator("deployment_show", deployment_id=str(deployment_id)) as conn:
-        return await conn.fetchrow(f"SELECT {COLUMNS} FROM deployments WHERE id = $1", deployment_id)
+        return _opened(await conn.fetchrow(f"SELECT {COLUMNS} FROM deployments WHERE id = $1", deployment_id))
 
 
-async def list_all(
-    db: Database, *, customer_id=None, status: str | None = None, limit: int = 100
-) -> list[asyncpg.Record]:
+async def list_all(db: Database, *, customer_id=None, status: str | None = None, limit: int = 100) -> list[dict]:
     async with db.operator("deployment_list") as conn:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT {COLUMNS} FROM deployments WHERE ($1::uuid IS NULL OR customer_id = $1) "
             f"AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC LIMIT $3",
             customer_id,
             status,
             limit,
         )
+    return [_opened(r) for r in rows]  # type: ignore[misc]
 
 
-async def current(db: Database, customer_id) -> asyncpg.Record | None:
+async def current(db: Database, customer_id) -> dict | None:
     """The customer's deployment that is provisioning, active or migrating, if any."""
     async with db.tenant(customer_id) as conn:
-        return await conn.fetchrow(
+        row = await conn.fetchrow(
             f"SELECT {COLUMNS} FROM deployments WHERE customer_id = $1 "
             f"AND status IN ('provisioning', 'active', 'migrating')",
             customer_id,
         )
+    return _opened(row)
 
 
-async def in_status(db: Database, status: str) -> list[asyncpg.Record]:
+async def in_status(db: Database, status: str) -> list[dict]:
     async with db.operator("deployment_resume", status=status) as conn:
-        return await conn.fetch(f"SELECT {COLUMNS} FROM deployments WHERE status = $1 ORDER BY created_at", status)
+        rows = await conn.fetch(f"SELECT {COLUMNS} FROM deployments WHERE status = $1 ORDER BY created_at", status)
+    return [_opened(r) for r in rows]  # type: ignore[misc]
 
 
-async def update(db: Database, deployment_id, customer_id, **fields: Any) -> asyncpg.Record:
+async def update(db: Database, deployment_id, customer_id, **fields: Any) -> dict:
     """Set status / database_url / provisioned_url / config / error (only these columns)."""
     allowed = ("status", "database_url", "provisioned_url", "config", "error")
     unknown = set(fields) - set(allowed)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     keep = [name not in fields for name in allowed]
-    values = [fields.get(name) for name in allowed]
+    sealed = {
+        "database_url": sealing.seal_optional(fields.get("database_url"), _DATABASE_URL.purpose_for(customer_id)),
+        "provisioned_url": sealing.seal_optional(
+            fields.get("provisioned_url"), _PROVISIONED_URL.purpose_for(customer_id)
+        ),
+        "config": sealed_columns.seal_json(_CONFIG, customer_id, fields.get("config")),
+    }
+    values = [sealed.get(name, fields.get(name)) for name in allowed]
     async with db.tenant(customer_id) as conn:
-        return await conn.fetchrow(
+        row = await conn.fetchrow(
             "UPDATE deployments SET "
             "status = CASE WHEN $2 THEN status ELSE $7 END, "
             "database_url = CASE WHEN $3 THEN database_url ELSE $8 END, "
@@ -87,6 +132,7 @@ async def update(db: Database, deployment_id, customer_id, **fields: Any) -> asy
             *keep,
             *values,
         )
+    return _opened(row)  # type: ignore[return-value]
 
 
 async def record_event(
@@ -188,9 +234,9 @@ async def insert_migration(
     plan: str | None,
     dropping: dict,
     source_url: str | None,
-) -> asyncpg.Record:
+) -> dict:
     async with db.tenant(customer_id) as conn:
-        return await conn.fetchrow(
+        row = await conn.fetchrow(
             "INSERT INTO tenant_migrations (customer_id, deployment_id, from_mode, to_mode, plan, dropping, source_url) "
             f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {MIGRATION_COLUMNS}",
             customer_id,
@@ -199,27 +245,41 @@ async def insert_migration(
             to_mode,
             plan,
             dropping,
-            source_url,
+            sealing.seal_optional(source_url, _SOURCE_URL.purpose_for(customer_id)),
+        )
+    return _migration(row)  # type: ignore[return-value]
+
+
+def _migration(row: asyncpg.Record | None) -> dict | None:
+    """A tenant_migrations row with source_url opened."""
+    if row is None:
+        return None
+    out = dict(row)
+    out["source_url"] = sealing.open_optional(out["source_url"], _SOURCE_URL.purpose_for(out["customer_id"]))
+    return out
+
+
+async def get_migration(db: Database, customer_id, migration_id) -> dict | None:
+    async with db.tenant(customer_id) as conn:
+        return _migration(
+            await conn.fetchrow(f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE id = $1", migration_id)
         )
 
 
-async def get_migration(db: Database, customer_id, migration_id) -> asyncpg.Record | None:
+async def list_migrations(db: Database, customer_id) -> list[dict]:
     async with db.tenant(customer_id) as conn:
-        return await conn.fetchrow(f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE id = $1", migration_id)
-
-
-async def list_migrations(db: Database, customer_id) -> list[asyncpg.Record]:
-    async with db.tenant(customer_id) as conn:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE customer_id = $1 ORDER BY created_at", customer_id
         )
+    return [_migration(r) for r in rows]  # type: ignore[misc]
 
 
-async def migrations_in_status(db: Database, status: str) -> list[asyncpg.Record]:
+async def migrations_in_status(db: Database, status: str) -> list[dict]:
     async with db.operator("tenant_migration_resume", status=status) as conn:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = $1 ORDER BY created_at", status
         )
+    return [_migration(r) for r in rows]  # type: ignore[misc]
 
 
 async def finish_migration(
@@ -251,11 +311,12 @@ async def set_migration_status(db: Database, customer_id, migration_id, **fields
         await finish_migration(conn, migration_id, **fields)
 
 
-async def pending_cleanups(db: Database) -> list[asyncpg.Record]:
+async def pending_cleanups(db: Database) -> list[dict]:
     async with db.operator("tenant_migration_cleanup") as conn:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT {MIGRATION_COLUMNS} FROM tenant_migrations WHERE status = 'switched' ORDER BY cleanup_after"
         )
+    return [_migration(r) for r in rows]  # type: ignore[misc]
 
 
 def new_id() -> uuid.UUID:

@@ -123,6 +123,8 @@ class UpdateLog:
         self._task: asyncio.Task | None = None
         self.rows_written = 0
         self.transactions = 0
+        # Told (rows, seconds) after every committed transaction (the metrics extension).
+        self.on_transaction: Callable[[int, float], None] | None = None
         self._commit_listeners: list[Callable[[str, int], None]] = []
 
     def on_commit(self, listener: Callable[[str, int], None]) -> None:
@@ -290,13 +292,17 @@ class UpdateLog:
                         await self._failed(cids[0], batch[cids[0]], exc)
                     continue
                 self.transactions += 1
+                rows = 0
                 for cid in cids:
                     self._committed_rows(cid, len(batch[cid]))
+                    rows += len(batch[cid])
+                if self.on_transaction is not None:
+                    self.on_transaction(rows, time.perf_counter() - started)
                 log.debug(
                     "update_log_committed",
                     database=db.name,
                     customers=len(cids),
-                    rows=sum(len(batch[c]) for c in cids),
+                    rows=rows,
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
             return all_ok
@@ -304,6 +310,7 @@ class UpdateLog:
             self._inflight = set()
 
     async def _write_one(self, db: Database, cid: str, rows: list[tuple[str, bytes]]) -> None:
+        started = time.perf_counter()
         try:
             async with db.pool.acquire() as conn:
                 async with conn.transaction():
@@ -313,6 +320,8 @@ class UpdateLog:
             return
         self.transactions += 1
         self._committed_rows(cid, len(rows))
+        if self.on_transaction is not None:
+            self.on_transaction(len(rows), time.perf_counter() - started)
 
     async def _failed(self, cid: str, rows: list[tuple[str, bytes]], exc: Exception) -> None:
         if isinstance(exc, asyncpg.ForeignKeyViolationError):

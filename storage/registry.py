@@ -20,7 +20,9 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from . import sealing
 from .database import Database
+from .deployments import database_url_purpose as _purpose
 
 log = structlog.get_logger("storage.registry")
 
@@ -52,7 +54,7 @@ class DatabaseRegistry:
                 "SELECT customer_id, database_url FROM deployments "
                 "WHERE mode = 'single_tenant' AND status IN ('active', 'migrating') AND database_url IS NOT NULL"
             )
-        routes = {str(r["customer_id"]): r["database_url"] for r in rows}
+        routes = {str(r["customer_id"]): sealing.open(r["database_url"], _purpose(r["customer_id"])) for r in rows}
         async with self._lock:
             self._routes = routes
             for customer_id in [c for c in self._dedicated if self._routes.get(c) != self._dedicated[c].dsn]:
@@ -113,6 +115,10 @@ class DatabaseRegistry:
             yield db
         finally:
             await db.close()
+
+    def open_dedicated(self) -> list[Database]:
+        """The dedicated databases' pools open on this node now (no lookup, nothing opened)."""
+        return list(self._dedicated.values())
 
     async def dedicated(self) -> list[Database]:
         """The pools of every routed dedicated database (for their partition maintenance)."""

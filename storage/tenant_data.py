@@ -46,6 +46,11 @@ TENANT_TABLES: tuple[TenantTable, ...] = (
     TenantTable("doc_updates", ("customer_id", "doc", "seq"), serial="seq"),
     TenantTable("doc_snapshots", ("customer_id", "doc")),
     TenantTable("track_progress", ("customer_id", "doc")),  # moves with its documents and rows
+    TenantTable("tracking_settings", ("customer_id",)),
+    TenantTable("fleet_events", ("customer_id", "id"), time="time", serial="id"),
+    TenantTable("trips", ("customer_id", "vehicle_id", "start_time"), time="start_time"),
+    TenantTable("stops", ("customer_id", "vehicle_id", "start_time"), time="start_time"),
+    TenantTable("motion_state", ("customer_id", "vehicle_id")),
     TenantTable("webhook_endpoints", ("id",)),
     TenantTable("webhook_outbox", ("id",), serial="seq"),  # pending deliveries move with the customer
     TenantTable("webhook_attempts", ("id",)),

@@ -1,7 +1,8 @@
 """webhook_endpoints, webhook_outbox and webhook_attempts rows (tenant connections, migration 0100).
 
 The signing secret is written only by `insert_endpoint` and read back only by
-`secrets_of`; both go through `_seal` / `_unseal` (issue 18 encrypts it at rest there, in one place).
+`secrets_of`; both go through `_seal` / `_unseal`: AES-GCM under ENCRYPTION_KEY (storage/sealing.py),
+bound to the endpoint's customer; migration 0121 refuses a plaintext one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from . import sealed_columns, sealing
 from .database import TENANT_ROWS
 
 _ENDPOINT = (
@@ -31,13 +33,16 @@ _MATCHES = (
 )
 
 
-def _seal(secret: str) -> str:
-    """The stored form of a signing secret (issue 18: encryption at rest goes here)."""
-    return secret
+_SECRET = sealed_columns.column("webhook_endpoints", "secret")
 
 
-def _unseal(stored: str) -> str:
-    return stored
+def _seal(customer_id, secret: str) -> str:
+    """The stored form of a signing secret: sealed under ENCRYPTION_KEY for its customer (storage/sealing.py)."""
+    return sealing.seal(secret, _SECRET.purpose_for(customer_id))
+
+
+def _unseal(customer_id, stored: str) -> str:
+    return sealing.open(stored, _SECRET.purpose_for(customer_id))
 
 
 # --- endpoints ----------------------------------------------------------------------------------
@@ -53,16 +58,16 @@ async def insert_endpoint(
         url,
         list(events),
         description,
-        _seal(secret),
+        _seal(customer_id, secret),
     )
 
 
 async def secrets_of(conn: asyncpg.Connection, endpoint_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
     """The signing secrets of these endpoints (the one read of the column)."""
     rows = await conn.fetch(
-        "SELECT id, secret FROM webhook_endpoints WHERE id = ANY($1::uuid[])", list(set(endpoint_ids))
+        "SELECT id, customer_id, secret FROM webhook_endpoints WHERE id = ANY($1::uuid[])", list(set(endpoint_ids))
     )
-    return {r["id"]: _unseal(r["secret"]) for r in rows}
+    return {r["id"]: _unseal(r["customer_id"], r["secret"]) for r in rows}
 
 
 async def list_endpoints(conn: asyncpg.Connection, *, after: tuple, limit: int) -> list[asyncpg.Record]:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from storage import AppRole
+    from storage.sealing import Keyring
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,24 @@ def _text(name: str) -> Callable[[str], str]:
     return parse
 
 
+def _key(name: str, *, several: bool = False) -> Callable[[str], str]:
+    """A 32-byte base64 key (or a comma-separated list of them), checked at start."""
+
+    def parse(raw: str) -> str:
+        from storage.sealing import parse_key
+
+        for part in raw.split(",") if several else [raw]:
+            if several and not part.strip():
+                continue
+            try:
+                parse_key(part, name)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return raw.strip()
+
+    return parse
+
+
 def _setting(env: str, default, parse=None, doc: str = "", *, secret: bool = False):
     """A setting read from `env`; `secret` ones are never printed (`webhost-sync env` says only
     whether they are set)."""
@@ -128,7 +147,7 @@ class Settings:
         "WEBHOST_ENV",
         "development",
         _choice("WEBHOST_ENV", "development", "production"),
-        "development or production; production requires SECRET_KEY",
+        "development or production; production requires SECRET_KEY and ENCRYPTION_KEY",
     )
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
@@ -163,6 +182,29 @@ class Settings:
         None,
         secret=True,
         doc="token signing key (>= 32 chars); unset in development: one generated once and kept in DATA_DIR",
+    )
+    encryption_key: str | None = _setting(
+        "ENCRYPTION_KEY",
+        None,
+        _key("ENCRYPTION_KEY"),
+        "AES-256-GCM key (32 bytes, base64; `webhost-sync generate-key`) sealing stored credentials "
+        "(dedicated database URLs, driver passwords); required in production; in development "
+        "generated once and kept in DATA_DIR/encryption_key",
+        secret=True,
+    )
+    encryption_old_keys: str | None = _setting(
+        "ENCRYPTION_OLD_KEYS",
+        None,
+        _key("ENCRYPTION_OLD_KEYS", several=True),
+        "comma-separated earlier ENCRYPTION_KEYs, kept only to open values until "
+        "`webhost-sync rotate-key` has re-sealed every row under ENCRYPTION_KEY",
+        secret=True,
+    )
+    metrics_token: str | None = _setting(
+        "METRICS_TOKEN",
+        None,
+        doc="GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`; unset: only loopback clients are answered",
+        secret=True,
     )
     log_format: str = _setting(
         "LOG_FORMAT",
@@ -571,6 +613,11 @@ class Settings:
             raise ConfigError("SECRET_KEY must be at least 32 characters")
         if self.environment == "production" and self.secret_key is None:
             raise ConfigError("SECRET_KEY must be set when WEBHOST_ENV=production")
+        if self.environment == "production" and self.encryption_key is None:
+            raise ConfigError(
+                "ENCRYPTION_KEY must be set when WEBHOST_ENV=production: it seals the stored database "
+                "credentials (make one with `webhost-sync generate-key`, the same on every node)"
+            )
         return self
 
     @property
@@ -583,12 +630,27 @@ class Settings:
         """The signing key: SECRET_KEY, or in development one generated once and kept in DATA_DIR."""
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret_key"
+        return self._kept_key("secret_key", lambda: secrets.token_urlsafe(48))
+
+    def keyring(self) -> Keyring:
+        """The keys sealing stored credentials: ENCRYPTION_KEY (+ ENCRYPTION_OLD_KEYS), or in
+        development a key generated once and kept in DATA_DIR/encryption_key (nodes sharing a
+        database must share it: same DATA_DIR, or set ENCRYPTION_KEY)."""
+        from storage.sealing import Keyring, new_key
+
+        primary = self.encryption_key or self._kept_key("encryption_key", new_key)
+        return Keyring.from_text(primary, self.encryption_old_keys)
+
+    def _kept_key(self, name: str, make: Callable[[], str]) -> str:
+        path = self.data_dir / name
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        key = make()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process of this DATA_DIR made it first
+            return path.read_text().strip()
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key

@@ -6,12 +6,16 @@ import asyncio
 
 import pytest
 
-from storage import AppRole, Database
+from storage import AppRole, Database, sealing
 
 from .support import databases, redis_server
 from .support.server import ServerProcess
 
 TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
+TEST_ENCRYPTION_KEY = "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI"  # 32 bytes, base64 (the servers' too)
+
+# Tests that call storage repositories directly seal and open credentials with the servers' key.
+sealing.install(sealing.Keyring.from_text(TEST_ENCRYPTION_KEY))
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +66,7 @@ def server_env(database_url, tmp_path) -> dict[str, str]:
         "DATABASE_URL": database_url,
         "DATA_DIR": str(tmp_path / "data"),
         "SECRET_KEY": TEST_SECRET,
+        "ENCRYPTION_KEY": TEST_ENCRYPTION_KEY,
         "LOG_LEVEL": "info",
     }
 

@@ -2,6 +2,7 @@
 server, our server where the sync endpoint exists) writes a RESULTS file with every section.
 No timing assertions: numbers belong to `make bench`, not to the test suite."""
 
+import os
 import re
 import subprocess
 import sys
@@ -46,3 +47,21 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert "**failed**" not in text, text
     # Ours is either measured or plainly marked as not available (before the sync endpoint lands).
     assert "| 0 | ours |" in relay or "- ours: **not available**" in relay
+
+
+def test_gps_ingest_fails_at_once_with_the_stderr_of_a_client_that_died(tmp_path):
+    """Tracker clients that die at start (here: node cannot load a module, as without node_modules)
+    stop the benchmark at once with what they said, instead of waiting forever for their points."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gps_ingest.py")]
+        + ["--vehicles", "1", "--points", "200", "--rounds", "1", "--geofences", "1"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+        env={**os.environ, "NODE_OPTIONS": f"--require {tmp_path / 'missing-module.js'}"},
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "gps_ingest: a tracker client exited with 1 during warm-up" in proc.stderr, proc.stderr[-3000:]
+    assert f"Cannot find module '{tmp_path / 'missing-module.js'}'" in proc.stderr
+    assert "Traceback" not in proc.stderr

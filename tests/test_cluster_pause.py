@@ -16,6 +16,7 @@ import httpx
 import pycrdt
 import pytest
 
+from storage import deployments as store
 from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
@@ -80,7 +81,7 @@ async def _dedicated_url(database_url: str, cid) -> str | None:
         "'active' AND mode = 'single_tenant' AND database_url IS NOT NULL",
         cid,
     )
-    return rows[0]["database_url"] if rows else None
+    return store.open_database_url(cid, rows[0]["database_url"]) if rows else None
 
 
 async def _start_writers(nodes, customer, stop_file) -> list:
@@ -93,8 +94,7 @@ async def _start_writers(nodes, customer, stop_file) -> list:
         for i, node in enumerate(nodes)
     ]
     for proc in clients:
-        line = await asyncio.to_thread(proc.stdout.readline)
-        assert json.loads(line)["mark"] == "ready", line + proc.stderr.read()
+        assert (await asyncio.to_thread(sync_peers.next_line, proc))["mark"] == "ready"
     return clients
 
 

@@ -13,7 +13,8 @@ def test_defaults_are_development_with_embedded_database():
     s = Settings.from_env({})
     assert (s.host, s.port, s.database_url, s.redis_url) == ("127.0.0.1", 8080, None, None)
     assert s.effective_log_format == "console"
-    assert Settings.from_env({"WEBHOST_ENV": "production", "SECRET_KEY": "k" * 32}).effective_log_format == "json"
+    production = {"WEBHOST_ENV": "production", "SECRET_KEY": "k" * 32, "ENCRYPTION_KEY": "A" * 43}
+    assert Settings.from_env(production).effective_log_format == "json"
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,9 @@ def test_defaults_are_development_with_embedded_database():
         ({"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START"),
         ({"SECRET_KEY": "short"}, "SECRET_KEY"),
         ({"WEBHOST_ENV": "production"}, "SECRET_KEY"),
+        ({"WEBHOST_ENV": "production", "SECRET_KEY": "k" * 32}, "ENCRYPTION_KEY"),  # production needs its key
+        ({"ENCRYPTION_KEY": "too-short"}, "ENCRYPTION_KEY"),
+        ({"ENCRYPTION_KEY": "A" * 43, "ENCRYPTION_OLD_KEYS": "A" * 43 + ",nope"}, "ENCRYPTION_OLD_KEYS"),
         ({"DB_POOL_MIN": "9", "DB_POOL_MAX": "3"}, "DB_POOL_MIN"),
         ({"SYNC_SEND_QUEUE_BYTES": "1000"}, "SYNC_SEND_QUEUE_BYTES"),
         ({"SYNC_SEND_QUEUE_BYTES": "lots"}, "SYNC_SEND_QUEUE_BYTES"),
@@ -54,16 +58,35 @@ def test_dev_secret_key_is_generated_once_and_kept(tmp_path):
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
 
 
-def test_serve_refuses_a_bad_value_with_a_clear_message(tmp_path):
+def test_dev_encryption_key_is_generated_once_and_kept(tmp_path):
+    s = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    first = s.keyring()
+    assert s.keyring().primary_id == first.primary_id
+    assert (tmp_path / "encryption_key").stat().st_mode & 0o077 == 0
+    assert Settings.from_env({"DATA_DIR": str(tmp_path), "ENCRYPTION_KEY": "A" * 43}).keyring().primary == bytes(32)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PORT": "not-a-port"}, "PORT must be an integer"),
+        # production without its encryption key stops start-up (stored credentials could not be sealed)
+        (
+            {"WEBHOST_ENV": "production", "SECRET_KEY": "k" * 32},
+            "ENCRYPTION_KEY must be set when WEBHOST_ENV=production",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_value_with_a_clear_message(tmp_path, env, message):
     result = subprocess.run(
         [EXE, "serve"],
-        env={"PORT": "not-a-port", "DATA_DIR": str(tmp_path), "PATH": ""},
+        env={**env, "DATA_DIR": str(tmp_path), "PATH": ""},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "PORT must be an integer" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -68,6 +68,7 @@ async def test_acknowledged_only_once_committed(slow_commit, database_url):
         acks.append(count)
     assert acks == sorted(acks) and len(set(acks)) == len(acks)  # increasing, never repeated
     assert len(acks) > 1
+    print(f"durable acks for {messages} update messages: {acks}")
     for _ in range(20):  # the client that did not opt in got the same updates and no ack
         frame = await plain.recv(timeout=10)
         assert not control.is_control(frame)
@@ -83,21 +84,24 @@ async def test_stock_clients_never_see_it_and_ignore_it(server, database_url, mo
     token = sync_peers.token(TEST_SECRET, customer)
     version = json.loads((sync_peers.JS_DIR / "node_modules" / module / "package.json").read_text())["version"]
     results = {}
-    for opted_in in (False, True):
-        params = {"token": token, **({"ack": "1"} if opted_in else {})}
+    for mode in ("plain", "opted-in", "handled"):
+        params = {"token": token, **({"ack": "1"} if mode != "plain" else {})}
         plan = {
             "module": module,
             "server": f"{server.ws_url}/sync/{customer.slug}",
-            "doc": f"doc-{opted_in}",
+            "doc": f"doc-{mode}",
             "params": params,
             "push": 3,
             "waitMs": 1000,
+            "handleWebhost": mode == "handled",
         }
         out = await asyncio.to_thread(sync_peers.js, "stock.mjs", json.dumps(plan))
-        results[opted_in] = out
-        stored = await sync_peers.stored_doc(database_url, customer, f"doc-{opted_in}")
+        results[mode] = out
+        stored = await sync_peers.stored_doc(database_url, customer, f"doc-{mode}")
         assert list(stored.get("a", type=pycrdt.Array)) == [0, 1, 2], version  # it synced either way
-    never, ignored = results[False], results[True]
+    never, ignored, handled = results["plain"], results["opted-in"], results["handled"]
+    # an app that registers a handler for type 87 (README) reads the counts: its step 2 + 3 updates
+    assert handled["errors"] == [] and handled["durable"] and handled["durable"][-1] == 4, (version, handled)
     assert str(control.WEBHOST) not in never["received"] and never["errors"] == [], (version, never)
     # opted in, a stock client gets DURABLE messages and only logs "Unable to compute message"
     assert ignored["received"].get(str(control.WEBHOST), 0) >= 1, (version, ignored)

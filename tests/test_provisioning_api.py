@@ -21,6 +21,7 @@ import pycrdt
 import pytest
 
 from storage import api_keys as key_store
+from storage import deployments as store
 from sync_server.domain.accounts import api_keys
 
 from .conftest import TEST_SECRET
@@ -174,8 +175,7 @@ async def _live_migration(server, database_url, tmp_path):
     ]
     try:
         for _, _, proc in clients:  # every client synced and about to write
-            line = await asyncio.to_thread(proc.stdout.readline)
-            assert json.loads(line)["mark"] == "ready", line + proc.stderr.read()
+            assert (await asyncio.to_thread(sync_peers.next_line, proc))["mark"] == "ready"
         h = {"Authorization": f"Bearer {op}"}
         async with httpx.AsyncClient(base_url=server.base_url, headers=h, timeout=60) as client:
             await asyncio.sleep(0.5)
@@ -335,6 +335,7 @@ async def _route_change(a: ServerProcess, b: ServerProcess, *, database_url: str
         assert not await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'")
     finally:
         await conn.close()
+    dedicated = store.open_database_url(cid, dedicated)  # sealed at rest (storage/sealing.py)
     conn = await asyncpg.connect(dedicated)
     try:
         assert await conn.fetchval("SELECT count(*) FROM vehicles WHERE name LIKE 'made-on-%'") == 2

@@ -10,9 +10,13 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import httpx
 import pycrdt
+import pytest
+import redis.asyncio as aioredis
 
+from sync_server.domain.accounts import api_keys
 from sync_server.sync import control, protocol
 
 from .conftest import TEST_SECRET
@@ -69,6 +73,7 @@ async def test_token_expiry_closes_js_clients_on_two_nodes(cluster, database_url
         closed, ended = await _closed(proc)
         assert closed == {"code": 4401, "reason": "token expired"}
         assert expires_at - 1 <= ended <= expires_at + BOUND  # at the expiry, not before (1 s: exp is whole seconds)
+        print(f"token expiry: client saw the close {ended - expires_at:+.2f} s after the expiry")
     await survivor.send(bytes((protocol.QUERY_AWARENESS,)))
     await survivor.recv()  # the socket of a token that did not expire is still served
     await survivor.close()
@@ -111,6 +116,7 @@ async def test_revoked_key_and_deleted_vehicle_close_sockets_on_every_node(clust
         for peer in keyed:
             assert await peer.closed(timeout=BOUND + 2) == (4401, "API key has been revoked")
         assert time.monotonic() - revoked < BOUND
+        print(f"key revocation: sockets on both nodes closed {time.monotonic() - revoked:.2f} s after the DELETE")
 
         # A deleted vehicle: its track documents' JS clients close (4403) on both nodes.
         deleted = time.time()
@@ -120,6 +126,7 @@ async def test_revoked_key_and_deleted_vehicle_close_sockets_on_every_node(clust
             closed, ended = await _closed(proc)
             assert closed == {"code": 4403, "reason": "vehicle deleted"}
             assert ended - deleted < BOUND
+            print(f"vehicle deletion: JS client process ended {ended - deleted:.2f} s after the DELETE")
         await other.send(bytes((protocol.QUERY_AWARENESS,)))
         await other.recv()  # the customer's fleet socket (a token) was left alone by both changes
         await other.close()
@@ -224,3 +231,72 @@ async def test_in_band_refresh_keeps_a_socket_past_its_first_expiry(server, data
     await refreshed.send(bytes((control.WEBHOST, control.VERSION, control.REFRESH, 200, 1)) + b"x")
     assert await refreshed.closed() == (4400, "malformed message")
     assert "wst1." not in server.log_text()  # tokens are never logged
+
+
+async def test_changed_permissions_narrow_open_sockets(cluster, node_env, db, database_url):  # noqa: F811
+    """A "credentials_changed" event, as another node publishes it on the control channel: every
+    open socket of the customer is checked again (the key cache forgets the customer first)."""
+    (node,) = cluster.start(1)
+    slug = "narrowed"
+    cid = await fleet.customer(db, slug)
+    writer_key = await fleet.api_key(db, cid, ("sync:write",))
+    reader_key = await fleet.api_key(db, cid, ("sync:read",))
+    peers = {}
+    for name, key in (("writer", writer_key), ("reader", reader_key)):
+        peers[name] = await RawPeer.connect(
+            f"{node.ws_url}/sync/{slug}/fleet", additional_headers={"Authorization": f"Bearer {key}"}
+        )
+        await peers[name].sync()
+    conn = await asyncpg.connect(database_url)  # the schema owner: what an admin tool would change
+    try:
+        await conn.execute(
+            "UPDATE api_keys SET permissions = '{sync:read}' WHERE customer_id = $1 AND permissions = '{sync:write}'",
+            cid,
+        )
+        await conn.execute(
+            "UPDATE api_keys SET permissions = '{fleet:read}' WHERE customer_id = $1 AND permissions = '{sync:read}' AND key_hash = $2",
+            cid,
+            api_keys.digest(reader_key),
+        )
+    finally:
+        await conn.close()
+    client = aioredis.from_url(node_env["REDIS_URL"])
+    try:
+        message = {"event": "credentials_changed", "from": "another-node", "data": {"customer_id": str(cid)}}
+        await client.publish(f"{node_env['REDIS_PREFIX']}events", json.dumps(message))
+    finally:
+        await client.aclose()
+    assert await peers["reader"].closed(timeout=BOUND + 2) == (4403, "API key lacks sync:read / sync:write")
+    await asyncio.sleep(0.5)  # the same pass checks the writer's socket
+    edit = pycrdt.Doc()
+    edit.get("t", type=pycrdt.Text).insert(0, "denied")
+    await peers["writer"].send(protocol.update_frame(edit.get_update()))
+    while True:  # the writer is read-only now: its update is answered with permission-denied
+        frame = await peers["writer"].recv()
+        if frame[0] == protocol.AUTH:
+            break
+    stored = await sync_peers.stored_doc(database_url, sync_peers.Customer(str(cid), slug), "fleet")
+    assert str(stored.get("t", type=pycrdt.Text)) == ""
+    await peers["writer"].close()
+
+
+@pytest.mark.parametrize("module", ["y-websocket-v1", "y-websocket-v2", "y-websocket"])
+async def test_js_clients_refresh_in_band(server, database_url, module):
+    """The README's refresh snippet in a stock client of each major: the socket outlives its first token."""
+    customer = await sync_peers.create_customer(database_url)
+    first = sync_peers.token(TEST_SECRET, customer, docs=["fleet"], ttl=8)
+    first_expires = time.time() + 8
+    later = sync_peers.token(TEST_SECRET, customer, docs=["fleet"], ttl=600)
+    plan = {
+        "module": module,
+        "server": f"{server.ws_url}/sync/{customer.slug}",
+        "doc": "fleet",
+        "params": {"token": first},
+        "handleWebhost": True,
+        "refresh": {"token": later, "afterMs": 500},
+        "waitMs": 9000,  # past the first token's expiry
+    }
+    out = await asyncio.to_thread(sync_peers.js, "stock.mjs", json.dumps(plan))
+    assert time.time() > first_expires + 1
+    assert out["closed"] is None and out["errors"] == [], out
+    assert len(out["refreshed"]) == 1 and out["refreshed"][0]["expiresAt"] >= time.time() + 500, out

@@ -131,8 +131,7 @@ async def test_server_restart_loses_no_update_and_duplicates_nothing(server_env,
                 ],
             ),
         )
-        line = await asyncio.to_thread(writer.stdout.readline)
-        assert json.loads(line)["mark"] == "written"
+        assert (await asyncio.to_thread(sync_peers.next_line, writer))["mark"] == "written"
         srv.stop()  # SIGTERM: flush, close 1001
         srv = ServerProcess(server_env, log_path=tmp_path / "s2.log", port=srv.port).start()
         out, err = await asyncio.to_thread(sync_peers.rest_of, writer, 120)
@@ -164,8 +163,7 @@ async def test_awareness_reaches_new_joiner_at_once_and_killed_client_presence_i
         ),
     )
     try:
-        line = await asyncio.to_thread(holder.stdout.readline)
-        assert json.loads(line)["mark"] == "present"
+        assert (await asyncio.to_thread(sync_peers.next_line, holder))["mark"] == "present"
         watcher = js_start(
             "peer.mjs",
             plan(
@@ -181,10 +179,10 @@ async def test_awareness_reaches_new_joiner_at_once_and_killed_client_presence_i
                 ],
             ),
         )
-        joined = json.loads(await asyncio.to_thread(watcher.stdout.readline))
+        joined = await asyncio.to_thread(sync_peers.next_line, watcher)
         # The holder's presence came with the initial sync, not with its next 15 s renewal.
         assert [p["state"] for p in joined["presence"]] == [{"user": "holder"}]
-        ready = json.loads(await asyncio.to_thread(watcher.stdout.readline))
+        ready = await asyncio.to_thread(sync_peers.next_line, watcher)
         assert ready["mark"] == "ready"
         holder.send_signal(signal.SIGKILL)  # no goodbye: the TCP connection just drops
         out, err = await asyncio.to_thread(sync_peers.rest_of, watcher, 60)
@@ -277,3 +275,19 @@ async def test_twenty_clients_opening_a_new_room_at_once_all_sync(server, custom
     everybody = sorted(f"p{i}" for i in range(20))
     assert out["views"] == [everybody] * 20
     assert server.log_text().count('"room_loaded"') == 1  # loaded once, not 20 times
+
+
+def test_a_client_that_dies_fails_the_wait_at_once_with_its_stderr():
+    """tests/support/sync_peers.next_line: a started client that exits before its next line (as
+    without node_modules) fails the test with its exit code and stderr, instead of a JSON error."""
+    import subprocess
+
+    dead = subprocess.Popen(
+        ["node", "-e", "console.error('cannot start: no node_modules'); process.exit(3)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with pytest.raises(AssertionError) as failed:
+        sync_peers.next_line(dead, timeout=30)
+    assert "client exited 3" in str(failed.value) and "cannot start: no node_modules" in str(failed.value)

@@ -121,6 +121,28 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             "INSERT INTO gps_positions (customer_id, vehicle_id, time, lat, lng) VALUES ($1, $2, now(), 1, 1)", a, vid
         )
         await conn.execute("INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, 'fleet', '\\x00')", a)
+        # fleet events, trips, stops, the analysis state and thresholds (migration 0110)
+        await conn.execute("INSERT INTO tracking_settings (customer_id, settings) VALUES ($1, '{}')", a)
+        await conn.execute(
+            "INSERT INTO fleet_events (customer_id, vehicle_id, type, time) VALUES ($1, $2, 'trip.started', now())",
+            a,
+            vid,
+        )
+        await conn.execute(
+            "INSERT INTO trips (customer_id, vehicle_id, start_time, start_lat, start_lng, end_lat, end_lng, "
+            "distance_m, duration_s, max_speed, avg_speed, path) VALUES ($1, $2, now(), 1, 1, 1, 1, 0, 0, 0, 0, '[]')",
+            a,
+            vid,
+        )
+        await conn.execute(
+            "INSERT INTO stops (customer_id, vehicle_id, start_time, lat, lng, duration_s, confirmed_ms, state) "
+            "VALUES ($1, $2, now(), 1, 1, 0, 0, '{}')",
+            a,
+            vid,
+        )
+        await conn.execute(
+            "INSERT INTO motion_state (customer_id, vehicle_id, last_ms, state) VALUES ($1, $2, 0, '{}')", a, vid
+        )
         user = await conn.fetchval(
             "INSERT INTO customer_users (customer_id, email, role) VALUES ($1, 'ann@a.example', 'admin') RETURNING id",
             a,
@@ -164,6 +186,8 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
         seen_by_operator = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
     assert seen_by_operator["vehicles"] == 1 and seen_by_operator["customers"] == 2 and len(tables) > 15
     assert all(seen_by_operator[t] == 1 for t in ("webhook_endpoints", "webhook_outbox", "webhook_attempts"))
+    for t in ("tracking_settings", "fleet_events", "trips", "stops", "motion_state"):
+        assert seen_by_operator[t] == 1, t
     assert seen_by_operator["customer_user_sessions"] == 1
     for widen in (
         "SELECT set_config('app.operator', 'on', true)",

@@ -127,7 +127,7 @@ async def test_osmand_refusals(db, server):
         r = await http.get(f"/ingest/osmand/{slug}", params={"id": "truck-1", "key": SECRET, "lon": "x"})
         assert r.status_code == 422
         fields = {e["field"] for e in r.json()["error"]["details"]["errors"]}
-        assert fields == {"lat", "lon"}
+        assert fields == {"lon"}  # not a number: unreadable (a missing lat is a position without a fix)
         r = await http.post(
             f"/ingest/osmand/{slug}",
             params={"key": SECRET},
@@ -143,3 +143,59 @@ async def test_osmand_refusals(db, server):
         )
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_json"
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 0
+
+
+async def test_osmand_answers_200_for_every_readable_position_so_no_queue_sticks(db, server):
+    """Traccar Client resends every position not answered 2xx, first in its queue: no fix (cell or
+    wifi only), valid=false, duplicates and over quota are all 200 with a count per reason; form
+    bodies are read whatever their Content-Type; -1 speed/bearing are unknown on the query, form and
+    JSON paths (issue 15 item 6)."""
+    plan = await fleet.plan(db, f"three-a-day-{int(time.time() * 1000) % 100000}", points_per_day=3)
+    slug = f"queue-{int(time.time() * 1000) % 100000}"
+    cid = await fleet.customer(db, slug, plan)
+    await fleet.vehicle(db, cid, "truck-1", fleet.secret_hash(SECRET))
+    now = int(time.time())
+    key = {"Authorization": f"Bearer {SECRET}"}
+    url = f"/ingest/osmand/{slug}"
+    async with httpx.AsyncClient(base_url=server.base_url, headers=key) as http:
+
+        async def answer(r) -> dict:
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        # no lat/lon: a cell/wifi-only report (query) and a JSON location without coords
+        cell = {"id": "truck-1", "timestamp": str(now - 100), "cell": "257,02,16,2224", "wifi": "00-14-22-01-23-45,-80"}
+        assert await answer(await http.get(url, params=cell)) == {"accepted": 0, "rejected": {"no_fix": 1}}
+        mixed = {
+            "device_id": "truck-1",
+            "location": [
+                {"timestamp": dt.datetime.fromtimestamp(now - 90, UTC).isoformat(), "is_moving": False},
+                {
+                    "timestamp": dt.datetime.fromtimestamp(now - 80, UTC).isoformat(),
+                    "coords": {"latitude": 52.5, "longitude": 13.4, "speed": -1, "heading": -1, "accuracy": 5},
+                },
+            ],
+        }
+        assert await answer(await http.post(url, json=mixed)) == {"accepted": 1, "rejected": {"no_fix": 1}}
+        # valid=false is the device's own verdict: rejected (Traccar: valid unless true or 1)
+        for flag in ("false", "0", "no"):
+            fix = {"id": "truck-1", "lat": "52.51", "lon": "13.41", "timestamp": str(now - 70), "valid": flag}
+            assert await answer(await http.get(url, params=fix)) == {"accepted": 0, "rejected": {"invalid": 1}}
+        # a form body sent as text/plain, then with no Content-Type at all; speed/bearing -1 unknown
+        form = f"id=truck-1&lat=52.502&lon=13.402&timestamp={now - 60}&speed=-1&bearing=-1&valid=true"
+        r = await http.post(url, content=form, headers={"Content-Type": "text/plain"})
+        assert await answer(r) == {"accepted": 1, "rejected": {}}
+        form = f"id=truck-1&lat=52.503&lon=13.403&timestamp={now - 50}&speed=-1&heading=-1&valid=1"
+        r = await http.post(url, content=form.encode(), headers={"Content-Type": ""})
+        assert await answer(r) == {"accepted": 1, "rejected": {}}
+        # the same form again: a duplicate, still 200
+        r = await http.post(url, content=form.encode(), headers={"Content-Type": ""})
+        assert await answer(r) == {"accepted": 0, "rejected": {"duplicate": 1}}
+        # the plan's 3 points of the day are used: over quota is 200 too
+        over = {"id": "truck-1", "lat": "52.504", "lon": "13.404", "timestamp": str(now - 40), "speed": "-1"}
+        assert await answer(await http.get(url, params=over)) == {"accepted": 0, "rejected": {"quota_exceeded": 1}}
+        # unreadable input is still refused: a number that is not one
+        r = await http.post(url, content=b"id=truck-1&lat=north&lon=13.4", headers={"Content-Type": "text/plain"})
+        assert r.status_code == 422 and [e["field"] for e in r.json()["error"]["details"]["errors"]] == ["lat"]
+    rows = await fleet.rows(db, cid, "SELECT lat, speed, heading, accuracy FROM gps_positions ORDER BY time")
+    assert [tuple(r) for r in rows] == [(52.5, None, None, 5.0), (52.502, None, None, None), (52.503, None, None, None)]

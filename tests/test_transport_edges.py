@@ -16,7 +16,7 @@ import websockets
 from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
-from .support import sync_peers
+from .support import fleet, sync_peers
 from .support.server import ServerProcess
 
 UTC = dt.UTC
@@ -244,3 +244,138 @@ async def test_bad_token_costs_one_attempt_per_hold_whatever_the_client_version(
     assert len(refused_lines) <= seconds / 10 + 2  # one line per customer and code per 10 s
     assert len(refused_lines) + sum(line["suppressed"] for line in refused_lines) <= total
     print(json.dumps({v: out["attempts"] for v, out in by_version.items()}), len(refused_lines), len(log))
+
+
+# -- large frames ---------------------------------------------------------------------------------
+
+
+async def test_a_frame_over_the_limit_is_refused_with_a_reason_counted_and_3x_stops(server_env, tmp_path, db):
+    """1009 with the limit in its reason, then 4413 for the same client and doc (y-websocket 3.x
+    stops instead of re-uploading forever); logged with tenant, doc and size; counted in /usage."""
+    import httpx
+
+    limit = 1024 * 1024
+    server = ServerProcess(
+        {**server_env, "SYNC_MAX_MESSAGE_BYTES": str(limit)}, log_path=tmp_path / "server.log"
+    ).start()
+    try:
+        cid = await fleet.customer(db, "bigframes", plan="starter")
+        customer = sync_peers.Customer(str(cid), "bigframes")
+        plan = {
+            "lib": "y-websocket",
+            "server": f"{server.ws_url}/sync/{customer.slug}",
+            "doc": "bulk",
+            "token": sync_peers.token(TEST_SECRET, customer),
+            "points": 20_000,  # ~1.6 MB as one update
+            "seconds": 60,
+            "until": "closed",
+        }
+        out = await asyncio.to_thread(edge, plan)
+        key = await sync_peers.create_api_key(server_env["DATABASE_URL"], customer, ["billing:read"])
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            usage = (await http.get("/api/v1/usage", headers={"Authorization": f"Bearer {key}"})).json()
+        log = server.log_text()
+    finally:
+        server.stop()
+    assert out["update_bytes"] > limit
+    assert [c["code"] for c in out["closes"]] == [1009, 4413], out["closes"]
+    assert out["closes"][0]["reason"] == f"message too big (limit {limit} bytes)"
+    assert out["stopped"] and out["attempts"] == 2
+    lines = [json.loads(line) for line in log.splitlines() if '"sync_frame_too_big"' in line]
+    assert [(x["customer_id"], x["room"], x["repeated"]) for x in lines] == [
+        (customer.id, "bulk", False),
+        (customer.id, "bulk", True),
+    ]
+    assert all(x["bytes_at_least"] > limit and x["limit"] == limit for x in lines)
+    assert usage["sync_frames_too_big_today"] == 2
+    assert await _rows(server_env["DATABASE_URL"], customer, "bulk") == 0
+
+
+DAY = dt.datetime.now(UTC).date() - dt.timedelta(days=1)
+DAY_START_MS = int(dt.datetime(DAY.year, DAY.month, DAY.day, 1, tzinfo=UTC).timestamp() * 1000)
+DAY_FIXES = 300_000  # several fixes a second for most of a day: 4 a second from 01:00 to 21:50 UTC
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+async def _offline_days(server, db, tmp_path, phones: int) -> tuple[list[dict], dict]:
+    plan_id = await fleet.plan(db, f"day-{phones}", points_per_day=10 * DAY_FIXES)
+    cid = await fleet.customer(db, f"offline-{phones}", plan=plan_id)
+    customer = sync_peers.Customer(str(cid), f"offline-{phones}")
+    vehicles = [await fleet.vehicle(db, cid, f"van-{i}") for i in range(phones)]
+    token = sync_peers.token(TEST_SECRET, customer, docs=["tracks/*"])
+    plans = [
+        {"lib": "y-websocket", "server": f"{server.ws_url}/sync/{customer.slug}", "doc": f"tracks/{vid}/{DAY}"}
+        | {"token": token, "points": DAY_FIXES, "startMs": DAY_START_MS, "intervalMs": 250}
+        | {"seconds": 600, "until": "synced"}
+        for vid in vehicles
+    ]
+    peak = {"server_kib": 0}
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            peak["server_kib"] = max(peak["server_kib"], _rss_kib(server.proc.pid))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        results = await asyncio.gather(*(asyncio.to_thread(edge, plan, 660) for plan in plans))
+
+        async def stored() -> bool:
+            rows = await fleet.count(db, cid, "SELECT count(*) FROM gps_positions")
+            return rows >= phones * DAY_FIXES
+
+        deadline = asyncio.get_running_loop().time() + 600
+        while not await stored():
+            assert asyncio.get_running_loop().time() < deadline, "rows never all arrived"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # nothing more arrives after the last batch
+    finally:
+        done.set()
+        await sampler
+    peak["server_hwm_kib"] = _rss_kib(server.proc.pid, "VmHWM")
+    rows = await fleet.count(db, cid, "SELECT count(*) FROM gps_positions")
+    distinct = await fleet.count(db, cid, "SELECT count(DISTINCT (vehicle_id, time)) FROM gps_positions")
+    return results, {"rows": rows, "distinct": distinct, **peak}
+
+
+@pytest.mark.slow
+async def test_a_phone_offline_for_a_300k_fix_day_syncs_every_fix_exactly_once(server_env, tmp_path, db):
+    """All seven documented fields, the whole day as one sync step 2 frame (~24 MB): under the
+    default SYNC_MAX_MESSAGE_BYTES (64 MiB), so it syncs; every fix becomes exactly one row."""
+    server = ServerProcess(server_env, log_path=tmp_path / "server.log").start()
+    try:
+        results, seen = await _offline_days(server, db, tmp_path, phones=1)
+    finally:
+        server.stop()
+    (out,) = results
+    assert out["synced"] and all(c["code"] == 1000 for c in out["closes"]), out["closes"]
+    assert out["attempts"] == 1 and out["points"] == DAY_FIXES and out["update_bytes"] > 16 * 1024 * 1024
+    assert seen["rows"] == seen["distinct"] == DAY_FIXES
+    print(json.dumps({"phones": 1, "update_bytes": out["update_bytes"], "synced_ms": out["synced_ms"], **seen}))
+
+
+@pytest.mark.slow
+async def test_two_such_phones_at_once_on_a_small_frame_budget_both_finish(server_env, tmp_path, db):
+    """SYNC_FRAME_BUDGET_BYTES 4 MiB, far under one phone's frame: the second upload is not read
+    while the first is received (TCP backpressure, not a refusal), then it goes; both sync."""
+    server = ServerProcess(
+        {**server_env, "SYNC_FRAME_BUDGET_BYTES": str(4 * 1024 * 1024)}, log_path=tmp_path / "server.log"
+    ).start()
+    try:
+        results, seen = await _offline_days(server, db, tmp_path, phones=2)
+        log = server.log_text()
+    finally:
+        server.stop()
+    for out in results:
+        assert out["attempts"] == 1 and out["synced"], out
+        assert all(c["code"] == 1000 for c in out["closes"]), out["closes"]
+    assert seen["rows"] == seen["distinct"] == 2 * DAY_FIXES
+    assert '"sync_frame_too_big"' not in log
+    print(json.dumps({"phones": 2, "update_bytes": [o["update_bytes"] for o in results], **seen}))

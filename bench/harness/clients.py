@@ -27,7 +27,8 @@ class JsClient:
             if value is not None:
                 argv += [f"--{key.replace('_', '-')}", str(value)]
         self.name = f"{script}:{args.get('doc') or args.get('prefix') or ''}"
-        self._stderr = open(log_dir / f"{script}.{time.monotonic_ns()}.stderr", "wb")
+        self._stderr_path = log_dir / f"{script}.{time.monotonic_ns()}.stderr"
+        self._stderr = open(self._stderr_path, "wb")
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=BENCH
         )
@@ -58,7 +59,9 @@ class JsClient:
             if got["event"] == "error":
                 raise ClientFailed(f"{self.name}: {got.get('error', '')[:500]}")
             if got["event"] == "exit":
-                raise ClientFailed(f"{self.name}: exited with {self.proc.wait(5)} before {event!r}")
+                code = self.proc.wait(5)
+                said = self._stderr_path.read_text(errors="replace")[-3000:]
+                raise ClientFailed(f"{self.name}: exited with {code} before {event!r}; its stderr:\n{said}")
 
     def say(self, line: str) -> None:
         self.proc.stdin.write(line.encode() + b"\n")

@@ -8,7 +8,7 @@
 //   "server": "ws://127.0.0.1:8080/sync/acme", "doc": "tracks/<vehicle>/<day>", "token": "wst1...",
 //   "seconds": 30,            // how long to keep the provider running at most
 //   "points": 0,              // fixes recorded offline before the first connection (one update)
-//   "startMs": 1738310400000, // time of the first fix (one a second after it)
+//   "startMs": 1738310400000, "intervalMs": 1000,  // time of the first fix, and between fixes
 //   "until": "synced" | "closed" | "time"   // stop at the first sync, a final close, or after `seconds`
 // }
 // Track fixes carry all seven documented fields {t, lat, lng, speed, heading, accuracy, alt}.
@@ -36,13 +36,14 @@ class CountingWebSocket extends WebSocket {
 const doc = new Y.Doc()
 const track = doc.getArray('points')
 const points = Number(plan.points || 0)
-const startMs = Number(plan.startMs || Date.now() - points * 1000)
+const intervalMs = Number(plan.intervalMs || 1000)
+const startMs = Number(plan.startMs || Date.now() - points * intervalMs)
 if (points > 0) {
   const fixes = new Array(points)
   for (let i = 0; i < points; i++) {
     const leg = i % 2000
     const step = leg < 1000 ? leg : 2000 - leg
-    fixes[i] = { t: startMs + i * 1000, lat: 52.5, lng: 13.4 + step * 0.00002, speed: 1.36, heading: leg < 1000 ? 90 : 270, accuracy: 5, alt: 34.5 }
+    fixes[i] = { t: startMs + i * intervalMs, lat: 52.5, lng: 13.4 + step * 0.00002, speed: 1.36, heading: leg < 1000 ? 90 : 270, accuracy: 5, alt: 34.5 }
   }
   track.push(fixes)
 }

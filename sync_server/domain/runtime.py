@@ -12,11 +12,11 @@ import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
-from storage import Database, DatabaseRegistry, migrator, partitions
+from storage import Database, DatabaseRegistry, migrator, partitions, sealed_columns, sealing
 from sync_server.config import Settings
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
@@ -42,7 +42,29 @@ CLUSTER_EVENTS = frozenset(
 MAX_EVENT_BYTES = 4096  # a control message larger than this is not ours: ignored
 
 
+class _Wired(Generic[T]):
+    """A part the composition root (sync_server.node.app) sets after construction; reading it
+    before then raises, naming it, instead of answering None."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rt: Runtime, owner: type | None = None) -> T:
+        part = rt.__dict__.get(self.name)
+        if part is None:
+            # AttributeError: getattr(rt, "rooms", None) is how a part that may be absent is asked for
+            raise AttributeError(f"Runtime.{self.name} is not wired (the composition root sets it)")
+        return part
+
+    def __set__(self, rt: Runtime, part: T) -> None:
+        rt.__dict__[self.name] = part
+
+
 class Runtime:
+    rooms: _Wired[RoomRegistry] = _Wired()  # the sync core's rooms
+    update_log: _Wired[UpdateLog] = _Wired()  # the group-commit writer of every room's updates
+    tracking: _Wired[Pipeline] = _Wired()  # the tracking Pipeline (sync_server.domain.tracking.install)
+
     def __init__(self, settings: Settings) -> None:
         if not settings.database_url:
             raise ValueError("Runtime needs a database URL (the CLI starts the embedded one when unset)")
@@ -54,14 +76,11 @@ class Runtime:
             )
         )
         self.redis: Any = None
-        # Wired by the composition root (sync_server.node.app) after construction; read through the
-        # properties below, which say so instead of answering None.
-        self._rooms: RoomRegistry | None = None
-        self._update_log: UpdateLog | None = None
-        self._tracking: Pipeline | None = None
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
         self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
+        self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
         self.secret_key = settings.resolved_secret_key()
+        sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once
         self._started: list[Hook] = []  # run after the database is open, in order
         self._draining: list[Hook] = []  # run first on shutdown (close sockets, flush), reverse order
@@ -72,6 +91,7 @@ class Runtime:
         self.api_keys = KeyCache(settings.api_key_cache_seconds)  # accepted API keys, briefly
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
+        self.subscribe("credentials_changed", self.api_keys.on_credentials_changed)
         self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
         self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 
@@ -124,33 +144,6 @@ class Runtime:
     def db(self) -> Database:
         return self.registry.shared
 
-    @property
-    def rooms(self) -> RoomRegistry:
-        """The sync core's rooms."""
-        return _wired(self._rooms, "rooms")
-
-    @rooms.setter
-    def rooms(self, rooms: RoomRegistry) -> None:
-        self._rooms = rooms
-
-    @property
-    def update_log(self) -> UpdateLog:
-        """The group-commit writer of every room's updates."""
-        return _wired(self._update_log, "update_log")
-
-    @update_log.setter
-    def update_log(self, update_log: UpdateLog) -> None:
-        self._update_log = update_log
-
-    @property
-    def tracking(self) -> Pipeline:
-        """The tracking Pipeline (sync_server.domain.tracking.install)."""
-        return _wired(self._tracking, "tracking")
-
-    @tracking.setter
-    def tracking(self, tracking: Pipeline) -> None:
-        self._tracking = tracking
-
     def on_start(self, hook: Hook) -> None:
         self._started.append(hook)
 
@@ -183,7 +176,13 @@ class Runtime:
             applied = await migrator.migrate(self.database_url)
             if applied:
                 log.info("migrations_applied", versions=applied)
-        await self.registry.open()
+        await self.db.open()
+        # Before the routes are read: credentials written before migration 0120 (or by a node without
+        # it) are sealed now, since SQL cannot encrypt with the application's key.
+        await sealed_columns.reseal(self.db, rotate=False)
+        await self.registry.reload()
+        for dedicated in await self.registry.dedicated():  # tenant tables with credentials move with customers
+            await sealed_columns.reseal(dedicated, rotate=False)
         if self.settings.redis_url:
             import redis.asyncio as aioredis
 
@@ -241,12 +240,6 @@ class Runtime:
                 log.info("partitions_maintained", created=created, dropped=dropped)
             except Exception:
                 log.exception("partition_maintenance_failed")
-
-
-def _wired(part: T | None, name: str) -> T:
-    if part is None:
-        raise RuntimeError(f"Runtime.{name} is not wired (the composition root sets it)")
-    return part
 
 
 async def _guarded(hook: Hook) -> None:

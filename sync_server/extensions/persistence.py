@@ -64,6 +64,9 @@ class Persistence(RoomHooks):
         self.compact_interval = compact_interval
         self._compacting: dict[tuple[str, str], asyncio.Task] = {}
         self._running: set[tuple[str, str]] = set()  # compactions past their wait, touching the database
+        self.compactions = 0  # counted for the metrics extension
+        self.compaction_failures = 0
+        self.compacted_rows = 0
         # Durable acknowledgements waiting for a commit, per customer, in log order:
         # (log position, connection, its count of update messages).
         self._marks: dict[str, deque[tuple[int, Connection, int]]] = {}
@@ -172,8 +175,11 @@ class Persistence(RoomHooks):
             merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             backlog.rows = max(0, backlog.rows - merged)
             backlog.bytes = max(0, backlog.bytes - merged_bytes)
+            self.compactions += 1
+            self.compacted_rows += merged
             log.info("doc_compacted", customer_id=room.customer_id, room=room.doc, merged=merged)
         except Exception:
+            self.compaction_failures += 1
             log.exception("doc_compaction_failed", customer_id=room.customer_id, room=room.doc)
         finally:
             self._running.discard((room.customer_id, room.doc))

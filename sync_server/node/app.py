@@ -20,11 +20,13 @@ from api import (
     health,
     ingest,
     json_provider,
+    metrics,
     openapi,
     rest_endpoint,
     webapp,
 )
 from api import provisioning as provisioning_api
+from api import reports as reports_api
 from api import tracking as tracking_api
 from api import webhooks as webhooks_api
 from storage.documents import UpdateLog
@@ -35,6 +37,7 @@ from sync_server.domain.billing import plans as billing_usage
 from sync_server.domain.runtime import Runtime
 from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
+from sync_server.extensions import metrics as node_metrics
 from sync_server.extensions.document_changes import DocumentChanges
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync.endpoint import SyncEndpoint
@@ -68,14 +71,18 @@ def create_app(settings: Settings) -> Quart:
         rt
     )  # track docs + OsmAnd -> rows; room hooks on rt.rooms
     app.register_blueprint(tracking_api.blueprint)
+    app.register_blueprint(reports_api.blueprint)
     app.register_blueprint(ingest.blueprint)
     app.register_blueprint(webhooks_api.blueprint)
     rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
     _announce_document_changes(rt)  # document.updated webhooks, debounced per document
     app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
+    # GET /metrics: counted through the hooks and callbacks of the parts wired above
+    measured = node_metrics.install(rt)
+    app.register_blueprint(metrics.blueprint)
 
     # /api/v1 operations served from ASGI (request ids, rate limit, error format for every route)
-    rest_endpoint.install(app, rt)
+    rest_endpoint.install(app, rt, measured.observe_request)
 
     @app.before_serving
     async def _start() -> None:
@@ -142,6 +149,12 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     runtime.on_drain(drain)
     runtime.on_stop(stop)
     runtime.subscribe("customer_suspended", suspended)
+
+    async def session_ended(customer_id, session_id, **_ignored) -> None:  # a dispatcher app signed out
+        closed = rooms.close_session(str(customer_id), str(session_id))
+        log.info("app_session_connections_closed", customer_id=str(customer_id), connections=closed)
+
+    runtime.subscribe("app_session_ended", session_ended)
     access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
     endpoint = SyncEndpoint(
         app.asgi_app,

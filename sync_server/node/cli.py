@@ -1,4 +1,4 @@
-"""`webhost-sync` command line: serve, migrate, create-operator, env."""
+"""`webhost-sync` command line: serve, migrate, create-operator, env, generate-key, rotate-key."""
 
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")
     # No Hypercorn pings: its ping task sleeps a whole interval after the socket closes, so every
     # closed websocket lingers (and SIGTERM waits) that long (measured: 26 s shutdown at 25 s).
-    # Dead peers are found by the sync layer's idle timeout instead (y-websocket clients renew
-    # awareness every 15 s).
+    # Dead peers are found by the sync layer's idle timeout instead: it pings a connection quiet for
+    # half of SYNC_IDLE_TIMEOUT_SECONDS itself (RoomRegistry.close_idle) and pings and pongs count as
+    # activity (patches: websocket_intake), so a silent listener that answers pings stays.
     config.websocket_ping_interval = None
     # The sync endpoint enforces SYNC_MAX_MESSAGE_BYTES itself while a frame arrives (patches:
     # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the
@@ -156,6 +157,56 @@ def cmd_create_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate_key(_args: argparse.Namespace) -> int:
+    from storage.sealing import new_key
+
+    print(new_key())
+    return 0
+
+
+def cmd_rotate_key(_args: argparse.Namespace) -> int:
+    """Re-seal every stored credential under ENCRYPTION_KEY (old values open with ENCRYPTION_OLD_KEYS)."""
+    settings, url = _with_database(_settings())
+    from storage import Database, DatabaseRegistry, migrator, sealed_columns, sealing
+
+    ring = settings.keyring()
+    sealing.install(ring)
+
+    async def run() -> tuple[dict[str, int], int]:
+        await migrator.migrate(url)
+        db = Database(url, settings.app_role(), min_size=1, max_size=1)
+        await db.open(install_key=False)  # beside running servers: their scope key stays as it is
+        registry = DatabaseRegistry(db, dedicated_pool_max=1)
+        try:
+            async with db.operator("rotate_key_check") as conn:
+                if not await conn.fetchval("SELECT webhost_is_operator()"):
+                    raise RuntimeError(
+                        "the database does not accept this node's scope: run rotate-key with the servers' SECRET_KEY"
+                    )
+            counts = await sealed_columns.reseal(db, rotate=True)
+            left = await sealed_columns.pending(db)
+            await registry.reload()  # the shared database's routes are re-sealed (and open) by now
+            for dedicated in await registry.dedicated():  # tenant tables holding credentials (webhooks)
+                for name, n in (await sealed_columns.reseal(dedicated, rotate=True)).items():
+                    counts[name] += n
+                left += await sealed_columns.pending(dedicated)
+            return counts, left
+        finally:
+            await registry.close()
+
+    try:
+        counts, left = asyncio.run(run())
+    except (RuntimeError, sealing.SealError) as exc:
+        print(f"webhost-sync: {exc}", file=sys.stderr)
+        return 2
+    for name, n in counts.items():
+        print(f"{name:34} {n} re-sealed")
+    print(f"every stored credential is sealed under key {ring.primary_id}" if not left else f"{left} value(s) left")
+    if not left and ring.old:
+        print("ENCRYPTION_OLD_KEYS may now be emptied (restart the nodes after)")
+    return 0 if not left else 1
+
+
 def cmd_env(_args: argparse.Namespace) -> int:
     """Every variable: the value in effect (from the environment, else the default), the default,
     `*` on those set, and what it means. Secrets are shown as set or not, never their value."""
@@ -181,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     op.add_argument("--password", required=True)
     op.add_argument("--role", choices=("admin", "staff"), default="admin")
     sub.add_parser("env", help="list every environment variable: the value in effect, its default, its meaning")
+    sub.add_parser("generate-key", help="print a new ENCRYPTION_KEY")
+    sub.add_parser(
+        "rotate-key",
+        help="re-seal every stored credential under ENCRYPTION_KEY (the old key listed in ENCRYPTION_OLD_KEYS)",
+    )
     migrate_tenant_cli.add_parser(sub)
     args = parser.parse_args(argv)
     handler = {
@@ -188,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "create-operator": cmd_create_operator,
         "env": cmd_env,
+        "generate-key": cmd_generate_key,
+        "rotate-key": cmd_rotate_key,
         "migrate-tenant": migrate_tenant_cli.run,
     }[args.command]
     return handler(args)

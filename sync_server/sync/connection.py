@@ -65,6 +65,7 @@ class Connection:
         "peer",
         "last_seen",
         "session",
+        "app_session",
     )
 
     def __init__(
@@ -84,6 +85,7 @@ class Connection:
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
+        self.app_session = ""  # the app sign-in session it was opened with (hooks.Access.session)
         self.peer = peer
         self.room: Room | None = None
         self.awareness_ids: set[int] = set()  # awareness client ids this peer introduced

@@ -105,6 +105,10 @@ class Credentials:
             log.info("sync_refresh_refused", customer_id=conn.customer_id, room=conn.doc, reason=exc.reason)
             conn.enqueue(control.refused_frame(exc.reason))
             return
+        except Exception:  # the database is away: the socket keeps its token, the client may retry
+            log.exception("sync_refresh_failed", customer_id=conn.customer_id, room=conn.doc)
+            conn.enqueue(control.refused_frame("could not check the token now: try again"))
+            return
         if access.customer_id != conn.customer_id:
             conn.enqueue(control.refused_frame("token is for another customer"))
             return

@@ -8,8 +8,10 @@ reading the socket when we stop receiving), costs nothing per frame, and makes c
 
 Order of a connection: accept -> authenticate (token / API key, customer active, doc allowed,
 authenticate hooks) -> load room (single flight) -> join (sync step 1 + current presence queued) ->
-read frames until the peer leaves or the server closes it. Refusals are closes after accept:
-4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400 (malformed), 1009 (too big),
+read frames until the peer leaves or the server closes it. Refusals are closes after accept, a
+refused credential or connection held open first (sync.refusals: clients that reconnect as soon as a
+socket opens would storm): 4401 (no/bad/expired credential), 4403 (not allowed / suspended), 4400
+(malformed), 1009 (too big, with the limit in the reason; 4413 when the same client repeats it),
 1013 (does not read), 1001 (shutdown), 1011 (server error: any failure handling one of its frames,
 BaseExceptions such as a Rust panic included, closes only that peer).
 """
@@ -132,6 +134,10 @@ class SyncEndpoint:
                     intake.done()
                 return event
 
+        async def refuse(code: int, reason: str) -> None:
+            await self.rooms.hooks.refused(code, reason)
+            await close(code, reason)
+
         async def close(code: int, reason: str) -> None:
             """Send the close frame, then wait for the peer's close before returning: returning at
             once lets the socket close with the peer's frames unread, the kernel answers with a
@@ -148,11 +154,11 @@ class SyncEndpoint:
 
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await close(MALFORMED, "invalid customer or document name")
+            await refuse(MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await close(GOING_AWAY, "server shutting down")
+            await refuse(GOING_AWAY, "server shutting down")
             return
         authorization = _header(scope, b"authorization")
         try:
@@ -169,6 +175,7 @@ class SyncEndpoint:
             )
         except Refused as exc:
             self.refusals.log_refused(slug, doc, exc.code, exc.reason)
+            await self.rooms.hooks.refused(exc.code, exc.reason)
             if await self.refusals.hold(receive):
                 await close(exc.code, exc.reason)
             return
@@ -176,7 +183,7 @@ class SyncEndpoint:
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await close(INTERNAL_ERROR, "document could not be loaded")
+            await refuse(INTERNAL_ERROR, "document could not be loaded")
             return
 
         async def send_bytes(frame: bytes) -> None:
@@ -195,6 +202,7 @@ class SyncEndpoint:
             raw=raw is not None,
         )
         self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
+        conn.app_session = access.session
         conn.start()
         if intake is not None:
             intake.conn = conn  # pings and pongs count as activity

@@ -54,6 +54,7 @@ class Access:
     can_write: bool
     credential: str  # "token" or "api_key"
     expires_at: float | None = None  # epoch seconds: the connection is closed then (sync/credentials.py)
+    session: str = ""  # the sign-in session the credential belongs to ("" for none): closed with it
 
 
 class Refused(Exception):
@@ -108,6 +109,10 @@ class RoomHooks:
 
     async def evict(self, room: Room) -> None:
         """The room is about to leave memory (idle, empty, durable)."""
+
+    async def refused(self, code: int, reason: str) -> None:
+        """A connection was closed with `code` before it joined a room (bad path, refused
+        credential, shutting down, the document could not be loaded)."""
 
 
 PERSISTENCE = -100  # priority of the persistence hook: first
@@ -188,3 +193,10 @@ class HookList:
 
     async def evict(self, room: Room) -> None:
         await self._each("evict", room)
+
+    async def refused(self, code: int, reason: str) -> None:
+        for h in self._hooks:
+            try:
+                await h.refused(code, reason)
+            except Exception:
+                log.exception("hook_failed", hook=type(h).__name__, stage="refused")

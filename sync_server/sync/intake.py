@@ -17,7 +17,11 @@ is complete; only then does the endpoint see it. A patch of that step
   (`{"type": "websocket.receive", "too_big": n}`) and refuses it with a reason, and the rest of that
   message is read and dropped.
 - Ping and Pong frames mark the connection alive (`Connection.last_seen`), so a client that only
-  answers the server's pings is never taken for a dead peer.
+  answers the server's pings is never taken for a dead peer; so do the chunks of a large frame
+  still arriving (a 24 MB day over a slow mobile link takes minutes, and is not idle).
+
+Known limit: a client that sends most of a large frame and then trickles the rest holds its share
+of the budget for as long as it trickles; other large frames wait meanwhile (live edits do not).
 
 Without the patch (a Hypercorn whose internals changed) Hypercorn's own limit (set to the same
 hard limit) applies and there is no budget: the server works, refusals then carry no reason.
@@ -65,6 +69,8 @@ class FrameBudget:
                     finally:
                         if not waiter.done():
                             waiter.cancel()
+        if intake.closed:
+            return  # the connection ended while this waited: close() released what it held
         self._add(intake, n)
 
     def _add(self, intake: Intake, n: int) -> None:
@@ -124,6 +130,8 @@ class Intake:
             return False
         await self.budget.acquire(self, n, buffered)
         self._current += n
+        if buffered:  # a large frame still arriving is activity: a slow link's upload is not idle
+            self.alive()
         return True
 
     def complete(self) -> None:

@@ -39,6 +39,7 @@ from sync_server.sync.connection import (
     FORBIDDEN,
     GOING_AWAY,
     INTERNAL_ERROR,
+    UNAUTHORIZED,
     Connection,
 )
 from sync_server.sync.faults import LET_THROUGH
@@ -691,6 +692,18 @@ class RoomRegistry:
             if room.broken is None and await room.renew_server_awareness():
                 renewed += 1
         return renewed
+
+    def close_session(
+        self, customer_id: str, session: str, code: int = UNAUTHORIZED, reason: str = "signed out"
+    ) -> int:
+        """Close every connection opened with a credential of this sign-in session (it ended)."""
+        closed = 0
+        for room in self.rooms(customer_id):
+            for conn in tuple(room.connections):
+                if session and conn.app_session == session:
+                    conn.abort(code, reason)
+                    closed += 1
+        return closed
 
     def close_idle(self, timeout: float) -> int:
         """Close (1001) every connection that sent nothing for `timeout` seconds (websocket pings

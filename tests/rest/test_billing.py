@@ -134,6 +134,7 @@ async def test_usage(api):
         "geofences": {"used": 1, "limit": 100},
         "gps_points_today": {"used": 3, "limit": 1250000},
         "storage_bytes": 100,
+        "sync_frames_too_big_today": 0,
     }
     async with db.tenant(c.id) as conn:  # the pipeline's counter wins when it keeps one
         await conn.execute(

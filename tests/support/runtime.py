@@ -11,6 +11,7 @@ from sync_server.domain.runtime import Runtime
 from . import databases, tenants
 
 TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
+TEST_ENCRYPTION_KEY = "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI"  # as tests/conftest.py
 
 
 @asynccontextmanager
@@ -22,6 +23,7 @@ async def provisioning_runtime(
             "DATABASE_URL": database_url,
             "DATA_DIR": str(data_dir),
             "SECRET_KEY": TEST_SECRET,
+            "ENCRYPTION_KEY": TEST_ENCRYPTION_KEY,
             "MIGRATION_CLEANUP_GRACE_SECONDS": "0",
             "PROVISION_LOCAL_ADMIN_URL": admin_url,
             **env,

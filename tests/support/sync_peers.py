@@ -146,6 +146,21 @@ def js_start(script: str, *args: str) -> subprocess.Popen:
     )
 
 
+def next_line(proc: subprocess.Popen, timeout: float = 120.0) -> dict:
+    """The next JSON line a started client prints; a client that exits first (or is silent past
+    `timeout`, then killed) fails the test at once with its exit code and stderr."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+    finally:
+        timer.cancel()
+    if not line.strip():
+        proc.wait(10)
+        raise AssertionError(f"client exited {proc.returncode} before its next line:\n{proc.stderr.read()[-4000:]}")
+    return json.loads(line)
+
+
 def rest_of(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
     """What a started client still prints (stdout, stderr) once it exits; killed past `timeout`.
     stdout is read through the buffered reader `readline` used: communicate() reads the raw pipe and

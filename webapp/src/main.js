@@ -153,6 +153,15 @@ function stopSync () {
   app.providers = []
   if (app.persistence) app.persistence.destroy()
   app.persistence = null
+  app.fleet = null // nothing of this session stays on screen for the next one
+  for (const layer of [vehicleLayer, fenceLayer, eventLayer, historyLayer, drawLayer]) if (layer) layer.clearLayers()
+  app.markers.clear()
+  app.trails.clear()
+  app.geofences = new Map()
+  app.framed = false
+  app.selected = null
+  rows.clear()
+  for (const id of ['vehicle-list', 'event-feed', 'geofence-list', 'dispatchers', 'notes', 'tasks', 'history-events']) $(id).replaceChildren()
 }
 
 async function start (session) {
@@ -190,11 +199,11 @@ async function start (session) {
   const me = fleetProvider.awareness
   me.setLocalStateField('user', { name: session.user.name || session.user.email, email: session.user.email, color: COLORS[app.fleet.clientID % COLORS.length] })
   me.setLocalStateField('viewing', null)
-  me.on('change', renderDispatchers)
+  me.on('change', () => scheduleRender('presence'))
   bindFleet()
   bindDispatch()
   await loadGeofences()
-  renderAll()
+  scheduleRender('all')
 }
 
 async function onClose (provider, event) {
@@ -254,61 +263,86 @@ function statusOf (v, now) {
   return age > OFFLINE_MS ? 'offline' : age > STALE_MS ? 'stale' : 'live'
 }
 
+function vehicleOf (id, raw, now) {
+  const v = plain(raw)
+  if (typeof v !== 'object' || v === null || typeof v.lat !== 'number' || typeof v.lng !== 'number') return null
+  return { ...v, id, name: String(v.name || id), status: statusOf(v, now) }
+}
+
 function vehicles () {
   const now = Date.now()
   const out = []
   for (const [id, raw] of app.fleet.getMap('live').entries()) {
-    const v = plain(raw)
-    if (typeof v !== 'object' || v === null || typeof v.lat !== 'number' || typeof v.lng !== 'number') continue
-    out.push({ id, ...v, name: String(v.name || id), status: statusOf(v, now) })
+    const v = vehicleOf(id, raw, now)
+    if (v) out.push(v)
   }
-  return out.sort((a, b) => a.name.localeCompare(b.name))
+  return out.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }))
 }
 
 function arrowIcon (v) {
-  const heading = typeof v.heading === 'number' ? v.heading : null
   const html = `<div class="vehicle ${v.status}${v.id === app.selected ? ' selected' : ''}" data-vehicle="${escapeHtml(v.id)}">` +
-    (heading === null ? '<span class="dot"></span>' : `<svg viewBox="0 0 20 20" style="transform: rotate(${heading}deg)"><path d="M10 1 L17 18 L10 14 L3 18 Z"/></svg>`) +
+    (typeof v.heading === 'number' ? '<svg viewBox="0 0 20 20"><path d="M10 1 L17 18 L10 14 L3 18 Z"/></svg>' : '<span class="dot"></span>') +
     '</div>'
   return L.divIcon({ html, className: 'vehicle-icon', iconSize: [22, 22], iconAnchor: [11, 11] })
 }
 
-function renderMarkers (list) {
-  if (!app.framed && list.length) { // the first vehicles seen: show them (afterwards the dispatcher decides)
-    app.framed = true
-    map.fitBounds(L.latLngBounds(list.map((v) => [v.lat, v.lng])).pad(0.2), { maxZoom: 15, animate: false })
+function placeMarker (v) {
+  let m = app.markers.get(v.id)
+  const key = `${v.status}|${typeof v.heading === 'number'}|${v.id === app.selected}`
+  if (!m) {
+    m = L.marker([v.lat, v.lng], { icon: arrowIcon(v), keyboard: true, title: v.name, alt: v.name })
+    m.bindTooltip(v.name, { direction: 'top', offset: [0, -10] })
+    m.on('click', () => select(v.id))
+    m.addTo(vehicleLayer)
+    m.key = key
+    app.markers.set(v.id, m)
+  } else {
+    const at = m.getLatLng()
+    if (at.lat !== v.lat || at.lng !== v.lng) m.setLatLng([v.lat, v.lng])
+    if (m.key !== key) { m.setIcon(arrowIcon(v)); m.key = key; m.heading = undefined }
   }
-  const seen = new Set()
-  for (const v of list) {
-    seen.add(v.id)
-    let m = app.markers.get(v.id)
-    const key = `${v.status}|${v.heading}|${v.id === app.selected}`
-    if (!m) {
-      m = L.marker([v.lat, v.lng], { icon: arrowIcon(v), keyboard: true, title: v.name, alt: v.name })
-      m.bindTooltip(v.name, { direction: 'top', offset: [0, -10] })
-      m.on('click', () => select(v.id))
-      m.addTo(vehicleLayer)
-      m.key = key
-      app.markers.set(v.id, m)
-    } else {
-      const at = m.getLatLng()
-      if (at.lat !== v.lat || at.lng !== v.lng) m.setLatLng([v.lat, v.lng])
-      if (m.key !== key) { m.setIcon(arrowIcon(v)); m.key = key }
-    }
-    const trail = app.trails.get(v.id) || { points: [], line: null }
-    const last = trail.points[trail.points.length - 1]
-    if (!last || last[0] !== v.lat || last[1] !== v.lng) {
-      trail.points.push([v.lat, v.lng])
-      if (trail.points.length > TRAIL_POINTS) trail.points.shift()
-      if (trail.points.length > 1) {
-        if (!trail.line) trail.line = L.polyline(trail.points, { color: '#2563eb', weight: 2, opacity: 0.5, interactive: false }).addTo(vehicleLayer)
-        else trail.line.setLatLngs(trail.points)
-      }
-    }
-    app.trails.set(v.id, trail)
+  if (typeof v.heading === 'number' && m.heading !== v.heading) { // rotate in place: no new DOM per fix
+    const svg = m.getElement() && m.getElement().querySelector('svg')
+    if (svg) { svg.style.transform = `rotate(${v.heading}deg)`; m.heading = v.heading }
   }
-  for (const [id, m] of app.markers) {
-    if (!seen.has(id)) { m.remove(); app.markers.delete(id) }
+  const trail = app.trails.get(v.id) || { points: [], line: null }
+  const last = trail.points[trail.points.length - 1]
+  if (!last || last[0] !== v.lat || last[1] !== v.lng) {
+    trail.points.push([v.lat, v.lng])
+    if (trail.points.length > TRAIL_POINTS) trail.points.shift()
+    if (trail.points.length > 1) {
+      if (!trail.line) trail.line = L.polyline(trail.points, { color: '#2563eb', weight: 2, opacity: 0.5, interactive: false }).addTo(vehicleLayer)
+      else trail.line.setLatLngs(trail.points)
+    }
+  }
+  app.trails.set(v.id, trail)
+}
+
+function dropMarker (id) {
+  const m = app.markers.get(id)
+  if (m) { m.remove(); app.markers.delete(id) }
+  const trail = app.trails.get(id)
+  if (trail && trail.line) trail.line.remove()
+  app.trails.delete(id)
+}
+
+// Only the vehicles an update changed are touched (500 vehicles moving every second stay cheap);
+// `all` (first render, the 15 s status sweep, a selection) walks every one.
+function renderMarkers (keys) {
+  const live = app.fleet.getMap('live')
+  const now = Date.now()
+  if (!app.framed && live.size) { // the first vehicles seen: show them (afterwards the dispatcher decides)
+    const list = vehicles()
+    if (list.length) {
+      app.framed = true
+      map.fitBounds(L.latLngBounds(list.map((v) => [v.lat, v.lng])).pad(0.2), { maxZoom: 15, animate: false })
+    }
+  }
+  const ids = keys === 'all' ? new Set([...live.keys(), ...app.markers.keys()]) : keys
+  for (const id of ids) {
+    const v = live.has(id) ? vehicleOf(id, live.get(id), now) : null
+    if (v) placeMarker(v)
+    else dropMarker(id)
   }
   if ($('follow').checked && app.selected) {
     const m = app.markers.get(app.selected)
@@ -316,34 +350,49 @@ function renderMarkers (list) {
   }
 }
 
-function renderVehicleList (list) {
-  const q = $('vehicle-search').value.trim().toLowerCase()
-  const want = $('vehicle-filter').value
-  const ul = $('vehicle-list')
-  const shown = list.filter((v) => (!q || v.name.toLowerCase().includes(q) || v.id.includes(q)) && (!want || v.status === want))
-  $('vehicle-count').textContent = `(${list.length})`
-  const items = shown.slice(0, 300).map((v) => {
-    const li = document.createElement('li')
+const rows = new Map() // vehicle id -> its list item, reused across renders
+
+function vehicleRow (v) {
+  let li = rows.get(v.id)
+  if (!li) {
+    li = document.createElement('li')
     li.dataset.vehicle = v.id
-    li.dataset.status = v.status
     const b = document.createElement('button')
     b.type = 'button'
-    b.className = 'vehicle-row' + (v.id === app.selected ? ' selected' : '')
-    b.setAttribute('aria-pressed', String(v.id === app.selected))
-    const speed = typeof v.speed === 'number' ? `${(v.speed * 3.6).toFixed(0)} km/h` : ''
-    b.innerHTML = `<span class="badge ${v.status}">${v.status}</span> <span class="name"></span> <span class="meta">${speed} · ${fmtTime(timeOf(v.t))}</span>`
-    b.querySelector('.name').textContent = v.name
+    b.innerHTML = '<span class="badge"></span> <span class="name"></span> <span class="meta"></span>'
     b.addEventListener('click', () => select(v.id))
     li.append(b)
-    return li
-  })
+    rows.set(v.id, li)
+  }
+  const b = li.firstChild
+  li.dataset.status = v.status
+  b.className = 'vehicle-row' + (v.id === app.selected ? ' selected' : '')
+  b.setAttribute('aria-pressed', String(v.id === app.selected))
+  const badge = b.querySelector('.badge')
+  badge.className = `badge ${v.status}`
+  badge.textContent = v.status
+  b.querySelector('.name').textContent = v.name
+  const speed = typeof v.speed === 'number' ? `${(v.speed * 3.6).toFixed(0)} km/h · ` : ''
+  b.querySelector('.meta').textContent = speed + fmtTime(timeOf(v.t))
+  return li
+}
+
+function renderVehicleList () {
+  const list = vehicles()
+  const q = $('vehicle-search').value.trim().toLowerCase()
+  const want = $('vehicle-filter').value
+  const shown = list.filter((v) => (!q || v.name.toLowerCase().includes(q) || v.id.includes(q)) && (!want || v.status === want))
+  $('vehicle-count').textContent = `(${list.length})`
+  const items = shown.slice(0, 300).map(vehicleRow)
   if (!items.length) {
     const li = document.createElement('li')
     li.className = 'empty'
     li.textContent = list.length ? 'no vehicle matches' : 'no vehicle has reported yet'
     items.push(li)
   }
-  ul.replaceChildren(...items)
+  const ul = $('vehicle-list')
+  if (items.length !== ul.children.length || items.some((li, i) => ul.children[i] !== li)) ul.replaceChildren(...items)
+  for (const id of rows.keys()) if (!app.fleet.getMap('live').has(id)) rows.delete(id)
   for (const sel of [$('task-vehicle'), $('history-vehicle')]) fillVehicleSelect(sel, list)
 }
 
@@ -359,40 +408,55 @@ function fillVehicleSelect (sel, list) {
 }
 
 function select (id) {
+  const before = app.selected
   app.selected = id
   app.fleetProvider.awareness.setLocalStateField('viewing', id)
   const m = app.markers.get(id)
   if (m) map.panTo(m.getLatLng())
   $('history-vehicle').value = id
-  scheduleRender()
+  scheduleRender('vehicles', [before, id].filter(Boolean))
+  scheduleRender('list')
 }
 
+// What changed since the last frame; one render per animation frame at most.
+const dirty = { vehicles: new Set(), all: true, list: true, feed: true, presence: true, notes: true, tasks: true }
 let renderQueued = false
-function scheduleRender () {
+let listRendered = 0
+const LIST_EVERY_MS = 1000 // the list (text) follows at most once a second; the map every frame
+
+function scheduleRender (part = 'all', keys = null) {
+  if (part === 'all') Object.assign(dirty, { all: true, list: true, feed: true, presence: true, notes: true, tasks: true })
+  else if (part === 'vehicles') { for (const k of keys) dirty.vehicles.add(k); dirty.list = true } else dirty[part] = true
   if (renderQueued) return
   renderQueued = true
-  requestAnimationFrame(() => { renderQueued = false; renderAll() })
+  requestAnimationFrame(renderAll)
 }
 
 function renderAll () {
+  renderQueued = false
   if (!app.fleet) return
-  const list = vehicles()
-  renderMarkers(list)
-  renderVehicleList(list)
-  renderFeed()
-  renderDispatchers()
-  renderNotes()
-  renderTasks()
+  if (dirty.all) renderMarkers('all')
+  else if (dirty.vehicles.size) renderMarkers(dirty.vehicles)
+  dirty.vehicles = new Set()
+  if (dirty.list || dirty.all) {
+    const wait = listRendered + LIST_EVERY_MS - Date.now()
+    if (wait <= 0 || dirty.all) { renderVehicleList(); listRendered = Date.now(); dirty.list = false } else setTimeout(() => scheduleRender('list'), wait)
+  }
+  dirty.all = false
+  if (dirty.feed) { renderFeed(); dirty.feed = false }
+  if (dirty.presence) { renderDispatchers(); dirty.presence = false }
+  if (dirty.notes) { renderNotes(); dirty.notes = false }
+  if (dirty.tasks) { renderTasks(); dirty.tasks = false }
   app.rendered = (app.rendered || 0) + 1
 }
 
-$('vehicle-search').addEventListener('input', scheduleRender)
-$('vehicle-filter').addEventListener('change', scheduleRender)
-setInterval(scheduleRender, 15000) // live -> stale -> offline as time passes
+$('vehicle-search').addEventListener('input', () => scheduleRender('list'))
+$('vehicle-filter').addEventListener('change', () => scheduleRender('list'))
+setInterval(() => scheduleRender('all'), 15000) // live -> stale -> offline as time passes
 
 function bindFleet () {
-  app.fleet.getMap('live').observe(scheduleRender)
-  app.fleet.getArray('events').observe(scheduleRender)
+  app.fleet.getMap('live').observe((event) => scheduleRender('vehicles', event.keysChanged))
+  app.fleet.getArray('events').observe(() => scheduleRender('feed'))
   app.fleet.getMap('changes').observe((event) => {
     if (event.keysChanged.has('geofences')) loadGeofences()
   })
@@ -466,8 +530,8 @@ const uid = () => (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Ma
 const myName = () => app.session.user.name || app.session.user.email
 
 function bindDispatch () {
-  app.dispatch.getArray('notes').observe(scheduleRender)
-  app.dispatch.getMap('tasks').observeDeep(scheduleRender)
+  app.dispatch.getArray('notes').observe(() => scheduleRender('notes'))
+  app.dispatch.getMap('tasks').observeDeep(() => scheduleRender('tasks'))
 }
 
 $('note-form').addEventListener('submit', (e) => {

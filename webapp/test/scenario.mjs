@@ -206,6 +206,14 @@ try {
 
   // 9. sign-out: the page stops syncing and its last token opens nothing
   const token = await a.page.evaluate(() => window.webapp.providers[0].protocols[0])
+  await a.page.evaluate(([slug, t]) => { // a copy of the token, its websocket held open: the server ends it at sign-out
+    window.held = new Promise((resolve) => {
+      const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
+      ws.onopen = () => { window.heldOpen = true }
+      ws.onclose = (ev) => resolve(ev.code)
+    })
+  }, [cfg.slug, token])
+  await a.page.waitForFunction(() => window.heldOpen === true, null, { timeout: WAIT })
   await a.page.click('#sign-out')
   await a.page.waitForSelector('#status[data-state="signed-out"]', { timeout: WAIT })
   const afterSignOut = await a.page.evaluate(async ([slug, t]) => {
@@ -214,7 +222,7 @@ try {
       const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
       ws.onclose = (ev) => resolve(ev.code)
     })
-    return { tokenStatus: r.status, oldTokenClose: code, providers: window.webapp.providers.length, signInShown: !document.getElementById('signin-view').hidden }
+    return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, providers: window.webapp.providers.length, signInShown: !document.getElementById('signin-view').hidden }
   }, [cfg.slug, token])
   step('signed_out', { afterSignOut })
   await shot(a, '9-signed-out')

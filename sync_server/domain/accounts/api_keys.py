@@ -65,9 +65,10 @@ class KeyCache:
     (one round trip of every authenticated request).
 
     Only acceptances are kept (a refusal is always re-read), and the key's expiry is checked on every
-    hit. Revoking a key ("api_key_revoked") or suspending/deleting a customer ("customer_suspended")
-    on this node forgets the entries at once (Runtime wires the events). A change made by another
-    node or straight in the database is seen here within `ttl` seconds: that is the cross-node bound.
+    hit. Revoking a key ("api_key_revoked"), suspending/deleting a customer ("customer_suspended") or
+    changing its credentials ("credentials_changed") forgets the entries at once, on every node
+    (Runtime wires the events; they cross nodes on the control channel). A change made straight in
+    the database, without an event, is seen here within `ttl` seconds.
     A lookup that started before an invalidation cannot put its (stale) answer back: `generation`.
     """
 
@@ -107,6 +108,9 @@ class KeyCache:
         self.forget(key_id=str(key_id))
 
     async def on_customer_suspended(self, customer_id, **_ignored) -> None:
+        self.forget(customer_id=str(customer_id))
+
+    async def on_credentials_changed(self, customer_id, **_ignored) -> None:
         self.forget(customer_id=str(customer_id))
 
 

@@ -40,7 +40,13 @@ class SyncAccess:
                 registry, grant.customer_id, grant.session_id
             ):
                 raise Refused(UNAUTHORIZED, "signed out")
-            return Access(grant.customer_id, grant.can_write, "token", expires_at=float(grant.expires_at))
+            return Access(
+                grant.customer_id,
+                grant.can_write,
+                "token",
+                expires_at=float(grant.expires_at),
+                session=grant.session_id,
+            )
         scheme, _, raw = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and raw.strip():
             try:

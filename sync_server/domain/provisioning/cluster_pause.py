@@ -75,7 +75,10 @@ async def on_this_node(rt, customer_id) -> AsyncIterator[None]:
     """The customer's writes wait on this node while inside: sync rooms flush and buffer (when the
     sync core provides rooms.paused), and registry lookups for the customer wait. On exit the held
     writes go to the database the registry routes the customer to then."""
-    rooms = getattr(rt, "rooms", None)
+    try:
+        rooms = rt.rooms
+    except (AttributeError, RuntimeError):  # a runtime without the sync core (Runtime.rooms not wired)
+        rooms = None
     room_pause = (
         rooms.paused(customer_id) if rooms is not None and hasattr(rooms, "paused") else contextlib.nullcontext()
     )

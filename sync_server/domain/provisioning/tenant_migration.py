@@ -344,7 +344,7 @@ async def _move(rt, mig, dep, source: Database, target: Database, cutoff) -> dic
             await conn.execute(
                 "UPDATE deployments SET database_url = $2, status = 'active', updated_at = now() WHERE id = $1",
                 dep["id"],
-                new_url,
+                store.seal_database_url(cid, new_url),
             )
             await store.set_customer_mode(conn, cid, mig["to_mode"])
             cleanup_after = await conn.fetchval("SELECT now() + $1::interval", grace)

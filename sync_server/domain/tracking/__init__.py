@@ -28,7 +28,7 @@ def rules_from(settings: Settings) -> Rules:
 def install(rt: Runtime) -> Pipeline:
     """Build the node's pipeline, hook it into the rooms (track documents in, the fleet document's
     live map out) and start the retention job with the runtime."""
-    from sync_server.domain.tracking import retention
+    from sync_server.domain.tracking import fleet_events, retention
     from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.materializer import TrackMaterializer
     from sync_server.domain.tracking.track_reader import reader_for
@@ -53,6 +53,12 @@ def install(rt: Runtime) -> Pipeline:
         pipeline.on_latest(materializer.push_latest)
         rt.event_feed = EventFeed(rooms)  # the fleet document's `events` array (other writers: rt.event_feed.publish)
         pipeline.on_events(rt.event_feed.geofence_events)
+        feed = rt.event_feed
+
+        async def fleet_feed(customer_id: str, changes) -> None:
+            await feed.publish(customer_id, changes.feed_entries())
+
+        pipeline.on_fleet_events(fleet_feed)
         rt.on_stop(materializer.stop)
         rt.subscribe("vehicle_deleted", materializer.on_vehicle_deleted)
 
@@ -68,5 +74,14 @@ def install(rt: Runtime) -> Pipeline:
             "tracking_retention",
         )
 
+    async def start_offline() -> None:
+        rt.spawn(
+            fleet_events.offline_loop(
+                rt.registry, fleet_events.OFFLINE_CHECK_SECONDS, rt.shutting_down, getattr(rt, "event_feed", None)
+            ),
+            "tracking_offline",
+        )
+
     rt.on_start(start_retention)
+    rt.on_start(start_offline)
     return pipeline

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import time
 import uuid
 
 import pycrdt
@@ -104,6 +105,7 @@ class TrackRoom:
         self.idle = asyncio.Event()
         self.idle.set()
         self.task: asyncio.Task | None = None
+        self.arrived: float | None = None  # time.monotonic() of the oldest update not yet materialized
 
     # -- what the track reader needs ---------------------------------------------------------------
 
@@ -173,6 +175,8 @@ class TrackMaterializer(RoomHooks):
     async def change(self, room, update: bytes, origin) -> None:
         state: TrackRoom | None = room.peek_state(TrackRoom)
         if state is not None:
+            if state.arrived is None:
+                state.arrived = time.monotonic()
             self.reader.update(state, update)
 
     async def store(self, room) -> None:
@@ -225,6 +229,8 @@ class TrackMaterializer(RoomHooks):
                 await self._publish(state, commit.result())
                 state.done = max(state.done, end)
                 state.queue.drop_below(state.done)
+                if not state.backlog:
+                    state.arrived = None
                 if upcoming is not None and upcoming.batch.first_index == state.done:
                     run = upcoming
                 else:
@@ -253,6 +259,7 @@ class TrackMaterializer(RoomHooks):
             day=state.day,
             first_index=chunk.first,
             decoded=chunk,
+            received=state.arrived,
         )
         backoff = 0.5
         while True:  # a failure here (the plan lookup while the database is away) must not end the worker

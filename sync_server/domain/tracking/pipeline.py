@@ -21,6 +21,8 @@ durable progress (exactly once).
     store     COPY into staging, INSERT ... ON CONFLICT DO NOTHING              storage.positions
     latest    vehicle_positions_latest moves forward only                       storage.positions
     confirm   the quota's phase 2: the allowance counted on is still there      quota.fits
+    events    overspeed, trips/stops, offline/online over the batch's window    fleet_events.recompute
+              (backfills recompute, move and retract), published in the transaction
     usage     points and rejections per reason per day; the document progress  storage.usage_metrics
 
 Locks: everything about one vehicle (its neighbours, events, latest fix, progress) is serialised by
@@ -50,6 +52,7 @@ import asyncpg
 import numpy as np
 import structlog
 
+from storage import fleet_events as fleet_event_store
 from storage import geofence_events as event_store
 from storage import geofences as geofence_store
 from storage import partitions, track_progress
@@ -58,7 +61,7 @@ from storage import usage as usage_store
 from storage.positions import Fixes
 from storage.registry import DatabaseRegistry
 from sync_server.domain.billing import plans
-from sync_server.domain.tracking import announce, feedback, filters, quota
+from sync_server.domain.tracking import announce, feedback, filters, fleet_events, quota
 from sync_server.domain.tracking.geofences import (
     Event,
     GeofenceSet,
@@ -101,6 +104,7 @@ class Batch:
     day: dt.date | None = None
     first_index: int = 0
     decoded: Chunk | None = None
+    received: float | None = None  # time.monotonic() when its oldest fix reached the node, if known
 
     @property
     def size(self) -> int:
@@ -113,6 +117,7 @@ class Outcome:
     stored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)  # newly recorded geofence events
+    fleet: fleet_events.Changes = field(default_factory=fleet_events.Changes)  # other events, retractions
     latest: Point | None = None  # the vehicle's new latest fix, when this batch moved it forward
     skipped: int = 0  # elements a previous run had already materialized
     feedback: Any = None  # a track document's totals after this batch (feedback.Totals)
@@ -136,6 +141,7 @@ class Run:
         self.rejected: dict[tuple[int, str], int] = {}  # (day, reason) -> count
         self.conn: asyncpg.Connection | None = None
         self.fences: GeofenceSet | None = None
+        self.zones: fleet_events.Zones | None = None  # speed-limited geofences
         self.cached_fences: GeofenceSet | None = None  # the pipeline's copy when the batch started
         self.located_with: Any = None  # fingerprint of the set `locate` used
         self.before: Point | None = None  # the stored fix just before the batch's span
@@ -250,6 +256,10 @@ async def quota_step(run: Run) -> None:
     keep = quota.cut(run.fixes.ms, run.limits.gps_points_per_day, await _used_by_day(run))
     if not keep.all():
         run.reject(run.fixes.ms[~keep] // DAY_MS, quota.QUOTA_EXCEEDED)
+        for day in np.unique(run.fixes.ms[~keep] // DAY_MS).tolist():
+            recorded = await quota.reached(run.conn, run.customer_uuid, int(day), run.limits.gps_points_per_day)
+            if recorded is not None:
+                run.outcome.fleet.added.append(recorded)
         run.keep(keep)
 
 
@@ -368,6 +378,24 @@ async def confirm_quota_step(run: Run) -> None:
         raise QuotaRace()
 
 
+async def events_step(run: Run) -> None:
+    """The fleet events of the batch's window (fleet_events.recompute), then everything recorded or
+    retracted by this batch handed to delivery in this transaction."""
+    changes = run.outcome.fleet
+    if len(run):
+        conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
+        ctx = await fleet_events.context(conn, cid, vid, run.zones)
+        fixes = run.fixes
+        batch = (fixes.ms, fixes.lat, fixes.lng, fixes.speed) if run.outcome.stored == len(run) else None
+        found = await fleet_events.recompute(
+            conn, cid, vid, int(fixes.ms[0]), int(fixes.ms[-1]), run.now_ms, ctx, batch
+        )
+        changes.added += found.added
+        changes.retracted += found.retracted
+    if changes.added or changes.retracted:  # announced in this transaction, with the rows
+        await outbox.publish(run.conn, run.customer_uuid, announce.fleet_messages(changes))
+
+
 async def usage_step(run: Run) -> None:
     counts = [(day_of(d * DAY_MS), quota.POINTS_METRIC, n) for d, n in quota.per_day(run.fixes.ms).items()]
     counts += [(day_of(d * DAY_MS), quota.rejected_metric(reason), n) for (d, reason), n in run.rejected.items()]
@@ -408,6 +436,7 @@ QUOTA_PHASES: tuple[tuple[str, Step], ...] = (
     ("store", store_step),
     ("latest", latest_step),
     ("confirm", confirm_quota_step),
+    ("events", events_step),
     ("usage", usage_step),
 )
 IN_TRANSACTION = BEFORE_QUOTA + QUOTA_PHASES
@@ -432,9 +461,12 @@ class Pipeline:
         # one, measured) and the rows do not arrive any sooner. Live batches never wait for this.
         self._bulk = asyncio.Semaphore(bulk_concurrency)
         self._fences: dict[str, GeofenceSet] = {}
+        self._zones: dict[str, tuple[Any, fleet_events.Zones | None]] = {}  # customer -> (fingerprint, zones)
         self._partitions: dict[str, set[int]] = {}  # database name -> day numbers known to exist
         self._latest_listeners: list[Callable[[str, uuid.UUID, Point], Awaitable[None]]] = []
+        self._committed_listeners: list[Callable[[Batch, Outcome], None]] = []
         self._event_listeners: list[Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]] = []
+        self._fleet_listeners: list[Callable[[str, fleet_events.Changes], Awaitable[Any]]] = []
         # The steps before the transaction run here, off the event loop: a 50,000-point batch is
         # ~100 ms of CPU, and on the loop every round trip of the transactions in flight (and every
         # websocket frame) would wait behind it; in a thread the loop gets the GIL back every few ms.
@@ -444,10 +476,19 @@ class Pipeline:
         """Called (customer_id, vehicle_id, fix) after a batch moved a vehicle's latest position."""
         self._latest_listeners.append(listener)
 
+    def on_committed(self, listener: Callable[[Batch, Outcome], None]) -> None:
+        """Called (batch, outcome) once a batch's transaction committed (metrics); must be quick."""
+        self._committed_listeners.append(listener)
+
     def on_events(self, listener: Callable[[str, uuid.UUID, list[Event]], Awaitable[None]]) -> None:
         """Called (customer_id, vehicle_id, events) after a batch committed new geofence events
         (e.g. tracking.event_feed.EventFeed.geofence_events: the dispatchers' live feed)."""
         self._event_listeners.append(listener)
+
+    def on_fleet_events(self, listener: Callable[[str, fleet_events.Changes], Awaitable[Any]]) -> None:
+        """Called (customer_id, changes) after a batch committed fleet events or retracted some
+        (e.g. the fleet document's feed: Changes.feed_entries)."""
+        self._fleet_listeners.append(listener)
 
     async def limits(self, customer_id: str) -> plans.Limits:
         """The customer's plan limits (the plan-limit service's cache)."""
@@ -468,6 +509,15 @@ class Pipeline:
         fences = GeofenceSet(shapes, fingerprint)
         self._fences[key] = fences
         return fences
+
+    async def _speed_zones(self, conn: asyncpg.Connection, customer_id: uuid.UUID, fingerprint: Any):
+        key = str(customer_id)
+        cached = self._zones.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        zones = fleet_events.zones_from(await fleet_event_store.speed_zones(conn, customer_id), fingerprint)
+        self._zones[key] = (fingerprint, zones)
+        return zones
 
     async def _ensure_partitions(self, db, days: set[int]) -> None:
         known = self._partitions.setdefault(db.name, set())
@@ -512,6 +562,7 @@ class Pipeline:
             log.info("tracking_quota_race", customer_id=str(run.batch.customer_id), points=len(kept[1]))
             (run.fixes, run.index, run.inside), run.rejected = kept, rejected
             run.outcome.events, run.outcome.latest = [], None
+            run.outcome.fleet = fleet_events.Changes()
             await _lock_quota(run)
             await Pipeline._steps(run, QUOTA_PHASES, timings)
 
@@ -534,6 +585,7 @@ class Pipeline:
             if batch.doc is not None:  # replayable from the document; tracker posts wait for the disk
                 await position_store.commit_without_waiting_for_flush(conn)
             run.fences = await self._geofences(conn, run.customer_uuid)
+            run.zones = await self._speed_zones(conn, run.customer_uuid, run.fences.fingerprint)
             timings["lock"] = _ms(started)
             await self._steps(run, BEFORE_QUOTA, timings)
             await self._quota_phases(run, timings)
@@ -541,6 +593,11 @@ class Pipeline:
         timings["commit"] = _ms(commit_started)
         run.conn = None
         outcome = run.outcome
+        for committed in self._committed_listeners:
+            try:
+                committed(batch, outcome)
+            except Exception:
+                log.exception("committed_listener_failed")
         if outcome.latest is not None:
             for listener in self._latest_listeners:
                 try:
@@ -553,6 +610,12 @@ class Pipeline:
                     await events_listener(str(batch.customer_id), batch.vehicle_id, list(outcome.events))
                 except Exception:
                     log.exception("events_listener_failed", customer_id=str(batch.customer_id))
+        if outcome.fleet.added or outcome.fleet.retracted:
+            for fleet_listener in self._fleet_listeners:
+                try:
+                    await fleet_listener(str(batch.customer_id), outcome.fleet)
+                except Exception:
+                    log.exception("fleet_listener_failed", customer_id=str(batch.customer_id))
         log.info(
             "tracking_batch",
             customer_id=str(batch.customer_id),
@@ -564,6 +627,8 @@ class Pipeline:
             skipped=outcome.skipped,
             rejected=outcome.rejected,
             events=len(outcome.events),
+            fleet_events=len(outcome.fleet.added),
+            retracted=len(outcome.fleet.retracted),
             ms=_ms(started),
             step_ms=timings,
         )

@@ -9,13 +9,16 @@ GET /api/v1/tracking/usage (`quota_exceeded: true`, `remaining: 0`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from storage import fleet_events as fleet_event_store
 from sync_server.domain.billing.plans import GPS_POINTS_METRIC
-from sync_server.domain.tracking.points import DAY_MS
+from sync_server.domain.tracking.points import DAY_MS, day_of, time_of
 
 QUOTA_EXCEEDED = "quota_exceeded"
+QUOTA_REACHED = "quota.reached"  # the fleet event: once per customer and UTC day of the fixes
 POINTS_METRIC = GPS_POINTS_METRIC  # usage_metrics: materialized points per day
 REJECTED_PREFIX = "gps_points_rejected."  # usage_metrics: + reason, rejected points per day
 
@@ -52,3 +55,13 @@ def per_day(ms: np.ndarray) -> dict[int, int]:
     """Fixes per day number."""
     days, _, counts = _days(ms)
     return dict(zip(days.tolist(), counts.tolist()))
+
+
+async def reached(conn: Any, customer_id, day: int, limit: int) -> Any:
+    """Record quota.reached for the day (number) once; the Recorded event when this call did."""
+    from sync_server.domain.tracking.fleet_events import Recorded
+
+    ms = day * DAY_MS
+    data = {"day": day_of(ms).isoformat(), "limit": limit, "metric": POINTS_METRIC}
+    event_id = await fleet_event_store.insert_customer_event(conn, customer_id, QUOTA_REACHED, time_of(ms), data)
+    return Recorded(event_id, None, QUOTA_REACHED, ms, None, None, data) if event_id is not None else None
