@@ -161,7 +161,7 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
         )
         hook = await conn.fetchval(
             "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
-            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            "VALUES ($1, 'https://a.example/h', '{*}', 'sealed:v1:not-read-here') RETURNING id",
             a,
         )
         delivery = await conn.fetchval(

@@ -199,7 +199,7 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
     async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
         hook = await conn.fetchval(
             "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
-            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            "VALUES ($1, 'https://a.example/h', '{*}', 'sealed:v1:not-read-here') RETURNING id",
             cid,
         )
         for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
