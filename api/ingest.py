@@ -140,4 +140,6 @@ async def osmand_position(customer_slug: str | None = None):
             rejected[reason] = rejected.get(reason, 0) + n
     if decoded.rejected:
         log.info("osmand_positions_rejected", vehicle_id=str(device.vehicle_id), rejected=decoded.rejected)
+        if runtime().metrics is not None:  # rejected before the pipeline: counted with its rejections
+            runtime().metrics.count_rejected(decoded.rejected)
     return {"accepted": accepted, "rejected": rejected}

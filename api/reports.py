@@ -390,7 +390,7 @@ async def summary_report(query: SummaryQuery):
 async def get_event_settings():
     cid, db = await _customer_db()
     async with db.tenant(cid) as conn:
-        settings, _ = await store.settings_of(conn, cid)
+        settings, _, _ = await store.settings_of(conn, cid)
     return Thresholds.of(settings).as_dict()
 
 

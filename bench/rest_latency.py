@@ -189,6 +189,9 @@ class OwnServer:
             cwd=ROOT,
         )
         for _ in range(600):
+            if self.proc.poll() is not None:  # died at start: say what it said, do not wait out the minute
+                tail = (Path(self.tmp.name) / "server.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
             try:
                 status, _ = await call(self.base_url, "GET", "/healthz")
                 if status == 200:

@@ -11,21 +11,26 @@ from typing import Any
 
 import asyncpg
 
+from storage.geofence_events import delete_events_before
+
 _EVENT = "id, vehicle_id, type, time, lat, lng, data, decided_ms"
 
 
 # --- settings ---------------------------------------------------------------------------------
 
 
-async def settings_of(conn: asyncpg.Connection, customer_id, vehicle_id=None) -> tuple[dict, Any]:
-    """(the customer's settings, the vehicle's metadata speed_limit_kmh or None)."""
+async def settings_of(conn: asyncpg.Connection, customer_id, vehicle_id=None) -> tuple[dict, Any, bool]:
+    """(the customer's settings, the vehicle's metadata speed_limit_kmh or None, whether the vehicle
+    exists). The vehicle is locked FOR KEY SHARE until the transaction ends (the rows written for it
+    reference it: a concurrent delete waits, and its cascade then takes them along)."""
     row = await conn.fetchrow(
+        "WITH v AS (SELECT metadata FROM vehicles WHERE customer_id = $1 AND id = $2 FOR KEY SHARE) "
         "SELECT (SELECT settings FROM tracking_settings WHERE customer_id = $1) AS settings, "
-        "(SELECT metadata -> 'speed_limit_kmh' FROM vehicles WHERE customer_id = $1 AND id = $2) AS limit",
+        "(SELECT metadata -> 'speed_limit_kmh' FROM v) AS limit, EXISTS (SELECT 1 FROM v) AS found",
         customer_id,
         vehicle_id,
     )
-    return (row["settings"] or {}), row["limit"]
+    return (row["settings"] or {}), row["limit"], row["found"]
 
 
 async def put_settings(conn: asyncpg.Connection, customer_id, settings: dict) -> None:
@@ -350,3 +355,32 @@ async def summary(
         end,
         overspeed,
     )
+
+
+async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` of the customer's events older than `cutoff`."""
+    return await delete_events_before(conn, "fleet_events", customer_id, cutoff, limit)
+
+
+async def delete_trips_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` closed trips that ended before `cutoff`."""
+    return await _delete_segments(conn, "trips", customer_id, cutoff, limit)
+
+
+async def delete_stops_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    """Retention: up to `limit` closed stops that ended before `cutoff` (their checkpoints go with
+    them: a fix that old is refused as too_old, so no backfill restarts from them)."""
+    return await _delete_segments(conn, "stops", customer_id, cutoff, limit)
+
+
+async def _delete_segments(conn: asyncpg.Connection, table: str, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    assert table in ("trips", "stops")
+    status = await conn.execute(
+        f"DELETE FROM {table} s USING (SELECT vehicle_id, start_time FROM {table} WHERE customer_id = $1 "
+        "AND start_time < $2 AND end_time < $2 LIMIT $3) old WHERE s.customer_id = $1 "
+        "AND s.vehicle_id = old.vehicle_id AND s.start_time = old.start_time",
+        customer_id,
+        cutoff,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])

@@ -106,8 +106,17 @@ async def page(
 
 
 async def delete_before(conn: asyncpg.Connection, customer_id, cutoff: dt.datetime, limit: int) -> int:
+    return await delete_events_before(conn, "geofence_events", customer_id, cutoff, limit)
+
+
+async def delete_events_before(
+    conn: asyncpg.Connection, table: str, customer_id, cutoff: dt.datetime, limit: int
+) -> int:
+    """Retention of an event table keyed (customer_id, id) with a `time`: up to `limit` rows older
+    than `cutoff` (geofence_events, fleet_events)."""
+    assert table in ("geofence_events", "fleet_events")
     status = await conn.execute(
-        "DELETE FROM geofence_events WHERE customer_id = $1 AND id IN (SELECT id FROM geofence_events "
+        f"DELETE FROM {table} WHERE customer_id = $1 AND id IN (SELECT id FROM {table} "
         "WHERE customer_id = $1 AND time < $2 LIMIT $3)",
         customer_id,
         cutoff,

@@ -121,3 +121,13 @@ def test_env_never_prints_a_secret():
 def test_env_refuses_a_bad_value_like_serve():
     result = subprocess.run([EXE, "env"], env={"PORT": "x"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "PORT must be an integer" in result.stderr
+
+
+def test_every_credential_setting_is_secret():
+    """`webhost-sync env` prints no value of a setting marked secret: every key, token or password
+    added later must be marked too."""
+    from dataclasses import fields
+
+    credentials = [f for f in fields(Settings) if f.metadata["env"].endswith(("KEY", "KEYS", "TOKEN", "PASSWORD"))]
+    assert len(credentials) >= 6
+    assert [f.metadata["env"] for f in credentials if not f.metadata["secret"]] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import random
 
 import pytest
@@ -209,7 +210,7 @@ legs = st.lists(
 
 
 @settings(
-    max_examples=25,
+    max_examples=int(os.environ.get("FLEET_EVENTS_EXAMPLES", "40")),  # e.g. 300 for a long run
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -267,3 +268,64 @@ def test_state_round_trips_through_json_exactly():
     second = analysis.analyze(resumed, ms[17:], lat[17:], lng[17:], speed[17:], None, th, fleet_events.RULES)
     assert analysis.dumps(second.state) == analysis.dumps(whole.state)
     assert [e.key for e in first.output.events + second.output.events] == [e.key for e in whole.output.events]
+
+
+async def test_offline_task_on_server_time_then_late_fixes_fill_the_gap(db):
+    """The runtime task records device.offline on server time; fixes uploaded later from inside the
+    gap retract it (the device was tracking all along), and the history equals the ordered run."""
+    cid, vid = await _customer(db)
+    pipeline = await _pipeline(db)
+    fixes = _track([("drive", 80, 30, 20, 90, True)])  # 40 min, a fix every 30 s
+    live, offline_span = fixes[:20], fixes[20:]
+    last_live = live[-1]["t"]
+    await _send(pipeline, cid, vid, live, now=dt.datetime.fromtimestamp(last_live / 1000 + 10, UTC))
+    assert await fleet_events.offline_once(pipeline.registry, now_ms=last_live + 600_000) == 0  # not yet (900 s)
+    assert await fleet_events.offline_once(pipeline.registry, now_ms=last_live + 901_000) == 1
+    assert await fleet_events.offline_once(pipeline.registry, now_ms=last_live + 999_000) == 0  # once per gap
+    got = await _outcome(db, cid)
+    offline = [e for e in got["events"] if e[0] == "device.offline"]
+    assert len(offline) == 1 and offline[0][5] is None
+    assert offline[0][1] == dt.datetime.fromtimestamp((last_live + 900_000) / 1000, UTC)
+    late = await _send(pipeline, cid, vid, offline_span, now=dt.datetime.fromtimestamp(fixes[-1]["t"] / 1000 + 60, UTC))
+    assert [r.type for r in late.fleet.retracted] == ["device.offline"]
+    got = await _outcome(db, cid)
+    assert not [e for e in got["events"] if e[0].startswith("device.")]
+    reference, ref_vehicle = await _customer(db)
+    await _send(pipeline, reference, ref_vehicle, fixes, now=dt.datetime.fromtimestamp(fixes[-1]["t"] / 1000 + 60, UTC))
+    assert got == await _outcome(db, reference)
+
+
+async def test_quota_reached_once_per_day(db):
+    plan = await fleet.plan(db, "tiny-h17e", points_per_day=5)
+    cid = await fleet.customer(db, plan=plan)
+    vid = await fleet.vehicle(db, cid)
+    pipeline = await _pipeline(db)
+    fixes = _track([("drive", 8, 30, 20, 90, True)])
+    first = await _send(pipeline, cid, vid, fixes[:6])
+    assert first.stored == 5 and [r.type for r in first.fleet.added if r.vehicle_id is None] == ["quota.reached"]
+    again = await _send(pipeline, cid, vid, fixes[6:])
+    assert again.stored == 0 and not [r for r in again.fleet.added if r.type == "quota.reached"]
+    async with db.tenant(cid) as conn:
+        rows = await conn.fetch("SELECT vehicle_id, data FROM fleet_events WHERE type = 'quota.reached'")
+    assert len(rows) == 1 and rows[0]["vehicle_id"] is None and rows[0]["data"]["limit"] == 5
+
+
+async def test_speed_limits_of_the_vehicle_and_of_zones_and_the_feed_entries(db):
+    """The limit at a fix is the lowest of the customer's default, the vehicle's and those of
+    speed-limited geofences holding it; the recorded events make valid fleet-feed entries."""
+    cid, vid = await _customer(db)  # customer default: 60 km/h
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE vehicles SET metadata = '{\"speed_limit_kmh\": 80}' WHERE id = $1", vid)
+    fixes = _track([("drive", 10, 10, 70, 90, True), ("drive", 10, 10, 50, 90, True), ("park", 8, 30)])
+    # a 30 km/h zone around the 50 km/h stretch
+    zone_lng = (fixes[12]["lng"] + fixes[17]["lng"]) / 2
+    zone = await fleet.circle(db, cid, "school", 52.5, zone_lng, 400)
+    async with db.tenant(cid) as conn:
+        await conn.execute("UPDATE geofences SET metadata = '{\"speed_limit_kmh\": 30}' WHERE id = $1", zone)
+    outcome = await _send(await _pipeline(db), cid, vid, fixes)
+    over = [e for e in outcome.fleet.added if e.type == "overspeed.started"]
+    # 70 km/h under the vehicle's 80 is fine (its limit replaces the customer's 60); 50 in the zone is not
+    assert len(over) == 1 and over[0].data["limit_kmh"] == 30.0 and over[0].data["max_speed_kmh"] == 50.0
+    entries = [e.as_json() for e in outcome.fleet.feed_entries()]
+    assert {e["type"] for e in entries} >= {"overspeed.started", "trip.started", "trip.ended", "stop.started"}
+    assert all(e["id"].startswith("fleet:") and e["vehicle_id"] == str(vid) for e in entries)

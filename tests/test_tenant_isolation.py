@@ -6,6 +6,8 @@ import uuid
 import asyncpg
 import pytest
 
+from storage import sealing
+
 
 async def _customer(db, slug):
     async with db.operator("test_setup") as conn:
@@ -161,8 +163,9 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
         )
         hook = await conn.fetchval(
             "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
-            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            "VALUES ($1, 'https://a.example/h', '{*}', $2) RETURNING id",
             a,
+            sealing.seal("whsec_x", f"webhook_endpoints.secret/{a}"),  # sealed at rest (migration 0121)
         )
         delivery = await conn.fetchval(
             "INSERT INTO webhook_outbox (customer_id, endpoint_id, message_id, event_type, body, occurred_at) "

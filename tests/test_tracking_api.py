@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import httpx
 
-from storage import DatabaseRegistry
+from storage import DatabaseRegistry, sealing
 from sync_server.domain.tracking import retention
 from sync_server.domain.tracking.distance import geodesic
 from sync_server.domain.tracking.pipeline import Batch, Pipeline
@@ -177,6 +177,13 @@ async def test_latest_events_summary_and_usage(db, server):
         }
 
 
+_AGED = {  # fleet event rows older than the retention (their table and time)
+    "fleet_events": "fleet_events WHERE time",
+    "trips": "trips WHERE end_time IS NOT NULL AND end_time",
+    "stops": "stops WHERE end_time IS NOT NULL AND end_time",
+}
+
+
 async def test_retention_removes_rows_past_the_plan_in_batches(db):
     await fleet.plan(db, "short", points_per_day=1000, retention_days=2)
     cid = await fleet.customer(db, plan="short")
@@ -199,8 +206,9 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
     async with db.tenant(cid) as conn:  # a delivery log: one finished 3 days ago, one still pending
         hook = await conn.fetchval(
             "INSERT INTO webhook_endpoints (customer_id, url, events, secret) "
-            "VALUES ($1, 'https://a.example/h', '{*}', 'whsec_x') RETURNING id",
+            "VALUES ($1, 'https://a.example/h', '{*}', $2) RETURNING id",
             cid,
+            sealing.seal("whsec_x", f"webhook_endpoints.secret/{cid}"),  # sealed at rest (migration 0121)
         )
         for status, finished in (("delivered", now - dt.timedelta(days=3)), ("pending", None)):
             await conn.execute(
@@ -212,8 +220,37 @@ async def test_retention_removes_rows_past_the_plan_in_batches(db):
                 now - dt.timedelta(days=3),
                 finished,
             )
+
+    async with db.tenant(cid) as conn:  # a closed trip and stop of that day too (the fixes above only drive on)
+        first_vehicle = await conn.fetchval("SELECT id FROM vehicles LIMIT 1")
+        old = now - dt.timedelta(days=3)
+        await conn.execute(
+            "INSERT INTO trips (customer_id, vehicle_id, start_time, end_time, start_lat, start_lng, end_lat, end_lng, "
+            "distance_m, duration_s, max_speed, avg_speed, path) VALUES ($1, $2, $3, $4, 1, 1, 1, 1, 0, 60, 0, 0, '[]')",
+            cid,
+            first_vehicle,
+            old - dt.timedelta(hours=2),
+            old - dt.timedelta(hours=2) + dt.timedelta(minutes=1),
+        )
+        await conn.execute(
+            "INSERT INTO stops (customer_id, vehicle_id, start_time, end_time, lat, lng, duration_s, confirmed_ms, "
+            "state) VALUES ($1, $2, $3, $4, 1, 1, 60, 0, '{}')",
+            cid,
+            first_vehicle,
+            old - dt.timedelta(hours=1),
+            old - dt.timedelta(hours=1) + dt.timedelta(minutes=1),
+        )
+
+    def older(cutoff_sql: str) -> str:
+        return f"SELECT count(*) FROM {cutoff_sql} < now() - interval '2 days'"
+
+    aged = {t: await fleet.count(db, cid, older(q)) for t, q in _AGED.items()}
+    assert all(aged.values()), aged  # the day 3 days ago made events, trips and stops
     removed = await retention.run_once(registry, "hobby", batch_rows=7)
-    assert removed == {"positions": 25, "geofence_events": 2, "webhook_deliveries": 1}
+    assert removed == {"positions": 25, "geofence_events": 2, "webhook_deliveries": 1, **aged}
+    for q in _AGED.values():
+        assert await fleet.count(db, cid, older(q)) == 0
+    assert await fleet.count(db, keep_cid, older(_AGED["fleet_events"])) > 0  # a longer plan keeps them
     assert await fleet.count(db, cid, "SELECT count(*) FROM webhook_outbox WHERE status = 'pending'") == 1
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 25
     assert await fleet.count(db, cid, "SELECT count(*) FROM geofence_events") == 2

@@ -168,12 +168,16 @@ class Metrics:
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.rest_seconds.labels(route, method, str(status)).observe(seconds)
 
+    def count_rejected(self, rejected: dict[str, int]) -> None:
+        """GPS points rejected by reason (the pipeline's, and the tracker posts' before it)."""
+        for reason, n in rejected.items():
+            key = reason if reason in _REASONS else "other"
+            self.gps_rejected[key] = self.gps_rejected.get(key, 0) + n
+
     def observe_batch(self, batch: Batch, outcome: Outcome) -> None:
         source = batch.source if batch.source in ("doc", "osmand") else "other"
         self.gps_stored[source] = self.gps_stored.get(source, 0) + outcome.stored
-        for reason, n in outcome.rejected.items():
-            key = reason if reason in _REASONS else "other"
-            self.gps_rejected[key] = self.gps_rejected.get(key, 0) + n
+        self.count_rejected(outcome.rejected)
         self.gps_batch_points.labels(source).observe(batch.size)
         if batch.received is not None and outcome.stored:
             self.pipeline_lag.labels(source).observe(max(0.0, time.monotonic() - batch.received))

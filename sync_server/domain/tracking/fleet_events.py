@@ -68,6 +68,7 @@ class Context:
     thresholds: Thresholds
     limit: float | None  # m/s: the vehicle's, else the customer's default
     zones: Zones | None = None
+    vehicle_exists: bool = True  # a vehicle deleted meanwhile gets no events (its rows are gone)
 
     def limits(self, lat: np.ndarray, lng: np.ndarray) -> list[float | None]:
         if self.zones is None or not len(lat):
@@ -137,12 +138,12 @@ class Changes:
 
 
 async def context(conn: asyncpg.Connection, customer_id, vehicle_id, zones: Zones | None) -> Context:
-    settings, vehicle_limit = await store.settings_of(conn, customer_id, vehicle_id)
+    settings, vehicle_limit, found = await store.settings_of(conn, customer_id, vehicle_id)
     th = Thresholds.of(settings)
     limit_kmh = speed_limit(vehicle_limit)
     if limit_kmh is None:
         limit_kmh = speed_limit(th.speed_limit_kmh)
-    return Context(th, limit_kmh / 3.6 if limit_kmh else None, zones)
+    return Context(th, limit_kmh / 3.6 if limit_kmh else None, zones, found)
 
 
 def zones_from(rows: Sequence[Any], fingerprint: Any) -> Zones | None:

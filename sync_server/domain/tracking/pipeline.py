@@ -383,17 +383,21 @@ async def events_step(run: Run) -> None:
     retracted by this batch handed to delivery in this transaction."""
     changes = run.outcome.fleet
     if len(run):
-        conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
-        ctx = await fleet_events.context(conn, cid, vid, run.zones)
-        fixes = run.fixes
-        batch = (fixes.ms, fixes.lat, fixes.lng, fixes.speed) if run.outcome.stored == len(run) else None
-        found = await fleet_events.recompute(
-            conn, cid, vid, int(fixes.ms[0]), int(fixes.ms[-1]), run.now_ms, ctx, batch
-        )
-        changes.added += found.added
-        changes.retracted += found.retracted
+        await _fleet_events(run, changes)
     if changes.added or changes.retracted:  # announced in this transaction, with the rows
         await outbox.publish(run.conn, run.customer_uuid, announce.fleet_messages(changes))
+
+
+async def _fleet_events(run: Run, changes: fleet_events.Changes) -> None:
+    conn, cid, vid = run.conn, run.customer_uuid, run.batch.vehicle_id
+    ctx = await fleet_events.context(conn, cid, vid, run.zones)
+    if not ctx.vehicle_exists:  # deleted meanwhile: its events, trips and stops are gone with it
+        return
+    fixes = run.fixes
+    batch = (fixes.ms, fixes.lat, fixes.lng, fixes.speed) if run.outcome.stored == len(run) else None
+    found = await fleet_events.recompute(conn, cid, vid, int(fixes.ms[0]), int(fixes.ms[-1]), run.now_ms, ctx, batch)
+    changes.added += found.added
+    changes.retracted += found.retracted
 
 
 async def usage_step(run: Run) -> None:

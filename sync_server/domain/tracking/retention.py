@@ -10,6 +10,7 @@ import datetime as dt
 
 import structlog
 
+from storage import fleet_events as fleet_event_store
 from storage import geofence_events as event_store
 from storage import plans as plan_store
 from storage import positions as position_store
@@ -25,7 +26,7 @@ async def run_once(
     now = now or dt.datetime.now(dt.UTC)
     async with registry.shared.operator("tracking_retention") as conn:
         customers = await plan_store.retention_by_customer(conn, default_plan)
-    removed = {"positions": 0, "geofence_events": 0, "webhook_deliveries": 0}
+    removed = {"positions": 0, "geofence_events": 0, "webhook_deliveries": 0, "fleet_events": 0, "trips": 0, "stops": 0}
     for row in customers:
         cid, cutoff = row["id"], now - dt.timedelta(days=row["retention_days"])
         db = await registry.for_customer(cid)
@@ -33,6 +34,9 @@ async def run_once(
             ("positions", position_store.delete_before),
             ("geofence_events", event_store.delete_before),
             ("webhook_deliveries", webhook_store.delete_finished_before),
+            ("fleet_events", fleet_event_store.delete_before),
+            ("trips", fleet_event_store.delete_trips_before),
+            ("stops", fleet_event_store.delete_stops_before),
         ):
             while True:
                 async with db.tenant(cid) as conn:
