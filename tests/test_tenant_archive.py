@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage import tenant_data, webhooks
+from storage import sealing, tenant_data, webhooks
 
 from .conftest import TEST_ENCRYPTION_KEY, TEST_SECRET
 from .support import databases, tenants
@@ -197,3 +199,50 @@ def test_checksum_in_the_database_equals_the_digest_of_row_hashes(database_url):
     pairs = asyncio.run(both())
     assert all(a == b for a, b in pairs), pairs
     assert any(a["rows"] > 1 for a, _ in pairs)
+
+
+def test_sealed_values_need_the_exporting_key_and_database_url_picks_the_target(database_url, target_url, tmp_path):
+    """Webhook secrets travel sealed: a node with another ENCRYPTION_KEY refuses the archive (and
+    keeps nothing); with the exporting key among ENCRYPTION_OLD_KEYS it imports and they open.
+    --database-url loads into that database (a dedicated one), not DATABASE_URL's."""
+    cid = asyncio.run(tenants.seed_customer(database_url, gps_rows=200))
+    asyncio.run(_add_webhook(database_url, cid))
+    archive = tmp_path / "k.whsa"
+    out, _ = _run(["export-tenant", "--customer", str(cid), "--out", str(archive)], _env(database_url, tmp_path))
+    assert out.returncode == 0, out.stderr
+    other_key = sealing.new_key()
+    to_target = ["import-tenant", "--in", str(archive), "--database-url", target_url]
+    refused, _ = _run(to_target, _env(database_url, tmp_path, ENCRYPTION_KEY=other_key))
+    assert refused.returncode == 1, refused.stderr
+    assert "webhook_endpoints.secret" in refused.stderr and "ENCRYPTION_KEY" in refused.stderr
+    assert asyncio.run(_rows_of(target_url, cid)) == {t.name: 0 for t in tenant_data.TENANT_TABLES}
+    ok, _ = _run(
+        to_target, _env(database_url, tmp_path, ENCRYPTION_KEY=other_key, ENCRYPTION_OLD_KEYS=TEST_ENCRYPTION_KEY)
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert asyncio.run(tenants.snapshot(target_url, cid)) == asyncio.run(tenants.snapshot(database_url, cid))
+
+
+def test_progress_bar_only_on_a_terminal(database_url, tmp_path):
+    cid = asyncio.run(tenants.seed_customer(database_url, gps_rows=5000))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [EXE, "export-tenant", "--customer", str(cid), "--out", str(tmp_path / "p.whsa")],
+        env=_env(database_url, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    assert proc.stdout is not None and b"exported customer" in proc.stdout.read()
+    assert b"\r\x1b[K[" in seen and b"rows" in seen, seen[-500:]

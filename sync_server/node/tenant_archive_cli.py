@@ -122,11 +122,12 @@ def _with_db(args: argparse.Namespace, job) -> dict | int:
         finally:
             await db.close()
 
+    lead = "\n" if sys.stderr.isatty() else ""  # below a progress bar
     try:
         return asyncio.run(main())
     except tenant_archive.ArchiveError as exc:
-        print(f"\nwebhost-sync: refused: {exc}", file=sys.stderr)
+        print(f"{lead}webhost-sync: refused: {exc}", file=sys.stderr)
         return 1
     except (RuntimeError, OSError) as exc:
-        print(f"\nwebhost-sync: {exc}", file=sys.stderr)
+        print(f"{lead}webhost-sync: {exc}", file=sys.stderr)
         return 2
