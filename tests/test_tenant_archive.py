@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
+import json
 import os
 import pty
 import re
@@ -246,3 +248,31 @@ def test_progress_bar_only_on_a_terminal(database_url, tmp_path):
     assert proc.wait(timeout=120) == 0
     assert proc.stdout is not None and b"exported customer" in proc.stdout.read()
     assert b"\r\x1b[K[" in seen and b"rows" in seen, seen[-500:]
+
+
+def test_an_archive_whose_rows_name_another_customer_cannot_touch_it(database_url, tmp_path):
+    """The archive is not trusted: rows are written in the header customer's tenant scope, so a
+    crafted archive (valid sha256) carrying another customer's id in its rows is refused by
+    row-level security, and that other customer's rows stay as they were."""
+    victim = asyncio.run(tenants.seed_customer(database_url, slug="victim", gps_rows=100))
+    attacker = asyncio.run(tenants.seed_customer(database_url, slug="attacker", gps_rows=100))
+    archive = tmp_path / "a.whsa"
+    out, _ = _run(["export-tenant", "--customer", str(attacker), "--out", str(archive)], _env(database_url, tmp_path))
+    assert out.returncode == 0, out.stderr
+    with gzip.open(archive, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    assert lines[1] == b'{"table": "customers"}\n'
+    body = [  # the customers row stays the attacker's; every other table's rows name the victim
+        line.replace(str(attacker).encode(), str(victim).encode()) if i > 2 and line.startswith(b'{"rows":') else line
+        for i, line in enumerate(lines[:-1])
+    ]
+    digest = hashlib.sha256(b"".join(body)).hexdigest()
+    crafted = tmp_path / "crafted.whsa"
+    with gzip.open(crafted, "wb") as f:
+        f.write(b"".join(body) + json.dumps({"end": True, "rows": 0, "sha256": digest}).encode() + b"\n")
+    before = asyncio.run(tenants.snapshot(database_url, victim))
+    proc, _ = _run(["import-tenant", "--in", str(crafted), "--replace"], _env(database_url, tmp_path))
+    assert proc.returncode == 1 and "refused" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "row-level security" in proc.stderr
+    assert asyncio.run(tenants.snapshot(database_url, victim)) == before
+    assert asyncio.run(_rows_of(database_url, attacker))["gps_positions"] == 100  # --replace rolled back too
