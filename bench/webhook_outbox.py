@@ -5,7 +5,8 @@ the same signed POSTs sent straight from memory (no outbox) in the same run.
     .venv/bin/python bench/webhook_outbox.py [--messages 3000] [--concurrency 16] [--reps 3]
 
     enqueue     publish() of N messages in transactions of 100 (one endpoint matches)
-    reference   N signed POSTs by the worker's Sender (URL check, signing, bounded read), no database
+    reference   N signed POSTs by the worker's Sender (URL check, signing, bounded read), no database,
+                as many in flight as the worker gives one customer (half its slots)
     outbox      the DeliveryWorker drains N enqueued messages without ordering keys
     ordered     the same with 50 ordering keys (vehicles): one message per key in flight at a time
 
@@ -82,7 +83,7 @@ async def _drain(db, cid, policy, n) -> float:
 
 async def _reference(url, secret, policy, n) -> float:
     sender = Sender(policy)
-    slots = asyncio.Semaphore(policy.concurrency)
+    slots = asyncio.Semaphore(max(1, policy.concurrency // 2))  # what one customer may hold of the worker
     body = '{"type":"trip.started","timestamp":"2026-12-01T00:00:00.000Z","data":{"vehicle_id":"v1","n":1}}'
 
     async def one(i):

@@ -2,13 +2,14 @@
 (MAP_TILE_URL=none: markers, trails and geofences on a plain background). webapp/test/scenario.mjs
 drives four browsers (two dispatchers, a viewer, another customer's dispatcher) and a tracker
 (yjs + y-websocket in Node); this test sets the customers up through REST and checks what the
-browsers saw. Screenshots are kept in the test's tmp directory (printed)."""
+browsers saw. Screenshots are kept in var/test-artifacts/webapp/ (printed)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,8 +83,9 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     _user(other, "eve@other.example", "admin")
     vehicle = acme.post("/api/v1/vehicles", json={"name": "van-7", "vehicle_identifier": "van-7"}).json()["id"]
     tracker = acme.post("/api/v1/sync-tokens", json={"docs": [f"tracks/{vehicle}/*"], "mode": "rw"}).json()["token"]
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = ROOT / "var" / "test-artifacts" / "webapp"  # kept after the run (pytest's tmp dirs rotate)
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir(parents=True)
     config = {
         "base": server.base_url,
         "ws": server.ws_url,
@@ -123,11 +125,18 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     # offline with a pending edit, merged after reconnecting
     assert seen["pendingText"].startswith("1 edit kept on this device")
     assert not any("Call driver 7" in n for n in seen["aliceBefore"]) and seen["bobPendingAfter"] is False
+    alice_sees, bob_sees = seen["presenceAfterReconnect"]  # presence came back both ways
+    assert "bob" in alice_sees and "alice" in bob_sees
     # history: the stored trail with its enter event
     history = seen["history"]
     assert history["max"] >= 50 and history["value"] == 5 and "fixes, 1 geofence events" in history["info"]
     assert any("enter" in e and "Depot" in e for e in history["events"])
     assert history["markerLng"] == 13.4 + 5 * 0.0002  # the playback marker is at the slider's fix
+    # bob's radius edit reached alice, alice's clicked polygon reached bob (closed ring of 3 corners)
+    assert seen["shapesOnBob"] == [
+        {"name": "Depot", "kind": "circle", "radius": 250, "corners": None},
+        {"name": "Yard", "kind": "polygon", "radius": None, "corners": 4},
+    ]
     # a viewer: no edit controls, REST refuses its writes, its sync writes go nowhere
     assert seen["viewerUi"] == {"noteFormVisible": False, "drawVisible": False, "editButtonsDisabled": True}
     assert seen["viewerRest"] == {"geofence": 403, "rwToken": 403}
@@ -144,4 +153,4 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "signInShown": True,
     }
     assert seen["errors"] == []
-    assert len(list(shots.glob("*.png"))) == 10
+    assert len(list(shots.glob("*.png"))) == 11

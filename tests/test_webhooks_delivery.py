@@ -12,6 +12,8 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
+import asyncpg
+
 from storage import AppRole, Database, DatabaseRegistry
 from storage import webhooks as store
 from sync_server.domain.webhooks.delivery import DeliveryWorker, Policy
@@ -19,6 +21,7 @@ from sync_server.domain.webhooks.endpoints import generate_secret
 from sync_server.domain.webhooks.outbox import Message, publish
 
 from .conftest import TEST_SECRET
+from .support import databases
 from .support.webhook_receiver import Receiver
 
 FAST = Policy(
@@ -328,3 +331,36 @@ async def test_a_hanging_receiver_does_not_hold_the_other_customers_deliveries(d
 
 async def _received(receiver, n):
     return len(receiver.received) >= n
+
+
+async def test_a_customer_on_a_dedicated_database_is_delivered_from_there(db, migrated_template, pg_admin_url):
+    """The worker looks at every database of the registry: the shared one and each routed one."""
+    dedicated_url = await migrated_template.clone()
+    receiver = await Receiver().start()
+    registry = DatabaseRegistry(db)
+    worker = None
+    try:
+        cid = await _customer(db, "solo")
+        owner = await asyncpg.connect(dedicated_url)
+        try:
+            await owner.execute("INSERT INTO customers (id, slug, name) VALUES ($1, 'solo', 'solo')", cid)
+        finally:
+            await owner.close()
+        await registry.route(cid, dedicated_url)
+        dedicated = await registry.for_customer(cid)
+        _, secret = await _endpoint(dedicated, cid, receiver.url)
+        total = await _publish(dedicated, cid, vehicles=2, per_vehicle=3)
+        worker = DeliveryWorker(registry, FAST)
+        task = asyncio.create_task(worker.run())
+        await _until(lambda: _done(dedicated, cid, total))
+        assert await _status_counts(db, cid) == {}  # nothing of it in the shared database
+        assert _in_order_per_vehicle(receiver.answered, secret) == {"v0": [0, 1, 2], "v1": [0, 1, 2]}
+    finally:
+        if worker is not None:
+            worker.stopping.set()
+            worker.wake()
+            await asyncio.wait_for(task, 10)
+            await worker.sender.close()
+        await registry.route(cid, None)
+        await receiver.close()
+        await databases.drop_database(pg_admin_url, dedicated_url)

@@ -37,7 +37,7 @@ async def test_kill_9_during_delivery_loses_nothing(server_env, database_url, tm
         _, secret = await _endpoint(db, cid, receiver.url)
         total = await _publish(db, cid, vehicles=6, per_vehicle=5)
         first = await asyncio.to_thread(ServerProcess(env, log_path=tmp_path / "node1.log").start)
-        await _until(lambda: _received(receiver, 6), timeout=30)  # the head of each vehicle's queue in flight
+        await _until(lambda: _received(receiver, 6), timeout=60)  # the head of each vehicle's queue in flight
         in_flight = {r.webhook_id for r in receiver.received}
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
@@ -45,7 +45,7 @@ async def test_kill_9_during_delivery_loses_nothing(server_env, database_url, tm
 
         receiver.mode = "ok"
         second = await asyncio.to_thread(ServerProcess(env, log_path=tmp_path / "node2.log").start)
-        await _until(lambda: _all_delivered(db, cid, total), timeout=60)  # after the dead node's lease
+        await _until(lambda: _all_delivered(db, cid, total), timeout=120)  # after the dead node's lease
         answered = {r.webhook_id for r in receiver.answered}
         assert len(answered) == total and in_flight <= answered  # the killed node's deliveries were made again
         per_vehicle: dict[str, list[int]] = {}

@@ -248,12 +248,13 @@ class SyncEndpoint:
                 conn.abort(MALFORMED, "binary frames only")
                 return
             try:
-                await self._handle(conn, room, frame)
+                handled = await self._handle(conn, room, frame)
             finally:
                 if intake is not None:
                     intake.done()
-            if conn.close_code is not None:
-                return
+            if not handled:
+                return  # this frame closed the peer. A close decided elsewhere (its sender failed: the
+                # peer left) does not stop the reading: frames it sent before leaving are still applied
 
     async def _too_big(self, conn: Connection, size: int) -> None:
         """Refuse a frame over the hard limit: 1009 with a reason, or 4413 (final for y-websocket
@@ -271,8 +272,8 @@ class SyncEndpoint:
         else:
             conn.abort(MESSAGE_TOO_BIG, f"message too big (limit {limit} bytes)")
 
-    async def _handle(self, conn: Connection, room, frame: bytes) -> None:
-        """One frame of a joined peer; a failure closes only this peer."""
+    async def _handle(self, conn: Connection, room, frame: bytes) -> bool:
+        """One frame of a joined peer; a failure closes only this peer (False)."""
         try:
             if control.is_control(frame):
                 await self._control(conn, frame)
@@ -281,11 +282,14 @@ class SyncEndpoint:
         except protocol.Malformed as exc:
             log.warning("sync_malformed", error=str(exc), bytes=len(frame))
             conn.abort(MALFORMED, "update rejected" if isinstance(exc, Rejected) else "malformed message")
+            return False
         except BaseException as exc:  # down to a Rust panic (a BaseException): this peer only
             if not answerable(exc):
                 raise
             log.error("sync_message_failed", bytes=len(frame), error=repr(exc), exc_info=exc)
             conn.abort(INTERNAL_ERROR, "server error")
+            return False
+        return True
 
     async def _control(self, conn: Connection, frame: bytes) -> None:
         """WebHost's own message type (sync/control.py): an in-band token refresh."""

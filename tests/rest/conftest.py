@@ -12,7 +12,7 @@ from sync_server.config import Settings
 from sync_server.domain.accounts.passwords import hash_password
 from sync_server.node.app import create_app
 
-from ..conftest import TEST_SECRET
+from ..conftest import TEST_ENCRYPTION_KEY, TEST_SECRET
 
 OPERATOR_PASSWORD = "correct horse battery staple"
 
@@ -80,8 +80,14 @@ class Api:
 
 
 def app_settings(database_url: str) -> Settings:
+    # the test process's keyring (tests/conftest.py): a Runtime installs its settings' keyring process-wide,
+    # and a later test sealing in the test process for a server process must still use the servers' key
     return Settings(
-        database_url=database_url, secret_key=TEST_SECRET, migrate_on_start=False, webhook_allow_private_urls=True
+        database_url=database_url,
+        secret_key=TEST_SECRET,
+        encryption_key=TEST_ENCRYPTION_KEY,
+        migrate_on_start=False,
+        webhook_allow_private_urls=True,
     )
 
 

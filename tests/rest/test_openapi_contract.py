@@ -19,13 +19,14 @@ NOT_FUZZED = {"post_api_v1_auth_logout"}
 
 def operations_by_credential(doc: dict) -> tuple[set[str], set[str]]:
     """Every operation of the document, by the credential it is fuzzed with: the customer API key
-    for apiKey operations and those without security (health, ingest, login, public plans), the
+    for apiKey operations, appSession ones (sent without the cookie) and those without security
+    (health, ingest, login, public plans, the web app's files), the
     operator token for operatorToken operations (both for operations that take either)."""
     customer, operator = set(), set()
     for item in doc["paths"].values():
         for op in item.values():
             schemes = {name for requirement in op.get("security") or [{}] for name in requirement}
-            if not schemes or "apiKey" in schemes:
+            if not schemes or schemes & {"apiKey", "appSession"}:  # app-session routes: 401 without the cookie
                 customer.add(op["operationId"])
             if "operatorToken" in schemes:
                 operator.add(op["operationId"])

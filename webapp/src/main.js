@@ -200,10 +200,22 @@ async function start (session) {
   me.setLocalStateField('user', { name: session.user.name || session.user.email, email: session.user.email, color: COLORS[app.fleet.clientID % COLORS.length] })
   me.setLocalStateField('viewing', null)
   me.on('change', () => scheduleRender('presence'))
+  fleetProvider.on('status', ({ status }) => { if (status === 'connected') rejoinPresence(me) })
   bindFleet()
   bindDispatch()
   await loadGeofences()
   scheduleRender('all')
+}
+
+// After a reconnect, presence both ways: y-websocket dropped the others' states on disconnect with
+// their clocks bumped (so the server's snapshot of them, sent at join, would be ignored: forget
+// those clocks), and the others saw our removal at clock+1 (so announce ourselves at clock+2).
+function rejoinPresence (awareness) {
+  for (const id of [...awareness.meta.keys()]) {
+    if (id !== awareness.clientID && !awareness.states.has(id)) awareness.meta.delete(id)
+  }
+  const mine = awareness.getLocalState()
+  if (mine) { awareness.setLocalState({ ...mine }); awareness.setLocalState({ ...mine }) }
 }
 
 async function onClose (provider, event) {
@@ -233,6 +245,7 @@ let fenceLayer = null
 let eventLayer = null
 let historyLayer = null
 let drawLayer = null
+let vehicleRenderer = null
 
 function ensureMap () {
   if (map) return
@@ -248,6 +261,8 @@ function ensureMap () {
   historyLayer = L.layerGroup().addTo(map)
   drawLayer = L.layerGroup().addTo(map)
   vehicleLayer = L.layerGroup().addTo(map)
+  map.createPane('vehicles').style.zIndex = 450 // above shapes and trails (overlayPane: 400)
+  vehicleRenderer = L.canvas({ padding: 0.2, pane: 'vehicles' }) // vehicles on a canvas of their own
   map.on('click', onMapClick)
   app.map = map
 }
@@ -279,32 +294,64 @@ function vehicles () {
   return out.sort((a, b) => a.name.localeCompare(b.name, undefined, { numeric: true }))
 }
 
-function arrowIcon (v) {
-  const html = `<div class="vehicle ${v.status}${v.id === app.selected ? ' selected' : ''}" data-vehicle="${escapeHtml(v.id)}">` +
-    (typeof v.heading === 'number' ? '<svg viewBox="0 0 20 20"><path d="M10 1 L17 18 L10 14 L3 18 Z"/></svg>' : '<span class="dot"></span>') +
-    '</div>'
-  return L.divIcon({ html, className: 'vehicle-icon', iconSize: [22, 22], iconAnchor: [11, 11] })
-}
+// Vehicles are drawn on the map's canvas (one canvas for all of them: 500 DOM markers moving every
+// second cost twice the frame time, measured in bench/webapp_fleet.py): an arrow turned to the
+// heading (a dot without one), coloured by live / stale / offline, ringed when selected.
+const STATUS_COLOR = { live: '#16a34a', stale: '#ca8a04', offline: '#6b7280' }
+const VehicleMarker = L.CircleMarker.extend({
+  options: { radius: 10, heading: null, status: 'live', selected: false },
+  setLook (v, selected) {
+    const heading = typeof v.heading === 'number' ? v.heading : null
+    const o = this.options
+    if (o.heading === heading && o.status === v.status && o.selected === selected) return
+    Object.assign(o, { heading, status: v.status, selected })
+    this.redraw()
+  },
+  _updatePath () { this._renderer._updateVehicle(this) }
+})
+L.Canvas.include({
+  _updateVehicle (layer) {
+    if (!this._drawing || layer._empty()) return
+    const p = layer._point
+    const o = layer.options
+    const ctx = this._ctx
+    ctx.save()
+    ctx.translate(p.x, p.y)
+    if (o.selected) {
+      ctx.beginPath()
+      ctx.arc(0, 0, 13, 0, 2 * Math.PI)
+      ctx.strokeStyle = '#2563eb'
+      ctx.lineWidth = 3
+      ctx.stroke()
+    }
+    ctx.beginPath()
+    if (o.heading === null) ctx.arc(0, 0, 6, 0, 2 * Math.PI)
+    else {
+      ctx.rotate((o.heading * Math.PI) / 180)
+      ctx.moveTo(0, -10); ctx.lineTo(7, 8); ctx.lineTo(0, 4); ctx.lineTo(-7, 8); ctx.closePath()
+    }
+    ctx.fillStyle = STATUS_COLOR[o.status] || STATUS_COLOR.offline
+    ctx.strokeStyle = '#ffffff'
+    ctx.lineWidth = 1.5
+    ctx.fill()
+    ctx.stroke()
+    ctx.restore()
+  }
+})
 
 function placeMarker (v) {
   let m = app.markers.get(v.id)
-  const key = `${v.status}|${typeof v.heading === 'number'}|${v.id === app.selected}`
   if (!m) {
-    m = L.marker([v.lat, v.lng], { icon: arrowIcon(v), keyboard: true, title: v.name, alt: v.name })
+    m = new VehicleMarker([v.lat, v.lng], { renderer: vehicleRenderer })
     m.bindTooltip(v.name, { direction: 'top', offset: [0, -10] })
     m.on('click', () => select(v.id))
     m.addTo(vehicleLayer)
-    m.key = key
     app.markers.set(v.id, m)
   } else {
     const at = m.getLatLng()
     if (at.lat !== v.lat || at.lng !== v.lng) m.setLatLng([v.lat, v.lng])
-    if (m.key !== key) { m.setIcon(arrowIcon(v)); m.key = key; m.heading = undefined }
   }
-  if (typeof v.heading === 'number' && m.heading !== v.heading) { // rotate in place: no new DOM per fix
-    const svg = m.getElement() && m.getElement().querySelector('svg')
-    if (svg) { svg.style.transform = `rotate(${v.heading}deg)`; m.heading = v.heading }
-  }
+  m.setLook(v, v.id === app.selected)
   const trail = app.trails.get(v.id) || { points: [], line: null }
   const last = trail.points[trail.points.length - 1]
   if (!last || last[0] !== v.lat || last[1] !== v.lng) {
@@ -471,11 +518,25 @@ function describe (e) {
     const fence = app.geofences.get(e.geofence_id)
     return `${vehicle} ${e.type === 'geofence_enter' ? 'entered' : 'left'} ${fence ? fence.name : 'a geofence'}`
   }
-  return `${vehicle} ${String(e.type).replace(/_/g, ' ')}`
+  return `${vehicle} ${EVENT_LABELS[e.type] || String(e.type).replace(/[._]/g, ' ')}`
+}
+
+// The events issue's types (tracking/fleet_events.py); anything else is shown by its name.
+const EVENT_LABELS = {
+  'device.offline': 'went offline',
+  'device.online': 'is back online',
+  'overspeed.started': 'is speeding',
+  'trip.started': 'started a trip',
+  'trip.ended': 'ended a trip',
+  'stop.started': 'stopped',
+  'stop.ended': 'moved on',
+  'quota.reached': 'reached the GPS quota'
 }
 
 function renderFeed () {
-  const events = app.fleet.getArray('events').toArray().slice(-FEED_SHOWN).reverse()
+  const all = app.fleet.getArray('events').toArray().filter((e) => e && typeof e === 'object')
+  const retracted = new Set(all.map((e) => e.retracts).filter(Boolean)) // "<type>.retracted" undoes an entry
+  const events = all.filter((e) => !e.retracts && !retracted.has(e.id)).slice(-FEED_SHOWN).reverse()
   const items = events.map((e) => {
     const li = document.createElement('li')
     li.dataset.type = e.type
@@ -496,7 +557,7 @@ function renderFeed () {
   eventLayer.clearLayers()
   for (const e of events.slice(0, 20)) {
     if (typeof e.lat === 'number' && typeof e.lng === 'number') {
-      L.circleMarker([e.lat, e.lng], { radius: 5, color: e.type === 'geofence_enter' ? '#16a34a' : '#dc2626', weight: 2, fillOpacity: 0.6 })
+      L.circleMarker([e.lat, e.lng], { radius: 5, color: e.type === 'geofence_enter' ? '#16a34a' : e.type === 'geofence_exit' ? '#dc2626' : '#0891b2', weight: 2, fillOpacity: 0.6 })
         .bindTooltip(describe(e)).addTo(eventLayer)
     }
   }
@@ -847,10 +908,6 @@ $('history-play').addEventListener('click', () => {
 })
 
 // --- boot ------------------------------------------------------------------------------------------
-
-function escapeHtml (s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]))
-}
 
 async function boot () {
   try {

@@ -52,7 +52,7 @@ const shot = (d, what) => d.page.screenshot({ path: `${cfg.shots}/${what}-${d.na
 const markerLng = (d) => d.page.evaluate((vid) => { const m = window.webapp.markers.get(vid); return m ? m.getLatLng().lng : null }, cfg.vehicle)
 const waitMarkerAt = (d, lng) => d.page.waitForFunction(([vid, x]) => {
   const m = window.webapp.markers.get(vid)
-  return m && Math.abs(m.getLatLng().lng - x) < 1e-9 && document.querySelector(`.vehicle[data-vehicle="${vid}"]`)
+  return m && Math.abs(m.getLatLng().lng - x) < 1e-9 && m.options.status === 'live' && m.options.heading === 90
 }, [cfg.vehicle, lng], { timeout: WAIT })
 
 // --- the tracker: a phone appending fixes to its track document ----------------------------------
@@ -139,7 +139,10 @@ try {
   await b.page.evaluate(() => { for (const p of window.webapp.providers) p.connect(); window.dispatchEvent(new Event('online')) })
   await a.page.waitForFunction((t) => [...document.querySelectorAll('#notes li')].some((li) => li.textContent.includes(t)), NOTE, { timeout: WAIT })
   await b.page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT })
-  step('offline_note', { pendingText, aliceBefore, bobPendingAfter: await b.page.isVisible('#pending') })
+  const onlineNames = (d) => d.page.$$eval('#dispatchers li', (lis) => lis.map((li) => li.textContent).join(' | '))
+  await a.page.waitForFunction(() => /bob/.test(document.getElementById('dispatchers').textContent), null, { timeout: WAIT })
+  await b.page.waitForFunction(() => /alice/.test(document.getElementById('dispatchers').textContent), null, { timeout: WAIT })
+  step('offline_note', { pendingText, aliceBefore, bobPendingAfter: await b.page.isVisible('#pending'), presenceAfterReconnect: [await onlineNames(a), await onlineNames(b)] })
   await shot(a, '5-note-arrived')
 
   // 6. history: bob replays the vehicle's trail with the span's geofence events
@@ -160,6 +163,25 @@ try {
     }
   })
   await shot(b, '6-history')
+
+  // 6b. bob edits the circle's radius, alice draws a polygon: each sees the other's change
+  await b.page.evaluate(() => { document.getElementById('panel-geofences').open = true })
+  await b.page.click('#geofence-list li button:has-text("Edit")')
+  await b.page.fill('#geofence-radius', '250')
+  await b.page.click('#geofence-save')
+  await a.page.waitForFunction(() => [...window.webapp.geofences.values()].some((g) => g.radius_meters === 250), null, { timeout: WAIT })
+  await a.page.click('#draw-polygon')
+  const abox = await a.page.locator('#map').boundingBox()
+  for (const [lat, lng] of [[52.503, 13.402], [52.503, 13.406], [52.506, 13.404]]) {
+    const p = await a.page.evaluate(([la, ln]) => window.webapp.map.latLngToContainerPoint([la, ln]), [lat, lng])
+    await a.page.mouse.click(abox.x + p.x, abox.y + p.y)
+  }
+  await a.page.fill('#geofence-name', 'Yard')
+  await a.page.click('#draw-finish')
+  await b.page.waitForFunction(() => [...window.webapp.geofences.values()].some((g) => g.name === 'Yard'), null, { timeout: WAIT })
+  const shapes = await b.page.evaluate(() => [...window.webapp.geofences.values()].map((g) => ({ name: g.name, kind: g.kind, radius: g.radius_meters, corners: g.polygon ? g.polygon.coordinates[0].length : null })).sort((x, y) => x.name.localeCompare(y.name)))
+  step('geofences_edited', { shapesOnBob: shapes })
+  await shot(b, '6b-geofences')
 
   // 7. a viewer sees everything and can change nothing
   const v = await dispatcher('viewer')
