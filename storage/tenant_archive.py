@@ -83,7 +83,10 @@ async def export(db: Database, customer_id: uuid.UUID, out: Path, progress: Prog
     """Write the customer's archive to `out` (through `out.partial`, renamed when complete)."""
     missing = await _unclassified(db)
     if missing:
-        raise ArchiveError(f"tables with customer data are not classified as tenant data or control plane: {missing}")
+        raise ArchiveError(
+            "tables with customer data are not classified as tenant data or control plane "
+            f"(storage/tenant_data.py): {', '.join(sorted(missing))}"
+        )
     partial = out.with_name(out.name + ".partial")
     digest = hashlib.sha256()
     try:

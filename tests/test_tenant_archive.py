@@ -276,3 +276,21 @@ def test_an_archive_whose_rows_name_another_customer_cannot_touch_it(database_ur
     assert "row-level security" in proc.stderr
     assert asyncio.run(tenants.snapshot(database_url, victim)) == before
     assert asyncio.run(_rows_of(database_url, attacker))["gps_positions"] == 100  # --replace rolled back too
+
+
+def test_export_refuses_while_a_table_with_customer_data_is_unclassified(database_url, tmp_path):
+    """A new table with a customer_id that is in neither list would silently stay behind: refused."""
+    cid = asyncio.run(tenants.seed_customer(database_url, gps_rows=10))
+
+    async def add_table():
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute("CREATE TABLE forgotten (customer_id uuid NOT NULL, note text)")
+        finally:
+            await conn.close()
+
+    asyncio.run(add_table())
+    out = tmp_path / "f.whsa"
+    proc, _ = _run(["export-tenant", "--customer", str(cid), "--out", str(out)], _env(database_url, tmp_path))
+    assert proc.returncode == 1 and "not classified" in proc.stderr and "forgotten" in proc.stderr, proc.stderr
+    assert not out.exists()
