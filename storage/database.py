@@ -170,9 +170,13 @@ class Database:
         return self._pool
 
     @asynccontextmanager
-    async def tenant(self, customer_id: uuid.UUID | str) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that sees only `customer_id`'s rows (the single place the scope is made)."""
-        begin = _begin_with_scope(self.role.tenant_scope(customer_id))
+    async def tenant(
+        self, customer_id: uuid.UUID | str, *, snapshot: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that sees only `customer_id`'s rows (the single place the scope is made).
+        `snapshot`: read only, every statement sees the same moment (REPEATABLE READ), for a
+        consistent export of the customer's data."""
+        begin = _begin_with_scope(self.role.tenant_scope(customer_id), snapshot=snapshot)
         async with self.pool.acquire() as conn:
             async with _transaction(conn, begin):
                 yield conn
@@ -206,11 +210,12 @@ class Database:
 _NO_SCOPE = "BEGIN; SELECT set_config('app.scope', '', true)"
 
 
-def _begin_with_scope(scope: str) -> str:
+def _begin_with_scope(scope: str, *, snapshot: bool = False) -> str:
     """BEGIN and the scope setting as one simple-protocol query: one round trip instead of two.
     The simple protocol takes no parameters, so the scope is written into the text; it is made by
     AppRole from a parsed uuid, digits and hex only, nothing that could end the literal."""
-    return f"BEGIN; SELECT set_config('app.scope', '{scope}', true)"
+    mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else ""
+    return f"BEGIN{mode}; SELECT set_config('app.scope', '{scope}', true)"
 
 
 @asynccontextmanager

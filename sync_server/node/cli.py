@@ -1,4 +1,5 @@
-"""`webhost-sync` command line: serve, migrate, create-operator, env, generate-key, rotate-key."""
+"""`webhost-sync` command line: serve, migrate, create-operator, env, generate-key, rotate-key,
+migrate-tenant, export-tenant, import-tenant."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import structlog
 
 from sync_server import logs
 from sync_server.config import ConfigError, Settings
-from sync_server.node import migrate_tenant_cli, patches
+from sync_server.node import migrate_tenant_cli, patches, tenant_archive_cli
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         help="re-seal every stored credential under ENCRYPTION_KEY (the old key listed in ENCRYPTION_OLD_KEYS)",
     )
     migrate_tenant_cli.add_parser(sub)
+    tenant_archive_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     handler = {
         "serve": cmd_serve,
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         "generate-key": cmd_generate_key,
         "rotate-key": cmd_rotate_key,
         "migrate-tenant": migrate_tenant_cli.run,
+        "export-tenant": tenant_archive_cli.export_tenant,
+        "import-tenant": tenant_archive_cli.import_tenant,
     }[args.command]
     return handler(args)
 
