@@ -72,14 +72,14 @@ CREATE TABLE webhook_attempts (
 CREATE INDEX webhook_attempts_delivery_idx ON webhook_attempts (customer_id, delivery_id, attempted_at);
 
 ALTER TABLE webhook_endpoints ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON webhook_endpoints USING (customer_id = webhost_current_customer() OR webhost_is_operator())
-    WITH CHECK (customer_id = webhost_current_customer() OR webhost_is_operator());
+CREATE POLICY tenant_isolation ON webhook_endpoints USING (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()))
+    WITH CHECK (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()));
 ALTER TABLE webhook_outbox ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON webhook_outbox USING (customer_id = webhost_current_customer() OR webhost_is_operator())
-    WITH CHECK (customer_id = webhost_current_customer() OR webhost_is_operator());
+CREATE POLICY tenant_isolation ON webhook_outbox USING (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()))
+    WITH CHECK (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()));
 ALTER TABLE webhook_attempts ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON webhook_attempts USING (customer_id = webhost_current_customer() OR webhost_is_operator())
-    WITH CHECK (customer_id = webhost_current_customer() OR webhost_is_operator());
+CREATE POLICY tenant_isolation ON webhook_attempts USING (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()))
+    WITH CHECK (customer_id = (SELECT webhost_current_customer()) OR (SELECT webhost_is_operator()));
 
 -- The delivery worker's one cross-tenant look-up: which customers have rows due now (ids only, like
 -- the authentication look-ups of 0002); it then claims them in that customer's tenant transaction.
