@@ -218,8 +218,9 @@ async def update_user(user_id: uuid.UUID, body: UserUpdate):
             )
     except asyncpg.UniqueViolationError:
         raise _email_taken() from None
-    for session_id in ended:  # their open websockets too (this node; others refuse them on connect)
-        await runtime().publish("app_session_ended", customer_id=principal().customer_id, session_id=str(session_id))
+    customer_id = str(principal().customer_id)
+    for session_id in ended:  # their open websockets too, on every node (a cluster event: string data only)
+        await runtime().publish("app_session_ended", customer_id=customer_id, session_id=str(session_id))
     return found(row, "user")
 
 

@@ -154,8 +154,8 @@ async def sign_out():
     principal = await _current()  # the CSRF token is checked there (DELETE changes state)
     rt = runtime()
     await user_sessions.sign_out(rt.registry, principal)
-    # its open websockets end too (on this node; other nodes refuse the session's tokens on connect)
-    await rt.publish("app_session_ended", customer_id=principal.customer_id, session_id=principal.session_id)
+    # its open websockets end too, on every node (a cluster event: string data only)
+    await rt.publish("app_session_ended", customer_id=str(principal.customer_id), session_id=str(principal.session_id))
     response = Response(b"", status=204)
     secure = calls.current().over_tls
     for name, httponly in ((user_sessions.COOKIE, True), (user_sessions.CSRF_COOKIE, False)):

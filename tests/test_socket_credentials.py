@@ -300,3 +300,66 @@ async def test_js_clients_refresh_in_band(server, database_url, module):
     assert time.time() > first_expires + 1
     assert out["closed"] is None and out["errors"] == [], out
     assert len(out["refreshed"]) == 1 and out["refreshed"][0]["expiresAt"] >= time.time() + 500, out
+
+
+async def _app_session(node, slug: str, email: str, password: str) -> tuple[str, str]:
+    """A dispatcher app signing in on `node` (POST /api/v1/app/session) and getting a sync token
+    with the cookie: (the session cookie, the token)."""
+    async with httpx.AsyncClient(base_url=node.base_url, timeout=30) as app:
+        r = await app.post("/api/v1/app/session", json={"customer": slug, "email": email, "password": password})
+        assert r.status_code == 200, r.text
+        csrf = {"X-CSRF-Token": r.json()["csrf_token"]}
+        r = await app.post("/api/v1/sync-tokens", json={"docs": ["fleet"], "mode": "rw"}, headers=csrf)
+        assert r.status_code in (200, 201), r.text
+        return app.cookies["whs_session"], r.json()["token"]
+
+
+async def test_app_sign_out_and_new_password_close_the_sessions_sockets_on_every_node(cluster, db):  # noqa: F811
+    """Sign-out on node A closes (4401) the sockets node B holds for that session's sync tokens,
+    within a few seconds; the user's other session stays served until an admin gives the user a new
+    password (on node A too), which closes that one on node B as well."""
+    node_a, node_b = cluster.start(2)
+    slug = "dispatch"
+    cid = await fleet.customer(db, slug)
+    customer = sync_peers.Customer(str(cid), slug)
+    admin = {"Authorization": f"Bearer {await fleet.api_key(db, cid, ('admin',))}"}
+    password = "dispatch pass 1"
+    async with httpx.AsyncClient(base_url=node_a.base_url, timeout=30) as http:
+        r = await http.post(
+            "/api/v1/users",
+            headers=admin,
+            json={"email": "ann@example.com", "name": "Ann", "role": "member", "password": password},
+        )
+        assert r.status_code == 201, r.text
+        user_id = r.json()["id"]
+        first_cookie, first_token = await _app_session(node_a, slug, "ann@example.com", password)
+        _, second_token = await _app_session(node_a, slug, "ann@example.com", password)  # another browser
+        signed_out = _peer(node_b, customer, "fleet", first_token)  # a real JS y-websocket client
+        await _synced(signed_out)
+        other = await RawPeer.connect(f"{node_b.ws_url}/sync/{slug}/fleet?token={second_token}")
+        await other.sync()
+
+        async with httpx.AsyncClient(base_url=node_a.base_url, timeout=30) as app:
+            app.cookies.set("whs_session", first_cookie)
+            r = await app.get("/api/v1/app/session")
+            assert r.status_code == 200, r.text
+            csrf = {"X-CSRF-Token": r.json()["csrf_token"]}
+            started = time.time()
+            r = await app.delete("/api/v1/app/session", headers=csrf)
+            assert r.status_code == 204, r.text
+        closed, ended = await _closed(signed_out)
+        assert closed == {"code": 4401, "reason": "signed out"}
+        assert ended - started < BOUND
+        print(f"app sign-out on node A: JS client on node B ended {ended - started:.2f} s after the DELETE")
+        await other.send(bytes((protocol.QUERY_AWARENESS,)))
+        await other.recv()  # the user's other session's socket was left alone
+
+        changed = time.monotonic()
+        r = await http.patch(f"/api/v1/users/{user_id}", headers=admin, json={"password": "dispatch pass 2"})
+        assert r.status_code == 200, r.text
+        assert await other.closed(timeout=BOUND + 2) == (4401, "signed out")
+        assert time.monotonic() - changed < BOUND
+        print(f"new password on node A: socket on node B closed {time.monotonic() - changed:.2f} s after the PATCH")
+    logs = node_b.log_text()
+    assert logs.count("app_session_connections_closed") >= 2 and "cluster_event_received" in logs
+    assert first_cookie not in logs and first_token not in logs  # no secret in the log

@@ -37,7 +37,14 @@ T = TypeVar("T")
 # caches may do. `publish` tells this node's listeners, then the others through the control channel
 # (`{REDIS_PREFIX}events`, on the subscription of provisioning/route_changes.listen).
 CLUSTER_EVENTS = frozenset(
-    {"customer_suspended", "api_key_revoked", "plan_changed", "vehicle_deleted", "credentials_changed"}
+    {
+        "customer_suspended",
+        "api_key_revoked",
+        "plan_changed",
+        "vehicle_deleted",
+        "credentials_changed",
+        "app_session_ended",  # customer_id, session_id: a dispatcher app signed out or its password changed
+    }
 )
 MAX_EVENT_BYTES = 4096  # a control message larger than this is not ours: ignored
 
