@@ -44,21 +44,8 @@ async def _setup(db):
 
 
 def _tracker(server, customer, vid, points: int) -> dict:
-    token = sync_peers.token(TEST_SECRET, customer, docs=[f"tracks/{vid}/*"])
-    return sync_peers.js(
-        "tracker.mjs",
-        "--server",
-        f"{server.ws_url}/sync/{customer.slug}",
-        "--token",
-        token,
-        "--vehicle",
-        str(vid),
-        "--day",
-        DAY.isoformat(),
-        "--points",
-        str(points),
-        "--start-ms",
-        str(START_MS),
+    return sync_peers.tracker(
+        server.ws_url, TEST_SECRET, customer, vid, DAY.isoformat(), "--points", str(points), "--start-ms", str(START_MS)
     )
 
 

@@ -11,7 +11,11 @@
 // connection (one update of all of them, as a phone that was never online that day) and the line
 // also carries connect_ms, when the connection was opened (the benchmark's start); --connect-at
 // <epoch ms> holds the connection until then, so several clients built offline connect together.
+// --fixes <file.json> records the fixes of that JSON array (same fields) instead of the route.
+// Online (--offline 0), --batches N sends them as N batches, each fix its own update as it is
+// recorded, the send buffer drained and --pause-ms (default 1000) waited between batches.
 // Prints one JSON line: what the phone holds after syncing.
+import { readFileSync } from 'node:fs'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -20,7 +24,8 @@ const args = Object.fromEntries(process.argv.slice(2).reduce((acc, cur, i, all) 
   if (cur.startsWith('--')) acc.push([cur.slice(2), all[i + 1]])
   return acc
 }, []))
-const points = Number(args.points || 0)
+const recorded = args.fixes ? JSON.parse(readFileSync(args.fixes, 'utf8')) : null
+const points = recorded ? recorded.length : Number(args.points || 0)
 const interval = Number(args['interval-ms'] || 1000)
 const start = Number(args['start-ms'] || Date.now() - points * interval)
 const offline = args.offline !== '0'
@@ -41,10 +46,13 @@ export function fix (i) {
   return { t: start + i * interval, lat: 52.5, lng: 13.4 + step * 0.00002, speed: 1.36, heading: leg < 1000 ? 90 : 270, accuracy: 5 }
 }
 
+const batches = offline ? 1 : Math.max(1, Number(args.batches || 1))
+const pause = Number(args['pause-ms'] || 1000)
+
 const doc = new Y.Doc()
 const track = doc.getArray('points')
 const prebuilt = args.prebuilt === '1'
-if (prebuilt) track.push(Array.from({ length: points }, (_, i) => fix(i)))
+if (prebuilt) track.push(Array.from({ length: points }, (_, i) => (recorded ? recorded[i] : fix(i))))
 // --connect-at <epoch ms>: several phones built offline connect at the same instant (a benchmark's start)
 if (args['connect-at']) await sleep(Math.max(0, Number(args['connect-at']) - Date.now()))
 const connectMs = Date.now()
@@ -55,7 +63,14 @@ await until(() => provider.synced, 'first sync')
 const before = prebuilt ? 0 : track.length
 if (points > 0 && !prebuilt) {
   if (offline) provider.disconnect() // no network: fixes pile up locally
-  for (let i = 0; i < points; i++) track.push([fix(before + i)]) // one fix at a time, as a phone records
+  const per = Math.ceil(points / batches)
+  for (let b = 0; b < batches; b++) {
+    for (let i = b * per; i < Math.min(points, (b + 1) * per); i++) track.push([recorded ? recorded[i] : fix(before + i)]) // one fix at a time, as a phone records
+    if (b < batches - 1) {
+      await until(() => provider.ws && provider.ws.bufferedAmount === 0, 'batch to leave')
+      await sleep(pause)
+    }
+  }
   if (offline) {
     provider.connect()
     await until(() => provider.synced, 'sync after reconnect')

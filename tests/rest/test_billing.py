@@ -1,5 +1,6 @@
 """Plans, subscriptions and usage."""
 
+import asyncio
 import datetime as dt
 
 from sync_server.domain.billing import plans
@@ -113,6 +114,18 @@ async def test_usage(api):
     )
     now = dt.datetime.now(dt.UTC)
     db = await api.runtime.registry.for_customer(c.id)
+    # The geofence change stamps the fleet document (tracking.event_feed: the dispatcher apps refetch);
+    # that server write reaches doc_updates with the next group commit: wait for it, it is storage too.
+    server_written = 0
+    for _ in range(100):
+        async with db.tenant(c.id) as conn:
+            server_written = await conn.fetchval(
+                "SELECT coalesce(sum(octet_length(update)), 0) FROM doc_updates WHERE customer_id = $1", c.id
+            )
+        if server_written:
+            break
+        await asyncio.sleep(0.1)
+    assert server_written > 0
     async with db.tenant(c.id) as conn:
         for s in range(3):
             await conn.execute(
@@ -133,7 +146,7 @@ async def test_usage(api):
         "drivers": {"used": 1, "limit": 25},
         "geofences": {"used": 1, "limit": 100},
         "gps_points_today": {"used": 3, "limit": 1250000},
-        "storage_bytes": 100,
+        "storage_bytes": 100 + server_written,
         "sync_frames_too_big_today": 0,
     }
     async with db.tenant(c.id) as conn:  # the pipeline's counter wins when it keeps one

@@ -140,6 +140,23 @@ def js(script: str, *args: str, timeout: float = 120.0, **kwargs) -> dict:
     return json.loads(lines[-1])
 
 
+def tracker(ws_url: str, secret: str, customer: Customer, vehicle, day: str, *args: str) -> dict:
+    """client-examples/js/tracker.mjs recording into `tracks/{vehicle}/{day}` with a token for the
+    vehicle's tracks; `args` its other options (--points, --fixes, --offline, ...)."""
+    return js(
+        "tracker.mjs",
+        "--server",
+        f"{ws_url}/sync/{customer.slug}",
+        "--token",
+        token(secret, customer, docs=[f"tracks/{vehicle}/*"]),
+        "--vehicle",
+        str(vehicle),
+        "--day",
+        day,
+        *args,
+    )
+
+
 def js_start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS_DIR
