@@ -15,7 +15,17 @@ TEST_SECRET = "test-secret-key-0123456789abcdef0123456789"
 TEST_ENCRYPTION_KEY = "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWI"  # 32 bytes, base64 (the servers' too)
 
 # Tests that call storage repositories directly seal and open credentials with the servers' key.
-sealing.install(sealing.Keyring.from_text(TEST_ENCRYPTION_KEY))
+TEST_KEYRING = sealing.Keyring.from_text(TEST_ENCRYPTION_KEY)
+sealing.install(TEST_KEYRING)
+
+
+@pytest.fixture(autouse=True)
+def _servers_keyring():
+    """Every test starts with the servers' keyring: a Runtime built in-process (REST fixtures, config
+    tests, key rotation) installs its own process-wide, and a later test sealing a value for a server
+    process would seal it under a key the server lacks (test order decided pass or fail)."""
+    sealing.install(TEST_KEYRING)
+    yield
 
 
 @pytest.fixture(scope="session")
