@@ -602,24 +602,13 @@ class Pipeline:
                 committed(batch, outcome)
             except Exception:
                 log.exception("committed_listener_failed")
+        customer = str(batch.customer_id)
         if outcome.latest is not None:
-            for listener in self._latest_listeners:
-                try:
-                    await listener(str(batch.customer_id), batch.vehicle_id, outcome.latest)
-                except Exception:
-                    log.exception("latest_listener_failed")
+            await _notify(self._latest_listeners, "latest", customer, batch.vehicle_id, outcome.latest)
         if outcome.events:
-            for events_listener in self._event_listeners:
-                try:
-                    await events_listener(str(batch.customer_id), batch.vehicle_id, list(outcome.events))
-                except Exception:
-                    log.exception("events_listener_failed", customer_id=str(batch.customer_id))
+            await _notify(self._event_listeners, "events", customer, batch.vehicle_id, list(outcome.events))
         if outcome.fleet.added or outcome.fleet.retracted:
-            for fleet_listener in self._fleet_listeners:
-                try:
-                    await fleet_listener(str(batch.customer_id), outcome.fleet)
-                except Exception:
-                    log.exception("fleet_listener_failed", customer_id=str(batch.customer_id))
+            await _notify(self._fleet_listeners, "fleet", customer, outcome.fleet)
         log.info(
             "tracking_batch",
             customer_id=str(batch.customer_id),
@@ -637,3 +626,13 @@ class Pipeline:
             step_ms=timings,
         )
         return outcome
+
+
+async def _notify(listeners: Sequence[Callable[..., Awaitable[Any]]], kind: str, customer: str, *args: Any) -> None:
+    """Call each after-commit listener of one kind; a failing one is logged and the others still run
+    (the batch is committed whatever they do)."""
+    for listener in listeners:
+        try:
+            await listener(customer, *args)
+        except Exception:
+            log.exception(f"{kind}_listener_failed", customer_id=customer)
