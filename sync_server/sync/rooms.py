@@ -668,15 +668,24 @@ class RoomRegistry:
     def close_customer_nowait(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
         return self.close_where(customer_id, lambda _doc: True, code, reason)
 
-    def close_where(self, customer_id: str, doc_matches: Callable[[str], bool], code: int, reason: str) -> int:
-        """Close every connection of the customer to a doc `doc_matches` (e.g. a deleted vehicle's tracks)."""
+    def close_where(
+        self,
+        customer_id: str,
+        doc_matches: Callable[[str], bool],
+        code: int,
+        reason: str,
+        conn_matches: Callable[[Connection], bool] | None = None,
+    ) -> int:
+        """Close every connection of the customer to a doc `doc_matches` (e.g. a deleted vehicle's
+        tracks), only those `conn_matches` when given (e.g. one sign-in session's)."""
         closed = 0
         for room in self.rooms(customer_id):
             if not doc_matches(room.doc):
                 continue
             for conn in tuple(room.connections):
-                conn.abort(code, reason)
-                closed += 1
+                if conn_matches is None or conn_matches(conn):
+                    conn.abort(code, reason)
+                    closed += 1
         return closed
 
     async def close_customer(self, customer_id: str, code: int = FORBIDDEN, reason: str = "customer suspended") -> int:
@@ -697,13 +706,9 @@ class RoomRegistry:
         self, customer_id: str, session: str, code: int = UNAUTHORIZED, reason: str = "signed out"
     ) -> int:
         """Close every connection opened with a credential of this sign-in session (it ended)."""
-        closed = 0
-        for room in self.rooms(customer_id):
-            for conn in tuple(room.connections):
-                if session and conn.app_session == session:
-                    conn.abort(code, reason)
-                    closed += 1
-        return closed
+        if not session:
+            return 0
+        return self.close_where(customer_id, lambda _doc: True, code, reason, lambda conn: conn.app_session == session)
 
     def close_idle(self, timeout: float) -> int:
         """Close (1001) every connection that sent nothing for `timeout` seconds (websocket pings
