@@ -102,6 +102,8 @@ _MODULE_MARKS = {
     "test_cluster_pause": ("multinode", "js"),
     "test_socket_credentials": ("js",),
     "test_durable_acks": ("js",),
+    "test_sync_client_js": ("js",),
+    "test_sync_client_browser": ("browser", "js"),
     "test_track_feedback": ("multinode", "js"),
     "test_fuzz": ("slow",),  # minutes of hostile traffic against one node
     "test_bench_smoke": ("slow",),  # a whole benchmark run, small
