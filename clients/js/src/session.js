@@ -67,7 +67,8 @@ export class Session {
     this.status = 'durable'
     this.pending = 0
     this._closed = false
-    this._onOnline = () => this.connect()
+    // the network is back: retry now rather than at the end of a backoff (refusals stay refused)
+    this._onOnline = () => { if (this.online) for (const doc of this.docs.values()) if (!doc.refusal) doc._reconnect() }
     if (typeof globalThis.addEventListener === 'function' && typeof navigator !== 'undefined') globalThis.addEventListener('online', this._onOnline)
     /** Resolves once the documents with pending changes from an earlier run are open. */
     this.whenResumed = options.resume === false || !this.storage ? Promise.resolve() : this._resume()
