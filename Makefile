@@ -26,11 +26,15 @@ js:
 	  if [ -f $$d/package.json ] && grep -q '"build"' $$d/package.json; then (cd $$d && npm run --silent build) || exit 1; fi; \
 	done
 
-# Headless Chromium for the dashboard example's browser test (Debian's package; needs root).
+# Headless Chromium for the browser tests (dashboard example, web app, client library) and Firefox ESR
+# for the client library's (Debian's packages; needs root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  echo "installing Debian's firefox-esr for the client library's browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
 
 # promtool for tests/test_alert_rules.py (Debian's prometheus package ships it; needs root).
 prometheus:

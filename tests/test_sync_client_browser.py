@@ -1,26 +1,32 @@
-"""The client library (clients/js) in headless Chromium with real IndexedDB (y-indexeddb), against a
-real server: edits made offline survive a page reload and merge with another device's on
+"""The client library (clients/js) in headless browsers with real IndexedDB (y-indexeddb), against a
+real server, in Chromium (playwright-core; the network really goes) and Firefox ESR (puppeteer-core
+over WebDriver BiDi; the page goes offline itself): edits made offline survive a page reload and merge with another device's on
 reconnect; the pending count reaches 0 only after the server's DURABLE for them arrived, and at
 that instant doc_updates already holds every one of them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pycrdt
+import pytest
 
 from .support import fleet, sync_peers
 
 CLIENT_DIR = sync_peers.ROOT / "clients" / "js"
 
 
-async def test_offline_edits_survive_a_reload_and_are_pending_until_acknowledged(server, db, database_url):
+@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+async def test_offline_edits_survive_a_reload_and_are_pending_until_acknowledged(server, db, database_url, browser):
+    if browser == "firefox" and not shutil.which("firefox-esr"):
+        pytest.fail("Firefox is needed: apt-get install firefox-esr (make browser installs it)")
     cid = await fleet.customer(db, "browser-co")
     customer = sync_peers.Customer(str(cid), "browser-co")
     key = await fleet.api_key(db, cid, permissions=("sync:write",))
     # the page as the library is now (make js builds it too)
     subprocess.run(["npm", "run", "--silent", "build:page"], cwd=CLIENT_DIR, check=True, timeout=120)
-    plan = {"server": server.base_url, "customer": customer.slug, "apiKey": key}
+    plan = {"server": server.base_url, "customer": customer.slug, "apiKey": key, "browser": browser}
     offline_keys = {f"offline-{i}" for i in range(5)}
 
     async def at_durable(line: dict) -> bool:

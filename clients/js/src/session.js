@@ -29,7 +29,8 @@ import { Tracker } from './tracker.js'
 
 /**
  * @typedef {{ status: import('./document.js').SyncStatus, pending: number }} SessionStatus
- * @typedef {{ status: SessionStatus, durable: SessionStatus, refused: import('./document.js').Refusal & { doc: string }, error: Error }} SessionEvents
+ * @typedef {{ status: SessionStatus, durable: SessionStatus, refused: import('./document.js').Refusal & { doc: string },
+ *   error: Error, open: SyncedDoc }} SessionEvents
  */
 
 export class Session {
@@ -95,6 +96,7 @@ export class Session {
       doc.on('refused', (r) => this._events.emit('refused', r))
       doc.on('error', (e) => this._events.emit('error', e))
       this._docChanged()
+      this._events.emit('open', doc)
     }
     return doc
   }

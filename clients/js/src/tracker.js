@@ -62,6 +62,8 @@ export class Tracker {
     this._events = new Emitter()
     const prefix = trackDoc(vehicleId, '')
     for (const [name, doc] of session.docs) if (name.startsWith(prefix)) this._watch(name.slice(prefix.length), doc)
+    // days the session opens itself (resumed with pending changes from an earlier run)
+    session.on('open', (doc) => { if (doc.name.startsWith(prefix)) this._watch(doc.name.slice(prefix.length), doc) })
   }
 
   /**

@@ -27,8 +27,8 @@
 // }
 // Prints JSON lines; the last one is the summary: points per day, pending, statuses seen, token
 // fetches, the close codes of every socket, the feedback.
-import { readSync } from 'node:fs'
 import WebSocket from 'ws'
+import { blockUntilGo } from './checkpoint.mjs'
 import { connect } from '@webhost/sync-client'
 import { fileStorage } from '@webhost/sync-client/node'
 
@@ -70,9 +70,9 @@ const statuses = []
 session.on('status', ({ status, pending }) => { if (statuses[statuses.length - 1] !== status) statuses.push(status); void pending })
 const errors = []
 session.on('error', (e) => errors.push(String(e.message || e)))
+const tracker = session.tracker(plan.vehicle) // before the resumed days are open: it learns of them
 await session.whenResumed
 const resumed = Object.fromEntries([...session.docs].map(([name, d]) => [name, { points: d.doc.getArray('points').length, pending: d.pending }]))
-const tracker = session.tracker(plan.vehicle)
 
 function record ({ from = 0, count = 0, startMs, intervalMs = 1000, duplicates = 0 }) {
   for (let i = from; i < from + count; i++) {
@@ -117,7 +117,7 @@ if (plan.then === 'durable') {
       off()
       // the instant of the event: tell the test and freeze this process until it has looked
       out({ event: 'durable', days: summary().days, pending: session.pending })
-      readSync(0, Buffer.alloc(64))
+      blockUntilGo()
       resolve()
     }
     const off = session.on('status', check)

@@ -26,13 +26,20 @@ const session = connect({
   getToken: () => window.getToken(),
   storage: indexeddbStorage(),
   WebSocket: WatchedWebSocket,
-  backoff: { baseMs: 100, maxMs: 1000 }
+  backoff: { baseMs: 100, maxMs: 1000 },
+  online: params.get('offline') !== '1' // a browser without network emulation (Firefox here): the app goes offline
 })
 const notes = session.open('notes')
 notes.on('status', ({ status, pending }) => {
   log.push({ at: at(), status, pending })
   document.getElementById('status').textContent = `${status} (${pending})`
-  if (status === 'durable' && window.onDurable) window.onDurable(notes.doc.getMap('notes').toJSON())
+  if (status === 'durable') {
+    // a synchronous request: this page stays frozen at its durable event while the driver (and the
+    // test behind it) looks at the server's database
+    const xhr = new XMLHttpRequest()
+    xhr.open('POST', '/checkpoint', false)
+    xhr.send(JSON.stringify(notes.doc.getMap('notes').toJSON()))
+  }
 })
 
 window.harness = {
@@ -42,5 +49,7 @@ window.harness = {
   state () {
     return { status: notes.status, pending: notes.pending, notes: notes.doc.getMap('notes').toJSON(), log }
   },
-  reconnect () { session.disconnect(); session.connect() }
+  reconnect () { session.disconnect(); session.connect() },
+  offline () { session.disconnect() },
+  online () { session.connect() }
 }
