@@ -13,7 +13,6 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import plans as plan_store
-from sync_server.domain.billing import plans as plan_service
 from sync_server.domain.billing import subscriptions as subscription_service
 
 from .auth import customer_required, operator_required
@@ -195,8 +194,13 @@ async def show_subscription():
     errors=(404, 409),
 )
 async def change_plan(body: PlanChange):
+    return await change_plan_of(principal().customer_id, body.plan_id)
+
+
+async def change_plan_of(customer_id, plan_id: str) -> dict:
+    """The plan change of a customer (its own admin key, or an operator: api.customers), errors mapped."""
     try:
-        row = await subscription_service.change_plan(runtime(), principal().customer_id, body.plan_id)
+        row = await subscription_service.change_plan(runtime(), customer_id, plan_id)
     except subscription_service.UnknownPlan:
         raise not_found("plan") from None
     except subscription_service.NoActiveSubscription:
@@ -205,8 +209,8 @@ async def change_plan(body: PlanChange):
         raise ApiError(
             409,
             "downgrade_exceeds_limits",
-            f"usage exceeds the limits of plan {body.plan_id!r}; reduce it first",
-            {"plan_id": body.plan_id, "violations": exc.violations},
+            f"usage exceeds the limits of plan {plan_id!r}; reduce it first",
+            {"plan_id": plan_id, "violations": exc.violations},
         ) from None
     return dict(row)
 
@@ -225,16 +229,4 @@ async def cancel_subscription():
     "Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS, response=Usage
 )
 async def usage():
-    rt = runtime()
-    customer_id = principal().customer_id
-    limits = await rt.plan_limits.fresh(customer_id)
-    used = await plan_service.usage(rt.registry, customer_id)
-    return {
-        "plan_id": limits.plan_id,
-        "vehicles": {"used": used["vehicles"], "limit": limits.vehicles},
-        "drivers": {"used": used["drivers"], "limit": limits.drivers},
-        "geofences": {"used": used["geofences"], "limit": limits.geofences},
-        "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
-        "storage_bytes": used["storage_bytes"],
-        "sync_frames_too_big_today": used["sync_frames_too_big_today"],
-    }
+    return await runtime().plan_limits.report(principal().customer_id)
