@@ -5,8 +5,9 @@ import { $, ago, bar, bytes, fill, h, when } from './dom.js'
 
 const POLL_MS = 700
 const DONE = new Set(['switched', 'cleaned', 'failed'])
+const MODE = { multi_tenant: 'shared database', single_tenant: 'dedicated database' }
+const modes = (m) => `${MODE[m.from_mode] || m.from_mode} → ${MODE[m.to_mode] || m.to_mode}`
 const STEP_NAMES = {
-  migration_start: 'start',
   migration_retention: 'rows outside the plan\'s retention',
   migration_provision: 'provision the database',
   migration_copy: 'copy rows',
@@ -135,7 +136,7 @@ export function customersView (state) {
       $(id).title = state.canDelete ? '' : 'admin operators only'
     }
     fill($('migration-list'), migs.data.slice().reverse().map((m) => h('li', {},
-      h('button', { type: 'button', class: 'link', onclick: () => follow(m.id) }, `${m.from_mode} → ${m.to_mode}`),
+      h('button', { type: 'button', class: 'link', onclick: () => follow(m.id) }, modes(m)),
       ' ', h('span', { class: 'badge ' + m.status, text: m.status }),
       h('span', { class: 'meta', text: ` ${when(m.created_at)}${m.pause_ms !== null && m.pause_ms !== undefined ? ` · writes paused ${Math.round(m.pause_ms)} ms` : ''}` }))),
     'No migrations yet.')
@@ -184,7 +185,7 @@ export function customersView (state) {
     const p = mig.progress || {}
     const finished = mig.status === 'switched' || mig.status === 'cleaned'
     const pct = finished ? 100 : p.total ? Math.min(99, Math.round((p.done / p.total) * 100)) : 0
-    $('migration-title').textContent = `${mig.from_mode} → ${mig.to_mode}`
+    $('migration-title').textContent = `Move: ${modes(mig)}`
     $('migration-status').textContent = mig.status
     $('migration-status').className = 'badge ' + mig.status
     const barEl = $('migration-bar')
@@ -198,7 +199,11 @@ export function customersView (state) {
         ? `Done: ${Number(p.done || 0).toLocaleString('en-US')} rows copied${mig.pause_ms !== null && mig.pause_ms !== undefined ? `, writes paused ${Math.round(mig.pause_ms)} ms` : ''}.`
         : `${pct}% · ${Number(p.done || 0).toLocaleString('en-US')} of ${p.total === null || p.total === undefined ? '?' : Number(p.total).toLocaleString('en-US')} rows${p.table ? ` · ${p.table}` : ''}`
     const steps = new Map()
-    for (const e of mig.events || []) steps.set(e.step, e.status === 'progress' ? 'started' : e.status)
+    for (const e of mig.events || []) {
+      if (e.step === 'migration_start') continue // its end is the migration's status
+      steps.set(e.step, e.status === 'progress' ? 'started' : e.status)
+    }
+    if (finished) for (const [k, v] of steps) if (v === 'started') steps.set(k, 'succeeded')
     fill($('migration-steps'), [...steps.entries()].map(([step, status]) =>
       h('li', { class: status }, h('span', { class: 'step-mark', 'aria-hidden': 'true', text: status === 'succeeded' ? '✓' : status === 'failed' ? '✗' : '…' }),
         ` ${STEP_NAMES[step] || step.replace(/^migration_/, '')} — ${status}`)))
@@ -207,8 +212,8 @@ export function customersView (state) {
   async function recommendations () {
     const { data } = await api.get(`/api/v1/customers/${selected.id}/recommendations`)
     fill($('recommendations'), data.slice(-5).reverse().map((r) => h('li', {},
-      h('strong', { text: `${r.mode === 'single_tenant' ? 'dedicated' : 'shared'} · ${r.plan}` }),
-      r.infrastructure ? h('span', { class: 'meta', text: ` on ${r.infrastructure}` }) : null,
+      h('strong', { text: `${MODE[r.mode] || r.mode}, plan ${r.plan}` }),
+      r.infrastructure ? h('span', { class: 'meta', text: ` (${r.infrastructure})` }) : null,
       h('div', { class: 'meta', text: `${r.reason || ''} (${r.trigger}, ${when(r.created_at)})` }))),
     'No recommendation recorded yet.')
   }
@@ -283,6 +288,7 @@ export function customersView (state) {
 
   return {
     async start () {
+      $('staff-note').hidden = state.canDelete
       $('delete-customer').disabled = !state.canDelete
       $('delete-customer').title = state.canDelete ? '' : 'admin operators only'
       await loadPlans()
