@@ -304,7 +304,7 @@ async def list_migrations(customer_id: str):
 
 class EventsQuery(RequestModel):
     customer_id: uuid.UUID | None = None
-    before: int | None = Field(None, ge=1, description="ids below this (the previous page's last id)")
+    before: int | None = Field(None, ge=1, le=2**63 - 1, description="ids below this (the previous page's last id)")
     limit: int = Field(50, ge=1, le=200)
 
 

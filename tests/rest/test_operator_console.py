@@ -6,13 +6,19 @@ infrastructure events of every customer, the live nodes; and the console page at
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import json
+import secrets
+
+import redis.asyncio as aioredis
 
 from storage import deployments as store
 from storage import platform_users
 from sync_server.domain.accounts.passwords import hash_password
+from sync_server.node.app import create_app
 
-from .conftest import OPERATOR_PASSWORD, error_of
+from .conftest import OPERATOR_PASSWORD, Api, app_settings, error_of
 
 SESSION = "/api/v1/operator/session"
 
@@ -175,7 +181,7 @@ async def test_infrastructure_events_of_every_customer_newest_first_and_migratio
     assert [(e["customer_slug"], e["step"]) for e in older["data"]][:1] == [(a.slug, "provision")]
     only_b = await (await api.get(f"/api/v1/infrastructure-events?customer_id={b.id}", headers=op)).get_json()
     assert {e["customer_slug"] for e in only_b["data"]} == {b.slug}
-    for bad in ("limit=0", "limit=1000", "before=-1", "customer_id=x"):
+    for bad in ("limit=0", "limit=1000", "before=-1", f"before={2**63}", "customer_id=x"):
         assert (await api.get(f"/api/v1/infrastructure-events?{bad}", headers=op)).status_code == 422, bad
     migrations = await (await api.get(f"/api/v1/customers/{a.id}/migrations", headers=op)).get_json()
     assert migrations == {"data": []}
@@ -205,3 +211,44 @@ async def test_the_console_page_is_served_at_admin_with_the_csp(api):
     assert assets
     for path in assets:
         assert (await api.get(path)).status_code == 200, path
+
+
+async def test_nodes_from_redis_heartbeats_this_one_counted_now_and_odd_beats_tolerated(database_url, redis_url):
+    prefix = f"nodes-{secrets.token_hex(4)}:"
+    settings = dataclasses.replace(app_settings(database_url), redis_url=redis_url, redis_prefix=prefix)
+    app = create_app(settings)
+    client = aioredis.from_url(redis_url)
+    try:
+        async with app.test_app() as test_app:
+            api = Api(app, test_app.test_client())
+            op = await api.operator("staff")
+            beat = {"connections": 7, "rooms": 3, "started_at": 1.0e9, "beat_at": 2.0e9}
+            await client.set(f"{prefix}node:other-a", json.dumps(beat), px=60_000)
+            await client.set(f"{prefix}node:old-style", b"1", px=60_000)  # a node from before the counts
+            await client.set(f"{prefix}node:hostile", json.dumps({"connections": -5, "rooms": "x"}), px=60_000)
+            r = await api.get("/api/v1/nodes", headers=op)
+            assert r.status_code == 200, await r.get_data(as_text=True)
+            body = await r.get_json()
+            assert body["source"] == "redis"
+            nodes = {n["id"]: n for n in body["nodes"]}
+            assert nodes["other-a"] | {"id": None} == {
+                "id": None,
+                "this_node": False,
+                "connections": 7,
+                "rooms": 3,
+                "started_at": 1.0e9,
+                "beat_at": 2.0e9,
+            }
+            assert (nodes["old-style"]["connections"], nodes["old-style"]["rooms"]) == (None, None)
+            assert (nodes["hostile"]["connections"], nodes["hostile"]["rooms"]) == (None, None)
+            [this] = [n for n in body["nodes"] if n["this_node"]]
+            assert this["connections"] == 0 and this["rooms"] == 0 and this["id"] == api.runtime.fanout.node
+            # this node's own heartbeat carries the counts (read back from Redis)
+            await api.runtime.fanout._heartbeat_once()
+            own = json.loads(await client.get(f"{prefix}node:{this['id']}"))
+            assert own["connections"] == 0 and own["rooms"] == 0 and own["beat_at"] > 0
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
