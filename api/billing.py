@@ -170,6 +170,9 @@ class Usage(ResponseModel):
     drivers: Quota
     geofences: Quota
     gps_points_today: Quota = Field(description="points recorded since 00:00 UTC against gps_points_per_day")
+    connections: Quota = Field(
+        description="sync connections open now (every node's, with Redis) against connection_limit"
+    )
     storage_bytes: int = Field(description="bytes of document history and snapshots")
     sync_frames_too_big_today: int = Field(
         description="websocket frames refused since 00:00 UTC for passing SYNC_MAX_MESSAGE_BYTES (a client that cannot sync)"
@@ -226,7 +229,20 @@ async def cancel_subscription():
 @blueprint.get("/api/v1/usage")
 @customer_required("billing:read")
 @operation(
-    "Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS, response=Usage
+    "Usage against the plan: vehicles, drivers, geofences, GPS points today, connections, storage",
+    tags=SUB_TAGS,
+    response=Usage,
 )
 async def usage():
-    return await runtime().plan_limits.report(principal().customer_id)
+    return await usage_of(principal().customer_id)
+
+
+async def usage_of(customer_id) -> dict:
+    """A customer's usage against its plan (its own GET /api/v1/usage, or an operator's: api.customers)."""
+    rt = runtime()
+    limiter = getattr(rt, "connection_limit", None)  # extensions.shared_limits (CONNECTION_LIMITS=enforce)
+    if limiter is not None:
+        open_now = await limiter.in_use(str(customer_id))
+    else:  # limits off: this node's own connections
+        open_now = sum(len(room.connections) for room in rt.rooms.rooms(str(customer_id)))
+    return await rt.plan_limits.report(customer_id, connections=open_now)

@@ -22,7 +22,7 @@ from sync_server.domain.accounts import customers as customer_service
 from . import pagination
 from .api_keys import ApiKey, ApiKeyCreated, ApiKeyQuery, key_out
 from .auth import operator_required
-from .billing import PlanChange, Subscription, Usage, change_plan_of
+from .billing import PlanChange, Subscription, Usage, change_plan_of, usage_of
 from .calls import principal
 from .errors import conflict, found, not_found
 from .openapi import field_error, operation
@@ -213,7 +213,7 @@ async def _exists(customer_id: uuid.UUID, reason: str) -> None:
 )
 async def customer_usage(customer_id: uuid.UUID):
     await _exists(customer_id, "customer_usage")
-    return await runtime().plan_limits.report(customer_id)
+    return await usage_of(customer_id)
 
 
 @blueprint.post("/api/v1/customers/<uuid:customer_id>/plan")

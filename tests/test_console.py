@@ -131,6 +131,11 @@ def test_operators_run_customers_and_migrations_from_the_console_and_customers_c
     assert seen["planResult"] == "Plan changed to business."
     assert seen["usageAfter"]["Vehicles"]["max"] == seen["limits"]["business"]["vehicle_limit"]
     assert seen["usageAfter"]["Vehicles"]["now"] == 3
+    # the customer's open sync socket, against the new plan's connection limit
+    assert seen["usageAfter"]["Open connections"] == {
+        "now": 1,
+        "max": seen["limits"]["business"]["connection_limit"],
+    }
     # started a migration to a dedicated database and watched it run to the end
     migration = seen["migration"]
     assert migration["final"] in ("switched", "cleaned"), migration

@@ -83,6 +83,7 @@ export function customersView (state) {
       bar('Drivers', u.drivers.used, u.drivers.limit),
       bar('Geofences', u.geofences.used, u.geofences.limit),
       bar('GPS points today', u.gps_points_today.used, u.gps_points_today.limit),
+      bar('Open connections', u.connections.used, u.connections.limit),
       h('p', { class: 'meta', text: `Document storage ${bytes(u.storage_bytes)} · frames refused as too big today: ${u.sync_frames_too_big_today}` })
     ])
     $('usage').dataset.plan = u.plan_id
