@@ -21,6 +21,7 @@ export function customersView (state) {
   let selected = null
   let cursor = null
   let polling = null
+  let followed = 0 // the current follow loop: an older one still in flight stops at its next step
 
   const show = (id, on) => { $(id).hidden = !on }
 
@@ -155,26 +156,31 @@ export function customersView (state) {
     } catch (e) { $('migrate-error').textContent = e.message }
   }
 
-  function stopPolling () { if (polling) { clearTimeout(polling); polling = null } }
+  function stopPolling () {
+    followed++
+    if (polling) { clearTimeout(polling); polling = null }
+  }
 
   async function follow (migrationId) {
     stopPolling()
+    const loop = followed
     const customerId = selected.id
     show('migration', true)
     const tick = async () => {
-      if (!selected || selected.id !== customerId) return
+      if (loop !== followed || !selected || selected.id !== customerId) return
       let mig
       try { mig = await api.get(`/api/v1/customers/${customerId}/migrations/${migrationId}`) } catch (e) {
         $('migration-detail').textContent = e.message
-        polling = setTimeout(tick, POLL_MS * 3)
+        if (loop === followed) polling = setTimeout(tick, POLL_MS * 3)
         return
       }
+      if (loop !== followed) return
       renderMigration(mig)
       if (DONE.has(mig.status)) {
         if (mig.status !== 'failed') {
           selected = await api.get(`/api/v1/customers/${customerId}`)
         }
-        await deployment()
+        if (loop === followed) await deployment()
         return
       }
       polling = setTimeout(tick, POLL_MS)

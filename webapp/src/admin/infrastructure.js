@@ -7,6 +7,7 @@ const REFRESH_MS = 5000
 
 export function infrastructureView () {
   let timer = null
+  let running = 0 // the current refresh loop (a stopped one ends at its next step)
   let oldest = null
 
   async function health () {
@@ -78,10 +79,19 @@ export function infrastructureView () {
 
   return {
     async start () {
-      await refresh()
-      const loop = async () => { await refresh(); timer = setTimeout(loop, REFRESH_MS) }
-      timer = setTimeout(loop, REFRESH_MS)
+      this.stop()
+      const mine = ++running
+      const loop = async () => {
+        if (mine !== running) return
+        await refresh()
+        if (mine === running) timer = setTimeout(loop, REFRESH_MS)
+      }
+      await loop()
     },
-    stop () { if (timer) clearTimeout(timer); timer = null }
+    stop () {
+      running++
+      if (timer) clearTimeout(timer)
+      timer = null
+    }
   }
 }
