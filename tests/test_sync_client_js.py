@@ -171,7 +171,8 @@ async def test_quota_limited_phone_sees_rejected_fixes_by_reason(server, db, tmp
 @pytest.mark.parametrize("suite", ["unit"])
 def test_library_unit_tests(suite):
     """node --test over clients/js/test/lib.test.mjs: backoff, tokens, fix validation, day rollover,
-    the blob/file store (reload, torn frames, compaction), the wire frames."""
+    the blob/file store (reload, torn frames, compaction), the wire frames, tree-shaking (a bundle
+    of validateFix alone holds no yjs)."""
     proc = subprocess.run(
         ["node", "--test", "test/lib.test.mjs"], capture_output=True, text=True, timeout=120, cwd=CLIENT_DIR
     )

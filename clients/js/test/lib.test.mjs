@@ -135,3 +135,18 @@ test('memory store: edits made while the store loads are kept', async () => {
   const { doc: reloaded } = await load(storage, 'd')
   assert.deepEqual(reloaded.getArray('a').toArray(), [1])
 })
+
+test('tree-shakable: an app importing only validateFix bundles no yjs, y-protocols or sockets', async () => {
+  const { build } = await import('vite')
+  const outDir = await mkdtemp(join(tmpdir(), 'wsc-shake-'))
+  const entry = new URL('./shake/entry.js', import.meta.url).pathname
+  await build({
+    logLevel: 'silent',
+    configFile: false,
+    build: { outDir, minify: false, lib: { entry, formats: ['es'], fileName: 'out' } }
+  })
+  const code = await readFile(join(outDir, 'out.js'), 'utf8')
+  assert.match(code, /null_island/)
+  assert.doesNotMatch(code, /class Doc|Yjs was already imported|WebSocket|indexedDB/)
+  assert.ok(code.length < 5000, `${code.length} bytes`)
+})
