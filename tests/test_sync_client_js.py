@@ -7,6 +7,7 @@ by reason. Also the library's own unit tests (node --test)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from sync_server.domain.tracking.quota import QUOTA_EXCEEDED
 
 from .support import fleet, sync_peers
-from .support.server import free_port
+from .support.server import ServerProcess, free_port
 
 CLIENT_DIR = sync_peers.ROOT / "clients" / "js"
 # the midnight the phone records across: yesterday's start (every fix lies in the past, within retention)
@@ -25,7 +26,7 @@ MIDNIGHT = dt.datetime.combine(dt.datetime.now(dt.UTC).date() - dt.timedelta(day
 MIDNIGHT_MS = int(MIDNIGHT.timestamp() * 1000)
 FIXES, FIRST_RUN = 10_000, 5_000
 START_MS = MIDNIGHT_MS - 4_000 * 1000  # one fix a second: 4,000 before midnight, 6,000 after
-AFTER = 20  # fixes recorded online while tokens of 3 s expire
+AFTER = 25  # fixes recorded online, one every 400 ms, while tokens of 6 s expire
 
 
 def _phone(plan: dict, timeout: float = 240.0) -> list[dict]:
@@ -101,12 +102,12 @@ async def test_offline_across_midnight_restart_then_durable_rows_and_refreshed_t
     assert second[-1]["pending"] == FIXES
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 0  # the server saw nothing
 
-    # run 3, online with 3-second tokens: durable only once doc_updates holds every fix
+    # run 3, online with 6-second tokens: durable only once doc_updates holds every fix
     after_ms = MIDNIGHT_MS + 5 * 3600 * 1000
     plan = {
         **base,
         "server": server.base_url,
-        "ttl": 3,
+        "ttl": 6,
         "then": "durable",
         "after": {"count": AFTER, "everyMs": 400, "startMs": after_ms},
         "waitFeedback": True,
@@ -127,7 +128,7 @@ async def test_offline_across_midnight_restart_then_durable_rows_and_refreshed_t
     print(f"token fetches {summary['tokenFetches']}, socket closes {summary['closes']}, statuses {summary['statuses']}")
     last_day = _day(after_ms)
     assert summary["days"][last_day] == AFTER + (FIXES - 4_000 if last_day == after else 0)
-    # tokens expired every 3 s during the 8 s of online edits: refreshed in band, never a 4401
+    # tokens expired every 6 s during the 10 s of online edits: refreshed in band, never a 4401
     assert summary["tokenFetches"] >= 3, summary
     assert summary["closes"] == [], summary  # no socket ended: no 4401, no reconnect
     # each renewal went to the open sockets in band (REFRESH, answered REFRESHED)
@@ -193,3 +194,44 @@ async def test_refused_stops_retrying(server, db, tmp_path, token, codes, fetche
     assert summary["closes"] == codes and refused["closesAtRefusal"] == len(codes)  # nothing after the refusal
     assert summary["tokenFetches"] == fetches
     assert summary["status"] == "refused" and summary["pending"] == 3  # the fixes stay on the device
+
+
+async def test_phone_rides_out_a_server_restart_and_loses_nothing(server_env, db, tmp_path):
+    """The server stops (SIGTERM: 1001 after flushing) while the phone records; it comes back on the
+    same port and the phone reconnects by itself (backoff with jitter) and gets everything durable."""
+    port = free_port()
+    srv = ServerProcess(server_env, log_path=tmp_path / "s1.log", port=port).start()
+    try:
+        base = await _phone_of(db, "restart-fleet", tmp_path, srv)
+        start = MIDNIGHT_MS + 10 * 3600 * 1000
+        plan = {
+            **base,
+            "record": {"from": 0, "count": 50, "startMs": start},
+            "then": "restart",
+            "after": {"count": 30, "startMs": start + 3600 * 1000},
+            "waitFeedback": True,  # durable is the document; the rows follow (materialization)
+        }
+        seen: list[dict] = []
+
+        async def steps(line: dict) -> bool:
+            nonlocal srv
+            seen.append(line)
+            if line["event"] == "stop-server":
+                await asyncio.to_thread(srv.stop)
+                return True
+            if line["event"] == "start-server":
+                srv = await asyncio.to_thread(ServerProcess(server_env, log_path=tmp_path / "s2.log", port=port).start)
+                return True
+            return False
+
+        lines = await sync_peers.js_checkpoints(CLIENT_DIR / "test" / "phone.mjs", plan, steps, end="summary")
+    finally:
+        srv.stop()
+    assert [line["event"] for line in lines] == ["stop-server", "start-server", "summary"]
+    assert lines[1]["pending"] == 30 and lines[1]["status"] == "offline"
+    summary = lines[-1]
+    assert summary["status"] == "durable" and summary["pending"] == 0
+    assert 1001 in summary["closes"]  # the server said it was going away
+    cid = base["customer_id"]
+    assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 80
+    assert await fleet.count(db, cid, "SELECT count(DISTINCT time) FROM gps_positions") == 80

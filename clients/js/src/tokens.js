@@ -20,13 +20,16 @@ export function tokenExpiry (token) {
 }
 
 /**
- * When to ask for the next token: a quarter of its lifetime before it expires, at most a minute.
+ * When to ask for the next token: a quarter of its lifetime before it expires, at least 2 s (the
+ * app's back end and the in-band refresh need a moment), at most a minute, never earlier than
+ * half-way.
  * @param {number} nowMs
  * @param {number} expiresAtMs
  */
 export function renewalDelay (nowMs, expiresAtMs) {
   const lifetime = Math.max(0, expiresAtMs - nowMs)
-  return Math.max(0, lifetime - Math.min(60000, lifetime * 0.25))
+  const margin = Math.min(lifetime / 2, Math.max(2000, Math.min(60000, lifetime * 0.25)))
+  return Math.max(0, lifetime - margin)
 }
 
 /**

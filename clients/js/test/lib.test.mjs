@@ -24,13 +24,15 @@ test('backoff: full jitter below an exponential cap', () => {
   for (const d of seen) assert.ok(d >= 0 && d < 5000)
 })
 
-test('tokens: expiry read from a wst1 token, renewal a quarter before (at most a minute)', () => {
+test('tokens: expiry read from a wst1 token; renewal a quarter before (2 s to a minute, not before half-way)', () => {
   const claims = Buffer.from(JSON.stringify({ c: 'x', exp: 1700000000 })).toString('base64url')
   assert.equal(tokenExpiry(`wst1.${claims}.sig`), 1700000000 * 1000)
   assert.equal(tokenExpiry('opaque'), null)
   assert.equal(tokenExpiry('wst1.!!!.sig'), null)
-  assert.equal(renewalDelay(0, 4000), 3000)
-  assert.equal(renewalDelay(0, 3600000), 3540000)
+  assert.equal(renewalDelay(0, 3600000), 3540000) // a minute before
+  assert.equal(renewalDelay(0, 40000), 30000) // a quarter before
+  assert.equal(renewalDelay(0, 6000), 4000) // at least 2 s before
+  assert.equal(renewalDelay(0, 3000), 1500) // never before half-way
   assert.equal(renewalDelay(5000, 1000), 0)
 })
 

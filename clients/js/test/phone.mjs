@@ -17,6 +17,9 @@
 //         | "durable"           wait for the session's first `durable`; at that event print
 //                               {"event": "durable", ...} and block the whole process (fs.readSync on
 //                               stdin) until the test writes a line; then `after`
+//         | "restart"           durable, then {"event": "stop-server"} (blocks until the test stopped
+//                               it), records `after` offline, {"event": "start-server"} (blocks until
+//                               it is back on the same port), then durable again
 //         | "refused"           wait for the `refused` state, then 3 s more (no retry may follow)
 //         | "feedback"          wait until the tracker's feedback covers every recorded element
 //   "after": { "count": 20, "everyMs": 250, "startMs": ... }   (with "durable": more fixes, one
@@ -132,6 +135,21 @@ if (plan.then === 'durable') {
     }
     await session.whenDurable()
   }
+} else if (plan.then === 'restart') {
+  // the server goes away while the phone keeps recording; it reconnects by itself (backoff) when
+  // the server is back, and everything becomes durable
+  await until(() => session.status === 'durable', 'durable before the restart')
+  out({ event: 'stop-server' })
+  blockUntilGo()
+  await until(() => session.status === 'offline', 'offline once the server is gone')
+  const { count, startMs } = plan.after
+  for (let i = 0; i < count; i++) {
+    clockMs = startMs + i * 1000
+    tracker.record({ lat: 52.6, lng: 13.5 + i * 0.00002, accuracy: 5 })
+  }
+  out({ event: 'start-server', pending: session.pending, status: session.status })
+  blockUntilGo()
+  await until(() => session.status === 'durable', 'durable after the restart')
 } else if (plan.then === 'refused') {
   await until(() => session.status === 'refused', 'refused')
   const atRefusal = closes.length
