@@ -56,6 +56,7 @@ class Customer(ResponseModel):
     name: str
     email: str | None
     status: Literal["active", "suspended"]
+    suspended_by: Literal["operator", "billing"] | None = None
     deployment_mode: str
     plan_id: str | None
     metadata: dict[str, Any]
