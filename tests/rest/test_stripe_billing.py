@@ -10,12 +10,17 @@ import dataclasses
 import time
 import uuid
 
+import httpx
 import pytest
+import websockets
 
 from sync_server.node.app import create_app
 
+from ..support.server import ServerProcess
 from ..support.stripe_api import FakeStripe, event, sign
-from .conftest import Api, app_settings, error_of
+from .conftest import OPERATOR_PASSWORD, Api, app_settings, bearer, error_of
+from .test_fleet import _create_operator
+from .test_suspension_closes_sync import _closed_with
 
 SECRET_KEY = "sk_test_" + "4eC39HqLyjWDarjtT1zdp7dc"
 WHSEC = "whsec_" + "test" * 8
@@ -395,3 +400,75 @@ async def test_events_for_unknown_customers_are_recorded_and_ignored(api_s, stri
     async with api_s.runtime.db.operator("test") as conn:
         row = await conn.fetchrow("SELECT customer_id, outcome FROM stripe_events")
     assert row["customer_id"] is None and row["outcome"] == "ignored"
+
+
+# --- through a real server process: the suspension closes the customer's sockets -----------------
+
+
+async def test_a_past_due_webhook_closes_the_customers_websockets(server_env, stripe_api, tmp_path):
+    env = {
+        **server_env,
+        "STRIPE_SECRET_KEY": SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": WHSEC,
+        "STRIPE_API_BASE": stripe_api.base,
+        "STRIPE_PAST_DUE_GRACE_HOURS": "0",
+    }
+    _create_operator(env, "ops@example.com")
+    proc = await asyncio.to_thread(ServerProcess(env, log_path=tmp_path / "server.log").start)
+    try:
+        async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as http:
+            r = await http.post("/api/v1/auth/login", json={"email": "ops@example.com", "password": OPERATOR_PASSWORD})
+            ops = bearer(r.json()["token"])
+            r = await http.patch("/api/v1/plans/starter", headers=ops, json={"stripe_price_id": "price_starter"})
+            assert r.status_code == 200
+            a = (
+                await http.post(
+                    "/api/v1/customers", headers=ops, json={"slug": "alpha", "name": "A", "plan_id": "starter"}
+                )
+            ).json()
+            b = (
+                await http.post(
+                    "/api/v1/customers", headers=ops, json={"slug": "bravo", "name": "B", "plan_id": "starter"}
+                )
+            ).json()
+            deadline = time.monotonic() + 30
+            while len(stripe_api.subscriptions) < 2:  # both pushed to "Stripe" by the server
+                assert time.monotonic() < deadline, stripe_api.requests
+                await asyncio.sleep(0.1)
+            sockets = {}
+            for created in (a, b):
+                r = await http.post(
+                    "/api/v1/sync-tokens",
+                    headers=bearer(created["api_key"]["key"]),
+                    json={"docs": ["fleet"], "mode": "rw", "ttl_seconds": 300},
+                )
+                ws = await websockets.connect(
+                    f"{proc.ws_url}/sync/{created['customer']['slug']}/fleet?token={r.json()['token']}"
+                )
+                await ws.recv()  # live
+                sockets[created["customer"]["slug"]] = ws
+            sub = next(s for s in stripe_api.subscriptions.values() if s["metadata"]["webhost_slug"] == "alpha")
+            body = event(
+                "evt_e2e", "customer.subscription.updated", {**sub, "status": "past_due"}, int(time.time()) - 5
+            )
+            r = await http.post(HOOK, content=body, headers={"Stripe-Signature": sign(body, WHSEC)})
+            assert r.status_code == 200 and r.json()["outcome"] == "applied"
+            assert await _closed_with(sockets["alpha"]) == 4403
+            assert sockets["bravo"].close_code is None  # the other customer is untouched
+            r = await http.get(f"/api/v1/customers/{a['customer']['id']}", headers=ops)
+            assert r.json()["suspended_by"] == "billing"
+            await sockets["bravo"].close()
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
+async def test_deleting_a_customer_cancels_its_stripe_subscription(api_s, stripe_api):
+    c, sub_id = await subscribed(api_s, stripe_api)
+    r = await api_s.delete(f"/api/v1/customers/{c.id}", headers=await api_s.operator())
+    assert r.status_code == 204
+    deadline = time.monotonic() + 20
+    while stripe_api.subscriptions[sub_id]["status"] != "canceled":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    [cancel] = stripe_api.calls("DELETE", f"/v1/subscriptions/{sub_id}")
+    assert cancel.idempotency_key == f"webhost-{c.id}-subscription-cancel-{sub_id}"

@@ -87,7 +87,9 @@ async def announce_status(rt: Runtime, customer_id, status: str) -> None:
 async def delete(rt: Runtime, customer_id, *, operator_id: str) -> bool:
     """Delete the customer and, by cascade, everything it owns in the shared database."""
     async with rt.db.operator("delete_customer", customer_id=str(customer_id), operator_id=operator_id) as conn:
+        billed = await stripe_sync.subscription_of(rt, conn, customer_id)
         deleted = await customer_store.delete(conn, customer_id)
     if deleted:
         await rt.publish("customer_suspended", customer_id=str(customer_id))
+        stripe_sync.cancel_after_delete(rt, customer_id, billed)
     return deleted

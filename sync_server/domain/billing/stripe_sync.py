@@ -70,6 +70,21 @@ def wake_all(rt: Runtime) -> None:
         rt.billing_provider._wake.set()
 
 
+async def subscription_of(rt: Runtime, conn: asyncpg.Connection, customer_id) -> str | None:
+    """The customer's Stripe subscription (read before the customer is deleted)."""
+    if rt.billing_provider is None:
+        return None
+    account = await store.get(conn, customer_id)
+    return account["stripe_subscription_id"] if account is not None else None
+
+
+def cancel_after_delete(rt: Runtime, customer_id, subscription: str | None) -> None:
+    """A deleted customer's Stripe subscription is canceled at once (best effort: its account row is
+    gone with the customer, so a failure is logged as an error for the operator to cancel it)."""
+    if rt.billing_provider is not None and subscription is not None:
+        rt.spawn(rt.billing_provider.cancel_deleted(customer_id, subscription), "stripe_cancel")
+
+
 def wake(rt: Runtime, customer_id) -> None:
     """After the commit of a change: push it now, in a background job (the sync loop is the net)."""
     if rt.billing_provider is not None:
@@ -266,6 +281,19 @@ class StripeSync:
             )
             item, _price = _item_of(updated.to_dict())
         return {"subscription_id": subscription, "item_id": item, "price_id": price, "cancel_at_period_end": cancel}
+
+    async def cancel_deleted(self, customer_id, subscription: str) -> None:
+        try:
+            await self._cancel(subscription, f"webhost-{customer_id}-subscription-cancel-{subscription}")
+            log.info("stripe_subscription_canceled", customer_id=str(customer_id), stripe_subscription=subscription)
+        except Exception as exc:
+            log.error(
+                "stripe_cancel_failed",
+                customer_id=str(customer_id),
+                stripe_subscription=subscription,
+                error=describe(exc),
+                action="cancel it in the Stripe dashboard",
+            )
 
     async def _cancel(self, subscription: str, idempotency_key: str) -> None:
         import stripe
