@@ -458,14 +458,33 @@ async def test_a_past_due_webhook_closes_the_customers_websockets(server_env, st
             r = await http.get(f"/api/v1/customers/{a['customer']['id']}", headers=ops)
             assert r.json()["suspended_by"] == "billing"
             await sockets["bravo"].close()
+            invoice = {
+                "id": "in_e2e",
+                "object": "invoice",
+                "customer": sub["customer"],
+                "customer_email": "pii@alpha.example",
+            }
+            body = event("evt_e2e_2", "invoice.payment_failed", invoice, int(time.time()) - 4)
+            r = await http.post(HOOK, content=body, headers={"Stripe-Signature": sign(body, WHSEC)})
+            assert r.status_code == 200
     finally:
         await asyncio.to_thread(proc.stop)
+    logged = (tmp_path / "server.log").read_text()
+    assert "stripe_event" in logged and "evt_e2e_2" in logged
+    assert SECRET_KEY not in logged and WHSEC not in logged and "pii@alpha.example" not in logged
 
 
 async def test_deleting_a_customer_cancels_its_stripe_subscription(api_s, stripe_api):
     c, sub_id = await subscribed(api_s, stripe_api)
+    obj = sub_event(stripe_api, sub_id, status="active")
+    assert (
+        await outcome(api_s, "customer.subscription.updated", obj, int(time.time()), event_id="evt_kept") == "applied"
+    )
     r = await api_s.delete(f"/api/v1/customers/{c.id}", headers=await api_s.operator())
     assert r.status_code == 204
+    async with api_s.runtime.db.operator("test") as conn:  # the event stays recorded, the account goes
+        assert await conn.fetchval("SELECT customer_id FROM stripe_events WHERE id = 'evt_kept'") is None
+        assert await conn.fetchval("SELECT count(*) FROM billing_accounts") == 0
     deadline = time.monotonic() + 20
     while stripe_api.subscriptions[sub_id]["status"] != "canceled":
         assert time.monotonic() < deadline
