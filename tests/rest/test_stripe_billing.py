@@ -211,19 +211,23 @@ async def test_an_outage_keeps_the_plan_change_and_catches_up(api_s, stripe_api)
     assert len(stripe_api.subscriptions) == 1
 
 
-async def test_an_outage_at_creation_never_makes_a_second_subscription(api_s, stripe_api):
-    """The subscription was made, but every retry of the answer failed (past the client's retries):
-    the next round finds it at Stripe and adopts it."""
-    stripe_api.fail("POST", "/v1/subscriptions", "drop", times=3)
+@pytest.mark.parametrize("lost", ["/v1/customers", "/v1/subscriptions"])
+async def test_an_outage_at_creation_never_makes_a_second_one(api_s, stripe_api, lost):
+    """The customer (or subscription) was made, but every answer was lost (past the client's
+    retries): the next round finds it at Stripe by its metadata and adopts it."""
+    stripe_api.fail("POST", lost, "drop", times=3)
     c = await api_s.customer(plan_id="starter")
     body = await settled(api_s, c.id, failed=True)
-    assert body["stripe_subscription_id"] is None and len(stripe_api.subscriptions) == 1
+    assert body["stripe_subscription_id"] is None
     async with api_s.runtime.db.operator("test") as conn:
-        await conn.execute("UPDATE billing_accounts SET next_attempt_at = now()")
+        # the retry is due now, for a newer version (the subscription create key changes with it)
+        await conn.execute("UPDATE billing_accounts SET next_attempt_at = now(), wanted_version = wanted_version + 1")
     await api_s.runtime.billing_provider.round()
     body = await account(api_s, c.id)
     assert body["in_sync"] and body["stripe_subscription_id"] == next(iter(stripe_api.subscriptions))
-    assert len(stripe_api.subscriptions) == 1 and stripe_api.calls("GET", "/v1/subscriptions")
+    assert len(stripe_api.customers) == 1 and len(stripe_api.subscriptions) == 1
+    found = stripe_api.calls("GET", "/v1/customers/search" if lost == "/v1/customers" else "/v1/subscriptions")
+    assert found
 
 
 async def test_customers_made_before_the_key_are_adopted(database_url, stripe_api):

@@ -186,6 +186,10 @@ class FakeStripe:
                 "created": int(time.time()),
             }
             return 200, self.customers[cid]
+        if parts == ["v1", "customers", "search"] and method == "GET":
+            wanted = params.get("query", "").rsplit(":", 1)[-1].strip("'")
+            found = [c for c in self.customers.values() if c["metadata"].get("webhost_customer_id") == wanted]
+            return 200, {"object": "search_result", "data": found, "has_more": False, "url": "/v1/customers/search"}
         if parts[:2] == ["v1", "subscriptions"]:
             if len(parts) == 2 and method == "POST":
                 return self._create_subscription(params)

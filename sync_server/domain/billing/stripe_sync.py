@@ -12,7 +12,8 @@ answers again.
 
 Pushing reads the customer's state *now* (its active plan's `stripe_price_id`, cancel flag) under a
 lease (one pusher per customer across nodes) and makes Stripe hold it:
-- no Stripe customer yet: create it (idempotency key `webhost-<id>-customer-create`);
+- no Stripe customer yet: create it (idempotency key `webhost-<id>-customer-create`), after a
+  failed attempt first searching for one (metadata.webhost_customer_id) an earlier request made;
 - a priced plan and no subscription: create one (`webhost-<id>-subscription-create-v<version>`),
   after a failed attempt first looking for one made by a request whose answer was lost;
 - a different price or cancel flag: update the subscription item
@@ -223,6 +224,8 @@ class StripeSync:
         key = f"webhost-{customer_id}"
         metadata = {"webhost_customer_id": customer_id, "webhost_slug": job["slug"]}
         stripe_customer = job["stripe_customer_id"]
+        if stripe_customer is None and job["attempts"] > 0:
+            stripe_customer = await self._find_customer(customer_id)
         if stripe_customer is None:
             params: Any = {"name": job["name"], "metadata": metadata}
             if job["email"]:
@@ -305,6 +308,13 @@ class StripeSync:
         except stripe.InvalidRequestError as exc:
             if exc.http_status != 404:  # already gone at Stripe: what we wanted
                 raise
+
+    async def _find_customer(self, customer_id: str) -> str | None:
+        """Our Stripe customer made by an earlier attempt whose answer was lost (its metadata names us)."""
+        found = await self.client.v1.customers.search_async(
+            {"query": f"metadata['webhost_customer_id']:'{customer_id}'", "limit": 1}
+        )
+        return found.data[0].id if found.data else None
 
     async def _find_subscription(
         self, stripe_customer: str, customer_id: str
