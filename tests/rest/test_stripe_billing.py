@@ -495,3 +495,23 @@ async def test_deleting_a_customer_cancels_its_stripe_subscription(api_s, stripe
         await asyncio.sleep(0.05)
     [cancel] = stripe_api.calls("DELETE", f"/v1/subscriptions/{sub_id}")
     assert cancel.idempotency_key == f"webhost-{c.id}-subscription-cancel-{sub_id}"
+
+
+async def test_concurrent_pushers_push_a_change_once(api_s, stripe_api):
+    """Several pushers at once (nodes' sync rounds, the change's own job): the lease lets one through."""
+    c, sub_id = await subscribed(api_s, stripe_api)
+    stripe_api.down = True
+    r = await api_s.post("/api/v1/subscription/change", headers=c.auth, json={"plan_id": "professional"})
+    assert r.status_code == 200
+    await settled(api_s, c.id, failed=True)
+    stripe_api.down = False
+    async with api_s.runtime.db.operator("test") as conn:
+        await conn.execute("UPDATE billing_accounts SET next_attempt_at = now()")
+    before = len(stripe_api.requests)
+    sync = api_s.runtime.billing_provider
+    await asyncio.gather(sync.round(), sync.round(), sync.push(c.id), sync.push(c.id), sync.push(c.id))
+    updates = [
+        r for r in stripe_api.requests[before:] if r.method == "POST" and r.path == f"/v1/subscriptions/{sub_id}"
+    ]
+    assert len(updates) == 1 and updates[0].params["items[0][price]"] == "price_pro"
+    assert (await account(api_s, c.id))["in_sync"]
