@@ -515,3 +515,22 @@ async def test_concurrent_pushers_push_a_change_once(api_s, stripe_api):
     ]
     assert len(updates) == 1 and updates[0].params["items[0][price]"] == "price_pro"
     assert (await account(api_s, c.id))["in_sync"]
+
+
+async def test_signed_but_malformed_objects_are_answered_not_crashed_on(api_s, stripe_api):
+    c, sub_id = await subscribed(api_s, stripe_api)
+    stripe_customer = stripe_api.subscriptions[sub_id]["customer"]
+    now = int(time.time())
+    odd = [
+        {"id": sub_id, "customer": stripe_customer, "status": "active", "items": {"data": ["x", 3]}},
+        {"id": sub_id, "customer": stripe_customer, "status": "active", "items": [1], "current_period_end": "soon"},
+        {"id": sub_id, "customer": {"id": stripe_customer}, "status": "x" * 500},
+        {"id": 7, "customer": stripe_customer, "status": "active"},
+        {"id": sub_id, "customer": ["cus"], "status": "active"},
+    ]
+    for i, obj in enumerate(odd):
+        r = await deliver(api_s, "customer.subscription.updated", obj, now + i)
+        assert r.status_code == 200, (obj, await r.get_data(as_text=True))
+    r = await deliver(api_s, "invoice.paid", {"id": "in_x", "customer": stripe_customer, "parent": "p"}, now + 10)
+    assert r.status_code == 200
+    assert (await customer_row(api_s, c.id))["status"] == "active"

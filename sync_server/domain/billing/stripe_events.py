@@ -93,21 +93,25 @@ def _time(value: Any) -> dt.datetime | None:
     return None
 
 
+def _items(sub: dict) -> list[dict]:
+    """The subscription's items (what of them is well formed)."""
+    items = sub.get("items")
+    data = items.get("data") if isinstance(items, dict) else None
+    return [i for i in data if isinstance(i, dict)] if isinstance(data, list) else []
+
+
 def _period_end(sub: dict) -> dt.datetime | None:
     """current_period_end: on the subscription (older API versions) or on its items (2025-03+)."""
     end = _time(sub.get("current_period_end"))
     if end is None:
-        items = (sub.get("items") or {}).get("data") if isinstance(sub.get("items"), dict) else None
-        ends = [_time(i.get("current_period_end")) for i in items or [] if isinstance(i, dict)]
+        ends = [_time(i.get("current_period_end")) for i in _items(sub)]
         end = max((e for e in ends if e is not None), default=None)
     return end
 
 
 def _price(sub: dict) -> str | None:
-    items = (sub.get("items") or {}).get("data") if isinstance(sub.get("items"), dict) else None
-    if not items or not isinstance(items[0], dict):
-        return None
-    return _ref(items[0].get("price"))
+    items = _items(sub)
+    return _ref(items[0].get("price")) if items else None
 
 
 def _rank(status: str | None) -> int:
@@ -126,7 +130,8 @@ def subscription_change(account: asyncpg.Record, created: int, sub: dict) -> tup
         if not (tracked is None or account["subscription_status"] in policy.ENDED) or status in policy.ENDED:
             return None, "ignored"
         state["stripe_subscription_id"] = sub_id
-        state["stripe_item_id"] = _ref(((sub.get("items") or {}).get("data") or [{}])[0].get("id"))
+        items = _items(sub)
+        state["stripe_item_id"] = _ref(items[0].get("id")) if items else None
     else:
         old_status, old_at = account["subscription_status"], account["status_at"]
         if old_status in policy.ENDED:
