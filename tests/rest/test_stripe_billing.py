@@ -534,3 +534,14 @@ async def test_signed_but_malformed_objects_are_answered_not_crashed_on(api_s, s
     r = await deliver(api_s, "invoice.paid", {"id": "in_x", "customer": stripe_customer, "parent": "p"}, now + 10)
     assert r.status_code == 200
     assert (await customer_row(api_s, c.id))["status"] == "active"
+
+
+async def test_an_operators_plan_change_reaches_stripe(api_s, stripe_api):
+    c, sub_id = await subscribed(api_s, stripe_api)
+    r = await api_s.post(
+        f"/api/v1/customers/{c.id}/plan", headers=await api_s.operator(), json={"plan_id": "professional"}
+    )
+    assert r.status_code == 200, await r.get_data(as_text=True)
+    body = await settled(api_s, c.id)
+    assert body["stripe_price_id"] == "price_pro"
+    assert stripe_api.subscriptions[sub_id]["items"]["data"][0]["price"]["id"] == "price_pro"
