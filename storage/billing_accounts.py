@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 
 _ACCOUNT = (
-    "customer_id, stripe_customer_id, stripe_subscription_id, stripe_item_id, stripe_price_id, cancel_at_period_end, "
+    "customer_id, stripe_customer_id, pushed_profile, stripe_subscription_id, stripe_item_id, stripe_price_id, cancel_at_period_end, "
     "wanted_version, pushed_version, attempts, next_attempt_at, lease_until, last_error, pushed_at, "
     "subscription_status, status_at, current_period_end, past_due_since, invoice_status, invoice_at, suspended_for, "
     "created_at, updated_at"
@@ -81,11 +81,14 @@ async def claim(conn: asyncpg.Connection, customer_id, lease_seconds: float) -> 
     )
 
 
-async def set_stripe_customer(conn: asyncpg.Connection, customer_id, stripe_customer_id: str) -> None:
+async def set_stripe_customer(conn: asyncpg.Connection, customer_id, stripe_customer_id: str, profile: str) -> None:
+    """The Stripe customer, and the digest of the name and email it was given."""
     await conn.execute(
-        "UPDATE billing_accounts SET stripe_customer_id = $2, updated_at = now() WHERE customer_id = $1",
+        "UPDATE billing_accounts SET stripe_customer_id = $2, pushed_profile = $3, updated_at = now() "
+        "WHERE customer_id = $1",
         customer_id,
         stripe_customer_id,
+        profile,
     )
 
 

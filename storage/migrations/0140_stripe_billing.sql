@@ -20,6 +20,7 @@ UPDATE customers SET suspended_by = 'operator' WHERE status = 'suspended';
 CREATE TABLE billing_accounts (
     customer_id             uuid PRIMARY KEY REFERENCES customers (id) ON DELETE CASCADE,
     stripe_customer_id      text UNIQUE CHECK (length(stripe_customer_id) <= 255),
+    pushed_profile          text CHECK (length(pushed_profile) <= 64),  -- sha256 of the name and email Stripe has
     stripe_subscription_id  text CHECK (length(stripe_subscription_id) <= 255),
     stripe_item_id          text CHECK (length(stripe_item_id) <= 255),
     stripe_price_id         text CHECK (length(stripe_price_id) <= 255),

@@ -545,3 +545,20 @@ async def test_an_operators_plan_change_reaches_stripe(api_s, stripe_api):
     body = await settled(api_s, c.id)
     assert body["stripe_price_id"] == "price_pro"
     assert stripe_api.subscriptions[sub_id]["items"]["data"][0]["price"]["id"] == "price_pro"
+
+
+async def test_a_new_name_or_email_reaches_the_stripe_customer(api_s, stripe_api):
+    c, _sub = await subscribed(api_s, stripe_api)
+    ops = await api_s.operator()
+    r = await api_s.patch(f"/api/v1/customers/{c.id}", headers=ops, json={"metadata": {"tier": "gold"}})
+    assert r.status_code == 200
+    assert stripe_api.calls("POST", "/v1/customers/") == []  # nothing Stripe holds changed
+    r = await api_s.patch(
+        f"/api/v1/customers/{c.id}", headers=ops, json={"name": "Alpha Fleet", "email": "bill@alpha.example"}
+    )
+    assert r.status_code == 200
+    body = await settled(api_s, c.id)
+    [update] = stripe_api.calls("POST", f"/v1/customers/{body['stripe_customer_id']}")
+    assert update.idempotency_key == f"webhost-{c.id}-customer-update-v2"
+    assert stripe_api.customers[body["stripe_customer_id"]]["email"] == "bill@alpha.example"
+    assert stripe_api.customers[body["stripe_customer_id"]]["name"] == "Alpha Fleet"

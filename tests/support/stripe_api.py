@@ -186,6 +186,12 @@ class FakeStripe:
                 "created": int(time.time()),
             }
             return 200, self.customers[cid]
+        if parts[:2] == ["v1", "customers"] and method == "POST" and len(parts) == 3:
+            found_customer = self.customers.get(parts[2])
+            if found_customer is None:
+                return 404, _error("invalid_request_error", "No such customer", code="resource_missing")
+            found_customer.update({k: params[k] or None for k in ("name", "email") if k in params})
+            return 200, found_customer
         if parts == ["v1", "customers", "search"] and method == "GET":
             wanted = params.get("query", "").rsplit(":", 1)[-1].strip("'")
             found = [c for c in self.customers.values() if c["metadata"].get("webhost_customer_id") == wanted]

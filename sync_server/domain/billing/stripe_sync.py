@@ -1,6 +1,6 @@
 """Pushing customers and plans to Stripe (with STRIPE_SECRET_KEY): an outbox in billing_accounts.
 
-A change Stripe must hear about (a customer created, a plan changed, a cancel at period end) calls
+A change Stripe must hear about (a customer created or renamed, a plan changed, a cancel at period end) calls
 `changed(rt, conn, customer_id)` in the transaction that makes it: one more `wanted_version` is
 written with the change, so the change commits whatever Stripe does and is never lost. After the
 commit `wake` pushes it at once in a background job; every node's sync loop (`StripeSync.run`,
@@ -14,6 +14,7 @@ Pushing reads the customer's state *now* (its active plan's `stripe_price_id`, c
 lease (one pusher per customer across nodes) and makes Stripe hold it:
 - no Stripe customer yet: create it (idempotency key `webhost-<id>-customer-create`), after a
   failed attempt first searching for one (metadata.webhost_customer_id) an earlier request made;
+  its name or email changed since (`pushed_profile`): update it (`webhost-<id>-customer-update-v<version>`);
 - a priced plan and no subscription: create one (`webhost-<id>-subscription-create-v<version>`),
   after a failed attempt first looking for one made by a request whose answer was lost;
 - a different price or cancel flag: update the subscription item
@@ -27,6 +28,7 @@ invoiced (`collection_method=send_invoice`, due in INVOICE_DAYS_UNTIL_DUE days).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import re
 from typing import TYPE_CHECKING, Any
@@ -106,6 +108,11 @@ def describe(exc: BaseException) -> str:
         code = getattr(exc, "code", None)
         return redacted(f"{type(exc).__name__} status={status} code={code}: {exc.user_message or ''}".strip())
     return redacted(f"{type(exc).__name__}: {exc}")
+
+
+def _profile(name: str, email: str | None) -> str:
+    """The digest of what the Stripe customer is told about ours (a change is pushed)."""
+    return hashlib.sha256(f"{name}\n{email or ''}".encode()).hexdigest()
 
 
 def _item_of(subscription: dict) -> tuple[str | None, str | None]:
@@ -223,20 +230,30 @@ class StripeSync:
         customer_id = str(job["customer_id"])
         key = f"webhost-{customer_id}"
         metadata = {"webhost_customer_id": customer_id, "webhost_slug": job["slug"]}
+        version = job["wanted_version"]
+        profile = _profile(job["name"], job["email"])
         stripe_customer = job["stripe_customer_id"]
+        found = False
         if stripe_customer is None and job["attempts"] > 0:
             stripe_customer = await self._find_customer(customer_id)
+            found = stripe_customer is not None
         if stripe_customer is None:
             params: Any = {"name": job["name"], "metadata": metadata}
             if job["email"]:
                 params["email"] = job["email"]
             created = await self.client.v1.customers.create_async(params, {"idempotency_key": f"{key}-customer-create"})
             stripe_customer = created.id
-            async with self.rt.db.operator("stripe_customer_created", customer_id=customer_id) as conn:
-                await store.set_stripe_customer(conn, job["customer_id"], stripe_customer)
+        elif found or job["pushed_profile"] != profile:  # its name or email changed since
+            await self.client.v1.customers.update_async(
+                stripe_customer,
+                {"name": job["name"], "email": job["email"] or ""},
+                {"idempotency_key": f"{key}-customer-update-v{version}"},
+            )
+        if stripe_customer != job["stripe_customer_id"] or profile != job["pushed_profile"]:
+            async with self.rt.db.operator("stripe_customer_pushed", customer_id=customer_id) as conn:
+                await store.set_stripe_customer(conn, job["customer_id"], stripe_customer, profile)
         price, cancel = job["wanted_price"], bool(job["wanted_cancel"])
         subscription, item = job["stripe_subscription_id"], job["stripe_item_id"]
-        version = job["wanted_version"]
         if price is None:  # a free plan: no Stripe subscription
             if subscription is not None:
                 await self._cancel(subscription, f"{key}-subscription-cancel-{subscription}")
