@@ -1,7 +1,7 @@
 """Pushing customers and plans to Stripe (with STRIPE_SECRET_KEY): an outbox in billing_accounts.
 
-A change Stripe must hear about (a customer created or renamed, a plan changed, a cancel at period end) calls
-`changed(rt, conn, customer_id)` in the transaction that makes it: one more `wanted_version` is
+A change Stripe must hear about (a customer created or renamed, a plan changed, a cancel at period
+end) calls `changed(rt, conn, customer_id)` in the transaction that makes it: one more `wanted_version` is
 written with the change, so the change commits whatever Stripe does and is never lost. After the
 commit `wake` pushes it at once in a background job; every node's sync loop (`StripeSync.run`,
 every STRIPE_SYNC_INTERVAL_SECONDS) retries what failed, with backoff, and applies the billing
@@ -14,7 +14,8 @@ Pushing reads the customer's state *now* (its active plan's `stripe_price_id`, c
 lease (one pusher per customer across nodes) and makes Stripe hold it:
 - no Stripe customer yet: create it (idempotency key `webhost-<id>-customer-create`), after a
   failed attempt first searching for one (metadata.webhost_customer_id) an earlier request made;
-  its name or email changed since (`pushed_profile`): update it (`webhost-<id>-customer-update-v<version>`);
+  its name or email changed since (`pushed_profile`): update it
+  (`webhost-<id>-customer-update-v<version>`);
 - a priced plan and no subscription: create one (`webhost-<id>-subscription-create-v<version>`),
   after a failed attempt first looking for one made by a request whose answer was lost;
 - a different price or cancel flag: update the subscription item
@@ -70,7 +71,7 @@ async def plan_repriced(rt: Runtime, conn: asyncpg.Connection, plan_id: str) -> 
 def wake_all(rt: Runtime) -> None:
     """After a commit that queued pushes for many customers: run a sync round now."""
     if rt.billing_provider is not None:
-        rt.billing_provider._wake.set()
+        rt.billing_provider.wake()
 
 
 async def subscription_of(rt: Runtime, conn: asyncpg.Connection, customer_id) -> str | None:
@@ -145,6 +146,10 @@ class StripeSync:
 
     async def close(self) -> None:
         await self.http.close_async()
+
+    def wake(self) -> None:
+        """Run the next sync round now."""
+        self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -359,7 +364,7 @@ def install(rt: Runtime) -> StripeSync | None:
         rt.spawn(sync.run(), "stripe_sync")
 
     async def drain() -> None:
-        sync._wake.set()
+        sync.wake()
 
     rt.on_start(start)
     rt.on_drain(drain)
