@@ -224,7 +224,15 @@ export class SyncedDoc {
     if (ws !== this._ws) return
     this._lastMessage = Date.now()
     if (!(event.data instanceof ArrayBuffer)) return // the server sends binary frames only
-    const msg = wire.readFrame(new Uint8Array(event.data), this.doc, this)
+    let msg
+    try {
+      msg = wire.readFrame(new Uint8Array(event.data), this.doc, this)
+    } catch (err) {
+      // a frame this client cannot read: start again on a fresh socket (the sync repairs the rest)
+      this._events.emit('error', /** @type {Error} */ (err))
+      ws.close()
+      return
+    }
     switch (msg.type) {
       case 'sync':
         if (msg.reply) {
