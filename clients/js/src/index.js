@@ -12,3 +12,16 @@ export { blobStorage, memoryStorage, STORE } from './storage.js'
 export { backoffDelay } from './backoff.js'
 export { tokenExpiry } from './tokens.js'
 export * as Y from 'yjs'
+
+/**
+ * The types an app binds its UI to (TypeScript: `import type { SyncStatus } from '@webhost/sync-client'`).
+ * @typedef {import('./document.js').SyncStatus} SyncStatus
+ * @typedef {import('./document.js').DocStatus} DocStatus
+ * @typedef {import('./document.js').Refusal} Refusal
+ * @typedef {import('./session.js').ConnectOptions} ConnectOptions
+ * @typedef {import('./tracker.js').Feedback} Feedback
+ * @typedef {import('./tracker.js').DayFeedback} DayFeedback
+ * @typedef {import('./points.js').Fix} Fix
+ * @typedef {import('./storage.js').Storage} Storage
+ * @typedef {import('./tokens.js').TokenResult} TokenResult
+ */
