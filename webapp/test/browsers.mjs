@@ -11,14 +11,19 @@
 //   + const browser = await launch()    // import { launch } from '<repo>/webapp/test/browsers.mjs'
 // and its pytest test by taking the `browser` parameter (tests/support/browsers.py: `@browsers.each`,
 // and `env=browsers.env(browser)` for the node subprocess). Used by webapp/test/scenario.mjs and
-// console.mjs. What the Firefox side offers (anything else throws, so a gap shows at once):
+// console.mjs. What the Firefox side offers (anything else is missing: a TypeError shows the gap at once):
 //   browser.newContext({ viewport }) / close(); context.newPage() / setOffline(b) / close();
-//   page.on('pageerror' | 'console' | 'dialog'), goto, evaluate, waitForFunction(fn, arg, { timeout }),
-//   waitForSelector (visible, as Playwright's default), click, fill, press, focus, selectOption
+//   page.on('pageerror' | 'console' | 'dialog'), goto, reload, url, close, exposeFunction, evaluate,
+//   waitForFunction(fn, arg, { timeout }), waitForSelector (visible, as Playwright's default), click, fill, press, focus, selectOption
 //   (value or label), textContent, getAttribute, inputValue, isVisible, isHidden, isDisabled, $$eval,
 //   screenshot, setViewportSize, locator(css).boundingBox() / focus(), keyboard, mouse,
 //   request.get / post (a fetch from the page, so it shares the context's cookies).
-// CSS selectors only (no Playwright :has-text / text= engines).
+// CSS selectors only (no Playwright :has-text / text= engines); no context.route (serve files over HTTP).
+// Firefox differs: a failed WebSocket connection is a 'pageerror' there (Chromium: a console error);
+// a page focused from script shows no :focus-visible ring (Tab does); each page gets its own window
+// (a tab behind another is hidden and gets no requestAnimationFrame, which the web app renders on).
+// The client library's test (clients/js/test/browser/run.mjs) can take `launch(cfg.browser)` for its
+// browser, serving its page over its HTTP server in both browsers instead of context.route.
 
 export const BROWSERS = ['chromium', 'firefox']
 
@@ -91,6 +96,10 @@ function wrapPage (page) {
     mouse: page.mouse,
     on (event, fn) { page.on(event, fn); return this },
     goto: (url) => page.goto(url),
+    reload: () => page.reload(),
+    url: () => page.url(),
+    close: () => page.close(),
+    exposeFunction: (name, fn) => page.exposeFunction(name, fn),
     evaluate: (fn, arg) => page.evaluate(fn, arg),
     waitForFunction: (fn, arg, { timeout = TIMEOUT } = {}) => page.waitForFunction(fn, { timeout, polling: 50 }, arg),
     waitForSelector: (selector, { timeout } = {}) => visible(selector, timeout),
