@@ -14,10 +14,11 @@
 // console.mjs. What the Firefox side offers (anything else is missing: a TypeError shows the gap at once):
 //   browser.newContext({ viewport }) / close(); context.newPage() / setOffline(b) / close();
 //   page.on('pageerror' | 'console' | 'dialog'), goto, reload, url, close, exposeFunction, evaluate,
-//   waitForFunction(fn, arg, { timeout }), waitForSelector (visible, as Playwright's default), click,
-//   fill, press, focus, selectOption (value or label), textContent, getAttribute, inputValue, isVisible, isHidden, isDisabled, $$eval,
-//   screenshot, setViewportSize, locator(css).boundingBox() / focus(), keyboard, mouse,
-//   request.get / post (a fetch from the page, so it shares the context's cookies).
+//   waitForFunction(fn, arg, { timeout }), waitForSelector (visible, as Playwright's default),
+//   click, fill, press, focus, selectOption (value or label), textContent, getAttribute, inputValue,
+//   isVisible, isHidden, isDisabled, $$eval, screenshot, setViewportSize, keyboard, mouse,
+//   locator(css).boundingBox() / focus(), request.get / post (a fetch from the page: the context's
+//   cookies go with it).
 // CSS selectors only (no Playwright :has-text / text= engines); no context.route (serve files over HTTP).
 // Firefox differs: a failed WebSocket connection is a 'pageerror' there (Chromium: a console error);
 // a page focused from script shows no :focus-visible ring (Tab does); each page gets its own window
