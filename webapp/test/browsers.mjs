@@ -12,9 +12,9 @@
 // and its pytest test by taking the `browser` parameter (tests/support/browsers.py: `@browsers.each`,
 // and `env=browsers.env(browser)` for the node subprocess). Used by webapp/test/scenario.mjs and
 // console.mjs. What the Firefox side offers (anything else is missing: a TypeError shows the gap at once):
-//   browser.newContext({ viewport }) / close(); context.newPage() / setOffline(b) / close();
+//   browser.newPage / newContext({ viewport }) / close(); context.newPage() / setOffline(b) / close();
 //   page.on('pageerror' | 'console' | 'dialog'), goto, reload, url, close, exposeFunction, evaluate,
-//   waitForFunction(fn, arg, { timeout }), waitForSelector (visible, as Playwright's default),
+//   waitForTimeout, waitForFunction(fn, arg, { timeout }), waitForSelector (visible, as Playwright's),
 //   click, fill, press, focus, selectOption (value or label), textContent, getAttribute, inputValue,
 //   isVisible, isHidden, isDisabled, $$eval, screenshot, setViewportSize, keyboard, mouse,
 //   locator(css).boundingBox() / focus(), request.get / post (a fetch from the page: the context's
@@ -50,8 +50,9 @@ async function firefox () {
   const browser = await puppeteer.launch({
     browser: 'firefox', executablePath: process.env.FIREFOX || '/usr/bin/firefox-esr', headless: true
   })
-  return {
+  const wrapped = {
     puppeteer: browser,
+    async newPage (options) { return (await wrapped.newContext(options)).newPage() }, // as Playwright: a page in a new context
     async newContext ({ viewport } = {}) {
       const context = await browser.createBrowserContext()
       const pages = []
@@ -69,6 +70,7 @@ async function firefox () {
     },
     close: () => browser.close()
   }
+  return wrapped
 }
 
 function wrapPage (page) {
@@ -101,6 +103,7 @@ function wrapPage (page) {
     url: () => page.url(),
     close: () => page.close(),
     exposeFunction: (name, fn) => page.exposeFunction(name, fn),
+    waitForTimeout: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     evaluate: (fn, arg) => page.evaluate(fn, arg),
     waitForFunction: (fn, arg, { timeout = TIMEOUT } = {}) => page.waitForFunction(fn, { timeout, polling: 50 }, arg),
     waitForSelector: (selector, { timeout } = {}) => visible(selector, timeout),
