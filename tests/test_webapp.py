@@ -155,5 +155,6 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "providers": 0,
         "signInShown": True,
     }
+    assert seen["signOutNote"] == "Signed out."  # not "session ended": the page's own sockets closing did not count
     assert seen["errors"] == []
     assert len(list(shots.glob("*.png"))) == 11

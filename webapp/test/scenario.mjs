@@ -243,7 +243,7 @@ try {
     })
     return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, providers: window.webapp.providers.length, signInShown: !document.getElementById('signin-view').hidden }
   }, [cfg.slug, token])
-  step('signed_out', { afterSignOut })
+  step('signed_out', { afterSignOut, signOutNote: await a.page.textContent('#signin-note') })
   await shot(a, '9-signed-out')
   result.errors = errors
   console.log(JSON.stringify(result))
