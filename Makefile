@@ -24,24 +24,24 @@ js:
 	  if [ -f $$d/package.json ] && grep -q '"build"' $$d/package.json; then (cd $$d && npm run --silent build) || exit 1; fi; \
 	done
 
-# Headless Chromium for the browser tests (dashboard example, web app, console; Debian's package; needs root).
+# Headless Chromium for the dashboard example's browser test (Debian's package; needs root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
-
-# Firefox ESR for the same browser tests in Firefox (Debian's package; puppeteer-core drives it over
-# WebDriver BiDi: webapp/test/browsers.mjs; needs root).
-firefox:
-	@command -v firefox-esr >/dev/null 2>&1 || { \
-	  echo "installing Debian's firefox-esr for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
 
 # promtool for tests/test_alert_rules.py (Debian's prometheus package ships it; needs root).
 prometheus:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus for promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# Firefox ESR for the browser tests in Firefox (web app, console, dashboard example) (Debian's package; puppeteer-core drives it over
+# WebDriver BiDi: webapp/test/browsers.mjs; needs root).
+firefox:
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  echo "installing Debian's firefox-esr for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
 
 run: $(STAMP) js
 	$(BIN)/webhost-sync serve
