@@ -36,8 +36,8 @@ prometheus:
 	  echo "installing Debian's prometheus for promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
-# Firefox ESR for the browser tests in Firefox (web app, console, dashboard example) (Debian's package; puppeteer-core drives it over
-# WebDriver BiDi: webapp/test/browsers.mjs; needs root).
+# Firefox ESR for the browser tests in Firefox: web app, console, dashboard example (Debian's package;
+# puppeteer-core drives it over WebDriver BiDi: webapp/test/browsers.mjs; needs root).
 firefox:
 	@command -v firefox-esr >/dev/null 2>&1 || { \
 	  echo "installing Debian's firefox-esr for the browser tests"; \
