@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test test-fast lint install js browser prometheus bench clean
+.PHONY: run test test-fast lint install js browser firefox prometheus bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,19 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
-	@command -v firefox-esr >/dev/null 2>&1 || { \
-	  echo "installing Debian's firefox-esr for the client library's browser test"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
 
 # promtool for tests/test_alert_rules.py (Debian's prometheus package ships it; needs root).
 prometheus:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus for promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# Firefox ESR for the browser tests in Firefox: web app, console, dashboard example, client library (Debian's package;
+# puppeteer-core drives it over WebDriver BiDi: webapp/test/browsers.mjs; needs root).
+firefox:
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  echo "installing Debian's firefox-esr for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
 
 run: $(STAMP) js
 	$(BIN)/webhost-sync serve
@@ -52,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint js browser prometheus
+test: lint js browser firefox prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fast part: no real JS clients, no browser, no multi-node / Redis, nothing over ~10 s.

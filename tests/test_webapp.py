@@ -1,8 +1,8 @@
-"""The dispatcher web app (/app/) in real headless Chromium against a real server, no map tiles
-(MAP_TILE_URL=none: markers, trails and geofences on a plain background). webapp/test/scenario.mjs
-drives four browsers (two dispatchers, a viewer, another customer's dispatcher) and a tracker
-(yjs + y-websocket in Node); this test sets the customers up through REST and checks what the
-browsers saw. Screenshots are kept in var/test-artifacts/webapp/ (printed)."""
+"""The dispatcher web app (/app/) in real headless Chromium and Firefox ESR (tests/support/browsers.py)
+against a real server, no map tiles (MAP_TILE_URL=none: markers, trails and geofences on a plain
+background). webapp/test/scenario.mjs drives four browsers (two dispatchers, a viewer, another
+customer's dispatcher) and a tracker (yjs + y-websocket in Node); this test sets the customers up
+through REST and checks what the browsers saw. Screenshots are kept in var/test-artifacts/webapp/<browser>/ (printed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .support import browsers
 from .support.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def app_server(server_env, tmp_path):
     proc.stop()
 
 
-def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, tmp_path):
+@browsers.each
+def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, tmp_path, browser):
     server = app_server
     operator = _operator_token(server)
     acme = _customer(server, operator, "acme-freight")
@@ -83,7 +85,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     _user(other, "eve@other.example", "admin")
     vehicle = acme.post("/api/v1/vehicles", json={"name": "van-7", "vehicle_identifier": "van-7"}).json()["id"]
     tracker = acme.post("/api/v1/sync-tokens", json={"docs": [f"tracks/{vehicle}/*"], "mode": "rw"}).json()["token"]
-    shots = ROOT / "var" / "test-artifacts" / "webapp"  # kept after the run (pytest's tmp dirs rotate)
+    shots = ROOT / "var" / "test-artifacts" / "webapp" / browser  # kept after the run (pytest's tmp dirs rotate)
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     config = {
@@ -102,6 +104,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     run = subprocess.run(
         ["node", "test/scenario.mjs", "--config", str(tmp_path / "scenario.json")],
         cwd=WEBAPP,
+        env=browsers.env(browser),
         capture_output=True,
         text=True,
         timeout=200,
@@ -152,5 +155,6 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "syncing": False,
         "signInShown": True,
     }
+    assert seen["signOutNote"] == "Signed out."  # not "session ended": the page's own sockets closing did not count
     assert seen["errors"] == []
     assert len(list(shots.glob("*.png"))) == 11

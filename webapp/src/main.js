@@ -115,6 +115,7 @@ $('signin-form').addEventListener('submit', async (e) => {
 })
 
 $('sign-out').addEventListener('click', async () => {
+  stopSync() // first: the server closes our sockets (4401) as it ends the session; nothing may react ("session ended")
   try { await api('DELETE', '/api/v1/app/session') } catch { /* the session is gone either way */ }
   signedOut('Signed out.')
 })

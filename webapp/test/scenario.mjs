@@ -1,4 +1,4 @@
-// The dispatcher app end to end in real headless Chromium, against a real server
+// The dispatcher app end to end in real headless Chromium or Firefox (browsers.mjs), against a real server
 // (tests/test_webapp.py sets the server up and checks what this prints):
 //   two dispatchers of one customer sign in; a tracker (yjs + y-websocket in Node) sends fixes and
 //   the marker moves on both screens; one draws a geofence, the other sees it; the tracker crosses
@@ -8,7 +8,7 @@
 //
 //   node test/scenario.mjs --config scenario.json    (prints one JSON line; screenshots into config.shots)
 import { readFileSync } from 'node:fs'
-import { chromium } from 'playwright-core'
+import { launch } from './browsers.mjs'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -23,10 +23,7 @@ const result = { steps: [] }
 const step = (name, data = {}) => { result.steps.push(name); Object.assign(result, data) }
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-})
+const browser = await launch() // TEST_BROWSER: chromium (default) or firefox
 const killer = setTimeout(() => { console.error('scenario timed out; steps: ' + result.steps.join(', ')); process.exit(3) }, 170000)
 const errors = []
 
@@ -166,7 +163,7 @@ try {
 
   // 6b. bob edits the circle's radius, alice draws a polygon: each sees the other's change
   await b.page.evaluate(() => { document.getElementById('panel-geofences').open = true })
-  await b.page.click('#geofence-list li button:has-text("Edit")')
+  await b.page.click('#geofence-list li button:nth-of-type(2)') // Edit (of Show, Edit, Delete)
   await b.page.fill('#geofence-radius', '250')
   await b.page.click('#geofence-save')
   await a.page.waitForFunction(() => [...window.webapp.geofences.values()].some((g) => g.radius_meters === 250), null, { timeout: WAIT })
@@ -249,7 +246,7 @@ try {
     })
     return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, syncing: window.webapp.sync !== null, signInShown: !document.getElementById('signin-view').hidden }
   }, [cfg.slug, token])
-  step('signed_out', { afterSignOut })
+  step('signed_out', { afterSignOut, signOutNote: await a.page.textContent('#signin-note') })
   await shot(a, '9-signed-out')
   result.errors = errors
   console.log(JSON.stringify(result))
