@@ -27,7 +27,7 @@ import structlog
 
 from storage import documents
 from storage.registry import DatabaseRegistry
-from sync_server.extensions.doc_rebuild import merge
+from sync_server.extensions.doc_rebuild import merge, rebuilt
 from sync_server.sync import control
 from sync_server.sync.connection import Connection
 from sync_server.sync.hooks import RoomHooks, is_remote
@@ -43,6 +43,16 @@ class LogBacklog:
     rows: int = 0
     bytes: int = 0
     compacted_at: float | None = None
+
+
+@dataclass
+class Loaded:
+    """What a load replayed into the room's doc (the log rows by seq and their bytes, the
+    snapshot's update_count then), handed to the compaction that follows it."""
+
+    seqs: list[int]
+    snapshot_count: int
+    bytes: int
 
 
 class Persistence(RoomHooks):
@@ -75,17 +85,20 @@ class Persistence(RoomHooks):
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
         stored = await documents.load(db, room.customer_id, room.doc)
-        # The tail is folded into one update on a private doc in a worker thread: linear, off the
-        # event loop. (pycrdt.merge_updates over the tail was superlinear: 20k updates took 8.7 s and
+        # The tail is replayed on a private doc in a worker thread (linear, off the event loop), and
+        # that doc becomes the room's: no second encode and apply of the whole state (22 ms at 100k
+        # rows). (pycrdt.merge_updates over the tail was superlinear: 20k updates took 8.7 s and
         # 100k ran out of memory; see bench/RESULTS.md, cold load.)
-        state = await merge(stored.snapshot, stored.updates) if stored.updates else stored.snapshot
-        if state:
-            room.ydoc.apply_update(state)
+        if stored.updates:
+            room.ydoc = await rebuilt(stored.snapshot, stored.updates)
+        elif stored.snapshot:
+            room.ydoc.apply_update(stored.snapshot)
         backlog = room.state(LogBacklog)
         backlog.rows = len(stored.updates)
         backlog.bytes = sum(len(u) for u in stored.updates)
         if self._due(room):
-            self._compact_soon(room)
+            # Compact on load: the doc just replayed is the new snapshot (no second read and replay).
+            self._compact_soon(room, Loaded(stored.seqs, stored.snapshot_count, backlog.bytes))
 
     async def change(self, room: Room, update: bytes, origin: Any) -> None:
         if is_remote(origin):
@@ -150,15 +163,15 @@ class Persistence(RoomHooks):
         backlog = room.state(LogBacklog)
         return backlog.rows >= self.compact_after or backlog.bytes >= self.compact_after_bytes
 
-    def _compact_soon(self, room: Room) -> None:
+    def _compact_soon(self, room: Room, loaded: Loaded | None = None) -> None:
         key = (room.customer_id, room.doc)
         if key in self._compacting or self.log.is_paused(room.customer_id):
             return
-        task = asyncio.ensure_future(self._compact(room))
+        task = asyncio.ensure_future(self._compact(room, loaded))
         self._compacting[key] = task
         task.add_done_callback(lambda _t: self._compacting.pop(key, None))
 
-    async def _compact(self, room: Room) -> None:
+    async def _compact(self, room: Room, loaded: Loaded | None = None) -> None:
         try:
             backlog = room.state(LogBacklog)
             last = backlog.compacted_at
@@ -172,7 +185,14 @@ class Persistence(RoomHooks):
             if self.log.is_paused(room.customer_id):
                 return
             db = await self.registry.for_customer(room.customer_id)
-            merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
+            # The room's doc holds at least the loaded rows (and maybe later updates: harmless in a
+            # snapshot, they are replayed again from the log idempotently).
+            if loaded is not None and await documents.compact_loaded(
+                db, room.customer_id, room.doc, loaded.seqs, loaded.snapshot_count, room.ydoc.get_update()
+            ):
+                merged, merged_bytes = len(loaded.seqs), loaded.bytes
+            else:
+                merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             backlog.rows = max(0, backlog.rows - merged)
             backlog.bytes = max(0, backlog.bytes - merged_bytes)
             self.compactions += 1
