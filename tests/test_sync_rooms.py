@@ -289,23 +289,12 @@ async def _log_rows(database_url: str, customer_id: str, doc: str, updates: list
         await conn.close()
 
 
-def _pushes(count: int) -> list[bytes]:
-    doc = pycrdt.Doc()
-    log = doc.get("log", type=pycrdt.Array)
-    updates: list[bytes] = []
-    sub = doc.observe(lambda event: updates.append(event.update))
-    for i in range(count):
-        log.append({"i": i})
-    doc.unobserve(sub)
-    return updates
-
-
 async def test_a_long_log_loads_whole_and_becomes_the_snapshot_on_load(core, database_url):
     rooms, log, registry = core
     customer = await sync_peers.create_customer(database_url)
     # more rows than one replay transaction holds, in an order the engine must wait on (the last
     # row first: it builds on all the others)
-    updates = _pushes(doc_rebuild.ROWS_PER_TRANSACTION * 3 + 5)
+    updates = sync_peers.array_pushes(doc_rebuild.ROWS_PER_TRANSACTION * 3 + 5)
     await _log_rows(database_url, customer.id, "fleet", updates[-1:] + updates[:-1])
     room = await rooms.get(customer.id, "fleet")
     expected = [{"i": float(i)} for i in range(len(updates))]
@@ -326,7 +315,7 @@ async def test_a_long_log_loads_whole_and_becomes_the_snapshot_on_load(core, dat
 async def test_compaction_from_a_load_steps_aside_when_another_compaction_ran_since(core, database_url):
     _rooms, _log, registry = core
     customer = await sync_peers.create_customer(database_url)
-    updates = _pushes(30)
+    updates = sync_peers.array_pushes(30)
     await _log_rows(database_url, customer.id, "fleet", updates[:20])
     db = await registry.for_customer(customer.id)
     loaded = await documents.load(db, customer.id, "fleet")

@@ -11,16 +11,9 @@ from . import Metric, RunContext, Scenario, register
 
 def logged_updates(count: int) -> list[bytes]:
     """`count` real Yjs updates, one Y.Array push of {i} each, made with pycrdt."""
-    from pycrdt import Array, Doc
+    from tests.support.sync_peers import array_pushes
 
-    doc = Doc()
-    log = doc.get("log", type=Array)
-    updates: list[bytes] = []
-    subscription = doc.observe(lambda event: updates.append(event.update))
-    for i in range(count):
-        log.append({"i": i})
-    doc.unobserve(subscription)
-    return updates
+    return array_pushes(count)
 
 
 def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
