@@ -188,7 +188,7 @@ class OwnServer:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        for _ in range(600):
+        for _ in range(600 if not self.wrapper else 6000):  # under valgrind start-up takes minutes on a busy machine
             if self.proc.poll() is not None:  # died at start: say what it said, do not wait out the minute
                 tail = (Path(self.tmp.name) / "server.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
