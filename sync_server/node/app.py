@@ -22,6 +22,7 @@ from api import (
     json_provider,
     metrics,
     openapi,
+    operator_sessions,
     rest_endpoint,
     webapp,
 )
@@ -63,7 +64,16 @@ def create_app(settings: Settings) -> Quart:
     relay = fanout.install(rt) if settings.redis_url else None
     shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
     app.register_blueprint(docs.blueprint)
-    for area in (openapi, accounts, app_sessions, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+    for area in (
+        openapi,
+        accounts,
+        app_sessions,
+        operator_sessions,
+        customers,
+        api_keys,
+        billing,
+        fleet,
+    ):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
