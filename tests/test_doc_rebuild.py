@@ -56,3 +56,16 @@ def test_the_replay_goes_straight_to_the_engine_and_builds_the_same_doc():
         one_by_one.apply_update(row)
     assert replayed.get_state() == one_by_one.get_state()
     assert replayed.get("log", type=pycrdt.Array).to_py() == [{"i": float(i)} for i in range(len(rows))]
+
+
+def test_a_replay_fed_in_pieces_is_the_rebuild_and_skips_a_bad_row_in_a_later_piece():
+    valid, bad = fuzz.load_case(PANIC_CASE)
+    rows = [valid, *sync_peers.array_pushes(40), protocol.decode(bad).update, _edit("after")]
+    replay = doc_rebuild.Replay(None)
+    for start in range(0, len(rows), 9):
+        replay.feed(rows[start : start + 9])
+    doc = replay.doc()
+    clean = doc_rebuild.rebuild(None, [r for i, r in enumerate(rows) if i != len(rows) - 2])
+    assert doc.get_state() == clean.get_state()
+    assert doc.get("m", type=pycrdt.Map).to_py() == {"after": 1}
+    assert len(doc.get("log", type=pycrdt.Array)) == 40

@@ -328,3 +328,27 @@ async def test_compaction_from_a_load_steps_aside_when_another_compaction_ran_si
     assert len(stored.get("log", type=pycrdt.Array)) == 30  # the newer snapshot was kept
     fresh = await documents.load(db, customer.id, "fleet")
     assert fresh.updates == [] and fresh.snapshot_count == 30
+
+
+async def test_a_log_read_in_pieces_is_one_consistent_read(core, database_url, monkeypatch):
+    rooms, _log, registry = core
+    customer = await sync_peers.create_customer(database_url)
+    updates = sync_peers.array_pushes(60)
+    await _log_rows(database_url, customer.id, "fleet", updates[:50])
+    db = await registry.for_customer(customer.id)
+    pieces = []
+    async for piece in documents.load_pieces(db, customer.id, "fleet", rows=8):
+        pieces.append(piece)
+        if len(pieces) == 1:  # committed while the read is under way: not part of it
+            await _log_rows(database_url, customer.id, "fleet", updates[50:])
+    assert [len(p.updates) for p in pieces] == [8, 8, 8, 8, 8, 8, 2]
+    assert [u for p in pieces for u in p.updates] == updates[:50]
+    assert len({s for p in pieces for s in p.seqs}) == 50
+    # the room's load reads and replays piece by piece too, and compacts what it read
+    monkeypatch.setattr(documents, "LOAD_PIECE_ROWS", 7)
+    room = await rooms.get(customer.id, "fleet")
+    assert room.ydoc.get("log", type=pycrdt.Array).to_py() == [{"i": float(i)} for i in range(60)]
+    while (await sync_peers.stored_updates(database_url, customer, "fleet"))[0]:
+        await asyncio.sleep(0.02)
+    stored = await sync_peers.stored_doc(database_url, customer, "fleet")
+    assert len(stored.get("log", type=pycrdt.Array)) == 60

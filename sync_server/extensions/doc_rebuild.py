@@ -51,10 +51,13 @@ def _engine_apply(doc: pycrdt.Doc, txn: pycrdt.Transaction):
     return lambda update: native.apply_update(native_txn, update)
 
 
-def _apply_rows(doc: pycrdt.Doc, updates: list[bytes], skip: set[int]) -> int | None:
-    """Apply every row not in `skip`, ROWS_PER_TRANSACTION at a time; the index of the first row the
-    engine fails on (the doc is then spoilt: rebuild starts again without it), else None."""
-    for start in range(0, len(updates), ROWS_PER_TRANSACTION):
+def _apply_rows(
+    doc: pycrdt.Doc, updates: list[bytes], skip: set[int], begin: int = 0, *, quiet: bool = False
+) -> int | None:
+    """Apply every row from `begin` on not in `skip`, ROWS_PER_TRANSACTION at a time; the index of
+    the first row the engine fails on (the doc is then spoilt: rebuild starts again without it),
+    else None."""
+    for start in range(begin, len(updates), ROWS_PER_TRANSACTION):
         i = start
         try:
             with doc.transaction() as txn:
@@ -65,17 +68,41 @@ def _apply_rows(doc: pycrdt.Doc, updates: list[bytes], skip: set[int]) -> int | 
         except LET_THROUGH:
             raise
         except BaseException as exc:
-            log.error(
-                "stored_update_skipped", index=i, bytes=len(updates[i]), error=f"{type(exc).__name__}: {exc}"[:200]
-            )
+            if not quiet:
+                log.error(
+                    "stored_update_skipped", index=i, bytes=len(updates[i]), error=f"{type(exc).__name__}: {exc}"[:200]
+                )
             return i
     return None
 
 
-async def rebuilt(snapshot: bytes | None, updates: list[bytes]) -> pycrdt.Doc:
-    """The stored document as a Doc made in a worker thread, to be used on the event loop from then
-    on (persistence: load; a Doc is not thread-safe, but it may change threads)."""
-    return await asyncio.to_thread(rebuild, snapshot, updates)
+class Replay:
+    """`rebuild` fed piece by piece as the rows are read (storage.documents.load_pieces): each
+    `feed` runs in a worker thread while the next piece is read. `doc()` is the same Doc as
+    `rebuild(snapshot, every row)`; should a row fail, that rebuild (skipping it) runs at the end."""
+
+    def __init__(self, snapshot: bytes | None) -> None:
+        self.snapshot = snapshot
+        self.rows: list[bytes] = []
+        self._doc: pycrdt.Doc | None = None
+        self._failed = False
+
+    def feed(self, rows: list[bytes]) -> None:
+        """Apply the next rows (in a worker thread; one feed at a time)."""
+        if self._doc is None:
+            self._doc = pycrdt.Doc()
+            if self.snapshot:
+                self._doc.apply_update(self.snapshot)
+        begin = len(self.rows)
+        self.rows += rows
+        if not self._failed:
+            self._failed = _apply_rows(self._doc, self.rows, set(), begin, quiet=True) is not None
+
+    def doc(self) -> pycrdt.Doc:
+        """The replayed Doc (in a worker thread when a row failed: then it is rebuilt)."""
+        if self._failed or self._doc is None:
+            return rebuild(self.snapshot, self.rows)
+        return self._doc
 
 
 async def merge(snapshot: bytes | None, updates: list[bytes]) -> bytes:

@@ -27,7 +27,7 @@ import structlog
 
 from storage import documents
 from storage.registry import DatabaseRegistry
-from sync_server.extensions.doc_rebuild import merge, rebuilt
+from sync_server.extensions.doc_rebuild import Replay, merge
 from sync_server.sync import control
 from sync_server.sync.connection import Connection
 from sync_server.sync.hooks import RoomHooks, is_remote
@@ -86,21 +86,36 @@ class Persistence(RoomHooks):
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
-        stored = await documents.load(db, room.customer_id, room.doc)
-        # The tail is replayed on a private doc in a worker thread (linear, off the event loop), and
-        # that doc becomes the room's: no second encode and apply of the whole state (22 ms at 100k
-        # rows). (pycrdt.merge_updates over the tail was superlinear: 20k updates took 8.7 s and
-        # 100k ran out of memory; see bench/RESULTS.md, cold load.)
-        if stored.updates:
-            room.ydoc = await rebuilt(stored.snapshot, stored.updates)
-        elif stored.snapshot:
-            room.ydoc.apply_update(stored.snapshot)
+        # The log is replayed on a private doc in a worker thread (linear, off the event loop), one
+        # piece while PostgreSQL reads the next, and that doc becomes the room's: no second encode
+        # and apply of the whole state (22 ms at 100k rows). (pycrdt.merge_updates over the tail was
+        # superlinear: 20k updates took 8.7 s and 100k ran out of memory; see bench/RESULTS.md.)
+        replay: Replay | None = None
+        replaying: asyncio.Future | None = None
+        seqs: list[int] = []
+        snapshot, snapshot_count, size = None, 0, 0
+        async for piece in documents.load_pieces(db, room.customer_id, room.doc):
+            if replay is None:
+                snapshot, snapshot_count = piece.snapshot, piece.snapshot_count
+                replay = Replay(snapshot)
+            seqs += piece.seqs
+            size += sum(len(u) for u in piece.updates)
+            if replaying is not None:
+                await replaying
+            if piece.updates:
+                replaying = asyncio.ensure_future(asyncio.to_thread(replay.feed, piece.updates))
+        if replaying is not None:
+            await replaying
+        if seqs and replay is not None:
+            room.ydoc = await asyncio.to_thread(replay.doc)
+        elif snapshot:
+            room.ydoc.apply_update(snapshot)
         backlog = room.state(LogBacklog)
-        backlog.rows = len(stored.updates)
-        backlog.bytes = sum(len(u) for u in stored.updates)
+        backlog.rows = len(seqs)
+        backlog.bytes = size
         if self._due(room):
             # Compact on load: the doc just replayed is the new snapshot (no second read and replay).
-            self._compact_soon(room, Loaded(stored.seqs, stored.snapshot_count, backlog.bytes))
+            self._compact_soon(room, Loaded(seqs, snapshot_count, size))
 
     async def change(self, room: Room, update: bytes, origin: Any) -> None:
         if is_remote(origin):
