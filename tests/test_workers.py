@@ -20,6 +20,7 @@ import httpx
 import pycrdt
 import pytest
 
+from sync_server.node import workers as workers_mod
 from sync_server.sync import control, protocol
 
 from .conftest import TEST_SECRET
@@ -228,3 +229,40 @@ def test_workers_on_a_busy_port_exit_2_before_starting_any(workers_env):
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "worker_started" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+async def test_a_worker_that_dies_while_serving_is_started_again(workers, workers_env, database_url):
+    base = int(workers_env["WORKER_PORT_BASE"])
+    assert workers.proc is not None
+    time.sleep(max(0.0, workers_mod.START_GRACE + 1 - _age(workers.proc.pid)))  # past its start-up
+    [dead, _other] = sorted(workers.children())
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 120  # a node's start-up takes seconds, more on a busy machine
+    while True:
+        children = workers.children()
+        if dead not in children and len(children) == 2:
+            try:
+                if all(httpx.get(f"http://127.0.0.1:{base + i}/healthz", timeout=1).status_code == 200 for i in (0, 1)):
+                    break
+            except httpx.HTTPError:
+                pass
+        assert time.monotonic() < deadline, workers.log_text()[-3000:]
+        time.sleep(0.2)
+    assert '"event": "worker_exited"' in workers.log_text()
+    customer = await sync_peers.create_customer(database_url)
+    a = await RawPeer.connect(_doc_url(base, customer))
+    b = await RawPeer.connect(_doc_url(base + 1, customer))
+    for peer in (a, b):
+        await peer.sync()
+    await a.send(_push(a, "again", 1))
+    await _wait_for(lambda: "again" in b.doc.get("m", type=pycrdt.Map), b)
+    await a.close()
+    await b.close()
+
+
+def _age(pid: int) -> float:
+    """Seconds since process `pid` started."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")
