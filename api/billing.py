@@ -13,6 +13,7 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import plans as plan_store
+from sync_server.domain.billing import stripe_sync
 from sync_server.domain.billing import subscriptions as subscription_service
 
 from .auth import customer_required, operator_required
@@ -24,6 +25,7 @@ from .schemas import Metadata, RequestModel, ResponseModel, omittable
 blueprint = Blueprint("billing", __name__)
 PLAN_TAGS = ["plans"]
 PlanIdPattern = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+StripePricePattern = r"^[A-Za-z0-9_]{1,200}$"
 
 
 def count_field(default: Any = ...) -> Any:
@@ -42,6 +44,11 @@ class PlanFields(RequestModel):
     connection_limit: int = Field(100, ge=1, le=2_000_000_000)
     features: Metadata = Field(default_factory=dict)
     is_public: bool = True
+    stripe_price_id: str | None = Field(
+        None,
+        pattern=StripePricePattern,
+        description="Stripe Price billed for the plan (none: free, no Stripe subscription)",
+    )
 
 
 class PlanCreate(PlanFields):
@@ -60,6 +67,7 @@ class PlanUpdate(RequestModel):
     connection_limit: int = omittable(ge=1, le=2_000_000_000)
     features: Metadata = omittable()
     is_public: bool = omittable()
+    stripe_price_id: str | None = Field(None, pattern=StripePricePattern, description="null: a free plan")
 
 
 class Plan(ResponseModel):
@@ -75,6 +83,7 @@ class Plan(ResponseModel):
     connection_limit: int
     features: dict[str, Any]
     is_public: bool
+    stripe_price_id: str | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -116,12 +125,20 @@ async def create_plan(body: PlanCreate):
 @operation("Update a plan (applies to its subscribers at once)", tags=PLAN_TAGS, body=PlanUpdate, response=Plan)
 async def update_plan(plan_id: str, body: PlanUpdate):
     changes = body.model_dump(exclude_unset=True)
-    async with runtime().db.platform() as conn:
+    rt = runtime()
+    # operator scope: a new stripe_price_id queues a push of every subscriber in the same transaction
+    async with rt.db.operator("update_plan", plan_id=plan_id, operator_id=principal().user_id) as conn:
         current = await plan_store.get(conn, plan_id, for_update=True)
         if current is None:
             raise not_found("plan")
         merged = {**dict(current), **changes}
-        return found(await plan_store.update(conn, plan_id, merged), "plan")
+        row = await plan_store.update(conn, plan_id, merged)
+        repriced = merged["stripe_price_id"] != current["stripe_price_id"]
+        if repriced:
+            await stripe_sync.plan_repriced(rt, conn, plan_id)
+    if repriced:
+        stripe_sync.wake_all(rt)
+    return found(row, "plan")
 
 
 @blueprint.delete("/api/v1/plans/<plan_id>")

@@ -18,6 +18,7 @@ from storage import api_keys as key_store
 from storage import customers as customer_store
 from sync_server.domain.accounts import api_keys
 from sync_server.domain.accounts import customers as customer_service
+from sync_server.domain.billing import stripe_sync
 
 from . import pagination
 from .api_keys import ApiKey, ApiKeyCreated, ApiKeyQuery, key_out
@@ -61,6 +62,7 @@ class Customer(ResponseModel):
     name: str
     email: str | None
     status: Literal["active", "suspended"]
+    suspended_by: Literal["operator", "billing"] | None = None
     deployment_mode: str
     plan_id: str | None
     metadata: dict[str, Any]
@@ -154,8 +156,9 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
     for required in ("name", "metadata"):
         if required in changes and changes[required] is None:
             raise field_error("body", required, "must not be null")
+    rt = runtime()
     try:
-        async with runtime().db.operator(
+        async with rt.db.operator(
             "update_customer", customer_id=str(customer_id), operator_id=principal().user_id
         ) as conn:
             current = dict(await _get(conn, customer_id, for_update=True))
@@ -163,9 +166,15 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
             await customer_store.update(
                 conn, customer_id, name=merged["name"], email=merged["email"], metadata=merged["metadata"]
             )
-            return dict(await _get(conn, customer_id))
+            renamed = (merged["name"], merged["email"]) != (current["name"], current["email"])
+            if renamed:  # with Stripe: its customer's name and email follow
+                await stripe_sync.changed(rt, conn, customer_id)
+            row = dict(await _get(conn, customer_id))
     except asyncpg.UniqueViolationError as exc:
         raise _taken(exc) from None
+    if renamed:
+        stripe_sync.wake(rt, customer_id)
+    return row
 
 
 async def _set_status(customer_id: uuid.UUID, status: str):

@@ -13,6 +13,7 @@ from api import (
     api_keys,
     app_sessions,
     billing,
+    billing_provider,
     customers,
     docs,
     errors,
@@ -35,6 +36,7 @@ from sync_server.config import Settings
 from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.domain.billing import plans as billing_usage
+from sync_server.domain.billing import stripe_sync
 from sync_server.domain.runtime import Runtime
 from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
@@ -85,6 +87,8 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(ingest.blueprint)
     app.register_blueprint(webhooks_api.blueprint)
     rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
+    app.register_blueprint(billing_provider.blueprint)  # the Stripe webhook, a customer's billing account
+    rt.billing_provider = stripe_sync.install(rt)  # with STRIPE_SECRET_KEY: pushes to Stripe, policy timers
     _announce_document_changes(rt)  # document.updated webhooks, debounced per document
     app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
     # GET /metrics: counted through the hooks and callbacks of the parts wired above
