@@ -199,6 +199,8 @@ class OwnServer:
             except OSError:
                 pass
             await asyncio.sleep(0.1)
+        self.proc.kill()  # __aexit__ does not run when __aenter__ raises: leave no server behind
+        self.proc.wait(30)
         raise RuntimeError("server did not start")
 
     @property
