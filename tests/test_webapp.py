@@ -149,7 +149,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "tokenStatus": 401,
         "oldTokenClose": 4401,  # a new connection with the session's token
         "heldClose": 4401,  # a connection open at sign-out, closed by the server
-        "providers": 0,
+        "syncing": False,
         "signInShown": True,
     }
     assert seen["errors"] == []

@@ -126,7 +126,7 @@ try {
   // 5. bob goes offline, writes a note; alice gets it once bob is back
   const NOTE = 'Call driver 7 at the depot'
   await b.context.setOffline(true)
-  await b.page.evaluate(() => { for (const p of window.webapp.providers) p.disconnect(); window.dispatchEvent(new Event('offline')) })
+  await b.page.evaluate(() => { window.webapp.sync.disconnect(); window.dispatchEvent(new Event('offline')) })
   await b.page.waitForSelector('#status[data-state="offline"]', { timeout: WAIT })
   await b.page.fill('#note-text', NOTE)
   await b.page.click('#note-form button')
@@ -136,7 +136,7 @@ try {
   await sleep(1500)
   const aliceBefore = await a.page.$$eval('#notes li', (lis) => lis.map((li) => li.textContent))
   await b.context.setOffline(false)
-  await b.page.evaluate(() => { for (const p of window.webapp.providers) p.connect(); window.dispatchEvent(new Event('online')) })
+  await b.page.evaluate(() => { window.webapp.sync.connect(); window.dispatchEvent(new Event('online')) })
   await a.page.waitForFunction((t) => [...document.querySelectorAll('#notes li')].some((li) => li.textContent.includes(t)), NOTE, { timeout: WAIT })
   await b.page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT })
   const onlineNames = (d) => d.page.$$eval('#dispatchers li', (lis) => lis.map((li) => li.textContent).join(' | '))
@@ -227,7 +227,10 @@ try {
   await shot(e, '8-other-customer')
 
   // 9. sign-out: the page stops syncing and its last token opens nothing
-  const token = await a.page.evaluate(() => window.webapp.providers[0].protocols[0])
+  const token = await a.page.evaluate(async () => { // a token of this app session, as the page's sync uses
+    const t = await fetch('/api/v1/sync-tokens', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': window.webapp.session.csrf_token }, body: JSON.stringify({ docs: ['fleet'], mode: 'r' }) })
+    return (await t.json()).token
+  })
   await a.page.evaluate(([slug, t]) => { // a copy of the token, its websocket held open: the server ends it at sign-out
     window.held = new Promise((resolve) => {
       const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
@@ -244,7 +247,7 @@ try {
       const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
       ws.onclose = (ev) => resolve(ev.code)
     })
-    return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, providers: window.webapp.providers.length, signInShown: !document.getElementById('signin-view').hidden }
+    return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, syncing: window.webapp.sync !== null, signInShown: !document.getElementById('signin-view').hidden }
   }, [cfg.slug, token])
   step('signed_out', { afterSignOut })
   await shot(a, '9-signed-out')
