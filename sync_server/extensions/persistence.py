@@ -208,9 +208,14 @@ class Persistence(RoomHooks):
                 return
             db = await self.registry.for_customer(room.customer_id)
             # The room's doc holds at least the loaded rows (and maybe later updates: harmless in a
-            # snapshot, they are replayed again from the log idempotently).
-            if loaded is not None and await documents.compact_loaded(
-                db, room.customer_id, room.doc, loaded.seqs, loaded.snapshot_count, room.ydoc.get_update()
+            # snapshot, they are replayed again from the log idempotently); never read a doc the
+            # engine failed on (it is being rebuilt): the ordinary compaction reads the log instead.
+            if (
+                loaded is not None
+                and room.broken is None
+                and await documents.compact_loaded(
+                    db, room.customer_id, room.doc, loaded.seqs, loaded.snapshot_count, room.ydoc.get_update()
+                )
             ):
                 merged, merged_bytes = len(loaded.seqs), loaded.bytes
             else:
