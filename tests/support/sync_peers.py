@@ -249,3 +249,15 @@ async def create_api_key(database_url: str, customer: Customer, permissions: lis
     finally:
         await conn.close()
     return raw
+
+
+def array_pushes(count: int) -> list[bytes]:
+    """`count` real Yjs updates, one Y.Array `log` push of {i} each, made with pycrdt (a long log)."""
+    doc = pycrdt.Doc()
+    log = doc.get("log", type=pycrdt.Array)
+    updates: list[bytes] = []
+    subscription = doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        log.append({"i": i})
+    doc.unobserve(subscription)
+    return updates
