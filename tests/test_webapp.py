@@ -130,6 +130,8 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     assert not any("Call driver 7" in n for n in seen["aliceBefore"]) and seen["bobPendingAfter"] is False
     alice_sees, bob_sees = seen["presenceAfterReconnect"]  # presence came back both ways
     assert "bob" in alice_sees and "alice" in bob_sees
+    # an edit the app before the client library left unsynced in its own store was adopted and synced
+    assert seen["earlierNoteOnAlice"] == "Left in the earlier store"
     # history: the stored trail with its enter event
     history = seen["history"]
     assert history["max"] >= 50 and history["value"] == 5 and "fixes, 1 geofence events" in history["info"]

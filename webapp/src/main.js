@@ -13,6 +13,7 @@
 import * as Y from 'yjs'
 import { connect } from '@webhost/sync-client'
 import { indexeddbStorage } from '@webhost/sync-client/indexeddb'
+import { IndexeddbPersistence } from 'y-indexeddb'
 import L from 'leaflet'
 import 'leaflet/dist/leaflet.css'
 import './style.css'
@@ -178,6 +179,7 @@ async function start (session) {
   const dispatch = app.sync.open('dispatch')
   app.fleet = fleet.doc
   app.dispatch = dispatch.doc
+  adoptEarlierStore(dispatch, `webhost-sync:${session.customer.id}:dispatch`).catch((err) => console.warn('earlier local store not read', err))
   app.presence = fleet.awareness
   refreshStatus()
   const me = app.presence
@@ -188,6 +190,19 @@ async function start (session) {
   bindDispatch()
   await loadGeofences()
   scheduleRender('all')
+}
+
+// Before the client library the app kept the dispatch document in its own y-indexeddb database
+// (`webhost-sync:<customer id>:dispatch`). Edits made offline there and never synced would be lost
+// with it: its content is merged into the document once, as a local change (sent, counted pending and
+// acknowledged like any other edit; what the server has already is a no-op), then the database goes.
+async function adoptEarlierStore (synced, dbName) {
+  if (typeof indexedDB === 'undefined' || typeof indexedDB.databases !== 'function') return
+  if (!(await indexedDB.databases()).some((info) => info.name === dbName)) return
+  await synced.whenLoaded
+  const earlier = new IndexeddbPersistence(dbName, synced.doc)
+  await earlier.whenSynced
+  await earlier.clearData()
 }
 
 window.addEventListener('online', refreshStatus)

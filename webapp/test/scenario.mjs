@@ -142,6 +142,33 @@ try {
   step('offline_note', { pendingText, aliceBefore, bobPendingAfter: await b.page.isVisible('#pending'), presenceAfterReconnect: [await onlineNames(a), await onlineNames(b)] })
   await shot(a, '5-note-arrived')
 
+  // 5b. an edit left unsynced in the store of the app before the client library
+  //     (y-indexeddb database `webhost-sync:<customer id>:dispatch`) reaches alice after bob reloads
+  const EARLIER = 'Left in the earlier store'
+  const earlier = new Y.Doc()
+  earlier.getArray('notes').push([{ id: 'earlier-1', text: EARLIER, by: 'bob', at: Date.now() }])
+  const customerId = await b.page.evaluate(() => window.webapp.session.customer.id)
+  await b.page.evaluate(async ([name, bytes]) => {
+    await new Promise((resolve, reject) => {
+      const req = indexedDB.open(name, 1) // y-indexeddb's layout: stores "updates" (auto keys) and "custom"
+      req.onupgradeneeded = () => { req.result.createObjectStore('updates', { autoIncrement: true }); req.result.createObjectStore('custom') }
+      req.onerror = () => reject(req.error)
+      req.onsuccess = () => {
+        const tx = req.result.transaction('updates', 'readwrite')
+        tx.objectStore('updates').add(new Uint8Array(bytes))
+        tx.oncomplete = () => { req.result.close(); resolve() }
+        tx.onerror = () => reject(tx.error)
+      }
+    })
+  }, [`webhost-sync:${customerId}:dispatch`, Array.from(Y.encodeStateAsUpdate(earlier))])
+  await b.page.reload()
+  await b.page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT })
+  step('earlier_store_reloaded')
+  await a.page.waitForFunction((t) => [...document.querySelectorAll('#notes li')].some((li) => li.textContent.includes(t)), EARLIER, { timeout: WAIT })
+  step('earlier_store_note_arrived')
+  await b.page.waitForFunction((n) => indexedDB.databases().then((dbs) => !dbs.some((d) => d.name === n)), `webhost-sync:${customerId}:dispatch`, { timeout: WAIT })
+  step('earlier_store', { earlierNoteOnAlice: EARLIER })
+
   // 6. history: bob replays the vehicle's trail with the span's geofence events
   await b.page.click('#panel-history summary')
   await b.page.selectOption('#history-vehicle', cfg.vehicle)
@@ -250,6 +277,9 @@ try {
   await shot(a, '9-signed-out')
   result.errors = errors
   console.log(JSON.stringify(result))
+} catch (err) {
+  console.error(`failed after steps: ${result.steps.join(', ')}`)
+  throw err
 } finally {
   clearTimeout(killer)
   tracker.destroy()

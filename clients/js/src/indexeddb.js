@@ -57,6 +57,8 @@ export function indexeddbStorage ({ prefix = 'webhost-sync:', indexedDB = global
 function readMeta (factory, dbName) {
   return new Promise((resolve) => {
     const req = factory.open(dbName)
+    // gone since databases() listed it (deleted meanwhile): opening must not create it again empty
+    req.onupgradeneeded = () => { if (req.transaction) req.transaction.abort() }
     req.onerror = () => resolve(null)
     req.onsuccess = () => {
       const db = req.result
