@@ -6,12 +6,7 @@
 // Usage: node relay_many.js --server URL --token T --rooms R --items M [--batch B] [--prefix P] [--timeout S]
 'use strict'
 const readline = require('readline')
-const { Peer, updateMessage, parseArgs, emit, nowMs, roomUrl, hardDeadline, Y } = require('./peer')
-
-const emitAndExit = async (obj, code) => {
-  await emit(obj)
-  process.exit(code)
-}
+const { Peer, updateMessage, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, Y } = require('./peer')
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
