@@ -155,7 +155,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         log.info("app_session_connections_closed", customer_id=str(customer_id), connections=closed)
 
     runtime.subscribe("app_session_ended", session_ended)
-    access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
+    access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys, runtime.admissions)
     endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sync_server.sync.protocol import step1_frame
-from sync_server.sync.wire import binary_frame
+from sync_server.sync.wire import Socket, binary_frame
 
 if TYPE_CHECKING:
     from sync_server.sync.rooms import Room
@@ -62,6 +62,7 @@ class Connection:
         "_wakeup",
         "_sender",
         "raw",
+        "_socket",
         "peer",
         "last_seen",
         "session",
@@ -79,9 +80,12 @@ class Connection:
         queue_bytes: int = QUEUE_BYTES,
         peer: str = "",
         raw: bool = False,
+        socket: Socket | None = None,
     ) -> None:
         """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
-        ready-made websocket frames (sync_server.sync.wire), several per call."""
+        ready-made websocket frames (sync_server.sync.wire), several per call. socket (raw only):
+        frames are written straight to it while it takes them, and a sender task exists only while
+        frames wait for it (no task per idle connection)."""
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
@@ -101,11 +105,13 @@ class Connection:
         self._wakeup: asyncio.Future | None = None
         self._sender: asyncio.Task | None = None
         self.raw = raw
+        self._socket = socket if raw else None
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
         self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
 
     def start(self) -> None:
-        self._sender = asyncio.ensure_future(self._drain())
+        if self._socket is None:  # with a socket the sender starts when frames must wait
+            self._sender = asyncio.ensure_future(self._drain())
 
     def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
         """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past
@@ -115,6 +121,10 @@ class Connection:
         queue = self._queue
         if self.raw:
             frame = wire if wire is not None else binary_frame(frame)
+            socket = self._socket
+            if socket is not None and self._sender is None and socket.writable():
+                socket.write(frame)  # nothing waits before it: straight to the transport
+                return
         size = len(frame)
         if len(queue) >= self._limit or (queue and self._bytes + size > self._byte_limit):
             log.warning(
@@ -130,6 +140,10 @@ class Connection:
             return
         queue.append(frame)
         self._bytes += size
+        if self._socket is not None:
+            if self._sender is None:
+                self._sender = asyncio.ensure_future(self._drain())
+            return
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -195,6 +209,8 @@ class Connection:
                             size += len(part)
                         self._bytes -= size
                         await send(b"".join(parts))
+                    if self._socket is not None:
+                        return  # drained: the next frame goes straight to the socket again
                 else:
                     while queue:
                         part = queue.popleft()
@@ -207,3 +223,6 @@ class Connection:
         except Exception as exc:  # the peer went away mid-send: only this connection ends
             log.info("send_failed", customer_id=self.customer_id, room=self.doc, error=repr(exc))
             self.abort(GOING_AWAY, "send failed")
+        finally:
+            if self._socket is not None and self._sender is asyncio.current_task():
+                self._sender = None

@@ -200,6 +200,7 @@ class SyncEndpoint:
             queue_bytes=self.queue_bytes,
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
+            socket=wire.raw_socket(send) if raw is not None else None,
         )
         self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
         conn.app_session = access.session
