@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sync_server.sync.protocol import step1_frame
-from sync_server.sync.wire import Socket, binary_frame
+from sync_server.sync.wire import FrameSocket, binary_frame
 
 if TYPE_CHECKING:
     from sync_server.sync.rooms import Room
@@ -41,6 +41,7 @@ PING_FRAME = b"\x89\x00"  # a websocket ping without payload (raw path)
 QUEUE_BYTES = 16 * 1024 * 1024  # default bound of one peer's queued bytes (SYNC_SEND_QUEUE_BYTES)
 Send = Callable[[bytes], Awaitable[None]]
 WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the raw path
+_EMPTY: deque[bytes] = deque(maxlen=0)  # the queue of every peer with nothing waiting (never appended to)
 
 
 class Connection:
@@ -53,7 +54,8 @@ class Connection:
         "denied_sent",
         "close_code",
         "close_reason",
-        "closed",
+        "_closed_event",
+        "on_abort",
         "_send",
         "_queue",
         "_limit",
@@ -80,7 +82,7 @@ class Connection:
         queue_bytes: int = QUEUE_BYTES,
         peer: str = "",
         raw: bool = False,
-        socket: Socket | None = None,
+        socket: FrameSocket | None = None,
     ) -> None:
         """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
         ready-made websocket frames (sync_server.sync.wire), several per call. socket (raw only):
@@ -96,9 +98,10 @@ class Connection:
         self.denied_sent = False
         self.close_code: int | None = None
         self.close_reason = ""
-        self.closed = asyncio.Event()  # set when the server decided to close this peer
+        self._closed_event: asyncio.Event | None = None  # `closed`, made when first asked for
+        self.on_abort: Callable[[], None] | None = None  # told when the server decides to close it
         self._send = send
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] = _EMPTY  # a deque of its own once a frame waits
         self._limit = queue_limit
         self._bytes = 0  # bytes of the frames in _queue (what the sender has not taken yet)
         self._byte_limit = queue_bytes
@@ -108,6 +111,16 @@ class Connection:
         self._socket = socket if raw else None
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
         self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set when the server decided to close this peer."""
+        event = self._closed_event
+        if event is None:
+            event = self._closed_event = asyncio.Event()
+            if self.close_code is not None:
+                event.set()
+        return event
 
     def start(self) -> None:
         if self._socket is None:  # with a socket the sender starts when frames must wait
@@ -138,6 +151,8 @@ class Connection:
             )
             self.abort(TRY_AGAIN_LATER, "send queue full")
             return
+        if queue is _EMPTY:
+            queue = self._queue = deque()
         queue.append(frame)
         self._bytes += size
         if self._socket is not None:
@@ -173,11 +188,14 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
+        self._queue = _EMPTY
         self._bytes = 0
         if self._sender is not None and asyncio.current_task() is not self._sender:
             self._sender.cancel()  # it may be stuck writing to a peer that does not read
-        self.closed.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
+        if self.on_abort is not None:
+            self.on_abort()
 
     async def stop(self) -> None:
         if self._sender is not None:
@@ -188,6 +206,8 @@ class Connection:
                 pass
 
     async def _drain(self) -> None:
+        if self._queue is _EMPTY:
+            self._queue = deque()
         queue = self._queue
         send = self._send
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ BaseExceptions such as a Rust panic included, closes only that peer).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs
 import structlog
 
 from sync_server.sync import control, protocol, wire
+from sync_server.sync import transport as transport_module
 from sync_server.sync.connection import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -87,6 +89,7 @@ class SyncEndpoint:
         budget: FrameBudget | None = None,
         refusals: Refusals | None = None,
         on_too_big: Callable[[str, str, int], Awaitable[None]] | None = None,
+        lean: bool = True,
     ) -> None:
         """budget: bytes of frames received and not yet applied, node-wide (sync.intake);
         refusals: how refused sockets are held and logged (sync.refusals); on_too_big(customer id,
@@ -101,7 +104,54 @@ class SyncEndpoint:
         self.refusals = refusals or Refusals(hold=0, max_held=0)
         self.on_too_big = on_too_big
         self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+        self.lean = lean  # sync.transport serves /sync/ upgrades the server hands over (take_over)
+        self._lean_tasks: set[asyncio.Task] = set()
         self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
+
+    def take_over(self, transport: asyncio.Transport, head: bytes, client, server) -> bool:
+        """A connection whose first bytes are `head`: when they are a websocket upgrade to /sync/,
+        the socket becomes a sync.transport WebsocketProtocol served here (True); else False and
+        the server that asked serves it."""
+        if not self.lean:
+            return False
+        parsed = transport_module.parse_upgrade(head, PREFIX.encode())
+        if parsed is None:
+            return False
+        upgrade, rest = parsed
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": upgrade.path,
+            "raw_path": upgrade.path.encode(),
+            "query_string": upgrade.query,
+            "root_path": "",
+            "headers": upgrade.headers,
+            "client": client,
+            "server": server,
+            "subprotocols": upgrade.subprotocols,
+            "extensions": {},
+        }
+        protocol = transport_module.take_over(transport, upgrade, rest)
+        task = asyncio.get_running_loop().create_task(self._serve_lean(scope, protocol), context=contextvars.Context())
+        self._lean_tasks.add(task)
+        task.add_done_callback(self._lean_tasks.discard)
+        return True
+
+    async def _serve_lean(self, scope, protocol: transport_module.WebsocketProtocol) -> None:
+        try:
+            await self.serve(scope, protocol.receive, protocol.send)
+        except Exception:
+            log.exception("sync_connection_failed")
+        finally:
+            protocol.finish()
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Shutdown: wait (at most `timeout` s) for the lean transport's connections to finish
+        their close handshakes (Hypercorn waits for its own)."""
+        if self._lean_tasks:
+            await asyncio.wait(tuple(self._lean_tasks), timeout=timeout)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -149,8 +199,10 @@ class SyncEndpoint:
 
         async def _closing_handshake(code: int, reason: str) -> None:
             await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-            while (await receive())["type"] != "websocket.disconnect":
-                pass
+            while True:  # until the peer's close (not the lean transport's note that reading stops)
+                event = await receive()
+                if event["type"] == "websocket.disconnect" and "interrupted" not in event:
+                    return
 
         parsed = parse_path(scope["path"])
         if parsed is None:
@@ -214,14 +266,17 @@ class SyncEndpoint:
             credential=access.credential,
             peers=len(room.connections),
         )
-        reader = asyncio.ensure_future(self._read(conn, room, handled, intake))
-        closing = asyncio.ensure_future(conn.closed.wait())
+        interrupt = getattr(getattr(send, "__self__", None), "interrupt", None)  # sync.transport
         try:
-            await room.hooks.connect(room, conn)
-            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+            if interrupt is not None:  # the lean transport: read in this task, no more tasks
+                conn.on_abort = interrupt
+                await room.hooks.connect(room, conn)
+                if conn.close_code is None:
+                    await self._read(conn, room, handled, intake)
+            else:
+                await self._read_until_closed(conn, room, handled, intake)
         finally:
-            reader.cancel()
-            closing.cancel()
+            conn.on_abort = None
             self.credentials.forget(conn)
             await conn.stop()
             room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
@@ -230,6 +285,17 @@ class SyncEndpoint:
             log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
         if conn.close_code is not None:
             await close(conn.close_code, conn.close_reason)
+
+    async def _read_until_closed(self, conn: Connection, room, receive, intake: Intake | None) -> None:
+        """Read in a task of its own until the peer leaves or the server closes it (Hypercorn)."""
+        reader = asyncio.ensure_future(self._read(conn, room, receive, intake))
+        closing = asyncio.ensure_future(conn.closed.wait())
+        try:
+            await room.hooks.connect(room, conn)
+            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
 
     async def _read(self, conn: Connection, room, receive, intake: Intake | None) -> None:
         limit = self.max_message

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
@@ -43,7 +44,16 @@ def binary_frame(payload: bytes) -> bytes:
     return b"\x82\x7f" + struct.pack("!Q", n) + payload
 
 
+def _lean(send) -> Any:
+    """The sync.transport WebsocketProtocol behind `send`, if it is one (it writes frames itself)."""
+    owner = getattr(send, "__self__", None)
+    return owner if getattr(type(owner), "takes_frames", False) else None
+
+
 def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
+    lean = _lean(send)
+    if lean is not None:
+        return lean.write_frames
     if scope.get("http_version") not in ("1.1", "1.0"):
         return None
     try:
@@ -73,6 +83,14 @@ def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
         await stream_send(Data(stream_id=stream_id, data=data))
 
     return write
+
+
+class FrameSocket(Protocol):
+    """Where a Connection writes ready-made frames straight away (`Socket`, sync.transport)."""
+
+    def writable(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
 
 
 class Socket:
@@ -107,10 +125,14 @@ class Socket:
 HIGH_WATER = 64 * 1024  # asyncio's default high-water mark, where Hypercorn's drain starts waiting
 
 
-def raw_socket(send) -> Socket | None:
+def raw_socket(send) -> FrameSocket | None:
     """The `Socket` of a websocket served by Hypercorn over HTTP/1.1 (its stream's send is
     H11Protocol.stream_send, whose send is TCPServer.protocol_send, whose writer holds the
-    transport), or None anywhere else (then frames go through `raw_writer`)."""
+    transport), or the lean transport's protocol itself (sync.transport), or None anywhere else
+    (then frames go through `raw_writer`)."""
+    lean = _lean(send)
+    if lean is not None:
+        return lean
     try:
         from hypercorn.asyncio.tcp_server import TCPServer
         from hypercorn.protocol.h11 import H11Protocol
