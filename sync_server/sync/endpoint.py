@@ -176,33 +176,12 @@ class SyncEndpoint:
 
     async def _serve(self, scope, receive, send, token: str | None, intake: Intake | None) -> None:
         handled = receive  # frames the reader applies (it tells the intake when each is done)
-        if intake is not None:
-
-            async def receive():  # what is read and dropped (not applied) leaves the budget at once
-                event = await handled()
-                if event["type"] == "websocket.receive" and "too_big" not in event:
-                    intake.done()
-                return event
+        if intake is not None:  # what is read and dropped (not applied) leaves the budget at once
+            receive = _Dropped(handled, intake)
 
         async def refuse(code: int, reason: str) -> None:
             await self.rooms.hooks.refused(code, reason)
-            await close(code, reason)
-
-        async def close(code: int, reason: str) -> None:
-            """Send the close frame, then wait for the peer's close before returning: returning at
-            once lets the socket close with the peer's frames unread, the kernel answers with a
-            reset and the peer may see 1006 instead of our code (and retry a 4401 forever)."""
-            try:
-                await asyncio.wait_for(_closing_handshake(code, reason), CLOSE_TIMEOUT)
-            except Exception:  # the peer is gone or stuck: nothing more to tell it
-                pass
-
-        async def _closing_handshake(code: int, reason: str) -> None:
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-            while True:  # until the peer's close (not the lean transport's note that reading stops)
-                event = await receive()
-                if event["type"] == "websocket.disconnect" and "interrupted" not in event:
-                    return
+            await _close(receive, send, code, reason)
 
         parsed = parse_path(scope["path"])
         if parsed is None:
@@ -229,22 +208,21 @@ class SyncEndpoint:
             self.refusals.log_refused(slug, doc, exc.code, exc.reason)
             await self.rooms.hooks.refused(exc.code, exc.reason)
             if await self.refusals.hold(receive):
-                await close(exc.code, exc.reason)
+                await _close(receive, send, exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
+        if _lean_transport(send):
+            scope["headers"] = ()  # admitted: the socket's own scope need not keep the request's headers
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
             await refuse(INTERNAL_ERROR, "document could not be loaded")
             return
 
-        async def send_bytes(frame: bytes) -> None:
-            await send({"type": "websocket.send", "bytes": frame})
-
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
         conn = Connection(
-            raw or send_bytes,
+            raw or _ByMessage(send),
             customer_id=access.customer_id,
             doc=doc,
             can_write=access.can_write,
@@ -284,7 +262,7 @@ class SyncEndpoint:
             await room.hooks.disconnect(room, conn)
             log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
         if conn.close_code is not None:
-            await close(conn.close_code, conn.close_reason)
+            await _close(receive, send, conn.close_code, conn.close_reason)
 
     async def _read_until_closed(self, conn: Connection, room, receive, intake: Intake | None) -> None:
         """Read in a task of its own until the peer leaves or the server closes it (Hypercorn)."""
@@ -363,6 +341,57 @@ class SyncEndpoint:
         message = control.decode(frame)
         if message is not None:
             await self.credentials.refresh(conn, message)
+
+
+class _ByMessage:
+    """The Connection's send where frames cannot be written raw: one ASGI message each."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send) -> None:
+        self.send = send
+
+    async def __call__(self, frame: bytes) -> None:
+        await self.send({"type": "websocket.send", "bytes": frame})
+
+
+class _Dropped:
+    """`receive` of a socket with an Intake: a frame read and not applied (the refusal hold, the
+    close handshake) leaves the frame budget at once."""
+
+    __slots__ = ("receive", "intake")
+
+    def __init__(self, receive, intake: Intake) -> None:
+        self.receive = receive
+        self.intake = intake
+
+    async def __call__(self) -> dict:
+        event = await self.receive()
+        if event["type"] == "websocket.receive" and "too_big" not in event:
+            self.intake.done()
+        return event
+
+
+async def _close(receive, send, code: int, reason: str) -> None:
+    """Send the close frame, then wait for the peer's close before returning: returning at once
+    lets the socket close with the peer's frames unread, the kernel answers with a reset and the
+    peer may see 1006 instead of our code (and retry a 4401 forever)."""
+    try:
+        await asyncio.wait_for(_closing_handshake(receive, send, code, reason), CLOSE_TIMEOUT)
+    except Exception:  # the peer is gone or stuck: nothing more to tell it
+        pass
+
+
+async def _closing_handshake(receive, send, code: int, reason: str) -> None:
+    await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+    while True:  # until the peer's close (not the lean transport's note that reading stops)
+        event = await receive()
+        if event["type"] == "websocket.disconnect" and "interrupted" not in event:
+            return
+
+
+def _lean_transport(send) -> bool:
+    return isinstance(getattr(send, "__self__", None), transport_module.WebsocketProtocol)
 
 
 def _opted_in(scope, name: str) -> bool:

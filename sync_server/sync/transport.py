@@ -174,6 +174,7 @@ class WebsocketProtocol(asyncio.Protocol):
         "_paused",
         "_accepted",
         "_key",
+        "_head",
     )
 
     def __init__(self, transport: asyncio.Transport, rest: bytes) -> None:
@@ -196,6 +197,7 @@ class WebsocketProtocol(asyncio.Protocol):
         self._paused = False  # the transport asked us to stop writing
         self._accepted = False
         self._key = b""  # the client's Sec-WebSocket-Key
+        self._head = b""  # the 101 response until it is written with the first frames (or alone)
         self._events.append({"type": "websocket.connect"})
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -228,12 +230,19 @@ class WebsocketProtocol(asyncio.Protocol):
         return not self._close_sent and not self._closed and self.transport.get_write_buffer_size() < HIGH_WATER
 
     def write(self, data: bytes) -> None:
+        if self._head:  # the accept and the join's first frames leave in one write
+            data = self._head + data
+            self._head = b""
         self.transport.write(data)
+
+    def _flush_head(self) -> None:
+        if self._head and not self._closed:
+            self.write(b"")
 
     async def write_frames(self, data: bytes) -> None:
         if self._close_sent or self._closed:
             raise ConnectionError("websocket closed")
-        self.transport.write(data)
+        self.write(data)
         await self._drain()
 
     async def _drain(self) -> None:
@@ -266,7 +275,8 @@ class WebsocketProtocol(asyncio.Protocol):
         kind = message["type"]
         if kind == "websocket.accept":
             self._accepted = True
-            self.transport.write(accept_head(self._key, message.get("subprotocol")))
+            self._head = accept_head(self._key, message.get("subprotocol"))
+            asyncio.get_running_loop().call_soon(self._flush_head)  # at the latest when this turn ends
             if self._buf:
                 self._parse()
         elif self._close_sent:
@@ -283,7 +293,7 @@ class WebsocketProtocol(asyncio.Protocol):
     def _send_close(self, code: int, reason: str = "") -> None:
         if not self._close_sent and not self._closed:
             self._close_sent = True
-            self.transport.write(close_frame(code, reason))
+            self.write(close_frame(code, reason))
 
     def interrupt(self) -> None:
         """The server decided to close this peer (Connection.on_abort): the endpoint's reading
@@ -479,7 +489,7 @@ class WebsocketProtocol(asyncio.Protocol):
             if intake is not None:
                 intake.alive()
             if not self._close_sent:
-                self.transport.write(frame(OP_PONG, payload))
+                self.write(frame(OP_PONG, payload))
         elif opcode == OP_PONG:
             if intake is not None:
                 intake.alive()
@@ -487,7 +497,7 @@ class WebsocketProtocol(asyncio.Protocol):
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             if not self._close_sent:  # the peer closes first: answer with its code
                 self._close_sent = True
-                self.transport.write(frame(OP_CLOSE, payload[:2]))
+                self.write(frame(OP_CLOSE, payload[:2]))
             self._closed = True
             self._buf.clear()
             self.transport.close()
