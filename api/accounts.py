@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import secrets
 import uuid
 from typing import Literal
 
@@ -15,8 +13,8 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import customer_users as user_store
-from storage import operator_sessions, platform_users, user_sessions
-from sync_server.domain.accounts import passwords
+from storage import user_sessions
+from sync_server.domain.accounts import operators, passwords
 
 from . import pagination
 from .auth import customer_required, customer_transaction, operator_required
@@ -26,9 +24,6 @@ from .openapi import field_error, operation
 from .schemas import Email, Page, PageQuery, RequestModel, ResponseModel, omittable
 
 blueprint = Blueprint("accounts", __name__)
-
-# Verified when the email is unknown, so a wrong email costs as long as a wrong password.
-_DUMMY_HASH: str | None = None
 
 
 class LoginRequest(RequestModel):
@@ -48,10 +43,6 @@ class Session(ResponseModel):
     operator: Operator
 
 
-async def _verify(stored_hash: str, password: str) -> bool:
-    return await asyncio.to_thread(passwords.verify_password, stored_hash, password)
-
-
 @blueprint.post("/api/v1/auth/login")
 @operation(
     "Operator login: email and password for a bearer token",
@@ -61,26 +52,15 @@ async def _verify(stored_hash: str, password: str) -> bool:
     errors=(401,),
 )
 async def login(body: LoginRequest):
-    global _DUMMY_HASH
     rt = runtime()
-    user = await platform_users.find_by_email(rt.db, body.email)
-    if user is None or not user["is_active"]:
-        if _DUMMY_HASH is None:
-            _DUMMY_HASH = await asyncio.to_thread(passwords.hash_password, secrets.token_hex(16))
-        await _verify(_DUMMY_HASH, body.password)
-        raise ApiError(401, "invalid_credentials", "email or password is wrong")
-    if not await _verify(user["password_hash"], body.password):
-        raise ApiError(401, "invalid_credentials", "email or password is wrong")
-    if passwords.needs_rehash(user["password_hash"]):
-        new_hash = await asyncio.to_thread(passwords.hash_password, body.password)
-        await platform_users.set_password_hash(rt.db, user["id"], new_hash)
-    raw = "wop_" + secrets.token_urlsafe(32)
-    session = await operator_sessions.create(
-        rt.db, user["id"], hashlib.sha256(raw.encode()).digest(), rt.settings.operator_session_ttl
-    )
+    try:
+        session = await operators.sign_in(rt.db, body.email, body.password, rt.settings.operator_session_ttl)
+    except operators.SignInRejected:
+        raise ApiError(401, "invalid_credentials", "email or password is wrong") from None
+    user = session.user
     return {
-        "token": raw,
-        "expires_at": session["expires_at"],
+        "token": session.raw,
+        "expires_at": session.expires_at,
         "operator": {"id": user["id"], "email": user["email"], "role": user["role"]},
     }
 
@@ -89,7 +69,7 @@ async def login(body: LoginRequest):
 @operator_required()
 @operation("Operator logout: the token stops working at once", tags=["operator auth"])
 async def logout():
-    await operator_sessions.revoke(runtime().db, principal().token_id)
+    await operators.sign_out(runtime().db, principal().token_id)
 
 
 @blueprint.get("/api/v1/auth/me")

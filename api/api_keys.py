@@ -137,11 +137,8 @@ async def show_api_key(key_id: uuid.UUID):
 @customer_required("admin")
 @operation("Revoke an API key (it stays listed with revoked_at; include_revoked=true)", tags=TAGS)
 async def revoke_api_key(key_id: uuid.UUID):
-    async with runtime().db.tenant(principal().customer_id) as conn:
-        row = await key_store.revoke(conn, key_id)
-    if row is None:
+    if await api_keys.revoke(runtime(), principal().customer_id, key_id) is None:
         raise not_found("API key")
-    await runtime().publish("api_key_revoked", customer_id=principal().customer_id, key_id=str(key_id))
 
 
 @blueprint.post("/api/v1/sync-tokens")

@@ -1,6 +1,7 @@
 """Who is calling: a customer's API key or an operator's session token (both `Authorization: Bearer`),
-or a customer user signed in to the dispatcher app (the `whs_session` cookie, only when no
-Authorization header is sent; state-changing methods then need the X-CSRF-Token header).
+or, only when no Authorization header is sent, a cookie: an operator signed in to the console
+(`whs_operator`, operator routes only) or a customer user signed in to the dispatcher app
+(`whs_session`, customer routes only); with a cookie, state-changing methods need X-CSRF-Token.
 
 Decorators put the principal on the current call (`api.calls.principal()`) and bind the tenant id
 into every log line.
@@ -8,7 +9,6 @@ into every log line.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,9 +17,8 @@ from functools import wraps
 import asyncpg
 
 from api.current import runtime
-from storage import operator_sessions
 from sync_server import logs
-from sync_server.domain.accounts import api_keys, user_sessions
+from sync_server.domain.accounts import api_keys, operators, user_sessions
 
 from . import calls
 from .errors import ApiError
@@ -82,15 +81,33 @@ async def authenticate_session(cookie: str) -> user_sessions.SessionPrincipal:
     return principal
 
 
+def operator_cookie() -> str | None:
+    """The operator console's session cookie, when the call has no Authorization header."""
+    call = calls.current()
+    return None if "authorization" in call.headers else call.cookie(operators.COOKIE)
+
+
 async def authenticate_operator() -> OperatorPrincipal:
-    raw = bearer()
+    """An operator session: `Authorization: Bearer wop_...` or the console's HttpOnly cookie (then a
+    state-changing request must also carry the session's X-CSRF-Token, 403 csrf_failed otherwise).
+    A customer's API key or dispatcher-app cookie is never an operator (401)."""
+    cookie = operator_cookie()
+    raw = cookie or bearer()
     if raw.startswith(API_KEY_PREFIX):
         raise ApiError(
             401, "unauthorized", "this route needs an operator token (POST /api/v1/auth/login), not a customer API key"
         )
-    row = await operator_sessions.find_active(runtime().db, hashlib.sha256(raw.encode()).digest())
+    rt = runtime()
+    row = await operators.find(rt.db, raw)
     if row is None:
         raise ApiError(401, "unauthorized", "operator token is invalid or expired")
+    call = calls.current()
+    if (
+        cookie is not None
+        and call.method not in SAFE_METHODS
+        and not user_sessions.csrf_ok(rt.secret_key, cookie, call.headers.get(user_sessions.CSRF_HEADER))
+    ):
+        raise ApiError(403, "csrf_failed", "missing or wrong X-CSRF-Token header for this session")
     return OperatorPrincipal(str(row["user_id"]), row["email"], row["role"], str(row["token_id"]))
 
 

@@ -13,7 +13,7 @@ from quart import Blueprint
 
 from api.current import runtime
 from storage import plans as plan_store
-from sync_server.domain.billing import plans as plan_service
+from sync_server.domain.billing import stripe_sync
 from sync_server.domain.billing import subscriptions as subscription_service
 
 from .auth import customer_required, operator_required
@@ -25,6 +25,7 @@ from .schemas import Metadata, RequestModel, ResponseModel, omittable
 blueprint = Blueprint("billing", __name__)
 PLAN_TAGS = ["plans"]
 PlanIdPattern = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+StripePricePattern = r"^[A-Za-z0-9_]{1,200}$"
 
 
 def count_field(default: Any = ...) -> Any:
@@ -43,6 +44,11 @@ class PlanFields(RequestModel):
     connection_limit: int = Field(100, ge=1, le=2_000_000_000)
     features: Metadata = Field(default_factory=dict)
     is_public: bool = True
+    stripe_price_id: str | None = Field(
+        None,
+        pattern=StripePricePattern,
+        description="Stripe Price billed for the plan (none: free, no Stripe subscription)",
+    )
 
 
 class PlanCreate(PlanFields):
@@ -61,6 +67,7 @@ class PlanUpdate(RequestModel):
     connection_limit: int = omittable(ge=1, le=2_000_000_000)
     features: Metadata = omittable()
     is_public: bool = omittable()
+    stripe_price_id: str | None = Field(None, pattern=StripePricePattern, description="null: a free plan")
 
 
 class Plan(ResponseModel):
@@ -76,6 +83,7 @@ class Plan(ResponseModel):
     connection_limit: int
     features: dict[str, Any]
     is_public: bool
+    stripe_price_id: str | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -117,12 +125,20 @@ async def create_plan(body: PlanCreate):
 @operation("Update a plan (applies to its subscribers at once)", tags=PLAN_TAGS, body=PlanUpdate, response=Plan)
 async def update_plan(plan_id: str, body: PlanUpdate):
     changes = body.model_dump(exclude_unset=True)
-    async with runtime().db.platform() as conn:
+    rt = runtime()
+    # operator scope: a new stripe_price_id queues a push of every subscriber in the same transaction
+    async with rt.db.operator("update_plan", plan_id=plan_id, operator_id=principal().user_id) as conn:
         current = await plan_store.get(conn, plan_id, for_update=True)
         if current is None:
             raise not_found("plan")
         merged = {**dict(current), **changes}
-        return found(await plan_store.update(conn, plan_id, merged), "plan")
+        row = await plan_store.update(conn, plan_id, merged)
+        repriced = merged["stripe_price_id"] != current["stripe_price_id"]
+        if repriced:
+            await stripe_sync.plan_repriced(rt, conn, plan_id)
+    if repriced:
+        stripe_sync.wake_all(rt)
+    return found(row, "plan")
 
 
 @blueprint.delete("/api/v1/plans/<plan_id>")
@@ -171,6 +187,9 @@ class Usage(ResponseModel):
     drivers: Quota
     geofences: Quota
     gps_points_today: Quota = Field(description="points recorded since 00:00 UTC against gps_points_per_day")
+    connections: Quota = Field(
+        description="sync connections open now (every node's, with Redis) against connection_limit"
+    )
     storage_bytes: int = Field(description="bytes of document history and snapshots")
     sync_frames_too_big_today: int = Field(
         description="websocket frames refused since 00:00 UTC for passing SYNC_MAX_MESSAGE_BYTES (a client that cannot sync)"
@@ -195,8 +214,13 @@ async def show_subscription():
     errors=(404, 409),
 )
 async def change_plan(body: PlanChange):
+    return await change_plan_of(principal().customer_id, body.plan_id)
+
+
+async def change_plan_of(customer_id, plan_id: str) -> dict:
+    """The plan change of a customer (its own admin key, or an operator: api.customers), errors mapped."""
     try:
-        row = await subscription_service.change_plan(runtime(), principal().customer_id, body.plan_id)
+        row = await subscription_service.change_plan(runtime(), customer_id, plan_id)
     except subscription_service.UnknownPlan:
         raise not_found("plan") from None
     except subscription_service.NoActiveSubscription:
@@ -205,8 +229,8 @@ async def change_plan(body: PlanChange):
         raise ApiError(
             409,
             "downgrade_exceeds_limits",
-            f"usage exceeds the limits of plan {body.plan_id!r}; reduce it first",
-            {"plan_id": body.plan_id, "violations": exc.violations},
+            f"usage exceeds the limits of plan {plan_id!r}; reduce it first",
+            {"plan_id": plan_id, "violations": exc.violations},
         ) from None
     return dict(row)
 
@@ -222,19 +246,20 @@ async def cancel_subscription():
 @blueprint.get("/api/v1/usage")
 @customer_required("billing:read")
 @operation(
-    "Usage against the plan: vehicles, drivers, geofences, GPS points today, storage", tags=SUB_TAGS, response=Usage
+    "Usage against the plan: vehicles, drivers, geofences, GPS points today, connections, storage",
+    tags=SUB_TAGS,
+    response=Usage,
 )
 async def usage():
+    return await usage_of(principal().customer_id)
+
+
+async def usage_of(customer_id) -> dict:
+    """A customer's usage against its plan (its own GET /api/v1/usage, or an operator's: api.customers)."""
     rt = runtime()
-    customer_id = principal().customer_id
-    limits = await rt.plan_limits.fresh(customer_id)
-    used = await plan_service.usage(rt.registry, customer_id)
-    return {
-        "plan_id": limits.plan_id,
-        "vehicles": {"used": used["vehicles"], "limit": limits.vehicles},
-        "drivers": {"used": used["drivers"], "limit": limits.drivers},
-        "geofences": {"used": used["geofences"], "limit": limits.geofences},
-        "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
-        "storage_bytes": used["storage_bytes"],
-        "sync_frames_too_big_today": used["sync_frames_too_big_today"],
-    }
+    limiter = getattr(rt, "connection_limit", None)  # extensions.shared_limits (CONNECTION_LIMITS=enforce)
+    if limiter is not None:
+        open_now = await limiter.in_use(str(customer_id))
+    else:  # limits off: this node's own connections
+        open_now = sum(len(room.connections) for room in rt.rooms.rooms(str(customer_id)))
+    return await rt.plan_limits.report(customer_id, connections=open_now)

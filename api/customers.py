@@ -1,5 +1,7 @@
 """Customers, for operators: create (201 with the first API key, shown once), list, show, update,
-suspend/reactivate, delete (admin role only). Cross-tenant reads go through the audited path."""
+suspend/reactivate, delete (admin role only); and what the operator console needs of one customer:
+usage against its plan, plan change, its API keys (list; revoke: admin role only). Cross-tenant
+reads go through the audited path."""
 
 from __future__ import annotations
 
@@ -12,12 +14,16 @@ from pydantic import Field
 from quart import Blueprint
 
 from api.current import runtime
+from storage import api_keys as key_store
 from storage import customers as customer_store
+from sync_server.domain.accounts import api_keys
 from sync_server.domain.accounts import customers as customer_service
+from sync_server.domain.billing import stripe_sync
 
 from . import pagination
-from .api_keys import ApiKeyCreated, key_out
+from .api_keys import ApiKey, ApiKeyCreated, ApiKeyQuery, key_out
 from .auth import operator_required
+from .billing import PlanChange, Subscription, Usage, change_plan_of, usage_of
 from .calls import principal
 from .errors import conflict, found, not_found
 from .openapi import field_error, operation
@@ -56,6 +62,7 @@ class Customer(ResponseModel):
     name: str
     email: str | None
     status: Literal["active", "suspended"]
+    suspended_by: Literal["operator", "billing"] | None = None
     deployment_mode: str
     plan_id: str | None
     metadata: dict[str, Any]
@@ -149,8 +156,9 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
     for required in ("name", "metadata"):
         if required in changes and changes[required] is None:
             raise field_error("body", required, "must not be null")
+    rt = runtime()
     try:
-        async with runtime().db.operator(
+        async with rt.db.operator(
             "update_customer", customer_id=str(customer_id), operator_id=principal().user_id
         ) as conn:
             current = dict(await _get(conn, customer_id, for_update=True))
@@ -158,9 +166,15 @@ async def update_customer(customer_id: uuid.UUID, body: CustomerUpdate):
             await customer_store.update(
                 conn, customer_id, name=merged["name"], email=merged["email"], metadata=merged["metadata"]
             )
-            return dict(await _get(conn, customer_id))
+            renamed = (merged["name"], merged["email"]) != (current["name"], current["email"])
+            if renamed:  # with Stripe: its customer's name and email follow
+                await stripe_sync.changed(rt, conn, customer_id)
+            row = dict(await _get(conn, customer_id))
     except asyncpg.UniqueViolationError as exc:
         raise _taken(exc) from None
+    if renamed:
+        stripe_sync.wake(rt, customer_id)
+    return row
 
 
 async def _set_status(customer_id: uuid.UUID, status: str):
@@ -188,3 +202,60 @@ async def reactivate_customer(customer_id: uuid.UUID):
 async def delete_customer(customer_id: uuid.UUID):
     if not await customer_service.delete(runtime(), customer_id, operator_id=principal().user_id):
         raise not_found("customer")
+
+
+# --- what the operator console shows of one customer ----------------------------------------------
+
+
+async def _exists(customer_id: uuid.UUID, reason: str) -> None:
+    async with runtime().db.operator(reason, customer_id=str(customer_id), operator_id=principal().user_id) as conn:
+        await _get(conn, customer_id)
+
+
+@blueprint.get("/api/v1/customers/<uuid:customer_id>/usage")
+@operator_required()
+@operation(
+    "A customer's usage against each limit of its plan (as the customer's GET /api/v1/usage)",
+    tags=TAGS,
+    response=Usage,
+    errors=(404,),
+)
+async def customer_usage(customer_id: uuid.UUID):
+    await _exists(customer_id, "customer_usage")
+    return await usage_of(customer_id)
+
+
+@blueprint.post("/api/v1/customers/<uuid:customer_id>/plan")
+@operator_required()
+@operation(
+    "Change a customer's plan (the same rules as the customer's own change: a downgrade is refused "
+    "while usage exceeds the new limits)",
+    tags=TAGS,
+    body=PlanChange,
+    response=Subscription,
+    errors=(404, 409),
+)
+async def change_customer_plan(customer_id: uuid.UUID, body: PlanChange):
+    return await change_plan_of(customer_id, body.plan_id)
+
+
+@blueprint.get("/api/v1/customers/<uuid:customer_id>/api-keys")
+@operator_required()
+@operation(
+    "A customer's API keys (display prefix only)", tags=TAGS, query=ApiKeyQuery, response=Page[ApiKey], errors=(404,)
+)
+async def list_customer_api_keys(customer_id: uuid.UUID, query: ApiKeyQuery):
+    await _exists(customer_id, "list_customer_api_keys")
+    async with runtime().db.tenant(customer_id) as conn:
+        rows = await key_store.list_page(
+            conn, include_revoked=query.include_revoked, after=pagination.decode(query.cursor), limit=query.limit
+        )
+    return pagination.page(rows, query.limit)
+
+
+@blueprint.delete("/api/v1/customers/<uuid:customer_id>/api-keys/<uuid:key_id>")
+@operator_required(role="admin")
+@operation("Revoke one of a customer's API keys (admin operators only)", tags=TAGS, errors=(404,))
+async def revoke_customer_api_key(customer_id: uuid.UUID, key_id: uuid.UUID):
+    if await api_keys.revoke(runtime(), customer_id, key_id) is None:
+        raise not_found("API key")

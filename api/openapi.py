@@ -44,8 +44,9 @@ _STATUS_TEXT = {
 # Who a route's credential kind lets in: customer routes take an API key or an app session cookie.
 _SECURITY: dict[str, list[dict[str, list]]] = {
     "customer": [{"apiKey": []}, {"appSession": []}],
-    "operator": [{"operatorToken": []}],
+    "operator": [{"operatorToken": []}, {"operatorSession": []}],
     "session": [{"appSession": []}],
+    "operator_session": [{"operatorSession": []}],
 }
 
 
@@ -362,6 +363,13 @@ def build(app: Quart) -> dict:
                     "in": "cookie",
                     "name": "whs_session",
                     "description": "A customer user's dispatcher-app session (POST /api/v1/app/session); "
+                    "state-changing requests also send X-CSRF-Token",
+                },
+                "operatorSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "whs_operator",
+                    "description": "An operator's console session (POST /api/v1/operator/session); "
                     "state-changing requests also send X-CSRF-Token",
                 },
             },

@@ -1,4 +1,5 @@
-"""Provisioning REST: recommendation, deployments (operator), tenant migrations (operator).
+"""Provisioning REST: recommendation, deployments (operator), tenant migrations (operator), and the
+operator console's views of the infrastructure: events of every customer, the live nodes.
 
 Declared with `@operation` like every /api/v1 route: bodies are validated by the models below
 (unknown fields are a 422 with field paths), answers are shaped by the response models, which
@@ -17,6 +18,7 @@ from api.current import runtime
 from storage import deployments as store
 from sync_server.domain.provisioning import (
     deployments,
+    nodes,
     recommendations,
     tenant_migration,
 )
@@ -26,6 +28,7 @@ from .auth import (
     authenticate_customer,
     authenticate_operator,
     bearer,
+    operator_cookie,
     operator_required,
 )
 from .errors import ApiError, not_found
@@ -151,8 +154,7 @@ async def recommendation(body: RecommendationIn):
     """Operators and customers (any valid API key). Fields left out are read from the stored
     customer (the key's customer, or `customer_id` for operators); the result is recorded when a
     customer is known."""
-    token = bearer()
-    if token.startswith("whk_"):
+    if operator_cookie() is None and bearer().startswith("whk_"):
         principal = await authenticate_customer()
         if body.customer_id is not None and str(body.customer_id) != principal.customer_id:
             raise ApiError(403, "forbidden", "an API key can only ask for its own customer")
@@ -277,6 +279,96 @@ async def show_migration(customer_id: str, migration_id: str):
     return _migration(dict(mig), events)
 
 
+class MigrationSummary(_Open):
+    id: str
+    status: str
+    from_mode: str
+    to_mode: str
+
+
+class Migrations(ResponseModel):
+    data: list[MigrationSummary]
+
+
+@blueprint.get("/customers/<customer_id>/migrations")
+@operator_required()
+@operation(
+    "A customer's tenant migrations, oldest first (no progress: see one migration)",
+    tags=MIGRATION_TAGS,
+    response=Migrations,
+)
+async def list_migrations(customer_id: str):
+    rows = await store.list_migrations(runtime().db, _uuid(customer_id, "customer"))
+    return {"data": [_migration(m, [], progress=False) for m in rows]}
+
+
+class EventsQuery(RequestModel):
+    customer_id: uuid.UUID | None = None
+    before: int | None = Field(None, ge=1, le=2**63 - 1, description="ids below this (the previous page's last id)")
+    limit: int = Field(50, ge=1, le=200)
+
+
+class InfrastructureEvent(Event):
+    customer_id: str
+    customer_slug: str | None
+    deployment_id: str | None
+
+
+class InfrastructureEvents(ResponseModel):
+    data: list[InfrastructureEvent]
+
+
+@blueprint.get("/infrastructure-events")
+@operator_required()
+@operation(
+    "Infrastructure events of every customer (or one), newest first: provisioning and migration steps",
+    tags=DEPLOYMENT_TAGS,
+    query=EventsQuery,
+    response=InfrastructureEvents,
+)
+async def list_infrastructure_events(query: EventsQuery):
+    rows = await store.recent_events(
+        runtime().db, customer_id=query.customer_id, before_id=query.before, limit=query.limit
+    )
+    return {
+        "data": [
+            {
+                **_event(r),
+                "customer_id": str(r["customer_id"]),
+                "customer_slug": r["customer_slug"],
+                "deployment_id": str(r["deployment_id"]) if r["deployment_id"] else None,
+            }
+            for r in rows
+        ]
+    }
+
+
+class Node(ResponseModel):
+    id: str
+    this_node: bool = Field(description="the node that answered")
+    connections: int | None = Field(description="open sync connections (its last heartbeat)")
+    rooms: int | None = Field(description="loaded documents (its last heartbeat)")
+    started_at: float | None = Field(description="seconds since the epoch")
+    beat_at: float | None = Field(description="its last heartbeat, seconds since the epoch")
+
+
+class Nodes(ResponseModel):
+    nodes: list[Node]
+    source: Literal["redis", "local", "redis_unreachable"] = Field(
+        description="redis: every node's heartbeat; local: a single node without Redis; "
+        "redis_unreachable: only the answering node is known"
+    )
+
+
+@blueprint.get("/nodes")
+@operator_required()
+@operation(
+    "The nodes serving the cluster (live Redis heartbeats) with connections and rooms", tags=TAGS, response=Nodes
+)
+async def list_nodes():
+    return await nodes.list_nodes(runtime())
+
+
 def _event(e) -> dict:
     return {
         "id": e["id"],
@@ -315,12 +407,13 @@ def _progress(events) -> dict:
     }
 
 
-def _migration(mig: dict, events) -> dict:
+def _migration(mig: dict, events, *, progress: bool = True) -> dict:
     out = {
         k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v)
         for k, v in mig.items()
         if k != "source_url"
     }
-    out["progress"] = _progress(events)
-    out["events"] = [_event(e) for e in events]
+    if progress:
+        out["progress"] = _progress(events)
+        out["events"] = [_event(e) for e in events]
     return out

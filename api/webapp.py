@@ -1,10 +1,12 @@
-"""The dispatcher web app at /app/: static files built by Vite from webapp/ (`make js`) into
+"""The dispatcher web app at /app/ and the operator console at /admin/: static files built by Vite
+from webapp/ (`make js`, two pages of one build sharing /app/assets/) into
 api/app_static/, shipped in the wheel as package data and read through importlib.resources, so an
 installed server serves it with no source tree and no CDN.
 
 GET /app/                 index.html, with the app's settings (map tiles, stale/offline minutes)
                           put into its `app-config` JSON block; never cached (Cache-Control: no-cache)
-GET /app/assets/{name}    the bundle's files; their names carry a content hash, so they are cached
+GET /admin/               admin.html, the operator console (no settings; never cached)
+GET /app/assets/{name}    the bundle's files (both pages'); their names carry a content hash, so they are cached
                           for a year (immutable); 404 for anything not in the build
 
 Every answer carries a Content-Security-Policy: scripts, styles, fonts and connections only from
@@ -70,9 +72,10 @@ def _assets() -> dict[str, Asset]:
 
 
 @functools.cache
-def _index_template() -> str | None:
-    index = build_dir() / "index.html"
-    return index.read_text("utf-8") if index.is_file() else None
+def _page(name: str) -> str | None:
+    """One of the build's HTML pages (index.html: the dispatcher app; admin.html: the console)."""
+    page = build_dir() / name
+    return page.read_text("utf-8") if page.is_file() else None
 
 
 def _config() -> dict:
@@ -120,13 +123,29 @@ def _embed(config: dict) -> str:
     errors=(404,),
 )
 async def index():
-    template = _index_template()
-    if template is None:
-        raise ApiError(404, "app_not_built", "the web app is not built into this installation (run `make js`)")
     config = _config()
-    body = template.replace(CONFIG_MARKER, _embed(config))
-    headers = {"Cache-Control": "no-cache", **_security_headers(config["tileUrl"])}
-    return Response(body, status=200, mimetype="text/html", headers=headers)
+    return _html("index.html", lambda page: page.replace(CONFIG_MARKER, _embed(config)), config["tileUrl"])
+
+
+def _html(name: str, fill, tile_url: str) -> Response:
+    page = _page(name)
+    if page is None:
+        raise ApiError(404, "app_not_built", "the web app is not built into this installation (run `make js`)")
+    headers = {"Cache-Control": "no-cache", **_security_headers(tile_url)}
+    return Response(fill(page), status=200, mimetype="text/html", headers=headers)
+
+
+@blueprint.get("/admin/")
+@operation(
+    "The operator console (HTML): sign-in, customers, API keys, deployments and migrations, nodes",
+    tags=TAGS,
+    content=HTML,
+    errors=(404,),
+)
+async def console():
+    """The page itself is public (it holds no data); everything it shows comes from operator
+    routes, which refuse any credential but an operator's session (api.operator_sessions)."""
+    return _html("admin.html", str, "")
 
 
 @blueprint.get("/app/assets/<name>")

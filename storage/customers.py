@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 _SELECT = (
-    "SELECT c.id, c.slug, c.name, c.email, c.status, c.deployment_mode, c.metadata, c.created_at, c.updated_at, "
+    "SELECT c.id, c.slug, c.name, c.email, c.status, c.suspended_by, c.deployment_mode, c.metadata, c.created_at, c.updated_at, "
     "s.plan_id FROM customers c "
     "LEFT JOIN subscriptions s ON s.customer_id = c.id AND s.status = 'active' "
 )
@@ -63,9 +63,34 @@ async def update(conn: asyncpg.Connection, customer_id, *, name: str, email: str
     return result != "UPDATE 0"
 
 
-async def set_status(conn: asyncpg.Connection, customer_id, status: str) -> bool:
+async def set_status(conn: asyncpg.Connection, customer_id, status: str, *, by: str = "operator") -> bool:
+    """An operator's suspension or reactivation: whoever suspended before, `by` is recorded now."""
     result = await conn.execute(
-        "UPDATE customers SET status = $2, updated_at = now() WHERE id = $1", customer_id, status
+        "UPDATE customers SET status = $2, suspended_by = CASE WHEN $2 = 'suspended' THEN $3 END, updated_at = now() "
+        "WHERE id = $1",
+        customer_id,
+        status,
+        by,
+    )
+    return result != "UPDATE 0"
+
+
+async def billing_suspend(conn: asyncpg.Connection, customer_id) -> bool:
+    """Suspend for billing an active customer (never one already suspended, whoever did it)."""
+    result = await conn.execute(
+        "UPDATE customers SET status = 'suspended', suspended_by = 'billing', updated_at = now() "
+        "WHERE id = $1 AND status = 'active'",
+        customer_id,
+    )
+    return result != "UPDATE 0"
+
+
+async def billing_reactivate(conn: asyncpg.Connection, customer_id) -> bool:
+    """Reactivate a customer only if billing suspended it (an operator's suspension stays)."""
+    result = await conn.execute(
+        "UPDATE customers SET status = 'active', suspended_by = NULL, updated_at = now() "
+        "WHERE id = $1 AND status = 'suspended' AND suspended_by = 'billing'",
+        customer_id,
     )
     return result != "UPDATE 0"
 

@@ -168,6 +168,21 @@ async def events(db: Database, customer_id, deployment_id=None) -> list[asyncpg.
         )
 
 
+async def recent_events(db: Database, *, customer_id=None, before_id: int | None = None, limit: int = 50) -> list:
+    """Infrastructure events of every customer (or one), newest first, with the customer's slug:
+    an audited operator read (the console's event list; `before_id` pages back)."""
+    async with db.operator("list_infrastructure_events", customer_id=str(customer_id or "*")) as conn:
+        return await conn.fetch(
+            "SELECT e.id, e.customer_id, c.slug AS customer_slug, e.deployment_id, e.step, e.status, e.data, "
+            "e.error, e.created_at FROM infrastructure_events e LEFT JOIN customers c ON c.id = e.customer_id "
+            "WHERE ($1::uuid IS NULL OR e.customer_id = $1) AND ($2::bigint IS NULL OR e.id < $2) "
+            "ORDER BY e.id DESC LIMIT $3",
+            customer_id,
+            before_id,
+            limit,
+        )
+
+
 # Recommendations -----------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import asyncpg
 
 _COLUMNS = (
     "id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, gps_points_per_day, "
-    "retention_days, connection_limit, features, is_public, created_at, updated_at"
+    "retention_days, connection_limit, features, is_public, stripe_price_id, created_at, updated_at"
 )
 FIELDS = (
     "name",
@@ -20,6 +20,7 @@ FIELDS = (
     "connection_limit",
     "features",
     "is_public",
+    "stripe_price_id",
 )
 
 
@@ -62,8 +63,8 @@ async def of_customer_locking(conn: asyncpg.Connection, customer_id, lock_key: s
 async def insert(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncpg.Record:
     return await conn.fetchrow(
         "INSERT INTO plans (id, name, price_cents, currency, vehicle_limit, driver_limit, geofence_limit, "
-        "gps_points_per_day, retention_days, connection_limit, features, is_public) "
-        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}",
+        "gps_points_per_day, retention_days, connection_limit, features, is_public, stripe_price_id) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {_COLUMNS}",
         plan_id,
         *(values[f] for f in FIELDS),
     )
@@ -73,7 +74,7 @@ async def update(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncp
     return await conn.fetchrow(
         "UPDATE plans SET name = $2, price_cents = $3, currency = $4, vehicle_limit = $5, driver_limit = $6, "
         "geofence_limit = $7, gps_points_per_day = $8, retention_days = $9, connection_limit = $10, features = $11, "
-        f"is_public = $12, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        f"is_public = $12, stripe_price_id = $13, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
         plan_id,
         *(values[f] for f in FIELDS),
     )

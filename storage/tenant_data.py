@@ -62,6 +62,8 @@ CONTROL_PLANE_TABLES = frozenset(
         "customers",
         "api_keys",
         "subscriptions",
+        "billing_accounts",  # the Stripe ids, push outbox and reported state (migration 0140)
+        "stripe_events",  # every Stripe webhook event received, once
         "deployments",
         "infrastructure_events",
         "recommendations",

@@ -591,6 +591,53 @@ class Settings:
         "document.updated webhooks: at most one per document per this interval",
     )
 
+    # Stripe as the billing provider (sync_server/domain/billing/stripe_sync.py, stripe_events.py).
+    stripe_secret_key: str | None = _setting(
+        "STRIPE_SECRET_KEY",
+        None,
+        doc="Stripe secret API key (sk_live_... / sk_test_... / rk_...): creating a customer or changing its plan "
+        "creates/updates its Stripe customer and subscription; unset, billing stays internal",
+        secret=True,
+    )
+    stripe_webhook_secret: str | None = _setting(
+        "STRIPE_WEBHOOK_SECRET",
+        None,
+        doc="signing secret (whsec_...) of the Stripe webhook endpoint POST /api/v1/billing/stripe/webhook; "
+        "unset, that route answers 404",
+        secret=True,
+    )
+    stripe_api_base: str = _setting(
+        "STRIPE_API_BASE",
+        "https://api.stripe.com",
+        _url("STRIPE_API_BASE", "https", "http"),
+        "base address of the Stripe API (tests and stripe-mock point it elsewhere)",
+    )
+    stripe_webhook_tolerance: int = _setting(
+        "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+        300,
+        _int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 1, 86400),
+        "a webhook whose Stripe-Signature timestamp is older than this is refused (replay protection)",
+    )
+    stripe_past_due_grace: float = _setting(
+        "STRIPE_PAST_DUE_GRACE_HOURS",
+        168.0,
+        _float("STRIPE_PAST_DUE_GRACE_HOURS", 0, 24 * 365),
+        "a customer whose payment is past due is suspended after this many hours (0: at once)",
+    )
+    stripe_sync_interval: float = _setting(
+        "STRIPE_SYNC_INTERVAL_SECONDS",
+        30.0,
+        _float("STRIPE_SYNC_INTERVAL_SECONDS", 0.05, 3600),
+        "how often each node retries pushes Stripe refused or missed and applies the billing policy's timers",
+    )
+    stripe_max_network_retries: int = _setting(
+        "STRIPE_MAX_NETWORK_RETRIES",
+        2,
+        _int("STRIPE_MAX_NETWORK_RETRIES", 0, 10),
+        "retries of one Stripe call (connection errors, 409, 5xx) with the same idempotency key, before the "
+        "push is left to the next sync round",
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

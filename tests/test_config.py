@@ -111,9 +111,16 @@ def test_env_shows_the_value_in_effect_marks_the_ones_set_and_describes_every_va
 def test_env_never_prints_a_secret():
     secret, password = "s3cret-" + "k" * 30, "db-pass-word"
     out = _env_command(
-        {"SECRET_KEY": secret, "DATABASE_URL": f"postgresql://owner:{password}@db.example/x", "HCLOUD_TOKEN": "hc-tok"}
+        {
+            "SECRET_KEY": secret,
+            "DATABASE_URL": f"postgresql://owner:{password}@db.example/x",
+            "HCLOUD_TOKEN": "hc-tok",
+            "STRIPE_SECRET_KEY": "sk_live_stripe-key",
+            "STRIPE_WEBHOOK_SECRET": "whsec_stripe-signing",
+        }
     )
     assert secret not in out and password not in out and "hc-tok" not in out
+    assert "stripe-key" not in out and "stripe-signing" not in out and "* STRIPE_SECRET_KEY = (set, hidden)" in out
     assert "* SECRET_KEY = (set, hidden)" in out
     assert "* DATABASE_URL = postgresql://owner:***@db.example/x" in out
 

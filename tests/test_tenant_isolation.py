@@ -178,6 +178,13 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             a,
             delivery,
         )
+        # Stripe billing (migration 0140): the account and a webhook event of A's
+        await conn.execute("INSERT INTO billing_accounts (customer_id, stripe_customer_id) VALUES ($1, 'cus_a')", a)
+        await conn.execute(
+            "INSERT INTO stripe_events (id, type, created, customer_id, outcome) "
+            "VALUES ('evt_a', 'invoice.paid', 1, $1, 'applied')",
+            a,
+        )
     async with db.operator("test_setup") as conn:
         tables = [
             r["t"]
@@ -192,6 +199,7 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
     for t in ("tracking_settings", "fleet_events", "trips", "stops", "motion_state"):
         assert seen_by_operator[t] == 1, t
     assert seen_by_operator["customer_user_sessions"] == 1
+    assert seen_by_operator["billing_accounts"] == 1 and seen_by_operator["stripe_events"] == 1
     for widen in (
         "SELECT set_config('app.operator', 'on', true)",
         f"SELECT set_config('app.customer_id', '{a}', true)",

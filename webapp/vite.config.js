@@ -1,5 +1,7 @@
-// Builds the dispatcher app into the Python package (api/app_static), served at /app/ by
-// `webhost-sync serve` (api/webapp.py). Hashed file names under assets/: cached for a year.
+// Builds the dispatcher app (index.html, served at /app/) and the operator console (admin.html,
+// served at /admin/) into the Python package (api/app_static), served by `webhost-sync serve`
+// (api/webapp.py). Both pages share the hashed files under assets/ (/app/assets/): cached for a year.
+import { resolve } from 'node:path'
 import { defineConfig } from 'vite'
 
 export default defineConfig({
@@ -10,6 +12,12 @@ export default defineConfig({
     assetsDir: 'assets',
     assetsInlineLimit: 0, // every asset a file of its own (CSP: no data: scripts or styles)
     sourcemap: false,
-    chunkSizeWarningLimit: 1000
+    chunkSizeWarningLimit: 1000,
+    rollupOptions: {
+      input: {
+        app: resolve(import.meta.dirname, 'index.html'),
+        admin: resolve(import.meta.dirname, 'admin.html')
+      }
+    }
   }
 })

@@ -24,6 +24,7 @@ from sync_server.domain.billing.plans import PlanLimits
 
 if TYPE_CHECKING:
     from storage.documents import UpdateLog
+    from sync_server.domain.billing.stripe_sync import StripeSync
     from sync_server.domain.tracking.event_feed import EventFeed
     from sync_server.domain.tracking.pipeline import Pipeline
     from sync_server.domain.webhooks.delivery import DeliveryWorker
@@ -87,6 +88,7 @@ class Runtime:
         self.event_feed: EventFeed | None = None  # the fleet documents' live event feed (tracking.install)
         self.webhooks: DeliveryWorker | None = None  # the webhook delivery worker (domain.webhooks.install)
         self.metrics: Any = None  # sync_server.extensions.metrics.Metrics (GET /metrics)
+        self.billing_provider: StripeSync | None = None  # Stripe pusher with STRIPE_SECRET_KEY (billing.stripe_sync)
         self.secret_key = settings.resolved_secret_key()
         sealing.install(settings.keyring())  # stored credentials are sealed with it (storage/sealing.py)
         self._tasks: set[asyncio.Task] = set()  # running background jobs; a finished one leaves at once

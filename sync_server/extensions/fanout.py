@@ -17,7 +17,8 @@ room's state vector (Yjs updates are idempotent). A node whose own publishes fai
 update log and sends `r` once Redis is back. Loading a room replays what the stream still holds, which
 covers updates another node published but had not committed yet.
 
-Presence: nodes heartbeat `{prefix}node:{id}` (expires after 3 beats). Awareness client ids learnt
+Presence: nodes heartbeat `{prefix}node:{id}` (expires after 3 beats; the value is a small JSON
+object of the node's open connections and loaded rooms, read by the operator console). Awareness client ids learnt
 from a node whose heartbeat is gone are removed (clock + 1) and the removal relayed to local clients.
 The same keys tell a tenant migration which nodes must pause the customer's writes (`live_nodes`,
 provisioning/cluster_pause.py).
@@ -29,6 +30,7 @@ Redis down: local clients are served as before; publishes are not queued (their 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import socket
@@ -93,6 +95,7 @@ class Fanout(RoomHooks):
         self.dead_after = self.beat * 3
         self.connected = False
         self.connected_since = 0.0
+        self.started_at = time.time()
         self.wake_key = f"{self.prefix}node:{self.node}:wake"
         self._rooms: dict[Key, Room] = {}
         self._positions: dict[Key, str] = {}  # last stream id read per loaded room
@@ -377,8 +380,36 @@ class Fanout(RoomHooks):
             except REDIS_ERRORS as exc:
                 self._disconnected(exc)
 
+    def beat_value(self) -> bytes:
+        """What the heartbeat says about this node (the operator console's nodes list reads it):
+        open connections and loaded rooms now, when it started and when it beat."""
+        rooms = self.runtime.rooms.rooms()
+        return json.dumps(
+            {
+                "connections": sum(len(r.connections) for r in rooms),
+                "rooms": len(rooms),
+                "started_at": self.started_at,
+                "beat_at": time.time(),
+            }
+        ).encode()
+
     async def _heartbeat_once(self) -> None:
-        await self.redis.set(alive_key(self.prefix, self.node), b"1", px=int(self.dead_after * 1000))
+        await self.redis.set(alive_key(self.prefix, self.node), self.beat_value(), px=int(self.dead_after * 1000))
+
+    async def node_states(self) -> dict[str, dict]:
+        """Every live node and what its last heartbeat said (an empty dict for a beat without it)."""
+        nodes = sorted(await self.live_nodes())
+        beats = await self.redis.mget([alive_key(self.prefix, n) for n in nodes]) if nodes else []
+        states: dict[str, dict] = {}
+        for node, beat in zip(nodes, beats):
+            if beat is None:
+                continue  # expired between the scan and the read
+            try:
+                value = json.loads(beat)
+            except ValueError:
+                value = None
+            states[node] = value if isinstance(value, dict) else {}
+        return states
 
     async def live_nodes(self) -> set[str]:
         """Every node whose heartbeat has not expired, this one included (raises on Redis errors:

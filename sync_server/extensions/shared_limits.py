@@ -132,6 +132,25 @@ class ConnectionLimit(RoomHooks):
         """The plan's connection_limit, from the node's one plan-limit cache (runtime.plan_limits)."""
         return (await self.runtime.plan_limits.limits(customer_id)).connections
 
+    async def in_use(self, customer_id: str) -> int:
+        """The customer's open sync connections on every live node (the slots counted in Redis;
+        this node's own without Redis or when it does not answer): the operator console's bar."""
+        cid = str(customer_id)
+        if self.redis is not None:
+            try:
+                held = await asyncio.wait_for(self.redis.hgetall(self._key(cid)), REDIS_TIMEOUT)
+                nodes = [n.decode() if isinstance(n, bytes) else n for n in held]
+                beats = (
+                    await asyncio.wait_for(self.redis.mget([f"{self.prefix}node:{n}" for n in nodes]), REDIS_TIMEOUT)
+                    if nodes
+                    else []
+                )
+                counts = [int(v) for v in held.values()]
+                return sum(c for n, c, beat in zip(nodes, counts, beats) if beat is not None or n == self.node)
+            except _redis_errors() as exc:
+                log.warning("connection_count_local_fallback", customer_id=cid, error=repr(exc))
+        return self._held.get(cid, 0)
+
     async def authenticate(self, request: ConnectRequest) -> None:
         cid = request.customer_id
         limit = await self.limit_of(cid)
@@ -337,6 +356,7 @@ def install(runtime, redis=None, node: str = "") -> ConnectionLimit | None:
         return None
     limit = ConnectionLimit(runtime, redis, node)
     runtime.rooms.hooks.add(limit)
+    runtime.connection_limit = limit  # its counts: api.billing.usage_of (the usage bars)
 
     async def start() -> None:
         runtime.spawn(limit.run(settings.node_heartbeat_seconds), "connection-counts")

@@ -13,6 +13,7 @@ from api import (
     api_keys,
     app_sessions,
     billing,
+    billing_provider,
     customers,
     docs,
     errors,
@@ -22,6 +23,7 @@ from api import (
     json_provider,
     metrics,
     openapi,
+    operator_sessions,
     rest_endpoint,
     webapp,
 )
@@ -34,6 +36,7 @@ from sync_server.config import Settings
 from sync_server.domain import provisioning, tracking, webhooks
 from sync_server.domain.accounts.sync_access import SyncAccess
 from sync_server.domain.billing import plans as billing_usage
+from sync_server.domain.billing import stripe_sync
 from sync_server.domain.runtime import Runtime
 from sync_server.domain.webhooks.documents import DocumentAnnouncer
 from sync_server.extensions import fanout, shared_limits
@@ -63,7 +66,16 @@ def create_app(settings: Settings) -> Quart:
     relay = fanout.install(rt) if settings.redis_url else None
     shared_limits.install(rt, relay.redis if relay else None, relay.node if relay else "")
     app.register_blueprint(docs.blueprint)
-    for area in (openapi, accounts, app_sessions, customers, api_keys, billing, fleet):  # REST: /api/v1/...
+    for area in (
+        openapi,
+        accounts,
+        app_sessions,
+        operator_sessions,
+        customers,
+        api_keys,
+        billing,
+        fleet,
+    ):  # REST: /api/v1/...
         app.register_blueprint(area.blueprint)
     app.register_blueprint(provisioning_api.blueprint)
     provisioning.install(rt)
@@ -75,6 +87,8 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(ingest.blueprint)
     app.register_blueprint(webhooks_api.blueprint)
     rt.webhooks = webhooks.install(rt)  # the delivery worker of this node
+    app.register_blueprint(billing_provider.blueprint)  # the Stripe webhook, a customer's billing account
+    rt.billing_provider = stripe_sync.install(rt)  # with STRIPE_SECRET_KEY: pushes to Stripe, policy timers
     _announce_document_changes(rt)  # document.updated webhooks, debounced per document
     app.register_blueprint(webapp.blueprint)  # the dispatcher web app at /app/ (static, built by `make js`)
     # GET /metrics: counted through the hooks and callbacks of the parts wired above

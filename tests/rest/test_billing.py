@@ -146,6 +146,7 @@ async def test_usage(api):
         "drivers": {"used": 1, "limit": 25},
         "geofences": {"used": 1, "limit": 100},
         "gps_points_today": {"used": 3, "limit": 1250000},
+        "connections": {"used": 0, "limit": 250},
         "storage_bytes": 100 + server_written,
         "sync_frames_too_big_today": 0,
     }

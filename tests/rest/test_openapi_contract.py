@@ -19,14 +19,15 @@ NOT_FUZZED = {"post_api_v1_auth_logout"}
 
 def operations_by_credential(doc: dict) -> tuple[set[str], set[str]]:
     """Every operation of the document, by the credential it is fuzzed with: the customer API key
-    for apiKey operations, appSession ones (sent without the cookie) and those without security
+    for apiKey operations, appSession and operatorSession-only ones (sent without the cookie) and those without security
     (health, ingest, login, public plans, the web app's files), the
     operator token for operatorToken operations (both for operations that take either)."""
     customer, operator = set(), set()
     for item in doc["paths"].values():
         for op in item.values():
             schemes = {name for requirement in op.get("security") or [{}] for name in requirement}
-            if not schemes or schemes & {"apiKey", "appSession"}:  # app-session routes: 401 without the cookie
+            cookie_only = schemes == {"operatorSession"}  # the console's session routes: 401 without the cookie
+            if not schemes or schemes & {"apiKey", "appSession"} or cookie_only:  # cookie routes: 401 without it
                 customer.add(op["operationId"])
             if "operatorToken" in schemes:
                 operator.add(op["operationId"])
@@ -90,6 +91,10 @@ def test_openapi_document_is_3_1_and_covers_every_route(server):
     assert set(create["responses"]) == {"201", "401", "402", "403", "409", "422"}
     assert create["security"] == [{"apiKey": []}, {"appSession": []}]  # an API key or the app's session cookie
     assert doc["components"]["schemas"]["VehicleCreate"]["additionalProperties"] is False
+    # operator routes: the bearer token or the console's cookie; the console's session routes: the cookie
+    assert doc["paths"]["/api/v1/nodes"]["get"]["security"] == [{"operatorToken": []}, {"operatorSession": []}]
+    assert doc["paths"]["/api/v1/operator/session"]["get"]["security"] == [{"operatorSession": []}]
+    assert doc["components"]["securitySchemes"]["operatorSession"]["name"] == "whs_operator"
 
 
 DOCUMENT_ITSELF = {("GET", "/api/openapi.json")}

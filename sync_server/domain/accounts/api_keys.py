@@ -187,3 +187,13 @@ async def authenticate(
     if cache is not None:
         cache.put(key_hash, principal, row["expires_at"], generation)
     return principal
+
+
+async def revoke(rt, customer_id, key_id):
+    """Revoke one of the customer's keys (a Runtime `rt`; None: no such key of this customer). Every
+    node forgets it at once (`api_key_revoked`: cached principals dropped, its sockets closed)."""
+    async with rt.db.tenant(customer_id) as conn:
+        row = await key_store.revoke(conn, key_id)
+    if row is not None:
+        await rt.publish("api_key_revoked", customer_id=str(customer_id), key_id=str(key_id))
+    return row

@@ -207,6 +207,23 @@ class PlanLimits:
         self._cached[str(customer_id)] = (time.monotonic() + self.ttl, limits)
         return limits
 
+    async def report(self, customer_id, *, connections: int) -> dict:
+        """Usage against every plan limit, read now (GET /api/v1/usage, the operator console's bars):
+        each limited resource as {used, limit} (`connections`: the sync connections open now, which
+        the caller counted), plus storage and today's refused frames."""
+        limits = await self.fresh(customer_id)
+        used = await usage(self.registry, customer_id)
+        return {
+            "plan_id": limits.plan_id,
+            "vehicles": {"used": used["vehicles"], "limit": limits.vehicles},
+            "drivers": {"used": used["drivers"], "limit": limits.drivers},
+            "geofences": {"used": used["geofences"], "limit": limits.geofences},
+            "gps_points_today": {"used": used["gps_points_per_day"], "limit": limits.gps_points_per_day},
+            "connections": {"used": connections, "limit": limits.connections},
+            "storage_bytes": used["storage_bytes"],
+            "sync_frames_too_big_today": used["sync_frames_too_big_today"],
+        }
+
     def forget(self, customer_id) -> None:
         self._cached.pop(str(customer_id), None)
 
