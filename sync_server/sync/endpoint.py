@@ -134,18 +134,13 @@ class SyncEndpoint:
             "extensions": {},
         }
         protocol = transport_module.take_over(transport, upgrade, rest)
-        task = asyncio.get_running_loop().create_task(self._serve_lean(scope, protocol), context=contextvars.Context())
+        task = asyncio.get_running_loop().create_task(
+            self.serve(scope, protocol.receive, protocol.send), context=contextvars.Context()
+        )
         self._lean_tasks.add(task)
-        task.add_done_callback(self._lean_tasks.discard)
+        protocol.tasks = self._lean_tasks
+        task.add_done_callback(protocol.served)  # closes the socket, leaves the set (one callback)
         return True
-
-    async def _serve_lean(self, scope, protocol: transport_module.WebsocketProtocol) -> None:
-        try:
-            await self.serve(scope, protocol.receive, protocol.send)
-        except Exception:
-            log.exception("sync_connection_failed")
-        finally:
-            protocol.finish()
 
     async def wait_closed(self, timeout: float) -> None:
         """Shutdown: wait (at most `timeout` s) for the lean transport's connections to finish
@@ -179,17 +174,13 @@ class SyncEndpoint:
         if intake is not None:  # what is read and dropped (not applied) leaves the budget at once
             receive = _Dropped(handled, intake)
 
-        async def refuse(code: int, reason: str) -> None:
-            await self.rooms.hooks.refused(code, reason)
-            await _close(receive, send, code, reason)
-
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await refuse(MALFORMED, "invalid customer or document name")
+            await self._refuse(receive, send, MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await refuse(GOING_AWAY, "server shutting down")
+            await self._refuse(receive, send, GOING_AWAY, "server shutting down")
             return
         authorization = _header(scope, b"authorization")
         try:
@@ -216,7 +207,7 @@ class SyncEndpoint:
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await refuse(INTERNAL_ERROR, "document could not be loaded")
+            await self._refuse(receive, send, INTERNAL_ERROR, "document could not be loaded")
             return
 
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
@@ -263,6 +254,10 @@ class SyncEndpoint:
             log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
         if conn.close_code is not None:
             await _close(receive, send, conn.close_code, conn.close_reason)
+
+    async def _refuse(self, receive, send, code: int, reason: str) -> None:
+        await self.rooms.hooks.refused(code, reason)
+        await _close(receive, send, code, reason)
 
     async def _read_until_closed(self, conn: Connection, room, receive, intake: Intake | None) -> None:
         """Read in a task of its own until the peer leaves or the server closes it (Hypercorn)."""

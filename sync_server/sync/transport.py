@@ -32,9 +32,11 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import structlog
 
 from sync_server.sync.wire import HIGH_WATER
 
+log = structlog.get_logger("sync_server.sync.transport")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 16 * 1024  # a longer request head goes to Hypercorn (which answers it)
 MAX_PENDING = 16  # received messages the endpoint has not read: past it the socket is not read
@@ -175,6 +177,7 @@ class WebsocketProtocol(asyncio.Protocol):
         "_accepted",
         "_key",
         "_head",
+        "tasks",
     )
 
     def __init__(self, transport: asyncio.Transport, rest: bytes) -> None:
@@ -198,6 +201,7 @@ class WebsocketProtocol(asyncio.Protocol):
         self._accepted = False
         self._key = b""  # the client's Sec-WebSocket-Key
         self._head = b""  # the 101 response until it is written with the first frames (or alone)
+        self.tasks: set[asyncio.Task] | None = None  # the endpoint's set of serving tasks (left in `served`)
         self._events.append({"type": "websocket.connect"})
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -302,6 +306,14 @@ class WebsocketProtocol(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def served(self, task: asyncio.Task) -> None:
+        """The endpoint's task for this socket ended (a done callback): log a failure, close."""
+        if self.tasks is not None:
+            self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sync_connection_failed", error=repr(task.exception()), exc_info=task.exception())
+        self.finish()
 
     def finish(self) -> None:
         """The endpoint is done with this socket: close it (1011 first if it never said why)."""
