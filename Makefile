@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JS_DIRS := $(wildcard client-examples/js bench)
 
-.PHONY: run test test-fast lint install js browser prometheus bench clean
+.PHONY: run test test-fast lint install js browser firefox prometheus bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# npm ci in every JS package the tests drive (real yjs / y-websocket clients).
+# npm ci in every JS package the tests drive (real yjs / y-websocket clients), and their builds: clients/js
+# (the client library: tsc checks it and emits its .d.ts, then its browser test page) comes first, the
+# examples and the web app depend on it (file:).
 js:
-	@for d in client-examples/js client-examples/dashboard webapp bench; do \
+	@for d in clients/js client-examples/js client-examples/dashboard webapp bench; do \
 	  if [ -f $$d/package-lock.json ] && [ ! -f $$d/node_modules/.ci-stamp -o $$d/package-lock.json -nt $$d/node_modules/.ci-stamp ]; then \
 	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) && touch $$d/node_modules/.ci-stamp || exit 1; \
 	  fi; \
 	  if [ -f $$d/package.json ] && grep -q '"build"' $$d/package.json; then (cd $$d && npm run --silent build) || exit 1; fi; \
 	done
 
-# Headless Chromium for the dashboard example's browser test (Debian's package; needs root).
+# Headless Chromium for the browser tests (dashboard example, web app, client library) and Firefox ESR
+# for the client library's (Debian's packages; needs root).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
@@ -36,6 +39,13 @@ prometheus:
 	  echo "installing Debian's prometheus for promtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
+# Firefox ESR for the browser tests in Firefox: web app, console, dashboard example, client library (Debian's package;
+# puppeteer-core drives it over WebDriver BiDi: webapp/test/browsers.mjs; needs root).
+firefox:
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  echo "installing Debian's firefox-esr for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null; }
+
 run: $(STAMP) js
 	$(BIN)/webhost-sync serve
 
@@ -46,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint js browser prometheus
+test: lint js browser firefox prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The fast part: no real JS clients, no browser, no multi-node / Redis, nothing over ~10 s.

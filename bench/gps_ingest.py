@@ -2,7 +2,7 @@
 """GPS points materialized per second, end to end, against the raw stage+merge COPY rate of the
 same PostgreSQL in the same run.
 
-End to end: real JS clients (client-examples/js/tracker.mjs, yjs + y-websocket) each holding a
+End to end: real JS clients (client-examples/js/tracker.mjs on @webhost/sync-client, yjs) each holding a
 day's track document recorded offline (--points fixes in one update) connect at once to a real
 `webhost-sync serve` (each builds its document first, then all connect at the same agreed instant,
 so node start-up is not in the measurement; the raw path's rows are built before its clock starts

@@ -20,7 +20,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import structlog
@@ -40,17 +40,96 @@ _INSERT = (
 class StoredDoc:
     snapshot: bytes | None
     updates: list[bytes]  # log rows after the snapshot, in seq order
+    seqs: list[int] = field(default_factory=list)  # their seq, in the same order
+    snapshot_count: int = 0  # the snapshot's update_count when read: changed by any compaction since
+
+
+# The log as two arrays: one row, not one Record per update (100k rows: 44 ms instead of 77). The
+# rows are aggregated in the index's seq order (one ordered scan; `array_agg(... ORDER BY seq)` sorts
+# again, twice: 66 ms). Order is for speed only: Yjs updates commute, one that arrives before what it
+# builds on waits inside the engine until it comes. Rows come in pieces of LOAD_PIECE_ROWS (keyset
+# on seq) so that a reader replays one piece while PostgreSQL reads the next.
+LOAD_PIECE_ROWS = 25_000
+_PIECE = (
+    "SELECT array_agg(l.update) AS updates, array_agg(l.seq) AS seqs, max(l.seq) AS last, count(*) AS n FROM "
+    "(SELECT update, seq FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq > $3 ORDER BY seq LIMIT $4) l"
+)
+_FIRST_PIECE = (
+    "SELECT s.state, s.update_count, u.updates, u.seqs, u.last, u.n FROM (SELECT 1) one "
+    "LEFT JOIN doc_snapshots s ON s.customer_id = $1 AND s.doc = $2 "
+    f"CROSS JOIN ({_PIECE}) u"
+)
+
+
+async def load_pieces(
+    db: Database, customer_id: str | uuid.UUID, doc: str, rows: int | None = None
+) -> AsyncIterator[StoredDoc]:
+    """The stored doc in pieces: the snapshot with the first `rows` log rows, then the next `rows`,
+    ... (the snapshot is in the first piece only). All are read in one REPEATABLE READ transaction:
+    together exactly what one read at its start would return."""
+    rows = rows or LOAD_PIECE_ROWS
+    async with db.tenant(customer_id, snapshot=True) as conn:
+        row = await conn.fetchrow(_FIRST_PIECE, customer_id, doc, 0, rows)
+        yield StoredDoc(row["state"], row["updates"] or [], row["seqs"] or [], row["update_count"] or 0)
+        while row["n"] == rows:
+            row = await conn.fetchrow(_PIECE, customer_id, doc, row["last"], rows)
+            yield StoredDoc(None, row["updates"] or [], row["seqs"] or [])
 
 
 async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:
+    """The whole stored doc (snapshot and every log row after it) at once."""
+    stored: StoredDoc | None = None
+    async for piece in load_pieces(db, customer_id, doc):
+        if stored is None:
+            stored = piece
+        else:
+            stored.updates += piece.updates
+            stored.seqs += piece.seqs
+    assert stored is not None
+    return stored
+
+
+async def compact_loaded(
+    db: Database, customer_id: str | uuid.UUID, doc: str, seqs: list[int], snapshot_count: int, state: bytes
+) -> bool:
+    """Compaction from a load: `state` (the snapshot and the log rows `seqs` merged, as `load` read
+    them) becomes the snapshot and exactly those rows are deleted, unless a compaction ran since the
+    load (the snapshot's update_count moved): then nothing is written (False) and the ordinary
+    compaction follows."""
+    if not seqs:
+        return False
     async with db.tenant(customer_id) as conn:
-        snapshot = await conn.fetchval(
-            "SELECT state FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"compact:{customer_id}:{doc}")
+        count = await conn.fetchval(
+            "SELECT update_count FROM doc_snapshots WHERE customer_id = $1 AND doc = $2", customer_id, doc
         )
-        rows = await conn.fetch(
-            "SELECT update FROM doc_updates WHERE customer_id = $1 AND doc = $2 ORDER BY seq", customer_id, doc
-        )
-    return StoredDoc(snapshot, [r["update"] for r in rows])
+        if (count or 0) != snapshot_count:
+            return False
+        await _replace_snapshot(conn, customer_id, doc, state, seqs)
+    return True
+
+
+async def _replace_snapshot(
+    conn: asyncpg.Connection, customer_id: str | uuid.UUID, doc: str, state: bytes, seqs: list[int]
+) -> None:
+    """Write the merged `state` as the snapshot and delete the log rows `seqs` it holds."""
+    await conn.execute(
+        "INSERT INTO doc_snapshots (customer_id, doc, state, upto_seq, update_count, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (customer_id, doc) DO UPDATE SET "
+        "state = EXCLUDED.state, upto_seq = GREATEST(doc_snapshots.upto_seq, EXCLUDED.upto_seq), "
+        "update_count = doc_snapshots.update_count + $5, updated_at = now()",
+        customer_id,
+        doc,
+        state,
+        max(seqs),
+        len(seqs),
+    )
+    await conn.execute(
+        "DELETE FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq = ANY($3::bigint[])",
+        customer_id,
+        doc,
+        seqs,
+    )
 
 
 async def count_updates(db: Database, customer_id: str | uuid.UUID, doc: str) -> int:
@@ -84,23 +163,7 @@ async def compact(
             return 0, 0
         state = await merge(snapshot["state"] if snapshot else None, [r["update"] for r in rows])
         seqs = [r["seq"] for r in rows]
-        await conn.execute(
-            "INSERT INTO doc_snapshots (customer_id, doc, state, upto_seq, update_count, updated_at) "
-            "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (customer_id, doc) DO UPDATE SET "
-            "state = EXCLUDED.state, upto_seq = GREATEST(doc_snapshots.upto_seq, EXCLUDED.upto_seq), "
-            "update_count = doc_snapshots.update_count + $5, updated_at = now()",
-            customer_id,
-            doc,
-            state,
-            max(seqs),
-            len(seqs),
-        )
-        await conn.execute(
-            "DELETE FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq = ANY($3::bigint[])",
-            customer_id,
-            doc,
-            seqs,
-        )
+        await _replace_snapshot(conn, customer_id, doc, state, seqs)
     return len(seqs), sum(len(r["update"]) for r in rows)
 
 

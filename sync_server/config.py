@@ -151,6 +151,20 @@ class Settings:
     )
     host: str = _setting("HOST", "127.0.0.1", doc="interface to listen on")
     port: int = _setting("PORT", 8080, _int("PORT", 0, 65535), "TCP port (0 picks a free one)")
+    workers: int = _setting(
+        "WORKERS",
+        1,
+        _int("WORKERS", 1, 64),
+        "node processes serving PORT together (SO_REUSEPORT; one per core), each a node of its own; more "
+        "than 1 needs REDIS_URL (the workers share documents and presence through the Redis fan-out)",
+    )
+    worker_port_base: int = _setting(
+        "WORKER_PORT_BASE",
+        0,
+        _int("WORKER_PORT_BASE", 0, 65535),
+        "with WORKERS > 1, worker i (0, 1, ...) also listens on this port + i alone: its own address, "
+        "where GET /metrics answers that worker's numbers (one Prometheus target each); 0: PORT + 1",
+    )
     database_url: str | None = _setting(
         "DATABASE_URL",
         None,
@@ -651,6 +665,11 @@ class Settings:
         return settings._checked()
 
     def _checked(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"WORKERS={self.workers} needs REDIS_URL: each worker is a node of its own, and nodes share "
+                "documents and presence only through the Redis fan-out (unset WORKERS to run one process)"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError(f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})")
         if self.sync_send_queue_bytes < self.sync_max_message_bytes:

@@ -102,6 +102,8 @@ _MODULE_MARKS = {
     "test_cluster_pause": ("multinode", "js"),
     "test_socket_credentials": ("js",),
     "test_durable_acks": ("js",),
+    "test_sync_client_js": ("js",),
+    "test_sync_client_browser": ("browser", "js"),
     "test_track_feedback": ("multinode", "js"),
     "test_fuzz": ("slow",),  # minutes of hostile traffic against one node
     "test_bench_smoke": ("slow",),  # a whole benchmark run, small
@@ -124,6 +126,7 @@ _TEST_MARKS = {
     ("test_transport_edges", "test_silent_pycrdt_listener_stays_connected_and_gets_the_next_edit"): ("slow",),
     ("test_app_sessions", "test_customer_admin_manages_users_and_sign_out_or_new_password_ends_sessions"): ("slow",),
     ("test_hostile_input", "test_nan_presence_is_refused_and_a_stock_js_client_joining_stays_connected"): ("js",),
+    ("test_sync_client_js", "test_offline_across_midnight_restart_then_durable_rows_and_refreshed_tokens"): ("slow",),
 }
 
 

@@ -1,7 +1,8 @@
-"""The operator console (/admin/) in real headless Chromium against a real server with Redis (node
-heartbeats) and provisioning on the local PostgreSQL server: webapp/test/console.mjs drives an
-admin, a staff operator and a customer user; this test sets them up and checks what the browsers
-saw and what the databases hold afterwards. Screenshots are kept in var/test-artifacts/console/."""
+"""The operator console (/admin/) in real headless Chromium and Firefox ESR (tests/support/browsers.py)
+against a real server with Redis (node heartbeats) and provisioning on the local PostgreSQL server:
+webapp/test/console.mjs drives an admin, a staff operator and a customer user; this test sets them up
+and checks what the browsers saw and what the databases hold afterwards. Screenshots are kept in
+var/test-artifacts/console/<browser>/."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from .support import databases, tenants
+from .support import browsers, databases, tenants
 from .support.server import ServerProcess
 from .test_provisioning_api import _api_key
 
@@ -70,8 +71,9 @@ async def _gps_count(url: str, cid) -> int:
         await conn.close()
 
 
+@browsers.each
 def test_operators_run_customers_and_migrations_from_the_console_and_customers_cannot(
-    console_server, database_url, tmp_path
+    console_server, database_url, tmp_path, browser
 ):
     server = console_server
     _operator(server, "admin@ops.example.com", "admin")
@@ -93,7 +95,7 @@ def test_operators_run_customers_and_migrations_from_the_console_and_customers_c
             headers={"Authorization": f"Bearer {op_token}"},
         )
         assert r.status_code == 201, r.text
-    shots = ROOT / "var" / "test-artifacts" / "console"  # kept after the run (pytest's tmp dirs rotate)
+    shots = ROOT / "var" / "test-artifacts" / "console" / browser  # kept after the run (pytest's tmp dirs rotate)
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     config = {
@@ -111,6 +113,7 @@ def test_operators_run_customers_and_migrations_from_the_console_and_customers_c
     run = subprocess.run(
         ["node", "test/console.mjs", "--config", str(tmp_path / "console.json")],
         cwd=WEBAPP,
+        env=browsers.env(browser),
         capture_output=True,
         text=True,
         timeout=240,

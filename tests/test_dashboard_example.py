@@ -1,4 +1,4 @@
-"""client-examples/dashboard in real headless Chromium against a real server: a dispatcher sees a
+"""client-examples/dashboard in real headless Chromium and Firefox ESR against a real server: a dispatcher sees a
 vehicle the tracking side put in the fleet document, sees who else is watching, and a note typed
 into the page reaches the durable document."""
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pycrdt
+
+from .support import browsers
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "client-examples" / "dashboard"
@@ -53,10 +55,11 @@ def _live_position_update(vehicle_id: str) -> bytes:
     return doc.get_update()
 
 
-def _open_dashboard(page_url: str, *args: str) -> dict:
+def _open_dashboard(browser: str, page_url: str, *args: str) -> dict:
     result = subprocess.run(
         ["node", "test/browser.mjs", "--url", page_url, *args],
         cwd=DASHBOARD,
+        env=browsers.env(browser),
         capture_output=True,
         text=True,
         timeout=90,
@@ -65,7 +68,8 @@ def _open_dashboard(page_url: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path):
+@browsers.each
+def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path, browser):
     slug, key = _onboard(server)
     auth = {"Authorization": f"Bearer {key}"}
     vehicle = httpx.post(
@@ -88,7 +92,7 @@ def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path):
     page = (DASHBOARD / "index.html").as_uri() + f"?server={server.ws_url}&customer={slug}&token={token}&name=Alice"
     shot = tmp_path / "dashboard.png"
     shown = _open_dashboard(
-        page, "--vehicle", vehicle, "--note", "Truck 7 delayed at gate 3", "--screenshot", str(shot)
+        browser, page, "--vehicle", vehicle, "--note", "Truck 7 delayed at gate 3", "--screenshot", str(shot)
     )
     assert shown["errors"] == []
     assert shown["status"] == "connected"
@@ -105,7 +109,7 @@ def test_dispatcher_sees_vehicles_and_shares_notes(server, tmp_path):
     assert content["notes"][0]["by"] == "Alice"
 
     # A second dispatcher opening the page later sees the first one's note.
-    second = _open_dashboard(page.replace("name=Alice", "name=Bob"), "--vehicle", vehicle)
+    second = _open_dashboard(browser, page.replace("name=Alice", "name=Bob"), "--vehicle", vehicle)
     assert any("Truck 7 delayed at gate 3" in n for n in second["notes"])
 
 

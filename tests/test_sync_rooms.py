@@ -9,8 +9,9 @@ import asyncpg
 import pycrdt
 import pytest
 
-from storage import AppRole, Database, DatabaseRegistry, migrator
+from storage import AppRole, Database, DatabaseRegistry, documents, migrator
 from storage.documents import UpdateLog
+from sync_server.extensions import doc_rebuild
 from sync_server.extensions.persistence import Persistence
 from sync_server.sync import protocol
 from sync_server.sync.connection import Connection
@@ -274,3 +275,80 @@ async def test_a_re_encoded_echo_of_deletions_is_neither_stored_nor_relayed(core
     assert str(room.ydoc.get("t", type=pycrdt.Text)) == "orld" and len(rec.changes) == 3
     await log.flush(customer.id)
     assert (await sync_peers.stored_updates(database_url, customer, "notes"))[0] == 3
+
+
+async def _log_rows(database_url: str, customer_id: str, doc: str, updates: list[bytes]) -> None:
+    """Rows straight into the update log (as the schema owner), as if clients had sent them."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, $2, $3)",
+            [(customer_id, doc, u) for u in updates],
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_long_log_loads_whole_and_becomes_the_snapshot_on_load(core, database_url):
+    rooms, log, registry = core
+    customer = await sync_peers.create_customer(database_url)
+    # more rows than one replay transaction holds, in an order the engine must wait on (the last
+    # row first: it builds on all the others)
+    updates = sync_peers.array_pushes(doc_rebuild.ROWS_PER_TRANSACTION * 3 + 5)
+    await _log_rows(database_url, customer.id, "fleet", updates[-1:] + updates[:-1])
+    room = await rooms.get(customer.id, "fleet")
+    expected = [{"i": float(i)} for i in range(len(updates))]
+    assert room.ydoc.get("log", type=pycrdt.Array).to_py() == expected
+    # compaction on load: the replayed doc is the snapshot, exactly the loaded rows are gone
+    while (await sync_peers.stored_updates(database_url, customer, "fleet"))[0]:
+        await asyncio.sleep(0.02)
+    stored = await sync_peers.stored_doc(database_url, customer, "fleet")
+    assert stored.get("log", type=pycrdt.Array).to_py() == expected
+    # the room keeps serving edits after it (its doc is the one the worker thread built)
+    await room.apply(_update("after", 1))
+    await log.flush(customer.id)
+    assert (await sync_peers.stored_doc(database_url, customer, "fleet")).get("m", type=pycrdt.Map).to_py() == {
+        "after": 1.0
+    }
+
+
+async def test_compaction_from_a_load_steps_aside_when_another_compaction_ran_since(core, database_url):
+    _rooms, _log, registry = core
+    customer = await sync_peers.create_customer(database_url)
+    updates = sync_peers.array_pushes(30)
+    await _log_rows(database_url, customer.id, "fleet", updates[:20])
+    db = await registry.for_customer(customer.id)
+    loaded = await documents.load(db, customer.id, "fleet")
+    assert len(loaded.updates) == len(loaded.seqs) == 20 and loaded.snapshot_count == 0
+    await _log_rows(database_url, customer.id, "fleet", updates[20:])
+    assert await documents.compact(db, customer.id, "fleet", doc_rebuild.merge) == (30, sum(map(len, updates)))
+    stale = doc_rebuild.rebuild(loaded.snapshot, loaded.updates).get_update()
+    assert not await documents.compact_loaded(db, customer.id, "fleet", loaded.seqs, 0, stale)
+    stored = await sync_peers.stored_doc(database_url, customer, "fleet")
+    assert len(stored.get("log", type=pycrdt.Array)) == 30  # the newer snapshot was kept
+    fresh = await documents.load(db, customer.id, "fleet")
+    assert fresh.updates == [] and fresh.snapshot_count == 30
+
+
+async def test_a_log_read_in_pieces_is_one_consistent_read(core, database_url, monkeypatch):
+    rooms, _log, registry = core
+    customer = await sync_peers.create_customer(database_url)
+    updates = sync_peers.array_pushes(60)
+    await _log_rows(database_url, customer.id, "fleet", updates[:50])
+    db = await registry.for_customer(customer.id)
+    pieces = []
+    async for piece in documents.load_pieces(db, customer.id, "fleet", rows=8):
+        pieces.append(piece)
+        if len(pieces) == 1:  # committed while the read is under way: not part of it
+            await _log_rows(database_url, customer.id, "fleet", updates[50:])
+    assert [len(p.updates) for p in pieces] == [8, 8, 8, 8, 8, 8, 2]
+    assert [u for p in pieces for u in p.updates] == updates[:50]
+    assert len({s for p in pieces for s in p.seqs}) == 50
+    # the room's load reads and replays piece by piece too, and compacts what it read
+    monkeypatch.setattr(documents, "LOAD_PIECE_ROWS", 7)
+    room = await rooms.get(customer.id, "fleet")
+    assert room.ydoc.get("log", type=pycrdt.Array).to_py() == [{"i": float(i)} for i in range(60)]
+    while (await sync_peers.stored_updates(database_url, customer, "fleet"))[0]:
+        await asyncio.sleep(0.02)
+    stored = await sync_peers.stored_doc(database_url, customer, "fleet")
+    assert len(stored.get("log", type=pycrdt.Array)) == 60

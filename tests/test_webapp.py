@@ -1,8 +1,8 @@
-"""The dispatcher web app (/app/) in real headless Chromium against a real server, no map tiles
-(MAP_TILE_URL=none: markers, trails and geofences on a plain background). webapp/test/scenario.mjs
-drives four browsers (two dispatchers, a viewer, another customer's dispatcher) and a tracker
-(yjs + y-websocket in Node); this test sets the customers up through REST and checks what the
-browsers saw. Screenshots are kept in var/test-artifacts/webapp/ (printed)."""
+"""The dispatcher web app (/app/) in real headless Chromium and Firefox ESR (tests/support/browsers.py)
+against a real server, no map tiles (MAP_TILE_URL=none: markers, trails and geofences on a plain
+background). webapp/test/scenario.mjs drives four browsers (two dispatchers, a viewer, another
+customer's dispatcher) and a tracker (yjs + y-websocket in Node); this test sets the customers up
+through REST and checks what the browsers saw. Screenshots are kept in var/test-artifacts/webapp/<browser>/ (printed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .support import browsers
 from .support.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def app_server(server_env, tmp_path):
     proc.stop()
 
 
-def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, tmp_path):
+@browsers.each
+def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, tmp_path, browser):
     server = app_server
     operator = _operator_token(server)
     acme = _customer(server, operator, "acme-freight")
@@ -83,7 +85,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     _user(other, "eve@other.example", "admin")
     vehicle = acme.post("/api/v1/vehicles", json={"name": "van-7", "vehicle_identifier": "van-7"}).json()["id"]
     tracker = acme.post("/api/v1/sync-tokens", json={"docs": [f"tracks/{vehicle}/*"], "mode": "rw"}).json()["token"]
-    shots = ROOT / "var" / "test-artifacts" / "webapp"  # kept after the run (pytest's tmp dirs rotate)
+    shots = ROOT / "var" / "test-artifacts" / "webapp" / browser  # kept after the run (pytest's tmp dirs rotate)
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     config = {
@@ -102,6 +104,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     run = subprocess.run(
         ["node", "test/scenario.mjs", "--config", str(tmp_path / "scenario.json")],
         cwd=WEBAPP,
+        env=browsers.env(browser),
         capture_output=True,
         text=True,
         timeout=200,
@@ -127,6 +130,8 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
     assert not any("Call driver 7" in n for n in seen["aliceBefore"]) and seen["bobPendingAfter"] is False
     alice_sees, bob_sees = seen["presenceAfterReconnect"]  # presence came back both ways
     assert "bob" in alice_sees and "alice" in bob_sees
+    # an edit the app before the client library left unsynced in its own store was adopted and synced
+    assert seen["earlierNoteOnAlice"] == "Left in the earlier store"
     # history: the stored trail with its enter event
     history = seen["history"]
     assert history["max"] >= 50 and history["value"] == 5 and "fixes, 1 geofence events" in history["info"]
@@ -149,8 +154,9 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "tokenStatus": 401,
         "oldTokenClose": 4401,  # a new connection with the session's token
         "heldClose": 4401,  # a connection open at sign-out, closed by the server
-        "providers": 0,
+        "syncing": False,
         "signInShown": True,
     }
+    assert seen["signOutNote"] == "Signed out."  # not "session ended": the page's own sockets closing did not count
     assert seen["errors"] == []
     assert len(list(shots.glob("*.png"))) == 11

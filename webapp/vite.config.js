@@ -6,6 +6,8 @@ import { defineConfig } from 'vite'
 
 export default defineConfig({
   base: '/app/',
+  // @webhost/sync-client is linked from clients/js (file:): one copy of yjs and its kin, the app's
+  resolve: { dedupe: ['yjs', 'lib0', 'y-protocols', 'y-indexeddb'] },
   build: {
     outDir: '../api/app_static',
     emptyOutDir: true,

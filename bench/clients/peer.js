@@ -170,4 +170,4 @@ const waitForStop = () => new Promise((resolve) => {
   process.on('SIGTERM', resolve)
 })
 
-module.exports = { Peer, updateMessage, connectMany, parseArgs, emit, nowMs, roomUrl, hardDeadline, waitForStop, Y }
+module.exports = { Peer, updateMessage, connectMany, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, waitForStop, Y }

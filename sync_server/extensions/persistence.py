@@ -27,13 +27,15 @@ import structlog
 
 from storage import documents
 from storage.registry import DatabaseRegistry
-from sync_server.extensions.doc_rebuild import merge
+from sync_server.extensions.doc_rebuild import Replay, merge
 from sync_server.sync import control
 from sync_server.sync.connection import Connection
 from sync_server.sync.hooks import RoomHooks, is_remote
 from sync_server.sync.rooms import Room
 
 log = structlog.get_logger("sync_server.extensions.persistence")
+
+LOAD_COMPACTION_DELAY = 1.0  # seconds a compaction due at load waits (at most the compaction interval)
 
 
 @dataclass
@@ -43,6 +45,16 @@ class LogBacklog:
     rows: int = 0
     bytes: int = 0
     compacted_at: float | None = None
+
+
+@dataclass
+class Loaded:
+    """What a load replayed into the room's doc (the log rows by seq and their bytes, the
+    snapshot's update_count then), handed to the compaction that follows it."""
+
+    seqs: list[int]
+    snapshot_count: int
+    bytes: int
 
 
 class Persistence(RoomHooks):
@@ -74,18 +86,36 @@ class Persistence(RoomHooks):
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
-        stored = await documents.load(db, room.customer_id, room.doc)
-        # The tail is folded into one update on a private doc in a worker thread: linear, off the
-        # event loop. (pycrdt.merge_updates over the tail was superlinear: 20k updates took 8.7 s and
-        # 100k ran out of memory; see bench/RESULTS.md, cold load.)
-        state = await merge(stored.snapshot, stored.updates) if stored.updates else stored.snapshot
-        if state:
-            room.ydoc.apply_update(state)
+        # The log is replayed on a private doc in a worker thread (linear, off the event loop), one
+        # piece while PostgreSQL reads the next, and that doc becomes the room's: no second encode
+        # and apply of the whole state (22 ms at 100k rows). (pycrdt.merge_updates over the tail was
+        # superlinear: 20k updates took 8.7 s and 100k ran out of memory; see bench/RESULTS.md.)
+        replay: Replay | None = None
+        replaying: asyncio.Future | None = None
+        seqs: list[int] = []
+        snapshot, snapshot_count, size = None, 0, 0
+        async for piece in documents.load_pieces(db, room.customer_id, room.doc):
+            if replay is None:
+                snapshot, snapshot_count = piece.snapshot, piece.snapshot_count
+                replay = Replay(snapshot)
+            seqs += piece.seqs
+            size += sum(len(u) for u in piece.updates)
+            if replaying is not None:
+                await replaying
+            if piece.updates:
+                replaying = asyncio.ensure_future(asyncio.to_thread(replay.feed, piece.updates))
+        if replaying is not None:
+            await replaying
+        if seqs and replay is not None:
+            room.ydoc = await asyncio.to_thread(replay.doc)
+        elif snapshot:
+            room.ydoc.apply_update(snapshot)
         backlog = room.state(LogBacklog)
-        backlog.rows = len(stored.updates)
-        backlog.bytes = sum(len(u) for u in stored.updates)
+        backlog.rows = len(seqs)
+        backlog.bytes = size
         if self._due(room):
-            self._compact_soon(room)
+            # Compact on load: the doc just replayed is the new snapshot (no second read and replay).
+            self._compact_soon(room, Loaded(seqs, snapshot_count, size))
 
     async def change(self, room: Room, update: bytes, origin: Any) -> None:
         if is_remote(origin):
@@ -150,21 +180,26 @@ class Persistence(RoomHooks):
         backlog = room.state(LogBacklog)
         return backlog.rows >= self.compact_after or backlog.bytes >= self.compact_after_bytes
 
-    def _compact_soon(self, room: Room) -> None:
+    def _compact_soon(self, room: Room, loaded: Loaded | None = None) -> None:
         key = (room.customer_id, room.doc)
         if key in self._compacting or self.log.is_paused(room.customer_id):
             return
-        task = asyncio.ensure_future(self._compact(room))
+        task = asyncio.ensure_future(self._compact(room, loaded))
         self._compacting[key] = task
         task.add_done_callback(lambda _t: self._compacting.pop(key, None))
 
-    async def _compact(self, room: Room) -> None:
+    async def _compact(self, room: Room, loaded: Loaded | None = None) -> None:
         try:
             backlog = room.state(LogBacklog)
             last = backlog.compacted_at
             now = asyncio.get_running_loop().time()
             if last is not None and now - last < self.compact_interval:
                 await asyncio.sleep(self.compact_interval - (now - last))
+            elif loaded is not None:
+                # After the first sync of the peers that made the room load, not beside it: the
+                # snapshot write and the delete of the loaded rows take PostgreSQL CPU (measured at
+                # 100k rows: first sync 0.39 s median with the wait, 0.47 s without; bench/RESULTS.md).
+                await asyncio.sleep(min(LOAD_COMPACTION_DELAY, self.compact_interval))
             backlog.compacted_at = asyncio.get_running_loop().time()
             self._running.add((room.customer_id, room.doc))
             # No flush first: compaction merges only committed rows, and must never wait on rows a
@@ -172,7 +207,19 @@ class Persistence(RoomHooks):
             if self.log.is_paused(room.customer_id):
                 return
             db = await self.registry.for_customer(room.customer_id)
-            merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
+            # The room's doc holds at least the loaded rows (and maybe later updates: harmless in a
+            # snapshot, they are replayed again from the log idempotently); never read a doc the
+            # engine failed on (it is being rebuilt): the ordinary compaction reads the log instead.
+            if (
+                loaded is not None
+                and room.broken is None
+                and await documents.compact_loaded(
+                    db, room.customer_id, room.doc, loaded.seqs, loaded.snapshot_count, room.ydoc.get_update()
+                )
+            ):
+                merged, merged_bytes = len(loaded.seqs), loaded.bytes
+            else:
+                merged, merged_bytes = await documents.compact(db, room.customer_id, room.doc, merge)
             backlog.rows = max(0, backlog.rows - merged)
             backlog.bytes = max(0, backlog.bytes - merged_bytes)
             self.compactions += 1

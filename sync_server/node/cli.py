@@ -1,5 +1,5 @@
-"""`webhost-sync` command line: serve, migrate, create-operator, env, generate-key, rotate-key,
-migrate-tenant, export-tenant, import-tenant."""
+"""`webhost-sync` command line: serve (with WORKERS > 1 a supervisor of that many, node/workers.py),
+migrate, create-operator, env, generate-key, rotate-key, migrate-tenant, export-tenant, import-tenant."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import structlog
 
 from sync_server import logs
 from sync_server.config import ConfigError, Settings
-from sync_server.node import migrate_tenant_cli, patches, tenant_archive_cli
+from sync_server.node import migrate_tenant_cli, patches, tenant_archive_cli, workers
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
@@ -61,8 +61,11 @@ def _bind(config: Config) -> Sockets:
         raise SystemExit(2) from None
 
 
-def cmd_serve(_args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
+    worker = getattr(args, "worker", None)
+    if settings.workers > 1 and worker is None:
+        return _supervise(settings)
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Config
     from hypercorn.utils import wrap_app
@@ -87,7 +90,17 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     # TcpExtListenOverflows: 426 in one 4,000-client burst), each overflow costing that client a
     # SYN retransmit (~1 s). Node's default is 511; the kernel caps it at net.core.somaxconn.
     config.backlog = 2048
-    sockets = _bind(config)
+    if worker is not None:
+        # One of WORKERS: the shared port in its SO_REUSEPORT group (Hypercorn sets the option when
+        # it is told of several workers), and the worker's own port beside it (its /metrics).
+        config.workers = settings.workers
+        own = Config()
+        own.bind = [f"{settings.host}:{workers.own_port(settings, worker)}"]
+        sockets = _bind(config)
+        sockets.insecure_sockets.extend(_bind(own).insecure_sockets)
+        settings = dataclasses.replace(settings, node_id=workers.node_id(settings, worker))
+    else:
+        sockets = _bind(config)
     settings, _url = _with_database(settings)
 
     from sync_server.node.app import create_app
@@ -100,15 +113,20 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
+        draining: list[asyncio.Future] = []
 
         async def shutdown() -> None:
             log.info("shutdown_requested")
             await rt.drain()
             stop.set()
 
+        def on_signal() -> None:
+            if not draining:  # a second signal must not stop the server before the drain is done
+                draining.append(asyncio.ensure_future(shutdown()))
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
+            loop.add_signal_handler(sig, on_signal)
         log.info("listening", url=f"http://{host}:{port}")
         # What start-up allocated (modules, the app, schemas: ~90k objects) lives as long as the
         # process; frozen, the full collections that run now and then under traffic stop walking it
@@ -127,6 +145,23 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     else:
         asyncio.run(main())
     return 0
+
+
+def _supervise(settings: Settings) -> int:
+    """WORKERS > 1: hold the port (busy: exit 2), resolve the database once, run the workers."""
+    from hypercorn.config import Config
+
+    probe = Config()
+    probe.bind = [f"{settings.host}:{settings.port}"]
+    probe.workers = settings.workers  # SO_REUSEPORT: the workers bind the same port beside it
+    held = _bind(probe)
+    port = held.insecure_sockets[0].getsockname()[1]
+    try:
+        settings, url = _with_database(settings)
+        return workers.supervise(settings, port, url)
+    finally:
+        for sock in held.insecure_sockets:
+            sock.close()
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
@@ -231,7 +266,10 @@ def cmd_env(_args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="webhost-sync", description="Real-time Yjs sync server for fleet apps")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the server (HOST, PORT; embedded PostgreSQL when DATABASE_URL is unset)")
+    serve = sub.add_parser(
+        "serve", help="run the server (HOST, PORT, WORKERS; embedded PostgreSQL when DATABASE_URL is unset)"
+    )
+    serve.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # one of WORKERS (workers.py)
     sub.add_parser("migrate", help="apply pending database migrations and exit")
     op = sub.add_parser("create-operator", help="create (or reset) a platform operator")
     op.add_argument("--email", required=True)

@@ -157,6 +157,40 @@ def tracker(ws_url: str, secret: str, customer: Customer, vehicle, day: str, *ar
     )
 
 
+async def js_checkpoints(script: Path, plan: dict, on_line, *, end: str, timeout: float = 180.0) -> list[dict]:
+    """Run a node script that prints JSON lines (`{"event": ...}`) and may block on stdin at a
+    checkpoint: `await on_line(line)` sees each line, and a True answer writes "go" to unblock
+    it; stops after the line whose event is `end`. Returns every line; kills the script on failure."""
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(script),
+        json.dumps(plan),
+        cwd=script.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout and proc.stdin and proc.stderr
+    lines: list[dict] = []
+    try:
+        while True:
+            raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            assert raw, f"{script.name} ended early: {(await proc.stderr.read()).decode()[-3000:]}"
+            line = json.loads(raw)
+            lines.append(line)
+            if await on_line(line):
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            if line.get("event") in (end, "timeout"):
+                break
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return lines
+
+
 def js_start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["node", str(JS_DIR / script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=JS_DIR
@@ -215,3 +249,15 @@ async def create_api_key(database_url: str, customer: Customer, permissions: lis
     finally:
         await conn.close()
     return raw
+
+
+def array_pushes(count: int) -> list[bytes]:
+    """`count` real Yjs updates, one Y.Array `log` push of {i} each, made with pycrdt (a long log)."""
+    doc = pycrdt.Doc()
+    log = doc.get("log", type=pycrdt.Array)
+    updates: list[bytes] = []
+    subscription = doc.observe(lambda event: updates.append(event.update))
+    for i in range(count):
+        log.append({"i": i})
+    doc.unobserve(subscription)
+    return updates

@@ -1,15 +1,18 @@
 // The dispatcher web app (served at /app/ by webhost-sync).
 //
-// Documents (y-websocket, tokens from the app's own session: POST /api/v1/sync-tokens):
+// Documents (synced by @webhost/sync-client, clients/js: tokens from the app's own session, POST
+// /api/v1/sync-tokens, renewed by the library before they expire; both documents kept in IndexedDB):
 //   fleet     live    Y.Map vehicle id -> {t, lat, lng, speed, heading, accuracy, alt, name} (the server's pipeline)
 //             events  Y.Array of feed entries, newest last (tracking/event_feed.py)
 //             changes Y.Map what -> ms: "geofences" changed, fetch them again (REST is their home)
 //             awareness: {user: {name, email, color}, viewing: vehicle id | null}
 //   dispatch  notes   Y.Array of {id, text, by, at}
 //             tasks   Y.Map id -> Y.Map {title, vehicle_id, driver, status: open|en route|done, by, at}
-//             kept in IndexedDB (y-indexeddb): edits made offline survive a reload and merge on reconnect
+//             edits made offline survive a reload and merge on reconnect; "N edits kept on this
+//             device" counts the local changes the server has not acknowledged as durable yet
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+import { connect } from '@webhost/sync-client'
+import { indexeddbStorage } from '@webhost/sync-client/indexeddb'
 import { IndexeddbPersistence } from 'y-indexeddb'
 import L from 'leaflet'
 import 'leaflet/dist/leaflet.css'
@@ -26,7 +29,7 @@ const COLORS = ['#2563eb', '#16a34a', '#db2777', '#ea580c', '#7c3aed', '#0891b2'
 const TRAIL_POINTS = 30
 const FEED_SHOWN = 100
 
-const app = { session: null, providers: [], markers: new Map(), trails: new Map(), geofences: new Map(), selected: null, pending: 0 }
+const app = { session: null, sync: null, markers: new Map(), trails: new Map(), geofences: new Map(), selected: null }
 window.webapp = app // for the browser tests and for debugging
 
 // --- REST with the session cookie ----------------------------------------------------------------
@@ -63,27 +66,24 @@ function setStatus (state, text) {
   el.textContent = text || state
 }
 
-function showPending () {
-  const el = $('pending')
-  const offline = !app.providers.every((p) => p.wsconnected)
-  el.hidden = !(offline && app.pending > 0)
-  el.textContent = `${app.pending} edit${app.pending === 1 ? '' : 's'} kept on this device, sent on reconnect`
-}
-
+// The session's status (offline / pending / durable / refused) and its count of local changes the
+// server has not acknowledged as durable yet.
 function refreshStatus () {
-  if (!app.session) return
-  const el = $('status')
-  if (el.dataset.state === 'refused') return
-  const all = app.providers
-  if (all.length && all.every((p) => p.wsconnected && p.synced)) {
+  const sync = app.sync
+  if (!app.session || !sync) return
+  if (sync.status === 'refused') {
+    const refusal = [...sync.docs.values()].map((d) => d.refusal).find(Boolean)
+    setStatus('refused', `refused: ${(refusal && (refusal.reason || refusal.code)) || ''}`)
+  } else if (sync.status === 'durable' || sync.status === 'pending') {
     setStatus('connected', 'live')
-    app.pending = 0
-  } else if (all.some((p) => p.wsconnecting)) {
-    setStatus(navigator.onLine === false ? 'offline' : 'connecting', navigator.onLine === false ? 'offline' : 'connecting…')
+  } else if (sync.online && navigator.onLine !== false) {
+    setStatus('connecting', 'connecting…')
   } else {
     setStatus('offline', 'offline')
   }
-  showPending()
+  const el = $('pending')
+  el.hidden = !(sync.status === 'offline' && sync.pending > 0)
+  el.textContent = `${sync.pending} edit${sync.pending === 1 ? '' : 's'} kept on this device, sent on reconnect`
 }
 
 // --- sign-in ------------------------------------------------------------------------------------------
@@ -116,6 +116,7 @@ $('signin-form').addEventListener('submit', async (e) => {
 })
 
 $('sign-out').addEventListener('click', async () => {
+  stopSync() // first: the server closes our sockets (4401) as it ends the session; nothing may react ("session ended")
   try { await api('DELETE', '/api/v1/app/session') } catch { /* the session is gone either way */ }
   signedOut('Signed out.')
 })
@@ -128,31 +129,23 @@ function signedOut (note) {
 
 // --- sync -----------------------------------------------------------------------------------------
 
-let tokenTimer = null
-
+// The library asks for a token at start, before each one expires (handed to the open sockets in
+// band) and after a 4401; a signed-out session (401) or a refusal (403) ends the app's session.
 async function syncToken () {
   const mode = app.session.can_write ? 'rw' : 'r'
-  const minted = await api('POST', '/api/v1/sync-tokens', { docs: ['fleet', 'dispatch'], mode, ttl_seconds: TOKEN_SECONDS })
-  return minted.token
-}
-
-async function renewToken () {
   try {
-    const token = await syncToken()
-    for (const p of app.providers) p.protocols = [token] // used by the next (re)connection
-    return token
+    const minted = await api('POST', '/api/v1/sync-tokens', { docs: ['fleet', 'dispatch'], mode, ttl_seconds: TOKEN_SECONDS })
+    return minted.token
   } catch (err) {
     if (err.status === 401 || err.status === 403) signedOut(err.status === 401 ? 'Your session ended: sign in again.' : `Refused: ${err.message}`)
-    return null
+    throw err
   }
 }
 
 function stopSync () {
-  clearInterval(tokenTimer)
-  for (const p of app.providers) p.destroy()
-  app.providers = []
-  if (app.persistence) app.persistence.destroy()
-  app.persistence = null
+  if (app.sync) app.sync.close() // what is not on the device yet is written first
+  app.sync = null
+  app.presence = null
   app.fleet = null // nothing of this session stays on screen for the next one
   for (const layer of [vehicleLayer, fenceLayer, eventLayer, historyLayer, drawLayer]) if (layer) layer.clearLayers()
   app.markers.clear()
@@ -175,63 +168,41 @@ async function start (session) {
   for (const el of document.querySelectorAll('.editing button, .editing input, .editing textarea, .editing select')) el.disabled = !session.can_write
   setStatus('connecting', 'connecting…')
   ensureMap()
-  const token = await syncToken()
-  const base = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/sync/${encodeURIComponent(session.customer.slug)}`
-  app.fleet = new Y.Doc()
-  app.dispatch = new Y.Doc()
-  app.persistence = new IndexeddbPersistence(`webhost-sync:${session.customer.id}:dispatch`, app.dispatch)
-  const fleetProvider = new WebsocketProvider(base, 'fleet', app.fleet, { protocols: [token] })
-  const dispatchProvider = new WebsocketProvider(base, 'dispatch', app.dispatch, { protocols: [token] })
-  app.providers = [fleetProvider, dispatchProvider]
-  app.fleetProvider = fleetProvider
-  for (const p of app.providers) {
-    p.on('status', refreshStatus)
-    p.on('sync', refreshStatus)
-    p.on('connection-close', (event) => onClose(p, event))
-  }
-  tokenTimer = setInterval(renewToken, TOKEN_SECONDS * 500)
-  app.dispatch.on('update', (update, origin) => {
-    if (origin !== dispatchProvider && origin !== app.persistence && !dispatchProvider.wsconnected) {
-      app.pending += 1
-      showPending()
-    }
+  app.sync = connect({
+    url: location.origin,
+    customer: session.customer.slug,
+    getToken: syncToken,
+    storage: indexeddbStorage({ prefix: `webhost-sync:${session.customer.id}:` }) // one customer's data apart from another's
   })
-  const me = fleetProvider.awareness
+  app.sync.on('status', refreshStatus)
+  const fleet = app.sync.open('fleet')
+  const dispatch = app.sync.open('dispatch')
+  app.fleet = fleet.doc
+  app.dispatch = dispatch.doc
+  adoptEarlierStore(dispatch, `webhost-sync:${session.customer.id}:dispatch`).catch((err) => console.warn('earlier local store not read', err))
+  app.presence = fleet.awareness
+  refreshStatus()
+  const me = app.presence
   me.setLocalStateField('user', { name: session.user.name || session.user.email, email: session.user.email, color: COLORS[app.fleet.clientID % COLORS.length] })
   me.setLocalStateField('viewing', null)
   me.on('change', () => scheduleRender('presence'))
-  fleetProvider.on('status', ({ status }) => { if (status === 'connected') rejoinPresence(me) })
   bindFleet()
   bindDispatch()
   await loadGeofences()
   scheduleRender('all')
 }
 
-// After a reconnect, presence both ways: y-websocket dropped the others' states on disconnect with
-// their clocks bumped (so the server's snapshot of them, sent at join, would be ignored: forget
-// those clocks), and the others saw our removal at clock+1 (so announce ourselves at clock+2).
-function rejoinPresence (awareness) {
-  for (const id of [...awareness.meta.keys()]) {
-    if (id !== awareness.clientID && !awareness.states.has(id)) awareness.meta.delete(id)
-  }
-  const mine = awareness.getLocalState()
-  if (mine) { awareness.setLocalState({ ...mine }); awareness.setLocalState({ ...mine }) }
-}
-
-async function onClose (provider, event) {
-  if (!event || event.code < 4400 || event.code >= 4500) return refreshStatus()
-  // 4401: token expired or the session signed out; 4403: not allowed. Try a fresh token once.
-  provider.shouldConnect = false
-  if (event.code === 4401 && !provider.retriedToken) {
-    provider.retriedToken = true
-    const token = await renewToken()
-    if (token && app.session) {
-      provider.connect()
-      setTimeout(() => { provider.retriedToken = false }, 10000)
-      return
-    }
-  }
-  if (app.session) setStatus('refused', `refused: ${event.reason || event.code}`)
+// Before the client library the app kept the dispatch document in its own y-indexeddb database
+// (`webhost-sync:<customer id>:dispatch`). Edits made offline there and never synced would be lost
+// with it: its content is merged into the document once, as a local change (sent, counted pending and
+// acknowledged like any other edit; what the server has already is a no-op), then the database goes.
+async function adoptEarlierStore (synced, dbName) {
+  if (typeof indexedDB === 'undefined' || typeof indexedDB.databases !== 'function') return
+  if (!(await indexedDB.databases()).some((info) => info.name === dbName)) return
+  await synced.whenLoaded
+  const earlier = new IndexeddbPersistence(dbName, synced.doc)
+  await earlier.whenSynced
+  await earlier.clearData()
 }
 
 window.addEventListener('online', refreshStatus)
@@ -457,7 +428,7 @@ function fillVehicleSelect (sel, list) {
 function select (id) {
   const before = app.selected
   app.selected = id
-  app.fleetProvider.awareness.setLocalStateField('viewing', id)
+  app.presence.setLocalStateField('viewing', id)
   const m = app.markers.get(id)
   if (m) map.panTo(m.getLatLng())
   $('history-vehicle').value = id
@@ -566,9 +537,9 @@ function renderFeed () {
 // --- presence ---------------------------------------------------------------------------------------
 
 function renderDispatchers () {
-  if (!app.fleetProvider) return
+  if (!app.presence) return
   const items = []
-  for (const [client, state] of app.fleetProvider.awareness.getStates()) {
+  for (const [client, state] of app.presence.getStates()) {
     if (!state || !state.user) continue
     const li = document.createElement('li')
     li.dataset.client = String(client)

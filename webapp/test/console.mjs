@@ -1,4 +1,4 @@
-// The operator console end to end in real headless Chromium, against a real server
+// The operator console end to end in real headless Chromium or Firefox (browsers.mjs), against a real server
 // (tests/test_console.py sets it up and checks what this prints):
 //   a customer user signed in to the dispatcher app opens /admin/ and gets the sign-in form (every
 //   operator route answers 401, its API key too); an admin signs in (keyboard), searches a customer,
@@ -8,7 +8,7 @@
 //
 //   node test/console.mjs --config console.json    (prints one JSON line; screenshots into config.shots)
 import { readFileSync } from 'node:fs'
-import { chromium } from 'playwright-core'
+import { launch } from './browsers.mjs'
 import WebSocket from 'ws'
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
@@ -21,10 +21,7 @@ const result = { steps: [], errors: [] }
 const step = (name, data = {}) => { result.steps.push(name); Object.assign(result, data) }
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-})
+const browser = await launch() // TEST_BROWSER: chromium (default) or firefox
 const killer = setTimeout(() => { console.error('console scenario timed out; steps: ' + result.steps.join(', ')); process.exit(3) }, 220000)
 
 async function person (name, width = 1360, height = 900) {

@@ -1,4 +1,4 @@
-// The dispatcher app end to end in real headless Chromium, against a real server
+// The dispatcher app end to end in real headless Chromium or Firefox (browsers.mjs), against a real server
 // (tests/test_webapp.py sets the server up and checks what this prints):
 //   two dispatchers of one customer sign in; a tracker (yjs + y-websocket in Node) sends fixes and
 //   the marker moves on both screens; one draws a geofence, the other sees it; the tracker crosses
@@ -8,7 +8,7 @@
 //
 //   node test/scenario.mjs --config scenario.json    (prints one JSON line; screenshots into config.shots)
 import { readFileSync } from 'node:fs'
-import { chromium } from 'playwright-core'
+import { launch } from './browsers.mjs'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
@@ -23,10 +23,7 @@ const result = { steps: [] }
 const step = (name, data = {}) => { result.steps.push(name); Object.assign(result, data) }
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-})
+const browser = await launch() // TEST_BROWSER: chromium (default) or firefox
 const killer = setTimeout(() => { console.error('scenario timed out; steps: ' + result.steps.join(', ')); process.exit(3) }, 170000)
 const errors = []
 
@@ -126,7 +123,7 @@ try {
   // 5. bob goes offline, writes a note; alice gets it once bob is back
   const NOTE = 'Call driver 7 at the depot'
   await b.context.setOffline(true)
-  await b.page.evaluate(() => { for (const p of window.webapp.providers) p.disconnect(); window.dispatchEvent(new Event('offline')) })
+  await b.page.evaluate(() => { window.webapp.sync.disconnect(); window.dispatchEvent(new Event('offline')) })
   await b.page.waitForSelector('#status[data-state="offline"]', { timeout: WAIT })
   await b.page.fill('#note-text', NOTE)
   await b.page.click('#note-form button')
@@ -136,7 +133,7 @@ try {
   await sleep(1500)
   const aliceBefore = await a.page.$$eval('#notes li', (lis) => lis.map((li) => li.textContent))
   await b.context.setOffline(false)
-  await b.page.evaluate(() => { for (const p of window.webapp.providers) p.connect(); window.dispatchEvent(new Event('online')) })
+  await b.page.evaluate(() => { window.webapp.sync.connect(); window.dispatchEvent(new Event('online')) })
   await a.page.waitForFunction((t) => [...document.querySelectorAll('#notes li')].some((li) => li.textContent.includes(t)), NOTE, { timeout: WAIT })
   await b.page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT })
   const onlineNames = (d) => d.page.$$eval('#dispatchers li', (lis) => lis.map((li) => li.textContent).join(' | '))
@@ -144,6 +141,33 @@ try {
   await b.page.waitForFunction(() => /alice/.test(document.getElementById('dispatchers').textContent), null, { timeout: WAIT })
   step('offline_note', { pendingText, aliceBefore, bobPendingAfter: await b.page.isVisible('#pending'), presenceAfterReconnect: [await onlineNames(a), await onlineNames(b)] })
   await shot(a, '5-note-arrived')
+
+  // 5b. an edit left unsynced in the store of the app before the client library
+  //     (y-indexeddb database `webhost-sync:<customer id>:dispatch`) reaches alice after bob reloads
+  const EARLIER = 'Left in the earlier store'
+  const earlier = new Y.Doc()
+  earlier.getArray('notes').push([{ id: 'earlier-1', text: EARLIER, by: 'bob', at: Date.now() }])
+  const customerId = await b.page.evaluate(() => window.webapp.session.customer.id)
+  await b.page.evaluate(async ([name, bytes]) => {
+    await new Promise((resolve, reject) => {
+      const req = indexedDB.open(name, 1) // y-indexeddb's layout: stores "updates" (auto keys) and "custom"
+      req.onupgradeneeded = () => { req.result.createObjectStore('updates', { autoIncrement: true }); req.result.createObjectStore('custom') }
+      req.onerror = () => reject(req.error)
+      req.onsuccess = () => {
+        const tx = req.result.transaction('updates', 'readwrite')
+        tx.objectStore('updates').add(new Uint8Array(bytes))
+        tx.oncomplete = () => { req.result.close(); resolve() }
+        tx.onerror = () => reject(tx.error)
+      }
+    })
+  }, [`webhost-sync:${customerId}:dispatch`, Array.from(Y.encodeStateAsUpdate(earlier))])
+  await b.page.reload()
+  await b.page.waitForSelector('#status[data-state="connected"]', { timeout: WAIT })
+  step('earlier_store_reloaded')
+  await a.page.waitForFunction((t) => [...document.querySelectorAll('#notes li')].some((li) => li.textContent.includes(t)), EARLIER, { timeout: WAIT })
+  step('earlier_store_note_arrived')
+  await b.page.waitForFunction((n) => indexedDB.databases().then((dbs) => !dbs.some((d) => d.name === n)), `webhost-sync:${customerId}:dispatch`, { timeout: WAIT })
+  step('earlier_store', { earlierNoteOnAlice: EARLIER })
 
   // 6. history: bob replays the vehicle's trail with the span's geofence events
   await b.page.click('#panel-history summary')
@@ -166,7 +190,7 @@ try {
 
   // 6b. bob edits the circle's radius, alice draws a polygon: each sees the other's change
   await b.page.evaluate(() => { document.getElementById('panel-geofences').open = true })
-  await b.page.click('#geofence-list li button:has-text("Edit")')
+  await b.page.click('#geofence-list li button:nth-of-type(2)') // Edit (of Show, Edit, Delete)
   await b.page.fill('#geofence-radius', '250')
   await b.page.click('#geofence-save')
   await a.page.waitForFunction(() => [...window.webapp.geofences.values()].some((g) => g.radius_meters === 250), null, { timeout: WAIT })
@@ -227,7 +251,10 @@ try {
   await shot(e, '8-other-customer')
 
   // 9. sign-out: the page stops syncing and its last token opens nothing
-  const token = await a.page.evaluate(() => window.webapp.providers[0].protocols[0])
+  const token = await a.page.evaluate(async () => { // a token of this app session, as the page's sync uses
+    const t = await fetch('/api/v1/sync-tokens', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': window.webapp.session.csrf_token }, body: JSON.stringify({ docs: ['fleet'], mode: 'r' }) })
+    return (await t.json()).token
+  })
   await a.page.evaluate(([slug, t]) => { // a copy of the token, its websocket held open: the server ends it at sign-out
     window.held = new Promise((resolve) => {
       const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
@@ -244,12 +271,15 @@ try {
       const ws = new WebSocket(`${location.origin.replace('http', 'ws')}/sync/${slug}/fleet`, [t])
       ws.onclose = (ev) => resolve(ev.code)
     })
-    return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, providers: window.webapp.providers.length, signInShown: !document.getElementById('signin-view').hidden }
+    return { tokenStatus: r.status, oldTokenClose: code, heldClose: await window.held, syncing: window.webapp.sync !== null, signInShown: !document.getElementById('signin-view').hidden }
   }, [cfg.slug, token])
-  step('signed_out', { afterSignOut })
+  step('signed_out', { afterSignOut, signOutNote: await a.page.textContent('#signin-note') })
   await shot(a, '9-signed-out')
   result.errors = errors
   console.log(JSON.stringify(result))
+} catch (err) {
+  console.error(`failed after steps: ${result.steps.join(', ')}`)
+  throw err
 } finally {
   clearTimeout(killer)
   tracker.destroy()

@@ -11,16 +11,9 @@ from . import Metric, RunContext, Scenario, register
 
 def logged_updates(count: int) -> list[bytes]:
     """`count` real Yjs updates, one Y.Array push of {i} each, made with pycrdt."""
-    from pycrdt import Array, Doc
+    from tests.support.sync_peers import array_pushes
 
-    doc = Doc()
-    log = doc.get("log", type=Array)
-    updates: list[bytes] = []
-    subscription = doc.observe(lambda event: updates.append(event.update))
-    for i in range(count):
-        log.append({"i": i})
-    doc.unobserve(subscription)
-    return updates
+    return array_pushes(count)
 
 
 def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
@@ -43,8 +36,10 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     )
     try:
         joiner.wait("ready", 60)
+        cpu0, db0 = server.cpu_seconds()
         joiner.say("go")
         done = joiner.wait("done", p["timeout"] + 60)
+        cpu1, db1 = server.cpu_seconds()  # includes the compaction that follows the load, if it ran by then
     finally:
         stop_all([joiner])
     if done["error_count"]:
@@ -53,6 +48,8 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         "first_sync_s": (done["synced"][0] - done["t0"]) / 1000,
         "updates_per_s": len(updates) / ((done["synced"][0] - done["t0"]) / 1000),
         "log_mib": sum(map(len, updates)) / 2**20,
+        "server_cpu_ms": (cpu1 - cpu0) * 1000,
+        **({"postgres_cpu_ms": (db1 - db0) * 1000} if db0 is not None and db1 is not None else {}),
     }
 
 
@@ -66,6 +63,8 @@ scenario = register(
             Metric("first_sync_s", "time to first sync", "s"),
             Metric("updates_per_s", "log replay rate", "updates/s", "higher"),
             Metric("log_mib", "update log size", "MiB", ""),
+            Metric("server_cpu_ms", "server CPU, connect to synced", "ms"),
+            Metric("postgres_cpu_ms", "PostgreSQL CPU, connect to synced", "ms"),
         ],
         params={
             "full": {"updates": 100_000, "reps": 3, "timeout": 120},

@@ -1,20 +1,14 @@
-// Drives the dashboard in headless Chromium as a dispatcher would: open it, wait for a vehicle to
+// Drives the dashboard in headless Chromium or Firefox as a dispatcher would: open it, wait for a vehicle to
 // appear, add a dispatch note through the form, and report what the page shows as JSON.
 //   node test/browser.mjs --url <page url> --vehicle <id> --note <text> [--screenshot file.png] [--timeout ms]
-import { chromium } from 'playwright-core'
+import { launch } from '../../../webapp/test/browsers.mjs'
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => {
   if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]])
   return acc
 }, []))
 const timeout = Number(args.timeout || 15000)
-const executablePath = process.env.CHROMIUM || '/usr/bin/chromium'
-
-const browser = await chromium.launch({
-  executablePath,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync']
-})
+const browser = await launch() // TEST_BROWSER: chromium (default) or firefox
 const deadline = setTimeout(() => { console.error('browser check timed out'); process.exit(3) }, timeout + 10000)
 try {
   const page = await browser.newPage({ viewport: { width: 1100, height: 620 } })

@@ -154,16 +154,16 @@ def display_prefix(raw: str) -> str:
 async def authenticate(
     registry: DatabaseRegistry, raw: str, now: dt.datetime | None = None, cache: KeyCache | None = None
 ) -> ApiKeyPrincipal:
-    if not is_well_formed(raw):
-        raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
     key_hash = digest(raw)
     now = now or dt.datetime.now(dt.UTC)
     generation = 0
     if cache is not None:
-        hit = cache.get(key_hash)
+        hit = cache.get(key_hash)  # only well-formed keys are ever put there: no format check on a hit
         if hit is not None and (hit[1] is None or hit[1] > now):
             return hit[0]
         generation = cache.generation
+    if not is_well_formed(raw):
+        raise KeyRejected("invalid_api_key", "API key is malformed or its checksum does not match")
     row = await key_store.find_by_hash(registry.shared, key_hash)
     if row is None:
         raise KeyRejected("invalid_api_key", "API key not recognised")
