@@ -19,6 +19,22 @@ async function main () {
     parallel: Number(a.parallel || 100), timeoutMs: 60000, deadline: start + timeout * 1000
   })
   emit({ event: 'ready', synced: peers.length, errors: errors.slice(0, 5), error_count: errors.length, seconds: (nowMs() - start) / 1000 })
+  // Optional commands on stdin (bench/idle_50k.py): `write` - the first peer of each room this
+  // process holds pushes one entry to Y.Array `log`; `count` - how many peers hold at least one.
+  require('readline').createInterface({ input: process.stdin }).on('line', (line) => {
+    if (line === 'write') {
+      const seen = new Set()
+      let wrote = 0
+      peers.forEach((p, k) => {
+        const room = (first + k) % rooms
+        if (!seen.has(room)) { seen.add(room); p.doc.getArray('log').push([{ room }]); wrote++ }
+      })
+      emit({ event: 'wrote', rooms: wrote })
+    } else if (line === 'count') {
+      const open = peers.filter((p) => p.ws.readyState === 1).length
+      emit({ event: 'count', seen: peers.filter((p) => p.doc.getArray('log').length > 0).length, open, total: peers.length })
+    }
+  })
   await Promise.race([waitForStop(), new Promise((resolve) => setTimeout(resolve, hold * 1000))])
   const dropped = peers.filter((p) => p.ws.readyState !== 1).length
   await emit({ event: 'stopped', dropped })

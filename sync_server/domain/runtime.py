@@ -18,6 +18,7 @@ import structlog
 
 from storage import Database, DatabaseRegistry, migrator, partitions, sealed_columns, sealing
 from sync_server.config import Settings
+from sync_server.domain.accounts.admission_cache import AdmissionCache
 from sync_server.domain.accounts.api_keys import KeyCache
 from sync_server.domain.billing.plans import PlanLimits
 
@@ -101,6 +102,11 @@ class Runtime:
         self.subscribe("api_key_revoked", self.api_keys.on_key_revoked)
         self.subscribe("customer_suspended", self.api_keys.on_customer_suspended)
         self.subscribe("credentials_changed", self.api_keys.on_credentials_changed)
+        self.admissions = AdmissionCache(settings.api_key_cache_seconds)  # sync joins' customer/session reads
+        self.subscribe("customer_suspended", self.admissions.on_customer_changed)
+        self.subscribe("credentials_changed", self.admissions.on_customer_changed)
+        self.subscribe("app_session_ended", self.admissions.on_session_ended)
+        self.subscribe("control_resubscribed", self.admissions.on_resubscribed)
         self.plan_limits = PlanLimits(self.registry)  # the one cache of plan limits (tracking, connections)
         self.subscribe("plan_changed", self.plan_limits.on_plan_changed)
 

@@ -141,6 +141,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
 
     async def drain() -> None:
         await rooms.drain()
+        await endpoint.wait_closed(settings.shutdown_timeout)  # the lean transport's close handshakes
 
     async def stop() -> None:
         await update_log.stop(settings.shutdown_timeout)
@@ -169,7 +170,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         log.info("app_session_connections_closed", customer_id=str(customer_id), connections=closed)
 
     runtime.subscribe("app_session_ended", session_ended)
-    access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys)
+    access = SyncAccess(runtime.registry, runtime.secret_key, runtime.api_keys, runtime.admissions)
     endpoint = SyncEndpoint(
         app.asgi_app,
         rooms,
@@ -180,6 +181,7 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
         budget=FrameBudget(settings.sync_frame_budget_bytes),
         refusals=Refusals(hold=settings.sync_refusal_hold, max_held=settings.sync_refusal_hold_max),
         on_too_big=lambda customer_id, doc, size: billing_usage.count_frame_too_big(runtime.registry, customer_id),
+        lean=settings.sync_transport == "lean",
     )
     app.asgi_app = endpoint  # type: ignore[method-assign]  # Quart's documented way to wrap its ASGI app
 

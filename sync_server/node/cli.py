@@ -85,6 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # websocket_intake; 1009 with a reason, logged with tenant and room); Hypercorn's own cap is the
     # same value, so it never refuses a frame the setting allows (without the patch it is the limit).
     config.websocket_max_message_size = settings.sync_max_message_bytes
+    # A fleet reconnecting at once (a node restart, a cell tower back) opens hundreds of sockets in
+    # the same instant: Hypercorn's default accept queue of 100 overflowed (nstat
+    # TcpExtListenOverflows: 426 in one 4,000-client burst), each overflow costing that client a
+    # SYN retransmit (~1 s). Node's default is 511; the kernel caps it at net.core.somaxconn.
+    config.backlog = 2048
     if worker is not None:
         # One of WORKERS: the shared port in its SO_REUSEPORT group (Hypercorn sets the option when
         # it is told of several workers), and the worker's own port beside it (its /metrics).

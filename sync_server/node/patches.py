@@ -356,12 +356,113 @@ def _intake_active() -> bool:
     return getattr(ws_stream.WSStream, "reads_sync_intake", False)
 
 
+# -- sync websockets taken over by the lean transport --------------------------------------------
+
+
+def _takeover_guard() -> str | None:
+    try:
+        import asyncio
+
+        from hypercorn.asyncio import tcp_server
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    server = getattr(tcp_server, "TCPServer", None)
+    if getattr(server, "hands_over_sync", False):
+        return None
+    run, init = getattr(server, "run", None), getattr(server, "__init__", None)
+    if not isinstance(getattr(tcp_server, "MAX_RECV", None), int) or not callable(run):
+        return "hypercorn.asyncio.tcp_server.TCPServer.run / MAX_RECV are gone"
+    if not {"reader", "writer", "_read_data", "protocol", "app"} <= _names(run) | _names(init):
+        return "TCPServer no longer reads its StreamReader in run / _read_data"
+    if "_buffer" not in _names(asyncio.StreamReader.__init__) or "_transport" not in _names(
+        asyncio.StreamWriter.__del__
+    ):
+        return "asyncio.StreamReader no longer buffers in _buffer / StreamWriter holds no _transport"
+    return None
+
+
+class _Detached:
+    """What a handed-over connection's StreamWriter holds instead of the transport, so that
+    collecting the writer (StreamWriter.__del__ closes an open transport) leaves the socket alone."""
+
+    @staticmethod
+    def is_closing() -> bool:
+        return True
+
+    @staticmethod
+    def close() -> None:
+        pass
+
+
+def _sync_endpoint(app: object) -> object | None:
+    """The object of the app stack (Hypercorn's wrapper -> Quart -> RestEndpoint -> SyncEndpoint)
+    that takes connections over, or None."""
+    for _ in range(6):
+        if app is None:
+            return None
+        if callable(getattr(app, "take_over", None)):
+            return app
+        app = getattr(app, "asgi_app", None) or getattr(app, "app", None)
+    return None
+
+
+def _takeover_install() -> None:
+    """Hypercorn keeps ~22 KB of objects and several awaits per frame for every open websocket
+    (bench/websocket_path.md). Before Hypercorn builds anything for a new connection, its first
+    bytes are offered to the app's sync endpoint (`SyncEndpoint.take_over`): a plain websocket
+    upgrade to /sync/ becomes a sync.transport WebsocketProtocol on the same socket and Hypercorn's
+    task for it ends; anything else (REST, the app, TLS, an odd head) is served by Hypercorn as
+    before, from the bytes already read."""
+    import asyncio
+
+    from hypercorn.asyncio import tcp_server
+
+    server = tcp_server.TCPServer
+    original = server.run
+    max_recv = tcp_server.MAX_RECV
+
+    async def run(self) -> None:
+        endpoint = _sync_endpoint(self.app)
+        writer = self.writer
+        if endpoint is None or writer.get_extra_info("ssl_object") is not None:
+            await original(self)
+            return
+        reader = self.reader
+        try:
+            first = await asyncio.wait_for(reader.read(max_recv), self.config.read_timeout)
+        except (ConnectionError, OSError, TimeoutError):
+            writer.close()
+            return
+        if first:
+            head = first + bytes(reader._buffer)
+            transport = writer.transport
+            peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+            if endpoint.take_over(  # type: ignore[attr-defined]
+                transport, head, tuple(peer[:2]) if peer else None, tuple(local[:2]) if local else None
+            ):
+                reader._buffer.clear()
+                writer._transport = _Detached()
+                return
+            reader._buffer[0:0] = first  # Hypercorn reads the request from the start
+        await original(self)
+
+    server.run = run  # type: ignore[method-assign]
+    server.hands_over_sync = True  # type: ignore[attr-defined]
+
+
+def _takeover_active() -> bool:
+    from hypercorn.asyncio import tcp_server
+
+    return getattr(tcp_server.TCPServer, "hands_over_sync", False)
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch("decline_permessage_deflate", "hypercorn", _deflate_guard, _deflate_install, _deflate_active),
     Patch("coalesce_response_head", "hypercorn", _head_guard, _head_install, _head_active),
     Patch("fast_unmasking", "wsproto", _unmask_guard, _unmask_install, _unmask_active),
     Patch("status_reason_phrase", "h11", _reason_guard, _reason_install, _reason_active),
     Patch("websocket_intake", "hypercorn", _intake_guard, _intake_install, _intake_active),
+    Patch("websocket_takeover", "hypercorn", _takeover_guard, _takeover_install, _takeover_active),
 )
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from sync_server.sync.protocol import step1_frame
-from sync_server.sync.wire import binary_frame
+from sync_server.sync.wire import FrameSocket, binary_frame
 
 if TYPE_CHECKING:
     from sync_server.sync.rooms import Room
@@ -41,6 +41,7 @@ PING_FRAME = b"\x89\x00"  # a websocket ping without payload (raw path)
 QUEUE_BYTES = 16 * 1024 * 1024  # default bound of one peer's queued bytes (SYNC_SEND_QUEUE_BYTES)
 Send = Callable[[bytes], Awaitable[None]]
 WRITE_BUDGET = 256 * 1024  # bytes of queued frames joined into one write on the raw path
+_EMPTY: deque[bytes] = deque(maxlen=0)  # the queue of every peer with nothing waiting (never appended to)
 
 
 class Connection:
@@ -53,7 +54,8 @@ class Connection:
         "denied_sent",
         "close_code",
         "close_reason",
-        "closed",
+        "_closed_event",
+        "on_abort",
         "_send",
         "_queue",
         "_limit",
@@ -62,6 +64,7 @@ class Connection:
         "_wakeup",
         "_sender",
         "raw",
+        "_socket",
         "peer",
         "last_seen",
         "session",
@@ -79,9 +82,12 @@ class Connection:
         queue_bytes: int = QUEUE_BYTES,
         peer: str = "",
         raw: bool = False,
+        socket: FrameSocket | None = None,
     ) -> None:
         """send: ASGI-level send of one y-websocket message, or with raw=True a writer of
-        ready-made websocket frames (sync_server.sync.wire), several per call."""
+        ready-made websocket frames (sync_server.sync.wire), several per call. socket (raw only):
+        frames are written straight to it while it takes them, and a sender task exists only while
+        frames wait for it (no task per idle connection)."""
         self.customer_id = customer_id
         self.doc = doc
         self.can_write = can_write
@@ -92,20 +98,33 @@ class Connection:
         self.denied_sent = False
         self.close_code: int | None = None
         self.close_reason = ""
-        self.closed = asyncio.Event()  # set when the server decided to close this peer
+        self._closed_event: asyncio.Event | None = None  # `closed`, made when first asked for
+        self.on_abort: Callable[[], None] | None = None  # told when the server decides to close it
         self._send = send
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] = _EMPTY  # a deque of its own once a frame waits
         self._limit = queue_limit
         self._bytes = 0  # bytes of the frames in _queue (what the sender has not taken yet)
         self._byte_limit = queue_bytes
         self._wakeup: asyncio.Future | None = None
         self._sender: asyncio.Task | None = None
         self.raw = raw
+        self._socket = socket if raw else None
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
         self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
 
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set when the server decided to close this peer."""
+        event = self._closed_event
+        if event is None:
+            event = self._closed_event = asyncio.Event()
+            if self.close_code is not None:
+                event.set()
+        return event
+
     def start(self) -> None:
-        self._sender = asyncio.ensure_future(self._drain())
+        if self._socket is None:  # with a socket the sender starts when frames must wait
+            self._sender = asyncio.ensure_future(self._drain())
 
     def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
         """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past
@@ -115,6 +134,10 @@ class Connection:
         queue = self._queue
         if self.raw:
             frame = wire if wire is not None else binary_frame(frame)
+            socket = self._socket
+            if socket is not None and self._sender is None and socket.writable():
+                socket.write(frame)  # nothing waits before it: straight to the transport
+                return
         size = len(frame)
         if len(queue) >= self._limit or (queue and self._bytes + size > self._byte_limit):
             log.warning(
@@ -128,8 +151,14 @@ class Connection:
             )
             self.abort(TRY_AGAIN_LATER, "send queue full")
             return
+        if queue is _EMPTY:
+            queue = self._queue = deque()
         queue.append(frame)
         self._bytes += size
+        if self._socket is not None:
+            if self._sender is None:
+                self._sender = asyncio.ensure_future(self._drain())
+            return
         wakeup = self._wakeup
         if wakeup is not None:
             self._wakeup = None
@@ -159,11 +188,14 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
+        self._queue = _EMPTY
         self._bytes = 0
         if self._sender is not None and asyncio.current_task() is not self._sender:
             self._sender.cancel()  # it may be stuck writing to a peer that does not read
-        self.closed.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
+        if self.on_abort is not None:
+            self.on_abort()
 
     async def stop(self) -> None:
         if self._sender is not None:
@@ -174,6 +206,8 @@ class Connection:
                 pass
 
     async def _drain(self) -> None:
+        if self._queue is _EMPTY:
+            self._queue = deque()
         queue = self._queue
         send = self._send
         loop = asyncio.get_running_loop()
@@ -195,6 +229,8 @@ class Connection:
                             size += len(part)
                         self._bytes -= size
                         await send(b"".join(parts))
+                    if self._socket is not None:
+                        return  # drained: the next frame goes straight to the socket again
                 else:
                     while queue:
                         part = queue.popleft()
@@ -207,3 +243,6 @@ class Connection:
         except Exception as exc:  # the peer went away mid-send: only this connection ends
             log.info("send_failed", customer_id=self.customer_id, room=self.doc, error=repr(exc))
             self.abort(GOING_AWAY, "send failed")
+        finally:
+            if self._socket is not None and self._sender is asyncio.current_task():
+                self._sender = None

@@ -19,6 +19,8 @@ the connection limit counts it there).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,7 +52,7 @@ class Session:
         self.token = token
         self.authorization = authorization  # kept in memory only, never logged
         self.access = access
-        self.expiry: asyncio.TimerHandle | None = None
+        self.expiry: int | None = None  # the whole second (Unix time) its credential expires in
         self.acks = acks  # ?ack=1: the client asked for control.DURABLE messages
         self.received = 0  # update messages received from this connection (write access)
         self.acked = 0  # the last count sent in a DURABLE message
@@ -59,8 +61,14 @@ class Session:
 
 class Credentials:
     def __init__(self, authenticator: Authenticator, rooms: RoomRegistry) -> None:
+        """Expiries are kept per whole second (`_due`, its seconds in a heap; a credential closes
+        within a second after it expires) and one node-wide timer waits for the earliest: no timer
+        per socket (issue 20: bytes per idle connection)."""
         self.authenticator = authenticator
         self.rooms = rooms
+        self._due: dict[int, set[Connection]] = {}
+        self._seconds: list[int] = []  # heap of the keys of _due
+        self._ticker: asyncio.TimerHandle | None = None
 
     def watch(self, conn: Connection, session: Session) -> None:
         """Attach the session and close the connection when its credential expires."""
@@ -69,18 +77,51 @@ class Credentials:
 
     def forget(self, conn: Connection) -> None:
         session = conn.session
-        if session is not None and session.expiry is not None:
-            session.expiry.cancel()
+        if session is not None:
+            self._unschedule(conn, session)
+
+    def _unschedule(self, conn: Connection, session: Session) -> None:
+        second = session.expiry
+        if second is not None:
             session.expiry = None
+            due = self._due.get(second)
+            if due is not None:
+                due.discard(conn)
+                if not due:
+                    del self._due[second]  # its heap entry goes when the tick reaches it
 
     def _schedule(self, conn: Connection, session: Session) -> None:
-        if session.expiry is not None:
-            session.expiry.cancel()
-            session.expiry = None
+        self._unschedule(conn, session)
         expires_at = session.access.expires_at
         if expires_at is not None:
-            delay = max(0.0, expires_at - time.time())
-            session.expiry = asyncio.get_running_loop().call_later(delay, self._expired, conn)
+            second = math.ceil(expires_at)
+            due = self._due.get(second)
+            if due is None:
+                due = self._due[second] = set()
+                heapq.heappush(self._seconds, second)
+            due.add(conn)
+            session.expiry = second
+            if self._ticker is None or self._seconds[0] == second:
+                self._arm()
+
+    def _arm(self) -> None:
+        """One timer, for the earliest second due (Unix time: the loop's clock is another one)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        delay = max(0.0, self._seconds[0] - time.time())
+        self._ticker = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._ticker = None
+        now = time.time()
+        seconds = self._seconds
+        while seconds and seconds[0] <= now:
+            for conn in self._due.pop(heapq.heappop(seconds), ()):
+                if conn.session is not None:
+                    conn.session.expiry = None
+                self._expired(conn)
+        if seconds:
+            self._arm()
 
     @staticmethod
     def _expired(conn: Connection) -> None:

@@ -19,6 +19,7 @@ BaseExceptions such as a Rust panic included, closes only that peer).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -27,6 +28,7 @@ from urllib.parse import parse_qs
 import structlog
 
 from sync_server.sync import control, protocol, wire
+from sync_server.sync import transport as transport_module
 from sync_server.sync.connection import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -87,6 +89,7 @@ class SyncEndpoint:
         budget: FrameBudget | None = None,
         refusals: Refusals | None = None,
         on_too_big: Callable[[str, str, int], Awaitable[None]] | None = None,
+        lean: bool = True,
     ) -> None:
         """budget: bytes of frames received and not yet applied, node-wide (sync.intake);
         refusals: how refused sockets are held and logged (sync.refusals); on_too_big(customer id,
@@ -101,7 +104,49 @@ class SyncEndpoint:
         self.refusals = refusals or Refusals(hold=0, max_held=0)
         self.on_too_big = on_too_big
         self.raw_writes = True  # sync_server.sync.wire fast path where the server allows it
+        self.lean = lean  # sync.transport serves /sync/ upgrades the server hands over (take_over)
+        self._lean_tasks: set[asyncio.Task] = set()
         self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
+
+    def take_over(self, transport: asyncio.Transport, head: bytes, client, server) -> bool:
+        """A connection whose first bytes are `head`: when they are a websocket upgrade to /sync/,
+        the socket becomes a sync.transport WebsocketProtocol served here (True); else False and
+        the server that asked serves it."""
+        if not self.lean:
+            return False
+        parsed = transport_module.parse_upgrade(head, PREFIX.encode())
+        if parsed is None:
+            return False
+        upgrade, rest = parsed
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": upgrade.path,
+            "raw_path": upgrade.path.encode(),
+            "query_string": upgrade.query,
+            "root_path": "",
+            "headers": upgrade.headers,
+            "client": client,
+            "server": server,
+            "subprotocols": upgrade.subprotocols,
+            "extensions": {},
+        }
+        protocol = transport_module.take_over(transport, upgrade, rest)
+        task = asyncio.get_running_loop().create_task(
+            self.serve(scope, protocol.receive, protocol.send), context=contextvars.Context()
+        )
+        self._lean_tasks.add(task)
+        protocol.tasks = self._lean_tasks
+        task.add_done_callback(protocol.served)  # closes the socket, leaves the set (one callback)
+        return True
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Shutdown: wait (at most `timeout` s) for the lean transport's connections to finish
+        their close handshakes (Hypercorn waits for its own)."""
+        if self._lean_tasks:
+            await asyncio.wait(tuple(self._lean_tasks), timeout=timeout)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(PREFIX):
@@ -126,39 +171,16 @@ class SyncEndpoint:
 
     async def _serve(self, scope, receive, send, token: str | None, intake: Intake | None) -> None:
         handled = receive  # frames the reader applies (it tells the intake when each is done)
-        if intake is not None:
-
-            async def receive():  # what is read and dropped (not applied) leaves the budget at once
-                event = await handled()
-                if event["type"] == "websocket.receive" and "too_big" not in event:
-                    intake.done()
-                return event
-
-        async def refuse(code: int, reason: str) -> None:
-            await self.rooms.hooks.refused(code, reason)
-            await close(code, reason)
-
-        async def close(code: int, reason: str) -> None:
-            """Send the close frame, then wait for the peer's close before returning: returning at
-            once lets the socket close with the peer's frames unread, the kernel answers with a
-            reset and the peer may see 1006 instead of our code (and retry a 4401 forever)."""
-            try:
-                await asyncio.wait_for(_closing_handshake(code, reason), CLOSE_TIMEOUT)
-            except Exception:  # the peer is gone or stuck: nothing more to tell it
-                pass
-
-        async def _closing_handshake(code: int, reason: str) -> None:
-            await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-            while (await receive())["type"] != "websocket.disconnect":
-                pass
+        if intake is not None:  # what is read and dropped (not applied) leaves the budget at once
+            receive = _Dropped(handled, intake)
 
         parsed = parse_path(scope["path"])
         if parsed is None:
-            await refuse(MALFORMED, "invalid customer or document name")
+            await self._refuse(receive, send, MALFORMED, "invalid customer or document name")
             return
         slug, doc = parsed
         if not self.rooms.accepting:
-            await refuse(GOING_AWAY, "server shutting down")
+            await self._refuse(receive, send, GOING_AWAY, "server shutting down")
             return
         authorization = _header(scope, b"authorization")
         try:
@@ -177,22 +199,21 @@ class SyncEndpoint:
             self.refusals.log_refused(slug, doc, exc.code, exc.reason)
             await self.rooms.hooks.refused(exc.code, exc.reason)
             if await self.refusals.hold(receive):
-                await close(exc.code, exc.reason)
+                await _close(receive, send, exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
+        if _lean_transport(send):
+            scope["headers"] = ()  # admitted: the socket's own scope need not keep the request's headers
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
-            await refuse(INTERNAL_ERROR, "document could not be loaded")
+            await self._refuse(receive, send, INTERNAL_ERROR, "document could not be loaded")
             return
-
-        async def send_bytes(frame: bytes) -> None:
-            await send({"type": "websocket.send", "bytes": frame})
 
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
         conn = Connection(
-            raw or send_bytes,
+            raw or _ByMessage(send),
             customer_id=access.customer_id,
             doc=doc,
             can_write=access.can_write,
@@ -200,6 +221,7 @@ class SyncEndpoint:
             queue_bytes=self.queue_bytes,
             peer=f"{peer[0]}:{peer[1]}",
             raw=raw is not None,
+            socket=wire.raw_socket(send) if raw is not None else None,
         )
         self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
         conn.app_session = access.session
@@ -213,14 +235,17 @@ class SyncEndpoint:
             credential=access.credential,
             peers=len(room.connections),
         )
-        reader = asyncio.ensure_future(self._read(conn, room, handled, intake))
-        closing = asyncio.ensure_future(conn.closed.wait())
+        interrupt = getattr(getattr(send, "__self__", None), "interrupt", None)  # sync.transport
         try:
-            await room.hooks.connect(room, conn)
-            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+            if interrupt is not None:  # the lean transport: read in this task, no more tasks
+                conn.on_abort = interrupt
+                await room.hooks.connect(room, conn)
+                if conn.close_code is None:
+                    await self._read(conn, room, handled, intake)
+            else:
+                await self._read_until_closed(conn, room, handled, intake)
         finally:
-            reader.cancel()
-            closing.cancel()
+            conn.on_abort = None
             self.credentials.forget(conn)
             await conn.stop()
             room = conn.room or room  # a rebuilt room moved this peer to its fresh copy
@@ -228,7 +253,22 @@ class SyncEndpoint:
             await room.hooks.disconnect(room, conn)
             log.info("sync_disconnected", code=conn.close_code, reason=conn.close_reason or None)
         if conn.close_code is not None:
-            await close(conn.close_code, conn.close_reason)
+            await _close(receive, send, conn.close_code, conn.close_reason)
+
+    async def _refuse(self, receive, send, code: int, reason: str) -> None:
+        await self.rooms.hooks.refused(code, reason)
+        await _close(receive, send, code, reason)
+
+    async def _read_until_closed(self, conn: Connection, room, receive, intake: Intake | None) -> None:
+        """Read in a task of its own until the peer leaves or the server closes it (Hypercorn)."""
+        reader = asyncio.ensure_future(self._read(conn, room, receive, intake))
+        closing = asyncio.ensure_future(conn.closed.wait())
+        try:
+            await room.hooks.connect(room, conn)
+            await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            closing.cancel()
 
     async def _read(self, conn: Connection, room, receive, intake: Intake | None) -> None:
         limit = self.max_message
@@ -296,6 +336,57 @@ class SyncEndpoint:
         message = control.decode(frame)
         if message is not None:
             await self.credentials.refresh(conn, message)
+
+
+class _ByMessage:
+    """The Connection's send where frames cannot be written raw: one ASGI message each."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send) -> None:
+        self.send = send
+
+    async def __call__(self, frame: bytes) -> None:
+        await self.send({"type": "websocket.send", "bytes": frame})
+
+
+class _Dropped:
+    """`receive` of a socket with an Intake: a frame read and not applied (the refusal hold, the
+    close handshake) leaves the frame budget at once."""
+
+    __slots__ = ("receive", "intake")
+
+    def __init__(self, receive, intake: Intake) -> None:
+        self.receive = receive
+        self.intake = intake
+
+    async def __call__(self) -> dict:
+        event = await self.receive()
+        if event["type"] == "websocket.receive" and "too_big" not in event:
+            self.intake.done()
+        return event
+
+
+async def _close(receive, send, code: int, reason: str) -> None:
+    """Send the close frame, then wait for the peer's close before returning: returning at once
+    lets the socket close with the peer's frames unread, the kernel answers with a reset and the
+    peer may see 1006 instead of our code (and retry a 4401 forever)."""
+    try:
+        await asyncio.wait_for(_closing_handshake(receive, send, code, reason), CLOSE_TIMEOUT)
+    except Exception:  # the peer is gone or stuck: nothing more to tell it
+        pass
+
+
+async def _closing_handshake(receive, send, code: int, reason: str) -> None:
+    await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+    while True:  # until the peer's close (not the lean transport's note that reading stops)
+        event = await receive()
+        if event["type"] == "websocket.disconnect" and "interrupted" not in event:
+            return
+
+
+def _lean_transport(send) -> bool:
+    return isinstance(getattr(send, "__self__", None), transport_module.WebsocketProtocol)
 
 
 def _opted_in(scope, name: str) -> bool:

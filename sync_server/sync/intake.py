@@ -115,7 +115,7 @@ class Intake:
         self.closed = False
         self.refusing = False  # dropping the rest of a message past the limit
         self.conn: Any = None  # the Connection once joined (its last_seen follows pings and pongs)
-        self._sizes: deque[int] = deque()  # complete messages handed to the endpoint, not yet done
+        self._sizes: list[int] = []  # complete messages handed to the endpoint, not yet done (a few)
         self._current = 0  # bytes of the message being received
 
     # -- called by the patched Hypercorn stream ---------------------------------------------------
@@ -123,16 +123,35 @@ class Intake:
     async def chunk(self, n: int, buffered: int) -> bool:
         """A chunk of `n` bytes of a message with `buffered` bytes so far: False when the message
         passes the hard limit (the caller drops what it buffered and tells the endpoint)."""
+        taken = self.take(n, buffered)
+        if taken is not None:
+            return taken
+        await self.budget.acquire(self, n, buffered)
+        self._counted(n, buffered)
+        return True
+
+    def take(self, n: int, buffered: int) -> bool | None:
+        """`chunk` without waiting (sync.transport): None when the chunk must wait for the budget
+        (then the caller awaits `chunk` with the same arguments)."""
         if buffered + n > self.limit:
             self.budget.release(self, self._current)
             self._current = 0
             self.budget.finished(self)
             return False
-        await self.budget.acquire(self, n, buffered)
+        budget = self.budget
+        if buffered + n > SMALL:
+            if self not in budget._large:
+                budget._large[self] = None
+            if not budget._may(self, n):
+                return None
+        budget._add(self, n)
+        self._counted(n, buffered)
+        return True
+
+    def _counted(self, n: int, buffered: int) -> None:
         self._current += n
         if buffered:  # a large frame still arriving is activity: a slow link's upload is not idle
             self.alive()
-        return True
 
     def complete(self) -> None:
         """The message is complete and handed to the endpoint."""
@@ -151,7 +170,7 @@ class Intake:
     def done(self) -> None:
         """The endpoint handled the oldest message it received: its bytes leave the budget."""
         if self._sizes:
-            self.budget.release(self, self._sizes.popleft())
+            self.budget.release(self, self._sizes.pop(0))
 
     def close(self) -> None:
         """The connection ended: everything it still holds leaves the budget."""

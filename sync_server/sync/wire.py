@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
@@ -43,7 +44,16 @@ def binary_frame(payload: bytes) -> bytes:
     return b"\x82\x7f" + struct.pack("!Q", n) + payload
 
 
+def _lean(send) -> Any:
+    """The sync.transport WebsocketProtocol behind `send`, if it is one (it writes frames itself)."""
+    owner = getattr(send, "__self__", None)
+    return owner if getattr(type(owner), "takes_frames", False) else None
+
+
 def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
+    lean = _lean(send)
+    if lean is not None:
+        return lean.write_frames
     if scope.get("http_version") not in ("1.1", "1.0"):
         return None
     try:
@@ -73,6 +83,74 @@ def raw_writer(scope: dict, send) -> Callable[[bytes], Awaitable[None]] | None:
         await stream_send(Data(stream_id=stream_id, data=data))
 
     return write
+
+
+class FrameSocket(Protocol):
+    """Where a Connection writes ready-made frames straight away (`Socket`, sync.transport)."""
+
+    def writable(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Socket:
+    """The socket under one Hypercorn HTTP/1.1 websocket, for writing ready-made frames straight to
+    the asyncio transport without a task, lock or await (issue 20: the per-delivery cost of a
+    fan-out). `writable()` is True while the websocket is open and the transport's buffer is under
+    `HIGH_WATER` (the point where Hypercorn's own drain would wait): a frame written then is taken
+    whole by the transport (sent now, or buffered by asyncio), so frames never interleave with
+    Hypercorn's own pings, pongs and close frames, which it also writes whole. Past that the
+    connection queues and drains through `raw_writer` (Hypercorn's lock and drain)."""
+
+    __slots__ = ("_transport", "_stream", "_connected")
+
+    def __init__(self, transport, stream, connected) -> None:
+        self._transport = transport
+        self._stream = stream
+        self._connected = connected
+
+    def writable(self) -> bool:
+        stream = self._stream
+        return (
+            stream.state is self._connected
+            and not stream.closed
+            and self._transport.get_write_buffer_size() < HIGH_WATER
+            and not self._transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+
+HIGH_WATER = 64 * 1024  # asyncio's default high-water mark, where Hypercorn's drain starts waiting
+
+
+def raw_socket(send) -> FrameSocket | None:
+    """The `Socket` of a websocket served by Hypercorn over HTTP/1.1 (its stream's send is
+    H11Protocol.stream_send, whose send is TCPServer.protocol_send, whose writer holds the
+    transport), or the lean transport's protocol itself (sync.transport), or None anywhere else
+    (then frames go through `raw_writer`)."""
+    lean = _lean(send)
+    if lean is not None:
+        return lean
+    try:
+        from hypercorn.asyncio.tcp_server import TCPServer
+        from hypercorn.protocol.h11 import H11Protocol
+        from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+    except ImportError:
+        return None
+    stream = getattr(send, "__self__", None)
+    if not isinstance(stream, WSStream):
+        return None
+    h11 = getattr(getattr(stream, "send", None), "__self__", None)
+    server = getattr(getattr(h11, "send", None), "__self__", None)
+    if not isinstance(h11, H11Protocol) or not isinstance(server, TCPServer):
+        return None
+    transport = getattr(getattr(server, "writer", None), "transport", None)
+    if transport is None or not callable(getattr(transport, "get_write_buffer_size", None)):
+        _off("TCPServer.writer.transport is gone")
+        return None
+    return Socket(transport, stream, ASGIWebsocketState.CONNECTED)
 
 
 def install_intake(send, intake) -> bool:

@@ -7,15 +7,25 @@ from __future__ import annotations
 from storage import tenants
 from storage.registry import DatabaseRegistry
 from sync_server.domain.accounts import api_keys, sync_tokens, user_sessions
+from sync_server.domain.accounts.admission_cache import AdmissionCache
 from sync_server.sync.connection import FORBIDDEN, UNAUTHORIZED
 from sync_server.sync.hooks import Access, Refused
 
 
 class SyncAccess:
-    def __init__(self, registry: DatabaseRegistry, secret_key: str, api_key_cache: api_keys.KeyCache) -> None:
+    def __init__(
+        self,
+        registry: DatabaseRegistry,
+        secret_key: str,
+        api_key_cache: api_keys.KeyCache,
+        admissions: AdmissionCache | None = None,
+    ) -> None:
+        """admissions: the node's cache of customers and signed-in sessions (Runtime.admissions):
+        a token's join then reads the database only when the cache has no acceptance for it."""
         self.registry = registry
         self.secret_key = secret_key
         self.api_key_cache = api_key_cache
+        self.admissions = admissions or AdmissionCache(0)
 
     def is_token(self, value: str) -> bool:
         return sync_tokens.looks_like_token(value)
@@ -31,15 +41,9 @@ class SyncAccess:
                 raise Refused(FORBIDDEN, "token is for another customer")
             if not grant.allows(doc):
                 raise Refused(FORBIDDEN, "token does not allow this document")
-            customer = await tenants.find_by_slug(registry.shared, slug)
-            if customer is None or str(customer["id"]) != grant.customer_id:
-                raise Refused(FORBIDDEN, "unknown customer")
-            if customer["status"] != "active":
-                raise Refused(FORBIDDEN, "customer suspended")
-            if grant.session_id and not await user_sessions.session_active(
-                registry, grant.customer_id, grant.session_id
-            ):
-                raise Refused(UNAUTHORIZED, "signed out")
+            await self._customer_active(slug, grant.customer_id)
+            if grant.session_id:
+                await self._session_active(grant.customer_id, grant.session_id)
             return Access(
                 grant.customer_id,
                 grant.can_write,
@@ -62,3 +66,24 @@ class SyncAccess:
                 return Access(principal.customer_id, False, "api_key", expires_at=expires)
             raise Refused(FORBIDDEN, "API key lacks sync:read / sync:write")
         raise Refused(UNAUTHORIZED, "missing token")
+
+    async def _customer_active(self, slug: str, customer_id: str) -> None:
+        cache = self.admissions
+        if cache.customer(slug) == customer_id:
+            return
+        generation = cache.generation
+        customer = await tenants.find_by_slug(self.registry.shared, slug)
+        if customer is None or str(customer["id"]) != customer_id:
+            raise Refused(FORBIDDEN, "unknown customer")
+        if customer["status"] != "active":
+            raise Refused(FORBIDDEN, "customer suspended")
+        cache.put_customer(slug, customer_id, generation)
+
+    async def _session_active(self, customer_id: str, session_id: str) -> None:
+        cache = self.admissions
+        if cache.session_active(customer_id, session_id):
+            return
+        generation = cache.generation
+        if not await user_sessions.session_active(self.registry, customer_id, session_id):
+            raise Refused(UNAUTHORIZED, "signed out")
+        cache.put_session(customer_id, session_id, generation)

@@ -1,0 +1,165 @@
+"""The lean websocket transport (sync_server.sync.transport): which first requests it takes over from
+Hypercorn, and RFC 6455 on a real server, byte by byte from a raw socket (handshake, fragmented
+messages with a ping between their frames, close codes, protocol errors, the hard frame limit), on
+both SYNC_TRANSPORT=lean and hypercorn, with REST still served on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+
+import httpx
+import pytest
+
+from sync_server.sync.transport import parse_upgrade
+
+from .conftest import TEST_SECRET
+from .support import sync_peers
+from .support.server import ServerProcess
+
+KEY = base64.b64encode(b"0123456789abcdef")
+STEP1_EMPTY = b"\x00\x00\x01\x00"  # y-protocols sync step 1 with an empty state vector
+
+
+def _head(path: bytes = b"/sync/acme/fleet", extra: bytes = b"", version: bytes = b"13") -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + KEY + b"\r\nSec-WebSocket-Version: " + version + b"\r\n" + extra + b"\r\n"
+    )
+
+
+def test_only_complete_plain_upgrades_under_the_prefix_are_taken_over():
+    parsed = parse_upgrade(_head(b"/sync/acme/fleet?token=t", b"Sec-WebSocket-Protocol: a, b\r\n") + b"rest", b"/sync/")
+    assert parsed is not None
+    upgrade, rest = parsed
+    assert (upgrade.path, upgrade.query, upgrade.subprotocols, rest) == (
+        "/sync/acme/fleet",
+        b"token=t",
+        ["a", "b"],
+        b"rest",
+    )
+    assert (b"host", b"x") in upgrade.headers
+    for head in (
+        _head(b"/api/v1/ping"),  # another path: Hypercorn's
+        _head(version=b"8"),
+        _head()[:-2],  # the head is not complete yet
+        _head(b"/sync/acme/fl%65et"),  # percent-encoded: Hypercorn decodes it
+        _head().replace(b"HTTP/1.1", b"HTTP/1.0"),
+        _head().replace(KEY, b"short"),
+        _head().replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+        _head().replace(b"Host: x\r\n", b""),
+        _head().replace(b"Host: x", b"Bad Header: x"),
+    ):
+        assert parse_upgrade(head, b"/sync/") is None, head
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    flag = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([flag | n])
+    elif n < 65536:
+        head += bytes([flag | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([flag | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await reader.readexactly(2)
+    assert not b1 & 0x80, "server frames are never masked"
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def _open(port: int, path: str, extra: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_head(path.encode(), extra))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    accept = base64.b64encode(hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    assert accept in head
+    assert b"permessage-deflate" not in head.lower()  # offered below, declined on both paths
+    return reader, writer
+
+
+async def _until(reader: asyncio.StreamReader, want) -> list[tuple[int, bytes]]:
+    seen = []
+    while True:
+        frame = await asyncio.wait_for(_read_frame(reader), 10)
+        seen.append(frame)
+        if want(frame):
+            return seen
+
+
+async def _close_code(reader: asyncio.StreamReader) -> tuple[int, str]:
+    seen = await _until(reader, lambda f: f[0] == 8)
+    payload = seen[-1][1]
+    return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+@pytest.mark.parametrize("transport", ["lean", "hypercorn"])
+async def test_rfc6455_on_a_real_server(transport, server_env, database_url, tmp_path):
+    env = {**server_env, "SYNC_TRANSPORT": transport, "SYNC_MAX_MESSAGE_BYTES": str(256 * 1024)}
+    proc = ServerProcess(env, log_path=tmp_path / "server.log").start()
+    try:
+        customer = await sync_peers.create_customer(database_url)
+        path = f"/sync/{customer.slug}/fleet?token={sync_peers.token(TEST_SECRET, customer)}"
+        offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+        # a sync step 1 in three fragments with a ping between them: pong first, then the sync step 2
+        reader, writer = await _open(proc.port, path, offer)
+        writer.write(_frame(2, STEP1_EMPTY[:1], fin=False) + _frame(0, STEP1_EMPTY[1:3], fin=False))
+        writer.write(_frame(9, b"are you there") + _frame(0, STEP1_EMPTY[3:]))
+        seen = await _until(reader, lambda f: f[0] == 2 and f[1][:2] == b"\x00\x01")
+        assert (10, b"are you there") in seen
+        assert seen.index((10, b"are you there")) < len(seen) - 1
+        # the client closes: the server answers with the same code
+        writer.write(_frame(8, (1000).to_bytes(2, "big") + b"bye"))
+        assert (await _close_code(reader))[0] == 1000
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and then closes the socket
+        writer.close()
+
+        # a text frame: refused 4400 with its reason
+        reader, writer = await _open(proc.port, path)
+        writer.write(_frame(1, b"hello"))
+        assert await _close_code(reader) == (4400, "binary frames only")
+        writer.close()
+
+        # a message over SYNC_MAX_MESSAGE_BYTES, in two frames: 1009 with the limit in the reason
+        reader, writer = await _open(proc.port, path)
+        writer.write(_frame(2, b"\x00\x02" + b"\x00" * (200 * 1024), fin=False) + _frame(0, b"\x00" * (100 * 1024)))
+        code, reason = await _close_code(reader)
+        assert code == 1009 and str(256 * 1024) in reason
+        writer.close()
+
+        # an unmasked client frame breaks the protocol: 1002 (Hypercorn drops the socket without one)
+        reader, writer = await _open(proc.port, path)
+        writer.write(_frame(2, STEP1_EMPTY, masked=False))
+        try:
+            code = (await _close_code(reader))[0]
+        except asyncio.IncompleteReadError:
+            code = None
+        assert code == (1002 if transport == "lean" else None)
+        writer.close()
+
+        # a bad token on the same kind of socket: 4401 after the accept, as before
+        reader, writer = await _open(proc.port, f"/sync/{customer.slug}/fleet?token=nonsense")
+        assert (await _close_code(reader))[0] == 4401
+        writer.close()
+
+        # REST on the same port, whatever the transport
+        async with httpx.AsyncClient(base_url=proc.base_url) as client:
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        proc.stop()
