@@ -163,3 +163,84 @@ async def test_rfc6455_on_a_real_server(transport, server_env, database_url, tmp
             assert (await client.get("/healthz")).status_code == 200
     finally:
         proc.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+async def test_hostile_peers_of_the_lean_transport(server_env, database_url, tmp_path):
+    """What a peer holding valid credentials can send the lean transport: a flood of pings while it
+    never reads (the pongs would pile up in the node's write buffer), invalid close frames (1002),
+    a flood before the accept; the node stays small and serves another customer throughout."""
+    env = {**server_env, "SYNC_TRANSPORT": "lean"}
+    proc = ServerProcess(env, log_path=tmp_path / "server.log").start()
+    assert proc.proc is not None
+    try:
+        customer = await sync_peers.create_customer(database_url)
+        other = await sync_peers.create_customer(database_url, "other-co")
+        path = f"/sync/{customer.slug}/fleet?token={sync_peers.token(TEST_SECRET, customer)}"
+        other_path = f"/sync/{other.slug}/fleet?token={sync_peers.token(TEST_SECRET, other)}"
+
+        # 40 MB of pings from a peer that reads nothing: unanswered past the write buffer's high water
+        reader, writer = await _open(proc.port, path)
+        writer.write(_frame(2, STEP1_EMPTY))
+        before = _rss_kib(proc.proc.pid)
+        ping = _frame(9, b"p" * 125)
+        for _ in range(40):
+            writer.write(ping * 8_000)  # 1 MB
+            await writer.drain()
+        # the node read all of it (a live socket of another customer answers after the flood)
+        o_reader, o_writer = await _open(proc.port, other_path)
+        o_writer.write(_frame(2, STEP1_EMPTY))
+        await _until(o_reader, lambda f: f[0] == 2 and f[1][:2] == b"\x00\x01")
+        grown = _rss_kib(proc.proc.pid) - before
+        assert grown < 16 * 1024, f"the node grew {grown} KiB under a ping flood"
+        writer.close()
+        o_writer.close()
+
+        # close frames a peer may not send: 1002
+        for payload in (b"\x03", (1005).to_bytes(2, "big"), (999).to_bytes(2, "big"), (2999).to_bytes(2, "big")):
+            reader, writer = await _open(proc.port, path)
+            writer.write(_frame(8, payload))
+            assert (await _close_code(reader))[0] == 1002, payload
+            writer.close()
+        # a private close code is fine: echoed
+        reader, writer = await _open(proc.port, path)
+        writer.write(_frame(8, (4000).to_bytes(2, "big")))
+        assert (await _close_code(reader))[0] == 4000
+        writer.close()
+    finally:
+        proc.stop()
+
+
+async def test_frames_before_the_accept_are_read_only_a_little():
+    """While the endpoint authenticates a socket nothing counts its frames yet (the frame budget
+    starts at the accept): the transport reads PRE_ACCEPT_BYTES and then leaves the rest in TCP."""
+    from sync_server.sync import transport as lean
+
+    taken: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upgrade, rest = lean.parse_upgrade(_head(), b"/sync/") or (None, b"")
+        assert upgrade is not None
+        taken.set_result(lean.take_over(writer.transport, upgrade, rest))  # type: ignore[arg-type]
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        protocol = await asyncio.wait_for(taken, 10)
+        flood = _frame(2, b"\x00" * 60_000) * 400  # 24 MB of frames, never accepted
+        writer.write(flood)
+        try:
+            await asyncio.wait_for(writer.drain(), 3)  # TCP fills up: the node stopped reading
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.2)
+        assert len(protocol._buf) <= lean.PRE_ACCEPT_BYTES + 1024 * 1024, len(protocol._buf)
+        assert writer.transport.get_write_buffer_size() > 0  # the rest waits on our side
+    finally:
+        writer.transport.abort()
+        server.close()

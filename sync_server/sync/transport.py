@@ -40,6 +40,7 @@ log = structlog.get_logger("sync_server.sync.transport")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 16 * 1024  # a longer request head goes to Hypercorn (which answers it)
 MAX_PENDING = 16  # received messages the endpoint has not read: past it the socket is not read
+PRE_ACCEPT_BYTES = 64 * 1024  # read before the endpoint accepted (it is authenticating): then not read
 INTERRUPTED = {"type": "websocket.disconnect", "code": 1000, "interrupted": True}
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INTERNAL_ERROR = 1011
@@ -208,7 +209,11 @@ class WebsocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        if self._budget_wait is None and self._accepted:
+        if not self._accepted:  # frames wait for the accept (no frame budget yet): only a little of them
+            if len(self._buf) > PRE_ACCEPT_BYTES and self._reading and not self._closed:
+                self._reading = False
+                self.transport.pause_reading()
+        elif self._budget_wait is None:
             self._parse()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -283,6 +288,9 @@ class WebsocketProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush_head)  # at the latest when this turn ends
             if self._buf:
                 self._parse()
+            if not self._reading and not self._closed and len(self._events) < MAX_PENDING:
+                self._reading = True
+                self.transport.resume_reading()
         elif self._close_sent:
             return
         elif kind == "websocket.send":
@@ -500,13 +508,18 @@ class WebsocketProtocol(asyncio.Protocol):
         if opcode == OP_PING:
             if intake is not None:
                 intake.alive()
-            if not self._close_sent:
+            # a peer that pings and never reads would fill our write buffer with pongs: past the high
+            # water mark pings go unanswered (RFC 6455 5.5.3 allows answering only the latest)
+            if not self._close_sent and self.transport.get_write_buffer_size() < HIGH_WATER:
                 self.write(frame(OP_PONG, payload))
         elif opcode == OP_PONG:
             if intake is not None:
                 intake.alive()
         elif opcode == OP_CLOSE:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            if len(payload) == 1 or (len(payload) >= 2 and not _valid_close_code(code)):
+                self._fail(CLOSE_PROTOCOL_ERROR, "invalid close frame")
+                return
             if not self._close_sent:  # the peer closes first: answer with its code
                 self._close_sent = True
                 self.write(frame(OP_CLOSE, payload[:2]))
@@ -516,6 +529,12 @@ class WebsocketProtocol(asyncio.Protocol):
             self._push({"type": "websocket.disconnect", "code": code})
         else:
             self._fail(CLOSE_PROTOCOL_ERROR, "unknown control opcode")
+
+
+def _valid_close_code(code: int) -> bool:
+    """A code a peer may send (RFC 6455 7.4: 1004-1006 and 1015 are never sent; 3000-4999 are
+    registered or private)."""
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or 3000 <= code <= 4999
 
 
 def take_over(transport: asyncio.Transport, upgrade: Upgrade, rest: bytes) -> WebsocketProtocol:
