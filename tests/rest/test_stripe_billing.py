@@ -141,10 +141,12 @@ async def test_create_and_plan_changes_reach_stripe_with_idempotency_keys(api_s,
     c = await api_s.customer(plan_id="starter", email="ops@alpha.example")
     body = await settled(api_s, c.id)
     assert body["provider"] == "stripe" and body["stripe_price_id"] == "price_starter"
-    [made] = stripe_api.calls("POST", "/v1/customers")
-    assert made.idempotency_key == f"webhost-{c.id}-customer-create"
-    assert made.params["email"] == "ops@alpha.example" and made.params["metadata[webhost_customer_id]"] == c.id
+    made, told = stripe_api.calls("POST", "/v1/customers")  # made with our id only, then told name and email
+    assert made.idempotency_key == f"webhost-{c.id}-customer-create" and made.path == "/v1/customers"
+    assert made.params["metadata[webhost_customer_id]"] == c.id and "email" not in made.params
+    assert told.path == f"/v1/customers/{body['stripe_customer_id']}" and told.params["email"] == "ops@alpha.example"
     assert made.headers["authorization"] == f"Bearer {SECRET_KEY}"
+    assert stripe_api.customers[body["stripe_customer_id"]]["email"] == "ops@alpha.example"
     [sub_call] = stripe_api.calls("POST", "/v1/subscriptions")
     assert sub_call.idempotency_key == f"webhost-{c.id}-subscription-create-v1"
     assert (
@@ -184,6 +186,7 @@ async def test_a_500_and_a_lost_answer_are_retried_without_double_creation(api_s
     c = await api_s.customer(plan_id="starter")
     body = await settled(api_s, c.id)
     customers, subs = stripe_api.calls("POST", "/v1/customers"), stripe_api.calls("POST", "/v1/subscriptions")
+    customers = [r for r in customers if r.path == "/v1/customers"]
     assert len(customers) == 2 and len({r.idempotency_key for r in customers}) == 1
     assert len(subs) == 2 and len({r.idempotency_key for r in subs}) == 1
     assert len(stripe_api.customers) == 1 and list(stripe_api.subscriptions) == [body["stripe_subscription_id"]]
@@ -228,6 +231,27 @@ async def test_an_outage_at_creation_never_makes_a_second_one(api_s, stripe_api,
     assert len(stripe_api.customers) == 1 and len(stripe_api.subscriptions) == 1
     found = stripe_api.calls("GET", "/v1/customers/search" if lost == "/v1/customers" else "/v1/subscriptions")
     assert found
+
+
+async def test_a_rename_between_lost_creates_makes_one_customer_with_the_new_name(api_s, stripe_api):
+    """Every answer to the create is lost and Stripe's search does not see the customer yet; the
+    operator renames the customer before the retry: the retry replays the same create (same key,
+    same parameters: no idempotency_error) and then tells Stripe the new name."""
+    stripe_api.fail("POST", "/v1/customers", "drop", times=3)
+    stripe_api.search_lag = True
+    c = await api_s.customer(plan_id="starter")
+    await settled(api_s, c.id, failed=True)
+    r = await api_s.patch(f"/api/v1/customers/{c.id}", headers=await api_s.operator(), json={"name": "Renamed Fleet"})
+    assert r.status_code == 200
+    async with api_s.runtime.db.operator("test") as conn:
+        await conn.execute("UPDATE billing_accounts SET next_attempt_at = now()")
+    await api_s.runtime.billing_provider.round()  # or the push the rename started, whichever leases it
+    body = await settled(api_s, c.id)
+    assert body["last_error"] is None, body
+    assert len(stripe_api.customers) == 1 and len(stripe_api.subscriptions) == 1
+    assert stripe_api.customers[body["stripe_customer_id"]]["name"] == "Renamed Fleet"
+    creates = [r for r in stripe_api.calls("POST", "/v1/customers") if r.path == "/v1/customers"]
+    assert len(creates) == 4 and len({(r.idempotency_key, str(sorted(r.params.items()))) for r in creates}) == 1
 
 
 async def test_customers_made_before_the_key_are_adopted(database_url, stripe_api):
@@ -550,16 +574,17 @@ async def test_an_operators_plan_change_reaches_stripe(api_s, stripe_api):
 async def test_a_new_name_or_email_reaches_the_stripe_customer(api_s, stripe_api):
     c, _sub = await subscribed(api_s, stripe_api)
     ops = await api_s.operator()
+    told_at_creation = stripe_api.calls("POST", "/v1/customers/")
     r = await api_s.patch(f"/api/v1/customers/{c.id}", headers=ops, json={"metadata": {"tier": "gold"}})
     assert r.status_code == 200
-    assert stripe_api.calls("POST", "/v1/customers/") == []  # nothing Stripe holds changed
+    assert stripe_api.calls("POST", "/v1/customers/") == told_at_creation  # nothing Stripe holds changed
     r = await api_s.patch(
         f"/api/v1/customers/{c.id}", headers=ops, json={"name": "Alpha Fleet", "email": "bill@alpha.example"}
     )
     assert r.status_code == 200
     body = await settled(api_s, c.id)
-    [update] = stripe_api.calls("POST", f"/v1/customers/{body['stripe_customer_id']}")
-    assert update.idempotency_key == f"webhost-{c.id}-customer-update-v2"
+    _told_at_creation, update = stripe_api.calls("POST", f"/v1/customers/{body['stripe_customer_id']}")
+    assert update.idempotency_key.startswith(f"webhost-{c.id}-customer-profile-")
     assert stripe_api.customers[body["stripe_customer_id"]]["email"] == "bill@alpha.example"
     assert stripe_api.customers[body["stripe_customer_id"]]["name"] == "Alpha Fleet"
 

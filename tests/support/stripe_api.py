@@ -70,6 +70,7 @@ class FakeStripe:
     subscriptions: dict[str, dict] = field(default_factory=dict)
     faults: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path prefix, "500" | "drop")
     down: bool = False
+    search_lag: bool = False  # Stripe's search index lags ~1 min behind writes: nothing found yet
     _replies: dict[str, tuple[dict, int, bytes]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _server: asyncio.AbstractServer | None = None
@@ -195,6 +196,7 @@ class FakeStripe:
         if parts == ["v1", "customers", "search"] and method == "GET":
             wanted = params.get("query", "").rsplit(":", 1)[-1].strip("'")
             found = [c for c in self.customers.values() if c["metadata"].get("webhost_customer_id") == wanted]
+            found = [] if self.search_lag else found
             return 200, {"object": "search_result", "data": found, "has_more": False, "url": "/v1/customers/search"}
         if parts[:2] == ["v1", "subscriptions"]:
             if len(parts) == 2 and method == "POST":

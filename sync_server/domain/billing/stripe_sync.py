@@ -247,16 +247,19 @@ class StripeSync:
             stripe_customer = await self._find_customer(customer_id)
             found = stripe_customer is not None
         if stripe_customer is None:
-            params: Any = {"name": job["name"], "metadata": metadata}
-            if job["email"]:
-                params["email"] = job["email"]
-            created = await self.client.v1.customers.create_async(params, {"idempotency_key": f"{key}-customer-create"})
+            # Created with what never changes (our id and slug) under a key that never changes: a retry
+            # after lost answers replays the same request even when the name or email changed meanwhile
+            # (Stripe refuses a key reused with other parameters), so it can never make a second one.
+            created = await self.client.v1.customers.create_async(
+                {"metadata": metadata}, {"idempotency_key": f"{key}-customer-create"}
+            )
             stripe_customer = created.id
-        elif found or job["pushed_profile"] != profile:  # its name or email changed since
+            found = True  # its name and email are pushed next
+        if found or job["pushed_profile"] != profile:  # new, adopted, or its name or email changed since
             await self.client.v1.customers.update_async(
                 stripe_customer,
                 {"name": job["name"], "email": job["email"] or ""},
-                {"idempotency_key": f"{key}-customer-update-v{version}"},
+                {"idempotency_key": f"{key}-customer-profile-{profile[:32]}"},
             )
         if stripe_customer != job["stripe_customer_id"] or profile != job["pushed_profile"]:
             async with self.rt.db.operator("stripe_customer_pushed", customer_id=customer_id) as conn:
