@@ -24,7 +24,7 @@ from api.current import runtime
 from sync_server.domain.accounts import user_sessions
 
 from . import calls
-from .auth import authenticate_session
+from .auth import authenticate_session, browser_sign_in_guard
 from .errors import ApiError
 from .openapi import operation
 from .schemas import RequestModel, ResponseModel
@@ -86,10 +86,11 @@ def _no_store(response: Response) -> Response:
     tags=TAGS,
     body=SignIn,
     response=AppSession,
-    errors=(401, 403),
+    errors=(401, 403, 415),
     security=(),
 )
 async def sign_in(body: SignIn):
+    browser_sign_in_guard()
     rt = runtime()
     call = calls.current()
     try:

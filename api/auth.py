@@ -155,3 +155,19 @@ async def customer_transaction() -> AsyncIterator[asyncpg.Connection]:
     db = await runtime().registry.for_customer(customer_id)
     async with db.tenant(customer_id) as conn:
         yield conn
+
+
+def browser_sign_in_guard() -> None:
+    """A sign-in that sets a session cookie must come from this site's own page, not a form or
+    script of another site signing the browser in to the attacker's account (login CSRF): the body
+    must be declared `application/json` (another site's form can send JSON-looking text only as
+    text/plain, and a cross-site fetch with this type needs a CORS preflight, which is never
+    granted), and a browser's `Sec-Fetch-Site`, when sent, must say same-origin (or none: typed or
+    bookmarked). Clients outside browsers (curl, scripts) send neither header and only need the type."""
+    headers = calls.current().headers
+    site = headers.get("sec-fetch-site", "").lower()
+    if site and site not in ("same-origin", "none"):
+        raise ApiError(403, "cross_site_sign_in", "sign in from this site's own page")
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "unsupported_media_type", "sign-in takes Content-Type: application/json")

@@ -31,6 +31,7 @@ _STATUS_TEXT = {
     202: "Accepted: the work goes on in the background",
     204: "No Content",
     413: "Request body too large",
+    415: "Body not sent as application/json",
     401: "Missing, malformed, unknown, revoked or expired credential",
     402: "Plan limit reached",
     403: "Credential lacks the permission, role or customer state required",

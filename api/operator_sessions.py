@@ -25,7 +25,7 @@ from sync_server.domain.accounts import operators, user_sessions
 
 from . import calls
 from .accounts import LoginRequest, Operator
-from .auth import OperatorPrincipal, authenticate_operator
+from .auth import OperatorPrincipal, authenticate_operator, browser_sign_in_guard
 from .errors import ApiError
 from .openapi import operation
 from .schemas import ResponseModel
@@ -63,10 +63,11 @@ def _out(user_id, email: str, role: str, cookie: str, expires_at=None) -> dict:
     tags=TAGS,
     body=LoginRequest,
     response=ConsoleSession,
-    errors=(401,),
+    errors=(401, 403, 415),
     security=(),
 )
 async def sign_in(body: LoginRequest):
+    browser_sign_in_guard()
     rt = runtime()
     ttl = rt.settings.operator_session_ttl
     try:

@@ -201,3 +201,42 @@ async def test_the_built_app_is_served_from_the_package(api):
     ):
         r = await api.get(bad)
         assert r.status_code in (404, 308), bad
+
+
+async def test_another_sites_page_cannot_sign_a_browser_in(api):
+    """Login CSRF: another site's form posts the attacker's credentials as text/plain (which a form
+    may send without asking), or its script fetches cross-site; both sign-ins that set a cookie (the
+    dispatcher app's and the operator console's) refuse and set no cookie. This site's page and
+    non-browser clients sign in as before."""
+    from storage import platform_users
+    from sync_server.domain.accounts.passwords import hash_password
+
+    from .conftest import OPERATOR_PASSWORD
+
+    c = await api.customer()
+    await _user(api, c, "eve@example.com", "member")
+    await platform_users.upsert(api.runtime.db, "eve-ops@example.com", hash_password(OPERATOR_PASSWORD), "admin")
+    sign_ins = {
+        SESSION: {"customer": c.slug, "email": "eve@example.com", "password": PASSWORD},
+        "/api/v1/operator/session": {"email": "eve-ops@example.com", "password": OPERATOR_PASSWORD},
+    }
+    for path, credentials in sign_ins.items():
+        text = json.dumps(credentials).encode()
+        cases = [
+            ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+            ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+            ({}, 415, "unsupported_media_type"),
+            ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403, "cross_site_sign_in"),
+            ({"Content-Type": "application/json", "Sec-Fetch-Site": "same-site"}, 403, "cross_site_sign_in"),
+        ]
+        for headers, status, code in cases:
+            browser = _fresh_client(api)
+            r = await browser.post(path, data=text, headers=headers)
+            assert r.status_code == status and (await error_of(r))["code"] == code, (path, headers)
+            assert not r.headers.get_all("Set-Cookie"), (path, headers)
+        for headers in (
+            {"Content-Type": "application/json; charset=utf-8", "Sec-Fetch-Site": "same-origin"},
+            {"Content-Type": "application/json"},  # curl, scripts: no Sec-Fetch-* at all
+        ):
+            r = await _fresh_client(api).post(path, data=text, headers=headers)
+            assert r.status_code == 200 and r.headers.get_all("Set-Cookie"), (path, headers)
