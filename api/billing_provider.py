@@ -47,19 +47,25 @@ async def stripe_webhook():
     call = calls.current()
     limit = stripe_events.MAX_BODY_BYTES
     declared = call.headers.get("content-length", "")
+    count = rt.metrics.count_stripe_event if rt.metrics is not None else (lambda outcome: None)
     if declared.isdigit() and int(declared) > limit:
+        count("too_large")
         raise ApiError(413, "payload_too_large", f"webhook body larger than {limit} bytes")
     payload = await call.body()
     if len(payload) > limit:
+        count("too_large")
         raise ApiError(413, "payload_too_large", f"webhook body larger than {limit} bytes")
     header = call.headers.get("stripe-signature")
-    if header is not None and len(header) > 4096:
-        raise ApiError(400, "bad_signature", "Stripe-Signature header too long")
     try:
+        if header is not None and len(header) > 4096:
+            raise stripe_events.BadWebhook("bad_signature", "Stripe-Signature header too long")
         event = stripe_events.verify(payload, header, secret, rt.settings.stripe_webhook_tolerance)
     except stripe_events.BadWebhook as exc:
+        count(exc.code)
         raise ApiError(400, exc.code, exc.message) from None
-    return {"received": True, "outcome": await stripe_events.receive(rt, event)}
+    outcome = await stripe_events.receive(rt, event)
+    count(outcome)
+    return {"received": True, "outcome": outcome}
 
 
 class BillingEvent(ResponseModel):

@@ -60,6 +60,16 @@ async def due(conn: asyncpg.Connection, limit: int) -> list:
     return [r["customer_id"] for r in rows]
 
 
+async def outbox_stats(conn: asyncpg.Connection) -> dict[str, float]:
+    """Over all customers (an operator transaction): how many have a change Stripe does not have,
+    and how many of those failed their last push."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS pending, count(*) FILTER (WHERE attempts > 0) AS failing "
+        "FROM billing_accounts WHERE pushed_version < wanted_version"
+    )
+    return {"pending": row["pending"], "failing": row["failing"]}
+
+
 async def claim(conn: asyncpg.Connection, customer_id, lease_seconds: float) -> asyncpg.Record | None:
     """Lease the customer's pending push (None when nothing is pending or another worker holds it),
     with what is to be pushed: the customer, its active plan and that plan's Stripe price."""

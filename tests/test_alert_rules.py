@@ -32,6 +32,7 @@ REQUIRED = {
     "pipeline lag": "webhost_gps_pipeline_lag_seconds_bucket",
     "redis stream lag": "webhost_redis_stream_lag_seconds_bucket",
     "webhook backlog": "webhost_webhook_queue_depth",
+    "stripe pushes": "webhost_stripe_failing_customers",
 }
 
 
@@ -71,14 +72,21 @@ def test_every_metric_an_alert_reads_is_served(server_env, redis_url, tmp_path):
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"], rule
     used = {name for rule in rules for name in NAME.findall(rule["expr"])}
     assert set(REQUIRED.values()) <= used, set(REQUIRED.values()) - used
+    billing = {  # Stripe configured (its series exist only then); nothing listens at that address
+        "STRIPE_SECRET_KEY": "sk_test_alert_rules",
+        "STRIPE_WEBHOOK_SECRET": "whsec_alert_rules",
+        "STRIPE_API_BASE": "http://127.0.0.1:9",
+    }
     node = ServerProcess(
-        {**server_env, "REDIS_URL": redis_url, "REDIS_PREFIX": "alert-rules:"}, log_path=tmp_path / "s.log"
+        {**server_env, **billing, "REDIS_URL": redis_url, "REDIS_PREFIX": "alert-rules:"}, log_path=tmp_path / "s.log"
     )
     node.start()
     try:
         for _ in range(50):  # the database figures arrive with the first background refresh
             text = httpx.get(f"{node.base_url}/metrics", timeout=10).text
-            if "webhost_database_connections" in text and "webhost_redis_connected 1.0" in text:
+            if all(
+                n in text for n in ("webhost_database_connections", "webhost_redis_connected 1.0", "stripe_pending")
+            ):
                 break
             time.sleep(0.1)
         served = served_names(text)

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from storage import billing_accounts
 from sync_server.domain.tracking.filters import REASONS
 from sync_server.extensions.persistence import LogBacklog, Persistence
 from sync_server.sync.connection import Connection
@@ -53,6 +54,7 @@ REST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ROW_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000)
 _REASONS = frozenset(REASONS)
+_STRIPE_OUTCOMES = ("applied", "stale", "ignored", "replay", "bad_signature", "bad_payload", "too_large", "other")
 DB_REFRESH_SECONDS = 15.0
 
 
@@ -156,6 +158,7 @@ class Metrics:
         )
         self.gps_stored: dict[str, int] = {}
         self.gps_rejected: dict[str, int] = {}
+        self.stripe_events: dict[str, int] = {}  # Stripe webhook deliveries by outcome
         ProcessCollector(namespace="webhost", registry=reg)  # webhost_process_resident_memory_bytes, cpu, fds
         reg.register(_Collector(self))
 
@@ -182,6 +185,11 @@ class Metrics:
         if batch.received is not None and outcome.stored:
             self.pipeline_lag.labels(source).observe(max(0.0, time.monotonic() - batch.received))
 
+    def count_stripe_event(self, outcome: str) -> None:
+        """A Stripe webhook delivery: applied / stale / ignored / replay, or why it was refused."""
+        key = outcome if outcome in _STRIPE_OUTCOMES else "other"
+        self.stripe_events[key] = self.stripe_events.get(key, 0) + 1
+
     def observe_stream_lag(self, seconds: float) -> None:
         self.stream_lag.observe(max(0.0, seconds))
 
@@ -198,13 +206,18 @@ class Metrics:
                 "pg_database_size(current_database()) AS size"
             )
             backlog = await conn.fetchrow("SELECT pending, oldest_seconds FROM webhost_webhook_backlog()")
-        self.db_stats = {
+        stats = {
             "connections": row["connections"],
             "max_connections": row["max_connections"],
             "size": row["size"],
             "webhook_pending": backlog["pending"],
             "webhook_oldest": backlog["oldest_seconds"],
         }
+        if self.runtime.billing_provider is not None:
+            async with self.runtime.db.operator("metrics_stripe_outbox") as conn:
+                outbox = await billing_accounts.outbox_stats(conn)
+            stats.update({f"stripe_{k}": v for k, v in outbox.items()})
+        self.db_stats = stats
 
     async def database_loop(self) -> None:
         while True:
@@ -283,6 +296,7 @@ class _Collector:
             attempts.add_metric(["delivered"], worker.delivered)
             attempts.add_metric(["failed"], worker.failed)
             yield attempts
+        yield from self._stripe(rt)
         yield from self._pools(rt)
         yield from self._disk(rt)
 
@@ -374,6 +388,33 @@ class _Collector:
                 "Age of the oldest webhook delivery still waiting",
                 stats["webhook_oldest"],
             )
+
+    def _stripe(self, rt):
+        provider, events = rt.billing_provider, self.m.stripe_events
+        if provider is not None:
+            pushes = _counter("webhost_stripe_pushes", "Customer changes pushed to Stripe by this node", ["result"])
+            pushes.add_metric(["pushed"], provider.pushed)
+            pushes.add_metric(["failed"], provider.push_failures)
+            yield pushes
+            stats = self.m.db_stats
+            if "stripe_pending" in stats:
+                yield _gauge(
+                    "webhost_stripe_pending_customers",
+                    "Customers with a change Stripe does not have yet (all nodes)",
+                    stats["stripe_pending"],
+                )
+                yield _gauge(
+                    "webhost_stripe_failing_customers",
+                    "Customers whose last push to Stripe failed (retried with backoff)",
+                    stats["stripe_failing"],
+                )
+        if provider is not None or rt.settings.stripe_webhook_secret:
+            received = _counter(
+                "webhost_stripe_webhook_events", "Stripe webhook deliveries to this node, by outcome", ["outcome"]
+            )
+            for outcome in _STRIPE_OUTCOMES:
+                received.add_metric([outcome], events.get(outcome, 0))
+            yield received
 
     def _disk(self, rt):
         path = Path(rt.settings.data_dir).resolve()

@@ -562,3 +562,44 @@ async def test_a_new_name_or_email_reaches_the_stripe_customer(api_s, stripe_api
     assert update.idempotency_key == f"webhost-{c.id}-customer-update-v2"
     assert stripe_api.customers[body["stripe_customer_id"]]["email"] == "bill@alpha.example"
     assert stripe_api.customers[body["stripe_customer_id"]]["name"] == "Alpha Fleet"
+
+
+async def test_pushes_the_outbox_and_webhook_outcomes_are_in_the_metrics(api_s, stripe_api):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, str], float]:
+        text = api_s.runtime.metrics.render().decode()
+        return {
+            (s.name, ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("webhost_stripe")
+            for s in family.samples
+        }
+
+    c, sub_id = await subscribed(api_s, stripe_api)
+    stripe_api.down = True
+    r = await api_s.post("/api/v1/subscription/change", headers=c.auth, json={"plan_id": "professional"})
+    assert r.status_code == 200
+    await settled(api_s, c.id, failed=True)
+    await api_s.runtime.metrics.refresh_database()
+    t0 = int(time.time())
+    past_due = sub_event(stripe_api, sub_id, status="past_due")
+    assert await outcome(api_s, "customer.subscription.updated", past_due, t0, event_id="evt_m") == "applied"
+    assert await outcome(api_s, "customer.subscription.updated", past_due, t0, event_id="evt_m") == "replay"
+    r = await deliver(api_s, "invoice.paid", {"id": "in_1", "customer": "cus_x"}, t0, signature="t=1,v1=00")
+    assert r.status_code == 400
+    seen = scrape()
+    assert seen[("webhost_stripe_pushes_total", "result=pushed")] >= 1
+    assert seen[("webhost_stripe_pushes_total", "result=failed")] >= 1
+    assert seen[("webhost_stripe_pending_customers", "")] == 1
+    assert seen[("webhost_stripe_failing_customers", "")] == 1
+    for name, n in (("applied", 1), ("replay", 1), ("bad_signature", 1), ("stale", 0)):
+        assert seen[("webhost_stripe_webhook_events_total", f"outcome={name}")] == n, name
+
+    stripe_api.down = False  # caught up: the gauges go back to 0
+    async with api_s.runtime.db.operator("test") as conn:
+        await conn.execute("UPDATE billing_accounts SET next_attempt_at = now()")
+    await api_s.runtime.billing_provider.round()
+    await api_s.runtime.metrics.refresh_database()
+    seen = scrape()
+    assert seen[("webhost_stripe_pending_customers", "")] == 0 and seen[("webhost_stripe_failing_customers", "")] == 0

@@ -184,3 +184,112 @@ def save_case(frames: list[bytes], name: str) -> Path:
 
 def load_case(path: Path) -> list[bytes]:
     return [bytes.fromhex(line) for line in path.read_text().split() if line]
+
+
+# -- RFC 6455 framing: what a raw socket can send a websocket server -------------------------------
+
+CLOSE_CODES = (0, 999, 1000, 1001, 1002, 1004, 1005, 1006, 1011, 1015, 1016, 2999, 3000, 4000, 4400, 4999, 5000, 65535)
+
+
+class WireFrames:
+    """Byte streams for one raw websocket connection: frames whose header bits, opcodes, length
+    encodings (non-minimal, lying, past 2^63), masks and fragmentation are drawn at random around
+    payloads from a `FrameMaker`; then split into TCP writes at random points."""
+
+    def __init__(self, rng: random.Random, maker: FrameMaker) -> None:
+        self.rng = rng
+        self.maker = maker
+        self.lied_long = False  # the stream declares more payload than it sends
+        self.close_codes: set[int] = set()  # the codes of the close frames the stream holds (echoed back)
+
+    def header(self, opcode: int, n: int, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+        rng = self.rng
+        b0 = (0x80 if fin else 0) | (rsv & 0x7) << 4 | opcode & 0x0F
+        flag = 0x80 if masked else 0
+        style = rng.random()
+        if n < 126 and style > 0.1:
+            length = bytes((flag | n,))
+        elif n < 65536 and style > 0.05:
+            length = bytes((flag | 126,)) + n.to_bytes(2, "big")
+        else:
+            length = bytes((flag | 127,)) + (n % 2**64).to_bytes(8, "big")
+        return bytes((b0,)) + length
+
+    def frame(self, opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True, n=None) -> bytes:
+        declared = len(payload) if n is None else n
+        head = self.header(opcode, declared, fin, rsv, masked)
+        if not masked:
+            return head + payload
+        mask = bytes(self.rng.randrange(256) for _ in range(4))
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    def message(self) -> bytes:
+        """One sync message as 1-4 fragments, control frames sometimes between them."""
+        rng = self.rng
+        payload = b"".join(self.maker.frames()[:1])
+        cuts = sorted(rng.randrange(len(payload) + 1) for _ in range(rng.randrange(4)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        out = b""
+        for i, piece in enumerate(pieces):
+            out += self.frame(2 if i == 0 else 0, piece, fin=i == len(pieces) - 1)
+            if rng.random() < 0.2:
+                out += self.frame(rng.choice((9, 10)), bytes(rng.randrange(256) for _ in range(rng.randrange(126))))
+        return out
+
+    def hostile(self) -> bytes:
+        """One frame that breaks a rule of RFC 6455, or a legal one at its edges."""
+        rng = self.rng
+        kind = rng.randrange(14)
+        junk = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        if kind == 0:  # reserved opcodes
+            return self.frame(rng.choice((3, 4, 5, 6, 7, 11, 12, 13, 14, 15)), junk[:100])
+        if kind == 1:  # RSV bits without an extension
+            return self.frame(2, self.maker.frames()[0], rsv=rng.randrange(1, 8))
+        if kind == 2:  # unmasked client frame
+            return self.frame(2, junk, masked=False)
+        if kind == 3:  # control frame too long or fragmented
+            return self.frame(rng.choice((8, 9, 10)), junk + bytes(126), fin=rng.random() < 0.5)
+        if kind == 4:  # continuation with no message
+            return self.frame(0, junk)
+        if kind == 5:  # a new message inside a fragmented one
+            return self.frame(2, junk, fin=False) + self.frame(2, junk)
+        if kind == 6:  # close frames: odd codes, a 1-byte payload, invalid UTF-8 reasons
+            number = rng.choice(CLOSE_CODES)
+            self.close_codes.add(number)
+            code = number.to_bytes(2, "big")
+            reason = rng.choice((b"", b"bye", b"\xff\xfe", b"\xc3", "é".encode() * 40))
+            return self.frame(8, rng.choice((b"", code[:1], code + reason[:123])))
+        if kind == 7:  # text frames, valid and not UTF-8
+            return self.frame(1, rng.choice((b"hello", b"\xff\xfe\xfd", b"\xed\xa0\x80", junk)))
+        if kind == 8:  # a length past 2^63, or huge, with a little payload after it
+            self.lied_long = True
+            return self.frame(2, junk[:20], n=rng.choice((2**63, 2**64 - 1, 2**40, 2**31)))
+        if kind == 9:  # declared shorter than sent: the rest is read as the next header
+            return self.frame(2, junk, n=max(0, len(junk) - rng.randrange(1, 8)))
+        if kind == 10:  # declared somewhat longer than sent: the server waits for it
+            self.lied_long = True
+            return self.frame(2, junk, n=len(junk) + rng.randrange(1, 5000))
+        if kind == 11:  # pings, many, some empty
+            return b"".join(self.frame(9, junk[: rng.randrange(126)]) for _ in range(rng.randrange(1, 50)))
+        if kind == 12:  # a frame header cut short, then a fresh frame
+            return self.frame(2, junk)[: rng.randrange(1, 6)] + self.message()
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))  # bytes, no frame at all
+
+    def stream(self) -> bytes:
+        self.lied_long = False
+        self.close_codes = set()
+        rng = self.rng
+        parts = []
+        for _ in range(rng.randrange(1, 6)):
+            parts.append(self.hostile() if rng.random() < 0.4 else self.message())
+        return b"".join(parts)
+
+    def writes(self, data: bytes) -> list[bytes]:
+        """`data` in TCP writes of random size (single bytes now and then)."""
+        rng = self.rng
+        out, pos = [], 0
+        while pos < len(data):
+            step = 1 if rng.random() < 0.1 else rng.randrange(1, 4096)
+            out.append(data[pos : pos + step])
+            pos += step
+        return out

@@ -143,6 +143,8 @@ class StripeSync:
         )
         self.interval = settings.stripe_sync_interval
         self._wake = asyncio.Event()
+        self.pushed = 0  # versions pushed to Stripe by this node (read by GET /metrics)
+        self.push_failures = 0
 
     async def close(self) -> None:
         await self.http.close_async()
@@ -209,6 +211,7 @@ class StripeSync:
                 return False
             async with self.rt.db.operator("stripe_pushed", customer_id=str(customer_id)) as conn:
                 await store.pushed(conn, customer_id, job["wanted_version"], **outcome)
+            self.pushed += 1
             log.info(
                 "stripe_pushed",
                 customer_id=str(customer_id),
@@ -221,6 +224,7 @@ class StripeSync:
     async def _failed(self, job: asyncpg.Record, exc: BaseException) -> None:
         delay = min(RETRY_MAX, RETRY_BASE * 2 ** min(job["attempts"], 20)) * random.uniform(0.8, 1.2)
         error = describe(exc)
+        self.push_failures += 1
         async with self.rt.db.operator("stripe_push_failed", customer_id=str(job["customer_id"])) as conn:
             attempts = await store.failed(conn, job["customer_id"], error, delay)
         log.warning(
