@@ -39,13 +39,14 @@ class H11Server:
         return self
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # no new connections
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:  # after the connections ended: Python 3.12 waits for them here
+            await server.wait_closed()
 
     async def handle(self, request: h11.Request, body: bytes) -> Reply | None:
         raise NotImplementedError
