@@ -115,37 +115,50 @@ def _embed(config: dict) -> str:
     return json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-@blueprint.get("/app/")
-@operation(
-    "The dispatcher web app (HTML; its settings embedded)",
-    tags=TAGS,
-    content=HTML,
-    errors=(404,),
-)
-async def index():
-    config = _config()
-    return _html("index.html", lambda page: page.replace(CONFIG_MARKER, _embed(config)), config["tileUrl"])
+@dataclass(frozen=True)
+class Entry:
+    """A page of the build served at /{name}/: `settings` says whether the app's settings go into
+    its `app-config` block."""
+
+    page: str
+    summary: str
+    settings: bool
 
 
-def _html(name: str, fill, tile_url: str) -> Response:
-    page = _page(name)
-    if page is None:
-        raise ApiError(404, "app_not_built", "the web app is not built into this installation (run `make js`)")
-    headers = {"Cache-Control": "no-cache", **_security_headers(tile_url)}
-    return Response(fill(page), status=200, mimetype="text/html", headers=headers)
+ENTRIES = {
+    "app": Entry("index.html", "The dispatcher web app (HTML; its settings embedded)", settings=True),
+    # the console's page is public (it holds no data); everything it shows comes from operator
+    # routes, which refuse any credential but an operator's session (api.operator_sessions)
+    "admin": Entry(
+        "admin.html",
+        "The operator console (HTML): sign-in, customers, API keys, deployments and migrations, nodes",
+        settings=False,
+    ),
+}
 
 
-@blueprint.get("/admin/")
-@operation(
-    "The operator console (HTML): sign-in, customers, API keys, deployments and migrations, nodes",
-    tags=TAGS,
-    content=HTML,
-    errors=(404,),
-)
-async def console():
-    """The page itself is public (it holds no data); everything it shows comes from operator
-    routes, which refuse any credential but an operator's session (api.operator_sessions)."""
-    return _html("admin.html", str, "")
+def _entry_handler(entry: Entry):
+    async def page():
+        html = _page(entry.page)
+        if html is None:
+            raise ApiError(404, "app_not_built", "the web app is not built into this installation (run `make js`)")
+        tile_url = ""
+        if entry.settings:
+            config = _config()
+            html, tile_url = html.replace(CONFIG_MARKER, _embed(config)), config["tileUrl"]
+        headers = {"Cache-Control": "no-cache", **_security_headers(tile_url)}
+        return Response(html, status=200, mimetype="text/html", headers=headers)
+
+    return page
+
+
+for _name, _entry in ENTRIES.items():
+    blueprint.add_url_rule(
+        f"/{_name}/",
+        endpoint=_name,
+        view_func=operation(_entry.summary, tags=TAGS, content=HTML, errors=(404,))(_entry_handler(_entry)),
+        methods=["GET"],
+    )
 
 
 @blueprint.get("/app/assets/<name>")

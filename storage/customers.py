@@ -63,34 +63,20 @@ async def update(conn: asyncpg.Connection, customer_id, *, name: str, email: str
     return result != "UPDATE 0"
 
 
-async def set_status(conn: asyncpg.Connection, customer_id, status: str, *, by: str = "operator") -> bool:
-    """An operator's suspension or reactivation: whoever suspended before, `by` is recorded now."""
+async def set_status(conn: asyncpg.Connection, customer_id, status: str, *, by: str) -> bool:
+    """Suspend (`status` "suspended") or reactivate ("active") as `by`, recorded in `suspended_by`.
+    An operator's change applies whoever suspended before; billing ("billing") suspends only an
+    active customer and reactivates only one billing suspended (an operator's suspension stays).
+    True when a row changed."""
+    if by not in ("operator", "billing") or status not in ("active", "suspended"):
+        raise ValueError(f"no status change {status!r} by {by!r}")
     result = await conn.execute(
         "UPDATE customers SET status = $2, suspended_by = CASE WHEN $2 = 'suspended' THEN $3 END, updated_at = now() "
-        "WHERE id = $1",
+        "WHERE id = $1 AND ($3 = 'operator' OR CASE WHEN $2 = 'suspended' THEN status = 'active' "
+        "ELSE status = 'suspended' AND suspended_by = 'billing' END)",
         customer_id,
         status,
         by,
-    )
-    return result != "UPDATE 0"
-
-
-async def billing_suspend(conn: asyncpg.Connection, customer_id) -> bool:
-    """Suspend for billing an active customer (never one already suspended, whoever did it)."""
-    result = await conn.execute(
-        "UPDATE customers SET status = 'suspended', suspended_by = 'billing', updated_at = now() "
-        "WHERE id = $1 AND status = 'active'",
-        customer_id,
-    )
-    return result != "UPDATE 0"
-
-
-async def billing_reactivate(conn: asyncpg.Connection, customer_id) -> bool:
-    """Reactivate a customer only if billing suspended it (an operator's suspension stays)."""
-    result = await conn.execute(
-        "UPDATE customers SET status = 'active', suspended_by = NULL, updated_at = now() "
-        "WHERE id = $1 AND status = 'suspended' AND suspended_by = 'billing'",
-        customer_id,
     )
     return result != "UPDATE 0"
 

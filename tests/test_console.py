@@ -7,7 +7,6 @@ var/test-artifacts/console/<browser>/."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -73,7 +72,7 @@ async def _gps_count(url: str, cid) -> int:
 
 @browsers.each
 def test_operators_run_customers_and_migrations_from_the_console_and_customers_cannot(
-    console_server, database_url, tmp_path, browser
+    console_server, database_url, browser
 ):
     server = console_server
     _operator(server, "admin@ops.example.com", "admin")
@@ -109,18 +108,7 @@ def test_operators_run_customers_and_migrations_from_the_console_and_customers_c
         "user": {"email": "dana@acme.example", "password": USER_PASSWORD},
         "shots": str(shots),
     }
-    (tmp_path / "console.json").write_text(json.dumps(config))
-    run = subprocess.run(
-        ["node", "test/console.mjs", "--config", str(tmp_path / "console.json")],
-        cwd=WEBAPP,
-        env=browsers.env(browser),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    print(f"screenshots: {shots}")
-    assert run.returncode == 0, run.stderr[-4000:] + "\n" + server.log_text()[-3000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = browsers.run_script(WEBAPP / "test" / "console.mjs", config, browser, timeout=240, server=server)
 
     # a customer user (its dispatcher-app session) and its API key cannot open the console
     assert seen["customerUser"] == {"signInShown": True, "consoleHidden": True, "customers": 401, "session": 401}

@@ -6,21 +6,18 @@ that instant doc_updates already holds every one of them."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pycrdt
-import pytest
 
-from .support import fleet, sync_peers
+from .support import browsers, fleet, sync_peers
 
 CLIENT_DIR = sync_peers.ROOT / "clients" / "js"
 
 
-@pytest.mark.parametrize("browser", ["chromium", "firefox"])
+@browsers.each
 async def test_offline_edits_survive_a_reload_and_are_pending_until_acknowledged(server, db, database_url, browser):
-    if browser == "firefox" and not shutil.which("firefox-esr"):
-        pytest.fail("Firefox is needed: apt-get install firefox-esr (make browser installs it)")
+    env = browsers.env(browser)  # fails the test when the browser is not installed
     cid = await fleet.customer(db, "browser-co")
     customer = sync_peers.Customer(str(cid), "browser-co")
     key = await fleet.api_key(db, cid, permissions=("sync:write",))
@@ -37,7 +34,8 @@ async def test_offline_edits_survive_a_reload_and_are_pending_until_acknowledged
         assert offline_keys <= set(stored.get("notes", type=pycrdt.Map).keys())
         return True
 
-    lines = await sync_peers.js_checkpoints(CLIENT_DIR / "test" / "browser" / "run.mjs", plan, at_durable, end="done")
+    run = CLIENT_DIR / "test" / "browser" / "run.mjs"
+    lines = await sync_peers.js_checkpoints(run, plan, at_durable, end="done", env=env)
     assert [line["event"] for line in lines] == ["durable", "done"]
     done = lines[-1]
     assert done["errors"] == []

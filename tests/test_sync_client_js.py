@@ -245,3 +245,51 @@ async def test_phone_rides_out_a_server_restart_and_loses_nothing(server_env, db
     cid = base["customer_id"]
     assert await fleet.count(db, cid, "SELECT count(*) FROM gps_positions") == 80
     assert await fleet.count(db, cid, "SELECT count(DISTINCT time) FROM gps_positions") == 80
+
+
+async def test_read_only_token_edits_are_kept_as_read_only_until_a_token_may_write(server, db, database_url):
+    """A read-only credential: the document's status is `read_only` (not `pending` forever), its
+    edits are kept on the device and counted in `pending` but not sent; the session is `read_only`
+    while such edits wait. Once the back end hands a read-write token the document reconnects and
+    its sync step 2 makes them durable."""
+    cid = await fleet.customer(db, "viewer-co")
+    customer = sync_peers.Customer(str(cid), "viewer-co")
+    key = await fleet.api_key(db, cid, permissions=("sync:write",))
+    plan = {"server": server.base_url, "customer": customer.slug, "apiKey": key}
+    kept = {f"kept-{i}" for i in range(3)}
+
+    async def at_read_only(line: dict) -> bool:
+        if line["event"] != "read-only":
+            return False
+        stored = await sync_peers.stored_doc(database_url, customer, "notes")
+        assert not kept & set(stored.get("notes", type=pycrdt.Map).keys())  # the server has none of them
+        return True
+
+    script = CLIENT_DIR / "test" / "read_only.mjs"
+    read_only, done = await sync_peers.js_checkpoints(script, plan, at_read_only, end="done", timeout=90)
+    assert read_only["connected"] == {
+        "status": "read_only",
+        "pending": 0,
+        "readOnly": True,
+        "session": {"status": "durable", "pending": 0},  # nothing of the app's waits
+    }
+    assert read_only["edited"] == {
+        "status": "read_only",
+        "pending": 3,
+        "readOnly": True,
+        "session": {"status": "read_only", "pending": 3},
+    }
+    assert read_only["updatesAfterDenial"] == 0 and read_only["denials"] == ["read-only access: updates are ignored"]
+    assert done["done"] == {
+        "status": "durable",
+        "pending": 0,
+        "readOnly": False,
+        "session": {"status": "durable", "pending": 0},
+    }
+    assert done["modes"][0] == "r" and done["modes"][-1] == "rw"
+    assert done["updatesAfterDenial"] == 0 and done["errors"] == []
+    assert "pending:3" not in done["statuses"], " ".join(
+        done["statuses"]
+    )  # never shown as merely pending while read-only
+    stored = await sync_peers.stored_doc(database_url, customer, "notes")
+    assert kept <= set(stored.get("notes", type=pycrdt.Map).keys())

@@ -7,7 +7,6 @@ through REST and checks what the browsers saw. Screenshots are kept in var/test-
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import subprocess
@@ -72,7 +71,7 @@ def app_server(server_env, tmp_path):
 
 
 @browsers.each
-def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, tmp_path, browser):
+def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_server, browser):
     server = app_server
     operator = _operator_token(server)
     acme = _customer(server, operator, "acme-freight")
@@ -100,18 +99,7 @@ def test_dispatchers_share_the_live_map_geofences_events_and_dispatch_work(app_s
         "day": dt.datetime.fromtimestamp(time.time() - 150, dt.UTC).date().isoformat(),
         "shots": str(shots),
     }
-    (tmp_path / "scenario.json").write_text(json.dumps(config))
-    run = subprocess.run(
-        ["node", "test/scenario.mjs", "--config", str(tmp_path / "scenario.json")],
-        cwd=WEBAPP,
-        env=browsers.env(browser),
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
-    print(f"screenshots: {shots}")
-    assert run.returncode == 0, run.stderr[-4000:] + "\n" + server.log_text()[-3000:]
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = browsers.run_script(WEBAPP / "test" / "scenario.mjs", config, browser, timeout=200, server=server)
 
     # the marker moved on both screens (the tracker's 5th, then 10th fix), live
     assert seen["marker"]["first"] == [13.4 + 4 * 0.0002] * 2

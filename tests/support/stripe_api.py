@@ -13,7 +13,6 @@ recorded. Faults, each for the next matching request(s):
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import itertools
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
+
+from .h11_server import H11Server, Reply
 
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
@@ -63,8 +64,7 @@ class Recorded:
 
 
 @dataclass
-class FakeStripe:
-    port: int = 0
+class FakeStripe(H11Server):
     requests: list[Recorded] = field(default_factory=list)
     customers: dict[str, dict] = field(default_factory=dict)
     subscriptions: dict[str, dict] = field(default_factory=dict)
@@ -73,25 +73,10 @@ class FakeStripe:
     search_lag: bool = False  # Stripe's search index lags ~1 min behind writes: nothing found yet
     _replies: dict[str, tuple[dict, int, bytes]] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-    _server: asyncio.AbstractServer | None = None
-    _tasks: set = field(default_factory=set)
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> FakeStripe:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def calls(self, method: str, prefix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
@@ -101,47 +86,14 @@ class FakeStripe:
 
     # --- HTTP ----------------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                ev = conn.next_event()
-                if ev is h11.NEED_DATA:
-                    data = await reader.read(65536)
-                    if not data:
-                        return
-                    conn.receive_data(data)
-                    continue
-                if isinstance(ev, h11.Request):
-                    request, body = ev, bytearray()
-                    continue
-                if isinstance(ev, h11.Data):
-                    body += ev.data
-                    continue
-                if isinstance(ev, h11.EndOfMessage):
-                    answer = self._handle(request, bytes(body))
-                    if answer is None:  # "drop": done, but no answer
-                        return
-                    status, payload = answer
-                    headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
-                    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-                    writer.write(conn.send(h11.Data(data=payload)))
-                    writer.write(conn.send(h11.EndOfMessage()))
-                    await writer.drain()
-                    if conn.our_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-                    continue
-                return
-        except (ConnectionError, h11.ProtocolError, asyncio.CancelledError):
-            return
-        finally:
-            self._tasks.discard(task)
-            writer.close()
+    async def handle(self, request: h11.Request, body: bytes) -> Reply | None:
+        answer = self._answer(request, body)
+        if answer is None:  # "drop": done, but no answer
+            return None
+        status, payload = answer
+        return Reply(status, payload, [("content-type", "application/json"), ("content-length", str(len(payload)))])
 
-    def _handle(self, request: h11.Request, body: bytes) -> tuple[int, bytes] | None:
+    def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes] | None:
         method = request.method.decode()
         url = urlsplit(request.target.decode())
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}

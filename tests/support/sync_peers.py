@@ -157,15 +157,19 @@ def tracker(ws_url: str, secret: str, customer: Customer, vehicle, day: str, *ar
     )
 
 
-async def js_checkpoints(script: Path, plan: dict, on_line, *, end: str, timeout: float = 180.0) -> list[dict]:
+async def js_checkpoints(
+    script: Path, plan: dict, on_line, *, end: str, timeout: float = 180.0, env: dict[str, str] | None = None
+) -> list[dict]:
     """Run a node script that prints JSON lines (`{"event": ...}`) and may block on stdin at a
     checkpoint: `await on_line(line)` sees each line, and a True answer writes "go" to unblock
-    it; stops after the line whose event is `end`. Returns every line; kills the script on failure."""
+    it; stops after the line whose event is `end`. Returns every line; kills the script on failure.
+    `env`: the script's environment (a browser test's `browsers.env(browser)`), else this one's."""
     proc = await asyncio.create_subprocess_exec(
         "node",
         str(script),
         json.dumps(plan),
         cwd=script.parent,
+        env=env,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

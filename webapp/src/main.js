@@ -66,7 +66,7 @@ function setStatus (state, text) {
   el.textContent = text || state
 }
 
-// The session's status (offline / pending / durable / refused) and its count of local changes the
+// The session's status (offline / pending / durable / read_only / refused) and its count of local changes the
 // server has not acknowledged as durable yet.
 function refreshStatus () {
   const sync = app.sync
@@ -76,6 +76,8 @@ function refreshStatus () {
     setStatus('refused', `refused: ${(refusal && (refusal.reason || refusal.code)) || ''}`)
   } else if (sync.status === 'durable' || sync.status === 'pending') {
     setStatus('connected', 'live')
+  } else if (sync.status === 'read_only') { // edits were made that this sign-in may not save
+    setStatus('connected', 'live (read only: your edits are not saved)')
   } else if (sync.online && navigator.onLine !== false) {
     setStatus('connecting', 'connecting…')
   } else {

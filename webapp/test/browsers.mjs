@@ -23,8 +23,10 @@
 // Firefox differs: a failed WebSocket connection is a 'pageerror' there (Chromium: a console error);
 // a page focused from script shows no :focus-visible ring (Tab does); each page gets its own window
 // (a tab behind another is hidden and gets no requestAnimationFrame, which the web app renders on).
-// The client library's test (clients/js/test/browser/run.mjs) can take `launch(cfg.browser)` for its
-// browser, serving its page over its HTTP server in both browsers instead of context.route.
+// The client library's test (clients/js/test/browser/run.mjs) launches its own: it is another package
+// (its own playwright-core / puppeteer-core versions; the library must not depend on the app that
+// uses it), and its Chromium side cuts the network for real (context.setOffline, its files served by
+// context.route, a flag for loopback access) where this wrapper's Firefox has neither.
 
 export const BROWSERS = ['chromium', 'firefox']
 

@@ -3,6 +3,10 @@
 //   offline   not synced with the server right now (no network, connecting, backing off)
 //   pending   synced, but `pending` local changes are not durable on the server yet
 //   durable   every local change is committed on the server (DURABLE acknowledged it)
+//   read_only synced, but the server denied this socket's edits (a read-only credential): local
+//             changes stay on the device and in `pending`, which no DURABLE lowers; they are not
+//             sent on that socket (the server drops them). It lasts until a later socket's DURABLE
+//             shows the credential may write (a new token reconnects: its sync step 2 carries them)
 //   refused   the server refused the credential or the document (4401 after a fresh token,
 //             4403, 4400, 4413): no more retries until session.connect()
 // `pending` counts local transactions (Y.Doc updates not applied by the server or the store) that
@@ -21,7 +25,7 @@ const IDLE_PING_MS = 15000
 const DEAD_AFTER_MS = 45000
 
 /**
- * @typedef {'offline' | 'pending' | 'durable' | 'refused'} SyncStatus
+ * @typedef {'offline' | 'pending' | 'durable' | 'read_only' | 'refused'} SyncStatus
  * @typedef {{ doc: string, status: SyncStatus, pending: number }} DocStatus
  * @typedef {{ code: number, reason: string }} Refusal
  * @typedef {{
@@ -44,8 +48,11 @@ export class SyncedDoc {
     this.status = 'offline'
     this.pending = 0
     this.synced = false
-    /** true once the server answered an edit with permission denied (a read-only credential) */
+    /** true once the server answered an edit with permission denied (a read-only credential),
+     * until a DURABLE on a later socket (status `read_only` while synced) */
     this.readOnly = false
+    /** @type {WebSocket | null} the socket whose edits the server denied: nothing more is sent on it */
+    this._deniedOn = null
     /** @type {Refusal | null} */
     this.refusal = null
     /** @type {Emitter<DocEvents>} */
@@ -116,7 +123,7 @@ export class SyncedDoc {
   _onUpdate (update, origin) {
     if (origin === this || (origin && origin[STORE])) return // from the server, or loaded from the device
     this._local++
-    if (this._ws && this._ws.readyState === OPEN) {
+    if (this._ws && this._ws.readyState === OPEN && this._ws !== this._deniedOn) {
       this._ws.send(wire.updateFrame(update))
       // before our sync step 2 went out, earlier offline changes are not in any message yet
       this._sent.push(this._step2Sent ? this._local : this._completed())
@@ -146,7 +153,7 @@ export class SyncedDoc {
   _update () {
     const pending = this._local - this._durable
     /** @type {SyncStatus} */
-    const status = this.refusal ? 'refused' : !this.synced ? 'offline' : pending > 0 ? 'pending' : 'durable'
+    const status = this.refusal ? 'refused' : !this.synced ? 'offline' : this.readOnly ? 'read_only' : pending > 0 ? 'pending' : 'durable'
     if (status === this.status && pending === this.pending) return
     const wasDurable = this.status === 'durable'
     this.status = status
@@ -255,7 +262,10 @@ export class SyncedDoc {
         ws.send(wire.awarenessFrame(this.awareness, [...this.awareness.getStates().keys()].filter((id) => id !== SERVER_CLIENT_ID)))
         break
       case 'denied':
+        // the server dropped this update and drops every later one of this socket, uncounted
         this.readOnly = true
+        this._deniedOn = ws
+        this._update()
         this._events.emit('denied', { doc: this.name, reason: msg.reason })
         break
       case 'refreshed':
@@ -268,7 +278,9 @@ export class SyncedDoc {
         this._events.emit('error', new Error(`token refresh refused: ${msg.reason}`))
         break
       case 'durable':
+        if (ws !== this._deniedOn) this.readOnly = false // a socket after the denied one writes
         this._acknowledged(msg.count)
+        this._update()
         break
     }
   }
@@ -339,6 +351,9 @@ export class SyncedDoc {
   _refresh (token) {
     const ws = this._ws
     if (!ws || ws.readyState !== OPEN || token === this._token) return
+    // a denied socket stays mute: the new token (it may write) gets a socket of its own, whose
+    // sync step 2 carries the edits kept meanwhile, counted afresh for DURABLE
+    if (ws === this._deniedOn) return ws.close(1000)
     this._refreshing = token
     ws.send(wire.refreshFrame(token))
   }

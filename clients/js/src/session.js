@@ -3,7 +3,8 @@
 // socket in band, REFRESH), opens documents by name (each kept on the device and synced over its
 // own socket, document.js), resumes the documents a previous run left with pending changes, and
 // sums their statuses: the session is `refused` if any document is, else `offline` if any is,
-// else `pending` if any is, else `durable`.
+// else `read_only` if a read-only document holds edits (they cannot become durable with this
+// credential; one without edits counts as durable), else `pending` if any is, else `durable`.
 import { Emitter } from './emitter.js'
 import { normalizeToken, renewalDelay } from './tokens.js'
 import { SyncedDoc } from './document.js'
@@ -232,13 +233,15 @@ export class Session {
     let pending = 0
     let refused = false
     let offline = false
+    let readOnly = false
     for (const d of this.docs.values()) {
       pending += d.pending
       refused = refused || d.status === 'refused'
       offline = offline || d.status === 'offline'
+      readOnly = readOnly || (d.status === 'read_only' && d.pending > 0)
     }
     /** @type {import('./document.js').SyncStatus} */
-    const status = refused ? 'refused' : offline ? 'offline' : pending > 0 ? 'pending' : 'durable'
+    const status = refused ? 'refused' : offline ? 'offline' : readOnly ? 'read_only' : pending > 0 ? 'pending' : 'durable'
     if (status === this.status && pending === this.pending) return
     const wasDurable = this.status === 'durable'
     this.status = status

@@ -62,7 +62,7 @@ async def create(
 async def set_status(rt: Runtime, customer_id, status: str, *, operator_id: str) -> asyncpg.Record | None:
     """Suspend or reactivate; None when there is no such customer."""
     async with rt.db.operator(f"customer_{status}", customer_id=str(customer_id), operator_id=operator_id) as conn:
-        if not await customer_store.set_status(conn, customer_id, status):
+        if not await customer_store.set_status(conn, customer_id, status, by="operator"):
             return None
         row = await customer_store.get(conn, customer_id)
     await announce_status(rt, customer_id, status)
@@ -73,9 +73,7 @@ async def billing_hold(conn: asyncpg.Connection, customer_id, *, suspend: bool) 
     """In the caller's (operator) transaction: suspend an active customer for billing, or reactivate
     one billing suspended (never one an operator suspended). True when the status changed: the
     caller then calls `announce_status` after its commit."""
-    if suspend:
-        return await customer_store.billing_suspend(conn, customer_id)
-    return await customer_store.billing_reactivate(conn, customer_id)
+    return await customer_store.set_status(conn, customer_id, "suspended" if suspend else "active", by="billing")
 
 
 async def announce_status(rt: Runtime, customer_id, status: str) -> None:
