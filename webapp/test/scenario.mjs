@@ -122,6 +122,8 @@ try {
 
   // 5. bob goes offline, writes a note; alice gets it once bob is back
   const NOTE = 'Call driver 7 at the depot'
+  // bob's task edit first durable (alice sees a relay before the server's commit acknowledges it)
+  await b.page.waitForFunction(() => window.webapp.sync.status === 'durable', null, { timeout: WAIT })
   await b.context.setOffline(true)
   await b.page.evaluate(() => { window.webapp.sync.disconnect(); window.dispatchEvent(new Event('offline')) })
   await b.page.waitForSelector('#status[data-state="offline"]', { timeout: WAIT })
