@@ -40,25 +40,15 @@ from harness.database import (
 )
 from harness.servers import SECRET_KEY, mint_token  # noqa: E402
 
-from tests.support.server import ServerProcess, child_pids, free_port  # noqa: E402
+from tests.support.server import ServerProcess, child_pids, free_port, process_tree  # noqa: E402
 
 ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 SPARE_FDS = 2_000  # a process's own sockets, its database pool and files, beyond its clients
 
 
-def tree(pid: int) -> list[int]:
-    """The process and its descendants (the supervisor and its workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += child_pids(p)
-    return out
-
-
 def tree_sum(pid: int, measure) -> float:
     total = 0.0
-    for p in tree(pid):
+    for p in process_tree(pid):
         try:
             total += measure(p)
         except OSError:
@@ -197,7 +187,7 @@ def main() -> int:
         _, synced_b, seconds_b = open_clients(args.clients - args.rooms, args.rooms, args.processes)
         time.sleep(5)
         rss_b, pss_b = tree_sum(pid, procstat.rss_bytes), tree_sum(pid, pss_bytes)
-        per_worker = {p: sockets(p) for p in tree(pid)}
+        per_worker = {p: sockets(p) for p in process_tree(pid)}
         cpu0 = tree_sum(pid, procstat.cpu_seconds)
         time.sleep(args.idle_window)
         idle_cpu = 100.0 * (tree_sum(pid, procstat.cpu_seconds) - cpu0) / args.idle_window

@@ -35,7 +35,7 @@ from harness.procstat import backend_cpu_seconds, cpu_seconds  # noqa: E402
 
 from storage import migrator  # noqa: E402
 from tests.support import databases, sync_peers  # noqa: E402
-from tests.support.server import ServerProcess, child_pids, free_port  # noqa: E402
+from tests.support.server import ServerProcess, free_port, process_tree  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef0123456789"
 CLIENT = ROOT / "bench" / "clients" / "relay_many.js"
@@ -59,18 +59,9 @@ def free_ports(count: int) -> int:
                 s.close()
 
 
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += child_pids(p)
-    return out
-
-
 def tree_cpu(pid: int) -> float:
     total = 0.0
-    for p in tree(pid):
+    for p in process_tree(pid):
         try:
             total += cpu_seconds(p)
         except OSError:

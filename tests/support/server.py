@@ -32,6 +32,16 @@ def child_pids(pid: int) -> list[int]:
     return sorted(pids)
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (a WORKERS supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += child_pids(p)
+    return out
+
+
 class ServerProcess:
     def __init__(self, env: dict[str, str], *, log_path: Path, port: int | None = None) -> None:
         self.port = port or free_port()
