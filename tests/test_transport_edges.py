@@ -8,7 +8,9 @@ import asyncio
 import datetime as dt
 import json
 import socket
+import time
 
+import httpx
 import pycrdt
 import pytest
 import websockets
@@ -160,6 +162,33 @@ async def test_silent_pycrdt_listener_stays_connected_and_gets_the_next_edit(idl
     log = idle_server.log_text()
     closed = [json.loads(line) for line in log.splitlines() if '"sync_disconnected"' in line]
     assert [c.get("code") for c in closed].count(1001) == 1  # only the dead peer went idle
+
+
+def _silent_for(port: int, timeout: float) -> float | None:
+    """Open a TCP connection, send nothing: seconds until the server ends it, None if it does not."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(timeout)
+        started = time.monotonic()
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            data = b""
+        assert data == b"", data  # nothing asked, nothing answered
+        return time.monotonic() - started
+
+
+async def test_a_socket_that_never_sends_a_request_is_closed_like_hypercorn_closes_it(server):
+    """The lean transport's look at a connection's first bytes waits no longer than Hypercorn's own
+    idle timer (keep_alive_timeout, 5 s): a silent socket is not held for ever (one fd and one task
+    each), and the node goes on serving the while."""
+    silent = [asyncio.to_thread(_silent_for, server.port, 20.0) for _ in range(3)]
+    waits = await asyncio.gather(*silent)
+    assert all(w is not None for w in waits), waits
+    assert all(4.0 <= w <= 12.0 for w in waits), waits  # Hypercorn's 5 s, not at once and not never
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
 
 
 def _dead_peer(port: int, path: str) -> socket.socket:

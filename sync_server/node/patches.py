@@ -428,8 +428,12 @@ def _takeover_install() -> None:
             await original(self)
             return
         reader = self.reader
+        # Hypercorn's own idle timer (keep_alive_timeout) closes a connection that never sends a
+        # request; read_timeout is None by default, so without a bound a silent socket would be
+        # held here for ever (one fd and one task each).
+        silent = self.config.read_timeout or self.config.keep_alive_timeout
         try:
-            first = await asyncio.wait_for(reader.read(max_recv), self.config.read_timeout)
+            first = await asyncio.wait_for(reader.read(max_recv), silent)
         except (ConnectionError, OSError, TimeoutError):
             writer.close()
             return
