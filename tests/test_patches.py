@@ -25,6 +25,7 @@ def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
         "status_reason_phrase",
         "websocket_intake",
         "websocket_takeover",
+        "front_door",
     }
     for patch in patches.PATCHES:
         assert patch.guard() is None, (patch.name, patch.guard())

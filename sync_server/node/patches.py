@@ -417,6 +417,8 @@ def _takeover_install() -> None:
 
     from hypercorn.asyncio import tcp_server
 
+    from sync_server.node.front_door import SERVED as served
+
     server = tcp_server.TCPServer
     original = server.run
     max_recv = tcp_server.MAX_RECV
@@ -424,7 +426,8 @@ def _takeover_install() -> None:
     async def run(self) -> None:
         endpoint = _sync_endpoint(self.app)
         writer = self.writer
-        if endpoint is None or writer.get_extra_info("ssl_object") is not None:
+        if endpoint is None or writer.get_extra_info("ssl_object") is not None or served.endpoint is not None:
+            # (served.endpoint: the front door offered this connection's first bytes to it already)
             await original(self)
             return
         reader = self.reader
@@ -460,6 +463,56 @@ def _takeover_active() -> bool:
     return getattr(tcp_server.TCPServer, "hands_over_sync", False)
 
 
+# -- the front door: a connection's first bytes read by one small Protocol ------------------------
+
+
+def _front_door_guard() -> str | None:
+    try:
+        import asyncio
+
+        from hypercorn.asyncio import run as hypercorn_run
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    if getattr(getattr(hypercorn_run, "asyncio", None), "has_front_door", False):
+        return None
+    if getattr(hypercorn_run, "asyncio", None) is not asyncio:
+        return "hypercorn.asyncio.run no longer imports the asyncio module as `asyncio`"
+    if not {"asyncio", "start_server"} <= _names(getattr(hypercorn_run, "worker_serve", None)):
+        return "hypercorn.asyncio.run.worker_serve no longer listens with asyncio.start_server"
+    if not {"StreamReader", "StreamReaderProtocol"} <= set(dir(asyncio)):
+        return "asyncio has no StreamReader / StreamReaderProtocol"
+    return None
+
+
+def _front_door_install() -> None:
+    """Before Hypercorn builds its stream objects and task for a connection, the node's front door
+    (sync_server.node.front_door) reads the first bytes: a /sync/ upgrade goes to the lean transport
+    with nothing else built, the rest to Hypercorn as asyncio.start_server would have handed it.
+    Measured in bench/RESULTS.md (issue 20: connections opened per second)."""
+    from hypercorn.asyncio import run as hypercorn_run
+
+    from sync_server.node import front_door
+
+    hypercorn_run.asyncio = front_door.asyncio_with_front_door()
+
+
+def _front_door_active() -> bool:
+    from hypercorn.asyncio import run as hypercorn_run
+
+    return getattr(getattr(hypercorn_run, "asyncio", None), "has_front_door", False)
+
+
+def front_door_serves(app: object, silent_timeout: float) -> None:
+    """What the front door offers connections to (cli serve, before Hypercorn starts): the app's
+    sync endpoint, and how long a socket that sends nothing is kept (Hypercorn's keep_alive_timeout)."""
+    from sync_server.node import front_door
+
+    if not _front_door_active():
+        return  # its guard failed (logged): the websocket_takeover patch offers the bytes instead
+    front_door.SERVED.endpoint = _sync_endpoint(app)
+    front_door.SERVED.silent_timeout = silent_timeout
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch("decline_permessage_deflate", "hypercorn", _deflate_guard, _deflate_install, _deflate_active),
     Patch("coalesce_response_head", "hypercorn", _head_guard, _head_install, _head_active),
@@ -467,6 +520,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("status_reason_phrase", "h11", _reason_guard, _reason_install, _reason_active),
     Patch("websocket_intake", "hypercorn", _intake_guard, _intake_install, _intake_active),
     Patch("websocket_takeover", "hypercorn", _takeover_guard, _takeover_install, _takeover_active),
+    Patch("front_door", "hypercorn", _front_door_guard, _front_door_install, _front_door_active),
 )
 
 

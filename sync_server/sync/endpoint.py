@@ -160,16 +160,16 @@ class SyncEndpoint:
         event = await receive()
         if event["type"] != "websocket.connect":
             return
-        token, subprotocol = _token(scope, self.authenticator.is_token)
+        token, subprotocol, acks = _credential_and_opt_ins(scope, self.authenticator.is_token)
         intake = Intake(self.budget, self.max_message)
         intaking = wire.install_intake(send, intake)
         try:
             await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
-            await self._serve(scope, receive, send, token, intake if intaking else None)
+            await self._serve(scope, receive, send, token, acks, intake if intaking else None)
         finally:
             intake.close()
 
-    async def _serve(self, scope, receive, send, token: str | None, intake: Intake | None) -> None:
+    async def _serve(self, scope, receive, send, token: str | None, acks: bool, intake: Intake | None) -> None:
         handled = receive  # frames the reader applies (it tells the intake when each is done)
         if intake is not None:  # what is read and dropped (not applied) leaves the budget at once
             receive = _Dropped(handled, intake)
@@ -202,8 +202,6 @@ class SyncEndpoint:
                 await _close(receive, send, exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
-        if _lean_transport(send):
-            scope["headers"] = ()  # admitted: the socket's own scope need not keep the request's headers
         try:
             room = await self.rooms.get(access.customer_id, doc)
         except Exception:
@@ -223,8 +221,10 @@ class SyncEndpoint:
             raw=raw is not None,
             socket=wire.raw_socket(send) if raw is not None else None,
         )
-        self.credentials.watch(conn, Session(slug, token, authorization, access, _opted_in(scope, "ack")))
+        self.credentials.watch(conn, Session(slug, token, authorization, access, acks))
         conn.app_session = access.session
+        if _lean_transport(send):
+            scope.clear()  # joined: the socket's own scope (headers, query with the token) is not read again
         conn.start()
         if intake is not None:
             intake.conn = conn  # pings and pongs count as activity
@@ -389,9 +389,9 @@ def _lean_transport(send) -> bool:
     return isinstance(getattr(send, "__self__", None), transport_module.WebsocketProtocol)
 
 
-def _opted_in(scope, name: str) -> bool:
-    """Whether the query string has `name=1` (or true/yes)."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin1")).get(name) or [""]
+def _opted_in(query: dict[str, list[str]], name: str) -> bool:
+    """Whether the parsed query string has `name=1` (or true/yes)."""
+    values = query.get(name) or [""]
     return values[0].lower() in ("1", "true", "yes")
 
 
@@ -402,14 +402,16 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-def _token(scope, is_token) -> tuple[str | None, str | None]:
+def _credential_and_opt_ins(scope, is_token) -> tuple[str | None, str | None, bool]:
     """The sync token from `?token=` or a Sec-WebSocket-Protocol entry (then echoed as the chosen
-    subprotocol, which browsers require)."""
+    subprotocol, which browsers require), and whether `?ack=1` asked for durable acknowledgements:
+    the query string parsed once."""
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    acks = _opted_in(query, "ack")
     values = query.get("token")
     if values and values[0]:
-        return values[0], None
+        return values[0], None, acks
     for proto in scope.get("subprotocols") or []:
         if is_token(proto):
-            return proto, proto
-    return None, None
+            return proto, proto, acks
+    return None, None, acks

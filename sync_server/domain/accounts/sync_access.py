@@ -4,6 +4,8 @@ loaded; a refusal is a hooks.Refused with the close code (4401 bad credential, 4
 
 from __future__ import annotations
 
+import asyncio
+
 from storage import tenants
 from storage.registry import DatabaseRegistry
 from sync_server.domain.accounts import api_keys, sync_tokens, user_sessions
@@ -26,6 +28,9 @@ class SyncAccess:
         self.secret_key = secret_key
         self.api_key_cache = api_key_cache
         self.admissions = admissions or AdmissionCache(0)
+        # slug -> the one read of it in flight: a fleet reconnecting at once (a node restart) asks
+        # the database once per customer, not once per phone, while the cache has no answer yet
+        self._reading: dict[tuple[str, int], asyncio.Future] = {}
 
     def is_token(self, value: str) -> bool:
         return sync_tokens.looks_like_token(value)
@@ -72,12 +77,29 @@ class SyncAccess:
         if cache.customer(slug) == customer_id:
             return
         generation = cache.generation
-        customer = await tenants.find_by_slug(self.registry.shared, slug)
+        customer = await self._read_customer(slug, generation)
         if customer is None or str(customer["id"]) != customer_id:
             raise Refused(FORBIDDEN, "unknown customer")
         if customer["status"] != "active":
             raise Refused(FORBIDDEN, "customer suspended")
         cache.put_customer(slug, customer_id, generation)
+
+    def _read_customer(self, slug: str, generation: int) -> asyncio.Future:
+        """The customer row `slug` names, read once for every connection that asks while the read
+        runs; a read started before an invalidation (`generation`) is not shared with later askers."""
+        key = (slug, generation)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(tenants.find_by_slug(self.registry.shared, slug))
+            self._reading[key] = reading
+            reading.add_done_callback(lambda done: self._read_done(key, done))
+        return asyncio.shield(reading)  # a connection that goes away does not cancel the others' read
+
+    def _read_done(self, key: tuple[str, int], done: asyncio.Future) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every asker that is still there gets it from its own await
 
     async def _session_active(self, customer_id: str, session_id: str) -> None:
         cache = self.admissions
