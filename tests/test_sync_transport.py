@@ -216,9 +216,10 @@ async def test_a_ping_flood_from_a_peer_that_never_reads(transport, server_env, 
 
 
 async def test_hostile_peers_of_the_lean_transport(server_env, database_url, tmp_path):
-    """What a peer holding valid credentials can send the lean transport: invalid close frames
-    (1002) and private close codes (echoed)."""
-    env = {**server_env, "SYNC_TRANSPORT": "lean"}
+    """What a peer holding valid credentials can send the lean transport: invalid close frames and
+    lengths (1002), frames declared past the limit (1009 from the header) and private close codes
+    (echoed)."""
+    env = {**server_env, "SYNC_TRANSPORT": "lean", "SYNC_MAX_MESSAGE_BYTES": str(64 * 1024)}
     proc = ServerProcess(env, log_path=tmp_path / "server.log").start()
     try:
         customer = await sync_peers.create_customer(database_url)
@@ -229,6 +230,23 @@ async def test_hostile_peers_of_the_lean_transport(server_env, database_url, tmp
             reader, writer = await _open(proc.port, path)
             writer.write(_frame(8, payload))
             assert (await _close_code(reader))[0] == 1002, payload
+            writer.close()
+        # a 64-bit length with its top bit set (RFC 6455 5.2: must be 0): 1002 at once
+        reader, writer = await _open(proc.port, path)
+        writer.write(bytes((0x82, 0x80 | 127)) + (2**63 + 5).to_bytes(8, "big") + b"mask")
+        assert await _close_code(reader) == (1002, "invalid frame length")
+        writer.close()
+        # a frame that declares more than SYNC_MAX_MESSAGE_BYTES: 1009 from its header alone (no
+        # payload sent), and a message that grows past it in its second frame the same (the second
+        # refusal of this peer is 4413, final for y-websocket 3.x)
+        for frames in (
+            bytes((0x82, 0x80 | 127)) + (2**40).to_bytes(8, "big") + b"mask",
+            _frame(2, b"\x00\x02" + b"\x00" * 1000, fin=False) + bytes((0x80, 0x80 | 126, 0xFF, 0xFF)) + b"mask",
+        ):
+            reader, writer = await _open(proc.port, path)
+            writer.write(frames)
+            code, reason = await _close_code(reader)
+            assert code in (1009, 4413) and str(64 * 1024) in reason, (code, reason)  # 4413: again, same peer
             writer.close()
         # a private close code is fine: echoed
         reader, writer = await _open(proc.port, path)

@@ -375,6 +375,9 @@ class WebsocketProtocol(asyncio.Protocol):
                 n = int.from_bytes(buf[2:4], "big")
             elif pos == 10:
                 n = int.from_bytes(buf[2:10], "big")
+                if n >> 63:
+                    self._fail(CLOSE_PROTOCOL_ERROR, "invalid frame length")  # RFC 6455 5.2: top bit 0
+                    return
             if b0 & 0x70 or not b1 & 0x80:
                 self._fail(CLOSE_PROTOCOL_ERROR, "masked frames without extensions only")
                 return
@@ -408,6 +411,11 @@ class WebsocketProtocol(asyncio.Protocol):
             self._frame_left = n
             self._mask = key
             self._fin = fin
+            message, intake = self._message, self.sync_intake
+            if message is not None and intake is not None and not intake.closed and len(message) + n > intake.limit:
+                # declared past the limit: refused now, not after the limit's worth of it was read
+                intake.take(n, len(message))  # (refuses: the message leaves the frame budget)
+                self._too_big(len(message) + n, False)  # the rest of the message is read and dropped
             if n == 0 and not self._payload(buf):
                 return
 

@@ -50,7 +50,9 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         synced_a, _ = open_clients(rooms, 0, 1)
         time.sleep(p["settle"])
         rss_a = procstat.rss_bytes(server.pid)
+        cpu_b0, _ = server.cpu_seconds()
         synced_b, seconds_b = open_clients(clients - rooms, rooms, procs)
+        cpu_b1, _ = server.cpu_seconds()
         time.sleep(p["settle"])
         rss_b = procstat.rss_bytes(server.pid)
         cpu0, db0 = server.cpu_seconds()
@@ -63,6 +65,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     return {
         "connected": synced_a + synced_b,
         "connect_per_s": synced_b / seconds_b if seconds_b else None,
+        "cpu_us_per_connect": 1e6 * (cpu_b1 - cpu_b0) / max(1, synced_b),
         "kib_per_connection": per_conn / 1024,
         "kib_per_room": ((rss_a - rss0) / max(1, synced_a) - per_conn) / 1024,
         "rss_mib": rss_end / 2**20,
@@ -83,6 +86,7 @@ scenario = register(
             Metric("idle_cpu_pct", "server CPU while idle", "% of a core"),
             Metric("db_idle_cpu_pct", "PostgreSQL CPU while idle", "% of a core", ""),
             Metric("connect_per_s", "connections opened (phase B)", "conn/s", "higher"),
+            Metric("cpu_us_per_connect", "server CPU per connection opened (phase B)", "µs"),
             Metric("connected", "clients connected", "", ""),
         ],
         params={
