@@ -17,6 +17,7 @@ from functools import wraps
 import asyncpg
 
 from api.current import runtime
+from storage import Database
 from sync_server import logs
 from sync_server.domain.accounts import api_keys, operators, user_sessions
 
@@ -146,6 +147,13 @@ def operator_required(role: str | None = None):
         return wrapper
 
     return decorate
+
+
+async def customer_database() -> tuple[Database, str]:
+    """The database holding the calling customer's data, and the customer's id (for the one-round-
+    trip reads that scope themselves: Database.tenant_read)."""
+    customer_id = calls.principal().customer_id
+    return await runtime().registry.for_customer(customer_id), customer_id
 
 
 @asynccontextmanager

@@ -25,7 +25,7 @@ from sync_server.domain.billing import plans
 from sync_server.domain.fleet import device_secrets, geofence_shapes
 
 from . import pagination
-from .auth import customer_required, customer_transaction
+from .auth import customer_database, customer_required, customer_transaction
 from .calls import principal
 from .errors import ApiError, conflict, found, not_found
 from .openapi import field_error, operation, validation_failed
@@ -137,10 +137,10 @@ async def create_vehicle(body: VehicleCreate):
 @customer_required("fleet:read")
 @operation("List vehicles", tags=VEHICLE_TAGS, query=VehicleQuery, response=Page[Vehicle])
 async def list_vehicles(query: VehicleQuery):
-    async with customer_transaction() as conn:
-        rows = await vehicle_store.list_page(
-            conn, vehicle_type=query.vehicle_type, after=pagination.decode(query.cursor), limit=query.limit
-        )
+    db, customer_id = await customer_database()
+    rows = await vehicle_store.list_page(
+        db, customer_id, vehicle_type=query.vehicle_type, after=pagination.decode(query.cursor), limit=query.limit
+    )
     return pagination.page(rows, query.limit)
 
 
@@ -284,10 +284,10 @@ async def create_driver(body: DriverCreate):
 @customer_required("fleet:read")
 @operation("List drivers (filter: vehicle_id)", tags=DRIVER_TAGS, query=DriverQuery, response=Page[Driver])
 async def list_drivers(query: DriverQuery):
-    async with customer_transaction() as conn:
-        rows = await driver_store.list_page(
-            conn, vehicle_id=query.vehicle_id, after=pagination.decode(query.cursor), limit=query.limit
-        )
+    db, customer_id = await customer_database()
+    rows = await driver_store.list_page(
+        db, customer_id, vehicle_id=query.vehicle_id, after=pagination.decode(query.cursor), limit=query.limit
+    )
     return pagination.page(rows, query.limit)
 
 
@@ -494,10 +494,10 @@ async def create_geofence(body: GeofenceCreate):
 @customer_required("fleet:read")
 @operation("List geofences (filters: active, kind)", tags=GEOFENCE_TAGS, query=GeofenceQuery, response=Page[Geofence])
 async def list_geofences(query: GeofenceQuery):
-    async with customer_transaction() as conn:
-        rows = await geofence_store.list_page(
-            conn, active=query.active, kind=query.kind, after=pagination.decode(query.cursor), limit=query.limit
-        )
+    db, customer_id = await customer_database()
+    rows = await geofence_store.list_page(
+        db, customer_id, active=query.active, kind=query.kind, after=pagination.decode(query.cursor), limit=query.limit
+    )
     return pagination.page(rows, query.limit, _geofence_out)
 
 

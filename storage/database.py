@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -47,6 +48,27 @@ SCOPE_CACHE_ENTRIES = 10_000
 # It names the scope's customer without checking the signature (webhost_scope_customer, migration
 # 0080): the policy beside it checks that once per query, so the signature is verified once, not twice.
 TENANT_ROWS = "customer_id = (SELECT webhost_scope_customer())"
+
+# A read that scopes itself: one statement, one round trip (Database.tenant_read), instead of three
+# (BEGIN + scope, the statement, COMMIT). It runs in the implicit transaction of a single
+# extended-protocol statement, so `set_config(..., true)` lasts exactly as long as the statement:
+# the pooled connection holds no scope afterwards, as after tenant()'s COMMIT.
+#
+#   SELECT page.* FROM {SCOPED_FROM} (SELECT ... FROM t WHERE {SCOPE_SET} AND {TENANT_ROWS} ...
+#                                     ORDER BY ... LIMIT $n) AS page ORDER BY ...
+#
+# $1 is the signed scope. The order matters and is made by the query's shape, not by luck: the scope
+# is set in a subquery kept apart (OFFSET 0: never pulled up or merged), and the row read is a LATERAL
+# subquery that refers to its output (SCOPE_SET), so PostgreSQL must produce that one row first and
+# only then run the row read (the inner side of a nested loop, parameterized by it). The policy's
+# InitPlans (webhost_current_customer(), TENANT_ROWS' webhost_scope_customer()) belong to the
+# inner query and are evaluated there on first use, after set_config ran. Had anything read the
+# setting earlier it would have found no scope and shown no rows: a wrong order fails closed.
+# The inner query must keep its LIMIT (or an OFFSET 0): a subquery without one may be flattened into
+# the outer query, where SCOPE_SET would become a join condition and the order would be free again.
+# tests/test_tenant_isolation.py checks the plans and the isolation.
+SCOPED_FROM = "(SELECT set_config('app.scope', $1, true) AS scope OFFSET 0) AS scope_set CROSS JOIN LATERAL"
+SCOPE_SET = "scope_set.scope IS NOT NULL"
 
 _SCOPE_KEY_LABEL = b"webhost-sync database scope key v1"
 
@@ -188,15 +210,27 @@ class Database:
 
     @asynccontextmanager
     async def tenant(
-        self, customer_id: uuid.UUID | str, *, snapshot: bool = False
+        self, customer_id: uuid.UUID | str, *, snapshot: bool = False, lock: str | None = None
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that sees only `customer_id`'s rows (the single place the scope is made).
         `snapshot`: read only, every statement sees the same moment (REPEATABLE READ), for a
-        consistent export of the customer's data."""
-        begin = _begin_with_scope(self.role.tenant_scope(customer_id), snapshot=snapshot)
+        consistent export of the customer's data. `lock`: the key of a transaction-scoped advisory
+        lock taken in the same round trip as BEGIN (a quota lock: storage.usage.quota_lock_key),
+        granted before the first statement of the caller, whose snapshot therefore follows it."""
+        begin = _begin_with_scope(self.role.tenant_scope(customer_id), snapshot=snapshot, lock=lock)
         async with self.pool.acquire() as conn:
             async with _transaction(conn, begin):
                 yield conn
+
+    async def tenant_read(self, customer_id: uuid.UUID | str, query: str, *args) -> list[asyncpg.Record]:
+        """The rows of one self-scoping statement (SCOPED_FROM; $1 is the scope, the caller's
+        arguments follow) run alone in its implicit transaction: one round trip. For reads only:
+        a write must be in tenant(), whose transaction covers everything the write checks."""
+        if SCOPED_FROM not in query or SCOPE_SET not in query:
+            raise ValueError("tenant_read runs only self-scoping statements (SCOPED_FROM ... SCOPE_SET)")
+        scope = self.role.tenant_scope(customer_id)
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(query, scope, *args)
 
     @asynccontextmanager
     async def operator(self, reason: str, **context) -> AsyncIterator[asyncpg.Connection]:
@@ -227,12 +261,22 @@ class Database:
 _NO_SCOPE = "BEGIN; SELECT set_config('app.scope', '', true)"
 
 
-def _begin_with_scope(scope: str, *, snapshot: bool = False) -> str:
+# What an advisory lock key written into BEGIN's text may contain (quota:<uuid>:<resource>).
+_LOCK_KEY = re.compile(r"[A-Za-z0-9:_-]{1,200}")
+
+
+def _begin_with_scope(scope: str, *, snapshot: bool = False, lock: str | None = None) -> str:
     """BEGIN and the scope setting as one simple-protocol query: one round trip instead of two.
     The simple protocol takes no parameters, so the scope is written into the text; it is made by
-    AppRole from a parsed uuid, digits and hex only, nothing that could end the literal."""
+    AppRole from a parsed uuid, digits and hex only, nothing that could end the literal. A lock key
+    is written in only when it is letters, digits, ':', '_' and '-' (ValueError otherwise)."""
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else ""
-    return f"BEGIN{mode}; SELECT set_config('app.scope', '{scope}', true)"
+    begin = f"BEGIN{mode}; SELECT set_config('app.scope', '{scope}', true)"
+    if lock is None:
+        return begin
+    if not _LOCK_KEY.fullmatch(lock):
+        raise ValueError(f"advisory lock key {lock!r} is not written into SQL")
+    return f"{begin}; SELECT pg_advisory_xact_lock(hashtextextended('{lock}', 0))"
 
 
 @asynccontextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from .database import TENANT_ROWS
+from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
 
 _COLUMNS = "id, customer_id, name, email, phone, license_number, vehicle_id, created_at, updated_at"
 
@@ -31,15 +31,16 @@ async def insert(
     )
 
 
-async def list_page(conn: asyncpg.Connection, *, vehicle_id, after: tuple, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM drivers WHERE {TENANT_ROWS} AND ($1::uuid IS NULL OR vehicle_id = $1) "
-        "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
-        vehicle_id,
-        after[0],
-        after[1],
-        limit + 1,
-    )
+_PAGE = (
+    f"SELECT page.* FROM {SCOPED_FROM} (SELECT {_COLUMNS} FROM drivers WHERE {SCOPE_SET} AND {TENANT_ROWS} "
+    "AND ($2::uuid IS NULL OR vehicle_id = $2) AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) "
+    "ORDER BY created_at, id LIMIT $5) AS page ORDER BY page.created_at, page.id"
+)
+
+
+async def list_page(db: Database, customer_id, *, vehicle_id, after: tuple, limit: int) -> list[asyncpg.Record]:
+    """One page of the customer's drivers (and one more row) in one round trip (a self-scoping read)."""
+    return await db.tenant_read(customer_id, _PAGE, vehicle_id, after[0], after[1], limit + 1)
 
 
 async def get(conn: asyncpg.Connection, driver_id, *, for_update: bool = False) -> asyncpg.Record | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from .database import TENANT_ROWS
+from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
 
 _COLUMNS = (
     "id, customer_id, name, kind, center_lat, center_lng, radius_meters, polygon, min_lat, min_lng, max_lat, "
@@ -36,19 +36,19 @@ async def insert(conn: asyncpg.Connection, customer_id, values: dict) -> asyncpg
     )
 
 
+_PAGE = (
+    f"SELECT page.* FROM {SCOPED_FROM} (SELECT {_COLUMNS} FROM geofences WHERE {SCOPE_SET} AND {TENANT_ROWS} "
+    "AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR kind = $3) "
+    "AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid)) ORDER BY created_at, id LIMIT $6) AS page "
+    "ORDER BY page.created_at, page.id"
+)
+
+
 async def list_page(
-    conn: asyncpg.Connection, *, active: bool | None, kind: str | None, after: tuple, limit: int
+    db: Database, customer_id, *, active: bool | None, kind: str | None, after: tuple, limit: int
 ) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM geofences WHERE {TENANT_ROWS} AND ($1::boolean IS NULL OR active = $1) "
-        "AND ($2::text IS NULL OR kind = $2) "
-        "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
-        active,
-        kind,
-        after[0],
-        after[1],
-        limit + 1,
-    )
+    """One page of the customer's geofences (and one more row) in one round trip (a self-scoping read)."""
+    return await db.tenant_read(customer_id, _PAGE, active, kind, after[0], after[1], limit + 1)
 
 
 async def get(conn: asyncpg.Connection, geofence_id, *, for_update: bool = False) -> asyncpg.Record | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 _COLUMNS = (
@@ -58,6 +60,33 @@ async def of_customer_locking(conn: asyncpg.Connection, customer_id, lock_key: s
         lock_key,
     )
     return row if row["id"] is not None else None
+
+
+# The plan column holding each plan-limited resource's limit (limit_query).
+_LIMIT_COLUMN = {"vehicles": "vehicle_limit", "drivers": "driver_limit", "geofences": "geofence_limit"}
+
+
+@dataclass(frozen=True)
+class LimitOf:
+    """The limit a counting INSERT checks: `known` when the caller has it (a customer on a dedicated
+    database, whose plan lives in the shared one), else (None) the statement reads the plan of the
+    customer's active subscription itself, `default_plan` when there is none: the fresh plan as
+    `of_customer` reads it, without a round trip of its own."""
+
+    known: int | None
+    default_plan: str
+
+
+def limit_query(resource: str, *, customer: str, known: str, default_plan: str) -> str:
+    """`known` or else the customer's plan limit of `resource`, as an SQL expression; the arguments
+    name the statement's parameters (e.g. "$1::uuid"). The plan subqueries are InitPlans that run
+    only when `known` is NULL."""
+    column = _LIMIT_COLUMN[resource]
+    return (
+        f"coalesce({known}, (SELECT p.{column} FROM subscriptions s JOIN plans p ON p.id = s.plan_id "
+        f"WHERE s.customer_id = {customer} AND s.status = 'active'), "
+        f"(SELECT p.{column} FROM plans p WHERE p.id = {default_plan}))"
+    )
 
 
 async def insert(conn: asyncpg.Connection, plan_id: str, values: dict) -> asyncpg.Record:

@@ -1,10 +1,12 @@
-"""vehicles rows (tenant data: pass a connection from `registry.for_customer(cid).tenant(cid)`)."""
+"""vehicles rows (tenant data: pass a connection from `registry.for_customer(cid).tenant(cid)`, or
+for list_page that database itself)."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from .database import TENANT_ROWS
+from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
+from .plans import LimitOf, limit_query
 from .usage import count_query
 
 _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
@@ -19,35 +21,41 @@ async def insert(
     vehicle_type: str,
     metadata: dict,
     device_secret_hash: bytes,
-    limit: int,
+    limit: LimitOf,
 ) -> asyncpg.Record | None:
-    """A new vehicle, only while the customer has fewer than `limit` (counted by the same statement,
-    so after the caller's quota lock: PlanLimits.insert_within_limit); None when the limit is reached."""
+    """A new vehicle, only while the customer has fewer than its plan's limit (read and counted by
+    the same statement, so after the caller's quota lock: PlanLimits.insert_within_limit); None
+    when the limit is reached."""
     return await conn.fetchrow(
         "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
         "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::jsonb, $6::bytea "
-        f"WHERE ({count_query('vehicles')}) < $7 RETURNING {_COLUMNS}",
+        f"WHERE ({count_query('vehicles')}) < "
+        f"{limit_query('vehicles', customer='$1::uuid', known='$7::int', default_plan='$8::text')} "
+        f"RETURNING {_COLUMNS}",
         customer_id,
         name,
         vehicle_identifier,
         vehicle_type,
         metadata,
         device_secret_hash,
-        limit,
+        limit.known,
+        limit.default_plan,
     )
+
+
+_PAGE = (
+    f"SELECT page.* FROM {SCOPED_FROM} (SELECT {_COLUMNS} FROM vehicles WHERE {SCOPE_SET} AND {TENANT_ROWS} "
+    "AND ($2::text IS NULL OR vehicle_type = $2) AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) "
+    "ORDER BY created_at, id LIMIT $5) AS page ORDER BY page.created_at, page.id"
+)
 
 
 async def list_page(
-    conn: asyncpg.Connection, *, vehicle_type: str | None, after: tuple, limit: int
+    db: Database, customer_id, *, vehicle_type: str | None, after: tuple, limit: int
 ) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_COLUMNS} FROM vehicles WHERE {TENANT_ROWS} AND ($1::text IS NULL OR vehicle_type = $1) "
-        "AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid)) ORDER BY created_at, id LIMIT $4",
-        vehicle_type,
-        after[0],
-        after[1],
-        limit + 1,
-    )
+    """One page of the customer's vehicles (and one row more: is there a next page?) in one
+    round trip: a self-scoping read (storage.database.SCOPED_FROM)."""
+    return await db.tenant_read(customer_id, _PAGE, vehicle_type, after[0], after[1], limit + 1)
 
 
 async def get(conn: asyncpg.Connection, vehicle_id, *, for_update: bool = False) -> asyncpg.Record | None:

@@ -1,12 +1,20 @@
 """PostgreSQL itself keeps tenants apart, even when code forgets to scope a query."""
 
 import datetime as dt
+import hashlib
+import hmac
+import json
+import time
 import uuid
 
 import asyncpg
 import pytest
 
-from storage import sealing
+from storage import AppRole, Database, sealing
+from storage import vehicles as vehicle_store
+from storage.database import SCOPE_SET, SCOPED_FROM
+
+from .conftest import TEST_SECRET
 
 
 async def _customer(db, slug):
@@ -211,3 +219,135 @@ async def test_sql_that_widens_its_own_scope_sees_no_other_tenant_in_any_table(d
             for t in tables:
                 owner = "id" if t == "customers" else "customer_id"
                 assert await conn.fetchval(f"SELECT count(*) FROM {t} WHERE {owner} = $1", a) == 0, (widen, t)
+
+
+# --- one-round-trip reads (Database.tenant_read: the statement sets its own scope) ---------------
+
+_POLICY_ONLY = (  # no TENANT_ROWS: only the tenant_isolation policy decides which rows it sees
+    f"SELECT r.* FROM {SCOPED_FROM} (SELECT customer_id, vehicle_identifier FROM vehicles "
+    f"WHERE {SCOPE_SET} ORDER BY vehicle_identifier LIMIT 1000) AS r ORDER BY r.vehicle_identifier"
+)
+
+
+async def _vehicles(db, customer_id, count):
+    async with db.tenant(customer_id) as conn:
+        await conn.executemany(
+            "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v', $2)",
+            [(customer_id, f"{customer_id}-{i}") for i in range(count)],
+        )
+
+
+@pytest.fixture
+async def one_connection(database_url):
+    """A pool of exactly one connection: every read below runs on the same server session."""
+    database = await Database(database_url, AppRole.from_secret(TEST_SECRET), min_size=1, max_size=1).open()
+    yield database
+    await database.close()
+
+
+async def _no_scope_left(db):
+    async with db.pool.acquire() as conn:
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT coalesce(current_setting('app.scope', true), '')") == ""
+        assert await conn.fetchval("SELECT webhost_current_customer()") is None
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0  # outside any transaction
+        assert await conn.fetchval("SELECT count(*) FROM customers") == 0
+
+
+@pytest.mark.parametrize("plans", ["auto", "force_generic_plan", "force_custom_plan"])
+async def test_a_self_scoping_read_sees_only_its_tenant_and_leaves_no_scope(one_connection, plans):
+    """tenant_read sets the scope inside its one statement: it sees exactly the customer's rows,
+    never another tenant's (with or without the TENANT_ROWS index condition, generic or custom
+    plans, the same connection switching tenants), and the connection holds no scope afterwards."""
+    db = one_connection
+    a, b, c = await _customer(db, "alpha"), await _customer(db, "bravo"), await _customer(db, "charlie")
+    await _vehicles(db, a, 30)
+    await _vehicles(db, b, 25)
+    async with db.operator("test_setup") as conn:
+        await conn.execute("ANALYZE vehicles")
+    async with db.pool.acquire() as conn:  # a session setting: stays on the one pooled connection
+        await conn.execute(f"SET plan_cache_mode = {plans}")
+    for _ in range(8):  # past the five custom plans after which a prepared statement may go generic
+        for customer, expected in ((a, 30), (b, 25), (c, 0)):
+            rows = await vehicle_store.list_page(db, customer, vehicle_type=None, after=(None, None), limit=100)
+            assert len(rows) == expected and {r["customer_id"] for r in rows} <= {customer}
+            rows = await db.tenant_read(customer, _POLICY_ONLY)
+            assert len(rows) == expected and {r["customer_id"] for r in rows} <= {customer}
+            await _no_scope_left(db)
+    page = await vehicle_store.list_page(db, a, vehicle_type=None, after=(None, None), limit=20)
+    assert len(page) == 21  # one more than the page: there is a next one
+    rest = await vehicle_store.list_page(
+        db, a, vehicle_type=None, after=(page[19]["created_at"], page[19]["id"]), limit=20
+    )
+    assert [r["id"] for r in page[:20] + rest] == [
+        r["id"] for r in await vehicle_store.list_page(db, a, vehicle_type=None, after=(None, None), limit=100)
+    ]
+
+
+async def test_a_self_scoping_read_runs_the_scope_before_the_rows(one_connection):
+    """The plan's shape that makes the order (storage.database.SCOPED_FROM): a nested loop whose
+    outer side is the one row setting the scope, the rows read on its inner side."""
+    db = one_connection
+    a = await _customer(db, "alpha")
+    await _vehicles(db, a, 5)
+    scope = db.role.tenant_scope(a)
+    async with db.pool.acquire() as conn:
+        for plans in ("force_custom_plan", "force_generic_plan"):
+            await conn.execute(f"SET plan_cache_mode = {plans}")
+            statement = await conn.prepare(f"EXPLAIN (FORMAT JSON) {_POLICY_ONLY}")
+            plan = (await statement.fetchval(scope))[0]["Plan"]  # json decoded by the pool's codec
+            while plan["Node Type"] != "Nested Loop":
+                (plan,) = plan["Plans"]
+            outer, inner = plan["Plans"]
+            assert outer["Parent Relationship"] == "Outer" and outer["Node Type"] in ("Result", "Subquery Scan")
+            assert "vehicles" not in json.dumps(outer) and "vehicles" in json.dumps(inner)
+        await conn.execute("RESET plan_cache_mode")
+
+
+async def test_a_self_scoping_read_with_a_forged_or_no_scope_sees_nothing(one_connection):
+    db = one_connection
+    a, b = await _customer(db, "alpha"), await _customer(db, "bravo")
+    await _vehicles(db, a, 3)
+    forged = db.role.tenant_scope(b).replace(str(b), str(a))  # b's signature, a's id
+    body = f"tenant|{a}|{int(time.time()) - 10}"  # signed, but its not-after has passed
+    expired = body + "|" + hmac.new(db.role.scope_key, body.encode(), hashlib.sha256).hexdigest()
+    async with db.pool.acquire() as conn:
+        for scope in (forged, expired, "", f"tenant|{a}", f"operator|*|{int(time.time()) + 100}|00"):
+            try:
+                rows = await conn.fetch(_POLICY_ONLY, scope)
+            except asyncpg.PostgresError:  # a malformed scope fails its decode: shows nothing either
+                rows = []
+            assert rows == []
+            assert not conn.is_in_transaction()
+    await _no_scope_left(db)
+
+
+async def test_a_self_scoping_read_that_fails_leaves_no_scope(one_connection):
+    db = one_connection
+    a = await _customer(db, "alpha")
+    await _vehicles(db, a, 3)
+    failing = (
+        f"SELECT r.* FROM {SCOPED_FROM} (SELECT 1 / (count(*) - 3) AS x FROM vehicles WHERE {SCOPE_SET} LIMIT 1) AS r"
+    )
+    with pytest.raises(asyncpg.DivisionByZeroError):  # it failed after reading a's rows
+        await db.tenant_read(a, failing)
+    await _no_scope_left(db)
+    with pytest.raises(ValueError):  # only statements that scope themselves
+        await db.tenant_read(a, "SELECT count(*) FROM vehicles")
+    with pytest.raises(ValueError):
+        await db.tenant_read("not-a-uuid", _POLICY_ONLY)
+
+
+async def test_a_lock_key_is_written_into_begin_only_when_plain(db):
+    a = await _customer(db, "alpha")
+    async with db.tenant(a, lock=f"quota:{a}:vehicles") as conn:
+        held = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert held == 1
+        assert await conn.fetchval("SELECT webhost_current_customer()") == a
+    for bad in ("x', 0)); SELECT set_config('app.operator', 'on', true); --", "", "quota key"):
+        with pytest.raises(ValueError):
+            async with db.tenant(a, lock=bad):
+                pass
+    await _no_scope_left(db)

@@ -234,6 +234,10 @@ async def test_plan_limit_holds_under_20_concurrent_creates(server, server_env):
         answers = await asyncio.gather(*(create(i) for i in range(20)))
         statuses = sorted(a.status_code for a in answers)
         assert statuses == [201] * 5 + [402] * 15, statuses
-        assert {a.json()["error"]["details"]["limit"] for a in answers if a.status_code == 402} == {5}
+        refused = [a.json()["error"] for a in answers if a.status_code == 402]
+        assert {r["code"] for r in refused} == {"plan_limit_reached"}
+        assert [r["details"] for r in refused] == [
+            {"resource": "vehicles", "limit": 5, "current": 5, "plan_id": "hobby"}
+        ] * 15  # the plan and count read again for the answer, as the INSERT read them
         listed = (await http.get("/api/v1/vehicles", headers=key)).json()["data"]
         assert len(listed) == 5

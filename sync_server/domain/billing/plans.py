@@ -130,8 +130,8 @@ async def _quota_locked(
 ) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
     """A tenant transaction on the customer's database holding its quota lock for `resource`, and
     the plan's limits. Whatever is counted against them must be read by a later statement (after
-    the lock): `within_limit` counts; a caller whose INSERT counts in its own statement (one round
-    trip less: PlanLimits.insert_within_limit) raises `_limit_reached` when nothing was inserted."""
+    the lock): `within_limit` counts (PlanLimits.insert_within_limit, whose INSERT reads the plan and
+    counts itself, takes the lock with BEGIN instead)."""
     db = await registry.for_customer(customer_id)
     limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
     async with db.tenant(customer_id) as conn:
@@ -247,15 +247,26 @@ class PlanLimits:
         return within_limit(self.registry, customer_id, resource, adding)
 
     async def insert_within_limit(
-        self, customer_id, resource: str, insert: Callable[[asyncpg.Connection, int], Awaitable[asyncpg.Record | None]]
+        self,
+        customer_id,
+        resource: str,
+        insert: Callable[[asyncpg.Connection, plan_store.LimitOf], Awaitable[asyncpg.Record | None]],
     ) -> asyncpg.Record:
-        """Run `insert(conn, limit)`, a storage INSERT that counts `resource` in its own statement
-        and inserts nothing at `limit` (one round trip less than `within_limit`), under the quota
-        lock; raises PlanLimitReached when it inserted nothing."""
-        async with _quota_locked(self.registry, customer_id, resource) as (conn, limits):
-            row = await insert(conn, limits.of(resource))
+        """Run `insert(conn, limit)`, a storage INSERT that reads the plan's limit (when `limit` does
+        not carry it) and counts `resource` in its own statement and inserts nothing at the limit,
+        under the quota lock taken with BEGIN: three round trips (BEGIN + scope + lock, the INSERT,
+        COMMIT). Raises PlanLimitReached when it inserted nothing (the plan and the count read again
+        for the details: only then)."""
+        if resource not in RESOURCES:
+            raise ValueError(f"unknown plan-limited resource {resource!r}")
+        db = await self.registry.for_customer(customer_id)
+        # A dedicated database has no plans: they are read from the shared one first, fresh.
+        known = None if db is self.registry.shared else await current_limits(self.registry.shared, customer_id)
+        limit = plan_store.LimitOf(None if known is None else known.of(resource), DEFAULT_PLAN)
+        async with db.tenant(customer_id, lock=usage_store.quota_lock_key(customer_id, resource)) as conn:
+            row = await insert(conn, limit)
             if row is None:
-                raise await _limit_reached(conn, resource, limits)
+                raise await _limit_reached(conn, resource, known or await limits_in(conn, customer_id))
             return row
 
     @staticmethod
