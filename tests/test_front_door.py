@@ -61,7 +61,7 @@ async def test_a_sync_upgrade_whole_or_split_is_answered_with_101_and_sync_step_
     customer = await sync_peers.create_customer(database_url, "frontdoor")
     path = f"/sync/{customer.slug}/fleet?token={sync_peers.token(TEST_SECRET, customer)}"
     head = _upgrade(path)
-    step1 = bytes((0x82, 0))[:1]  # a binary frame follows the 101
+    step1 = b"\x82"  # a binary frame follows the 101
     for pieces in ([head], [head[:20], head[20:]]):  # whole: lean transport; split: Hypercorn's path
         data = await asyncio.to_thread(_exchange, server.port, pieces, b"\r\n\r\n" + step1, more=3)
         assert data.startswith(b"HTTP/1.1 101"), data[:200]
@@ -75,7 +75,7 @@ class _Endpoint:
     def __init__(self) -> None:
         self.taken: list[bytes] = []
 
-    def take_over(self, transport, head: bytes, client, server) -> bool:
+    def take_over(self, transport, head: bytes) -> bool:
         if not head.startswith(b"SYNC"):
             return False
         self.taken.append(head)

@@ -59,12 +59,8 @@ class FrontDoor(asyncio.Protocol):
         self._stop_timer()
         transport = self._transport
         endpoint = SERVED.endpoint
-        if endpoint is not None:
-            peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-            if endpoint.take_over(
-                transport, data, tuple(peer[:2]) if peer else None, tuple(local[:2]) if local else None
-            ):
-                return
+        if endpoint is not None and endpoint.take_over(transport, data):
+            return
         self._hand_on(transport, data)
 
     def eof_received(self) -> bool:

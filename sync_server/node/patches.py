@@ -406,6 +406,14 @@ def _sync_endpoint(app: object) -> object | None:
     return None
 
 
+def silent_timeout(config) -> float:
+    """How long a connection that has not sent its first bytes is kept (the front door and the
+    takeover): Hypercorn's own idle timer closes such a connection after keep_alive_timeout, and
+    read_timeout is None by default, so without this bound a silent socket would be held for ever
+    (one fd and one task each)."""
+    return config.read_timeout or config.keep_alive_timeout
+
+
 def _takeover_install() -> None:
     """Hypercorn keeps ~22 KB of objects and several awaits per frame for every open websocket
     (bench/websocket_path.md). Before Hypercorn builds anything for a new connection, its first
@@ -431,22 +439,14 @@ def _takeover_install() -> None:
             await original(self)
             return
         reader = self.reader
-        # Hypercorn's own idle timer (keep_alive_timeout) closes a connection that never sends a
-        # request; read_timeout is None by default, so without a bound a silent socket would be
-        # held here for ever (one fd and one task each).
-        silent = self.config.read_timeout or self.config.keep_alive_timeout
         try:
-            first = await asyncio.wait_for(reader.read(max_recv), silent)
+            first = await asyncio.wait_for(reader.read(max_recv), silent_timeout(self.config))
         except (ConnectionError, OSError, TimeoutError):
             writer.close()
             return
         if first:
             head = first + bytes(reader._buffer)
-            transport = writer.transport
-            peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-            if endpoint.take_over(  # type: ignore[attr-defined]
-                transport, head, tuple(peer[:2]) if peer else None, tuple(local[:2]) if local else None
-            ):
+            if endpoint.take_over(writer.transport, head):  # type: ignore[attr-defined]
                 reader._buffer.clear()
                 writer._transport = _Detached()
                 return
@@ -502,15 +502,15 @@ def _front_door_active() -> bool:
     return getattr(getattr(hypercorn_run, "asyncio", None), "has_front_door", False)
 
 
-def front_door_serves(app: object, silent_timeout: float) -> None:
+def front_door_serves(app: object, config) -> None:
     """What the front door offers connections to (cli serve, before Hypercorn starts): the app's
-    sync endpoint, and how long a socket that sends nothing is kept (Hypercorn's keep_alive_timeout)."""
+    sync endpoint, and how long a socket that sends nothing is kept (`silent_timeout`)."""
     from sync_server.node import front_door
 
     if not _front_door_active():
         return  # its guard failed (logged): the websocket_takeover patch offers the bytes instead
     front_door.SERVED.endpoint = _sync_endpoint(app)
-    front_door.SERVED.silent_timeout = silent_timeout
+    front_door.SERVED.silent_timeout = silent_timeout(config)
 
 
 PATCHES: tuple[Patch, ...] = (

@@ -108,7 +108,7 @@ class SyncEndpoint:
         self._lean_tasks: set[asyncio.Task] = set()
         self.credentials = Credentials(authenticator, rooms)  # expiry, in-band refresh, revalidation
 
-    def take_over(self, transport: asyncio.Transport, head: bytes, client, server) -> bool:
+    def take_over(self, transport: asyncio.Transport, head: bytes) -> bool:
         """A connection whose first bytes are `head`: when they are a websocket upgrade to /sync/,
         the socket becomes a sync.transport WebsocketProtocol served here (True); else False and
         the server that asked serves it."""
@@ -118,6 +118,7 @@ class SyncEndpoint:
         if parsed is None:
             return False
         upgrade, rest = parsed
+        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         scope = {
             "type": "websocket",
             "asgi": {"version": "3.0"},
@@ -128,8 +129,8 @@ class SyncEndpoint:
             "query_string": upgrade.query,
             "root_path": "",
             "headers": upgrade.headers,
-            "client": client,
-            "server": server,
+            "client": tuple(peer[:2]) if peer else None,
+            "server": tuple(local[:2]) if local else None,
             "subprotocols": upgrade.subprotocols,
             "extensions": {},
         }
