@@ -133,10 +133,7 @@ class Intake:
     def take(self, n: int, buffered: int) -> bool | None:
         """`chunk` without waiting (sync.transport): None when the chunk must wait for the budget
         (then the caller awaits `chunk` with the same arguments)."""
-        if buffered + n > self.limit:
-            self.budget.release(self, self._current)
-            self._current = 0
-            self.budget.finished(self)
+        if self.refuses(n, buffered):
             return False
         budget = self.budget
         if buffered + n > SMALL:
@@ -146,6 +143,17 @@ class Intake:
                 return None
         budget._add(self, n)
         self._counted(n, buffered)
+        return True
+
+    def refuses(self, n: int, buffered: int) -> bool:
+        """Whether a message of `buffered` bytes so far passes the hard limit with `n` more (bytes
+        arrived, or declared by a frame's header); if so it leaves the frame budget (the caller
+        drops what it buffered and tells the endpoint)."""
+        if buffered + n <= self.limit:
+            return False
+        self.budget.release(self, self._current)
+        self._current = 0
+        self.budget.finished(self)
         return True
 
     def _counted(self, n: int, buffered: int) -> None:

@@ -412,9 +412,8 @@ class WebsocketProtocol(asyncio.Protocol):
             self._mask = key
             self._fin = fin
             message, intake = self._message, self.sync_intake
-            if message is not None and intake is not None and not intake.closed and len(message) + n > intake.limit:
+            if message is not None and intake is not None and not intake.closed and intake.refuses(n, len(message)):
                 # declared past the limit: refused now, not after the limit's worth of it was read
-                intake.take(n, len(message))  # (refuses: the message leaves the frame budget)
                 self._too_big(len(message) + n, False)  # the rest of the message is read and dropped
             if n == 0 and not self._payload(buf):
                 return
