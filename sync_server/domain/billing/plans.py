@@ -124,6 +124,13 @@ async def check_limit(
     return current
 
 
+async def _database_and_known_limits(registry: DatabaseRegistry, customer_id) -> tuple[Database, Limits | None]:
+    """The customer's database and, when it is a dedicated one (which holds no plans), the plan's
+    limits read fresh from the shared one; None: the plan is read in the customer's own database."""
+    db = await registry.for_customer(customer_id)
+    return db, None if db is registry.shared else await current_limits(registry.shared, customer_id)
+
+
 @asynccontextmanager
 async def _quota_locked(
     registry: DatabaseRegistry, customer_id, resource: str
@@ -132,8 +139,7 @@ async def _quota_locked(
     the plan's limits. Whatever is counted against them must be read by a later statement (after
     the lock): `within_limit` counts (PlanLimits.insert_within_limit, whose INSERT reads the plan and
     counts itself, takes the lock with BEGIN instead)."""
-    db = await registry.for_customer(customer_id)
-    limits = None if db is registry.shared else await current_limits(registry.shared, customer_id)
+    db, limits = await _database_and_known_limits(registry, customer_id)
     async with db.tenant(customer_id) as conn:
         if limits is None:  # the plan lives in the same database: one statement reads it and takes the lock
             limits = await limits_in(conn, customer_id, locking=resource)
@@ -259,9 +265,7 @@ class PlanLimits:
         for the details: only then)."""
         if resource not in RESOURCES:
             raise ValueError(f"unknown plan-limited resource {resource!r}")
-        db = await self.registry.for_customer(customer_id)
-        # A dedicated database has no plans: they are read from the shared one first, fresh.
-        known = None if db is self.registry.shared else await current_limits(self.registry.shared, customer_id)
+        db, known = await _database_and_known_limits(self.registry, customer_id)
         limit = plan_store.LimitOf(None if known is None else known.of(resource), DEFAULT_PLAN)
         async with db.tenant(customer_id, lock=usage_store.quota_lock_key(customer_id, resource)) as conn:
             row = await insert(conn, limit)
