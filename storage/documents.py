@@ -50,6 +50,7 @@ class StoredDoc:
 # builds on waits inside the engine until it comes. Rows come in pieces of LOAD_PIECE_ROWS (keyset
 # on seq) so that a reader replays one piece while PostgreSQL reads the next.
 LOAD_PIECE_ROWS = 25_000
+FIRST_PIECE_ROWS = 2_000
 _PIECE = (
     "SELECT array_agg(l.update) AS updates, array_agg(l.seq) AS seqs, max(l.seq) AS last, count(*) AS n FROM "
     "(SELECT update, seq FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq > $3 ORDER BY seq LIMIT $4) l"
@@ -64,16 +65,32 @@ _FIRST_PIECE = (
 async def load_pieces(
     db: Database, customer_id: str | uuid.UUID, doc: str, rows: int | None = None
 ) -> AsyncIterator[StoredDoc]:
-    """The stored doc in pieces: the snapshot with the first `rows` log rows, then the next `rows`,
-    ... (the snapshot is in the first piece only). All are read in one REPEATABLE READ transaction:
-    together exactly what one read at its start would return."""
-    rows = rows or LOAD_PIECE_ROWS
+    """The stored doc in pieces: the snapshot with the first log rows, then the next ones, ... (the
+    snapshot is in the first piece only). With `rows`, every piece has `rows` rows; else the first
+    has FIRST_PIECE_ROWS and each next one twice the last, up to LOAD_PIECE_ROWS (the replay starts
+    after a short read, and the big pieces are read while it runs). The next piece is asked for
+    before this one is handed on: PostgreSQL reads it while the caller replays this one. All are
+    read in one REPEATABLE READ transaction: together exactly what one read at its start would
+    return."""
+    size = rows or min(FIRST_PIECE_ROWS, LOAD_PIECE_ROWS)
     async with db.tenant(customer_id, snapshot=True) as conn:
-        row = await conn.fetchrow(_FIRST_PIECE, customer_id, doc, 0, rows)
-        yield StoredDoc(row["state"], row["updates"] or [], row["seqs"] or [], row["update_count"] or 0)
-        while row["n"] == rows:
-            row = await conn.fetchrow(_PIECE, customer_id, doc, row["last"], rows)
-            yield StoredDoc(None, row["updates"] or [], row["seqs"] or [])
+        row = await conn.fetchrow(_FIRST_PIECE, customer_id, doc, 0, size)
+        piece = StoredDoc(row["state"], row["updates"] or [], row["seqs"] or [], row["update_count"] or 0)
+        following: asyncio.Future | None = None
+        try:
+            while True:
+                if row["n"] == size:
+                    size = rows or min(size * 2, LOAD_PIECE_ROWS)
+                    following = asyncio.ensure_future(conn.fetchrow(_PIECE, customer_id, doc, row["last"], size))
+                yield piece
+                if following is None:
+                    return
+                row, following = await following, None
+                piece = StoredDoc(None, row["updates"] or [], row["seqs"] or [])
+        finally:
+            if following is not None:  # the caller stopped early: the connection goes back idle
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
 
 
 async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:

@@ -58,14 +58,22 @@ def test_the_replay_goes_straight_to_the_engine_and_builds_the_same_doc():
     assert replayed.get("log", type=pycrdt.Array).to_py() == [{"i": float(i)} for i in range(len(rows))]
 
 
-def test_a_replay_fed_in_pieces_is_the_rebuild_and_skips_a_bad_row_in_a_later_piece():
+async def test_a_replay_fed_in_pieces_is_the_rebuild_and_skips_a_bad_row_in_a_later_piece(monkeypatch):
+    monkeypatch.setattr(doc_rebuild, "SLICE_ROWS", 4)
+    monkeypatch.setattr(doc_rebuild, "PROGRESS_ROWS", 10)
     valid, bad = fuzz.load_case(PANIC_CASE)
-    rows = [valid, *sync_peers.array_pushes(40), protocol.decode(bad).update, _edit("after")]
+    truncated = b"\x05\xff\xff\xff"  # the engine refuses it (ValueError): the replayed doc is spoilt
+    rows = [valid, *sync_peers.array_pushes(40), protocol.decode(bad).update, truncated, _edit("after")]
     replay = doc_rebuild.Replay(None)
+    told: list[int] = []  # entries replayed whenever progress was told
     for start in range(0, len(rows), 9):
-        replay.feed(rows[start : start + 9])
-    doc = replay.doc()
+        await replay.absorb(rows[start : start + 9], lambda d: told.append(len(d.get("log", type=pycrdt.Array))))
+    assert replay.failed
+    doc = await replay.doc()
     clean = doc_rebuild.rebuild(None, [r for i, r in enumerate(rows) if i != len(rows) - 2])
     assert doc.get_state() == clean.get_state()
     assert doc.get("m", type=pycrdt.Map).to_py() == {"after": 1}
     assert len(doc.get("log", type=pycrdt.Array)) == 40
+    # told after the first slice (4 rows), then after every 10 rows or more, and never once the
+    # truncated row spoilt the doc (it is in the last piece, with the row after it)
+    assert told[0] == 3 and all(b - a >= 10 for a, b in zip(told, told[1:], strict=False)) and len(told) == 4

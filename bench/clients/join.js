@@ -4,7 +4,7 @@
 // Usage: node join.js --server URL --doc D [--token T] --clients N --items M [--timeout S]
 'use strict'
 const readline = require('readline')
-const { Peer, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline } = require('./peer')
+const { Peer, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, timeline } = require('./peer')
 
 async function joinOne (url, items, timeoutMs) {
   const start = nowMs()
@@ -15,7 +15,9 @@ async function joinOne (url, items, timeoutMs) {
     const deadline = start + timeoutMs
     while (log.length < items && nowMs() < deadline) await new Promise((resolve) => setTimeout(resolve, 5))
     if (log.length < items) throw new Error(`synced with ${log.length}/${items} entries`)
-    return { start, synced: nowMs() }
+    const synced = nowMs()
+    timeline('client_synced')
+    return { start, synced }
   } finally {
     peer.close()
     peer.doc.destroy()
@@ -33,6 +35,7 @@ async function main () {
   const rl = readline.createInterface({ input: process.stdin })
   await new Promise((resolve) => rl.once('line', resolve))
   const t0 = nowMs()
+  timeline('client_go')
   const results = await Promise.allSettled(Array.from({ length: clients }, () => joinOne(url, items, timeout * 1000)))
   const synced = results.filter((r) => r.status === 'fulfilled').map((r) => r.value.synced)
   const errors = results.filter((r) => r.status === 'rejected').map((r) => String(r.reason.message || r.reason))

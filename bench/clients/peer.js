@@ -16,6 +16,12 @@ const MESSAGE_AUTH = 2
 /** Milliseconds on the machine-wide monotonic clock (comparable between processes on one host). */
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6
 
+/** With BENCH_TIMELINE=1: `TL <ms> <event> <details>` lines on stderr (the cold-load timeline in
+ * bench/RESULTS.md merges them with the server's); otherwise nothing. */
+const timeline = process.env.BENCH_TIMELINE === '1'
+  ? (event, details = '') => process.stderr.write(`TL ${nowMs().toFixed(3)} ${event} ${details}\n`)
+  : () => {}
+
 class Peer {
   /**
    * @param {string} url websocket URL (token in the query when the server needs one)
@@ -55,6 +61,7 @@ class Peer {
       ws.binaryType = 'arraybuffer'
       this.ws = ws
       ws.on('open', () => {
+        timeline('client_open')
         const encoder = encoding.createEncoder()
         encoding.writeVarUint(encoder, MESSAGE_SYNC)
         syncProtocol.writeSyncStep1(encoder, this.doc)
@@ -62,6 +69,7 @@ class Peer {
       })
       ws.on('message', (data) => {
         this.arrival = nowMs()
+        timeline('client_message', `bytes=${data.byteLength}`)
         const decoder = decoding.createDecoder(new Uint8Array(data))
         const type = decoding.readVarUint(decoder)
         if (type === MESSAGE_SYNC) {
@@ -70,6 +78,7 @@ class Peer {
           encoding.writeVarUint(encoder, MESSAGE_SYNC)
           const syncType = syncProtocol.readSyncMessage(decoder, encoder, this.doc, this)
           if (encoding.length(encoder) > 1) ws.send(encoding.toUint8Array(encoder))
+          timeline('client_applied', `type=${syncType}`)
           if (syncType === syncProtocol.messageYjsSyncStep2 && !this.synced) {
             this.synced = true
             settle(null)
@@ -170,4 +179,5 @@ const waitForStop = () => new Promise((resolve) => {
   process.on('SIGTERM', resolve)
 })
 
-module.exports = { Peer, updateMessage, connectMany, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, waitForStop, Y }
+module.exports = {
+  Peer, updateMessage, connectMany, parseArgs, emit, emitAndExit, nowMs, roomUrl, hardDeadline, waitForStop, timeline, Y }

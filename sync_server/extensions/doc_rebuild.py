@@ -11,6 +11,7 @@ integrated. The Doc is private: call these in a worker thread (asyncio.to_thread
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pycrdt
 import structlog
@@ -76,32 +77,65 @@ def _apply_rows(
     return None
 
 
+# Log rows a load replays on the event loop between two turns of it (~1-2 ms of yrs): a worker
+# thread does not run beside the loop, pycrdt holds the GIL while it applies, and handing the GIL
+# back and forth every 5 ms slowed both the replay and the loop's read of the next piece.
+SLICE_ROWS = 1024
+# Rows between two reports of a replay's progress (the doc so far, sent to the peers waiting for it).
+PROGRESS_ROWS = 4096
+
+
 class Replay:
-    """`rebuild` fed piece by piece as the rows are read (storage.documents.load_pieces): each
-    `feed` runs in a worker thread while the next piece is read. `doc()` is the same Doc as
-    `rebuild(snapshot, every row)`; should a row fail, that rebuild (skipping it) runs at the end."""
+    """`rebuild` fed piece by piece as the rows are read (storage.documents.load_pieces): each piece
+    is replayed on the event loop in slices (`absorb`) while PostgreSQL reads the next. `doc()` is
+    the same Doc as `rebuild(snapshot, every row)`; should a row fail, that rebuild (skipping it)
+    runs at the end, in a worker thread. The Doc is private until `doc()` hands it over."""
 
     def __init__(self, snapshot: bytes | None) -> None:
         self.snapshot = snapshot
         self.rows: list[bytes] = []
         self._doc: pycrdt.Doc | None = None
         self._failed = False
+        self._progress_at = 0  # rows replayed when progress is told next
+
+    @property
+    def failed(self) -> bool:
+        """Whether a row failed: the doc replayed so far is spoilt (doc() rebuilds it)."""
+        return self._failed
+
+    def _start(self) -> pycrdt.Doc:
+        doc: pycrdt.Doc = pycrdt.Doc()
+        if self.snapshot:
+            doc.apply_update(self.snapshot)
+        return doc
 
     def feed(self, rows: list[bytes]) -> None:
-        """Apply the next rows (in a worker thread; one feed at a time)."""
+        """Apply the next rows at once (one feed at a time)."""
         if self._doc is None:
-            self._doc = pycrdt.Doc()
-            if self.snapshot:
-                self._doc.apply_update(self.snapshot)
+            self._doc = self._start()
         begin = len(self.rows)
         self.rows += rows
         if not self._failed:
             self._failed = _apply_rows(self._doc, self.rows, set(), begin, quiet=True) is not None
 
-    def doc(self) -> pycrdt.Doc:
-        """The replayed Doc (in a worker thread when a row failed: then it is rebuilt)."""
+    async def absorb(self, rows: list[bytes], progress: Callable[[pycrdt.Doc], None] | None = None) -> None:
+        """Apply the next rows on the event loop, SLICE_ROWS at a time with a turn of the loop after
+        each (the snapshot, of any size, is applied in a worker thread). `progress(doc)` is told the
+        doc replayed so far after the first slice and then every PROGRESS_ROWS rows, while no row
+        has failed (a doc `doc()` returns or holds all of)."""
+        if self._doc is None:
+            self._doc = await asyncio.to_thread(self._start) if self.snapshot else self._start()
+        for start in range(0, len(rows), SLICE_ROWS):
+            self.feed(rows[start : start + SLICE_ROWS])
+            if progress is not None and not self._failed and len(self.rows) >= self._progress_at:
+                self._progress_at = len(self.rows) + PROGRESS_ROWS
+                progress(self._doc)
+            await asyncio.sleep(0)
+
+    async def doc(self) -> pycrdt.Doc:
+        """The replayed Doc (rebuilt in a worker thread when a row failed)."""
         if self._failed or self._doc is None:
-            return rebuild(self.snapshot, self.rows)
+            return await asyncio.to_thread(rebuild, self.snapshot, self.rows)
         return self._doc
 
 

@@ -86,12 +86,12 @@ class Persistence(RoomHooks):
 
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
-        # The log is replayed on a private doc in a worker thread (linear, off the event loop), one
-        # piece while PostgreSQL reads the next, and that doc becomes the room's: no second encode
-        # and apply of the whole state (22 ms at 100k rows). (pycrdt.merge_updates over the tail was
+        # The log is replayed on a private doc, on the event loop in slices, one piece while
+        # PostgreSQL reads the next, and that doc becomes the room's: no second encode and apply of
+        # the whole state (22 ms at 100k rows). The peers waiting for the load are sent the doc as
+        # it grows (Room.loading) and apply it meanwhile. (pycrdt.merge_updates over the tail was
         # superlinear: 20k updates took 8.7 s and 100k ran out of memory; see bench/RESULTS.md.)
         replay: Replay | None = None
-        replaying: asyncio.Future | None = None
         seqs: list[int] = []
         snapshot, snapshot_count, size = None, 0, 0
         async for piece in documents.load_pieces(db, room.customer_id, room.doc):
@@ -100,14 +100,10 @@ class Persistence(RoomHooks):
                 replay = Replay(snapshot)
             seqs += piece.seqs
             size += sum(len(u) for u in piece.updates)
-            if replaying is not None:
-                await replaying
             if piece.updates:
-                replaying = asyncio.ensure_future(asyncio.to_thread(replay.feed, piece.updates))
-        if replaying is not None:
-            await replaying
+                await replay.absorb(piece.updates, room.loading)
         if seqs and replay is not None:
-            room.ydoc = await asyncio.to_thread(replay.doc)
+            room.ydoc = await replay.doc()
         elif snapshot:
             room.ydoc.apply_update(snapshot)
         backlog = room.state(LogBacklog)

@@ -69,6 +69,7 @@ class Connection:
         "last_seen",
         "session",
         "app_session",
+        "previewed",
     )
 
     def __init__(
@@ -111,6 +112,8 @@ class Connection:
         self._socket = socket if raw else None
         self.last_seen = asyncio.get_running_loop().time()  # when the peer last sent a frame
         self.session: Any = None  # the endpoint's credentials.Session (None outside a websocket)
+        # (room, state vector) of the doc sent while the room loaded (Room.loading), until its step 1
+        self.previewed: tuple[Room, bytes] | None = None
 
     @property
     def closed(self) -> asyncio.Event:
@@ -125,6 +128,11 @@ class Connection:
     def start(self) -> None:
         if self._socket is None:  # with a socket the sender starts when frames must wait
             self._sender = asyncio.ensure_future(self._drain())
+
+    def takes_now(self) -> bool:
+        """Whether a frame enqueued now is written to the socket at once (nothing waits before it)."""
+        socket = self._socket
+        return self.close_code is None and socket is not None and self._sender is None and socket.writable()
 
     def enqueue(self, frame: bytes, wire: bytes | None = None) -> None:
         """Queue a y-websocket message for this peer (never blocks; closes the peer 1013 past

@@ -203,12 +203,6 @@ class SyncEndpoint:
                 await _close(receive, send, exc.code, exc.reason)
             return
         structlog.contextvars.bind_contextvars(customer_id=access.customer_id, room=doc)
-        try:
-            room = await self.rooms.get(access.customer_id, doc)
-        except Exception:
-            await self._refuse(receive, send, INTERNAL_ERROR, "document could not be loaded")
-            return
-
         raw = wire.raw_writer(scope, send) if self.raw_writes else None
         peer = scope.get("client") or ("", 0)
         conn = Connection(
@@ -222,6 +216,17 @@ class SyncEndpoint:
             raw=raw is not None,
             socket=wire.raw_socket(send) if raw is not None else None,
         )
+        try:
+            # a cold room's doc is sent to the peer as it loads (a socket that takes frames now)
+            room = await self.rooms.get(access.customer_id, doc, early=conn if conn.takes_now() else None)
+        except Exception:
+            await conn.stop()
+            await self._refuse(receive, send, INTERNAL_ERROR, "document could not be loaded")
+            return
+        except BaseException:
+            await conn.stop()
+            raise
+
         self.credentials.watch(conn, Session(slug, token, authorization, access, acks))
         conn.app_session = access.session
         if _lean_transport(send):

@@ -63,11 +63,26 @@ ECHO_ENTRIES = 64
 HELD_UPDATES, HELD_BYTES = 256, 8 * 1024 * 1024  # per room: updates waiting for missing structs
 WALK_BYTES = 64 * 1024  # updates up to this size are read to the end (exact length, every clock)
 _APPLY, _HOLD, _DROP = object(), object(), object()  # verdicts of Room._examine
+EMPTY_STATE = b"\x00"  # the state vector of an empty doc
 
 
 class Rejected(protocol.Malformed):
     """The CRDT engine failed on an update (a native panic or an invalid result): the update is
     refused like a malformed frame (4400 on a websocket, 422 on HTTP) and the room is rebuilt."""
+
+
+class Preview:
+    """The peers waiting for a room's load that are sent its doc as the load builds it
+    (Room.loading); each keeps the state vector it was sent (`Connection.previewed`), and its sync
+    step 1 is answered with only what that leaves out. A y-websocket peer applies an update at any
+    time, so it applies the doc while the server still replays it instead of after."""
+
+    __slots__ = ("peers", "state", "open")
+
+    def __init__(self) -> None:
+        self.peers: list[Connection] = []
+        self.state = EMPTY_STATE  # what every peer in `peers` was sent so far
+        self.open = True  # nothing sent yet: a peer that starts waiting now misses nothing
 
 
 class Room:
@@ -95,6 +110,7 @@ class Room:
         # Set when the engine failed on this doc: the registry's replacement room (a future of it).
         self.broken: asyncio.Future | None = None
         self.on_broken: Callable[[Room], asyncio.Future] | None = None  # set by the registry
+        self._preview: Preview | None = None  # while it loads: the peers sent the doc so far
 
     def state(self, kind: type[T]) -> T:
         """This room's state of one extension, an instance of `kind` (made with `kind()` on first
@@ -133,6 +149,42 @@ class Room:
         present = [(c, clock, s) for c, (clock, s) in self._awareness.items() if s is not None]
         if present:
             conn.enqueue(protocol.awareness_frame(present))
+
+    def expect(self, conn: Connection) -> None:
+        """`conn` waits for this room's load: it is sent the doc as the load builds it (`loading`),
+        unless some of it went out already."""
+        preview = self._preview
+        if preview is None:
+            preview = self._preview = Preview()
+        if preview.open:
+            preview.peers.append(conn)
+
+    def loading(self, doc: pycrdt.Doc) -> None:
+        """A load hook's doc as built so far (the doc the room adopts, or one it will hold all of):
+        the peers waiting for the load are sent what it holds beyond the last such update, as an
+        update. A peer with frames waiting already (it does not keep up) gets no more of these; its
+        sync step 1 is answered with the rest."""
+        preview = self._preview
+        if preview is None or not preview.peers:
+            return
+        diff = doc.get_update(preview.state)
+        if diff == protocol.EMPTY_UPDATE:
+            return
+        preview.open = False
+        preview.state = state = doc.get_state()
+        frame = protocol.update_frame(diff)
+        wire = binary_frame(frame)
+        keeping = []
+        for conn in preview.peers:
+            if conn.takes_now():
+                conn.enqueue(frame, wire)
+                conn.previewed = (self, state)
+                keeping.append(conn)
+        preview.peers = keeping
+
+    def loaded(self) -> None:
+        """The load is over: no more previews (each peer keeps what it was sent for its step 1)."""
+        self._preview = None
 
     def leave(self, conn: Connection) -> None:
         """Remove the peer and broadcast the removal of every presence it introduced."""
@@ -183,8 +235,14 @@ class Room:
             else:
                 await self._apply(msg.update, msg.frame, conn)
         elif kind is protocol.SyncStep1:
+            state_vector = msg.state_vector
+            previewed = conn.previewed
+            if previewed is not None:  # sent this room's doc while it loaded: it has that much already
+                conn.previewed = None
+                if previewed[0] is self:
+                    state_vector = yjs_update.covering(state_vector, previewed[1])
             try:
-                diff = self.ydoc.get_update(msg.state_vector)
+                diff = self.ydoc.get_update(state_vector)
             except ValueError:
                 raise protocol.Malformed("invalid state vector") from None
             except LET_THROUGH:
@@ -511,6 +569,7 @@ class RoomRegistry:
         self.accepting = True
         self._rooms: dict[tuple[str, str], Room] = {}
         self._loading: dict[tuple[str, str], asyncio.Future] = {}
+        self._building: dict[tuple[str, str], Room] = {}  # the room each load fills
         self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         self._pausers: list[Callable[[str], Any]] = []  # async context managers (persistence)
 
@@ -525,36 +584,48 @@ class RoomRegistry:
         cid = str(customer_id)
         return [r for (c, _), r in self._rooms.items() if c == cid]
 
-    async def get(self, customer_id: str, doc: str) -> Room:
+    async def get(self, customer_id: str, doc: str, early: Connection | None = None) -> Room:
         """The loaded room; loads it once however many callers ask at the same instant.
-        Returns without suspending when the room is already loaded."""
+        Returns without suspending when the room is already loaded. `early`: a peer that will join
+        the room, sent the doc while it loads (Room.expect) when it comes in time."""
         key = (str(customer_id), doc)
         room = self._rooms.get(key)
         if room is not None:
             return room
         pending = self._loading.get(key)
+        building: Room | None
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._loading[key] = pending
+            building = self._building[key] = Room(key[0], key[1], self.hooks)
             self._spawn(self._load(key, pending), f"load-room:{key[0]}/{doc}")
+        else:
+            building = self._building.get(key)  # None while a broken room's writes are made durable
+        if early is not None and building is not None:
+            building.expect(early)
         return await asyncio.shield(pending)
 
     async def _load(self, key: tuple[str, str], pending: asyncio.Future) -> None:
-        room = Room(key[0], key[1], self.hooks)
+        room = self._building.get(key)
+        if room is None:
+            room = self._building[key] = Room(key[0], key[1], self.hooks)
         room.on_broken = self._rebuild
         try:
             await self.hooks.load(room)
         except BaseException as exc:
             log.exception("room_load_failed", customer_id=key[0], room=key[1])
             self._loading.pop(key, None)
+            self._building.pop(key, None)
             if not pending.done():
                 pending.set_exception(exc if isinstance(exc, Exception) else RuntimeError("load cancelled"))
                 pending.exception()  # retrieved: waiters may all be gone
             if not isinstance(exc, Exception):
                 raise
             return
+        room.loaded()
         self._rooms[key] = room
         self._loading.pop(key, None)
+        self._building.pop(key, None)
         pending.set_result(room)
         self._schedule_eviction(room)  # no peer yet (HTTP load): evicted unless somebody joins
         log.info("room_loaded", customer_id=key[0], room=key[1])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sync_server.sync.protocol import Malformed, read_var_uint
+from sync_server.sync.protocol import Malformed, read_var_uint, var_uint
 
 MAX_ANY_DEPTH = 64
 
@@ -239,3 +239,14 @@ def state(state_vector: bytes) -> dict[int, int]:
         client, pos = read_var_uint(state_vector, pos)
         out[client], pos = read_var_uint(state_vector, pos)
     return out
+
+
+def covering(a: bytes, b: bytes) -> bytes:
+    """The state vector of a peer that holds both states (already checked): per client the higher
+    clock. A clock says the peer has every struct of that client below it, so the union of two
+    states is the higher of each."""
+    clocks = state(a)
+    for client, clock in state(b).items():
+        if clock > clocks.get(client, 0):
+            clocks[client] = clock
+    return var_uint(len(clocks)) + b"".join(var_uint(c) + var_uint(k) for c, k in clocks.items())
