@@ -93,6 +93,23 @@ async def load_pieces(
                 await asyncio.gather(following, return_exceptions=True)
 
 
+async def warm(db: Database) -> None:
+    """Plan the load's statements once on each connection the pool holds (for a doc nobody has): a
+    backend's first plan over the document tables reads the catalogs (20-25 ms here, against 2-3 ms
+    for the same first piece afterwards), which would otherwise fall in the first cold load each
+    connection serves after a start. The transactions overlap, so each one holds a connection of
+    its own."""
+    nobody = uuid.UUID(int=0)
+
+    async def plan() -> None:
+        async with db.tenant(nobody, snapshot=True) as conn:
+            await conn.fetchrow(_FIRST_PIECE, nobody, "", 0, 1)
+            await conn.fetchrow(_PIECE, nobody, "", 0, 1)
+
+    size = db.pool_use()
+    await asyncio.gather(*(plan() for _ in range(size[0] if size else 1)))
+
+
 async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:
     """The whole stored doc (snapshot and every log row after it) at once."""
     stored: StoredDoc | None = None

@@ -84,6 +84,13 @@ class Persistence(RoomHooks):
         self._marks: dict[str, deque[tuple[int, Connection, int]]] = {}
         update_log.on_commit(self._committed)
 
+    async def warm(self) -> None:
+        """At start: the shared database's connections plan the load once (documents.warm)."""
+        try:
+            await documents.warm(self.registry.shared)
+        except Exception:  # only a first load's speed depends on it
+            log.exception("document_load_warm_failed")
+
     async def load(self, room: Room) -> None:
         db = await self.registry.for_customer(room.customer_id)
         # The log is replayed on a private doc, on the event loop in slices, one piece while

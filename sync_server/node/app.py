@@ -47,7 +47,7 @@ from sync_server.sync.endpoint import SyncEndpoint
 from sync_server.sync.hooks import PERSISTENCE
 from sync_server.sync.intake import FrameBudget
 from sync_server.sync.refusals import Refusals
-from sync_server.sync.rooms import RoomRegistry
+from sync_server.sync.rooms import RoomRegistry, warm_engine
 
 log = structlog.get_logger("sync_server.node.app")
 
@@ -138,6 +138,8 @@ def _serve_sync(app: Quart, runtime: Runtime) -> RoomRegistry:
     async def start() -> None:
         update_log.start()
         runtime.spawn(sweep_idle(), "sync-idle-sweep")
+        warm_engine()
+        runtime.spawn(persistence.warm(), "warm-document-loads")
 
     async def drain() -> None:
         await rooms.drain()

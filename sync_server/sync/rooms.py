@@ -66,6 +66,12 @@ _APPLY, _HOLD, _DROP = object(), object(), object()  # verdicts of Room._examine
 EMPTY_STATE = b"\x00"  # the state vector of an empty doc
 
 
+def warm_engine() -> None:
+    """Make one Doc on the running loop at start: pycrdt's first Doc there imports anyio's asyncio
+    backend (its transaction lock), 10-25 ms that would otherwise fall in the first room's load."""
+    pycrdt.Doc()
+
+
 class Rejected(protocol.Malformed):
     """The CRDT engine failed on an update (a native panic or an invalid result): the update is
     refused like a malformed frame (4400 on a websocket, 422 on HTTP) and the room is rebuilt."""
