@@ -10,6 +10,7 @@ import uuid
 import pycrdt
 import pytest
 
+from sync_server.extensions import doc_rebuild
 from sync_server.sync import protocol
 
 from .conftest import TEST_SECRET
@@ -326,3 +327,33 @@ async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database
         assert any(e["event"] == "send_queue_full" and e.get("customer_id") == customer.id for e in logged)
     finally:
         node.stop()
+
+
+async def test_a_peer_waiting_for_a_cold_load_applies_the_doc_while_it_loads(server, customer, database_url):
+    """A long log replayed for a peer that waits for it: the doc goes out as updates while it is
+    replayed, and the answer to the peer's sync step 1 (sent before any of them, as y-websocket
+    does) leaves out what they carried. The peer's own offline edit still reaches the room."""
+    updates = sync_peers.array_pushes(3 * doc_rebuild.PROGRESS_ROWS)
+    await sync_peers.log_rows(database_url, customer.id, "cold", updates)
+    tok = sync_peers.token(TEST_SECRET, customer)
+    a = await RawPeer.connect(url(server, customer, doc="cold", token=tok))
+    a.doc.get("m", type=pycrdt.Map)["offline"] = 1
+    await a.sync()
+    kinds = [type(protocol.decode(f)) for f in a.frames]
+    previews = kinds.index(protocol.SyncStep1)
+    assert previews >= 3 and set(kinds[:previews]) == {protocol.SyncUpdate}  # the doc, as it was replayed
+    assert a.doc.get("log", type=pycrdt.Array).to_py() == [{"i": float(i)} for i in range(len(updates))]
+    # the answer left out what the updates carried (it holds the rows replayed after the last one)
+    assert len(a.frames[-1]) < len(protocol.step2_frame(a.doc.get_update())) / 2
+    await a.close()
+    # a peer joining the loaded room gets all of it (the first peer's edit included) in its step 2
+    b = await RawPeer.connect(url(server, customer, doc="cold", token=tok))
+    for _ in range(50):
+        await b.sync()
+        if b.doc.get("m", type=pycrdt.Map).to_py() == {"offline": 1.0}:
+            break
+        await asyncio.sleep(0.1)
+    assert [type(protocol.decode(f)) for f in b.frames][:1] == [protocol.SyncStep1]
+    assert b.doc.get("m", type=pycrdt.Map).to_py() == {"offline": 1.0}
+    assert len(b.doc.get("log", type=pycrdt.Array)) == len(updates)
+    await b.close()

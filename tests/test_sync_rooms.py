@@ -277,16 +277,7 @@ async def test_a_re_encoded_echo_of_deletions_is_neither_stored_nor_relayed(core
     assert (await sync_peers.stored_updates(database_url, customer, "notes"))[0] == 3
 
 
-async def _log_rows(database_url: str, customer_id: str, doc: str, updates: list[bytes]) -> None:
-    """Rows straight into the update log (as the schema owner), as if clients had sent them."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.executemany(
-            "INSERT INTO doc_updates (customer_id, doc, update) VALUES ($1, $2, $3)",
-            [(customer_id, doc, u) for u in updates],
-        )
-    finally:
-        await conn.close()
+_log_rows = sync_peers.log_rows
 
 
 async def test_a_long_log_loads_whole_and_becomes_the_snapshot_on_load(core, database_url):

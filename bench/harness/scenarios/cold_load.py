@@ -4,6 +4,9 @@ server keeps nothing on disk, so it has no cold load to compare."""
 
 from __future__ import annotations
 
+import time
+
+from .. import procstat
 from ..clients import JsClient, stop_all
 from ..servers import OURS
 from . import Metric, RunContext, Scenario, register
@@ -36,10 +39,13 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
     )
     try:
         joiner.wait("ready", 60)
+        rss0 = procstat.rss_bytes(server.pid)
         cpu0, db0 = server.cpu_seconds()
         joiner.say("go")
         done = joiner.wait("done", p["timeout"] + 60)
         cpu1, db1 = server.cpu_seconds()  # includes the compaction that follows the load, if it ran by then
+        time.sleep(2)  # the compaction due at load has run (LOAD_COMPACTION_DELAY), the peer has left
+        rss1 = procstat.rss_bytes(server.pid)
     finally:
         stop_all([joiner])
     if done["error_count"]:
@@ -49,6 +55,7 @@ def run(ctx: RunContext, server, rep: int) -> dict[str, float]:
         "updates_per_s": len(updates) / ((done["synced"][0] - done["t0"]) / 1000),
         "log_mib": sum(map(len, updates)) / 2**20,
         "server_cpu_ms": (cpu1 - cpu0) * 1000,
+        "room_rss_mib": (rss1 - rss0) / 2**20,
         **({"postgres_cpu_ms": (db1 - db0) * 1000} if db0 is not None and db1 is not None else {}),
     }
 
@@ -65,6 +72,7 @@ scenario = register(
             Metric("log_mib", "update log size", "MiB", ""),
             Metric("server_cpu_ms", "server CPU, connect to synced", "ms"),
             Metric("postgres_cpu_ms", "PostgreSQL CPU, connect to synced", "ms"),
+            Metric("room_rss_mib", "server RSS grown by the loaded room (2 s after synced)", "MiB"),
         ],
         params={
             "full": {"updates": 100_000, "reps": 3, "timeout": 120},
