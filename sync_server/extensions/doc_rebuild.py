@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 import pycrdt
 import structlog
@@ -24,7 +25,8 @@ log = structlog.get_logger("sync_server.extensions.doc_rebuild")
 # Log rows applied per transaction: one transaction per row spends half of a long log's replay on
 # commits, one transaction for all of them is quadratic in yrs (10k rows: 1.8 s and 2.4 GB).
 # Measured on 100k one-element pushes (bench/RESULTS.md, cold load): 1 row 0.28 s, 16 rows 0.15 s
-# through Doc.apply_update, 0.105 s through the engine's own call (`_engine_apply`).
+# through Doc.apply_update, 0.105 s through the engine's own calls (`_native_doc`); with those, 8 and
+# 32 rows cost as much as 16 (callgrind).
 ROWS_PER_TRANSACTION = 16
 
 
@@ -41,15 +43,16 @@ def rebuild(snapshot: bytes | None, updates: list[bytes]) -> pycrdt.Doc:
         skip.add(failed)
 
 
-def _engine_apply(doc: pycrdt.Doc, txn: pycrdt.Transaction):
-    """`apply(update)` into the open write transaction `txn` straight through pycrdt's native Doc:
-    what Doc.apply_update does inside a transaction, without its per-call Python (finding the
-    transaction again, the read-only and typed-model checks: a third of the replay). Falls back to
-    Doc.apply_update should a pycrdt release rename the two attributes."""
-    native, native_txn = getattr(doc, "_doc", None), getattr(txn, "_txn", None)
-    if native is None or native_txn is None or not hasattr(native, "apply_update"):
-        return doc.apply_update
-    return lambda update: native.apply_update(native_txn, update)
+def _native_doc(doc: pycrdt.Doc):
+    """pycrdt's native Doc under `doc`, whose transactions the replay opens and commits itself:
+    pycrdt's Transaction and Doc.apply_update run Python on every call (finding the transaction
+    again, read-only and typed-model checks, origins, locks). Through the native calls a row costs
+    10.1k instructions instead of 11.5k (callgrind, 20,000 rows). None should a pycrdt release
+    rename the attributes: then the public calls are used."""
+    native = getattr(doc, "_doc", None)
+    if native is None or not hasattr(native, "create_transaction") or not hasattr(native, "apply_update"):
+        return None
+    return native
 
 
 def _apply_rows(
@@ -58,14 +61,27 @@ def _apply_rows(
     """Apply every row from `begin` on not in `skip`, ROWS_PER_TRANSACTION at a time; the index of
     the first row the engine fails on (the doc is then spoilt: rebuild starts again without it),
     else None."""
+    native = _native_doc(doc)
     for start in range(begin, len(updates), ROWS_PER_TRANSACTION):
         i = start
+        end = min(start + ROWS_PER_TRANSACTION, len(updates))
+        rows = range(start, end) if not skip else [j for j in range(start, end) if j not in skip]
         try:
-            with doc.transaction() as txn:
-                apply = _engine_apply(doc, txn)
-                for i in range(start, min(start + ROWS_PER_TRANSACTION, len(updates))):
-                    if i not in skip:
+            if native is None:
+                with doc.transaction():
+                    for i in rows:
+                        doc.apply_update(updates[i])
+            else:
+                txn = native.create_transaction()
+                try:
+                    apply = partial(native.apply_update, txn)
+                    for i in rows:
                         apply(updates[i])
+                finally:  # committed whatever happened, as pycrdt's own transaction does
+                    try:
+                        txn.commit()
+                    finally:
+                        txn.drop()
         except LET_THROUGH:
             raise
         except BaseException as exc:
