@@ -42,6 +42,7 @@ class StoredDoc:
     updates: list[bytes]  # log rows after the snapshot, in seq order
     seqs: list[int] = field(default_factory=list)  # their seq, in the same order
     snapshot_count: int = 0  # the snapshot's update_count when read: changed by any compaction since
+    size: int = 0  # bytes of the log rows (summed by PostgreSQL: 8 ms of Python at 100k rows)
 
 
 # The log as two arrays: one row, not one Record per update (100k rows: 44 ms instead of 77). The
@@ -54,11 +55,12 @@ class StoredDoc:
 LOAD_PIECE_ROWS = 25_000
 FIRST_PIECE_ROWS = 2_000
 _PIECE = (
-    "SELECT array_agg(l.update) AS updates, array_agg(l.seq) AS seqs, max(l.seq) AS last, count(*) AS n FROM "
+    "SELECT array_agg(l.update) AS updates, array_agg(l.seq) AS seqs, max(l.seq) AS last, count(*) AS n, "
+    "coalesce(sum(octet_length(l.update)), 0) AS size FROM "
     "(SELECT update, seq FROM doc_updates WHERE customer_id = $1 AND doc = $2 AND seq > $3 ORDER BY seq LIMIT $4) l"
 )
 _FIRST_PIECE = (
-    "SELECT s.state, s.update_count, u.updates, u.seqs, u.last, u.n FROM (SELECT 1) one "
+    "SELECT s.state, s.update_count, u.updates, u.seqs, u.last, u.n, u.size FROM (SELECT 1) one "
     "LEFT JOIN doc_snapshots s ON s.customer_id = $1 AND s.doc = $2 "
     f"CROSS JOIN ({_PIECE}) u"
 )
@@ -74,21 +76,21 @@ async def load_pieces(
     before this one is handed on: PostgreSQL reads it while the caller replays this one. All are
     read in one REPEATABLE READ transaction: together exactly what one read at its start would
     return."""
-    size = rows or min(FIRST_PIECE_ROWS, LOAD_PIECE_ROWS)
+    limit = rows or min(FIRST_PIECE_ROWS, LOAD_PIECE_ROWS)
     async with db.tenant(customer_id, snapshot=True) as conn:
-        row = await conn.fetchrow(_FIRST_PIECE, customer_id, doc, 0, size)
-        piece = StoredDoc(row["state"], row["updates"] or [], row["seqs"] or [], row["update_count"] or 0)
+        row = await conn.fetchrow(_FIRST_PIECE, customer_id, doc, 0, limit)
+        piece = StoredDoc(row["state"], row["updates"] or [], row["seqs"] or [], row["update_count"] or 0, row["size"])
         following: asyncio.Future | None = None
         try:
             while True:
-                if row["n"] == size:
-                    size = rows or min(size * 2, LOAD_PIECE_ROWS)
-                    following = asyncio.ensure_future(conn.fetchrow(_PIECE, customer_id, doc, row["last"], size))
+                if row["n"] == limit:
+                    limit = rows or min(limit * 2, LOAD_PIECE_ROWS)
+                    following = asyncio.ensure_future(conn.fetchrow(_PIECE, customer_id, doc, row["last"], limit))
                 yield piece
                 if following is None:
                     return
                 row, following = await following, None
-                piece = StoredDoc(None, row["updates"] or [], row["seqs"] or [])
+                piece = StoredDoc(None, row["updates"] or [], row["seqs"] or [], size=row["size"])
         finally:
             if following is not None:  # the caller stopped early: the connection goes back idle
                 following.cancel()
@@ -108,8 +110,8 @@ async def warm(db: Database) -> None:
             await conn.fetchrow(_FIRST_PIECE, nobody, "", 0, 1)
             await conn.fetchrow(_PIECE, nobody, "", 0, 1)
 
-    size = db.pool_use()
-    await asyncio.gather(*(plan() for _ in range(size[0] if size else 1)))
+    pool = db.pool_use()
+    await asyncio.gather(*(plan() for _ in range(pool[0] if pool else 1)))
 
 
 async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDoc:
@@ -121,6 +123,7 @@ async def load(db: Database, customer_id: str | uuid.UUID, doc: str) -> StoredDo
         else:
             stored.updates += piece.updates
             stored.seqs += piece.seqs
+            stored.size += piece.size
     assert stored is not None
     return stored
 

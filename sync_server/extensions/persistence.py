@@ -106,7 +106,7 @@ class Persistence(RoomHooks):
                 snapshot, snapshot_count = piece.snapshot, piece.snapshot_count
                 replay = Replay(snapshot)
             seqs += piece.seqs
-            size += sum(len(u) for u in piece.updates)
+            size += piece.size
             if piece.updates:
                 await replay.absorb(piece.updates, room.loading)
         if seqs and replay is not None:
