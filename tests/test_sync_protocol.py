@@ -326,3 +326,38 @@ async def test_a_peer_that_never_reads_is_closed_1013_by_the_byte_bound(database
         assert any(e["event"] == "send_queue_full" and e.get("customer_id") == customer.id for e in logged)
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "token=wst1.abc_-.sig&ack=1",
+        "",
+        "ack",
+        "token=",
+        "=x",
+        "token=&token=b",
+        "a==b&&c=1",
+        "a=1&a=2&b",
+        "token=a%2Eb&ack=yes",
+        "token=a+b",
+        "ack=1;token=x",
+        "token=%zz",
+    ],
+)
+def test_the_sync_query_is_read_as_parse_qs_reads_it(query):
+    from urllib.parse import parse_qs
+
+    from sync_server.sync.endpoint import _parse_query
+
+    assert _parse_query(query) == parse_qs(query)
+
+
+def test_sync_paths_answer_the_same_when_remembered():
+    from sync_server.sync.endpoint import parse_path
+
+    long_doc = "d" * 300
+    for _ in range(2):
+        assert parse_path("/sync/acme/tracks/v1") == ("acme", "tracks/v1")
+        assert parse_path("/sync/acme/a/../b") is None and parse_path("/sync/Acme/x") is None
+        assert parse_path(f"/sync/acme/{long_doc}") is None and parse_path("/sync/acme") is None

@@ -127,6 +127,7 @@ class HookList:
         self._change: list[RoomHooks] = []
         self._awareness: list[RoomHooks] = []
         self._received: list[RoomHooks] = []
+        self._staged: dict[str, list[RoomHooks]] = {}
 
     def add(self, hooks: RoomHooks, *, priority: int = 0) -> None:
         """Add `hooks`; lower priorities run first, equal ones in the order added (persistence is
@@ -138,12 +139,17 @@ class HookList:
         self._change = [h for h in self._hooks if type(h).change is not RoomHooks.change]
         self._awareness = [h for h in self._hooks if type(h).awareness is not RoomHooks.awareness]
         self._received = [h for h in self._hooks if type(h).received is not RoomHooks.received]
+        # ... and on every join: the hooks a connection's authenticate / connect / disconnect reaches
+        self._staged = {
+            stage: [h for h in self._hooks if getattr(type(h), stage) is not getattr(RoomHooks, stage)]
+            for stage in ("authenticate", "connect", "disconnect")
+        }
 
     def __iter__(self):
         return iter(self._hooks)
 
     async def authenticate(self, request: ConnectRequest) -> None:
-        for h in self._hooks:
+        for h in self._staged["authenticate"]:
             await h.authenticate(request)  # Refused propagates: it is the answer
 
     async def load(self, room: Room) -> None:
@@ -179,7 +185,7 @@ class HookList:
             await h.store(room)
 
     async def _each(self, stage: str, room: Room, *args) -> None:
-        for h in self._hooks:
+        for h in self._staged.get(stage, self._hooks):
             try:
                 await getattr(h, stage)(room, *args)
             except Exception:
