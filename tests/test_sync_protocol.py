@@ -361,3 +361,13 @@ def test_sync_paths_answer_the_same_when_remembered():
         assert parse_path("/sync/acme/tracks/v1") == ("acme", "tracks/v1")
         assert parse_path("/sync/acme/a/../b") is None and parse_path("/sync/Acme/x") is None
         assert parse_path(f"/sync/acme/{long_doc}") is None and parse_path("/sync/acme") is None
+
+
+def test_an_authenticate_hook_sees_the_headers_by_lower_case_name():
+    from sync_server.sync.hooks import ConnectRequest
+
+    request = ConnectRequest(
+        "c1", "acme", "fleet", True, "token", [(b"X-Device", b"phone-7"), (b"user-agent", b"\xe9")]
+    )
+    assert request.headers == {"x-device": "phone-7", "user-agent": "é"} and request.headers is request.headers
+    assert ConnectRequest("c1", "acme", "fleet", True, "token").headers == {}

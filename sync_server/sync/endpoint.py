@@ -210,7 +210,7 @@ class SyncEndpoint:
                     doc,
                     access.can_write,
                     access.credential,
-                    {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])},
+                    scope.get("headers", []),
                 )
             )
         except Refused as exc:

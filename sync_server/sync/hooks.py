@@ -14,6 +14,7 @@ Hot path: `change` and `awareness` are awaited for every update a room receives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -75,7 +76,12 @@ class ConnectRequest:
     doc: str
     can_write: bool
     credential: str  # "token" or "api_key"
-    headers: dict[str, str] = field(default_factory=dict)
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # as in the ASGI scope
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """The request's headers by lower-case name (decoded when a hook first asks)."""
+        return {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.raw_headers}
 
 
 class RoomHooks:
