@@ -42,6 +42,42 @@ def test_sync_token_from_another_secret_or_expired_is_refused():
         sync_tokens.verify(SECRET, token, now=time.time() + 6)
 
 
+def test_verified_tokens_answer_as_verify_does_and_stay_bounded():
+    tokens = sync_tokens.VerifiedTokens(SECRET, limit=3, longest=600)
+    token, exp = sync_tokens.mint(SECRET, customer_id="c1", customer_slug="acme", docs=["fleet"], ttl_seconds=5)
+    assert tokens.verify(token) == sync_tokens.verify(SECRET, token) and len(tokens) == 1
+    assert tokens.verify(token).expires_at == exp and len(tokens) == 1  # the second use is the kept answer
+    # a kept token expires as it would unkept, and is dropped
+    with pytest.raises(sync_tokens.TokenError, match="expired"):
+        tokens.verify(token, now=exp + 1)
+    assert len(tokens) == 0
+    # what does not verify is never kept: a forged signature next to a kept token, another secret
+    tokens.verify(token)
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    with pytest.raises(sync_tokens.TokenError, match="signature"):
+        tokens.verify(forged)
+    foreign, _ = sync_tokens.mint("t" * 40, customer_id="c1", customer_slug="acme", docs=["*"])
+    with pytest.raises(sync_tokens.TokenError, match="signature"):
+        tokens.verify(foreign)
+    assert len(tokens) == 1
+    # bounded in count (the oldest out first) and in length (a long token is verified every time)
+    minted = [sync_tokens.mint(SECRET, customer_id=f"c{i}", customer_slug="acme", docs=["*"])[0] for i in range(5)]
+    for t in minted:
+        tokens.verify(t)
+    assert len(tokens) == 3
+    long_token, _ = sync_tokens.mint(SECRET, customer_id="c9", customer_slug="acme", docs=["x" * 256, "y" * 256])
+    assert len(long_token) > 600 and tokens.verify(long_token).customer_id == "c9" and len(tokens) == 3
+
+
+def test_grant_globs_answer_the_same_when_remembered():
+    grant = sync_tokens.verify(
+        SECRET, sync_tokens.mint(SECRET, customer_id="c1", customer_slug="acme", docs=["tracks/*", "fleet"])[0]
+    )
+    for _ in range(2):
+        assert grant.allows("tracks/v1") and grant.allows("fleet") and not grant.allows("fleet/x")
+        assert not grant.allows("tracks") and grant.allows("tracks/a/b")
+
+
 @pytest.mark.parametrize(
     "docs, mode, ttl",
     [([], "rw", 60), (["x"], "w", 60), (["x"], "rw", 0), (["x"], "rw", sync_tokens.MAX_TTL_SECONDS + 1)],
@@ -172,3 +208,37 @@ def test_key_cache_drops_answers_read_before_an_invalidation_and_honours_ttl(mon
     disabled = api_keys.KeyCache(ttl=0)
     disabled.put(b"h", principal, None, disabled.generation)
     assert disabled.get(b"h") is None
+
+
+async def test_expiries_close_every_connection_of_their_second_and_no_other():
+    """Many connections of one token share its expiry second (one timer for all of them); a
+    connection of an earlier second, joining later, still closes first; a later one stays open."""
+    import asyncio
+    import math
+
+    from sync_server.sync.connection import Connection
+    from sync_server.sync.credentials import Credentials, Session
+    from sync_server.sync.hooks import Access
+
+    async def send(frame):
+        pass
+
+    credentials = Credentials(None, None)
+    now = time.time()
+    shared = math.ceil(now) + 2  # a whole second (token expiries are), at least a second away
+    closed_at: dict[str, float] = {}
+
+    def watch(name: str, expires_at: float) -> Connection:
+        conn = Connection(send, customer_id="c1", doc=name, can_write=True, queue_limit=10)
+        conn.on_abort = lambda: closed_at.setdefault(name, time.time())
+        credentials.watch(conn, Session("acme", "t", None, Access("c1", True, "token", expires_at=expires_at), False))
+        return conn
+
+    same = [watch(f"same{i}", shared - 0.5) for i in range(5)]
+    earlier = watch("earlier", shared - 1.5)
+    later = watch("later", shared + 60)
+    await asyncio.sleep(shared - time.time() + 0.3)
+    assert all(c.close_code == 4401 for c in [*same, earlier]) and later.close_code is None
+    assert closed_at["earlier"] < min(closed_at[c.doc] for c in same) and "later" not in closed_at
+    assert all(shared - 1 <= closed_at[c.doc] <= shared + 0.3 for c in same)
+    credentials.forget(later)

@@ -361,3 +361,48 @@ async def test_a_peer_waiting_for_a_cold_load_applies_the_doc_while_it_loads(ser
     assert b.doc.get("m", type=pycrdt.Map).to_py() == {"offline": 1.0}
     assert len(b.doc.get("log", type=pycrdt.Array)) == len(updates)
     await b.close()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "token=wst1.abc_-.sig&ack=1",
+        "",
+        "ack",
+        "token=",
+        "=x",
+        "token=&token=b",
+        "a==b&&c=1",
+        "a=1&a=2&b",
+        "token=a%2Eb&ack=yes",
+        "token=a+b",
+        "ack=1;token=x",
+        "token=%zz",
+    ],
+)
+def test_the_sync_query_is_read_as_parse_qs_reads_it(query):
+    from urllib.parse import parse_qs
+
+    from sync_server.sync.endpoint import _parse_query
+
+    assert _parse_query(query) == parse_qs(query)
+
+
+def test_sync_paths_answer_the_same_when_remembered():
+    from sync_server.sync.endpoint import parse_path
+
+    long_doc = "d" * 300
+    for _ in range(2):
+        assert parse_path("/sync/acme/tracks/v1") == ("acme", "tracks/v1")
+        assert parse_path("/sync/acme/a/../b") is None and parse_path("/sync/Acme/x") is None
+        assert parse_path(f"/sync/acme/{long_doc}") is None and parse_path("/sync/acme") is None
+
+
+def test_an_authenticate_hook_sees_the_headers_by_lower_case_name():
+    from sync_server.sync.hooks import ConnectRequest
+
+    request = ConnectRequest(
+        "c1", "acme", "fleet", True, "token", [(b"X-Device", b"phone-7"), (b"user-agent", b"\xe9")]
+    )
+    assert request.headers == {"x-device": "phone-7", "user-agent": "é"} and request.headers is request.headers
+    assert ConnectRequest("c1", "acme", "fleet", True, "token").headers == {}

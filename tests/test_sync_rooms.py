@@ -343,3 +343,33 @@ async def test_a_log_read_in_pieces_is_one_consistent_read(core, database_url, m
         await asyncio.sleep(0.02)
     stored = await sync_peers.stored_doc(database_url, customer, "fleet")
     assert len(stored.get("log", type=pycrdt.Array)) == 60
+
+
+async def test_a_joiner_s_sync_step_1_is_the_doc_s_state_when_it_joins(core, database_url):
+    """Sync step 1 is encoded once per doc version and shared by the joiners of that version: one
+    who joins after an update gets the state vector with that update."""
+    rooms, _, _ = core
+    customer = await sync_peers.create_customer(database_url)
+    room = await rooms.get(customer.id, "fleet")
+    sent: list[list[bytes]] = []
+
+    def joiner() -> Connection:
+        frames: list[bytes] = []
+        sent.append(frames)
+
+        async def send(frame):
+            frames.append(frame)
+
+        conn = Connection(send, customer_id=customer.id, doc="fleet", can_write=True, queue_limit=10)
+        conn.start()
+        rooms.join(room, conn)
+        return conn
+
+    first, same = joiner(), joiner()
+    await room.apply(_update("a", 1))
+    after = joiner()
+    await asyncio.sleep(0.01)  # the senders took the join's frames
+    assert sent[0][0] == sent[1][0] == protocol.step1_frame(pycrdt.Doc().get_state())
+    assert sent[2][0] == protocol.step1_frame(room.ydoc.get_state()) != sent[0][0]
+    for conn in (first, same, after):
+        await conn.stop()

@@ -285,6 +285,8 @@ class Fanout(RoomHooks):
                 room.ydoc.apply_update(update)  # no peer has joined yet: nothing to relay
             except Exception as exc:
                 log.warning("fanout_bad_update", room=room.name, error=repr(exc))
+        if updates:
+            room.version += 1  # the doc changed (what the room encoded of it before is stale)
         if self._rooms.get(key) is room:
             self._positions[key] = f"{last[0]}-{last[1]}"
             self._history_to[key] = last

@@ -96,12 +96,14 @@ class Credentials:
         if expires_at is not None:
             second = math.ceil(expires_at)
             due = self._due.get(second)
+            earliest = False
             if due is None:
                 due = self._due[second] = set()
                 heapq.heappush(self._seconds, second)
+                earliest = self._seconds[0] == second
             due.add(conn)
             session.expiry = second
-            if self._ticker is None or self._seconds[0] == second:
+            if self._ticker is None or earliest:  # a second already due has its timer (or a sooner one)
                 self._arm()
 
     def _arm(self) -> None:

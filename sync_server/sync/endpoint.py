@@ -65,6 +65,23 @@ class Authenticator(Protocol):
 
 def parse_path(path: str) -> tuple[str, str] | None:
     """(customer slug, doc) of a sync path, or None when it is not a valid one."""
+    known = _PATHS.get(path)
+    if known is not None:
+        return known
+    parsed = _parse_path(path)
+    if parsed is not None and len(path) <= _PATH_KEPT:
+        if len(_PATHS) >= _PATHS_KEPT:
+            del _PATHS[next(iter(_PATHS))]
+        _PATHS[path] = parsed
+    return parsed
+
+
+# Valid paths parsed lately (a phone reconnects to the documents it had): short ones, the oldest out first.
+_PATHS: dict[str, tuple[str, str]] = {}
+_PATHS_KEPT, _PATH_KEPT = 4096, len(PREFIX) + 64 + MAX_DOC_LENGTH
+
+
+def _parse_path(path: str) -> tuple[str, str] | None:
     rest = path[len(PREFIX) :]
     slug, sep, doc = rest.partition("/")
     if not sep or not SLUG.match(slug) or not doc or len(doc) > MAX_DOC_LENGTH or not DOC_NAME.match(doc):
@@ -118,7 +135,7 @@ class SyncEndpoint:
         if parsed is None:
             return False
         upgrade, rest = parsed
-        peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
         scope = {
             "type": "websocket",
             "asgi": {"version": "3.0"},
@@ -130,7 +147,7 @@ class SyncEndpoint:
             "root_path": "",
             "headers": upgrade.headers,
             "client": tuple(peer[:2]) if peer else None,
-            "server": tuple(local[:2]) if local else None,
+            "server": None,  # not read on this path (a system call per join saved)
             "subprotocols": upgrade.subprotocols,
             "extensions": {},
         }
@@ -193,7 +210,7 @@ class SyncEndpoint:
                     doc,
                     access.can_write,
                     access.credential,
-                    {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])},
+                    scope.get("headers", []),
                 )
             )
         except Refused as exc:
@@ -408,11 +425,24 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
+def _parse_query(raw: str) -> dict[str, list[str]]:
+    """`parse_qs(raw)`; a query with nothing to decode (a token is base64url: no `%`, no `+`) is
+    split here, with parse_qs's rules (parts without `=` and empty values are left out)."""
+    if "%" in raw or "+" in raw:
+        return parse_qs(raw)
+    query: dict[str, list[str]] = {}
+    for part in raw.split("&"):
+        name, _, value = part.partition("=")
+        if value:
+            query.setdefault(name, []).append(value)
+    return query
+
+
 def _credential_and_opt_ins(scope, is_token) -> tuple[str | None, str | None, bool]:
     """The sync token from `?token=` or a Sec-WebSocket-Protocol entry (then echoed as the chosen
     subprotocol, which browsers require), and whether `?ack=1` asked for durable acknowledgements:
     the query string parsed once."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    query = _parse_query(scope.get("query_string", b"").decode("latin1"))
     acks = _opted_in(query, "ack")
     values = query.get("token")
     if values and values[0]:

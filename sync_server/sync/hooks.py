@@ -14,6 +14,7 @@ Hot path: `change` and `awareness` are awaited for every update a room receives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -75,7 +76,12 @@ class ConnectRequest:
     doc: str
     can_write: bool
     credential: str  # "token" or "api_key"
-    headers: dict[str, str] = field(default_factory=dict)
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # as in the ASGI scope
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """The request's headers by lower-case name (decoded when a hook first asks)."""
+        return {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.raw_headers}
 
 
 class RoomHooks:
@@ -127,6 +133,7 @@ class HookList:
         self._change: list[RoomHooks] = []
         self._awareness: list[RoomHooks] = []
         self._received: list[RoomHooks] = []
+        self._staged: dict[str, list[RoomHooks]] = {}
 
     def add(self, hooks: RoomHooks, *, priority: int = 0) -> None:
         """Add `hooks`; lower priorities run first, equal ones in the order added (persistence is
@@ -138,12 +145,17 @@ class HookList:
         self._change = [h for h in self._hooks if type(h).change is not RoomHooks.change]
         self._awareness = [h for h in self._hooks if type(h).awareness is not RoomHooks.awareness]
         self._received = [h for h in self._hooks if type(h).received is not RoomHooks.received]
+        # ... and on every join: the hooks a connection's authenticate / connect / disconnect reaches
+        self._staged = {
+            stage: [h for h in self._hooks if getattr(type(h), stage) is not getattr(RoomHooks, stage)]
+            for stage in ("authenticate", "connect", "disconnect")
+        }
 
     def __iter__(self):
         return iter(self._hooks)
 
     async def authenticate(self, request: ConnectRequest) -> None:
-        for h in self._hooks:
+        for h in self._staged["authenticate"]:
             await h.authenticate(request)  # Refused propagates: it is the answer
 
     async def load(self, room: Room) -> None:
@@ -179,7 +191,7 @@ class HookList:
             await h.store(room)
 
     async def _each(self, stage: str, room: Room, *args) -> None:
-        for h in self._hooks:
+        for h in self._staged.get(stage, self._hooks):
             try:
                 await getattr(h, stage)(room, *args)
             except Exception:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import pycrdt
 import structlog
 
-from sync_server.sync import protocol, yjs_update
+from sync_server.sync import doc_reads, protocol, yjs_update
 from sync_server.sync.connection import (
     FORBIDDEN,
     GOING_AWAY,
@@ -102,6 +102,7 @@ class Room:
         self.connections: set[Connection] = set()
         self.hooks = hooks
         self.version = 0  # bumped by every applied update (eviction checks nothing arrived)
+        self._step1: tuple[int, bytes] = (-1, b"")  # (version, sync step 1 of the doc at that version)
         self._states: dict[type, Any] = {}  # each extension's own state of this room, by its type
         # awareness: client id -> (clock, JSON state or None once removed); clocks kept after removal
         self._awareness: dict[int, tuple[int, str | None]] = {}
@@ -151,7 +152,11 @@ class Room:
             self._evict_task = None
         conn.room = self
         self.connections.add(conn)
-        conn.enqueue(protocol.step1_frame(self.ydoc.get_state()))
+        version, step1 = self._step1
+        if version != self.version:  # encoded once per version: a join storm shares it
+            step1 = protocol.step1_frame(doc_reads.state(self.ydoc))
+            self._step1 = (self.version, step1)
+        conn.enqueue(step1)
         present = [(c, clock, s) for c, (clock, s) in self._awareness.items() if s is not None]
         if present:
             conn.enqueue(protocol.awareness_frame(present))
@@ -248,7 +253,7 @@ class Room:
                 if previewed[0] is self:
                     state_vector = yjs_update.covering(state_vector, previewed[1])
             try:
-                diff = self.ydoc.get_update(state_vector)
+                diff = doc_reads.update_since(self.ydoc, state_vector)
             except ValueError:
                 raise protocol.Malformed("invalid state vector") from None
             except LET_THROUGH:
@@ -336,7 +341,7 @@ class Room:
             start, _ = protocol.read_var_uint(update, pos)
             have = clocks.get(client, 0)
             if start > have:  # the map may be behind the doc (it holds lower bounds): read it again
-                clocks = self._clocks = yjs_update.state(self.ydoc.get_state())
+                clocks = self._clocks = yjs_update.state(doc_reads.state(self.ydoc))
                 have = clocks.get(client, 0)
                 if start > have:
                     return _HOLD, None
@@ -344,7 +349,7 @@ class Room:
                 return _APPLY, (client, start + 1)  # at least one clock further; exact for one item
         summary = yjs_update.summarize(update, walk_all=len(update) <= WALK_BYTES)
         if any(end is None or end > clocks.get(client, 0) for client, _, end in summary.sections):
-            clocks = self._clocks = yjs_update.state(self.ydoc.get_state())  # lower bounds: make exact
+            clocks = self._clocks = yjs_update.state(doc_reads.state(self.ydoc))  # lower bounds: make exact
         if any(start > clocks.get(client, 0) for client, start, _ in summary.sections):
             return _HOLD, None
         if all(end is not None and end <= clocks.get(client, 0) for client, _, end in summary.sections) and (
@@ -419,7 +424,7 @@ class Room:
     def _clock_map(self) -> dict[int, int]:
         """client -> a clock the doc has reached (exact when read, a lower bound after updates)."""
         if self._clocks is None:
-            self._clocks = yjs_update.state(self.ydoc.get_state())
+            self._clocks = yjs_update.state(doc_reads.state(self.ydoc))
         return self._clocks
 
     def _remember(self, update: bytes) -> None:

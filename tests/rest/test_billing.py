@@ -204,3 +204,29 @@ async def test_a_plan_change_reaches_the_one_plan_limit_cache(api):
     assert (await r.get_json())["limit"] == starter.gps_points_per_day
     limiter = next(h for h in rt.rooms.hooks if type(h).__name__ == "ConnectionLimit")
     assert await limiter.limit_of(c.id) == starter.connections
+
+
+async def test_a_fleet_joining_when_the_cached_limits_expire_reads_them_once(api, monkeypatch):
+    """The plan-limit cache asks the database once for every caller waiting on one customer; a
+    plan change during that read is not overwritten by the answer read before it."""
+    rt = api.runtime
+    c = await api.customer(plan_id="hobby")
+    reads = []
+    real = plans.current_limits
+
+    async def counted(db, customer_id):
+        reads.append(customer_id)
+        return await real(db, customer_id)
+
+    monkeypatch.setattr(plans, "current_limits", counted)
+    rt.plan_limits.forget(c.id)
+    answers = await asyncio.gather(*(rt.plan_limits.limits(c.id) for _ in range(50)))
+    assert len(reads) == 1 and {a.plan_id for a in answers} == {"hobby"} and rt.plan_limits.cached_customers == 1
+
+    rt.plan_limits.forget(c.id)
+    asking = asyncio.ensure_future(rt.plan_limits.limits(c.id))
+    await asyncio.sleep(0)  # the read has begun
+    rt.plan_limits.forget(c.id)  # a plan change while it runs
+    assert (await asking).plan_id == "hobby" and rt.plan_limits.cached_customers == 0
+    await rt.plan_limits.limits(c.id)
+    assert len(reads) == 3  # the read begun before the change was not shared with a later asker

@@ -26,6 +26,7 @@ class SyncAccess:
         a token's join then reads the database only when the cache has no acceptance for it."""
         self.registry = registry
         self.secret_key = secret_key
+        self.tokens = sync_tokens.VerifiedTokens(secret_key)
         self.api_key_cache = api_key_cache
         self.admissions = admissions or AdmissionCache(0)
         # slug -> the one read of it in flight: a fleet reconnecting at once (a node restart) asks
@@ -39,7 +40,7 @@ class SyncAccess:
         registry = self.registry
         if token:
             try:
-                grant = sync_tokens.verify(self.secret_key, token)
+                grant = self.tokens.verify(token)
             except sync_tokens.TokenError as exc:
                 raise Refused(UNAUTHORIZED, exc.reason) from None
             if grant.customer_slug != slug:

@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 VERSION = "wst1"
 MAX_TTL_SECONDS = 24 * 3600
@@ -49,7 +50,14 @@ class SyncGrant:
 
     def allows(self, doc: str) -> bool:
         """Whether this grant covers `doc`; `*` in a pattern matches any characters, `/` included."""
-        return any(fnmatchcase(doc, pattern) for pattern in self.docs)
+        return _covers(self.docs, doc)
+
+
+@lru_cache(maxsize=4096)
+def _covers(patterns: tuple[str, ...], doc: str) -> bool:
+    """Whether one of `patterns` matches `doc` (remembered: a fleet's phones join the same few
+    documents with the same patterns, one answer each)."""
+    return any(fnmatchcase(doc, pattern) for pattern in patterns)
 
 
 def _b64(raw: bytes) -> str:
@@ -130,6 +138,40 @@ def verify(secret: str, token: str, now: float | None = None) -> SyncGrant:
     if grant.expires_at <= (now if now is not None else time.time()):
         raise TokenError("token expired")
     return grant
+
+
+class VerifiedTokens:
+    """The tokens this node verified lately, by their whole text (signature included): a phone that
+    reconnects with the token it has (every drop of a flaky network, a fleet after a node restart) is
+    not verified again. Only tokens that verified are kept, and their expiry is checked on every
+    use, so an answer is the one `verify` gives (tokens are stateless: there is nothing to revoke;
+    a session's sign-out and a customer's suspension are checked by the caller each time).
+    Bounded: `limit` tokens of at most `longest` characters, the oldest out first."""
+
+    __slots__ = ("secret", "limit", "longest", "_grants")
+
+    def __init__(self, secret: str, limit: int = 4096, longest: int = 2048) -> None:
+        self.secret = secret
+        self.limit = limit
+        self.longest = longest
+        self._grants: dict[str, SyncGrant] = {}
+
+    def verify(self, token: str, now: float | None = None) -> SyncGrant:
+        grants = self._grants
+        grant = grants.get(token)
+        if grant is None:
+            grant = verify(self.secret, token, now)
+            if len(token) <= self.longest and self.limit > 0:
+                if len(grants) >= self.limit:
+                    del grants[next(iter(grants))]
+                grants[token] = grant
+        elif grant.expires_at <= (now if now is not None else time.time()):
+            del grants[token]
+            raise TokenError("token expired")
+        return grant
+
+    def __len__(self) -> int:
+        return len(self._grants)
 
 
 def looks_like_token(value: str) -> bool:

@@ -16,6 +16,7 @@ so a change made on another node is seen within LIMITS_TTL):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -195,17 +196,34 @@ class PlanLimits:
         self.registry = registry
         self.ttl = ttl
         self._cached: dict[str, tuple[float, Limits]] = {}  # customer id -> (expires, limits)
+        # customer id -> the one read in flight: when the cached copy expires under a fleet joining
+        # at once, the database is asked once, not once per phone
+        self._reading: dict[str, asyncio.Future] = {}
 
     async def limits(self, customer_id) -> Limits:
         """The customer's current limits, cached for `ttl` seconds."""
         key = str(customer_id)
-        now = time.monotonic()
         cached = self._cached.get(key)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self._read(key))
+            reading.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(reading)  # an asker that goes away does not cancel the others' read
+
+    async def _read(self, key: str) -> Limits:
+        now = time.monotonic()
         limits = await current_limits(self.registry.shared, key)
-        self._cached[key] = (now + self.ttl, limits)
+        if self._reading.get(key) is asyncio.current_task():  # not forgotten while it was read
+            self._cached[key] = (now + self.ttl, limits)
         return limits
+
+    def _read_done(self, key: str, done: asyncio.Future) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every asker still there gets it from its own await
 
     async def fresh(self, customer_id) -> Limits:
         """The customer's limits read now (what GET /api/v1/usage shows), and the cache refreshed."""
@@ -231,7 +249,9 @@ class PlanLimits:
         }
 
     def forget(self, customer_id) -> None:
+        """Drop the cached copy; a read in flight (begun before the change) is not shared any more."""
         self._cached.pop(str(customer_id), None)
+        self._reading.pop(str(customer_id), None)
 
     async def on_plan_changed(self, customer_id, **_ignored) -> None:
         """Listener of the "plan_changed" event (Runtime subscribes it)."""
