@@ -508,12 +508,28 @@ def _front_door_active() -> bool:
 _HTTP1_NAMES = {
     # what sync_server.node.http1.Protocol overrides or reads of uvicorn's HttpToolsProtocol
     "data_received": {"parser", "feed_data", "HttpParserUpgrade", "handle_websocket_upgrade"},
-    "on_headers_complete": {"cycle", "RequestResponseCycle", "_should_upgrade", "pipeline", "_start_asgi_task"},
+    # http1.Protocol.on_headers_complete re-does this one (with its Cycle): the guard compares the shape
+    "on_headers_complete": {"cycle", "RequestResponseCycle", "parse_url", "pipeline", "_start_asgi_task"},
     "on_response_complete": {"pipeline", "timeout_keep_alive", "timeout_keep_alive_task", "flow"},
     "on_message_begin": {"headers", "scope", "url", "expect_100_continue"},
     "on_body": {"cycle", "_should_upgrade"},
     "shutdown": {"cycle", "response_complete", "keep_alive", "transport"},
     "_unset_keepalive_if_required": {"timeout_keep_alive_task"},
+}
+
+
+_CYCLE_ARGUMENTS = {
+    "scope",
+    "transport",
+    "flow",
+    "logger",
+    "access_logger",
+    "access_log",
+    "default_headers",
+    "message_event",
+    "expect_100_continue",
+    "keep_alive",
+    "on_response",
 }
 
 
@@ -531,8 +547,15 @@ def _http1_guard() -> str | None:
         if not names <= _names(getattr(protocol, method, None)):
             return f"HttpToolsProtocol.{method} no longer uses {', '.join(sorted(names - _names(getattr(protocol, method, None))))}"
     cycle = getattr(httptools_impl, "RequestResponseCycle", None)
-    if not {"more_body", "response_complete", "on_response"} <= _names(getattr(cycle, "__init__", None)):
-        return "RequestResponseCycle no longer keeps more_body / response_complete / on_response"
+    if not {"more_body", "response_complete", "on_response", "transport"} <= _names(getattr(cycle, "__init__", None)):
+        return "RequestResponseCycle no longer keeps more_body / response_complete / on_response / transport"
+    # sync_server.node.http1 builds its Cycle with these arguments and writes through `transport`
+    init = getattr(cycle, "__init__", None)
+    arguments = set(init.__code__.co_varnames[1 : init.__code__.co_argcount]) if init is not None else set()
+    if arguments != _CYCLE_ARGUMENTS:
+        return f"RequestResponseCycle takes {sorted(arguments)}, not {sorted(_CYCLE_ARGUMENTS)}"
+    if not {"transport", "write", "close", "response_started"} <= _names(getattr(cycle, "send", None)):
+        return "RequestResponseCycle.send no longer writes through self.transport"
     if not {"connections", "tasks", "default_headers"} <= _names(ServerState.__init__):
         return "uvicorn.server.ServerState no longer holds connections / tasks / default_headers"
     return None
