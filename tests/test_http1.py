@@ -27,7 +27,9 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def _talk(port: int, pieces: list[bytes], *, pause: float = 0.05, timeout: float = 15.0) -> tuple[bytes, float]:
+def _talk(
+    port: int, pieces: list[bytes], *, pause: float = 0.05, timeout: float = 15.0, eof: bool = False
+) -> tuple[bytes, float]:
     """Send `pieces` (a pause between them), then read until the server closes: (bytes, seconds
     from the last piece sent to the close; `timeout` if it never closed)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -39,6 +41,8 @@ def _talk(port: int, pieces: list[bytes], *, pause: float = 0.05, timeout: float
             except OSError:
                 break
             time.sleep(pause)
+        if eof:
+            sock.shutdown(socket.SHUT_WR)
         sent = time.monotonic()
         sock.settimeout(timeout)
         try:
@@ -173,6 +177,11 @@ async def test_hostile_heads_get_hypercorns_status_first_and_on_a_kept_alive_con
     data, _ = await asyncio.to_thread(_talk, server.port, [HEALTH, HOSTILE["a 100 KiB header"][0]], pause=0.3)
     refusal = data[data.index(b"HTTP/1.1 431") :]
     assert refusal.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n") and b"connection: close" in refusal
+    # the client stops sending mid-head (half-closes): the same answer as Hypercorn's, on both sides
+    for pieces in ([b"GET /healthz HTTP/1.1\r\nHo"], [HEALTH, b"GET /healthz HTTP/1.1\r\nHo"]):
+        ours, _ = await asyncio.to_thread(_talk, server.port, pieces, pause=0.3, eof=True)
+        hypercorns, _ = await asyncio.to_thread(_talk, hypercorn_server.port, pieces, pause=0.3, eof=True)
+        assert _statuses(ours) == _statuses(hypercorns), (pieces, ours, hypercorns)
     # a head trickling past the limit in pieces: 431 too, before it is complete
     pieces = [HEALTH, b"GET /healthz HTTP/1.1\r\nHost: a\r\n"] + [b"X-Slow: " + b"x" * 4000 + b"\r\n"] * 6
     for srv in (server, hypercorn_server):

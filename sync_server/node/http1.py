@@ -96,6 +96,15 @@ class _State(ServerState):
         pass  # ServerState.__init__ assigns []; the headers are made above
 
 
+def refusal(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """What Hypercorn writes for input h11 cannot take: the status, an empty body, connection: close."""
+    content = [STATUS_LINE[status], b"content-length: 0\r\nconnection: close\r\n"]
+    for name, value in headers:
+        content += [name, b": ", value, b"\r\n"]
+    content.append(b"\r\n")
+    return b"".join(content)
+
+
 class HeadTooLarge(Exception):
     """A request head past h11_max_incomplete_size (answered 431)."""
 
@@ -195,8 +204,10 @@ class Sorting(asyncio.Protocol):
             self.hand_on(self.transport, head)
 
     def eof_received(self) -> bool:
+        """The client stopped sending mid-head: 400, as Hypercorn (h11) answers that."""
         self._done()
-        return False
+        self.transport.write(refusal(400, self.http1.state.default_headers))
+        return False  # then closed
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done()
@@ -227,6 +238,10 @@ class Protocol(HttpToolsProtocol):
         self.writer = Writer(transport)
         # the first head must be complete within keep_alive_timeout, as under Hypercorn's idle timer
         self.timeout_keep_alive_task = self.loop.call_later(self.limits.keep_alive_timeout, self._idle_too_long)
+
+    def eof_received(self) -> None:
+        if self.heading:  # the client stopped sending mid-head: 400, as h11 answers that
+            self._refuse(400)
 
     def data_received(self, data: bytes) -> None:
         # the keep-alive timer is NOT reset here (uvicorn's is): only a complete head stops it
@@ -345,11 +360,7 @@ class Protocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.transport.is_closing():
             return
-        content = [STATUS_LINE[status], b"content-length: 0\r\nconnection: close\r\n"]
-        for name, value in self.server_state.default_headers:
-            content += [name, b": ", value, b"\r\n"]
-        content.append(b"\r\n")
-        self.transport.write(b"".join(content))
+        self.transport.write(refusal(status, self.server_state.default_headers))
         self.transport.close()
 
     def _idle_too_long(self) -> None:
