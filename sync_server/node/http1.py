@@ -106,7 +106,7 @@ def refusal(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
 
 
 class HeadTooLarge(Exception):
-    """A request head past h11_max_incomplete_size (answered 431)."""
+    """A request head longer than Hypercorn's read (answered 431)."""
 
 
 class MissingHost(Exception):
@@ -195,10 +195,11 @@ class Sorting(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        start = max(0, len(self.buffer) - 3)  # only the new bytes can complete the head
         self.buffer += data
-        head = bytes(self.buffer)
-        if head.find(b"\r\n\r\n") < 0 and len(head) <= self.http1.limits.max_head:
+        if self.buffer.find(b"\r\n\r\n", start) < 0 and len(self.buffer) <= self.http1.limits.max_head:
             return
+        head = bytes(self.buffer)
         self._done()
         if not self.http1.takes(self.transport, head, self.hand_on):
             self.hand_on(self.transport, head)
