@@ -370,6 +370,13 @@ class Settings:
         "who serves /sync/ websockets: lean (the socket is handed to sync.transport after the "
         "upgrade; measured less memory and CPU per connection) or hypercorn (its own stream)",
     )
+    http_transport: str = _setting(
+        "HTTP_TRANSPORT",
+        "httptools",
+        _choice("HTTP_TRANSPORT", "httptools", "hypercorn"),
+        "who serves plain HTTP/1.1 requests (REST, the web app): httptools (uvicorn's protocol from "
+        "the front door, with Hypercorn's limits; measured less CPU per request) or hypercorn (h11)",
+    )
     sync_send_queue_limit: int = _setting(
         "SYNC_SEND_QUEUE_LIMIT",
         16384,

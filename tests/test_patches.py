@@ -1,4 +1,4 @@
-"""sync_server.node.patches (and wire.raw_writer): on the pinned Hypercorn / wsproto / h11 every guard
+"""sync_server.node.patches (and wire.raw_writer): on the pinned Hypercorn / wsproto / h11 / uvicorn every guard
 passes and every patch is active. An upgrade that changes the patched internals fails here, instead of
 switching a patch off in silence; a guard that fails logs a WARNING and leaves the library alone."""
 
@@ -26,6 +26,7 @@ def test_every_guard_passes_and_every_patch_is_active_on_the_pinned_versions():
         "websocket_intake",
         "websocket_takeover",
         "front_door",
+        "http1_httptools",
     }
     for patch in patches.PATCHES:
         assert patch.guard() is None, (patch.name, patch.guard())

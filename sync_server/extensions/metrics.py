@@ -135,6 +135,9 @@ class Metrics:
             buckets=REST_BUCKETS,
             registry=reg,
         )
+        # (route template, method, status) -> its child: labels() validates and locks on every call;
+        # the keys are bounded (route templates x methods x statuses), as the labels are
+        self._rest_children: dict[tuple[str, str, int], Any] = {}
         self.pipeline_lag = Histogram(
             "webhost_gps_pipeline_lag_seconds",
             "GPS fix received by this node -> its row committed (doc: age of the oldest update not yet "
@@ -169,7 +172,10 @@ class Metrics:
         self.commit_rows.observe(rows)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.rest_seconds.labels(route, method, str(status)).observe(seconds)
+        child = self._rest_children.get((route, method, status))
+        if child is None:
+            child = self._rest_children[(route, method, status)] = self.rest_seconds.labels(route, method, str(status))
+        child.observe(seconds)
 
     def count_rejected(self, rejected: dict[str, int]) -> None:
         """GPS points rejected by reason (the pipeline's, and the tracker posts' before it)."""

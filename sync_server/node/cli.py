@@ -136,7 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # hypercorn.asyncio.serve, given the sockets bound above (serve itself binds only after
         # the app's start-up ran).
         app_wrapper = wrap_app(app, config.wsgi_max_body_size, None)
-        patches.front_door_serves(app_wrapper, config)
+        patches.front_door_serves(app_wrapper, config, http1=settings.http_transport == "httptools")
         await worker_serve(app_wrapper, config, sockets=sockets, shutdown_trigger=stop.wait)
 
     if settings.event_loop == "uvloop":

@@ -9,9 +9,12 @@ that first read is a `FrontDoor` protocol's `data_received`:
 
 - a websocket upgrade to /sync/ becomes the sync endpoint's (`SyncEndpoint.take_over`: the socket's
   protocol is replaced by a sync.transport WebsocketProtocol), nothing else is built;
-- anything else (REST, the app, an odd or partial head) is handed on exactly as `start_server`
-  would have: a StreamReaderProtocol is made the transport's protocol, told of the connection and
-  given the bytes already read, and Hypercorn's callback runs as before;
+- plain HTTP/1.1 requests (REST, the app, health; no upgrade) go to the node's `Http1` service
+  (sync_server.node.http1: uvicorn's httptools protocol with Hypercorn's limits) when the CLI set
+  one up (`SERVED.http1`, HTTP_TRANSPORT=httptools);
+- anything else (websocket upgrades to other paths, HTTP/2, an odd or oversized head) is handed on
+  exactly as `start_server` would have: a StreamReaderProtocol is made the transport's protocol,
+  told of the connection and given the bytes already read, and Hypercorn's callback runs as before;
 - a socket that sends nothing for Hypercorn's `keep_alive_timeout` is closed, as Hypercorn's own
   idle timer closes it.
 
@@ -36,6 +39,7 @@ class Served:
 
     endpoint: Any = None
     silent_timeout: float = 5.0
+    http1: Any = None  # sync_server.node.http1.Http1, or None: every non-sync connection is Hypercorn's
 
 
 SERVED = Served()
@@ -82,7 +86,7 @@ async def start_server(client_connected_cb, host=None, port=None, *, limit=_DEFA
         return await asyncio.start_server(client_connected_cb, host, port, limit=limit, **kwds)
     loop = asyncio.get_running_loop()
 
-    def hand_on(transport: asyncio.Transport, data: bytes) -> None:
+    def to_hypercorn(transport: asyncio.Transport, data: bytes) -> None:
         """What asyncio.start_server's protocol factory makes, made now, then fed the bytes read."""
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
@@ -90,7 +94,34 @@ async def start_server(client_connected_cb, host=None, port=None, *, limit=_DEFA
         protocol.connection_made(transport)
         protocol.data_received(data)
 
-    return await loop.create_server(lambda: FrontDoor(hand_on), host, port, **kwds)
+    def hand_on(transport: asyncio.Transport, data: bytes) -> None:
+        http1 = SERVED.http1
+        if http1 is None or not http1.takes(transport, data, to_hypercorn):
+            to_hypercorn(transport, data)
+
+    return Listener(await loop.create_server(lambda: FrontDoor(hand_on), host, port, **kwds))
+
+
+class Listener:
+    """The listening server Hypercorn closes at shutdown (it calls `close`, then awaits
+    `wait_closed`): the connections the Http1 service serves, which Hypercorn does not know, are shut
+    down with it (idle ones closed, busy ones after their response, bounded by graceful_timeout)."""
+
+    def __init__(self, server: asyncio.AbstractServer) -> None:
+        self.server = server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def close(self) -> None:
+        self.server.close()
+        if SERVED.http1 is not None:
+            SERVED.http1.close()
+
+    async def wait_closed(self) -> None:
+        if SERVED.http1 is not None:
+            await SERVED.http1.wait_closed()
+        await self.server.wait_closed()
 
 
 def asyncio_with_front_door() -> types.ModuleType:

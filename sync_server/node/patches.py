@@ -502,15 +502,97 @@ def _front_door_active() -> bool:
     return getattr(getattr(hypercorn_run, "asyncio", None), "has_front_door", False)
 
 
-def front_door_serves(app: object, config) -> None:
+# -- plain HTTP/1.1 served by uvicorn's httptools protocol ---------------------------------------
+
+
+_HTTP1_NAMES = {
+    # what sync_server.node.http1.Protocol overrides or reads of uvicorn's HttpToolsProtocol
+    "data_received": {"parser", "feed_data", "HttpParserUpgrade", "handle_websocket_upgrade"},
+    # http1.Protocol.on_headers_complete re-does this one (with its Cycle): the guard compares the shape
+    "on_headers_complete": {"cycle", "RequestResponseCycle", "parse_url", "pipeline", "_start_asgi_task"},
+    "on_response_complete": {"pipeline", "timeout_keep_alive", "timeout_keep_alive_task", "flow"},
+    "on_message_begin": {"headers", "scope", "url", "expect_100_continue"},
+    "on_body": {"cycle", "_should_upgrade"},
+    "shutdown": {"cycle", "response_complete", "keep_alive", "transport"},
+    "_unset_keepalive_if_required": {"timeout_keep_alive_task"},
+}
+
+
+_CYCLE_ARGUMENTS = {
+    "scope",
+    "transport",
+    "flow",
+    "logger",
+    "access_logger",
+    "access_log",
+    "default_headers",
+    "message_event",
+    "expect_100_continue",
+    "keep_alive",
+    "on_response",
+}
+
+
+def _http1_guard() -> str | None:
+    try:
+        import httptools  # noqa: F401
+        from uvicorn.protocols.http import httptools_impl
+        from uvicorn.server import ServerState
+    except ImportError as exc:
+        return f"import failed: {exc}"
+    protocol = getattr(httptools_impl, "HttpToolsProtocol", None)
+    if protocol is None or not isinstance(getattr(httptools_impl, "STATUS_LINE", None), dict):
+        return "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol / STATUS_LINE are gone"
+    for method, names in _HTTP1_NAMES.items():
+        if not names <= _names(getattr(protocol, method, None)):
+            return f"HttpToolsProtocol.{method} no longer uses {', '.join(sorted(names - _names(getattr(protocol, method, None))))}"
+    cycle = getattr(httptools_impl, "RequestResponseCycle", None)
+    if not {"more_body", "response_complete", "on_response", "transport"} <= _names(getattr(cycle, "__init__", None)):
+        return "RequestResponseCycle no longer keeps more_body / response_complete / on_response / transport"
+    # sync_server.node.http1 builds its Cycle with these arguments and writes through `transport`
+    init = getattr(cycle, "__init__", None)
+    arguments = set(init.__code__.co_varnames[1 : init.__code__.co_argcount]) if init is not None else set()
+    if arguments != _CYCLE_ARGUMENTS:
+        return f"RequestResponseCycle takes {sorted(arguments)}, not {sorted(_CYCLE_ARGUMENTS)}"
+    if not {"transport", "write", "close", "response_started"} <= _names(getattr(cycle, "send", None)):
+        return "RequestResponseCycle.send no longer writes through self.transport"
+    if not {"connections", "tasks", "default_headers"} <= _names(ServerState.__init__):
+        return "uvicorn.server.ServerState no longer holds connections / tasks / default_headers"
+    return None
+
+
+_http1 = {"usable": False}
+
+
+def _http1_install() -> None:
+    """Hypercorn parses HTTP/1.1 with h11 (Python) and runs each request through several tasks and
+    events: about half of a REST request's server CPU (bench/RESULTS_REST.md). Plain HTTP/1.1
+    connections are served from the front door by uvicorn's httptools protocol instead
+    (sync_server.node.http1, a subclass that keeps Hypercorn's limits), the same app behind it.
+    Nothing of uvicorn's is replaced: the subclass overrides the methods the guard checks."""
+    _http1["usable"] = True
+
+
+def _http1_active() -> bool:
+    return _http1["usable"]
+
+
+def front_door_serves(app: object, config, *, http1: bool = True) -> None:
     """What the front door offers connections to (cli serve, before Hypercorn starts): the app's
-    sync endpoint, and how long a socket that sends nothing is kept (`silent_timeout`)."""
+    sync endpoint, how long a socket that sends nothing is kept (`silent_timeout`), and, with
+    `http1` (HTTP_TRANSPORT=httptools) and uvicorn's internals as expected, the Http1 service for
+    plain HTTP/1.1 requests, serving the app Hypercorn's wrapper wraps."""
     from sync_server.node import front_door
 
     if not _front_door_active():
         return  # its guard failed (logged): the websocket_takeover patch offers the bytes instead
     front_door.SERVED.endpoint = _sync_endpoint(app)
     front_door.SERVED.silent_timeout = silent_timeout(config)
+    front_door.SERVED.http1 = None
+    if http1 and _http1_active():
+        from sync_server.node.http1 import Http1
+
+        front_door.SERVED.http1 = Http1(getattr(app, "app", app), config)
 
 
 PATCHES: tuple[Patch, ...] = (
@@ -521,6 +603,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("websocket_intake", "hypercorn", _intake_guard, _intake_install, _intake_active),
     Patch("websocket_takeover", "hypercorn", _takeover_guard, _takeover_install, _takeover_active),
     Patch("front_door", "hypercorn", _front_door_guard, _front_door_install, _front_door_active),
+    Patch("http1_httptools", "uvicorn", _http1_guard, _http1_install, _http1_active),
 )
 
 
