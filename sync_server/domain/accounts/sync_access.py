@@ -25,7 +25,6 @@ class SyncAccess:
         """admissions: the node's cache of customers and signed-in sessions (Runtime.admissions):
         a token's join then reads the database only when the cache has no acceptance for it."""
         self.registry = registry
-        self.secret_key = secret_key
         self.tokens = sync_tokens.VerifiedTokens(secret_key)
         self.api_key_cache = api_key_cache
         self.admissions = admissions or AdmissionCache(0)
