@@ -117,8 +117,8 @@ async def create_vehicle(body: VehicleCreate):
             row = await runtime().plan_limits.insert_within_limit(
                 customer_id,
                 "vehicles",
-                lambda conn, limit: vehicle_store.insert(
-                    conn,
+                lambda db, limit: vehicle_store.insert(
+                    db,
                     customer_id,
                     name=body.name,
                     vehicle_identifier=body.vehicle_identifier,

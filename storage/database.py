@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -210,14 +209,12 @@ class Database:
 
     @asynccontextmanager
     async def tenant(
-        self, customer_id: uuid.UUID | str, *, snapshot: bool = False, lock: str | None = None
+        self, customer_id: uuid.UUID | str, *, snapshot: bool = False
     ) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that sees only `customer_id`'s rows (the single place the scope is made).
         `snapshot`: read only, every statement sees the same moment (REPEATABLE READ), for a
-        consistent export of the customer's data. `lock`: the key of a transaction-scoped advisory
-        lock taken in the same round trip as BEGIN (a quota lock: storage.usage.quota_lock_key),
-        granted before the first statement of the caller, whose snapshot therefore follows it."""
-        begin = _begin_with_scope(self.role.tenant_scope(customer_id), snapshot=snapshot, lock=lock)
+        consistent export of the customer's data."""
+        begin = _begin_with_scope(self.role.tenant_scope(customer_id), snapshot=snapshot)
         async with self.pool.acquire() as conn:
             async with _transaction(conn, begin):
                 yield conn
@@ -226,11 +223,16 @@ class Database:
         """The rows of one self-scoping statement (SCOPED_FROM; $1 is the scope, the caller's
         arguments follow) run alone in its implicit transaction: one round trip. For reads only:
         a write must be in tenant(), whose transaction covers everything the write checks."""
-        if SCOPED_FROM not in query or SCOPE_SET not in query:
-            raise ValueError("tenant_read runs only self-scoping statements (SCOPED_FROM ... SCOPE_SET)")
-        scope = self.role.tenant_scope(customer_id)
         async with self.pool.acquire() as conn:
-            return await conn.fetch(query, scope, *args)
+            return await conn.fetch(_self_scoping(query), self.role.tenant_scope(customer_id), *args)
+
+    async def tenant_one(self, customer_id: uuid.UUID | str, query: str, *args) -> asyncpg.Record | None:
+        """The row of one self-scoping statement (as tenant_read) run alone in its implicit
+        transaction: one round trip. A write may run here only when everything it checks is read
+        inside the same statement, after any lock it needs (a create counted under its quota lock:
+        webhost_quota_count, migration 0160)."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(_self_scoping(query), self.role.tenant_scope(customer_id), *args)
 
     @asynccontextmanager
     async def operator(self, reason: str, **context) -> AsyncIterator[asyncpg.Connection]:
@@ -261,22 +263,19 @@ class Database:
 _NO_SCOPE = "BEGIN; SELECT set_config('app.scope', '', true)"
 
 
-# What an advisory lock key written into BEGIN's text may contain (quota:<uuid>:<resource>).
-_LOCK_KEY = re.compile(r"[A-Za-z0-9:_-]{1,200}")
+def _self_scoping(query: str) -> str:
+    """`query`, when it scopes itself (SCOPED_FROM ... SCOPE_SET); ValueError otherwise."""
+    if SCOPED_FROM not in query or SCOPE_SET not in query:
+        raise ValueError("only self-scoping statements (SCOPED_FROM ... SCOPE_SET) run without tenant()")
+    return query
 
 
-def _begin_with_scope(scope: str, *, snapshot: bool = False, lock: str | None = None) -> str:
+def _begin_with_scope(scope: str, *, snapshot: bool = False) -> str:
     """BEGIN and the scope setting as one simple-protocol query: one round trip instead of two.
     The simple protocol takes no parameters, so the scope is written into the text; it is made by
-    AppRole from a parsed uuid, digits and hex only, nothing that could end the literal. A lock key
-    is written in only when it is letters, digits, ':', '_' and '-' (ValueError otherwise)."""
+    AppRole from a parsed uuid, digits and hex only, nothing that could end the literal."""
     mode = " ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else ""
-    begin = f"BEGIN{mode}; SELECT set_config('app.scope', '{scope}', true)"
-    if lock is None:
-        return begin
-    if not _LOCK_KEY.fullmatch(lock):
-        raise ValueError(f"advisory lock key {lock!r} is not written into SQL")
-    return f"{begin}; SELECT pg_advisory_xact_lock(hashtextextended('{lock}', 0))"
+    return f"BEGIN{mode}; SELECT set_config('app.scope', '{scope}', true)"
 
 
 @asynccontextmanager

@@ -20,11 +20,6 @@ _COUNT = {
 COUNTABLE = tuple(_COUNT)
 
 
-def count_query(resource: str) -> str:
-    """The count of `resource` as a subquery, for an INSERT that checks the limit in its own statement."""
-    return _COUNT[resource]
-
-
 def quota_lock_key(customer_id, resource: str) -> str:
     """The advisory lock that serialises count-then-create of `resource` for one customer."""
     return f"quota:{customer_id}:{resource}"

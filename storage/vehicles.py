@@ -1,5 +1,5 @@
 """vehicles rows (tenant data: pass a connection from `registry.for_customer(cid).tenant(cid)`, or
-for list_page that database itself)."""
+for insert and list_page that database itself)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,21 @@ import asyncpg
 
 from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
 from .plans import LimitOf, limit_query
-from .usage import count_query
 
 _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
 
 
+_INSERT = (
+    "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
+    "SELECT $2::uuid, $3::text, $4::text, $5::text, $6::jsonb, $7::bytea "
+    f"FROM {SCOPED_FROM} (SELECT webhost_quota_count('vehicles') AS used WHERE {SCOPE_SET} OFFSET 0) AS quota "
+    f"WHERE quota.used < {limit_query('vehicles', customer='$2::uuid', known='$8::int', default_plan='$9::text')} "
+    f"RETURNING {_COLUMNS}"
+)
+
+
 async def insert(
-    conn: asyncpg.Connection,
+    db: Database,
     customer_id,
     *,
     name: str,
@@ -23,15 +31,12 @@ async def insert(
     device_secret_hash: bytes,
     limit: LimitOf,
 ) -> asyncpg.Record | None:
-    """A new vehicle, only while the customer has fewer than its plan's limit (read and counted by
-    the same statement, so after the caller's quota lock: PlanLimits.insert_within_limit); None
-    when the limit is reached."""
-    return await conn.fetchrow(
-        "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
-        "SELECT $1::uuid, $2::text, $3::text, $4::text, $5::jsonb, $6::bytea "
-        f"WHERE ({count_query('vehicles')}) < "
-        f"{limit_query('vehicles', customer='$1::uuid', known='$7::int', default_plan='$8::text')} "
-        f"RETURNING {_COLUMNS}",
+    """A new vehicle, only while the customer has fewer than its plan's limit: one statement, one
+    round trip (Database.tenant_one), which sets the scope, takes the quota lock and counts after it
+    (webhost_quota_count, migration 0160) and inserts; None when the limit is reached."""
+    return await db.tenant_one(
+        customer_id,
+        _INSERT,
         customer_id,
         name,
         vehicle_identifier,

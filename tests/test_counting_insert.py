@@ -1,5 +1,9 @@
-"""The vehicle INSERT that reads its plan's limit and counts in its own statement (storage.vehicles.insert)."""
+"""The vehicle INSERT that takes the quota lock, counts after it, reads its plan's limit and inserts
+in one statement (storage.vehicles.insert, webhost_quota_count of migration 0160)."""
 
+import asyncio
+
+from storage import usage as usage_store
 from storage import vehicles as vehicle_store
 from storage.plans import LimitOf
 
@@ -10,17 +14,16 @@ async def _customer(db, slug):
 
 
 async def _insert(db, customer_id, i, limit):
-    async with db.tenant(customer_id, lock=f"quota:{customer_id}:vehicles") as conn:
-        return await vehicle_store.insert(
-            conn,
-            customer_id,
-            name=f"v{i}",
-            vehicle_identifier=f"v{i}",
-            vehicle_type="car",
-            metadata={},
-            device_secret_hash=b"\0" * 32,
-            limit=limit,
-        )
+    return await vehicle_store.insert(
+        db,
+        customer_id,
+        name=f"v{i}",
+        vehicle_identifier=f"v{i}",
+        vehicle_type="car",
+        metadata={},
+        device_secret_hash=b"\0" * 32,
+        limit=limit,
+    )
 
 
 async def test_the_insert_reads_the_plan_or_the_default_or_takes_the_known_limit(db):
@@ -42,3 +45,21 @@ async def test_the_insert_reads_the_plan_or_the_default_or_takes_the_known_limit
     assert await _insert(db, b, starter, LimitOf(None, "hobby")) is None
     async with db.tenant(a) as conn:  # a's rows are a's alone: b's limit did not count them
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 6
+
+
+async def test_the_count_waits_for_the_quota_lock_and_sees_what_its_holder_committed(db):
+    """A create waiting for the quota lock counts after it is granted, with a snapshot that holds
+    the row the lock's holder inserted and committed meanwhile (a statement's own snapshot, taken
+    before it waited, would not): at 4 of 5, the holder's 5th wins and the waiting create is refused."""
+    a = await _customer(db, "alpha")
+    for i in range(4):
+        assert await _insert(db, a, i, LimitOf(5, "hobby")) is not None
+    async with db.tenant(a) as conn:
+        await usage_store.lock_quota(conn, a, "vehicles")  # the key every create path takes
+        waiting = asyncio.create_task(_insert(db, a, 99, LimitOf(5, "hobby")))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # blocked on the lock, not counted yet
+        await conn.execute("INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'v4', 'v4')", a)
+    assert await asyncio.wait_for(waiting, 10) is None  # counted 5 after the commit: refused
+    async with db.tenant(a) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 5

@@ -338,16 +338,48 @@ async def test_a_self_scoping_read_that_fails_leaves_no_scope(one_connection):
         await db.tenant_read("not-a-uuid", _POLICY_ONLY)
 
 
-async def test_a_lock_key_is_written_into_begin_only_when_plain(db):
-    a = await _customer(db, "alpha")
-    async with db.tenant(a, lock=f"quota:{a}:vehicles") as conn:
-        held = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-        )
-        assert held == 1
-        assert await conn.fetchval("SELECT webhost_current_customer()") == a
-    for bad in ("x', 0)); SELECT set_config('app.operator', 'on', true); --", "", "quota key"):
-        with pytest.raises(ValueError):
-            async with db.tenant(a, lock=bad):
-                pass
+async def test_a_create_in_one_statement_is_scoped_to_its_customer_and_leaves_no_scope(db):
+    """Database.tenant_one + webhost_quota_count (migration 0160): the count and the INSERT see and
+    write only the scope's customer; the lock is gone with the statement; a statement that does not
+    scope itself is refused; the count refuses to run without a tenant scope."""
+    a, b = await _customer(db, "alpha"), await _customer(db, "bravo")
+    row = await _vehicle_in_one_statement(db, a, "a1")
+    assert row["customer_id"] == a
+    assert await _vehicle_in_one_statement(db, b, "b1") is not None
+    async with db.tenant(b) as conn:
+        assert await conn.fetchval("SELECT webhost_quota_count('vehicles')") == 1  # b's alone, not a's
+        assert [r["name"] for r in await conn.fetch("SELECT name FROM vehicles")] == ["b1"]
     await _no_scope_left(db)
+    async with db.pool.acquire() as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+            )
+            == 0
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # no scope: no count, no lock
+            await conn.fetchval("SELECT webhost_quota_count('vehicles')")
+    with pytest.raises(ValueError):  # only statements that scope themselves
+        await db.tenant_one(a, "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'x', 'x')")
+    forged = db.role.tenant_scope(b).replace(str(b), str(a))  # b's signature, a's id
+    async with db.pool.acquire() as conn:  # the policy hides a's rows from it and refuses its INSERT
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchrow(vehicle_store._INSERT, forged, a, "f", "f", "car", {}, b"\0" * 32, 100, "hobby")
+    async with db.tenant(a) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM vehicles") == 1
+
+
+async def _vehicle_in_one_statement(db, customer_id, name):
+    from storage.plans import LimitOf
+
+    return await vehicle_store.insert(
+        db,
+        customer_id,
+        name=name,
+        vehicle_identifier=name,
+        vehicle_type="car",
+        metadata={},
+        device_secret_hash=b"\0" * 32,
+        limit=LimitOf(100, "hobby"),
+    )

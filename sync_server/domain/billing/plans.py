@@ -138,8 +138,8 @@ async def _quota_locked(
 ) -> AsyncIterator[tuple[asyncpg.Connection, Limits]]:
     """A tenant transaction on the customer's database holding its quota lock for `resource`, and
     the plan's limits. Whatever is counted against them must be read by a later statement (after
-    the lock): `within_limit` counts (PlanLimits.insert_within_limit, whose INSERT reads the plan and
-    counts itself, takes the lock with BEGIN instead)."""
+    the lock): `within_limit` counts (PlanLimits.insert_within_limit's one statement takes the same
+    lock and counts after it itself: webhost_quota_count)."""
     db, limits = await _database_and_known_limits(registry, customer_id)
     async with db.tenant(customer_id) as conn:
         if limits is None:  # the plan lives in the same database: one statement reads it and takes the lock
@@ -276,22 +276,21 @@ class PlanLimits:
         self,
         customer_id,
         resource: str,
-        insert: Callable[[asyncpg.Connection, plan_store.LimitOf], Awaitable[asyncpg.Record | None]],
+        insert: Callable[[Database, plan_store.LimitOf], Awaitable[asyncpg.Record | None]],
     ) -> asyncpg.Record:
-        """Run `insert(conn, limit)`, a storage INSERT that reads the plan's limit (when `limit` does
-        not carry it) and counts `resource` in its own statement and inserts nothing at the limit,
-        under the quota lock taken with BEGIN: three round trips (BEGIN + scope + lock, the INSERT,
-        COMMIT). Raises PlanLimitReached when it inserted nothing (the plan and the count read again
+        """Run `insert(db, limit)` on the customer's database: a storage INSERT that, in its one
+        statement, takes the quota lock, counts `resource` after it (webhost_quota_count), reads the
+        plan's limit when `limit` does not carry it, and inserts nothing at the limit (one round
+        trip). Raises PlanLimitReached when it inserted nothing (the plan and the count read again
         for the details: only then)."""
         if resource not in RESOURCES:
             raise ValueError(f"unknown plan-limited resource {resource!r}")
         db, known = await _database_and_known_limits(self.registry, customer_id)
-        limit = plan_store.LimitOf(None if known is None else known.of(resource), DEFAULT_PLAN)
-        async with db.tenant(customer_id, lock=usage_store.quota_lock_key(customer_id, resource)) as conn:
-            row = await insert(conn, limit)
-            if row is None:
-                raise await _limit_reached(conn, resource, known or await limits_in(conn, customer_id))
+        row = await insert(db, plan_store.LimitOf(None if known is None else known.of(resource), DEFAULT_PLAN))
+        if row is not None:
             return row
+        async with db.tenant(customer_id) as conn:
+            raise await _limit_reached(conn, resource, known or await limits_in(conn, customer_id))
 
     @staticmethod
     async def lock_quota(conn: asyncpg.Connection, customer_id, resource: str) -> None:
