@@ -99,7 +99,7 @@ class Room:
         self.customer_id = customer_id
         self.doc = doc
         self.ydoc: pycrdt.Doc = pycrdt.Doc()
-        self.connections: set[Connection] = set()
+        self.connections: dict[Connection, None] = {}  # join order (a broadcast goes out in it)
         self.hooks = hooks
         self.version = 0  # bumped by every applied update (eviction checks nothing arrived)
         self._step1: tuple[int, bytes] = (-1, b"")  # (version, sync step 1 of the doc at that version)
@@ -151,7 +151,7 @@ class Room:
             self._evict_task.cancel()
             self._evict_task = None
         conn.room = self
-        self.connections.add(conn)
+        self.connections[conn] = None
         version, step1 = self._step1
         if version != self.version:  # encoded once per version: a join storm shares it
             step1 = protocol.step1_frame(doc_reads.state(self.ydoc))
@@ -199,7 +199,7 @@ class Room:
 
     def leave(self, conn: Connection) -> None:
         """Remove the peer and broadcast the removal of every presence it introduced."""
-        self.connections.discard(conn)
+        self.connections.pop(conn, None)
         gone = []
         for client in conn.awareness_ids:
             entry = self._awareness.get(client)
@@ -680,7 +680,7 @@ class RoomRegistry:
         room: Room = fresh.result()
         room._awareness.update(old._awareness)
         for conn in tuple(old.connections):
-            old.connections.discard(conn)
+            old.connections.pop(conn, None)
             if conn.close_code is None:
                 room.join(conn)
         log.info("room_rebuilt", customer_id=old.customer_id, room=old.doc, peers=len(room.connections))
