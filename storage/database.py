@@ -222,7 +222,8 @@ class Database:
     async def tenant_read(self, customer_id: uuid.UUID | str, query: str, *args) -> list[asyncpg.Record]:
         """The rows of one self-scoping statement (SCOPED_FROM; $1 is the scope, the caller's
         arguments follow) run alone in its implicit transaction: one round trip. For reads only:
-        a write must be in tenant(), whose transaction covers everything the write checks."""
+        a write must be in tenant(), whose transaction covers everything the write checks, or in
+        tenant_one when its one statement checks all of it itself."""
         async with self.pool.acquire() as conn:
             return await conn.fetch(_self_scoping(query), self.role.tenant_scope(customer_id), *args)
 

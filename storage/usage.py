@@ -21,7 +21,9 @@ COUNTABLE = tuple(_COUNT)
 
 
 def quota_lock_key(customer_id, resource: str) -> str:
-    """The advisory lock that serialises count-then-create of `resource` for one customer."""
+    """The advisory lock that serialises count-then-create of `resource` for one customer. The same
+    text is built in SQL by webhost_quota_count (migration 0160): change both or neither
+    (tests/test_counting_insert.py fails when they differ)."""
     return f"quota:{customer_id}:{resource}"
 
 

@@ -13,6 +13,7 @@ import pytest
 from storage import AppRole, Database, sealing
 from storage import vehicles as vehicle_store
 from storage.database import SCOPE_SET, SCOPED_FROM
+from storage.plans import LimitOf
 
 from .conftest import TEST_SECRET
 
@@ -371,8 +372,6 @@ async def test_a_create_in_one_statement_is_scoped_to_its_customer_and_leaves_no
 
 
 async def _vehicle_in_one_statement(db, customer_id, name):
-    from storage.plans import LimitOf
-
     return await vehicle_store.insert(
         db,
         customer_id,

@@ -11,7 +11,8 @@
 -- Invoker rights: the count runs as the caller, under the tenant_isolation policy of its scope.
 -- The lock key is storage.usage.quota_lock_key's, 'quota:<customer>:<resource>', made here from the
 -- scope's customer (not verified: a forged scope only makes its own caller wait; the policy hides
--- every row from it and refuses its INSERT), so this path and tenant(lock=...) exclude each other.
+-- every row from it and refuses its INSERT), so this path and storage.usage.lock_quota /
+-- storage.plans.of_customer_locking exclude each other.
 CREATE FUNCTION webhost_quota_count(p_resource text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
     SET search_path = pg_catalog, pg_temp
