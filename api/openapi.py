@@ -21,6 +21,7 @@ from quart import Blueprint, Quart, Response, current_app
 
 from . import calls
 from .errors import ApiError
+from .rendered import Rendered
 from .schemas import ErrorBody
 
 blueprint = Blueprint("openapi", __name__)
@@ -126,9 +127,12 @@ Reply = tuple[bytes, int, dict[str, str]]  # body, status, headers: what Quart's
 def _render(op: Operation, result: Any) -> Reply | Response:
     """The response, shaped by the declared model. A handler may instead return a Quart Response
     (streamed exports, document bytes: a media type declared in `content`); api.rest_endpoint sends
-    those as they are. `(value, status)` answers one of the other statuses declared in `also`."""
+    those as they are, and `Rendered` bytes (api/rendered.py) go out as the body of `status`.
+    `(value, status)` answers one of the other statuses declared in `also`."""
     if isinstance(result, Response):
         return result
+    if isinstance(result, Rendered):  # PostgreSQL wrote it in the model's shape (api/rendered.py)
+        return bytes(result), op.status, JSON
     if op.status == 204 or op.response is None:
         return b"", 204, {}
     model, status = op.response, op.status

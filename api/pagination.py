@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .openapi import field_error
+from .rendered import Rendered
 
 After = tuple[dt.datetime, uuid.UUID] | tuple[None, None]
 
@@ -59,3 +60,13 @@ def page(rows: Sequence[Any], limit: int, shape: Callable[[Any], Any] = dict) ->
     rows = rows[:limit]
     cursor = encode(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
     return {"data": [shape(r) for r in rows], "next_cursor": cursor}
+
+
+def rendered_page(rows: Sequence[Any], limit: int) -> Rendered:
+    """The page body from up to limit + 1 rows of (created_at, id, json) (storage.json_rows.page_query):
+    the objects as PostgreSQL wrote them, the same bytes `page` and the response model would give."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = json.dumps(encode(rows[-1]["created_at"], rows[-1]["id"])) if more and rows else "null"
+    data = ",".join([r["json"] for r in rows])
+    return Rendered(f'{{"data":[{data}],"next_cursor":{cursor}}}'.encode())

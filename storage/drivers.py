@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
+from .json_rows import Field, page_query
 
 _COLUMNS = "id, customer_id, name, email, phone, license_number, vehicle_id, created_at, updated_at"
 
@@ -38,9 +39,13 @@ _PAGE = (
 )
 
 
-async def list_page(db: Database, customer_id, *, vehicle_id, after: tuple, limit: int) -> list[asyncpg.Record]:
-    """One page of the customer's drivers (and one more row) in one round trip (a self-scoping read)."""
-    return await db.tenant_read(customer_id, _PAGE, vehicle_id, after[0], after[1], limit + 1)
+async def list_page(
+    db: Database, customer_id, *, vehicle_id, after: tuple, limit: int, rendered: tuple[Field, ...] | None = None
+) -> list[asyncpg.Record]:
+    """One page of the customer's drivers (and one more row) in one round trip (a self-scoping read);
+    `rendered` as in vehicles.list_page."""
+    query = _PAGE if rendered is None else page_query(_PAGE, rendered)
+    return await db.tenant_read(customer_id, query, vehicle_id, after[0], after[1], limit + 1)
 
 
 async def get(conn: asyncpg.Connection, driver_id, *, for_update: bool = False) -> asyncpg.Record | None:

@@ -3,21 +3,30 @@ for insert and list_page that database itself)."""
 
 from __future__ import annotations
 
+from functools import cache
+
 import asyncpg
 
 from .database import SCOPE_SET, SCOPED_FROM, TENANT_ROWS, Database
+from .json_rows import Field, object_sql, page_query
 from .plans import LimitOf, limit_query
 
 _COLUMNS = "id, customer_id, name, vehicle_identifier, vehicle_type, metadata, created_at, updated_at"
 
 
-_INSERT = (
+_INSERT_INTO = (
     "INSERT INTO vehicles (customer_id, name, vehicle_identifier, vehicle_type, metadata, device_secret_hash) "
     "SELECT $2::uuid, $3::text, $4::text, $5::text, $6::jsonb, $7::bytea "
     f"FROM {SCOPED_FROM} (SELECT webhost_quota_count('vehicles') AS used WHERE {SCOPE_SET} OFFSET 0) AS quota "
     f"WHERE quota.used < {limit_query('vehicles', customer='$2::uuid', known='$8::int', default_plan='$9::text')} "
-    f"RETURNING {_COLUMNS}"
+    "RETURNING "
 )
+_INSERT = _INSERT_INTO + _COLUMNS
+
+
+@cache
+def _insert_rendered(fields: tuple[Field, ...]) -> str:
+    return _INSERT_INTO + object_sql(fields, "vehicles") + " AS json"
 
 
 async def insert(
@@ -30,13 +39,15 @@ async def insert(
     metadata: dict,
     device_secret_hash: bytes,
     limit: LimitOf,
+    rendered: tuple[Field, ...] | None = None,
 ) -> asyncpg.Record | None:
     """A new vehicle, only while the customer has fewer than its plan's limit: one statement, one
     round trip (Database.tenant_one), which sets the scope, takes the quota lock and counts after it
-    (webhost_quota_count, migration 0160) and inserts; None when the limit is reached."""
+    (webhost_quota_count, migration 0160) and inserts; None when the limit is reached. With
+    `rendered` the row is (json,): the object of those fields (storage.json_rows)."""
     return await db.tenant_one(
         customer_id,
-        _INSERT,
+        _INSERT if rendered is None else _insert_rendered(rendered),
         customer_id,
         name,
         vehicle_identifier,
@@ -56,11 +67,19 @@ _PAGE = (
 
 
 async def list_page(
-    db: Database, customer_id, *, vehicle_type: str | None, after: tuple, limit: int
+    db: Database,
+    customer_id,
+    *,
+    vehicle_type: str | None,
+    after: tuple,
+    limit: int,
+    rendered: tuple[Field, ...] | None = None,
 ) -> list[asyncpg.Record]:
     """One page of the customer's vehicles (and one row more: is there a next page?) in one
-    round trip: a self-scoping read (storage.database.SCOPED_FROM)."""
-    return await db.tenant_read(customer_id, _PAGE, vehicle_type, after[0], after[1], limit + 1)
+    round trip: a self-scoping read (storage.database.SCOPED_FROM). With `rendered`, each row is
+    (created_at, id, json): the object of those fields as PostgreSQL wrote it (storage.json_rows)."""
+    query = _PAGE if rendered is None else page_query(_PAGE, rendered)
+    return await db.tenant_read(customer_id, query, vehicle_type, after[0], after[1], limit + 1)
 
 
 async def get(conn: asyncpg.Connection, vehicle_id, *, for_update: bool = False) -> asyncpg.Record | None:
