@@ -13,7 +13,7 @@ from .database import Database
 async def find_by_hash(db: Database, key_hash: bytes) -> asyncpg.Record | None:
     # One statement, no tenant scope: run it on its own (implicit transaction, one round trip),
     # as this lookup precedes every authenticated request.
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         return await conn.fetchrow("SELECT * FROM webhost_find_api_key($1)", key_hash)
 
 

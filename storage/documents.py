@@ -380,7 +380,7 @@ class UpdateLog:
             for db, cids in by_db.values():
                 started = time.perf_counter()
                 try:
-                    async with db.pool.acquire() as conn:
+                    async with db.connection() as conn:
                         async with conn.transaction():
                             for cid in cids:
                                 await _insert(db, conn, cid, batch[cid])
@@ -414,7 +414,7 @@ class UpdateLog:
     async def _write_one(self, db: Database, cid: str, rows: list[tuple[str, bytes]]) -> None:
         started = time.perf_counter()
         try:
-            async with db.pool.acquire() as conn:
+            async with db.connection() as conn:
                 async with conn.transaction():
                     await _insert(db, conn, cid, rows)
         except Exception as exc:

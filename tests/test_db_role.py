@@ -49,7 +49,7 @@ async def _customer_with_vehicle(owner_url: str, slug: str) -> uuid.UUID:
 
 
 async def test_the_pool_logs_in_as_the_application_role_without_privileges(served):
-    async with served.pool.acquire() as conn:
+    async with served.connection() as conn:
         row = await conn.fetchrow(
             "SELECT current_user AS cur, session_user AS ses, r.rolsuper, r.rolcreaterole, r.rolbypassrls, "
             " r.rolcreatedb, (SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) AS memberships, "
@@ -71,7 +71,7 @@ async def test_reset_role_leaves_it_itself_and_set_role_to_the_owner_fails(serve
         owner_role = await owner.fetchval("SELECT current_user")
     finally:
         await owner.close()
-    async with served.pool.acquire() as conn:
+    async with served.connection() as conn:
         await conn.execute("RESET ROLE")
         assert await conn.fetchval("SELECT current_user") == APP_ROLE
         await conn.execute("SET ROLE NONE")
@@ -87,7 +87,7 @@ async def test_reset_role_leaves_it_itself_and_set_role_to_the_owner_fails(serve
 async def test_plain_settings_reveal_no_other_tenant(served, database_url):
     a = await _customer_with_vehicle(database_url, "alpha")
     b = await _customer_with_vehicle(database_url, "bravo")
-    async with served.pool.acquire() as conn:  # session-wide, as SQL on a pooled connection could
+    async with served.connection() as conn:  # session-wide, as SQL on a pooled connection could
         await conn.execute("SELECT set_config('app.operator', 'on', false)")
         await conn.execute("SELECT set_config('app.customer_id', $1, false)", str(a))
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
@@ -108,7 +108,7 @@ async def test_a_scope_left_in_the_session_does_not_reach_the_next_transactions(
     platform() transactions on that connection set or clear the scope, and see nothing of it."""
     a = await _customer_with_vehicle(database_url, "alpha")
     b = await _customer_with_vehicle(database_url, "bravo")
-    async with served.pool.acquire() as conn:
+    async with served.connection() as conn:
         await conn.execute("SELECT set_config('app.scope', $1, false)", served.role.tenant_scope(a))
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 1  # what it was given, no more
     for _ in range(3):  # the pool has one connection: each transaction gets the same one
@@ -153,7 +153,7 @@ async def test_forged_altered_or_expired_scopes_show_nothing(served, database_ur
 
 
 async def test_the_application_role_cannot_read_or_replace_the_key(served):
-    async with served.pool.acquire() as conn:
+    async with served.connection() as conn:
         for sql in (
             "SELECT * FROM webhost_scope_key",
             "UPDATE webhost_scope_key SET inner_pad = inner_pad",
@@ -209,7 +209,7 @@ async def test_dedicated_databases_use_the_same_role_model(served, pg_admin_url)
         await migrator.migrate(dedicated)
         registry = DatabaseRegistry(served)
         async with registry.standalone(dedicated) as db:
-            async with db.pool.acquire() as conn:
+            async with db.connection() as conn:
                 await conn.execute("RESET ROLE")
                 assert await conn.fetchval("SELECT current_user") == APP_ROLE
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):

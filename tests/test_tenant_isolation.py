@@ -110,7 +110,7 @@ async def test_tenant_transaction_rolls_back_on_error_and_takes_only_a_customer_
         assert await conn.fetchval("SELECT count(*) FROM vehicles") == 0
         assert await conn.fetchval("SELECT webhost_current_customer()") == a
     for _ in range(3):  # the pooled connections are idle, outside any transaction, with no setting
-        async with db.pool.acquire() as conn:
+        async with db.connection() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT coalesce(current_setting('app.scope', true), '')") == ""
     for bad in ("x'); SELECT set_config('app.operator', 'on', true); --", "", "not-a-uuid"):
@@ -247,7 +247,7 @@ async def one_connection(database_url):
 
 
 async def _no_scope_left(db):
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         assert not conn.is_in_transaction()
         assert await conn.fetchval("SELECT coalesce(current_setting('app.scope', true), '')") == ""
         assert await conn.fetchval("SELECT webhost_current_customer()") is None
@@ -266,7 +266,7 @@ async def test_a_self_scoping_read_sees_only_its_tenant_and_leaves_no_scope(one_
     await _vehicles(db, b, 25)
     async with db.operator("test_setup") as conn:
         await conn.execute("ANALYZE vehicles")
-    async with db.pool.acquire() as conn:  # a session setting: stays on the one pooled connection
+    async with db.connection() as conn:  # a session setting: stays on the one pooled connection
         await conn.execute(f"SET plan_cache_mode = {plans}")
     for _ in range(8):  # past the five custom plans after which a prepared statement may go generic
         for customer, expected in ((a, 30), (b, 25), (c, 0)):
@@ -292,7 +292,7 @@ async def test_a_self_scoping_read_runs_the_scope_before_the_rows(one_connection
     a = await _customer(db, "alpha")
     await _vehicles(db, a, 5)
     scope = db.role.tenant_scope(a)
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         for plans in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {plans}")
             statement = await conn.prepare(f"EXPLAIN (FORMAT JSON) {_POLICY_ONLY}")
@@ -312,7 +312,7 @@ async def test_a_self_scoping_read_with_a_forged_or_no_scope_sees_nothing(one_co
     forged = db.role.tenant_scope(b).replace(str(b), str(a))  # b's signature, a's id
     body = f"tenant|{a}|{int(time.time()) - 10}"  # signed, but its not-after has passed
     expired = body + "|" + hmac.new(db.role.scope_key, body.encode(), hashlib.sha256).hexdigest()
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         for scope in (forged, expired, "", f"tenant|{a}", f"operator|*|{int(time.time()) + 100}|00"):
             try:
                 rows = await conn.fetch(_POLICY_ONLY, scope)
@@ -351,7 +351,7 @@ async def test_a_create_in_one_statement_is_scoped_to_its_customer_and_leaves_no
         assert await conn.fetchval("SELECT webhost_quota_count('vehicles')") == 1  # b's alone, not a's
         assert [r["name"] for r in await conn.fetch("SELECT name FROM vehicles")] == ["b1"]
     await _no_scope_left(db)
-    async with db.pool.acquire() as conn:
+    async with db.connection() as conn:
         assert (
             await conn.fetchval(
                 "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
@@ -364,7 +364,7 @@ async def test_a_create_in_one_statement_is_scoped_to_its_customer_and_leaves_no
     with pytest.raises(ValueError):  # only statements that scope themselves
         await db.tenant_one(a, "INSERT INTO vehicles (customer_id, name, vehicle_identifier) VALUES ($1, 'x', 'x')")
     forged = db.role.tenant_scope(b).replace(str(b), str(a))  # b's signature, a's id
-    async with db.pool.acquire() as conn:  # the policy hides a's rows from it and refuses its INSERT
+    async with db.connection() as conn:  # the policy hides a's rows from it and refuses its INSERT
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchrow(vehicle_store._INSERT, forged, a, "f", "f", "car", {}, b"\0" * 32, 100, "hobby")
     async with db.tenant(a) as conn:
